@@ -1,0 +1,67 @@
+# liblsoftmax: CUDA kernels + CPU backend behind one C ABI, bound from Deno.
+#
+#   make            build build/liblsoftmax.so
+#   make example    build, then run examples/train.ts
+#   make test       set up what is missing, build, then fmt/lint/type checks and the Deno tests
+#   make bench      the benchmarks (deno bench)
+#
+# The GPU targets: CUDA_ARCHS (real code) and CUDA_PTX (PTX, JIT-compiled by newer drivers).
+
+CUDA_HOME  ?= /usr/local/cuda
+NVCC       ?= $(CUDA_HOME)/bin/nvcc
+CXX        ?= g++
+CUDA_ARCHS ?= 75 80 86 89 90 100 120
+CUDA_PTX   ?= 120
+DENO       ?= scripts/deno
+BUILD      ?= build
+
+comma    := ,
+empty    :=
+space    := $(empty) $(empty)
+GENCODE  := $(foreach a,$(CUDA_ARCHS),-gencode arch=compute_$(a),code=sm_$(a)) \
+            $(foreach a,$(CUDA_PTX),-gencode arch=compute_$(a),code=compute_$(a))
+WARN     := -Wall -Wextra -Wshadow -Werror
+CXXFLAGS += -std=c++17 -O3 -fPIC -fvisibility=hidden $(WARN)
+NVFLAGS  := -std=c++17 -O3 $(GENCODE) -Werror all-warnings \
+            -Xcompiler -fPIC,-fvisibility=hidden,$(subst $(space),$(comma),$(WARN))
+LDLIBS   := -L$(CUDA_HOME)/lib64 -l:libcudart_static.a -lopenblas -ldl -lpthread -lrt
+
+HEADERS  := $(wildcard cuda/*.h cuda/*.cuh)
+LIB      := $(BUILD)/liblsoftmax.so
+
+.PHONY: all example test check bench clean setup
+
+all: $(LIB)
+
+$(BUILD)/obj/%.o: cuda/%.cpp $(HEADERS) | $(BUILD)/obj
+	$(CXX) $(CXXFLAGS) -c $< -o $@
+
+$(BUILD)/obj/%.o: cuda/%.cu $(HEADERS) | $(BUILD)/obj
+	$(NVCC) $(NVFLAGS) -c $< -o $@
+
+$(LIB): $(BUILD)/obj/api.o $(BUILD)/obj/cpu_backend.o $(BUILD)/obj/cuda_backend.o
+	$(CXX) -shared -o $@ $^ $(LDLIBS) -Wl,--no-undefined
+
+$(BUILD)/obj:
+	mkdir -p $@
+
+# Installs what is missing on this machine (OpenBLAS from apt, Deno from npm).
+setup:
+	scripts/setup.sh
+
+example: setup $(LIB)
+	$(DENO) run --allow-ffi --allow-env --allow-read examples/train.ts
+
+check: setup
+	$(DENO) fmt --check
+	$(DENO) lint
+	$(DENO) check mod.ts ffi/*.ts tests/*.ts bench/*.ts examples/*.ts
+
+test: setup $(LIB) check
+	$(DENO) test --allow-ffi --allow-env --allow-read --allow-net tests/
+
+bench: setup $(LIB)
+	$(DENO) bench --allow-ffi --allow-env --allow-read bench/
+
+clean:
+	rm -rf $(BUILD)

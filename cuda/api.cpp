@@ -1,0 +1,316 @@
+// api.cpp: the C ABI. Validates every argument, then dispatches to the CPU or CUDA backend.
+// No exception crosses this boundary; every failure is a status plus a message.
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <new>
+#include <string>
+
+#include "internal.h"
+
+#ifndef LSM_VERSION_STRING
+#define LSM_VERSION_STRING "0.1.0"
+#endif
+
+namespace {
+
+thread_local std::string g_last_error;
+
+std::string str(int64_t v) { return std::to_string(v); }
+
+// Runs body, turning any escaping C++ exception into a status.
+template <typename F>
+int32_t guarded(lsm_context *ctx, F body) {
+  try {
+    return body();
+  } catch (const std::bad_alloc &) {
+    return lsm_fail(ctx, LSM_ERR_OUT_OF_MEMORY, "host allocation failed");
+  } catch (...) {
+    return lsm_fail(ctx, LSM_ERR_INTERNAL, "unexpected C++ exception");
+  }
+}
+
+int32_t check_context(lsm_context *ctx) {
+  if (ctx == nullptr) return lsm_fail(nullptr, LSM_ERR_INVALID_ARGUMENT, "ctx: expected a context, got NULL");
+  return LSM_OK;
+}
+
+int32_t check_pointer(lsm_context *ctx, const void *p, const char *name) {
+  if (p != nullptr) return LSM_OK;
+  return lsm_fail(ctx, LSM_ERR_INVALID_ARGUMENT, std::string(name) + ": expected a pointer, got NULL");
+}
+
+int32_t check_size(lsm_context *ctx, int64_t v, const char *name) {
+  if (v >= 1 && v <= LSM_MAX_ELEMENTS) return LSM_OK;
+  return lsm_fail(ctx, LSM_ERR_INVALID_ARGUMENT,
+                  std::string(name) + ": expected an integer in [1, " + str(LSM_MAX_ELEMENTS) + "], got " + str(v));
+}
+
+int32_t check_product(lsm_context *ctx, int64_t a, int64_t b, const char *name) {
+  // a, b <= 2^31 - 1, so the product fits in int64.
+  if (a * b <= LSM_MAX_ELEMENTS) return LSM_OK;
+  return lsm_fail(ctx, LSM_ERR_INVALID_ARGUMENT,
+                  std::string(name) + ": expected at most " + str(LSM_MAX_ELEMENTS) +
+                      " elements (32-bit kernel indexing), got " + str(a * b));
+}
+
+// On a CUDA context, tensors must lie inside memory this context allocated: a host pointer or a
+// too-short buffer would otherwise fault inside a kernel and poison the device context. (A CPU
+// context accepts any host memory, which cannot be checked.)
+int32_t check_range(lsm_context *ctx, const void *p, int64_t elements, size_t element_bytes, const char *name) {
+  if (ctx->backend != LSM_BACKEND_CUDA) return LSM_OK;
+  const char *q = static_cast<const char *>(p);
+  const size_t bytes = (size_t)elements * element_bytes;
+  auto it = ctx->allocations.upper_bound(q);
+  if (it != ctx->allocations.begin()) {
+    --it;
+    const size_t offset = (size_t)(q - it->first);
+    if (offset <= it->second && bytes <= it->second - offset) return LSM_OK;
+  }
+  return lsm_fail(ctx, LSM_ERR_INVALID_ARGUMENT,
+                  std::string(name) + ": expected " + std::to_string(bytes) +
+                      " bytes inside memory allocated on this context (lsm_malloc), got a pointer outside it");
+}
+
+// Checks everything the backends rely on; the backends check label values themselves.
+int32_t check_problem(lsm_context *ctx, const lsm_problem &p, bool backward) {
+  int32_t s;
+  if ((s = check_context(ctx))) return s;
+  if (p.dtype != LSM_FLOAT32 && p.dtype != LSM_FLOAT64)
+    return lsm_fail(ctx, LSM_ERR_INVALID_ARGUMENT,
+                    "dtype: expected LSM_FLOAT32 (0) or LSM_FLOAT64 (1), got " + str(p.dtype));
+  if ((s = check_size(ctx, p.n, "n")) || (s = check_size(ctx, p.d, "d")) || (s = check_size(ctx, p.c, "c")) ||
+      (s = check_product(ctx, p.n, p.c, "n*c")) || (s = check_product(ctx, p.n, p.d, "n*d")) ||
+      (s = check_product(ctx, p.c, p.d, "c*d")))
+    return s;
+  if (p.margin < 1 || p.margin > LSM_MAX_MARGIN)
+    return lsm_fail(ctx, LSM_ERR_INVALID_ARGUMENT,
+                    "margin: expected an integer in [1, " + str(LSM_MAX_MARGIN) + "], got " + str(p.margin));
+  if (!(p.lambda >= 0.0) || !isfinite(p.lambda))
+    return lsm_fail(ctx, LSM_ERR_INVALID_ARGUMENT,
+                    "lambda: expected a finite number >= 0, got " + std::to_string(p.lambda));
+  if ((s = check_pointer(ctx, p.x, "x")) || (s = check_pointer(ctx, p.w, "w")) ||
+      (s = check_pointer(ctx, p.labels, "labels")))
+    return s;
+  if (backward) {
+    if ((s = check_pointer(ctx, p.grad_logits, "grad_logits")) || (s = check_pointer(ctx, p.grad_x, "grad_x")) ||
+        (s = check_pointer(ctx, p.grad_w, "grad_w")))
+      return s;
+    if (p.grad_x == p.grad_w)
+      return lsm_fail(ctx, LSM_ERR_INVALID_ARGUMENT, "grad_w: expected memory apart from grad_x, got the same pointer");
+  } else if ((s = check_pointer(ctx, p.logits, "logits"))) {
+    return s;
+  }
+  const size_t e = p.dtype == LSM_FLOAT32 ? sizeof(float) : sizeof(double);
+  if ((s = check_range(ctx, p.x, p.n * p.d, e, "x")) || (s = check_range(ctx, p.w, p.c * p.d, e, "w")) ||
+      (s = check_range(ctx, p.labels, p.n, sizeof(int32_t), "labels")))
+    return s;
+  if (backward) {
+    if ((s = check_range(ctx, p.grad_logits, p.n * p.c, e, "grad_logits")) ||
+        (s = check_range(ctx, p.grad_x, p.n * p.d, e, "grad_x")) ||
+        (s = check_range(ctx, p.grad_w, p.c * p.d, e, "grad_w")))
+      return s;
+  } else if ((s = check_range(ctx, p.logits, p.n * p.c, e, "logits"))) {
+    return s;
+  }
+  return LSM_OK;
+}
+
+}  // namespace
+
+int32_t lsm_fail(lsm_context *ctx, int32_t status, const std::string &message) {
+  try {
+    g_last_error = message;
+    if (ctx != nullptr) ctx->error = message;
+  } catch (...) {
+    // Out of memory while recording the message: the status alone still tells.
+  }
+  return status;
+}
+
+extern "C" {
+
+const char *lsm_version(void) { return LSM_VERSION_STRING; }
+
+int32_t lsm_abi_version(void) { return LSM_ABI_VERSION; }
+
+const char *lsm_last_error(void) { return g_last_error.c_str(); }
+
+int32_t lsm_device_count(int32_t backend, int32_t *count) {
+  return guarded(nullptr, [&]() -> int32_t {
+    if (count == nullptr) return lsm_fail(nullptr, LSM_ERR_INVALID_ARGUMENT, "count: expected a pointer, got NULL");
+    *count = 0;
+    if (backend == LSM_BACKEND_CPU) {
+      *count = 1;
+      return LSM_OK;
+    }
+    if (backend != LSM_BACKEND_CUDA)
+      return lsm_fail(nullptr, LSM_ERR_INVALID_ARGUMENT,
+                      "backend: expected LSM_BACKEND_CPU (0) or LSM_BACKEND_CUDA (1), got " + str(backend));
+    std::string why;
+    const int32_t s = lsm_cuda_device_count(count, &why);
+    if (s != LSM_OK) return lsm_fail(nullptr, s, why);
+    return LSM_OK;
+  });
+}
+
+int32_t lsm_device_name(int32_t backend, int32_t device, char *buf, size_t len) {
+  return guarded(nullptr, [&]() -> int32_t {
+    if (buf == nullptr) return lsm_fail(nullptr, LSM_ERR_INVALID_ARGUMENT, "buf: expected a pointer, got NULL");
+    std::string name, why;
+    if (backend == LSM_BACKEND_CPU) {
+      if (device != 0)
+        return lsm_fail(nullptr, LSM_ERR_INVALID_ARGUMENT, "device: expected 0 for the cpu backend, got " + str(device));
+      name = "cpu (OpenBLAS)";
+    } else if (backend == LSM_BACKEND_CUDA) {
+      const int32_t s = lsm_cuda_device_name(device, &name, &why);
+      if (s != LSM_OK) return lsm_fail(nullptr, s, why);
+    } else {
+      return lsm_fail(nullptr, LSM_ERR_INVALID_ARGUMENT,
+                      "backend: expected LSM_BACKEND_CPU (0) or LSM_BACKEND_CUDA (1), got " + str(backend));
+    }
+    if (name.size() + 1 > len)
+      return lsm_fail(nullptr, LSM_ERR_INVALID_ARGUMENT,
+                      "len: expected at least " + str((int64_t)name.size() + 1) + " bytes, got " + str((int64_t)len));
+    memcpy(buf, name.c_str(), name.size() + 1);
+    return LSM_OK;
+  });
+}
+
+int32_t lsm_context_create(int32_t backend, int32_t device, lsm_context **out) {
+  return guarded(nullptr, [&]() -> int32_t {
+    if (out == nullptr) return lsm_fail(nullptr, LSM_ERR_INVALID_ARGUMENT, "out: expected a pointer, got NULL");
+    *out = nullptr;
+    if (backend == LSM_BACKEND_CPU) {
+      if (device != 0)
+        return lsm_fail(nullptr, LSM_ERR_INVALID_ARGUMENT, "device: expected 0 for the cpu backend, got " + str(device));
+    } else if (backend != LSM_BACKEND_CUDA) {
+      return lsm_fail(nullptr, LSM_ERR_INVALID_ARGUMENT,
+                      "backend: expected LSM_BACKEND_CPU (0) or LSM_BACKEND_CUDA (1), got " + str(backend));
+    }
+    lsm_context *ctx = new lsm_context();
+    ctx->backend = backend;
+    ctx->device = device;
+    if (backend == LSM_BACKEND_CUDA) {
+      const int32_t s = lsm_cuda_context_init(ctx);
+      if (s != LSM_OK) {
+        const std::string message = ctx->error;
+        lsm_cuda_context_release(ctx);
+        delete ctx;
+        return lsm_fail(nullptr, s, message);
+      }
+    }
+    *out = ctx;
+    return LSM_OK;
+  });
+}
+
+int32_t lsm_context_destroy(lsm_context *ctx) {
+  if (ctx == nullptr) return LSM_OK;
+  if (ctx->backend == LSM_BACKEND_CUDA) {
+    lsm_cuda_context_release(ctx);  // frees its allocations too
+  } else {
+    for (auto &a : ctx->allocations) free(const_cast<char *>(a.first));
+  }
+  delete ctx;
+  return LSM_OK;
+}
+
+const char *lsm_context_last_error(const lsm_context *ctx) { return ctx == nullptr ? "" : ctx->error.c_str(); }
+
+int32_t lsm_context_info(const lsm_context *ctx, int32_t *backend, int32_t *device) {
+  if (ctx == nullptr) return lsm_fail(nullptr, LSM_ERR_INVALID_ARGUMENT, "ctx: expected a context, got NULL");
+  if (backend != nullptr) *backend = ctx->backend;
+  if (device != nullptr) *device = ctx->device;
+  return LSM_OK;
+}
+
+int32_t lsm_malloc(lsm_context *ctx, size_t bytes, void **out) {
+  return guarded(ctx, [&]() -> int32_t {
+    int32_t s;
+    if ((s = check_context(ctx)) || (s = check_pointer(ctx, out, "out"))) return s;
+    *out = nullptr;
+    if (bytes == 0) return lsm_fail(ctx, LSM_ERR_INVALID_ARGUMENT, "bytes: expected at least 1, got 0");
+    if (ctx->backend == LSM_BACKEND_CUDA) return lsm_cuda_malloc(ctx, bytes, out);
+    const size_t rounded = (bytes + 255) / 256 * 256;
+    if (rounded < bytes) return lsm_fail(ctx, LSM_ERR_OUT_OF_MEMORY, "bytes: " + std::to_string(bytes) + " is too large");
+    void *p = aligned_alloc(256, rounded);
+    if (p == nullptr)
+      return lsm_fail(ctx, LSM_ERR_OUT_OF_MEMORY, "host allocation of " + std::to_string(bytes) + " bytes failed");
+    try {
+      ctx->allocations.emplace(static_cast<const char *>(p), bytes);
+    } catch (...) {
+      free(p);
+      throw;
+    }
+    *out = p;
+    return LSM_OK;
+  });
+}
+
+int32_t lsm_free(lsm_context *ctx, void *ptr) {
+  return guarded(ctx, [&]() -> int32_t {
+    int32_t s;
+    if ((s = check_context(ctx))) return s;
+    if (ptr == nullptr) return LSM_OK;
+    if (ctx->allocations.find(static_cast<const char *>(ptr)) == ctx->allocations.end())
+      return lsm_fail(ctx, LSM_ERR_INVALID_ARGUMENT, "ptr: expected memory allocated on this context, got another pointer");
+    if (ctx->backend == LSM_BACKEND_CUDA) return lsm_cuda_free(ctx, ptr);
+    ctx->allocations.erase(static_cast<const char *>(ptr));
+    free(ptr);
+    return LSM_OK;
+  });
+}
+
+static int32_t copy(lsm_context *ctx, void *dst, const void *src, size_t bytes, bool to_context) {
+  return guarded(ctx, [&]() -> int32_t {
+    int32_t s;
+    if ((s = check_context(ctx))) return s;
+    if (bytes == 0) return LSM_OK;
+    if ((s = check_pointer(ctx, dst, "dst")) || (s = check_pointer(ctx, src, "src"))) return s;
+    if ((s = check_range(ctx, to_context ? dst : src, (int64_t)bytes, 1, to_context ? "dst" : "src"))) return s;
+    if (ctx->backend == LSM_BACKEND_CUDA) return lsm_cuda_copy(ctx, dst, src, bytes, to_context);
+    memmove(dst, src, bytes);
+    return LSM_OK;
+  });
+}
+
+int32_t lsm_memcpy_to_context(lsm_context *ctx, void *dst, const void *src, size_t bytes) {
+  return copy(ctx, dst, src, bytes, true);
+}
+
+int32_t lsm_memcpy_from_context(lsm_context *ctx, void *dst, const void *src, size_t bytes) {
+  return copy(ctx, dst, src, bytes, false);
+}
+
+int32_t lsm_synchronize(lsm_context *ctx) {
+  return guarded(ctx, [&]() -> int32_t {
+    int32_t s;
+    if ((s = check_context(ctx))) return s;
+    return ctx->backend == LSM_BACKEND_CUDA ? lsm_cuda_synchronize(ctx) : LSM_OK;
+  });
+}
+
+int32_t lsm_forward(lsm_context *ctx, int32_t dtype, const void *x, const void *w, const int32_t *labels, int64_t n,
+                    int64_t d, int64_t c, int32_t margin, double lambda, void *logits) {
+  return guarded(ctx, [&]() -> int32_t {
+    const lsm_problem p = {dtype, x, w, labels, nullptr, n, d, c, margin, lambda, logits, nullptr, nullptr};
+    const int32_t s = check_problem(ctx, p, false);
+    if (s != LSM_OK) return s;
+    return ctx->backend == LSM_BACKEND_CUDA ? lsm_cuda_forward(ctx, p) : lsm_cpu_forward(ctx, p);
+  });
+}
+
+int32_t lsm_backward(lsm_context *ctx, int32_t dtype, const void *x, const void *w, const int32_t *labels,
+                     const void *grad_logits, int64_t n, int64_t d, int64_t c, int32_t margin, double lambda,
+                     void *grad_x, void *grad_w) {
+  return guarded(ctx, [&]() -> int32_t {
+    const lsm_problem p = {dtype, x, w, labels, grad_logits, n, d, c, margin, lambda, nullptr, grad_x, grad_w};
+    const int32_t s = check_problem(ctx, p, true);
+    if (s != LSM_OK) return s;
+    return ctx->backend == LSM_BACKEND_CUDA ? lsm_cuda_backward(ctx, p) : lsm_cpu_backward(ctx, p);
+  });
+}
+
+}  // extern "C"

@@ -1,0 +1,107 @@
+// cpu_backend.cpp: the CPU backend. The matrix products go through CBLAS (OpenBLAS); the margin
+// on the n target entries goes through margin.cuh, the same code the CUDA kernels run.
+#include <cblas.h>
+
+#include <string>
+
+#include "internal.h"
+#include "margin.cuh"
+
+namespace {
+
+// C = op(A) op(B), row-major, through the BLAS of the element type.
+void gemm(CBLAS_TRANSPOSE ta, CBLAS_TRANSPOSE tb, int m, int n, int k, const float *a, int lda, const float *b,
+          int ldb, float *c, int ldc) {
+  cblas_sgemm(CblasRowMajor, ta, tb, m, n, k, 1.0f, a, lda, b, ldb, 0.0f, c, ldc);
+}
+void gemm(CBLAS_TRANSPOSE ta, CBLAS_TRANSPOSE tb, int m, int n, int k, const double *a, int lda, const double *b,
+          int ldb, double *c, int ldc) {
+  cblas_dgemm(CblasRowMajor, ta, tb, m, n, k, 1.0, a, lda, b, ldb, 0.0, c, ldc);
+}
+
+// Labels are read as row indices: each must lie in [0, c) before any row is touched.
+int32_t check_labels(lsm_context *ctx, const int32_t *labels, int64_t n, int64_t c) {
+  for (int64_t i = 0; i < n; ++i) {
+    if (labels[i] < 0 || labels[i] >= c)
+      return lsm_fail(ctx, LSM_ERR_INVALID_ARGUMENT,
+                      "labels[" + std::to_string(i) + "]: expected an integer in [0, " + std::to_string(c) +
+                          "), got " + std::to_string(labels[i]));
+  }
+  return LSM_OK;
+}
+
+// x_i . w, |x_i|^2 and |w|^2 in double, in one pass over d.
+template <typename T>
+void target_stats(const T *x, const T *w, int64_t d, double *dot, double *xx, double *ww) {
+  double s_dot = 0.0, s_xx = 0.0, s_ww = 0.0;
+  for (int64_t k = 0; k < d; ++k) {
+    const double a = x[k], b = w[k];
+    s_dot += a * b;
+    s_xx += a * a;
+    s_ww += b * b;
+  }
+  *dot = s_dot;
+  *xx = s_xx;
+  *ww = s_ww;
+}
+
+template <typename T>
+int32_t forward(lsm_context *ctx, const lsm_problem &p) {
+  const T *x = static_cast<const T *>(p.x);
+  const T *w = static_cast<const T *>(p.w);
+  T *logits = static_cast<T *>(p.logits);
+  const int64_t n = p.n, d = p.d, c = p.c;
+  int32_t s = check_labels(ctx, p.labels, n, c);
+  if (s != LSM_OK) return s;
+  gemm(CblasNoTrans, CblasTrans, (int)n, (int)c, (int)d, x, (int)d, w, (int)d, logits, (int)c);
+  if (p.margin == 1) return LSM_OK;  // psi(c) = c: the target logit is the plain inner product
+  for (int64_t i = 0; i < n; ++i) {
+    const int64_t y = p.labels[i];
+    double dot, xx, ww;
+    target_stats(x + i * d, w + y * d, d, &dot, &xx, &ww);
+    logits[i * c + y] = (T)lsm_target_logit(dot, xx, ww, p.margin, p.lambda);
+  }
+  return LSM_OK;
+}
+
+template <typename T>
+int32_t backward(lsm_context *ctx, const lsm_problem &p) {
+  const T *x = static_cast<const T *>(p.x);
+  const T *w = static_cast<const T *>(p.w);
+  const T *g = static_cast<const T *>(p.grad_logits);
+  T *gx = static_cast<T *>(p.grad_x);
+  T *gw = static_cast<T *>(p.grad_w);
+  const int64_t n = p.n, d = p.d, c = p.c;
+  int32_t s = check_labels(ctx, p.labels, n, c);
+  if (s != LSM_OK) return s;
+  // The plain linear layer's gradients: dx = G W, dW = G^T x.
+  gemm(CblasNoTrans, CblasNoTrans, (int)n, (int)d, (int)c, g, (int)c, w, (int)d, gx, (int)d);
+  gemm(CblasTrans, CblasNoTrans, (int)c, (int)d, (int)n, g, (int)c, x, (int)d, gw, (int)d);
+  if (p.margin == 1) return LSM_OK;
+  for (int64_t i = 0; i < n; ++i) {
+    const int64_t y = p.labels[i];
+    const T *xi = x + i * d;
+    const T *wy = w + y * d;
+    double dot, xx, ww;
+    target_stats(xi, wy, d, &dot, &xx, &ww);
+    const lsm_correction r = lsm_target_correction((double)g[i * c + y], dot, xx, ww, p.margin, p.lambda);
+    T *gxi = gx + i * d;
+    T *gwy = gw + y * d;
+    for (int64_t k = 0; k < d; ++k) {
+      const double xk = xi[k], wk = wy[k];
+      gxi[k] = (T)(gxi[k] + (r.alpha * wk + r.beta_x * (xk * r.inv_nx)));
+      gwy[k] = (T)(gwy[k] + (r.alpha * xk + r.beta_w * (wk * r.inv_nw)));
+    }
+  }
+  return LSM_OK;
+}
+
+}  // namespace
+
+int32_t lsm_cpu_forward(lsm_context *ctx, const lsm_problem &p) {
+  return p.dtype == LSM_FLOAT32 ? forward<float>(ctx, p) : forward<double>(ctx, p);
+}
+
+int32_t lsm_cpu_backward(lsm_context *ctx, const lsm_problem &p) {
+  return p.dtype == LSM_FLOAT32 ? backward<float>(ctx, p) : backward<double>(ctx, p);
+}

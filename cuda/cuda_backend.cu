@@ -1,0 +1,261 @@
+// cuda_backend.cu: the CUDA backend: devices, contexts, memory and the launches of kernels.cuh.
+// Every CUDA error becomes a status and a message through lsm_fail; nothing prints or exits.
+// Under LSM_EMU the same file compiles with the host compiler against the CPU execution layer.
+#include <cuda_runtime.h>
+
+#include <algorithm>
+#include <string>
+
+#include "internal.h"
+#include "kernels.cuh"
+#include "launch.cuh"
+
+struct lsm_cuda_state {
+  cudaStream_t stream = nullptr;
+  void *workspace = nullptr;  // per-sample coefficients and the bad-label slot
+  size_t workspace_bytes = 0;
+};
+
+namespace {
+
+std::string describe(cudaError_t e, const char *what) {
+  return std::string(what) + ": " + cudaGetErrorString(e) + " (" + cudaGetErrorName(e) + ")";
+}
+
+int32_t cuda_fail(lsm_context *ctx, cudaError_t e, const char *what) {
+  cudaGetLastError();  // clear a non-sticky error so the next call starts clean
+  const int32_t status = e == cudaErrorMemoryAllocation ? LSM_ERR_OUT_OF_MEMORY : LSM_ERR_CUDA;
+  return lsm_fail(ctx, status, describe(e, what));
+}
+
+#define LSM_CUDA_TRY(ctx, call)                           \
+  do {                                                    \
+    const cudaError_t lsm_e_ = (call);                    \
+    if (lsm_e_ != cudaSuccess) return cuda_fail(ctx, lsm_e_, #call); \
+  } while (0)
+
+// Makes the context's device current for this thread (contexts may be used from any thread).
+int32_t activate(lsm_context *ctx) {
+  LSM_CUDA_TRY(ctx, cudaSetDevice(ctx->device));
+  return LSM_OK;
+}
+
+// Grows the context's workspace to at least `bytes`.
+int32_t workspace(lsm_context *ctx, size_t bytes, void **out) {
+  lsm_cuda_state *st = ctx->cuda;
+  if (st->workspace_bytes < bytes) {
+    if (st->workspace != nullptr) {
+      LSM_CUDA_TRY(ctx, cudaStreamSynchronize(st->stream));
+      LSM_CUDA_TRY(ctx, cudaFree(st->workspace));
+      st->workspace = nullptr;
+      st->workspace_bytes = 0;
+    }
+    LSM_CUDA_TRY(ctx, cudaMalloc(&st->workspace, bytes));
+    st->workspace_bytes = bytes;
+  }
+  *out = st->workspace;
+  return LSM_OK;
+}
+
+// Enough blocks to cover `total` threads of work, capped: the loops are grid-strided.
+unsigned int blocks_for(int64_t total, int threads) {
+  const int64_t b = (total + threads - 1) / threads;
+  return (unsigned int)std::min<int64_t>(std::max<int64_t>(b, 1), 65535);
+}
+
+unsigned int gemm_blocks(int64_t m, int64_t n) {
+  const int64_t t = lsm_kernels::kTile;
+  return (unsigned int)(((m + t - 1) / t) * ((n + t - 1) / t));
+}
+
+// Reads the bad-label slot after the stream has drained; reports the first bad sample.
+int32_t check_bad_label(lsm_context *ctx, const lsm_problem &p, const int *bad_slot) {
+  int bad = 0;
+  LSM_CUDA_TRY(ctx, cudaMemcpyAsync(&bad, bad_slot, sizeof bad, cudaMemcpyDeviceToHost, ctx->cuda->stream));
+  LSM_CUDA_TRY(ctx, cudaStreamSynchronize(ctx->cuda->stream));
+  if (bad >= p.n) return LSM_OK;
+  int32_t label = 0;
+  LSM_CUDA_TRY(ctx, cudaMemcpy(&label, p.labels + bad, sizeof label, cudaMemcpyDeviceToHost));
+  return lsm_fail(ctx, LSM_ERR_INVALID_ARGUMENT,
+                  "labels[" + std::to_string(bad) + "]: expected an integer in [0, " + std::to_string(p.c) +
+                      "), got " + std::to_string(label));
+}
+
+template <typename T>
+int32_t forward(lsm_context *ctx, const lsm_problem &p) {
+  using namespace lsm_kernels;
+  cudaStream_t s = ctx->cuda->stream;
+  const int n = (int)p.n, d = (int)p.d, c = (int)p.c;
+  void *ws = nullptr;
+  int32_t st = workspace(ctx, sizeof(int), &ws);
+  if (st != LSM_OK) return st;
+  int *bad = static_cast<int *>(ws);
+  LSM_CUDA_TRY(ctx, cudaMemcpyAsync(bad, &n, sizeof n, cudaMemcpyHostToDevice, s));
+  const T *x = static_cast<const T *>(p.x);
+  const T *w = static_cast<const T *>(p.w);
+  T *logits = static_cast<T *>(p.logits);
+  LSM_LAUNCH(gemm_nt<T>, gemm_blocks(n, c), dim3(kThreads, kThreads), s, n, c, d, x, w, logits);
+  LSM_LAUNCH(forward_target<T>, blocks_for((int64_t)n * kWarp, kSampleBlock), kSampleBlock, s, x, w, p.labels, n, d,
+             c, p.margin, p.lambda, logits, bad);
+  LSM_CUDA_TRY(ctx, cudaGetLastError());
+  return check_bad_label(ctx, p, bad);
+}
+
+template <typename T>
+int32_t backward(lsm_context *ctx, const lsm_problem &p) {
+  using namespace lsm_kernels;
+  cudaStream_t s = ctx->cuda->stream;
+  const int n = (int)p.n, d = (int)p.d, c = (int)p.c;
+  // Layout: coefficients (n * kCoefs doubles), then the bad-label slot.
+  const size_t coef_bytes = (size_t)n * kCoefs * sizeof(double);
+  void *ws = nullptr;
+  int32_t st = workspace(ctx, coef_bytes + sizeof(int), &ws);
+  if (st != LSM_OK) return st;
+  double *coefs = static_cast<double *>(ws);
+  int *bad = reinterpret_cast<int *>(static_cast<char *>(ws) + coef_bytes);
+  LSM_CUDA_TRY(ctx, cudaMemcpyAsync(bad, &n, sizeof n, cudaMemcpyHostToDevice, s));
+  const T *x = static_cast<const T *>(p.x);
+  const T *w = static_cast<const T *>(p.w);
+  const T *g = static_cast<const T *>(p.grad_logits);
+  T *gx = static_cast<T *>(p.grad_x);
+  T *gw = static_cast<T *>(p.grad_w);
+  LSM_LAUNCH(gemm_nn<T>, gemm_blocks(n, d), dim3(kThreads, kThreads), s, n, d, c, g, w, gx);
+  LSM_LAUNCH(gemm_tn<T>, gemm_blocks(c, d), dim3(kThreads, kThreads), s, c, d, n, g, x, gw);
+  LSM_LAUNCH(backward_coefs<T>, blocks_for((int64_t)n * kWarp, kSampleBlock), kSampleBlock, s, x, w, p.labels, g, n,
+             d, c, p.margin, p.lambda, coefs, bad);
+  if (p.margin > 1) {
+    const unsigned int blocks = blocks_for((int64_t)n * d, kSampleBlock);
+    LSM_LAUNCH(grad_x_correct<T>, blocks, kSampleBlock, s, x, w, p.labels, coefs, n, d, c, gx);
+    LSM_LAUNCH(grad_w_correct<T>, blocks, kSampleBlock, s, x, w, p.labels, coefs, n, d, c, gw);
+  }
+  LSM_CUDA_TRY(ctx, cudaGetLastError());
+  return check_bad_label(ctx, p, bad);
+}
+
+}  // namespace
+
+int32_t lsm_cuda_device_count(int32_t *count, std::string *why) {
+  int n = 0;
+  const cudaError_t e = cudaGetDeviceCount(&n);
+  *count = 0;
+  if (e != cudaSuccess) {
+    cudaGetLastError();
+    int driver = 0;
+    if (cudaDriverGetVersion(&driver) == cudaSuccess && driver == 0) {
+      *why = "CUDA backend unavailable: no NVIDIA driver is installed (libcuda.so.1 was not found)";
+    } else {
+      *why = "CUDA backend unavailable: " + describe(e, "cudaGetDeviceCount");
+    }
+    cudaGetLastError();
+    return LSM_ERR_UNAVAILABLE;
+  }
+  if (n == 0) {
+    *why = "CUDA backend unavailable: the driver reports no CUDA device";
+    return LSM_ERR_UNAVAILABLE;
+  }
+  *count = n;
+  return LSM_OK;
+}
+
+int32_t lsm_cuda_device_name(int32_t device, std::string *name, std::string *why) {
+  int32_t count = 0;
+  const int32_t s = lsm_cuda_device_count(&count, why);
+  if (s != LSM_OK) return s;
+  if (device < 0 || device >= count) {
+    *why = "device: expected an index in [0, " + std::to_string(count) + "), got " + std::to_string(device);
+    return LSM_ERR_INVALID_ARGUMENT;
+  }
+  cudaDeviceProp prop;
+  const cudaError_t e = cudaGetDeviceProperties(&prop, device);
+  if (e != cudaSuccess) {
+    cudaGetLastError();
+    *why = describe(e, "cudaGetDeviceProperties");
+    return LSM_ERR_CUDA;
+  }
+  *name = std::string(prop.name) + " (sm_" + std::to_string(prop.major) + std::to_string(prop.minor) + ")";
+  return LSM_OK;
+}
+
+int32_t lsm_cuda_context_init(lsm_context *ctx) {
+  int32_t count = 0;
+  std::string why;
+  int32_t s = lsm_cuda_device_count(&count, &why);
+  if (s != LSM_OK) return lsm_fail(ctx, s, why);
+  if (ctx->device < 0 || ctx->device >= count)
+    return lsm_fail(ctx, LSM_ERR_INVALID_ARGUMENT,
+                    "device: expected an index in [0, " + std::to_string(count) + "), got " + std::to_string(ctx->device));
+  ctx->cuda = new lsm_cuda_state();
+  if ((s = activate(ctx)) != LSM_OK) return s;
+  LSM_CUDA_TRY(ctx, cudaStreamCreateWithFlags(&ctx->cuda->stream, cudaStreamNonBlocking));
+  return LSM_OK;
+}
+
+void lsm_cuda_context_release(lsm_context *ctx) {
+  lsm_cuda_state *st = ctx->cuda;
+  if (st == nullptr) return;
+  // Best effort: a broken device must not stop the host memory from being released.
+  if (cudaSetDevice(ctx->device) == cudaSuccess) {
+    if (st->stream != nullptr) cudaStreamSynchronize(st->stream);
+    for (auto &a : ctx->allocations) cudaFree(const_cast<char *>(a.first));
+    if (st->workspace != nullptr) cudaFree(st->workspace);
+    if (st->stream != nullptr) cudaStreamDestroy(st->stream);
+  }
+  cudaGetLastError();
+  ctx->allocations.clear();
+  delete st;
+  ctx->cuda = nullptr;
+}
+
+int32_t lsm_cuda_malloc(lsm_context *ctx, size_t bytes, void **out) {
+  int32_t s = activate(ctx);
+  if (s != LSM_OK) return s;
+  void *p = nullptr;
+  LSM_CUDA_TRY(ctx, cudaMalloc(&p, bytes));
+  try {
+    ctx->allocations.emplace(static_cast<const char *>(p), bytes);
+  } catch (...) {
+    cudaFree(p);
+    return lsm_fail(ctx, LSM_ERR_OUT_OF_MEMORY, "host allocation failed");
+  }
+  *out = p;
+  return LSM_OK;
+}
+
+int32_t lsm_cuda_free(lsm_context *ctx, void *ptr) {
+  int32_t s = activate(ctx);
+  if (s != LSM_OK) return s;
+  ctx->allocations.erase(static_cast<const char *>(ptr));
+  // Work queued on the stream may still read ptr; cudaFree waits for the device, but keep the
+  // order explicit.
+  LSM_CUDA_TRY(ctx, cudaStreamSynchronize(ctx->cuda->stream));
+  LSM_CUDA_TRY(ctx, cudaFree(ptr));
+  return LSM_OK;
+}
+
+int32_t lsm_cuda_copy(lsm_context *ctx, void *dst, const void *src, size_t bytes, bool to_device) {
+  int32_t s = activate(ctx);
+  if (s != LSM_OK) return s;
+  const cudaMemcpyKind kind = to_device ? cudaMemcpyHostToDevice : cudaMemcpyDeviceToHost;
+  LSM_CUDA_TRY(ctx, cudaMemcpyAsync(dst, src, bytes, kind, ctx->cuda->stream));
+  LSM_CUDA_TRY(ctx, cudaStreamSynchronize(ctx->cuda->stream));
+  return LSM_OK;
+}
+
+int32_t lsm_cuda_synchronize(lsm_context *ctx) {
+  int32_t s = activate(ctx);
+  if (s != LSM_OK) return s;
+  LSM_CUDA_TRY(ctx, cudaStreamSynchronize(ctx->cuda->stream));
+  return LSM_OK;
+}
+
+int32_t lsm_cuda_forward(lsm_context *ctx, const lsm_problem &p) {
+  int32_t s = activate(ctx);
+  if (s != LSM_OK) return s;
+  return p.dtype == LSM_FLOAT32 ? forward<float>(ctx, p) : forward<double>(ctx, p);
+}
+
+int32_t lsm_cuda_backward(lsm_context *ctx, const lsm_problem &p) {
+  int32_t s = activate(ctx);
+  if (s != LSM_OK) return s;
+  return p.dtype == LSM_FLOAT32 ? backward<float>(ctx, p) : backward<double>(ctx, p);
+}

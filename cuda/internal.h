@@ -1,0 +1,57 @@
+// internal.h: what the C ABI layer (api.cpp) and the backends share. Not installed, not ABI.
+#ifndef LSOFTMAX_INTERNAL_H
+#define LSOFTMAX_INTERNAL_H
+
+#include <stdint.h>
+
+#include <string>
+#include <map>
+
+#include "lsoftmax.h"
+
+// One validated call: pointers are context memory, sizes are checked against LSM_MAX_ELEMENTS.
+struct lsm_problem {
+  int32_t dtype;
+  const void *x;
+  const void *w;
+  const int32_t *labels;
+  const void *grad_logits;  // backward only
+  int64_t n, d, c;
+  int32_t margin;
+  double lambda;
+  void *logits;  // forward only
+  void *grad_x;  // backward only
+  void *grad_w;  // backward only
+};
+
+struct lsm_cuda_state;  // defined by the CUDA backend
+
+struct lsm_context {
+  int32_t backend;
+  int32_t device;
+  std::string error;
+  std::map<const char *, size_t> allocations;  // lsm_malloc'd and not yet freed: base -> bytes
+  lsm_cuda_state *cuda = nullptr;
+};
+
+// Records a failure on the context (may be null) and this thread; returns status.
+int32_t lsm_fail(lsm_context *ctx, int32_t status, const std::string &message);
+
+// CPU backend (cpu_backend.cpp).
+int32_t lsm_cpu_forward(lsm_context *ctx, const lsm_problem &p);
+int32_t lsm_cpu_backward(lsm_context *ctx, const lsm_problem &p);
+
+// CUDA backend (cuda_backend.cu). Every function returns a status and, on failure, has called
+// lsm_fail; none throws. Without a driver or GPU, device_count reports LSM_ERR_UNAVAILABLE.
+int32_t lsm_cuda_device_count(int32_t *count, std::string *why);
+int32_t lsm_cuda_device_name(int32_t device, std::string *name, std::string *why);
+int32_t lsm_cuda_context_init(lsm_context *ctx);
+void lsm_cuda_context_release(lsm_context *ctx);
+int32_t lsm_cuda_malloc(lsm_context *ctx, size_t bytes, void **out);
+int32_t lsm_cuda_free(lsm_context *ctx, void *ptr);
+int32_t lsm_cuda_copy(lsm_context *ctx, void *dst, const void *src, size_t bytes, bool to_device);
+int32_t lsm_cuda_synchronize(lsm_context *ctx);
+int32_t lsm_cuda_forward(lsm_context *ctx, const lsm_problem &p);
+int32_t lsm_cuda_backward(lsm_context *ctx, const lsm_problem &p);
+
+#endif  // LSOFTMAX_INTERNAL_H

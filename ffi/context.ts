@@ -1,0 +1,176 @@
+/**
+ * Native contexts: one backend device each, with its error messages and, for CUDA, device
+ * buffers reused across calls. Turns every nonzero status into a thrown Error carrying the
+ * library's message.
+ *
+ * @example
+ * ```ts
+ * import { loadLibrary } from "./library.ts";
+ * import { NativeContext } from "./context.ts";
+ * const ctx = new NativeContext(loadLibrary(), "cpu", 0);
+ * ctx.close();
+ * ```
+ * @module
+ */
+
+import { cString, type Library } from "./library.ts";
+import { BackendCode, DType, Status } from "./symbols.ts";
+
+/** Float tensors the library computes on. */
+export type FloatArray = Float32Array | Float64Array;
+
+/** Sizes and settings of one call, already validated. */
+export interface Problem {
+  x: FloatArray;
+  w: FloatArray;
+  labels: Int32Array;
+  n: number;
+  d: number;
+  c: number;
+  margin: number;
+  lambda: number;
+}
+
+/** Throws the library's message for a failed status. */
+export function throwStatus(status: number, message: string, what: string): never {
+  const text = `${what}: ${message || "failed with status " + status}`;
+  if (status === Status.INVALID_ARGUMENT) throw new RangeError(text);
+  throw new Error(text);
+}
+
+function sizes(p: Problem): [bigint, bigint, bigint] {
+  return [BigInt(p.n), BigInt(p.d), BigInt(p.c)];
+}
+
+/** A context on one backend device, owning device buffers reused between calls. */
+export class NativeContext {
+  readonly backend: "cpu" | "cuda";
+  readonly device: number;
+  #lib: Library;
+  #ptr: Deno.PointerValue;
+  #buffers = new Map<string, { ptr: Deno.PointerValue; bytes: number }>();
+
+  constructor(lib: Library, backend: "cpu" | "cuda", device: number) {
+    this.#lib = lib;
+    this.backend = backend;
+    this.device = device;
+    const out = new BigUint64Array(1);
+    const code = backend === "cpu" ? BackendCode.CPU : BackendCode.CUDA;
+    const status = lib.symbols.lsm_context_create(code, device, out);
+    if (status !== Status.OK) {
+      throwStatus(status, cString(lib.symbols.lsm_last_error()), `${backend}:${device}`);
+    }
+    this.#ptr = Deno.UnsafePointer.create(out[0]);
+  }
+
+  get closed(): boolean {
+    return this.#ptr === null;
+  }
+
+  #check(status: number, what: string): void {
+    if (status === Status.OK) return;
+    throwStatus(status, cString(this.#lib.symbols.lsm_context_last_error(this.#ptr)), what);
+  }
+
+  #live(): Deno.PointerValue {
+    if (this.#ptr === null) throw new Error(`${this.backend}:${this.device}: context is closed`);
+    return this.#ptr;
+  }
+
+  /** Device memory of at least `bytes` for a role ("x", "w", ...), kept for the next call. */
+  #buffer(role: string, bytes: number): Deno.PointerValue {
+    const ctx = this.#live();
+    const have = this.#buffers.get(role);
+    if (have && have.bytes >= bytes) return have.ptr;
+    if (have) {
+      this.#buffers.delete(role);
+      this.#check(this.#lib.symbols.lsm_free(ctx, have.ptr), "lsm_free");
+    }
+    const out = new BigUint64Array(1);
+    this.#check(this.#lib.symbols.lsm_malloc(ctx, BigInt(bytes), out), "lsm_malloc");
+    const ptr = Deno.UnsafePointer.create(out[0]);
+    this.#buffers.set(role, { ptr, bytes });
+    return ptr;
+  }
+
+  /** Context memory holding `data`: the array itself on the CPU, a device copy on CUDA. */
+  #input(role: string, data: ArrayBufferView): Deno.PointerValue {
+    if (this.backend === "cpu") return Deno.UnsafePointer.of(data as Uint8Array<ArrayBuffer>);
+    const ptr = this.#buffer(role, data.byteLength);
+    const bytes = new Uint8Array(data.buffer as ArrayBuffer, data.byteOffset, data.byteLength);
+    this.#check(
+      this.#lib.symbols.lsm_memcpy_to_context(this.#live(), ptr, bytes, BigInt(data.byteLength)),
+      `copying ${role} to ${this.backend}:${this.device}`,
+    );
+    return ptr;
+  }
+
+  /** Context memory for an output; after the call, #output copies it into `data`. */
+  #outputPtr(role: string, data: ArrayBufferView): Deno.PointerValue {
+    if (this.backend === "cpu") return Deno.UnsafePointer.of(data as Uint8Array<ArrayBuffer>);
+    return this.#buffer(role, data.byteLength);
+  }
+
+  #output(role: string, ptr: Deno.PointerValue, data: ArrayBufferView): void {
+    if (this.backend === "cpu") return;
+    const bytes = new Uint8Array(data.buffer as ArrayBuffer, data.byteOffset, data.byteLength);
+    this.#check(
+      this.#lib.symbols.lsm_memcpy_from_context(this.#live(), bytes, ptr, BigInt(data.byteLength)),
+      `copying ${role} from ${this.backend}:${this.device}`,
+    );
+  }
+
+  /** Logits [n, c] of the L-Softmax forward into `logits`. */
+  forward(p: Problem, logits: FloatArray): void {
+    const ctx = this.#live();
+    const dtype = p.x instanceof Float32Array ? DType.FLOAT32 : DType.FLOAT64;
+    const x = this.#input("x", p.x);
+    const w = this.#input("w", p.w);
+    const labels = this.#input("labels", p.labels);
+    const out = this.#outputPtr("logits", logits);
+    this.#check(
+      this.#lib.symbols.lsm_forward(ctx, dtype, x, w, labels, ...sizes(p), p.margin, p.lambda, out),
+      "forward",
+    );
+    this.#output("logits", out, logits);
+  }
+
+  /** Gradients of the L-Softmax backward into `gradX` [n, d] and `gradW` [c, d]. */
+  backward(p: Problem, gradLogits: FloatArray, gradX: FloatArray, gradW: FloatArray): void {
+    const ctx = this.#live();
+    const dtype = p.x instanceof Float32Array ? DType.FLOAT32 : DType.FLOAT64;
+    const x = this.#input("x", p.x);
+    const w = this.#input("w", p.w);
+    const labels = this.#input("labels", p.labels);
+    const g = this.#input("gradLogits", gradLogits);
+    const gx = this.#outputPtr("gradX", gradX);
+    const gw = this.#outputPtr("gradW", gradW);
+    this.#check(
+      this.#lib.symbols.lsm_backward(
+        ctx,
+        dtype,
+        x,
+        w,
+        labels,
+        g,
+        ...sizes(p),
+        p.margin,
+        p.lambda,
+        gx,
+        gw,
+      ),
+      "backward",
+    );
+    this.#output("gradX", gx, gradX);
+    this.#output("gradW", gw, gradW);
+  }
+
+  /** Releases the device buffers and the context. Idempotent. */
+  close(): void {
+    if (this.#ptr === null) return;
+    // lsm_context_destroy frees whatever is still allocated on the context.
+    this.#buffers.clear();
+    this.#lib.symbols.lsm_context_destroy(this.#ptr);
+    this.#ptr = null;
+  }
+}

@@ -1,0 +1,506 @@
+/**
+ * Large-Margin Softmax (L-Softmax) for Deno: the op of Liu et al. (ICML 2016) computed by a
+ * CUDA shared library through FFI, with a CPU backend for machines without a GPU.
+ *
+ * For sample i with label y, the non-target logits are the plain inner products W_j·x_i and the
+ * target logit is (λ W_y·x_i + |W_y||x_i| ψ(cos θ)) / (1 + λ), ψ(c) = (-1)^k T_m(c) - 2k.
+ * Feed the logits to a softmax cross-entropy; pass its gradient back through {@link backward}.
+ *
+ * @example
+ * ```ts
+ * import { LargeMarginSoftmax } from "./mod.ts";
+ * const layer = new LargeMarginSoftmax({
+ *   margin: 4, base: 1000, gamma: 0.000025, power: 35, lambdaMin: 0,
+ * });
+ * const x = new Float32Array([1, 2, 3, 4]); // N = 2 samples, D = 2 features
+ * const w = new Float32Array([1, 0, 0, 1, 1, 1]); // C = 3 classes
+ * const { logits, lambda } = layer.forward(x, w, new Int32Array([0, 2]));
+ * const { gradX, gradW } = layer.backward(new Float32Array(logits.length).fill(1));
+ * layer.close();
+ * ```
+ * @module
+ */
+
+import { loadLibrary, type Library } from "./ffi/library.ts";
+import { type FloatArray, NativeContext, type Problem } from "./ffi/context.ts";
+import { BackendCode, Status } from "./ffi/symbols.ts";
+import { cString } from "./ffi/library.ts";
+
+export type { FloatArray } from "./ffi/context.ts";
+
+/** The largest supported margin m (`LSM_MAX_MARGIN`). */
+export const MAX_MARGIN = 16;
+
+/** The most elements any tensor (and N·C, N·D, C·D) may have: kernels index with int32. */
+export const MAX_ELEMENTS = 2 ** 31 - 1;
+
+/** Where to compute: "auto" (CUDA when usable, else CPU), "cpu", "cuda" (device 0), "cuda:K". */
+export type Backend = "auto" | "cpu" | "cuda" | `cuda:${number}`;
+
+/** Options of {@link forward} and {@link backward}. */
+export interface OpOptions {
+  /** The integer margin m, 1 to {@link MAX_MARGIN}; m = 1 is the plain linear layer. */
+  margin: number;
+  /** λ >= 0: how much of the plain logit is mixed in (large early in training). */
+  lambda: number;
+  /** Where to compute; "auto" by default. */
+  backend?: Backend;
+  /** The feature count D; by default x.length / labels.length. */
+  features?: number;
+}
+
+/** The λ schedule λ(t) = max(base·(1 + gamma·t)^(-power), lambdaMin). */
+export interface LambdaSchedule {
+  base: number;
+  gamma: number;
+  power: number;
+  lambdaMin: number;
+}
+
+/** Options of {@link LargeMarginSoftmax}: margin, schedule, state and backend. */
+export interface LayerOptions extends LambdaSchedule {
+  margin: number;
+  /** The iteration the layer resumes from (0 for a new layer). */
+  iteration?: number;
+  backend?: Backend;
+}
+
+/** What {@link backends} reports. */
+export interface BackendsInfo {
+  /** The native library's version. */
+  version: string;
+  /** The path the library was loaded from. */
+  library: string;
+  cpu: { available: true; name: string };
+  cuda: {
+    available: boolean;
+    devices: { index: number; id: `cuda:${number}`; name: string }[];
+    /** Why CUDA is not usable (no driver, no device), or null. */
+    reason: string | null;
+  };
+}
+
+// ---------------------------------------------------------------------------------------------
+// Argument checks: each names the argument, what was expected and what came.
+
+function describe(v: unknown): string {
+  if (v === null) return "null";
+  if (typeof v === "object") {
+    const name = (v as object).constructor?.name ?? "Object";
+    return "length" in (v as object) ? `${name}(${(v as { length: number }).length})` : name;
+  }
+  if (typeof v === "string") return JSON.stringify(v);
+  return `${typeof v} ${String(v)}`;
+}
+
+function isFloatArray(v: unknown): v is FloatArray {
+  return v instanceof Float32Array || v instanceof Float64Array;
+}
+
+function checkNumber(name: string, v: unknown, min: number): number {
+  if (typeof v !== "number") throw new TypeError(`${name}: expected a number, got ${describe(v)}`);
+  if (!Number.isFinite(v) || v < min) {
+    throw new RangeError(`${name}: expected a finite number >= ${min}, got ${v}`);
+  }
+  return v;
+}
+
+function checkInteger(name: string, v: unknown, min: number, max: number): number {
+  if (typeof v !== "number" || !Number.isInteger(v)) {
+    throw new TypeError(`${name}: expected an integer in [${min}, ${max}], got ${describe(v)}`);
+  }
+  if (v < min || v > max) {
+    throw new RangeError(`${name}: expected an integer in [${min}, ${max}], got ${v}`);
+  }
+  return v;
+}
+
+function checkProblem(
+  x: unknown,
+  w: unknown,
+  labels: unknown,
+  options: OpOptions | undefined,
+): Problem {
+  if (!isFloatArray(x)) {
+    throw new TypeError(`x: expected a Float32Array or Float64Array, got ${describe(x)}`);
+  }
+  if (!isFloatArray(w) || w.constructor !== x.constructor) {
+    throw new TypeError(`w: expected a ${x.constructor.name} like x, got ${describe(w)}`);
+  }
+  if (!(labels instanceof Int32Array)) {
+    throw new TypeError(`labels: expected an Int32Array, got ${describe(labels)}`);
+  }
+  if (typeof options !== "object" || options === null) {
+    throw new TypeError(`options: expected { margin, lambda }, got ${describe(options)}`);
+  }
+  const n = labels.length;
+  if (n === 0) throw new RangeError("labels: expected at least one label, got an empty Int32Array");
+  let d: number;
+  if (options.features !== undefined) {
+    d = checkInteger("features", options.features, 1, MAX_ELEMENTS);
+    if (x.length !== n * d) {
+      throw new RangeError(
+        `x: expected labels.length * features = ${n} * ${d} = ${n * d} elements, got ${x.length}`,
+      );
+    }
+  } else {
+    if (x.length === 0 || x.length % n !== 0) {
+      throw new RangeError(
+        `x: expected a non-zero multiple of labels.length (${n}) elements, got ${x.length}`,
+      );
+    }
+    d = x.length / n;
+  }
+  if (w.length === 0 || w.length % d !== 0) {
+    throw new RangeError(
+      `w: expected a non-zero multiple of the feature count D = ${d} elements, got ${w.length}`,
+    );
+  }
+  const c = w.length / d;
+  for (const [name, value] of [["N*C (logits)", n * c], ["N*D (x)", n * d], ["C*D (w)", c * d]]) {
+    if ((value as number) > MAX_ELEMENTS) {
+      throw new RangeError(`${name}: expected at most ${MAX_ELEMENTS} elements, got ${value}`);
+    }
+  }
+  for (let i = 0; i < n; i++) {
+    const y = labels[i];
+    if (y < 0 || y >= c) {
+      throw new RangeError(`labels[${i}]: expected an integer in [0, ${c}), got ${y}`);
+    }
+  }
+  const margin = checkInteger("margin", options.margin, 1, MAX_MARGIN);
+  const lambda = checkNumber("lambda", options.lambda, 0);
+  return { x, w, labels, n, d, c, margin, lambda };
+}
+
+// ---------------------------------------------------------------------------------------------
+// Backends and shared contexts.
+
+const contexts = new Map<string, NativeContext>();
+
+function cudaDevices(lib: Library): { count: number; reason: string | null } {
+  const count = new Int32Array(1);
+  const status = lib.symbols.lsm_device_count(BackendCode.CUDA, count);
+  if (status === Status.OK) return { count: count[0], reason: null };
+  return { count: 0, reason: cString(lib.symbols.lsm_last_error()) };
+}
+
+function deviceName(lib: Library, backend: number, index: number): string {
+  const buf = new Uint8Array(512);
+  const status = lib.symbols.lsm_device_name(backend, index, buf, BigInt(buf.length));
+  if (status !== Status.OK) return `(unnamed: ${cString(lib.symbols.lsm_last_error())})`;
+  return new TextDecoder().decode(buf.subarray(0, buf.indexOf(0)));
+}
+
+/** Resolves a backend string to a concrete backend and device, or throws saying why not. */
+function resolveBackend(lib: Library, backend: unknown): { kind: "cpu" | "cuda"; device: number } {
+  const spec = backend ?? "auto";
+  if (spec === "cpu") return { kind: "cpu", device: 0 };
+  const cuda = typeof spec === "string" ? /^cuda(?::(\d+))?$/.exec(spec) : null;
+  if (spec !== "auto" && cuda === null) {
+    throw new RangeError(
+      `backend: expected "auto", "cpu", "cuda" or "cuda:K", got ${describe(backend)}`,
+    );
+  }
+  const { count, reason } = cudaDevices(lib);
+  if (spec === "auto") return count > 0 ? { kind: "cuda", device: 0 } : { kind: "cpu", device: 0 };
+  const device = cuda![1] === undefined ? 0 : Number(cuda![1]);
+  if (count === 0) throw new Error(`backend: "${spec}" is not available here: ${reason}`);
+  if (device >= count) {
+    throw new RangeError(
+      `backend: expected a CUDA device in [0, ${count}), got "${spec}"`,
+    );
+  }
+  return { kind: "cuda", device };
+}
+
+function sharedContext(backend: unknown): NativeContext {
+  const lib = loadLibrary();
+  const { kind, device } = resolveBackend(lib, backend);
+  const key = `${kind}:${device}`;
+  let ctx = contexts.get(key);
+  if (!ctx) {
+    ctx = new NativeContext(lib, kind, device);
+    contexts.set(key, ctx);
+  }
+  return ctx;
+}
+
+function newLike<T extends FloatArray>(x: T, length: number): T {
+  return (x instanceof Float32Array ? new Float32Array(length) : new Float64Array(length)) as T;
+}
+
+function checkGradLogits(p: Problem, gradLogits: unknown): FloatArray {
+  if (!isFloatArray(gradLogits) || gradLogits.constructor !== p.x.constructor) {
+    throw new TypeError(
+      `gradLogits: expected a ${p.x.constructor.name} like x, got ${describe(gradLogits)}`,
+    );
+  }
+  if (gradLogits.length !== p.n * p.c) {
+    throw new RangeError(
+      `gradLogits: expected N*C = ${p.n}*${p.c} = ${p.n * p.c} elements, got ${gradLogits.length}`,
+    );
+  }
+  return gradLogits;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Public API.
+
+/**
+ * Loads the native library explicitly (else it is found on first use: `LSOFTMAX_LIB`, then
+ * `build/liblsoftmax.so` beside this module). Returns what {@link backends} returns.
+ *
+ * @example
+ * ```ts
+ * import { useLibrary } from "./mod.ts";
+ * const info = useLibrary(Deno.env.get("LSOFTMAX_LIB"));
+ * console.log(info.library, info.cuda.available);
+ * ```
+ */
+export function useLibrary(path?: string): BackendsInfo {
+  loadLibrary(path);
+  return backends();
+}
+
+/**
+ * What can compute here: the CPU always; each CUDA device with its name, or why there is none.
+ *
+ * @example
+ * ```ts
+ * import { backends } from "./mod.ts";
+ * const info = backends();
+ * console.log(info.cuda.available ? info.cuda.devices : info.cuda.reason);
+ * ```
+ */
+export function backends(): BackendsInfo {
+  const lib = loadLibrary();
+  const { count, reason } = cudaDevices(lib);
+  const devices = Array.from({ length: count }, (_, index) => ({
+    index,
+    id: `cuda:${index}` as const,
+    name: deviceName(lib, BackendCode.CUDA, index),
+  }));
+  return {
+    version: lib.version,
+    library: lib.path,
+    cpu: { available: true, name: deviceName(lib, BackendCode.CPU, 0) },
+    cuda: { available: count > 0, devices, reason },
+  };
+}
+
+/**
+ * The L-Softmax logits [N, C] of features x [N, D] for classes w [C, D] (both row-major).
+ *
+ * @example
+ * ```ts
+ * import { forward } from "./mod.ts";
+ * const x = new Float64Array([0.5, 1, -1, 2]); // N = 2, D = 2
+ * const w = new Float64Array([1, 0, 0, 1, -1, 1]); // C = 3
+ * const { logits } = forward(x, w, new Int32Array([1, 2]), { margin: 2, lambda: 0 });
+ * console.log(logits.length); // 6
+ * ```
+ */
+export function forward<T extends FloatArray>(
+  x: T,
+  w: T,
+  labels: Int32Array,
+  options: OpOptions,
+): { logits: T } {
+  const p = checkProblem(x, w, labels, options);
+  const ctx = sharedContext(options.backend);
+  const logits = newLike(x, p.n * p.c);
+  ctx.forward(p, logits);
+  return { logits };
+}
+
+/**
+ * The gradients of a loss L with respect to x and w, given gradLogits = dL/dlogits [N, C].
+ *
+ * @example
+ * ```ts
+ * import { backward } from "./mod.ts";
+ * const x = new Float64Array([0.5, 1, -1, 2]);
+ * const w = new Float64Array([1, 0, 0, 1, -1, 1]);
+ * const g = new Float64Array(6).fill(0.1);
+ * const { gradX, gradW } = backward(x, w, new Int32Array([1, 2]), g, { margin: 2, lambda: 0 });
+ * console.log(gradX.length, gradW.length); // 4 6
+ * ```
+ */
+export function backward<T extends FloatArray>(
+  x: T,
+  w: T,
+  labels: Int32Array,
+  gradLogits: T,
+  options: OpOptions,
+): { gradX: T; gradW: T } {
+  const p = checkProblem(x, w, labels, options);
+  const g = checkGradLogits(p, gradLogits);
+  const ctx = sharedContext(options.backend);
+  const gradX = newLike(x, p.n * p.d);
+  const gradW = newLike(x, p.c * p.d);
+  ctx.backward(p, g, gradX, gradW);
+  return { gradX, gradW };
+}
+
+function checkSchedule(s: LambdaSchedule): LambdaSchedule {
+  if (typeof s !== "object" || s === null) {
+    throw new TypeError(
+      `schedule: expected { base, gamma, power, lambdaMin }, got ${describe(s)}`,
+    );
+  }
+  return {
+    base: checkNumber("base", s.base, 0),
+    gamma: checkNumber("gamma", s.gamma, 0),
+    power: checkNumber("power", s.power, 0),
+    lambdaMin: checkNumber("lambdaMin", s.lambdaMin, 0),
+  };
+}
+
+/**
+ * λ at a step: max(base·(1 + gamma·step)^(-power), lambdaMin), the Caffe layer's schedule.
+ *
+ * @example
+ * ```ts
+ * import { lambdaAt } from "./mod.ts";
+ * const s = { base: 1000, gamma: 0.000025, power: 35, lambdaMin: 0 };
+ * console.log(lambdaAt(0, s)); // 1000
+ * ```
+ */
+export function lambdaAt(step: number, schedule: LambdaSchedule): number {
+  checkNumber("step", step, 0);
+  const { base, gamma, power, lambdaMin } = checkSchedule(schedule);
+  return Math.max(base * Math.pow(1 + gamma * step, -power), lambdaMin);
+}
+
+/**
+ * The L-Softmax layer with its λ annealing state. Without a step, each forward first
+ * increments the iteration (as the Caffe layer does); with `{ step }` it uses λ at that step
+ * (as the seed's TensorFlow op does with global_step). Backward uses the last forward's inputs
+ * and λ: keep those arrays unchanged in between.
+ *
+ * @example
+ * ```ts
+ * import { LargeMarginSoftmax } from "./mod.ts";
+ * using layer = new LargeMarginSoftmax({
+ *   margin: 4, base: 1000, gamma: 0.000025, power: 35, lambdaMin: 0, backend: "cpu",
+ * });
+ * const x = new Float64Array([1, 2, 3, 4]);
+ * const w = new Float64Array([1, 0, 0, 1, 1, 1]);
+ * layer.forward(x, w, new Int32Array([0, 2]));
+ * const { gradX } = layer.backward(new Float64Array(6).fill(1));
+ * const saved = JSON.stringify(layer); // resume later: new LargeMarginSoftmax(JSON.parse(saved))
+ * ```
+ */
+export class LargeMarginSoftmax {
+  readonly margin: number;
+  readonly schedule: LambdaSchedule;
+  readonly backend: Backend;
+  #iteration: number;
+  #lambda: number | undefined;
+  #context: NativeContext | undefined;
+  #last: { p: Problem } | undefined;
+  #closed = false;
+
+  constructor(options: LayerOptions) {
+    if (typeof options !== "object" || options === null) {
+      throw new TypeError(
+        `options: expected { margin, base, gamma, power, lambdaMin }, got ${describe(options)}`,
+      );
+    }
+    this.margin = checkInteger("margin", options.margin, 1, MAX_MARGIN);
+    this.schedule = checkSchedule(options);
+    this.#iteration = checkInteger(
+      "iteration",
+      options.iteration ?? 0,
+      0,
+      Number.MAX_SAFE_INTEGER,
+    );
+    this.backend = options.backend ?? "auto";
+    resolveBackend(loadLibrary(), this.backend); // fail now, not at the first forward
+  }
+
+  /** The iteration of the last forward (or the one the layer was created at). */
+  get iteration(): number {
+    return this.#iteration;
+  }
+
+  /** λ of the last forward; before any, λ at the current iteration. */
+  get lambda(): number {
+    return this.#lambda ?? lambdaAt(this.#iteration, this.schedule);
+  }
+
+  #ctx(): NativeContext {
+    if (this.#closed) throw new Error("LargeMarginSoftmax: the layer is closed");
+    if (!this.#context) {
+      const { kind, device } = resolveBackend(loadLibrary(), this.backend);
+      this.#context = new NativeContext(loadLibrary(), kind, device);
+    }
+    return this.#context;
+  }
+
+  /** Logits for x [N, D], w [C, D] and labels [N], and the λ used. */
+  forward<T extends FloatArray>(
+    x: T,
+    w: T,
+    labels: Int32Array,
+    options: { step?: number; features?: number } = {},
+  ): { logits: T; lambda: number } {
+    const ctx = this.#ctx();
+    const step = options.step === undefined
+      ? this.#iteration + 1
+      : checkInteger("step", options.step, 0, Number.MAX_SAFE_INTEGER);
+    const lambda = lambdaAt(step, this.schedule);
+    const p = checkProblem(x, w, labels, {
+      margin: this.margin,
+      lambda,
+      features: options.features,
+    });
+    const logits = newLike(x, p.n * p.c);
+    ctx.forward(p, logits);
+    this.#iteration = step;
+    this.#lambda = lambda;
+    this.#last = { p };
+    return { logits, lambda };
+  }
+
+  /** Gradients for the last forward, given gradLogits = dL/dlogits [N, C]. */
+  backward<T extends FloatArray>(gradLogits: T): { gradX: T; gradW: T } {
+    const ctx = this.#ctx();
+    if (!this.#last) throw new Error("LargeMarginSoftmax: backward needs a forward first");
+    const { p } = this.#last;
+    const g = checkGradLogits(p, gradLogits);
+    const gradX = newLike(gradLogits, p.n * p.d);
+    const gradW = newLike(gradLogits, p.c * p.d);
+    ctx.backward(p, g, gradX, gradW);
+    return { gradX, gradW };
+  }
+
+  /** Options that rebuild this layer where it left off. */
+  toJSON(): Required<LayerOptions> {
+    return {
+      margin: this.margin,
+      ...this.schedule,
+      iteration: this.#iteration,
+      backend: this.backend,
+    };
+  }
+
+  /** Releases the layer's native context and saved inputs. Later calls throw. */
+  close(): void {
+    this.#closed = true;
+    this.#last = undefined;
+    this.#context?.close();
+    this.#context = undefined;
+  }
+
+  [Symbol.dispose](): void {
+    this.close();
+  }
+}
+
+/** Closes the contexts shared by {@link forward} and {@link backward} (they reopen on use). */
+export function releaseContexts(): void {
+  for (const ctx of contexts.values()) ctx.close();
+  contexts.clear();
+}
