@@ -3,7 +3,7 @@
 #   make            build build/liblsoftmax.so
 #   make example    build, then run examples/train.ts
 #   make test       set up what is missing, build, then fmt/lint/type checks and the Deno tests
-#   make bench      the benchmarks (deno bench)
+#   make bench      the benchmarks (deno bench); make perf-table: the README's table
 #
 # The GPU targets: CUDA_ARCHS (real code) and CUDA_PTX (PTX, JIT-compiled by newer drivers).
 
@@ -29,7 +29,7 @@ LDLIBS   := -L$(CUDA_HOME)/lib64 -l:libcudart_static.a -lopenblas -ldl -lpthread
 HEADERS  := $(wildcard cuda/*.h cuda/*.cuh)
 LIB      := $(BUILD)/liblsoftmax.so
 
-.PHONY: all example test check bench clean setup
+.PHONY: all example test check bench perf-table clean setup
 
 all: $(LIB)
 
@@ -58,10 +58,17 @@ check: setup
 	$(DENO) check mod.ts ffi/*.ts tests/*.ts bench/*.ts examples/*.ts
 
 test: setup $(LIB) check
-	$(DENO) test --allow-ffi --allow-env --allow-read --allow-net tests/
+	$(DENO) test --allow-ffi --allow-env --allow-read --allow-net --allow-run tests/
 
 bench: setup $(LIB)
 	$(DENO) bench --allow-ffi --allow-env --allow-read bench/
 
+perf-table: setup $(LIB)
+	LSOFTMAX_MACHINE="$$(sed -n 's/^model name[[:space:]]*: //p' /proc/cpuinfo | head -n 1)" \
+	$(DENO) run --allow-ffi --allow-env --allow-read bench/table.ts
+
 clean:
 	rm -rf $(BUILD)
+
+# The CPU execution layer for the CUDA kernels (make test-emu) and the GPU check.
+-include mk/emu.mk

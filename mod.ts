@@ -21,7 +21,7 @@
  * @module
  */
 
-import { loadLibrary, type Library } from "./ffi/library.ts";
+import { type Library, loadLibrary } from "./ffi/library.ts";
 import { type FloatArray, NativeContext, type Problem } from "./ffi/context.ts";
 import { BackendCode, Status } from "./ffi/symbols.ts";
 import { cString } from "./ffi/library.ts";
@@ -178,11 +178,16 @@ function checkProblem(
 
 const contexts = new Map<string, NativeContext>();
 
+// The CUDA device count cannot change under a running process; asking once keeps calls cheap.
+let cudaInfo: { count: number; reason: string | null } | undefined;
 function cudaDevices(lib: Library): { count: number; reason: string | null } {
+  if (cudaInfo) return cudaInfo;
   const count = new Int32Array(1);
   const status = lib.symbols.lsm_device_count(BackendCode.CUDA, count);
-  if (status === Status.OK) return { count: count[0], reason: null };
-  return { count: 0, reason: cString(lib.symbols.lsm_last_error()) };
+  cudaInfo = status === Status.OK
+    ? { count: count[0], reason: null }
+    : { count: 0, reason: cString(lib.symbols.lsm_last_error()) };
+  return cudaInfo;
 }
 
 function deviceName(lib: Library, backend: number, index: number): string {
@@ -214,7 +219,12 @@ function resolveBackend(lib: Library, backend: unknown): { kind: "cpu" | "cuda";
   return { kind: "cuda", device };
 }
 
+// Contexts shared by forward() and backward(), by concrete device; `resolved` maps each backend
+// string seen to its context so the common call resolves nothing.
+const resolved = new Map<unknown, NativeContext>();
 function sharedContext(backend: unknown): NativeContext {
+  const hit = resolved.get(backend);
+  if (hit && !hit.closed) return hit;
   const lib = loadLibrary();
   const { kind, device } = resolveBackend(lib, backend);
   const key = `${kind}:${device}`;
@@ -223,6 +233,7 @@ function sharedContext(backend: unknown): NativeContext {
     ctx = new NativeContext(lib, kind, device);
     contexts.set(key, ctx);
   }
+  resolved.set(backend, ctx);
   return ctx;
 }
 
@@ -503,4 +514,5 @@ export class LargeMarginSoftmax {
 export function releaseContexts(): void {
   for (const ctx of contexts.values()) ctx.close();
   contexts.clear();
+  resolved.clear();
 }

@@ -12,7 +12,7 @@
  * @module
  */
 
-import { ABI_VERSION, symbols, type Symbols } from "./symbols.ts";
+import { ABI_VERSION, type Symbols, symbols } from "./symbols.ts";
 
 /** The opened library. */
 export interface Library {

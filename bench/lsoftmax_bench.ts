@@ -1,0 +1,114 @@
+/**
+ * `deno bench`: the L-Softmax op against the plain linear layer (x·Wᵀ forward, G·W and Gᵀ·x
+ * backward) through the same library and backend, at (N, D, C) = (64, 128, 1000),
+ * (256, 512, 10000) and (512, 512, 100000), float32, margin 4. The baseline of each group is the
+ * same op at margin 1, which the library computes as exactly those matrix products. At the small
+ * shape a peer joins: the same loss composed from TensorFlow.js ops (CPU backend, autodiff).
+ *
+ * Environment: LSOFTMAX_BACKEND ("cpu" by default; "cuda" on a GPU machine), LSOFTMAX_BENCH_SHAPES
+ * ("small" for the first shape only), LSOFTMAX_BENCH_TFJS=0 to leave out the TensorFlow.js peer.
+ * After the table, GFLOP/s per benchmark (6·N·C·D flops forward+backward, 2·N·C·D forward).
+ *
+ * @module
+ */
+
+import { type Backend, backward, forward } from "../mod.ts";
+
+const env = (name: string) => Deno.env.get(name);
+const backend = (env("LSOFTMAX_BACKEND") ?? "cpu") as Backend;
+const MARGIN = 4, LAMBDA = 0.5;
+const allShapes: [number, number, number][] = [[64, 128, 1000], [256, 512, 10000], [
+  512,
+  512,
+  100000,
+]];
+const shapes = env("LSOFTMAX_BENCH_SHAPES") === "small" ? allShapes.slice(0, 1) : allShapes;
+
+function random(length: number, seed: number): Float32Array {
+  const a = new Float32Array(length);
+  let s = seed >>> 0;
+  for (let i = 0; i < length; i++) {
+    s = (s * 1664525 + 1013904223) >>> 0;
+    a[i] = s / 2 ** 32 - 0.5;
+  }
+  return a;
+}
+
+// Median seconds per call, recorded by each benchmark, for the GFLOP/s report at the end.
+const timings = new Map<string, { flops: number; seconds: number[] }>();
+function timed(name: string, flops: number, fn: () => void): () => void {
+  const entry = { flops, seconds: [] as number[] };
+  timings.set(name, entry);
+  return () => {
+    const t0 = performance.now();
+    fn();
+    entry.seconds.push((performance.now() - t0) / 1000);
+  };
+}
+
+for (const [n, d, c] of shapes) {
+  const group = `${backend} N=${n} D=${d} C=${c}`;
+  const x = random(n * d, 1), w = random(c * d, 2), g = random(n * c, 3);
+  const labels = Int32Array.from({ length: n }, (_, i) => (i * 7919) % c);
+  const big = n * c * d > 1e9;
+  const opts = big ? { n: 5, warmup: 1 } : {};
+  const flops = 2 * n * c * d;
+  for (const [what, mult] of [["forward", 1], ["backward", 2], ["forward+backward", 3]] as const) {
+    for (const margin of [1, MARGIN]) {
+      const name = margin === 1 ? `linear ${what}` : `lsoftmax ${what}`;
+      const run = () => {
+        if (what !== "backward") forward(x, w, labels, { margin, lambda: LAMBDA, backend });
+        if (what !== "forward") backward(x, w, labels, g, { margin, lambda: LAMBDA, backend });
+      };
+      Deno.bench({
+        name: `${name} [${group}]`,
+        group: `${group} ${what}`,
+        baseline: margin === 1,
+        ...opts,
+        fn: timed(`${group} ${name}`, flops * mult, run),
+      });
+    }
+  }
+}
+
+// Per-call overhead through FFI at a tiny shape, beside the FFI-only cost of a trivial call.
+{
+  const x = random(8, 4), w = random(32, 5), g = random(4, 6);
+  const labels = new Int32Array([3]);
+  Deno.bench({ name: "forward N=1 D=8 C=4", group: "overhead", baseline: true }, () => {
+    forward(x, w, labels, { margin: MARGIN, lambda: LAMBDA, backend });
+  });
+  Deno.bench({ name: "backward N=1 D=8 C=4", group: "overhead" }, () => {
+    backward(x, w, labels, g, { margin: MARGIN, lambda: LAMBDA, backend });
+  });
+}
+
+// The peer: what a Deno user would otherwise write, at the small shape only.
+if (env("LSOFTMAX_BENCH_TFJS") !== "0") {
+  const { tfjsLSoftmaxStep } = await import("./tfjs_peer.ts");
+  const [n, d, c] = allShapes[0];
+  const group = `${backend} N=${n} D=${d} C=${c}`;
+  const x = random(n * d, 1), w = random(c * d, 2), g = random(n * c, 3);
+  const labels = Int32Array.from({ length: n }, (_, i) => (i * 7919) % c);
+  const step = await tfjsLSoftmaxStep(x, w, labels, g, { n, d, c, margin: MARGIN, lambda: LAMBDA });
+  Deno.bench({
+    name: `tfjs-cpu composed forward+backward [${group}]`,
+    group: `${group} forward+backward`,
+    n: 5,
+    warmup: 1,
+    fn: timed(`${group} tfjs-cpu composed forward+backward`, 6 * n * c * d, step),
+  });
+}
+
+globalThis.addEventListener("unload", () => {
+  console.log("\nGFLOP/s (median of the timed calls):");
+  for (const [name, { flops, seconds }] of timings) {
+    if (seconds.length === 0) continue;
+    const sorted = [...seconds].sort((a, b) => a - b);
+    const median = sorted[Math.floor(sorted.length / 2)];
+    console.log(
+      `  ${name.padEnd(58)} ${(flops / median / 1e9).toFixed(2).padStart(9)} GFLOP/s  ` +
+        `${(median * 1e3).toFixed(3).padStart(10)} ms`,
+    );
+  }
+});
