@@ -2,7 +2,8 @@
 #
 #   make            build build/liblsoftmax.so
 #   make example    build, then run examples/train.ts
-#   make test       set up what is missing, build, then fmt/lint/type checks and the Deno tests
+#   make test       set up what is missing, build, then fmt/lint/type checks, the Deno tests, and
+#                   the same tests with the CUDA kernels on the CPU execution layer (test-emu)
 #   make bench      the benchmarks (deno bench); make perf-table: the README's table
 #
 # The GPU targets: CUDA_ARCHS (real code) and CUDA_PTX (PTX, JIT-compiled by newer drivers).
@@ -13,6 +14,7 @@ CXX        ?= g++
 CUDA_ARCHS ?= 75 80 86 89 90 100 120
 CUDA_PTX   ?= 120
 DENO       ?= scripts/deno
+DENO_TEST_FLAGS := --allow-ffi --allow-env --allow-read --allow-net --allow-run
 BUILD      ?= build
 
 comma    := ,
@@ -57,8 +59,11 @@ check: setup
 	$(DENO) lint
 	$(DENO) check mod.ts ffi/*.ts tests/*.ts bench/*.ts examples/*.ts
 
+# The suite on the real library (its CUDA tests skip without a GPU), then again on the CPU
+# execution layer, where they run the CUDA kernels (mk/emu.mk).
 test: setup $(LIB) check
-	$(DENO) test --allow-ffi --allow-env --allow-read --allow-net --allow-run tests/
+	$(DENO) test $(DENO_TEST_FLAGS) tests/
+	$(MAKE) --no-print-directory test-emu
 
 bench: setup $(LIB)
 	$(DENO) bench --allow-ffi --allow-env --allow-read bench/

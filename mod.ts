@@ -22,11 +22,11 @@
  */
 
 import { type Library, loadLibrary } from "./ffi/library.ts";
-import { type FloatArray, NativeContext, type Problem } from "./ffi/context.ts";
+import { type FloatArray, NativeContext, type Precision, type Problem } from "./ffi/context.ts";
 import { BackendCode, Status } from "./ffi/symbols.ts";
 import { cString } from "./ffi/library.ts";
 
-export type { FloatArray } from "./ffi/context.ts";
+export type { FloatArray, Precision } from "./ffi/context.ts";
 
 /** The largest supported margin m (`LSM_MAX_MARGIN`). */
 export const MAX_MARGIN = 16;
@@ -47,6 +47,12 @@ export interface OpOptions {
   backend?: Backend;
   /** The feature count D; by default x.length / labels.length. */
   features?: number;
+  /**
+   * Float32 matrix products: "exact" (IEEE float32, the default) or "tf32" (tensor cores with
+   * TF32 inputs, about 1e-3 relative; CUDA devices of compute capability 8.0+ only). Float64
+   * calls are always exact.
+   */
+  precision?: Precision;
 }
 
 /** The λ schedule λ(t) = max(base·(1 + gamma·t)^(-power), lambdaMin). */
@@ -63,6 +69,8 @@ export interface LayerOptions extends LambdaSchedule {
   /** The iteration the layer resumes from (0 for a new layer). */
   iteration?: number;
   backend?: Backend;
+  /** See {@link OpOptions.precision}. */
+  precision?: Precision;
 }
 
 /** What {@link backends} reports. */
@@ -170,7 +178,13 @@ function checkProblem(
   }
   const margin = checkInteger("margin", options.margin, 1, MAX_MARGIN);
   const lambda = checkNumber("lambda", options.lambda, 0);
-  return { x, w, labels, n, d, c, margin, lambda };
+  const precision = checkPrecision(options.precision);
+  return { x, w, labels, n, d, c, margin, lambda, precision };
+}
+
+function checkPrecision(v: unknown): Precision {
+  if (v === undefined || v === "exact" || v === "tf32") return v ?? "exact";
+  throw new RangeError(`precision: expected "exact" or "tf32", got ${describe(v)}`);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -407,6 +421,7 @@ export class LargeMarginSoftmax {
   readonly margin: number;
   readonly schedule: LambdaSchedule;
   readonly backend: Backend;
+  readonly precision: Precision;
   #iteration: number;
   #lambda: number | undefined;
   #context: NativeContext | undefined;
@@ -428,6 +443,7 @@ export class LargeMarginSoftmax {
       Number.MAX_SAFE_INTEGER,
     );
     this.backend = options.backend ?? "auto";
+    this.precision = checkPrecision(options.precision);
     resolveBackend(loadLibrary(), this.backend); // fail now, not at the first forward
   }
 
@@ -466,6 +482,7 @@ export class LargeMarginSoftmax {
       margin: this.margin,
       lambda,
       features: options.features,
+      precision: this.precision,
     });
     const logits = newLike(x, p.n * p.c);
     ctx.forward(p, logits);
@@ -494,6 +511,7 @@ export class LargeMarginSoftmax {
       ...this.schedule,
       iteration: this.#iteration,
       backend: this.backend,
+      precision: this.precision,
     };
   }
 

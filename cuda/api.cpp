@@ -226,6 +226,25 @@ int32_t lsm_context_info(const lsm_context *ctx, int32_t *backend, int32_t *devi
   return LSM_OK;
 }
 
+int32_t lsm_context_set_precision(lsm_context *ctx, int32_t precision) {
+  return guarded(ctx, [&]() -> int32_t {
+    int32_t s;
+    if ((s = check_context(ctx))) return s;
+    if (precision != LSM_PRECISION_EXACT && precision != LSM_PRECISION_TF32)
+      return lsm_fail(ctx, LSM_ERR_INVALID_ARGUMENT,
+                      "precision: expected LSM_PRECISION_EXACT (0) or LSM_PRECISION_TF32 (1), got " + str(precision));
+    if (precision == LSM_PRECISION_TF32) {
+      if (ctx->backend != LSM_BACKEND_CUDA)
+        return lsm_fail(ctx, LSM_ERR_UNAVAILABLE,
+                        "precision: TF32 needs a CUDA device of compute capability 8.0 or newer, and this "
+                        "context is on the cpu");
+      if ((s = lsm_cuda_check_precision(ctx, precision))) return s;
+    }
+    ctx->precision = precision;
+    return LSM_OK;
+  });
+}
+
 int32_t lsm_malloc(lsm_context *ctx, size_t bytes, void **out) {
   return guarded(ctx, [&]() -> int32_t {
     int32_t s;

@@ -12,6 +12,7 @@
 
 struct lsm_cuda_state {
   cudaStream_t stream = nullptr;
+  int cc_major = 0, cc_minor = 0;  // compute capability
   void *workspace = nullptr;  // per-sample coefficients and the bad-label slot
   size_t workspace_bytes = 0;
 };
@@ -186,6 +187,8 @@ int32_t lsm_cuda_context_init(lsm_context *ctx) {
                     "device: expected an index in [0, " + std::to_string(count) + "), got " + std::to_string(ctx->device));
   ctx->cuda = new lsm_cuda_state();
   if ((s = activate(ctx)) != LSM_OK) return s;
+  LSM_CUDA_TRY(ctx, cudaDeviceGetAttribute(&ctx->cuda->cc_major, cudaDevAttrComputeCapabilityMajor, ctx->device));
+  LSM_CUDA_TRY(ctx, cudaDeviceGetAttribute(&ctx->cuda->cc_minor, cudaDevAttrComputeCapabilityMinor, ctx->device));
   LSM_CUDA_TRY(ctx, cudaStreamCreateWithFlags(&ctx->cuda->stream, cudaStreamNonBlocking));
   return LSM_OK;
 }
@@ -245,6 +248,15 @@ int32_t lsm_cuda_synchronize(lsm_context *ctx) {
   int32_t s = activate(ctx);
   if (s != LSM_OK) return s;
   LSM_CUDA_TRY(ctx, cudaStreamSynchronize(ctx->cuda->stream));
+  return LSM_OK;
+}
+
+int32_t lsm_cuda_check_precision(lsm_context *ctx, int32_t precision) {
+  if (precision == LSM_PRECISION_TF32 && ctx->cuda->cc_major < 8)
+    return lsm_fail(ctx, LSM_ERR_UNAVAILABLE,
+                    "precision: TF32 needs a CUDA device of compute capability 8.0 or newer, and device " +
+                        std::to_string(ctx->device) + " is " + std::to_string(ctx->cuda->cc_major) + "." +
+                        std::to_string(ctx->cuda->cc_minor));
   return LSM_OK;
 }
 

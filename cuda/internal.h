@@ -31,6 +31,7 @@ struct lsm_context {
   int32_t device;
   std::string error;
   std::map<const char *, size_t> allocations;  // lsm_malloc'd and not yet freed: base -> bytes
+  int32_t precision = LSM_PRECISION_EXACT;
   lsm_cuda_state *cuda = nullptr;
 };
 
@@ -51,6 +52,8 @@ int32_t lsm_cuda_malloc(lsm_context *ctx, size_t bytes, void **out);
 int32_t lsm_cuda_free(lsm_context *ctx, void *ptr);
 int32_t lsm_cuda_copy(lsm_context *ctx, void *dst, const void *src, size_t bytes, bool to_device);
 int32_t lsm_cuda_synchronize(lsm_context *ctx);
+// LSM_OK if the context's device can run `precision`, else a failure saying why.
+int32_t lsm_cuda_check_precision(lsm_context *ctx, int32_t precision);
 int32_t lsm_cuda_forward(lsm_context *ctx, const lsm_problem &p);
 int32_t lsm_cuda_backward(lsm_context *ctx, const lsm_problem &p);
 

@@ -138,14 +138,16 @@ __device__ inline int checked_label(const int32_t *labels, int i, int c, int lan
 template <typename T>
 __global__ void forward_target(const T *x, const T *w, const int32_t *labels, int n, int d, int c, int margin,
                                double lambda, T *logits, int *bad_label) {
-  const int i = (int)((blockIdx.x * blockDim.x + threadIdx.x) / kWarp);
   const int lane = threadIdx.x % kWarp;
-  if (i >= n) return;  // i is per warp, so whole warps leave together (the shuffles need that)
-  const int y = checked_label(labels, i, c, lane, bad_label);
-  if (y < 0 || margin == 1) return;  // m = 1: the plain inner product is already there
-  double dot, xx, ww;
-  warp_stats(x + i * d, w + y * d, d, lane, &dot, &xx, &ww);
-  if (lane == 0) logits[i * c + y] = (T)lsm_target_logit(dot, xx, ww, margin, lambda);
+  const int warps = (int)(gridDim.x * blockDim.x / kWarp);
+  // i is per warp, so whole warps move (and leave) together, as the shuffles need.
+  for (int i = (int)((blockIdx.x * blockDim.x + threadIdx.x) / kWarp); i < n; i += warps) {
+    const int y = checked_label(labels, i, c, lane, bad_label);
+    if (y < 0 || margin == 1) continue;  // m = 1: the plain inner product is already there
+    double dot, xx, ww;
+    warp_stats(x + (int64_t)i * d, w + (int64_t)y * d, d, lane, &dot, &xx, &ww);
+    if (lane == 0) logits[(int64_t)i * c + y] = (T)lsm_target_logit(dot, xx, ww, margin, lambda);
+  }
 }
 
 // Per-sample correction coefficients for the backward: 5 doubles per sample, laid out
@@ -155,23 +157,24 @@ constexpr int kCoefs = 5;
 template <typename T>
 __global__ void backward_coefs(const T *x, const T *w, const int32_t *labels, const T *grad_logits, int n, int d,
                                int c, int margin, double lambda, double *coefs, int *bad_label) {
-  const int i = (int)((blockIdx.x * blockDim.x + threadIdx.x) / kWarp);
   const int lane = threadIdx.x % kWarp;
-  if (i >= n) return;
-  const int y = checked_label(labels, i, c, lane, bad_label);
-  lsm_correction r = {0.0, 0.0, 0.0, 0.0, 0.0};
-  if (y >= 0 && margin > 1) {
-    double dot, xx, ww;
-    warp_stats(x + i * d, w + y * d, d, lane, &dot, &xx, &ww);
-    r = lsm_target_correction((double)grad_logits[i * c + y], dot, xx, ww, margin, lambda);
-  }
-  if (lane == 0) {
-    double *o = coefs + i * kCoefs;
-    o[0] = r.alpha;
-    o[1] = r.beta_x;
-    o[2] = r.inv_nx;
-    o[3] = r.beta_w;
-    o[4] = r.inv_nw;
+  const int warps = (int)(gridDim.x * blockDim.x / kWarp);
+  for (int i = (int)((blockIdx.x * blockDim.x + threadIdx.x) / kWarp); i < n; i += warps) {
+    const int y = checked_label(labels, i, c, lane, bad_label);
+    lsm_correction r = {0.0, 0.0, 0.0, 0.0, 0.0};
+    if (y >= 0 && margin > 1) {
+      double dot, xx, ww;
+      warp_stats(x + (int64_t)i * d, w + (int64_t)y * d, d, lane, &dot, &xx, &ww);
+      r = lsm_target_correction((double)grad_logits[(int64_t)i * c + y], dot, xx, ww, margin, lambda);
+    }
+    if (lane == 0) {
+      double *o = coefs + (int64_t)i * kCoefs;
+      o[0] = r.alpha;
+      o[1] = r.beta_x;
+      o[2] = r.inv_nx;
+      o[3] = r.beta_w;
+      o[4] = r.inv_nw;
+    }
   }
 }
 
@@ -179,13 +182,14 @@ __global__ void backward_coefs(const T *x, const T *w, const int32_t *labels, co
 template <typename T>
 __global__ void grad_x_correct(const T *x, const T *w, const int32_t *labels, const double *coefs, int n, int d,
                                int c, T *grad_x) {
-  const int total = n * d;
-  for (int e = blockIdx.x * blockDim.x + threadIdx.x; e < total; e += gridDim.x * blockDim.x) {
-    const int i = e / d, k = e - (e / d) * d;
+  // 64-bit: e + stride may pass 2^31 - 1 even though n*d does not.
+  const int64_t total = (int64_t)n * d;
+  for (int64_t e = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; e < total; e += (int64_t)gridDim.x * blockDim.x) {
+    const int i = (int)(e / d), k = (int)(e - (e / d) * d);
     const int y = labels[i];
     if (y < 0 || y >= c) continue;
     const double *r = coefs + i * kCoefs;
-    const double xk = x[e], wk = w[y * d + k];
+    const double xk = x[e], wk = w[(int64_t)y * d + k];
     grad_x[e] = (T)((double)grad_x[e] + (r[0] * wk + r[1] * (xk * r[2])));
   }
 }
@@ -195,14 +199,15 @@ __global__ void grad_x_correct(const T *x, const T *w, const int32_t *labels, co
 template <typename T>
 __global__ void grad_w_correct(const T *x, const T *w, const int32_t *labels, const double *coefs, int n, int d,
                                int c, T *grad_w) {
-  const int total = n * d;
-  for (int e = blockIdx.x * blockDim.x + threadIdx.x; e < total; e += gridDim.x * blockDim.x) {
-    const int i = e / d, k = e - (e / d) * d;
+  // 64-bit: e + stride may pass 2^31 - 1 even though n*d does not.
+  const int64_t total = (int64_t)n * d;
+  for (int64_t e = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; e < total; e += (int64_t)gridDim.x * blockDim.x) {
+    const int i = (int)(e / d), k = (int)(e - (e / d) * d);
     const int y = labels[i];
     if (y < 0 || y >= c) continue;
     const double *r = coefs + i * kCoefs;
-    const double xk = x[e], wk = w[y * d + k];
-    atomicAdd(&grad_w[y * d + k], (T)(r[0] * xk + r[3] * (wk * r[4])));
+    const double xk = x[e], wk = w[(int64_t)y * d + k];
+    atomicAdd(&grad_w[(int64_t)y * d + k], (T)(r[0] * xk + r[3] * (wk * r[4])));
   }
 }
 

@@ -69,6 +69,13 @@ typedef enum lsm_dtype {
   LSM_FLOAT64 = 1
 } lsm_dtype;
 
+typedef enum lsm_precision {
+  LSM_PRECISION_EXACT = 0, /* IEEE float32/float64 arithmetic throughout (the default) */
+  LSM_PRECISION_TF32 = 1   /* float32 matrix products on tensor cores with TF32 inputs (10-bit
+                              mantissa, float32 accumulation); CUDA sm_80+ only; float64
+                              calls stay exact */
+} lsm_precision;
+
 /** An execution context: a backend, a device and the memory and workspace owned there. */
 typedef struct lsm_context lsm_context;
 
@@ -108,6 +115,12 @@ LSM_API const char *lsm_context_last_error(const lsm_context *ctx);
 
 /** Backend (lsm_backend) and device index of a context. */
 LSM_API int32_t lsm_context_info(const lsm_context *ctx, int32_t *backend, int32_t *device);
+
+/**
+ * Sets the precision of the context's later float32 matrix products (lsm_precision). TF32 is
+ * LSM_ERR_UNAVAILABLE on a CPU context and on GPUs older than compute capability 8.0.
+ */
+LSM_API int32_t lsm_context_set_precision(lsm_context *ctx, int32_t precision);
 
 /** Allocates `bytes` (> 0) of context memory into *out, aligned to at least 256 bytes. */
 LSM_API int32_t lsm_malloc(lsm_context *ctx, size_t bytes, void **out);

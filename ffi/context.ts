@@ -14,10 +14,13 @@
  */
 
 import { cString, type Library } from "./library.ts";
-import { BackendCode, DType, Status } from "./symbols.ts";
+import { BackendCode, DType, PrecisionCode, Status } from "./symbols.ts";
 
 /** Float tensors the library computes on. */
 export type FloatArray = Float32Array | Float64Array;
+
+/** Float32 matrix products: exact IEEE (default) or TF32 tensor cores (CUDA sm_80+). */
+export type Precision = "exact" | "tf32";
 
 /** Sizes and settings of one call, already validated. */
 export interface Problem {
@@ -29,6 +32,7 @@ export interface Problem {
   c: number;
   margin: number;
   lambda: number;
+  precision: Precision;
 }
 
 /** Throws the library's message for a failed status. */
@@ -49,6 +53,7 @@ export class NativeContext {
   #lib: Library;
   #ptr: Deno.PointerValue;
   #buffers = new Map<string, { ptr: Deno.PointerValue; bytes: number }>();
+  #precision: Precision = "exact";
 
   constructor(lib: Library, backend: "cpu" | "cuda", device: number) {
     this.#lib = lib;
@@ -75,6 +80,14 @@ export class NativeContext {
   #live(): Deno.PointerValue {
     if (this.#ptr === null) throw new Error(`${this.backend}:${this.device}: context is closed`);
     return this.#ptr;
+  }
+
+  /** Sets the context's precision for the next calls (a no-op when it is already that). */
+  #setPrecision(precision: Precision): void {
+    if (precision === this.#precision) return;
+    const code = precision === "tf32" ? PrecisionCode.TF32 : PrecisionCode.EXACT;
+    this.#check(this.#lib.symbols.lsm_context_set_precision(this.#live(), code), "precision");
+    this.#precision = precision;
   }
 
   /** Device memory of at least `bytes` for a role ("x", "w", ...), kept for the next call. */
@@ -123,6 +136,7 @@ export class NativeContext {
   /** Logits [n, c] of the L-Softmax forward into `logits`. */
   forward(p: Problem, logits: FloatArray): void {
     const ctx = this.#live();
+    this.#setPrecision(p.precision);
     const dtype = p.x instanceof Float32Array ? DType.FLOAT32 : DType.FLOAT64;
     const x = this.#input("x", p.x);
     const w = this.#input("w", p.w);
@@ -138,6 +152,7 @@ export class NativeContext {
   /** Gradients of the L-Softmax backward into `gradX` [n, d] and `gradW` [c, d]. */
   backward(p: Problem, gradLogits: FloatArray, gradX: FloatArray, gradW: FloatArray): void {
     const ctx = this.#live();
+    this.#setPrecision(p.precision);
     const dtype = p.x instanceof Float32Array ? DType.FLOAT32 : DType.FLOAT64;
     const x = this.#input("x", p.x);
     const w = this.#input("w", p.w);

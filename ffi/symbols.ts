@@ -28,6 +28,9 @@ export const Status = {
 /** Backend codes of `lsm_backend`. */
 export const BackendCode = { CPU: 0, CUDA: 1 } as const;
 
+/** Matrix-product precisions of `lsm_precision`. */
+export const PrecisionCode = { EXACT: 0, TF32: 1 } as const;
+
 /** Element types of `lsm_dtype`. */
 export const DType = { FLOAT32: 0, FLOAT64: 1 } as const;
 
@@ -42,6 +45,7 @@ export const symbols = {
   lsm_context_destroy: { parameters: ["pointer"], result: "i32" },
   lsm_context_last_error: { parameters: ["pointer"], result: "pointer" },
   lsm_context_info: { parameters: ["pointer", "buffer", "buffer"], result: "i32" },
+  lsm_context_set_precision: { parameters: ["pointer", "i32"], result: "i32" },
   lsm_malloc: { parameters: ["pointer", "usize", "buffer"], result: "i32" },
   lsm_free: { parameters: ["pointer", "pointer"], result: "i32" },
   lsm_memcpy_to_context: { parameters: ["pointer", "pointer", "buffer", "usize"], result: "i32" },

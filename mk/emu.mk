@@ -1,0 +1,105 @@
+# mk/emu.mk: the CUDA backend on the CPU execution layer (cuda/emu/), included by the Makefile.
+#
+#   make test-emu       the emulator's self-test, the sanitizer run, then the whole Deno suite
+#                       against build/liblsoftmax_emu.so (CUDA-path tests included), and a count
+#                       of the kernel launches it made
+#   make planted-emu    kernels with a planted missing barrier must fail under the emulator
+#   make sanitize-emu   forward/backward through the C ABI under ASan + UBSan, against the CPU
+#                       backend; planted faults must be caught
+#   make gpu-check      on a CUDA machine only: scripts/gpu-check.sh
+#
+# All but gpu-check need g++ and OpenBLAS only: no nvcc, no GPU.
+
+EMU_DIR     := cuda/emu
+EMU_BUILD   := $(BUILD)/emu
+EMU_LIB     := $(BUILD)/liblsoftmax_emu.so
+EMU_FLAGS   := -x c++ -DLSM_EMU -I$(EMU_DIR) -Icuda
+EMU_HEADERS := $(HEADERS) $(wildcard $(EMU_DIR)/*.h)
+EMU_LDLIBS  := -lopenblas -lpthread
+SAN_FLAGS   := -std=c++17 -O1 -g -fno-omit-frame-pointer -fsanitize=address,undefined \
+               -fno-sanitize-recover=all $(WARN)
+# The fibers are annotated for ASan, so detect_stack_use_after_return=1 works too; it is off only
+# because it triples the run time.
+SAN_ENV     := ASAN_OPTIONS=detect_stack_use_after_return=0:detect_leaks=1:abort_on_error=0 \
+               UBSAN_OPTIONS=print_stacktrace=1 OPENBLAS_NUM_THREADS=1
+# The Deno flags of the suite: the Makefile's DENO_TEST_FLAGS where it defines them.
+EMU_TEST_FLAGS ?= $(or $(DENO_TEST_FLAGS),--allow-ffi --allow-env --allow-read --allow-net)
+EMU_SAN_OBJ := $(addprefix $(EMU_BUILD)/san/,api.o cpu_backend.o cuda_backend.o emu_runtime.o)
+
+.PHONY: test-emu planted-emu sanitize-emu
+
+$(EMU_BUILD) $(EMU_BUILD)/san:
+	mkdir -p $@
+
+# The library: api.cpp and cpu_backend.cpp as for liblsoftmax.so; cuda_backend.cu by g++.
+$(EMU_BUILD)/cuda_backend.o: cuda/cuda_backend.cu $(EMU_HEADERS) | $(EMU_BUILD)
+	$(CXX) $(CXXFLAGS) $(EMU_FLAGS) -c $< -o $@
+
+$(EMU_BUILD)/emu_runtime.o: $(EMU_DIR)/emu_runtime.cpp $(EMU_HEADERS) | $(EMU_BUILD)
+	$(CXX) $(CXXFLAGS) $(EMU_FLAGS) -c $< -o $@
+
+$(EMU_LIB): $(BUILD)/obj/api.o $(BUILD)/obj/cpu_backend.o $(EMU_BUILD)/cuda_backend.o $(EMU_BUILD)/emu_runtime.o
+	$(CXX) -shared -o $@ $^ $(EMU_LDLIBS) -Wl,--no-undefined
+
+# The self-test and the planted-barrier kernels.
+$(EMU_BUILD)/planted: tests/native/planted.cu $(EMU_BUILD)/emu_runtime.o $(EMU_HEADERS)
+	$(CXX) $(CXXFLAGS) $(EMU_FLAGS) -c $< -o $@.o
+	$(CXX) -o $@ $@.o $(EMU_BUILD)/emu_runtime.o -lpthread
+
+planted-emu: $(EMU_BUILD)/planted
+	$<
+
+# The sanitizer build: every source of the library, the emulator and the driver under ASan+UBSan.
+$(EMU_BUILD)/san/%.o: cuda/%.cpp $(EMU_HEADERS) | $(EMU_BUILD)/san
+	$(CXX) $(SAN_FLAGS) -Icuda -c $< -o $@
+
+$(EMU_BUILD)/san/cuda_backend.o: cuda/cuda_backend.cu $(EMU_HEADERS) | $(EMU_BUILD)/san
+	$(CXX) $(SAN_FLAGS) $(EMU_FLAGS) -c $< -o $@
+
+$(EMU_BUILD)/san/emu_runtime.o: $(EMU_DIR)/emu_runtime.cpp $(EMU_HEADERS) | $(EMU_BUILD)/san
+	$(CXX) $(SAN_FLAGS) $(EMU_FLAGS) -c $< -o $@
+
+$(EMU_BUILD)/san/sanitize_driver: tests/native/sanitize_driver.cpp $(EMU_SAN_OBJ) cuda/lsoftmax.h
+	$(CXX) $(SAN_FLAGS) -Icuda $< $(EMU_SAN_OBJ) -o $@ $(EMU_LDLIBS)
+
+$(EMU_BUILD)/san/planted: tests/native/planted.cu $(EMU_BUILD)/san/emu_runtime.o $(EMU_HEADERS)
+	$(CXX) $(SAN_FLAGS) $(EMU_FLAGS) $< -x none $(EMU_BUILD)/san/emu_runtime.o -o $@ -lpthread
+
+$(EMU_BUILD)/san/planted_fault: tests/native/planted_fault.cu $(EMU_BUILD)/san/emu_runtime.o $(EMU_HEADERS)
+	$(CXX) $(SAN_FLAGS) $(EMU_FLAGS) $< -x none $(EMU_BUILD)/san/emu_runtime.o -o $@ -lpthread
+
+sanitize-emu: $(EMU_BUILD)/san/sanitize_driver $(EMU_BUILD)/san/planted $(EMU_BUILD)/san/planted_fault
+	$(SAN_ENV) $(EMU_BUILD)/san/planted >$(EMU_BUILD)/san/planted.log 2>&1 || { cat $(EMU_BUILD)/san/planted.log; exit 1; }
+	$(SAN_ENV) $(EMU_BUILD)/san/sanitize_driver
+	$(SAN_ENV) LSM_EMU_SCHEDULE=shuffle LSM_EMU_SEED=7 $(EMU_BUILD)/san/sanitize_driver quick
+	@for fault in oob:heap-buffer-overflow overflow:signed.integer.overflow; do \
+	  log=$(EMU_BUILD)/san/planted_fault.$${fault%%:*}.log; \
+	  if $(SAN_ENV) $(EMU_BUILD)/san/planted_fault $${fault%%:*} >$$log 2>&1; then \
+	    echo "sanitize-emu: the planted $${fault%%:*} fault went unnoticed (see $$log)" >&2; exit 1; fi; \
+	  if ! grep -Eq "$${fault#*:}" $$log; then \
+	    echo "sanitize-emu: the planted $${fault%%:*} fault failed without the expected report (see $$log)" >&2; \
+	    exit 1; fi; \
+	  echo "sanitize-emu: the planted $${fault%%:*} fault in a kernel was caught ($${fault#*:})"; \
+	done
+
+# The Deno suite against the emulated CUDA backend. The library appends "kernel count" lines to
+# LSM_EMU_LAUNCH_LOG at exit; no launches at all means the CUDA path was never reached.
+test-emu: planted-emu sanitize-emu $(EMU_LIB)
+	@log=$(abspath $(EMU_BUILD))/launches.log; rm -f $$log; \
+	LSM_EMU_LAUNCH_LOG=$$log LSOFTMAX_LIB=$(abspath $(EMU_LIB)) \
+	  $(DENO) test $(EMU_TEST_FLAGS) tests/; status=$$?; \
+	echo "test-emu: kernel launches on the emulated CUDA backend:"; \
+	if [ -s $$log ]; then \
+	  awk '{ n[$$1] += $$2 } END { for (k in n) printf "  %-28s %d\n", k, n[k] }' $$log | sort; \
+	  awk '{ t += $$2 } END { printf "  %-28s %d\n", "total", t }' $$log; \
+	else \
+	  echo "  none: the tests never reached the CUDA backend" >&2; [ $$status -ne 0 ] || status=1; \
+	fi; \
+	exit $$status
+
+# On a CUDA machine: build for its GPU only, then the suite, compute-sanitizer and deno bench on
+# the real backend (scripts/gpu-check.sh); logs and summary.md go to GPU_CHECK_OUT ($OUT if set).
+GPU_CHECK_OUT ?= $(or $(OUT),$(BUILD)/gpu-check-out)
+.PHONY: gpu-check
+gpu-check:
+	scripts/gpu-check.sh $(GPU_CHECK_OUT)
