@@ -28,8 +28,13 @@ void gemm(CBLAS_TRANSPOSE ta, CBLAS_TRANSPOSE tb, int m, int n, int k, const dou
 template <typename F>
 void parallel_for(int64_t total, int64_t work_per_item, F fn) {
   const int64_t kMinWork = 1 << 16;  // multiply-adds per thread worth a thread start
-  const int64_t cores = std::max(1u, std::thread::hardware_concurrency());
-  const int64_t threads = std::min<int64_t>({cores, total, std::max<int64_t>(1, total * work_per_item / kMinWork)});
+  const int64_t wanted = std::min<int64_t>(total, total * work_per_item / kMinWork);
+  if (wanted <= 1) {  // before asking for the core count: glibc reads /sys for it
+    fn(int64_t(0), total);
+    return;
+  }
+  static const int64_t cores = std::max(1u, std::thread::hardware_concurrency());
+  const int64_t threads = std::min<int64_t>(cores, wanted);
   if (threads <= 1) {
     fn(int64_t(0), total);
     return;

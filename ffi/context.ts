@@ -42,10 +42,6 @@ export function throwStatus(status: number, message: string, what: string): neve
   throw new Error(text);
 }
 
-function sizes(p: Problem): [bigint, bigint, bigint] {
-  return [BigInt(p.n), BigInt(p.d), BigInt(p.c)];
-}
-
 /** A context on one backend device, owning device buffers reused between calls. */
 export class NativeContext {
   readonly backend: "cpu" | "cuda";
@@ -106,9 +102,8 @@ export class NativeContext {
     return ptr;
   }
 
-  /** Context memory holding `data`: the array itself on the CPU, a device copy on CUDA. */
+  /** Device memory holding a copy of `data`. */
   #input(role: string, data: ArrayBufferView): Deno.PointerValue {
-    if (this.backend === "cpu") return Deno.UnsafePointer.of(data as Uint8Array<ArrayBuffer>);
     const ptr = this.#buffer(role, data.byteLength);
     const bytes = new Uint8Array(data.buffer as ArrayBuffer, data.byteOffset, data.byteLength);
     this.#check(
@@ -118,14 +113,8 @@ export class NativeContext {
     return ptr;
   }
 
-  /** Context memory for an output; after the call, #output copies it into `data`. */
-  #outputPtr(role: string, data: ArrayBufferView): Deno.PointerValue {
-    if (this.backend === "cpu") return Deno.UnsafePointer.of(data as Uint8Array<ArrayBuffer>);
-    return this.#buffer(role, data.byteLength);
-  }
-
+  /** Copies a device result into `data`. */
   #output(role: string, ptr: Deno.PointerValue, data: ArrayBufferView): void {
-    if (this.backend === "cpu") return;
     const bytes = new Uint8Array(data.buffer as ArrayBuffer, data.byteOffset, data.byteLength);
     this.#check(
       this.#lib.symbols.lsm_memcpy_from_context(this.#live(), bytes, ptr, BigInt(data.byteLength)),
@@ -138,12 +127,30 @@ export class NativeContext {
     const ctx = this.#live();
     this.#setPrecision(p.precision);
     const dtype = p.x instanceof Float32Array ? DType.FLOAT32 : DType.FLOAT64;
+    const [n, d, c] = [BigInt(p.n), BigInt(p.d), BigInt(p.c)];
+    const sym = this.#lib.symbols;
+    if (this.backend === "cpu") {
+      const status = sym.lsm_forward_host(
+        ctx,
+        dtype,
+        p.x,
+        p.w,
+        p.labels,
+        n,
+        d,
+        c,
+        p.margin,
+        p.lambda,
+        logits,
+      );
+      return this.#check(status, "forward");
+    }
     const x = this.#input("x", p.x);
     const w = this.#input("w", p.w);
     const labels = this.#input("labels", p.labels);
-    const out = this.#outputPtr("logits", logits);
+    const out = this.#buffer("logits", logits.byteLength);
     this.#check(
-      this.#lib.symbols.lsm_forward(ctx, dtype, x, w, labels, ...sizes(p), p.margin, p.lambda, out),
+      sym.lsm_forward(ctx, dtype, x, w, labels, n, d, c, p.margin, p.lambda, out),
       "forward",
     );
     this.#output("logits", out, logits);
@@ -154,26 +161,34 @@ export class NativeContext {
     const ctx = this.#live();
     this.#setPrecision(p.precision);
     const dtype = p.x instanceof Float32Array ? DType.FLOAT32 : DType.FLOAT64;
+    const [n, d, c] = [BigInt(p.n), BigInt(p.d), BigInt(p.c)];
+    const sym = this.#lib.symbols;
+    if (this.backend === "cpu") {
+      const status = sym.lsm_backward_host(
+        ctx,
+        dtype,
+        p.x,
+        p.w,
+        p.labels,
+        gradLogits,
+        n,
+        d,
+        c,
+        p.margin,
+        p.lambda,
+        gradX,
+        gradW,
+      );
+      return this.#check(status, "backward");
+    }
     const x = this.#input("x", p.x);
     const w = this.#input("w", p.w);
     const labels = this.#input("labels", p.labels);
     const g = this.#input("gradLogits", gradLogits);
-    const gx = this.#outputPtr("gradX", gradX);
-    const gw = this.#outputPtr("gradW", gradW);
+    const gx = this.#buffer("gradX", gradX.byteLength);
+    const gw = this.#buffer("gradW", gradW.byteLength);
     this.#check(
-      this.#lib.symbols.lsm_backward(
-        ctx,
-        dtype,
-        x,
-        w,
-        labels,
-        g,
-        ...sizes(p),
-        p.margin,
-        p.lambda,
-        gx,
-        gw,
-      ),
+      sym.lsm_backward(ctx, dtype, x, w, labels, g, n, d, c, p.margin, p.lambda, gx, gw),
       "backward",
     );
     this.#output("gradX", gx, gradX);

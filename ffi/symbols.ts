@@ -34,6 +34,12 @@ export const PrecisionCode = { EXACT: 0, TF32: 1 } as const;
 /** Element types of `lsm_dtype`. */
 export const DType = { FLOAT32: 0, FLOAT64: 1 } as const;
 
+// Parameter lists of lsm_forward and lsm_backward with tensors as `t` ("pointer" or "buffer").
+const FORWARD = <T extends "pointer" | "buffer">(t: T) =>
+  ["pointer", "i32", t, t, t, "i64", "i64", "i64", "i32", "f64", t] as const;
+const BACKWARD = <T extends "pointer" | "buffer">(t: T) =>
+  ["pointer", "i32", t, t, t, t, "i64", "i64", "i64", "i32", "f64", t, t] as const;
+
 /** The symbols of `cuda/lsoftmax.h`, in `Deno.dlopen` form. */
 export const symbols = {
   lsm_version: { parameters: [], result: "pointer" },
@@ -55,39 +61,24 @@ export const symbols = {
   },
   lsm_synchronize: { parameters: ["pointer"], result: "i32" },
   lsm_forward: {
-    // ctx, dtype, x, w, labels, n, d, c, margin, lambda, logits
-    parameters: [
-      "pointer",
-      "i32",
-      "pointer",
-      "pointer",
-      "pointer",
-      "i64",
-      "i64",
-      "i64",
-      "i32",
-      "f64",
-      "pointer",
-    ],
+    // ctx, dtype, x, w, labels, n, d, c, margin, lambda, logits: context memory (device pointers)
+    parameters: [...FORWARD("pointer")],
+    result: "i32",
+  },
+  lsm_forward_host: {
+    // the same function given host arrays directly (CPU contexts): no pointer objects per call
+    name: "lsm_forward",
+    parameters: [...FORWARD("buffer")],
     result: "i32",
   },
   lsm_backward: {
     // ctx, dtype, x, w, labels, grad_logits, n, d, c, margin, lambda, grad_x, grad_w
-    parameters: [
-      "pointer",
-      "i32",
-      "pointer",
-      "pointer",
-      "pointer",
-      "pointer",
-      "i64",
-      "i64",
-      "i64",
-      "i32",
-      "f64",
-      "pointer",
-      "pointer",
-    ],
+    parameters: [...BACKWARD("pointer")],
+    result: "i32",
+  },
+  lsm_backward_host: {
+    name: "lsm_backward",
+    parameters: [...BACKWARD("buffer")],
     result: "i32",
   },
 } as const satisfies Deno.ForeignLibraryInterface;
