@@ -57,6 +57,7 @@ example: setup $(LIB)
 check: setup
 	$(DENO) fmt --check
 	$(DENO) lint
+	$(DENO) doc --lint mod.ts
 	$(DENO) check mod.ts ffi/*.ts tests/*.ts bench/*.ts examples/*.ts
 
 # The suite on the real library (its CUDA tests skip without a GPU), then again on the CPU

@@ -57,17 +57,23 @@ export interface OpOptions {
 
 /** The λ schedule λ(t) = max(base·(1 + gamma·t)^(-power), lambdaMin). */
 export interface LambdaSchedule {
+  /** λ at step 0 (the seed's example: 1000). */
   base: number;
+  /** How fast λ decays (0.000025). */
   gamma: number;
+  /** The decay's exponent (35). */
   power: number;
+  /** The floor λ never goes below (0). */
   lambdaMin: number;
 }
 
 /** Options of {@link LargeMarginSoftmax}: margin, schedule, state and backend. */
 export interface LayerOptions extends LambdaSchedule {
+  /** The integer margin m, 1 to {@link MAX_MARGIN}. */
   margin: number;
   /** The iteration the layer resumes from (0 for a new layer). */
   iteration?: number;
+  /** Where to compute; "auto" by default. */
   backend?: Backend;
   /** See {@link OpOptions.precision}. */
   precision?: Precision;
@@ -79,7 +85,9 @@ export interface BackendsInfo {
   version: string;
   /** The path the library was loaded from. */
   library: string;
+  /** The CPU backend: always there. */
   cpu: { available: true; name: string };
+  /** The CUDA backend: its devices, or why there are none. */
   cuda: {
     available: boolean;
     devices: { index: number; id: `cuda:${number}`; name: string }[];
@@ -418,9 +426,13 @@ export function lambdaAt(step: number, schedule: LambdaSchedule): number {
  * ```
  */
 export class LargeMarginSoftmax {
+  /** The margin m. */
   readonly margin: number;
+  /** The λ schedule. */
   readonly schedule: LambdaSchedule;
+  /** Where the layer computes, as given. */
   readonly backend: Backend;
+  /** The float32 matrix-product precision. */
   readonly precision: Precision;
   #iteration: number;
   #lambda: number | undefined;
@@ -428,6 +440,7 @@ export class LargeMarginSoftmax {
   #last: { p: Problem } | undefined;
   #closed = false;
 
+  /** A layer at `options.iteration` (0 by default); throws for bad options or backends. */
   constructor(options: LayerOptions) {
     if (typeof options !== "object" || options === null) {
       throw new TypeError(
@@ -523,6 +536,7 @@ export class LargeMarginSoftmax {
     this.#context = undefined;
   }
 
+  /** The same as {@link LargeMarginSoftmax.close}, for `using`. */
   [Symbol.dispose](): void {
     this.close();
   }
