@@ -4,6 +4,7 @@
 #include <cuda_runtime.h>
 
 #include <algorithm>
+#include <type_traits>
 #include <string>
 
 #include "internal.h"
@@ -64,9 +65,33 @@ unsigned int blocks_for(int64_t total, int threads) {
   return (unsigned int)std::min<int64_t>(std::max<int64_t>(b, 1), 65535);
 }
 
+template <typename T>
 unsigned int gemm_blocks(int64_t m, int64_t n) {
-  const int64_t t = lsm_kernels::kTile;
+  const int64_t t = lsm_kernels::gemm_shape<T>::BM;
   return (unsigned int)(((m + t - 1) / t) * ((n + t - 1) / t));
+}
+
+// Whether 16-byte vector access is safe for a row-major matrix at p with leading dimension ld:
+// the library's allocations are 256-byte aligned, but the C ABI accepts any pointer into them.
+template <typename T>
+bool vectorizable(const void *p, int64_t ld) {
+  return reinterpret_cast<uintptr_t>(p) % 16 == 0 && ld % lsm_kernels::vec_traits<T>::V == 0;
+}
+
+// One product on the SIMT kernel, or on tensor cores for float32 in TF32 precision.
+template <typename T, int MODE>
+void launch_gemm(lsm_context *ctx, const lsm_kernels::gemm_args<T> &a) {
+  using namespace lsm_kernels;
+  using cfg = gemm_cfg<T, MODE>;
+  const unsigned int blocks = gemm_blocks<T>(a.M, a.N);
+  cudaStream_t s = ctx->cuda->stream;
+  if constexpr (std::is_same<T, float>::value) {
+    if (ctx->precision == LSM_PRECISION_TF32) {  // float64 stays exact whatever the precision
+      LSM_LAUNCH(gemm_tf32<cfg>, blocks, kGemmThreads, s, a);
+      return;
+    }
+  }
+  LSM_LAUNCH(gemm<cfg>, blocks, kGemmThreads, s, a);
 }
 
 // Reads the bad-label slot after the stream has drained; reports the first bad sample.
@@ -95,7 +120,12 @@ int32_t forward(lsm_context *ctx, const lsm_problem &p) {
   const T *x = static_cast<const T *>(p.x);
   const T *w = static_cast<const T *>(p.w);
   T *logits = static_cast<T *>(p.logits);
-  LSM_LAUNCH(gemm_nt<T>, gemm_blocks(n, c), dim3(kThreads, kThreads), s, n, c, d, x, w, logits);
+  gemm_args<T> a = {};
+  a.M = n, a.N = c, a.K = d;
+  a.A = x, a.lda = d, a.vec_a = vectorizable<T>(x, d);
+  a.B = w, a.ldb = d, a.vec_b = vectorizable<T>(w, d);
+  a.C = logits, a.vec_c = vectorizable<T>(logits, c);
+  launch_gemm<T, kNT>(ctx, a);
   LSM_LAUNCH(forward_target<T>, blocks_for((int64_t)n * kWarp, kSampleBlock), kSampleBlock, s, x, w, p.labels, n, d,
              c, p.margin, p.lambda, logits, bad);
   LSM_CUDA_TRY(ctx, cudaGetLastError());
@@ -107,12 +137,12 @@ int32_t backward(lsm_context *ctx, const lsm_problem &p) {
   using namespace lsm_kernels;
   cudaStream_t s = ctx->cuda->stream;
   const int n = (int)p.n, d = (int)p.d, c = (int)p.c;
-  // Layout: coefficients (n * kCoefs doubles), then the bad-label slot.
-  const size_t coef_bytes = (size_t)n * kCoefs * sizeof(double);
+  // Workspace: alpha, cx and bw (n each, see backward_coefs), then the bad-label slot.
+  const size_t coef_bytes = 3 * (size_t)n * sizeof(T);
   void *ws = nullptr;
   int32_t st = workspace(ctx, coef_bytes + sizeof(int), &ws);
   if (st != LSM_OK) return st;
-  double *coefs = static_cast<double *>(ws);
+  T *alpha = static_cast<T *>(ws), *cx = alpha + n, *bw = alpha + 2 * (size_t)n;
   int *bad = reinterpret_cast<int *>(static_cast<char *>(ws) + coef_bytes);
   LSM_CUDA_TRY(ctx, cudaMemcpyAsync(bad, &n, sizeof n, cudaMemcpyHostToDevice, s));
   const T *x = static_cast<const T *>(p.x);
@@ -120,15 +150,24 @@ int32_t backward(lsm_context *ctx, const lsm_problem &p) {
   const T *g = static_cast<const T *>(p.grad_logits);
   T *gx = static_cast<T *>(p.grad_x);
   T *gw = static_cast<T *>(p.grad_w);
-  LSM_LAUNCH(gemm_nn<T>, gemm_blocks(n, d), dim3(kThreads, kThreads), s, n, d, c, g, w, gx);
-  LSM_LAUNCH(gemm_tn<T>, gemm_blocks(c, d), dim3(kThreads, kThreads), s, c, d, n, g, x, gw);
+  // The coefficients first: both products fold them in (kernels_gemm.cuh).
   LSM_LAUNCH(backward_coefs<T>, blocks_for((int64_t)n * kWarp, kSampleBlock), kSampleBlock, s, x, w, p.labels, g, n,
-             d, c, p.margin, p.lambda, coefs, bad);
-  if (p.margin > 1) {
-    const unsigned int blocks = blocks_for((int64_t)n * d, kSampleBlock);
-    LSM_LAUNCH(grad_x_correct<T>, blocks, kSampleBlock, s, x, w, p.labels, coefs, n, d, c, gx);
-    LSM_LAUNCH(grad_w_correct<T>, blocks, kSampleBlock, s, x, w, p.labels, coefs, n, d, c, gw);
-  }
+             d, c, p.margin, p.lambda, alpha, cx, bw, bad);
+  gemm_args<T> a = {};
+  a.fuse = p.margin > 1;  // margin 1: plain products (0 * Inf must not reach a finite row)
+  a.labels = p.labels, a.alpha = alpha, a.cx = cx, a.bw = bw;
+  // grad_x[n,d] = G'[n,c] W[c,d] + diag(cx) x
+  a.M = n, a.N = d, a.K = c;
+  a.A = g, a.lda = c, a.vec_a = vectorizable<T>(g, c);
+  a.B = w, a.ldb = d, a.vec_b = vectorizable<T>(w, d);
+  a.C = gx, a.aux = x, a.vec_c = vectorizable<T>(gx, d) && vectorizable<T>(x, d);
+  launch_gemm<T, kNN>(ctx, a);
+  // grad_w[c,d] = G'[n,c]^T x[n,d] + diag(s) W
+  a.M = c, a.N = d, a.K = n;
+  a.A = g, a.lda = c, a.vec_a = vectorizable<T>(g, c);
+  a.B = x, a.ldb = d, a.vec_b = vectorizable<T>(x, d);
+  a.C = gw, a.aux = w, a.vec_c = vectorizable<T>(gw, d) && vectorizable<T>(w, d);
+  launch_gemm<T, kTN>(ctx, a);
   LSM_CUDA_TRY(ctx, cudaGetLastError());
   return check_bad_label(ctx, p, bad);
 }

@@ -4,7 +4,9 @@
 // runtime's error paths must behave as on a GPU. Built with g++ -x c++ -DLSM_EMU -Icuda/emu.
 // Exit status 0 when every check passes.
 #include <cuda_runtime.h>
+#include <mma.h>
 #include <stdio.h>
+#include <string.h>
 #include <stdlib.h>
 
 #include <string>
@@ -326,11 +328,74 @@ void runtime_errors() {
 
 }  // namespace
 
+// One warp: D = A B + C through the emulated WMMA (m16n16k8, TF32), A col-major and B row-major
+// in shared memory as the GEMM kernel keeps them, D stored row-major.
+__global__ void wmma_tile(const float *a, const float *b, float *d) {
+  namespace wmma = nvcuda::wmma;
+  struct tiles {
+    alignas(32) float a[8 * 16];  // element (m, k) at [k * 16 + m]
+    alignas(32) float b[8 * 16];  // element (k, n) at [k * 16 + n]
+    alignas(32) float d[16 * 16];
+  };
+  __shared__ tiles t;
+  for (int e = threadIdx.x; e < 128; e += 32) t.a[e] = a[e], t.b[e] = b[e];
+  __syncthreads();
+  wmma::fragment<wmma::matrix_a, 16, 16, 8, wmma::precision::tf32, wmma::col_major> fa;
+  wmma::fragment<wmma::matrix_b, 16, 16, 8, wmma::precision::tf32, wmma::row_major> fb;
+  wmma::fragment<wmma::accumulator, 16, 16, 8, float> acc;
+  wmma::fill_fragment(acc, 1.0f);
+  wmma::load_matrix_sync(fa, t.a, 16);
+  wmma::load_matrix_sync(fb, t.b, 16);
+  for (int e = 0; e < fa.num_elements; ++e) fa.x[e] = wmma::__float_to_tf32(fa.x[e]);
+  for (int e = 0; e < fb.num_elements; ++e) fb.x[e] = wmma::__float_to_tf32(fb.x[e]);
+  wmma::mma_sync(acc, fa, fb, acc);
+  wmma::store_matrix_sync(t.d, acc, 16, wmma::mem_row_major);
+  __syncthreads();
+  for (int e = threadIdx.x; e < 256; e += 32) d[e] = t.d[e];
+}
+
+float from_bits(uint32_t u) {
+  float f;
+  memcpy(&f, &u, 4);
+  return f;
+}
+
+void tensor_cores() {
+  using nvcuda::wmma::__float_to_tf32;
+  // cvt.rna.tf32.f32: 10 mantissa bits, round to nearest, ties away from zero.
+  check(__float_to_tf32(from_bits(0x3f800fffu)) == 1.0f, "tf32: below half an ulp rounds down");
+  check(__float_to_tf32(from_bits(0x3f801000u)) == from_bits(0x3f802000u), "tf32: a tie rounds away from zero");
+  check(__float_to_tf32(from_bits(0xbf801000u)) == from_bits(0xbf802000u), "tf32: a negative tie too");
+  check(__float_to_tf32(from_bits(0x7f7fffffu)) == from_bits(0x7f800000u), "tf32: FLT_MAX rounds to Inf");
+  check(__float_to_tf32(1.0f / 3.0f) != 1.0f / 3.0f && __float_to_tf32(0.5f) == 0.5f, "tf32: 1/3 changes, 0.5 not");
+  std::vector<float> a(128), b(128);
+  for (int e = 0; e < 128; ++e) a[e] = 1.0f + (float)e / 3.0f, b[e] = 0.5f - (float)e / 7.0f;
+  float *da = device_copy(a), *db = device_copy(b), *dd = nullptr;
+  cudaMalloc(&dd, 256 * sizeof(float));
+  LSM_LAUNCH(wmma_tile, 1, 32, 0, da, db, dd);
+  check(cudaDeviceSynchronize() == cudaSuccess, "wmma_tile launched");
+  const auto d = host_copy(dd, 256);
+  double worst = 0.0;
+  for (int m = 0; m < 16; ++m)
+    for (int n = 0; n < 16; ++n) {
+      double want = 1.0, mag = 1.0;
+      for (int k = 0; k < 8; ++k) {
+        want += (double)__float_to_tf32(a[k * 16 + m]) * __float_to_tf32(b[k * 16 + n]);
+        mag += fabs((double)a[k * 16 + m] * b[k * 16 + n]);
+      }
+      worst = fmax(worst, fabs(d[m * 16 + n] - want) / mag);
+    }
+  check(worst < 1e-6, "wmma m16n16k8 tf32: D = A B + C with col-major A, row-major B (error " +
+                          std::to_string(worst) + ")");
+  for (float *p : {da, db, dd}) cudaFree(p);
+}
+
 int main() {
   planted_barrier();
   warp_operations();
   atomics_and_votes();
   runtime_errors();
+  tensor_cores();
   printf("planted: %d failure(s)\n", g_failures);
   return g_failures == 0 ? 0 : 1;
 }

@@ -1,6 +1,9 @@
 // sanitize_driver.cpp: runs forward and backward through the C ABI on a CUDA context and compares
-// them with the CPU backend, at shapes around the GEMM's 64x64 tiles, both dtypes and margins
-// 1..6. Built against the CPU execution layer with -fsanitize=address,undefined, so an
+// them with the CPU backend, at shapes around the GEMM's tiles (fp32 128x128, fp64 64x64, BK 8),
+// both dtypes and margins 1..6; then variants: tensors at a misaligned offset inside a larger
+// allocation (the scalar fallback of the vector loads), repeated labels (many samples per class,
+// all one class, label-sorted vs shuffled: the fused grad_w sums), TF32 precision (loose
+// tolerance), and bitwise-repeatable backward results. Built against the CPU execution layer with -fsanitize=address,undefined, so an
 // out-of-bounds access or undefined behaviour in a kernel stops it; built with nvcc it is the
 // compute-sanitizer target of scripts/gpu-check.sh. Device buffers have exactly the tensors'
 // sizes, so any overrun is past an allocation. Exit status 0 when everything matches.
@@ -11,6 +14,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include <algorithm>
 #include <string>
 #include <vector>
 
@@ -39,6 +43,30 @@ void *upload(lsm_context *ctx, const void *src, size_t bytes) {
   return p;
 }
 
+// How a case departs from the plain one.
+enum label_mode { kRandomLabels, kAllOneClass, kFewClasses, kSortedLabels };
+struct variant {
+  int offset = 0;         // elements: x, grad_logits and grad_w start this far into their buffers
+  bool offset_all = false;  // ... and so do w, logits and grad_x
+  label_mode labels = kRandomLabels;
+  bool tf32 = false;
+  bool repeat = false;    // run the backward twice: the results must be bitwise equal
+};
+
+// A tensor at `offset` elements into a buffer that ends exactly where the tensor does.
+struct placed {
+  void *base = nullptr;
+  void *at = nullptr;
+};
+placed upload_at(lsm_context *ctx, const void *src, size_t bytes, size_t offset_bytes) {
+  placed t;
+  t.base = upload(ctx, nullptr, bytes + offset_bytes);
+  if (t.base == nullptr) return t;
+  t.at = static_cast<char *>(t.base) + offset_bytes;
+  if (src != nullptr && lsm_memcpy_to_context(ctx, t.at, src, bytes) != LSM_OK) t.at = nullptr;
+  return t;
+}
+
 template <typename T>
 bool close(const std::vector<T> &got, const std::vector<T> &want, double tol, const std::string &what) {
   double scale = 1.0;
@@ -55,22 +83,31 @@ bool close(const std::vector<T> &got, const std::vector<T> &want, double tol, co
 }
 
 template <typename T>
-void run_case(lsm_context *cpu, lsm_context *gpu, const shape &s, int margin, double lambda) {
+void run_case(lsm_context *cpu, lsm_context *gpu, const shape &s, int margin, double lambda, const variant &v = {}) {
   const int32_t dtype = sizeof(T) == 4 ? LSM_FLOAT32 : LSM_FLOAT64;
-  const double tol = sizeof(T) == 4 ? 2e-4 : 1e-9;
+  // TF32 (float32 only): inputs keep 10 mantissa bits, a relative 2^-11; the products' errors
+  // stay near 1e-3 of the largest output, well inside 1e-2 of it.
+  const double tol = (v.tf32 && sizeof(T) == 4) ? 1e-2 : sizeof(T) == 4 ? 2e-4 : 1e-9;
   const size_t nd = (size_t)(s.n * s.d), cd = (size_t)(s.c * s.d), nc = (size_t)(s.n * s.c);
   std::vector<T> x(nd), w(cd), g(nc);
   std::vector<int32_t> labels((size_t)s.n);
-  for (auto &v : x) v = (T)uniform();
-  for (auto &v : w) v = (T)uniform();
-  for (auto &v : g) v = (T)uniform();
-  for (auto &v : labels) v = (int32_t)((uniform() + 1.0) * 0.5 * (double)s.c) % (int32_t)s.c;
+  for (auto &e : x) e = (T)uniform();
+  for (auto &e : w) e = (T)uniform();
+  for (auto &e : g) e = (T)uniform();
+  for (size_t i = 0; i < labels.size(); ++i) {
+    const int32_t r = (int32_t)((uniform() + 1.0) * 0.5 * (double)s.c) % (int32_t)s.c;
+    labels[i] = v.labels == kAllOneClass ? (int32_t)(s.c - 1) : v.labels == kFewClasses ? r % 3 % (int32_t)s.c : r;
+  }
+  if (v.labels == kSortedLabels) std::sort(labels.begin(), labels.end());
   if (s.n > 2) {  // a zero feature row: the degenerate rule
     for (int64_t k = 0; k < s.d; ++k) x[(size_t)(s.d + k)] = T(0);
   }
+  static const char *const label_names[] = {"", " labels=all-one", " labels=few", " labels=sorted"};
   const std::string name = std::string(sizeof(T) == 4 ? "f32" : "f64") + " n=" + std::to_string(s.n) +
                            " d=" + std::to_string(s.d) + " c=" + std::to_string(s.c) + " m=" + std::to_string(margin) +
-                           " lambda=" + std::to_string(lambda);
+                           " lambda=" + std::to_string(lambda) + label_names[v.labels] +
+                           (v.offset ? " offset=" + std::to_string(v.offset) + (v.offset_all ? "(all)" : "") : "") +
+                           (v.tf32 ? " tf32" : "");
   ++g_cases;
 
   std::vector<T> logits_cpu(nc), gx_cpu(nd), gw_cpu(cd);
@@ -83,21 +120,38 @@ void run_case(lsm_context *cpu, lsm_context *gpu, const shape &s, int margin, do
     return;
   }
 
-  const size_t e = sizeof(T);
-  void *dx = upload(gpu, x.data(), nd * e), *dw = upload(gpu, w.data(), cd * e), *dg = upload(gpu, g.data(), nc * e);
-  void *dl = upload(gpu, labels.data(), labels.size() * sizeof(int32_t));
-  void *dlogits = upload(gpu, nullptr, nc * e), *dgx = upload(gpu, nullptr, nd * e), *dgw = upload(gpu, nullptr, cd * e);
-  bool ok = dx && dw && dg && dl && dlogits && dgx && dgw;
+  const size_t e = sizeof(T), o1 = (size_t)v.offset * e, o2 = v.offset_all ? o1 : 0;
+  const placed dx = upload_at(gpu, x.data(), nd * e, o1), dw = upload_at(gpu, w.data(), cd * e, o2),
+               dg = upload_at(gpu, g.data(), nc * e, o1),
+               dl = upload_at(gpu, labels.data(), labels.size() * sizeof(int32_t), 0),
+               dlogits = upload_at(gpu, nullptr, nc * e, o2), dgx = upload_at(gpu, nullptr, nd * e, o2),
+               dgw = upload_at(gpu, nullptr, cd * e, o1);
+  bool ok = dx.at && dw.at && dg.at && dl.at && dlogits.at && dgx.at && dgw.at;
   std::vector<T> logits(nc), gx(nd), gw(cd);
-  if (ok) {
-    ok = lsm_forward(gpu, dtype, dx, dw, static_cast<const int32_t *>(dl), s.n, s.d, s.c, margin, lambda, dlogits) ==
+  if (ok && v.tf32 && lsm_context_set_precision(gpu, LSM_PRECISION_TF32) != LSM_OK) {
+    printf("FAIL %s: lsm_context_set_precision: %s\n", name.c_str(), lsm_last_error());
+    ok = false;
+  } else if (ok) {
+    const int32_t *lab = static_cast<const int32_t *>(dl.at);
+    ok = lsm_forward(gpu, dtype, dx.at, dw.at, lab, s.n, s.d, s.c, margin, lambda, dlogits.at) == LSM_OK &&
+         lsm_backward(gpu, dtype, dx.at, dw.at, lab, dg.at, s.n, s.d, s.c, margin, lambda, dgx.at, dgw.at) ==
              LSM_OK &&
-         lsm_backward(gpu, dtype, dx, dw, static_cast<const int32_t *>(dl), dg, s.n, s.d, s.c, margin, lambda, dgx,
-                      dgw) == LSM_OK &&
-         lsm_memcpy_from_context(gpu, logits.data(), dlogits, nc * e) == LSM_OK &&
-         lsm_memcpy_from_context(gpu, gx.data(), dgx, nd * e) == LSM_OK &&
-         lsm_memcpy_from_context(gpu, gw.data(), dgw, cd * e) == LSM_OK;
+         lsm_memcpy_from_context(gpu, logits.data(), dlogits.at, nc * e) == LSM_OK &&
+         lsm_memcpy_from_context(gpu, gx.data(), dgx.at, nd * e) == LSM_OK &&
+         lsm_memcpy_from_context(gpu, gw.data(), dgw.at, cd * e) == LSM_OK;
+    if (ok && v.repeat) {  // no atomics in the backward: a second run gives the same bits
+      std::vector<T> gx2(nd), gw2(cd);
+      ok = lsm_backward(gpu, dtype, dx.at, dw.at, lab, dg.at, s.n, s.d, s.c, margin, lambda, dgx.at, dgw.at) ==
+               LSM_OK &&
+           lsm_memcpy_from_context(gpu, gx2.data(), dgx.at, nd * e) == LSM_OK &&
+           lsm_memcpy_from_context(gpu, gw2.data(), dgw.at, cd * e) == LSM_OK;
+      if (ok && (memcmp(gx.data(), gx2.data(), nd * e) != 0 || memcmp(gw.data(), gw2.data(), cd * e) != 0)) {
+        printf("FAIL %s: a repeated backward differs bitwise\n", name.c_str());
+        ++g_failures;
+      }
+    }
     if (!ok) printf("FAIL %s: CUDA backend: %s\n", name.c_str(), lsm_last_error());
+    if (v.tf32) lsm_context_set_precision(gpu, LSM_PRECISION_EXACT);
   } else {
     printf("FAIL %s: lsm_malloc: %s\n", name.c_str(), lsm_last_error());
   }
@@ -106,7 +160,7 @@ void run_case(lsm_context *cpu, lsm_context *gpu, const shape &s, int margin, do
          close(gw, gw_cpu, tol, name + " grad_w");
   }
   if (!ok) ++g_failures;
-  for (void *p : {dx, dw, dg, dl, dlogits, dgx, dgw}) lsm_free(gpu, p);
+  for (const placed &t : {dx, dw, dg, dl, dlogits, dgx, dgw}) lsm_free(gpu, t.base);
 }
 
 // A label outside [0, c) is an error on the CUDA path too, and is never used as an index.
@@ -151,6 +205,25 @@ int main(int argc, char **argv) {
       const double lambda = lambdas[(i++) % 3];
       run_case<float>(cpu, gpu, s, m, lambda);
       run_case<double>(cpu, gpu, s, m, lambda);
+    }
+  }
+  // Variants, at shapes that cross the block tiles (129, 130, 131), with D = 1 and D not a multiple
+  // of the vector width: margins 1 and 4.
+  const shape edge[] = {{129, 3, 130}, {130, 129, 2}, {2, 130, 129}, {33, 1, 129}, {17, 6, 131}, {200, 10, 3}};
+  variant vs[6];
+  vs[0].offset = 1;
+  vs[1].offset = 1, vs[1].offset_all = true;
+  vs[2].labels = kAllOneClass, vs[2].repeat = true;
+  vs[3].labels = kFewClasses, vs[3].repeat = true;
+  vs[4].labels = kSortedLabels;
+  vs[5].tf32 = true, vs[5].offset = quick ? 0 : 1;
+  for (const shape &s : edge) {
+    for (int m : {1, 4}) {
+      for (const variant &v : vs) {
+        if (quick && (v.offset_all || v.labels == kFewClasses)) continue;
+        run_case<float>(cpu, gpu, s, m, 0.5, v);
+        if (!v.tf32) run_case<double>(cpu, gpu, s, m, 0.5, v);
+      }
     }
   }
   bad_label(gpu);

@@ -1,0 +1,424 @@
+// kernels_gemm.cuh: the matrix products of the L-Softmax op, with the backward's target
+// corrections fused in (we have no cuBLAS, and fusing saves the N x C and N x D passes a
+// separate correction kernel would make).
+//
+//   forward   logits = x W^T                      (NT)
+//   backward  grad_x = G' W   + diag(cx) x        (NN)
+//             grad_w = G'^T x + diag(s)  W        (TN)
+//
+// where G' is G with alpha_i added to its target entries G[i, y_i], cx_i = beta_x,i / |x_i| and
+// s_j = sum over {i : y_i = j} of beta_w,i / |W_j| (margin.cuh, lsm_target_correction). Adding
+// alpha to G' while a tile of G is loaded moves "alpha_i W_y" and "alpha_i x_i" into the products
+// themselves; only a per-row scale of a matrix the epilogue reads anyway is left. grad_w thus
+// needs no atomics and its sums run in a fixed order: results are deterministic.
+//
+// Two kernels share the tile loaders and the epilogue:
+// - gemm: SIMT, 256 threads, a BM x BM tile of C per block, BK = 8, each thread a TM x TM
+//   register block (fp32: 128x128, 8x8; fp64: 64x64, 4x4), shared memory double buffered.
+// - gemm_tf32: the same tiles (fp32 only) on tensor cores through WMMA m16n16k8 TF32, for
+//   contexts set to LSM_PRECISION_TF32 (sm_80+).
+#ifndef LSOFTMAX_KERNELS_GEMM_CUH
+#define LSOFTMAX_KERNELS_GEMM_CUH
+
+#include <stdint.h>
+
+#include <mma.h>
+
+// Fixed-count loops must unroll for the register blocks to stay in registers (nvcc only; g++
+// warns about the pragma).
+#if defined(__CUDACC__)
+#define LSM_UNROLL _Pragma("unroll")
+#else
+#define LSM_UNROLL
+#endif
+
+namespace lsm_kernels {
+
+enum gemm_mode { kNT = 0, kNN = 1, kTN = 2 };
+
+// 16-byte vectors: 4 floats or 2 doubles.
+template <typename T>
+struct vec_traits;
+template <>
+struct vec_traits<float> {
+  static constexpr int V = 4;
+};
+template <>
+struct vec_traits<double> {
+  static constexpr int V = 2;
+};
+
+// Aligned 16-byte loads and stores (the host checks alignment before it asks for them).
+__device__ __forceinline__ void ld_vec(const float *p, float *v) {
+  const float4 q = *reinterpret_cast<const float4 *>(p);
+  v[0] = q.x, v[1] = q.y, v[2] = q.z, v[3] = q.w;
+}
+__device__ __forceinline__ void ld_vec(const double *p, double *v) {
+  const double2 q = *reinterpret_cast<const double2 *>(p);
+  v[0] = q.x, v[1] = q.y;
+}
+__device__ __forceinline__ void st_vec(float *p, const float *v) {
+  *reinterpret_cast<float4 *>(p) = make_float4(v[0], v[1], v[2], v[3]);
+}
+__device__ __forceinline__ void st_vec(double *p, const double *v) {
+  *reinterpret_cast<double2 *>(p) = make_double2(v[0], v[1]);
+}
+
+constexpr int kGemmThreads = 256;  // 16 x 16
+constexpr int kGemmBK = 8;
+
+// Tile shape per dtype: TM = 2 vectors per thread and dimension, so that both the shared-memory
+// reads of the inner loop and the stores of C are 16-byte vectors.
+template <typename T>
+struct gemm_shape {
+  static constexpr int V = vec_traits<T>::V;
+  static constexpr int TM = 2 * V;     // fp32 8, fp64 4
+  static constexpr int BM = 16 * TM;   // fp32 128, fp64 64 (= BN)
+  static constexpr int LD = BM + V;    // smem row stride: 16-byte rows, no bank conflicts on the
+                                       // transposing stores of k-contiguous operands
+  static constexpr int KG = kGemmThreads / BM;  // sample groups of the s_j accumulation
+};
+
+// Everything a product needs; passed by value (kernel parameter space).
+template <typename T>
+struct gemm_args {
+  int M, N, K;
+  const T *A;  // NT, NN: row-major M x K (lda); TN: row-major K x M (lda)
+  const T *B;  // NT: row-major N x K (ldb); NN, TN: row-major K x N (ldb)
+  int lda, ldb;
+  T *C;  // row-major M x N
+  // 16-byte vector access allowed for A, B, and C together with aux (host-checked alignment and
+  // leading dimensions).
+  bool vec_a, vec_b, vec_c;
+  // Target corrections (backward, margin > 1): labels, alpha (per sample) and, for NN, cx (per
+  // row of C); aux is the matrix the row scale multiplies (NN: x, TN: W; leading dimension N);
+  // bw is beta_w / |W_y| per sample (TN).
+  bool fuse;
+  const int32_t *labels;
+  const T *alpha, *cx, *bw, *aux;
+};
+
+template <int MODE>
+struct gemm_layout {
+  static constexpr bool a_k_contig = MODE != kTN;  // A[m*lda + k], else A[k*lda + m]
+  static constexpr bool b_k_contig = MODE == kNT;  // B[n*ldb + k], else B[k*ldb + n]
+};
+
+// One thread's share of a tile of R rows (m or n) x BK: one vector of V elements along the
+// dimension that is contiguous in memory, so global reads coalesce (R-contiguous) or at least use
+// whole sectors (K-contiguous: 2 or 4 threads per row). Shared memory holds tiles k-major,
+// S[k][r], which is what the inner loop and WMMA (col-major A, row-major B) read.
+template <typename T, bool K_CONTIG>
+struct tile_loader {
+  using S = gemm_shape<T>;
+  static constexpr int V = S::V;
+  int r, k;  // the thread's first element inside the tile
+  T v[V];
+
+  __device__ __forceinline__ tile_loader(int tid) {
+    r = K_CONTIG ? tid / (kGemmBK / V) : (tid % (S::BM / V)) * V;
+    k = K_CONTIG ? (tid % (kGemmBK / V)) * V : tid / (S::BM / V);
+  }
+
+  // Element (row, kk) of the operand is P[row*ld + kk] (K_CONTIG) or P[kk*ld + row]. Outside
+  // [0, rows) x [0, K) it is 0, so edge tiles need no special case in the math.
+  __device__ __forceinline__ void load(const T *P, int ld, int rows, int K, int r0, int k0, bool vec) {
+    const int gr = r0 + r, gk = k0 + k;
+    if (K_CONTIG) {
+      if (vec && gr < rows && gk + V <= K) {
+        ld_vec(P + gr * ld + gk, v);
+      } else {
+        LSM_UNROLL for (int j = 0; j < V; ++j) v[j] = (gr < rows && gk + j < K) ? P[gr * ld + gk + j] : T(0);
+      }
+    } else {
+      if (vec && gk < K && gr + V <= rows) {
+        ld_vec(P + gk * ld + gr, v);
+      } else {
+        LSM_UNROLL for (int j = 0; j < V; ++j) v[j] = (gk < K && gr + j < rows) ? P[gk * ld + gr + j] : T(0);
+      }
+    }
+  }
+
+  // Adds alpha to the element of column (or row) `y` among the thread's V elements: the fused
+  // target correction, G'[i, y_i] = G[i, y_i] + alpha_i. `first` is the global index of v[0]
+  // along the class dimension. Labels are only compared, never used as indices.
+  __device__ __forceinline__ void add_target(int first, int y, T a) {
+    LSM_UNROLL for (int j = 0; j < V; ++j)
+      if (first + j == y) v[j] += a;
+  }
+
+  __device__ __forceinline__ void store(T (*s)[S::LD]) const {
+    if (K_CONTIG) {
+      LSM_UNROLL for (int j = 0; j < V; ++j) s[k + j][r] = v[j];
+    } else {
+      st_vec(&s[k][r], v);
+    }
+  }
+};
+
+// Shared memory of both kernels: double-buffered A and B tiles, the TN kernel's per-tile labels
+// and beta_w/|W|, and its per-row partial sums s_j.
+template <typename T>
+struct gemm_smem {
+  using S = gemm_shape<T>;
+  alignas(128) T a[2][kGemmBK][S::LD];
+  alignas(128) T b[2][kGemmBK][S::LD];
+  int lab[2][kGemmBK];
+  T bw[2][kGemmBK];
+  T s[S::KG][S::BM];
+};
+
+// The main-loop state both kernels share: loaders, the prefetch of tile t+1 into registers while
+// tile t is multiplied, and the s_j accumulation of TN.
+template <typename T, int MODE>
+struct gemm_pipeline {
+  using S = gemm_shape<T>;
+  using L = gemm_layout<MODE>;
+  const gemm_args<T> &p;
+  const int tid, m0, n0;
+  tile_loader<T, L::a_k_contig> la;
+  tile_loader<T, L::b_k_contig> lb;
+  int lab_next = -1;  // TN: the label and beta_w/|W| of sample k0 + tid (tid < BK)
+  T bw_next = T(0);
+  T s_part = T(0);    // TN: partial s_j of row m0 + tid % BM over this thread's sample group
+  int y_row = -1;     // NN: label and alpha of the A row this thread loads (fixed over k)
+  T alpha_row = T(0);
+
+  __device__ __forceinline__ gemm_pipeline(const gemm_args<T> &args, int t, int bm0, int bn0)
+      : p(args), tid(t), m0(bm0), n0(bn0), la(t), lb(t) {
+    if (MODE == kNN && p.fuse && m0 + la.r < p.M) {
+      y_row = p.labels[m0 + la.r];
+      alpha_row = p.alpha[m0 + la.r];
+    }
+  }
+
+  // Global -> registers for the tile at k0 (loads in flight while the previous tile is used).
+  __device__ __forceinline__ void fetch(int k0) {
+    la.load(p.A, p.lda, p.M, p.K, m0, k0, p.vec_a);
+    lb.load(p.B, p.ldb, p.N, p.K, n0, k0, p.vec_b);
+    if (MODE == kNN && p.fuse) la.add_target(k0 + la.k, y_row, alpha_row);
+    if (MODE == kTN && p.fuse) {
+      const int i = k0 + la.k;  // A = G^T: k is the sample, rows are classes
+      if (i < p.K) la.add_target(m0 + la.r, p.labels[i], p.alpha[i]);
+      lab_next = -1;
+      bw_next = T(0);
+      if (tid < kGemmBK && k0 + tid < p.K) {
+        lab_next = p.labels[k0 + tid];
+        bw_next = p.bw[k0 + tid];
+      }
+    }
+  }
+
+  // Registers -> shared buffer `buf` (its previous readers are past a barrier).
+  __device__ __forceinline__ void put(gemm_smem<T> &sm, int buf) const {
+    la.store(sm.a[buf]);
+    lb.store(sm.b[buf]);
+    if (MODE == kTN && p.fuse && tid < kGemmBK) {
+      sm.lab[buf][tid] = lab_next;
+      sm.bw[buf][tid] = bw_next;
+    }
+  }
+
+  // TN: s_j += beta_w,i/|W_j| over this tile's samples with label j, in sample order. Each row
+  // has KG threads, each over a fixed slice of the tile, so the sum's order never changes.
+  __device__ __forceinline__ void accumulate_s(const gemm_smem<T> &sm, int buf) {
+    if (MODE != kTN || !p.fuse) return;
+    const int row = m0 + tid % S::BM, g = tid / S::BM;
+    LSM_UNROLL for (int q = 0; q < kGemmBK / S::KG; ++q) {
+      const int kk = g * (kGemmBK / S::KG) + q;
+      if (sm.lab[buf][kk] == row) s_part += sm.bw[buf][kk];
+    }
+  }
+
+  // After the main loop (and a barrier): publish the partial sums for the epilogue.
+  __device__ __forceinline__ void publish_s(gemm_smem<T> &sm) const {
+    if (MODE == kTN && p.fuse) sm.s[tid / S::BM][tid % S::BM] = s_part;
+  }
+
+  // The scale of row m (tile-local ml) in the epilogue: NN cx_m, TN s_m, else 0.
+  __device__ __forceinline__ T row_scale(const gemm_smem<T> &sm, int m, int ml) const {
+    if (!p.fuse) return T(0);
+    if (MODE == kNN) return p.cx[m];
+    if (MODE == kTN) {
+      T s = T(0);
+      LSM_UNROLL for (int g = 0; g < S::KG; ++g) s += sm.s[g][ml];
+      return s;
+    }
+    return T(0);
+  }
+
+  // Writes V (or fewer, at the right edge) consecutive outputs of row m from column n, adding
+  // the row-scaled aux row when fusing.
+  __device__ __forceinline__ void write(int m, int n, T rs, T *v) const {
+    const int N = p.N;
+    T *c = p.C + m * N;
+    const bool full = p.vec_c && n + S::V <= N;
+    if (MODE != kNT && p.fuse) {
+      const T *aux = p.aux + m * N;
+      if (full) {
+        T a[S::V];
+        ld_vec(aux + n, a);
+        LSM_UNROLL for (int j = 0; j < S::V; ++j) v[j] += rs * a[j];
+      } else {
+        LSM_UNROLL for (int j = 0; j < S::V && n + j < N; ++j) v[j] += rs * aux[n + j];
+      }
+    }
+    if (full) {
+      st_vec(c + n, v);
+    } else {
+      LSM_UNROLL for (int j = 0; j < S::V && n + j < N; ++j) c[n + j] = v[j];
+    }
+  }
+};
+
+// Block coordinates: blockIdx.x enumerates tiles row by row, so neighbouring blocks share A's row
+// panel in L2. One dimension: the tile count can pass 65535.
+template <typename T>
+__device__ __forceinline__ void gemm_block_origin(int N, int *m0, int *n0) {
+  const int bm = gemm_shape<T>::BM;
+  const int tiles_n = (N + bm - 1) / bm;
+  *m0 = (int)(blockIdx.x / tiles_n) * bm;
+  *n0 = (int)(blockIdx.x % tiles_n) * bm;
+}
+
+template <typename T, int M_>
+struct gemm_cfg {
+  using type = T;
+  static constexpr int mode = M_;
+};
+
+// SIMT product. Thread (tx, ty) owns rows ty*V + {0..V-1} + {0, 16V} and the same columns of tx:
+// the inner loop reads two 16-byte vectors of A (a broadcast within each half-warp) and two of B
+// (16 consecutive vectors, conflict-free) per k, for TM*TM FMAs.
+template <class CFG>
+__global__ void __launch_bounds__(kGemmThreads, 2) gemm(gemm_args<typename CFG::type> p) {
+  using T = typename CFG::type;
+  using S = gemm_shape<T>;
+  constexpr int V = S::V, TM = S::TM;
+  __shared__ gemm_smem<T> sm;
+  const int tid = threadIdx.x, tx = tid % 16, ty = tid / 16;
+  int m0, n0;
+  gemm_block_origin<T>(p.N, &m0, &n0);
+  gemm_pipeline<T, CFG::mode> pipe(p, tid, m0, n0);
+
+  T acc[TM][TM];
+  LSM_UNROLL for (int i = 0; i < TM; ++i)
+    LSM_UNROLL for (int j = 0; j < TM; ++j) acc[i][j] = T(0);
+
+  const int ktiles = (p.K + kGemmBK - 1) / kGemmBK;
+  pipe.fetch(0);
+  pipe.put(sm, 0);
+  __syncthreads();
+  for (int t = 0; t < ktiles; ++t) {
+    const int buf = t & 1;
+    const bool more = t + 1 < ktiles;
+    if (more) pipe.fetch((t + 1) * kGemmBK);  // global loads overlap the math below
+    LSM_UNROLL for (int kk = 0; kk < kGemmBK; ++kk) {
+      T a[TM], b[TM];
+      LSM_UNROLL for (int g = 0; g < 2; ++g) {
+        ld_vec(&sm.a[buf][kk][g * 16 * V + ty * V], a + g * V);
+        ld_vec(&sm.b[buf][kk][g * 16 * V + tx * V], b + g * V);
+      }
+      LSM_UNROLL for (int i = 0; i < TM; ++i)
+        LSM_UNROLL for (int j = 0; j < TM; ++j) acc[i][j] += a[i] * b[j];
+    }
+    pipe.accumulate_s(sm, buf);
+    // The other buffer was last read in iteration t-1, which ended at a barrier.
+    if (more) pipe.put(sm, buf ^ 1);
+    __syncthreads();
+  }
+  pipe.publish_s(sm);
+  __syncthreads();
+
+  LSM_UNROLL for (int i = 0; i < TM; ++i) {
+    const int ml = (i / V) * 16 * V + ty * V + i % V, m = m0 + ml;
+    if (m >= p.M) continue;
+    const T rs = pipe.row_scale(sm, m, ml);
+    LSM_UNROLL for (int g = 0; g < 2; ++g) {
+      const int n = n0 + g * 16 * V + tx * V;
+      if (n < p.N) pipe.write(m, n, rs, &acc[i][g * V]);
+    }
+  }
+}
+
+// TF32 tensor-core product, fp32 only: same block tile (128x128, BK = 8) and pipeline; warp w
+// computes a 64x32 sub-tile (wm = w / 4, wn = w % 4) as 4x2 m16n16k8 fragments. Inputs are
+// rounded to TF32 (10-bit mantissa, round to nearest) and accumulated in fp32. The epilogue goes
+// through a per-warp 16x16 staging tile in shared memory, whose layout WMMA defines.
+constexpr int kWmma = 16;
+
+struct tf32_smem {
+  gemm_smem<float> g;
+  alignas(128) float stage[kGemmThreads / 32][kWmma * kWmma];
+};
+
+template <class CFG>
+__global__ void __launch_bounds__(kGemmThreads, 2) gemm_tf32(gemm_args<float> p) {
+#if !defined(__CUDA_ARCH__) || __CUDA_ARCH__ >= 800
+  namespace wmma = nvcuda::wmma;
+  using S = gemm_shape<float>;
+  __shared__ tf32_smem sh;
+  gemm_smem<float> &sm = sh.g;
+  const int tid = threadIdx.x, warp = tid / 32, lane = tid % 32;
+  const int wm = (warp / 4) * 64, wn = (warp % 4) * 32;
+  int m0, n0;
+  gemm_block_origin<float>(p.N, &m0, &n0);
+  gemm_pipeline<float, CFG::mode> pipe(p, tid, m0, n0);
+
+  wmma::fragment<wmma::accumulator, 16, 16, 8, float> acc[4][2];
+  LSM_UNROLL for (int i = 0; i < 4; ++i)
+    LSM_UNROLL for (int j = 0; j < 2; ++j) wmma::fill_fragment(acc[i][j], 0.0f);
+
+  const int ktiles = (p.K + kGemmBK - 1) / kGemmBK;
+  pipe.fetch(0);
+  pipe.put(sm, 0);
+  __syncthreads();
+  for (int t = 0; t < ktiles; ++t) {
+    const int buf = t & 1;
+    const bool more = t + 1 < ktiles;
+    if (more) pipe.fetch((t + 1) * kGemmBK);
+    // sm.a is k-major (element (m, k) at [k][m]): a col-major A operand; sm.b a row-major B.
+    wmma::fragment<wmma::matrix_a, 16, 16, 8, wmma::precision::tf32, wmma::col_major> fa[4];
+    wmma::fragment<wmma::matrix_b, 16, 16, 8, wmma::precision::tf32, wmma::row_major> fb[2];
+    LSM_UNROLL for (int i = 0; i < 4; ++i) {
+      wmma::load_matrix_sync(fa[i], &sm.a[buf][0][wm + i * kWmma], S::LD);
+      LSM_UNROLL for (int e = 0; e < fa[i].num_elements; ++e) fa[i].x[e] = wmma::__float_to_tf32(fa[i].x[e]);
+    }
+    LSM_UNROLL for (int j = 0; j < 2; ++j) {
+      wmma::load_matrix_sync(fb[j], &sm.b[buf][0][wn + j * kWmma], S::LD);
+      LSM_UNROLL for (int e = 0; e < fb[j].num_elements; ++e) fb[j].x[e] = wmma::__float_to_tf32(fb[j].x[e]);
+    }
+    LSM_UNROLL for (int i = 0; i < 4; ++i)
+      LSM_UNROLL for (int j = 0; j < 2; ++j) wmma::mma_sync(acc[i][j], fa[i], fb[j], acc[i][j]);
+    pipe.accumulate_s(sm, buf);
+    if (more) pipe.put(sm, buf ^ 1);
+    __syncthreads();
+  }
+  pipe.publish_s(sm);
+  __syncthreads();
+
+  // Each lane finishes 8 of a fragment's 256 outputs: two half-rows of 4 per pass.
+  float *st = sh.stage[warp];
+  LSM_UNROLL for (int i = 0; i < 4; ++i) {
+    LSM_UNROLL for (int j = 0; j < 2; ++j) {
+      wmma::store_matrix_sync(st, acc[i][j], kWmma, wmma::mem_row_major);
+      __syncwarp();
+      LSM_UNROLL for (int h = 0; h < 2; ++h) {
+        const int r = h * 8 + lane / 4, c = (lane % 4) * 4;
+        const int ml = wm + i * kWmma + r, m = m0 + ml, n = n0 + wn + j * kWmma + c;
+        if (m < p.M && n < p.N) {
+          float v[4] = {st[r * kWmma + c], st[r * kWmma + c + 1], st[r * kWmma + c + 2], st[r * kWmma + c + 3]};
+          pipe.write(m, n, pipe.row_scale(sm, m, ml), v);
+        }
+      }
+      __syncwarp();  // the staging tile is read before the next fragment overwrites it
+    }
+  }
+#else
+  (void)p;
+#endif
+}
+
+}  // namespace lsm_kernels
+
+#endif  // LSOFTMAX_KERNELS_GEMM_CUH
