@@ -13,26 +13,12 @@
  */
 
 import { type Backend, backward, forward } from "../mod.ts";
+import { problem, random, SHAPES } from "./problems.ts";
 
 const env = (name: string) => Deno.env.get(name);
 const backend = (env("LSOFTMAX_BACKEND") ?? "cpu") as Backend;
 const MARGIN = 4, LAMBDA = 0.5;
-const allShapes: [number, number, number][] = [[64, 128, 1000], [256, 512, 10000], [
-  512,
-  512,
-  100000,
-]];
-const shapes = env("LSOFTMAX_BENCH_SHAPES") === "small" ? allShapes.slice(0, 1) : allShapes;
-
-function random(length: number, seed: number): Float32Array {
-  const a = new Float32Array(length);
-  let s = seed >>> 0;
-  for (let i = 0; i < length; i++) {
-    s = (s * 1664525 + 1013904223) >>> 0;
-    a[i] = s / 2 ** 32 - 0.5;
-  }
-  return a;
-}
+const shapes = env("LSOFTMAX_BENCH_SHAPES") === "small" ? SHAPES.slice(0, 1) : SHAPES;
 
 // Median seconds per call, recorded by each benchmark, for the GFLOP/s report at the end.
 const timings = new Map<string, { flops: number; seconds: number[] }>();
@@ -48,8 +34,7 @@ function timed(name: string, flops: number, fn: () => void): () => void {
 
 for (const [n, d, c] of shapes) {
   const group = `${backend} N=${n} D=${d} C=${c}`;
-  const x = random(n * d, 1), w = random(c * d, 2), g = random(n * c, 3);
-  const labels = Int32Array.from({ length: n }, (_, i) => (i * 7919) % c);
+  const { x, w, g, labels } = problem(n, d, c);
   const big = n * c * d > 1e9;
   const opts = big ? { n: 5, warmup: 1 } : {};
   const flops = 2 * n * c * d;
@@ -86,10 +71,9 @@ for (const [n, d, c] of shapes) {
 // The peer: what a Deno user would otherwise write, at the small shape only.
 if (env("LSOFTMAX_BENCH_TFJS") !== "0") {
   const { tfjsLSoftmaxStep } = await import("./tfjs_peer.ts");
-  const [n, d, c] = allShapes[0];
+  const [n, d, c] = SHAPES[0];
   const group = `${backend} N=${n} D=${d} C=${c}`;
-  const x = random(n * d, 1), w = random(c * d, 2), g = random(n * c, 3);
-  const labels = Int32Array.from({ length: n }, (_, i) => (i * 7919) % c);
+  const { x, w, g, labels } = problem(n, d, c);
   const step = await tfjsLSoftmaxStep(x, w, labels, g, { n, d, c, margin: MARGIN, lambda: LAMBDA });
   Deno.bench({
     name: `tfjs-cpu composed forward+backward [${group}]`,

@@ -10,24 +10,10 @@
  */
 
 import { type Backend, backends, backward, forward } from "../mod.ts";
+import { problem, SHAPES } from "./problems.ts";
 
 const backend = (Deno.env.get("LSOFTMAX_BACKEND") ?? "cpu") as Backend;
 const reps = Number(Deno.env.get("REPS") ?? 7);
-const shapes: [number, number, number][] = [[64, 128, 1000], [256, 512, 10000], [
-  512,
-  512,
-  100000,
-]];
-
-function random(length: number, seed: number): Float32Array {
-  const a = new Float32Array(length);
-  let s = seed >>> 0;
-  for (let i = 0; i < length; i++) {
-    s = (s * 1664525 + 1013904223) >>> 0;
-    a[i] = s / 2 ** 32 - 0.5;
-  }
-  return a;
-}
 
 function machine(): string {
   const info = backends();
@@ -43,9 +29,8 @@ function machine(): string {
 const median = (v: number[]) => [...v].sort((a, b) => a - b)[Math.floor(v.length / 2)];
 
 const rows: string[] = [];
-for (const [n, d, c] of shapes) {
-  const x = random(n * d, 1), w = random(c * d, 2), g = random(n * c, 3);
-  const labels = Int32Array.from({ length: n }, (_, i) => (i * 7919) % c);
+for (const [n, d, c] of SHAPES) {
+  const { x, w, g, labels } = problem(n, d, c);
   const step = (margin: number) => {
     const t0 = performance.now();
     forward(x, w, labels, { margin, lambda: 0.5, backend });

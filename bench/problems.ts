@@ -1,0 +1,45 @@
+/**
+ * The benchmark shapes and their deterministic inputs, shared by `deno bench` and the README's
+ * table so both measure the same problems.
+ *
+ * @example
+ * ```ts
+ * import { problem, SHAPES } from "./problems.ts";
+ * const [n, d, c] = SHAPES[0];
+ * const { x, w, g, labels } = problem(n, d, c);
+ * ```
+ * @module
+ */
+
+/** (N, D, C) of the benchmarks, as issue 4 names them. */
+export const SHAPES: readonly [number, number, number][] = [
+  [64, 128, 1000],
+  [256, 512, 10000],
+  [512, 512, 100000],
+];
+
+/** Uniform values in [-0.5, 0.5) from a linear congruential generator: cheap and repeatable. */
+export function random(length: number, seed: number): Float32Array {
+  const a = new Float32Array(length);
+  let s = seed >>> 0;
+  for (let i = 0; i < length; i++) {
+    s = (s * 1664525 + 1013904223) >>> 0;
+    a[i] = s / 2 ** 32 - 0.5;
+  }
+  return a;
+}
+
+/** Features x [N, D], weights w [C, D], an upstream gradient g [N, C] and spread-out labels. */
+export function problem(n: number, d: number, c: number): {
+  x: Float32Array;
+  w: Float32Array;
+  g: Float32Array;
+  labels: Int32Array;
+} {
+  return {
+    x: random(n * d, 1),
+    w: random(c * d, 2),
+    g: random(n * c, 3),
+    labels: Int32Array.from({ length: n }, (_, i) => (i * 7919) % c),
+  };
+}
