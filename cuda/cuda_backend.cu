@@ -38,6 +38,7 @@ int32_t cuda_fail(lsm_context *ctx, cudaError_t e, const char *what) {
 
 // Makes the context's device current for this thread (contexts may be used from any thread).
 int32_t activate(lsm_context *ctx) {
+  cudaGetLastError();  // a non-sticky error the host program left behind is not ours to report
   LSM_CUDA_TRY(ctx, cudaSetDevice(ctx->device));
   return LSM_OK;
 }
@@ -100,8 +101,11 @@ int32_t check_bad_label(lsm_context *ctx, const lsm_problem &p, const int *bad_s
   LSM_CUDA_TRY(ctx, cudaMemcpyAsync(&bad, bad_slot, sizeof bad, cudaMemcpyDeviceToHost, ctx->cuda->stream));
   LSM_CUDA_TRY(ctx, cudaStreamSynchronize(ctx->cuda->stream));
   if (bad >= p.n) return LSM_OK;
+  // On the context's stream, not cudaMemcpy's legacy default stream (which would also wait for
+  // other blocking streams on the device); the stack variable is read only after the sync.
   int32_t label = 0;
-  LSM_CUDA_TRY(ctx, cudaMemcpy(&label, p.labels + bad, sizeof label, cudaMemcpyDeviceToHost));
+  LSM_CUDA_TRY(ctx, cudaMemcpyAsync(&label, p.labels + bad, sizeof label, cudaMemcpyDeviceToHost, ctx->cuda->stream));
+  LSM_CUDA_TRY(ctx, cudaStreamSynchronize(ctx->cuda->stream));
   return lsm_fail(ctx, LSM_ERR_INVALID_ARGUMENT,
                   "labels[" + std::to_string(bad) + "]: expected an integer in [0, " + std::to_string(p.c) +
                       "), got " + std::to_string(label));
@@ -228,6 +232,13 @@ int32_t lsm_cuda_context_init(lsm_context *ctx) {
   if ((s = activate(ctx)) != LSM_OK) return s;
   LSM_CUDA_TRY(ctx, cudaDeviceGetAttribute(&ctx->cuda->cc_major, cudaDevAttrComputeCapabilityMajor, ctx->device));
   LSM_CUDA_TRY(ctx, cudaDeviceGetAttribute(&ctx->cuda->cc_minor, cudaDevAttrComputeCapabilityMinor, ctx->device));
+  // The oldest target CUDA 13 builds for: below it no kernel image exists, so say so up front
+  // rather than fail at the first launch.
+  if (ctx->cuda->cc_major * 10 + ctx->cuda->cc_minor < 75)
+    return lsm_fail(ctx, LSM_ERR_UNAVAILABLE,
+                    "device " + std::to_string(ctx->device) + " has compute capability " +
+                        std::to_string(ctx->cuda->cc_major) + "." + std::to_string(ctx->cuda->cc_minor) +
+                        "; this library has kernels for 7.5 and newer");
   LSM_CUDA_TRY(ctx, cudaStreamCreateWithFlags(&ctx->cuda->stream, cudaStreamNonBlocking));
   return LSM_OK;
 }

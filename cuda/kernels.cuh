@@ -40,6 +40,9 @@ __device__ void warp_stats(const T *x, const T *w, int d, int lane, double *dot,
   *ww = s_ww;
 }
 
+// The grid-stride step i + warps, or n once that would reach or pass n (without overflow).
+__device__ __forceinline__ int next_sample(int i, int warps, int n) { return n - i > warps ? i + warps : n; }
+
 // Returns the label of sample i, or -1 (recording the lowest such i in *bad_label) when it is
 // outside [0, c): a bad label is never used as an index.
 __device__ inline int checked_label(const int32_t *labels, int i, int c, int lane, int *bad_label) {
@@ -55,8 +58,9 @@ __global__ void forward_target(const T *x, const T *w, const int32_t *labels, in
                                double lambda, T *logits, int *bad_label) {
   const int lane = threadIdx.x % kWarp;
   const int warps = (int)(gridDim.x * blockDim.x / kWarp);
-  // i is per warp, so whole warps move (and leave) together, as the shuffles need.
-  for (int i = (int)((blockIdx.x * blockDim.x + threadIdx.x) / kWarp); i < n; i += warps) {
+  // i is per warp, so whole warps move (and leave) together, as the shuffles need. The step
+  // never forms i + warps past n: n may be 2^31 - 1, and int overflow would wrap i negative.
+  for (int i = (int)((blockIdx.x * blockDim.x + threadIdx.x) / kWarp); i < n; i = next_sample(i, warps, n)) {
     const int y = checked_label(labels, i, c, lane, bad_label);
     if (y < 0 || margin == 1) continue;  // m = 1: the plain inner product is already there
     double dot, xx, ww;
@@ -73,7 +77,7 @@ __global__ void backward_coefs(const T *x, const T *w, const int32_t *labels, co
                                int c, int margin, double lambda, T *alpha, T *cx, T *bw, int *bad_label) {
   const int lane = threadIdx.x % kWarp;
   const int warps = (int)(gridDim.x * blockDim.x / kWarp);
-  for (int i = (int)((blockIdx.x * blockDim.x + threadIdx.x) / kWarp); i < n; i += warps) {
+  for (int i = (int)((blockIdx.x * blockDim.x + threadIdx.x) / kWarp); i < n; i = next_sample(i, warps, n)) {
     const int y = checked_label(labels, i, c, lane, bad_label);
     lsm_correction r = {0.0, 0.0, 0.0, 0.0, 0.0};
     if (y >= 0 && margin > 1) {

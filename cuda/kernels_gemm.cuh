@@ -20,6 +20,7 @@
 #ifndef LSOFTMAX_KERNELS_GEMM_CUH
 #define LSOFTMAX_KERNELS_GEMM_CUH
 
+#include <stddef.h>
 #include <stdint.h>
 
 #include <mma.h>
@@ -66,6 +67,10 @@ __device__ __forceinline__ void st_vec(double *p, const double *v) {
 
 constexpr int kGemmThreads = 256;  // 16 x 16
 constexpr int kGemmBK = 8;
+
+// ceil(a / b) for 0 <= a <= INT_MAX, b > 0, without forming a + b - 1 (which overflows int when a
+// is within b of 2^31: the ABI allows a dimension of 2^31 - 1).
+__host__ __device__ __forceinline__ int ceil_div(int a, int b) { return a / b + (a % b != 0 ? 1 : 0); }
 
 // Tile shape per dtype: TM = 2 vectors per thread and dimension, so that both the shared-memory
 // reads of the inner loop and the stores of C are 16-byte vectors.
@@ -125,13 +130,13 @@ struct tile_loader {
   __device__ __forceinline__ void load(const T *P, int ld, int rows, int K, int r0, int k0, bool vec) {
     const int gr = r0 + r, gk = k0 + k;
     if (K_CONTIG) {
-      if (vec && gr < rows && gk + V <= K) {
+      if (vec && gr < rows && gk <= K - V) {  // not gk + V <= K: that overflows near 2^31
         ld_vec(P + gr * ld + gk, v);
       } else {
         LSM_UNROLL for (int j = 0; j < V; ++j) v[j] = (gr < rows && gk + j < K) ? P[gr * ld + gk + j] : T(0);
       }
     } else {
-      if (vec && gk < K && gr + V <= rows) {
+      if (vec && gk < K && gr <= rows - V) {
         ld_vec(P + gk * ld + gr, v);
       } else {
         LSM_UNROLL for (int j = 0; j < V; ++j) v[j] = (gk < K && gr + j < rows) ? P[gk * ld + gr + j] : T(0);
@@ -252,7 +257,7 @@ struct gemm_pipeline {
   __device__ __forceinline__ void write(int m, int n, T rs, T *v) const {
     const int N = p.N;
     T *c = p.C + m * N;
-    const bool full = p.vec_c && n + S::V <= N;
+    const bool full = p.vec_c && n <= N - S::V;
     if (MODE != kNT && p.fuse) {
       const T *aux = p.aux + m * N;
       if (full) {
@@ -276,7 +281,7 @@ struct gemm_pipeline {
 template <typename T>
 __device__ __forceinline__ void gemm_block_origin(int N, int *m0, int *n0) {
   const int bm = gemm_shape<T>::BM;
-  const int tiles_n = (N + bm - 1) / bm;
+  const int tiles_n = ceil_div(N, bm);
   *m0 = (int)(blockIdx.x / tiles_n) * bm;
   *n0 = (int)(blockIdx.x % tiles_n) * bm;
 }
@@ -305,7 +310,7 @@ __global__ void __launch_bounds__(kGemmThreads, 2) gemm(gemm_args<typename CFG::
   LSM_UNROLL for (int i = 0; i < TM; ++i)
     LSM_UNROLL for (int j = 0; j < TM; ++j) acc[i][j] = T(0);
 
-  const int ktiles = (p.K + kGemmBK - 1) / kGemmBK;
+  const int ktiles = ceil_div(p.K, kGemmBK);
   pipe.fetch(0);
   pipe.put(sm, 0);
   __syncthreads();
@@ -352,6 +357,20 @@ struct tf32_smem {
   alignas(128) float stage[kGemmThreads / 32][kWmma * kWmma];
 };
 
+// What a GPU requires of these layouts (the emulator checks WMMA pointers only at run time, in
+// host memory, and not vector alignment at all): 16-byte rows for the float4/double2 accesses;
+// for load/store_matrix_sync, 32-byte aligned tile origins (buffer, column block of 16, staging
+// tile) and ldm a multiple of 16 bytes.
+static_assert(gemm_shape<float>::LD * sizeof(float) % 16 == 0, "fp32 tile rows must be 16-byte aligned");
+static_assert(gemm_shape<double>::LD * sizeof(double) % 16 == 0, "fp64 tile rows must be 16-byte aligned");
+static_assert(offsetof(gemm_smem<float>, a) % 32 == 0 && offsetof(gemm_smem<float>, b) % 32 == 0 &&
+                  sizeof(gemm_smem<float>::a[0]) % 32 == 0 && kWmma * sizeof(float) % 32 == 0,
+              "WMMA operand tiles must start 32-byte aligned");
+static_assert(offsetof(tf32_smem, stage) % 32 == 0 && sizeof(tf32_smem::stage[0]) % 32 == 0,
+              "WMMA staging tiles must start 32-byte aligned");
+static_assert(sizeof(tf32_smem) <= 48 * 1024 && sizeof(gemm_smem<double>) <= 48 * 1024,
+              "static shared memory is limited to 48 KB per block");
+
 template <class CFG>
 __global__ void __launch_bounds__(kGemmThreads, 2) gemm_tf32(gemm_args<float> p) {
 #if !defined(__CUDA_ARCH__) || __CUDA_ARCH__ >= 800
@@ -369,7 +388,7 @@ __global__ void __launch_bounds__(kGemmThreads, 2) gemm_tf32(gemm_args<float> p)
   LSM_UNROLL for (int i = 0; i < 4; ++i)
     LSM_UNROLL for (int j = 0; j < 2; ++j) wmma::fill_fragment(acc[i][j], 0.0f);
 
-  const int ktiles = (p.K + kGemmBK - 1) / kGemmBK;
+  const int ktiles = ceil_div(p.K, kGemmBK);
   pipe.fetch(0);
   pipe.put(sm, 0);
   __syncthreads();
