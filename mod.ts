@@ -252,11 +252,27 @@ function sharedContext(backend: unknown): NativeContext {
   const key = `${kind}:${device}`;
   let ctx = contexts.get(key);
   if (!ctx) {
-    ctx = new NativeContext(lib, kind, device);
-    contexts.set(key, ctx);
+    ctx = openContext(lib, backend, kind, device);
+    contexts.set(`${ctx.backend}:${ctx.device}`, ctx);
   }
   resolved.set(backend, ctx);
   return ctx;
+}
+
+// A context on the resolved device; "auto" falls back to the CPU when the GPU it picked cannot
+// host one (e.g. a compute capability this build has no kernels for).
+function openContext(
+  lib: Library,
+  backend: unknown,
+  kind: "cpu" | "cuda",
+  device: number,
+): NativeContext {
+  try {
+    return new NativeContext(lib, kind, device);
+  } catch (e) {
+    if ((backend ?? "auto") !== "auto" || kind === "cpu") throw e;
+    return contexts.get("cpu:0") ?? new NativeContext(lib, "cpu", 0);
+  }
 }
 
 function newLike<T extends FloatArray>(x: T, length: number): T {
@@ -474,7 +490,7 @@ export class LargeMarginSoftmax {
     if (this.#closed) throw new Error("LargeMarginSoftmax: the layer is closed");
     if (!this.#context) {
       const { kind, device } = resolveBackend(loadLibrary(), this.backend);
-      this.#context = new NativeContext(loadLibrary(), kind, device);
+      this.#context = openContext(loadLibrary(), this.backend, kind, device);
     }
     return this.#context;
   }
