@@ -279,6 +279,37 @@ function newLike<T extends FloatArray>(x: T, length: number): T {
   return (x instanceof Float32Array ? new Float32Array(length) : new Float64Array(length)) as T;
 }
 
+function overlaps(a: ArrayBufferView, b: ArrayBufferView): boolean {
+  return a.buffer === b.buffer && a.byteOffset < b.byteOffset + b.byteLength &&
+    b.byteOffset < a.byteOffset + a.byteLength;
+}
+
+// The caller's output array when given (same dtype as x, exact length, apart from every
+// input and other output), else a new one.
+function outputArray<T extends FloatArray>(
+  name: string,
+  given: unknown,
+  like: T,
+  length: number,
+  apart: ArrayBufferView[],
+): T {
+  if (given === undefined) return newLike(like, length);
+  if (!isFloatArray(given) || given.constructor !== like.constructor) {
+    throw new TypeError(
+      `${name}: expected a ${like.constructor.name} like x, got ${describe(given)}`,
+    );
+  }
+  if (given.length !== length) {
+    throw new RangeError(`${name}: expected ${length} elements, got ${given.length}`);
+  }
+  if (apart.some((a) => overlaps(given, a))) {
+    throw new RangeError(
+      `${name}: expected memory apart from the inputs and other outputs, got an overlap`,
+    );
+  }
+  return given as T;
+}
+
 function checkGradLogits(p: Problem, gradLogits: unknown): FloatArray {
   if (!isFloatArray(gradLogits) || gradLogits.constructor !== p.x.constructor) {
     throw new TypeError(
@@ -340,6 +371,8 @@ export function backends(): BackendsInfo {
 
 /**
  * The L-Softmax logits [N, C] of features x [N, D] for classes w [C, D] (both row-major).
+ * `options.out` (same dtype, N·C elements, apart from the inputs) receives them instead of a new
+ * array: large shapes then skip an allocation per call.
  *
  * @example
  * ```ts
@@ -354,17 +387,19 @@ export function forward<T extends FloatArray>(
   x: T,
   w: T,
   labels: Int32Array,
-  options: OpOptions,
+  options: OpOptions & { out?: T },
 ): { logits: T } {
   const p = checkProblem(x, w, labels, options);
+  const logits = outputArray("out", options.out, x, p.n * p.c, [x, w, labels]);
   const ctx = sharedContext(options.backend);
-  const logits = newLike(x, p.n * p.c);
   ctx.forward(p, logits);
   return { logits };
 }
 
 /**
  * The gradients of a loss L with respect to x and w, given gradLogits = dL/dlogits [N, C].
+ * `options.outX` and `options.outW` receive them instead of new arrays, as `out` does for
+ * {@link forward}.
  *
  * @example
  * ```ts
@@ -381,13 +416,14 @@ export function backward<T extends FloatArray>(
   w: T,
   labels: Int32Array,
   gradLogits: T,
-  options: OpOptions,
+  options: OpOptions & { outX?: T; outW?: T },
 ): { gradX: T; gradW: T } {
   const p = checkProblem(x, w, labels, options);
   const g = checkGradLogits(p, gradLogits);
+  const inputs = [x, w, labels, g];
+  const gradX = outputArray("outX", options.outX, x, p.n * p.d, inputs);
+  const gradW = outputArray("outW", options.outW, x, p.c * p.d, [...inputs, gradX]);
   const ctx = sharedContext(options.backend);
-  const gradX = newLike(x, p.n * p.d);
-  const gradW = newLike(x, p.c * p.d);
   ctx.backward(p, g, gradX, gradW);
   return { gradX, gradW };
 }
@@ -495,12 +531,12 @@ export class LargeMarginSoftmax {
     return this.#context;
   }
 
-  /** Logits for x [N, D], w [C, D] and labels [N], and the λ used. */
+  /** Logits for x [N, D], w [C, D] and labels [N], and the λ used (`out` as in {@link forward}). */
   forward<T extends FloatArray>(
     x: T,
     w: T,
     labels: Int32Array,
-    options: { step?: number; features?: number } = {},
+    options: { step?: number; features?: number; out?: T } = {},
   ): { logits: T; lambda: number } {
     const ctx = this.#ctx();
     const step = options.step === undefined
@@ -513,7 +549,7 @@ export class LargeMarginSoftmax {
       features: options.features,
       precision: this.precision,
     });
-    const logits = newLike(x, p.n * p.c);
+    const logits = outputArray("out", options.out, x, p.n * p.c, [x, w, labels]);
     ctx.forward(p, logits);
     this.#iteration = step;
     this.#lambda = lambda;
@@ -521,14 +557,18 @@ export class LargeMarginSoftmax {
     return { logits, lambda };
   }
 
-  /** Gradients for the last forward, given gradLogits = dL/dlogits [N, C]. */
-  backward<T extends FloatArray>(gradLogits: T): { gradX: T; gradW: T } {
+  /** Gradients for the last forward, given gradLogits = dL/dlogits [N, C] (`outX`, `outW`). */
+  backward<T extends FloatArray>(
+    gradLogits: T,
+    options: { outX?: T; outW?: T } = {},
+  ): { gradX: T; gradW: T } {
     const ctx = this.#ctx();
     if (!this.#last) throw new Error("LargeMarginSoftmax: backward needs a forward first");
     const { p } = this.#last;
     const g = checkGradLogits(p, gradLogits);
-    const gradX = newLike(gradLogits, p.n * p.d);
-    const gradW = newLike(gradLogits, p.c * p.d);
+    const inputs = [p.x, p.w, p.labels, g];
+    const gradX = outputArray("outX", options.outX, g as T, p.n * p.d, inputs);
+    const gradW = outputArray("outW", options.outW, g as T, p.c * p.d, [...inputs, gradX]);
     ctx.backward(p, g, gradX, gradW);
     return { gradX, gradW };
   }
