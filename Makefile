@@ -58,7 +58,8 @@ check: setup
 	$(DENO) fmt --check
 	$(DENO) lint
 	$(DENO) doc --lint mod.ts
-	$(DENO) check mod.ts ffi/*.ts tests/*.ts bench/*.ts examples/*.ts
+	$(DENO) check --doc mod.ts ffi/*.ts tests/*.ts bench/*.ts examples/*.ts
+	$(DENO) check --doc-only README.md
 
 # The suite on the real library (its CUDA tests skip without a GPU), then again on the CPU
 # execution layer, where they run the CUDA kernels (mk/emu.mk).
