@@ -35,10 +35,11 @@ LIB      := $(BUILD)/liblsoftmax.so
 
 all: $(LIB)
 
-$(BUILD)/obj/%.o: cuda/%.cpp $(HEADERS) | $(BUILD)/obj
+# setup is order-only: a plain `make` on a fresh machine installs what the build needs first.
+$(BUILD)/obj/%.o: cuda/%.cpp $(HEADERS) | $(BUILD)/obj setup
 	$(CXX) $(CXXFLAGS) -c $< -o $@
 
-$(BUILD)/obj/%.o: cuda/%.cu $(HEADERS) | $(BUILD)/obj
+$(BUILD)/obj/%.o: cuda/%.cu $(HEADERS) | $(BUILD)/obj setup
 	$(NVCC) $(NVFLAGS) -c $< -o $@
 
 $(LIB): $(BUILD)/obj/api.o $(BUILD)/obj/cpu_backend.o $(BUILD)/obj/cuda_backend.o
@@ -49,10 +50,10 @@ $(BUILD)/obj:
 
 # Installs what is missing on this machine (OpenBLAS from apt, Deno from npm).
 setup:
-	scripts/setup.sh
+	NVCC="$(NVCC)" CUDA_HOME="$(CUDA_HOME)" CC="$(CC)" scripts/setup.sh
 
 example: setup $(LIB)
-	$(DENO) run --allow-ffi --allow-env --allow-read examples/train.ts
+	$(DENO) run --allow-ffi --allow-env=LSOFTMAX_LIB examples/train.ts
 
 check: setup
 	$(DENO) fmt --check

@@ -21,10 +21,9 @@
  * @module
  */
 
-import { type Library, loadLibrary } from "./ffi/library.ts";
+import { cString, type Library, loadLibrary } from "./ffi/library.ts";
 import { type FloatArray, NativeContext, type Precision, type Problem } from "./ffi/context.ts";
 import { BackendCode, Status } from "./ffi/symbols.ts";
-import { cString } from "./ffi/library.ts";
 
 export type { FloatArray, Precision } from "./ffi/context.ts";
 
@@ -102,8 +101,12 @@ export interface BackendsInfo {
 function describe(v: unknown): string {
   if (v === null) return "null";
   if (typeof v === "object") {
-    const name = (v as object).constructor?.name ?? "Object";
-    return "length" in (v as object) ? `${name}(${(v as { length: number }).length})` : name;
+    try {
+      const name = (v as object).constructor?.name ?? "Object";
+      return "length" in (v as object) ? `${name}(${(v as { length: number }).length})` : name;
+    } catch {
+      return "an object that cannot be inspected";
+    }
   }
   if (typeof v === "string") return JSON.stringify(v);
   return `${typeof v} ${String(v)}`;
@@ -111,6 +114,29 @@ function describe(v: unknown): string {
 
 function isFloatArray(v: unknown): v is FloatArray {
   return v instanceof Float32Array || v instanceof Float64Array;
+}
+
+function dtypeName(v: FloatArray): string {
+  return v instanceof Float32Array ? "Float32Array" : "Float64Array";
+}
+
+function sameDtype(a: FloatArray, b: unknown): b is FloatArray {
+  return a instanceof Float32Array ? b instanceof Float32Array : b instanceof Float64Array;
+}
+
+// The element count from the engine itself: a subclass may override `length`, and an object
+// that merely inherits from Float32Array.prototype has none. The native code reads exactly the
+// counts checked here.
+const typedArrayLength = Object.getOwnPropertyDescriptor(
+  Object.getPrototypeOf(Int8Array.prototype),
+  "length",
+)!.get!;
+function lengthOf(name: string, v: ArrayBufferView): number {
+  try {
+    return Reflect.apply(typedArrayLength, v, []);
+  } catch {
+    throw new TypeError(`${name}: expected a typed array, got ${describe(v)}`);
+  }
 }
 
 function checkNumber(name: string, v: unknown, min: number): number {
@@ -131,48 +157,71 @@ function checkInteger(name: string, v: unknown, min: number, max: number): numbe
   return v;
 }
 
-function checkProblem(
-  x: unknown,
-  w: unknown,
-  labels: unknown,
-  options: OpOptions | undefined,
-): Problem {
+// Every option of a call, each read exactly once: a getter that changes an array (shrinks a
+// resizable buffer, say) then runs before the sizes are checked, never between check and use.
+interface CallOptions {
+  margin: unknown;
+  lambda: unknown;
+  backend: unknown;
+  features: unknown;
+  precision: unknown;
+  out?: unknown;
+  outX?: unknown;
+  outW?: unknown;
+}
+
+function readOptions(options: unknown, outputs: readonly ("out" | "outX" | "outW")[]): CallOptions {
+  if (typeof options !== "object" || options === null) {
+    throw new TypeError(`options: expected { margin, lambda }, got ${describe(options)}`);
+  }
+  const o = options as Record<string, unknown>;
+  const read: CallOptions = {
+    margin: o.margin,
+    lambda: o.lambda,
+    backend: o.backend,
+    features: o.features,
+    precision: o.precision,
+  };
+  for (const name of outputs) read[name] = o[name];
+  return read;
+}
+
+function checkProblem(x: unknown, w: unknown, labels: unknown, options: CallOptions): Problem {
   if (!isFloatArray(x)) {
     throw new TypeError(`x: expected a Float32Array or Float64Array, got ${describe(x)}`);
   }
-  if (!isFloatArray(w) || w.constructor !== x.constructor) {
-    throw new TypeError(`w: expected a ${x.constructor.name} like x, got ${describe(w)}`);
+  if (!sameDtype(x, w)) {
+    throw new TypeError(`w: expected a ${dtypeName(x)} like x, got ${describe(w)}`);
   }
   if (!(labels instanceof Int32Array)) {
     throw new TypeError(`labels: expected an Int32Array, got ${describe(labels)}`);
   }
-  if (typeof options !== "object" || options === null) {
-    throw new TypeError(`options: expected { margin, lambda }, got ${describe(options)}`);
-  }
-  const n = labels.length;
+  const n = lengthOf("labels", labels);
+  const xLength = lengthOf("x", x);
+  const wLength = lengthOf("w", w);
   if (n === 0) throw new RangeError("labels: expected at least one label, got an empty Int32Array");
   let d: number;
   if (options.features !== undefined) {
     d = checkInteger("features", options.features, 1, MAX_ELEMENTS);
-    if (x.length !== n * d) {
+    if (xLength !== n * d) {
       throw new RangeError(
-        `x: expected labels.length * features = ${n} * ${d} = ${n * d} elements, got ${x.length}`,
+        `x: expected labels.length * features = ${n} * ${d} = ${n * d} elements, got ${xLength}`,
       );
     }
   } else {
-    if (x.length === 0 || x.length % n !== 0) {
+    if (xLength === 0 || xLength % n !== 0) {
       throw new RangeError(
-        `x: expected a non-zero multiple of labels.length (${n}) elements, got ${x.length}`,
+        `x: expected a non-zero multiple of labels.length (${n}) elements, got ${xLength}`,
       );
     }
-    d = x.length / n;
+    d = xLength / n;
   }
-  if (w.length === 0 || w.length % d !== 0) {
+  if (wLength === 0 || wLength % d !== 0) {
     throw new RangeError(
-      `w: expected a non-zero multiple of the feature count D = ${d} elements, got ${w.length}`,
+      `w: expected a non-zero multiple of the feature count D = ${d} elements, got ${wLength}`,
     );
   }
-  const c = w.length / d;
+  const c = wLength / d;
   for (const [name, value] of [["N*C (logits)", n * c], ["N*D (x)", n * d], ["C*D (w)", c * d]]) {
     if ((value as number) > MAX_ELEMENTS) {
       throw new RangeError(`${name}: expected at most ${MAX_ELEMENTS} elements, got ${value}`);
@@ -188,6 +237,25 @@ function checkProblem(
   const lambda = checkNumber("lambda", options.lambda, 0);
   const precision = checkPrecision(options.precision);
   return { x, w, labels, n, d, c, margin, lambda, precision };
+}
+
+// A forward's problem is used again by the layer's backward: its arrays may have been resized or
+// transferred (detached) since, which would leave the native code reading freed memory.
+function checkStillSized(p: Problem): void {
+  for (
+    const [name, v, want] of [["x", p.x, p.n * p.d], ["w", p.w, p.c * p.d], [
+      "labels",
+      p.labels,
+      p.n,
+    ]] as const
+  ) {
+    const got = lengthOf(name, v);
+    if (got !== want) {
+      throw new RangeError(
+        `${name}: expected the ${want} elements of the last forward, got ${got} (resized or transferred since)`,
+      );
+    }
+  }
 }
 
 function checkPrecision(v: unknown): Precision {
@@ -249,29 +317,35 @@ function sharedContext(backend: unknown): NativeContext {
   if (hit && !hit.closed) return hit;
   const lib = loadLibrary();
   const { kind, device } = resolveBackend(lib, backend);
-  const key = `${kind}:${device}`;
-  let ctx = contexts.get(key);
+  let ctx = liveShared(`${kind}:${device}`);
   if (!ctx) {
-    ctx = openContext(lib, backend, kind, device);
+    ctx = openContext(lib, backend, kind, device, () => liveShared("cpu:0"));
     contexts.set(`${ctx.backend}:${ctx.device}`, ctx);
   }
   resolved.set(backend, ctx);
   return ctx;
 }
 
+function liveShared(key: string): NativeContext | undefined {
+  const ctx = contexts.get(key);
+  return ctx && !ctx.closed ? ctx : undefined;
+}
+
 // A context on the resolved device; "auto" falls back to the CPU when the GPU it picked cannot
-// host one (e.g. a compute capability this build has no kernels for).
+// host one (e.g. a compute capability this build has no kernels for). `cpu` offers an open CPU
+// context to reuse: shared calls share one, a layer owns its own.
 function openContext(
   lib: Library,
   backend: unknown,
   kind: "cpu" | "cuda",
   device: number,
+  cpu: () => NativeContext | undefined = () => undefined,
 ): NativeContext {
   try {
     return new NativeContext(lib, kind, device);
   } catch (e) {
     if ((backend ?? "auto") !== "auto" || kind === "cpu") throw e;
-    return contexts.get("cpu:0") ?? new NativeContext(lib, "cpu", 0);
+    return cpu() ?? new NativeContext(lib, "cpu", 0);
   }
 }
 
@@ -294,13 +368,12 @@ function outputArray<T extends FloatArray>(
   apart: ArrayBufferView[],
 ): T {
   if (given === undefined) return newLike(like, length);
-  if (!isFloatArray(given) || given.constructor !== like.constructor) {
-    throw new TypeError(
-      `${name}: expected a ${like.constructor.name} like x, got ${describe(given)}`,
-    );
+  if (!sameDtype(like, given)) {
+    throw new TypeError(`${name}: expected a ${dtypeName(like)} like x, got ${describe(given)}`);
   }
-  if (given.length !== length) {
-    throw new RangeError(`${name}: expected ${length} elements, got ${given.length}`);
+  const got = lengthOf(name, given);
+  if (got !== length) {
+    throw new RangeError(`${name}: expected ${length} elements, got ${got}`);
   }
   if (apart.some((a) => overlaps(given, a))) {
     throw new RangeError(
@@ -311,14 +384,15 @@ function outputArray<T extends FloatArray>(
 }
 
 function checkGradLogits(p: Problem, gradLogits: unknown): FloatArray {
-  if (!isFloatArray(gradLogits) || gradLogits.constructor !== p.x.constructor) {
+  if (!sameDtype(p.x, gradLogits)) {
     throw new TypeError(
-      `gradLogits: expected a ${p.x.constructor.name} like x, got ${describe(gradLogits)}`,
+      `gradLogits: expected a ${dtypeName(p.x)} like x, got ${describe(gradLogits)}`,
     );
   }
-  if (gradLogits.length !== p.n * p.c) {
+  const got = lengthOf("gradLogits", gradLogits);
+  if (got !== p.n * p.c) {
     throw new RangeError(
-      `gradLogits: expected N*C = ${p.n}*${p.c} = ${p.n * p.c} elements, got ${gradLogits.length}`,
+      `gradLogits: expected N*C = ${p.n}*${p.c} = ${p.n * p.c} elements, got ${got}`,
     );
   }
   return gradLogits;
@@ -389,9 +463,10 @@ export function forward<T extends FloatArray>(
   labels: Int32Array,
   options: OpOptions & { out?: T },
 ): { logits: T } {
-  const p = checkProblem(x, w, labels, options);
-  const logits = outputArray("out", options.out, x, p.n * p.c, [x, w, labels]);
-  const ctx = sharedContext(options.backend);
+  const o = readOptions(options, ["out"]);
+  const p = checkProblem(x, w, labels, o);
+  const logits = outputArray("out", o.out, x, p.n * p.c, [x, w, labels]);
+  const ctx = sharedContext(o.backend);
   ctx.forward(p, logits);
   return { logits };
 }
@@ -418,12 +493,13 @@ export function backward<T extends FloatArray>(
   gradLogits: T,
   options: OpOptions & { outX?: T; outW?: T },
 ): { gradX: T; gradW: T } {
-  const p = checkProblem(x, w, labels, options);
+  const o = readOptions(options, ["outX", "outW"]);
+  const p = checkProblem(x, w, labels, o);
   const g = checkGradLogits(p, gradLogits);
   const inputs = [x, w, labels, g];
-  const gradX = outputArray("outX", options.outX, x, p.n * p.d, inputs);
-  const gradW = outputArray("outW", options.outW, x, p.c * p.d, [...inputs, gradX]);
-  const ctx = sharedContext(options.backend);
+  const gradX = outputArray("outX", o.outX, x, p.n * p.d, inputs);
+  const gradW = outputArray("outW", o.outW, x, p.c * p.d, [...inputs, gradX]);
+  const ctx = sharedContext(o.backend);
   ctx.backward(p, g, gradX, gradW);
   return { gradX, gradW };
 }
@@ -509,7 +585,14 @@ export class LargeMarginSoftmax {
     );
     this.backend = options.backend ?? "auto";
     this.precision = checkPrecision(options.precision);
-    resolveBackend(loadLibrary(), this.backend); // fail now, not at the first forward
+    // Fail now, not at the first forward.
+    const { kind } = resolveBackend(loadLibrary(), this.backend);
+    if (this.precision === "tf32" && kind === "cpu") {
+      throw new RangeError(
+        `precision: "tf32" needs a CUDA device of compute capability 8.0+, got backend ` +
+          `${JSON.stringify(this.backend)}, which is the cpu here`,
+      );
+    }
   }
 
   /** The iteration of the last forward (or the one the layer was created at). */
@@ -525,8 +608,9 @@ export class LargeMarginSoftmax {
   #ctx(): NativeContext {
     if (this.#closed) throw new Error("LargeMarginSoftmax: the layer is closed");
     if (!this.#context) {
-      const { kind, device } = resolveBackend(loadLibrary(), this.backend);
-      this.#context = openContext(loadLibrary(), this.backend, kind, device);
+      const lib = loadLibrary();
+      const { kind, device } = resolveBackend(lib, this.backend);
+      this.#context = openContext(lib, this.backend, kind, device); // its own, closed with the layer
     }
     return this.#context;
   }
@@ -539,17 +623,23 @@ export class LargeMarginSoftmax {
     options: { step?: number; features?: number; out?: T } = {},
   ): { logits: T; lambda: number } {
     const ctx = this.#ctx();
-    const step = options.step === undefined
+    this.#last = undefined; // a failed forward leaves no stale inputs for backward
+    if (typeof options !== "object" || options === null) {
+      throw new TypeError(`options: expected { step?, features?, out? }, got ${describe(options)}`);
+    }
+    const { step: given, features, out } = options; // each read once, before any size check
+    const step = given === undefined
       ? this.#iteration + 1
-      : checkInteger("step", options.step, 0, Number.MAX_SAFE_INTEGER);
+      : checkInteger("step", given, 0, Number.MAX_SAFE_INTEGER);
     const lambda = lambdaAt(step, this.schedule);
     const p = checkProblem(x, w, labels, {
       margin: this.margin,
       lambda,
-      features: options.features,
+      backend: this.backend,
+      features,
       precision: this.precision,
     });
-    const logits = outputArray("out", options.out, x, p.n * p.c, [x, w, labels]);
+    const logits = outputArray("out", out, x, p.n * p.c, [x, w, labels]);
     ctx.forward(p, logits);
     this.#iteration = step;
     this.#lambda = lambda;
@@ -564,11 +654,16 @@ export class LargeMarginSoftmax {
   ): { gradX: T; gradW: T } {
     const ctx = this.#ctx();
     if (!this.#last) throw new Error("LargeMarginSoftmax: backward needs a forward first");
+    if (typeof options !== "object" || options === null) {
+      throw new TypeError(`options: expected { outX?, outW? }, got ${describe(options)}`);
+    }
+    const { outX, outW } = options;
     const { p } = this.#last;
     const g = checkGradLogits(p, gradLogits);
     const inputs = [p.x, p.w, p.labels, g];
-    const gradX = outputArray("outX", options.outX, g as T, p.n * p.d, inputs);
-    const gradW = outputArray("outW", options.outW, g as T, p.c * p.d, [...inputs, gradX]);
+    const gradX = outputArray("outX", outX, g as T, p.n * p.d, inputs);
+    const gradW = outputArray("outW", outW, g as T, p.c * p.d, [...inputs, gradX]);
+    checkStillSized(p);
     ctx.backward(p, g, gradX, gradW);
     return { gradX, gradW };
   }

@@ -4,6 +4,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include <memory>
 #include <new>
 #include <string>
 
@@ -189,19 +190,15 @@ int32_t lsm_context_create(int32_t backend, int32_t device, lsm_context **out) {
       return lsm_fail(nullptr, LSM_ERR_INVALID_ARGUMENT,
                       "backend: expected LSM_BACKEND_CPU (0) or LSM_BACKEND_CUDA (1), got " + str(backend));
     }
-    lsm_context *ctx = new lsm_context();
+    // Owned until handed out, so an exception from the CUDA set-up cannot leak it.
+    std::unique_ptr<lsm_context, int32_t (*)(lsm_context *)> ctx(new lsm_context(), lsm_context_destroy);
     ctx->backend = backend;
     ctx->device = device;
     if (backend == LSM_BACKEND_CUDA) {
-      const int32_t s = lsm_cuda_context_init(ctx);
-      if (s != LSM_OK) {
-        const std::string message = ctx->error;
-        lsm_cuda_context_release(ctx);
-        delete ctx;
-        return lsm_fail(nullptr, s, message);
-      }
+      const int32_t s = lsm_cuda_context_init(ctx.get());
+      if (s != LSM_OK) return lsm_fail(nullptr, s, ctx->error);
     }
-    *out = ctx;
+    *out = ctx.release();
     return LSM_OK;
   });
 }

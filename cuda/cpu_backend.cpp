@@ -55,13 +55,17 @@ void parallel_for(int64_t total, int64_t work_per_item, F fn) {
   for (auto &th : pool) th.join();
 }
 
-// Labels are read as row indices: each must lie in [0, c) before any row is touched.
-int32_t check_labels(lsm_context *ctx, const int32_t *labels, int64_t n, int64_t c) {
+// Labels are read as row indices: each must lie in [0, c) before any row is touched. They are
+// copied first and only the copy is used, so memory another thread writes meanwhile (a
+// SharedArrayBuffer) cannot slip an unchecked index past the check.
+int32_t copy_labels(lsm_context *ctx, const int32_t *labels, int64_t n, int64_t c, std::vector<int32_t> *out) {
+  out->assign(labels, labels + n);
+  const int32_t *y = out->data();
   for (int64_t i = 0; i < n; ++i) {
-    if (labels[i] < 0 || labels[i] >= c)
+    if (y[i] < 0 || y[i] >= c)
       return lsm_fail(ctx, LSM_ERR_INVALID_ARGUMENT,
                       "labels[" + std::to_string(i) + "]: expected an integer in [0, " + std::to_string(c) +
-                          "), got " + std::to_string(labels[i]));
+                          "), got " + std::to_string(y[i]));
   }
   return LSM_OK;
 }
@@ -87,13 +91,14 @@ int32_t forward(lsm_context *ctx, const lsm_problem &p) {
   const T *w = static_cast<const T *>(p.w);
   T *logits = static_cast<T *>(p.logits);
   const int64_t n = p.n, d = p.d, c = p.c;
-  int32_t s = check_labels(ctx, p.labels, n, c);
+  std::vector<int32_t> labels;
+  int32_t s = copy_labels(ctx, p.labels, n, c, &labels);
   if (s != LSM_OK) return s;
   gemm(CblasNoTrans, CblasTrans, (int)n, (int)c, (int)d, x, (int)d, w, (int)d, logits, (int)c);
   if (p.margin == 1) return LSM_OK;  // psi(c) = c: the target logit is the plain inner product
   parallel_for(n, d, [&](int64_t begin, int64_t end) {
     for (int64_t i = begin; i < end; ++i) {
-      const int64_t y = p.labels[i];
+      const int64_t y = labels[i];
       double dot, xx, ww;
       target_stats(x + i * d, w + y * d, d, &dot, &xx, &ww);
       logits[i * c + y] = (T)lsm_target_logit(dot, xx, ww, p.margin, p.lambda);
@@ -110,7 +115,8 @@ int32_t backward(lsm_context *ctx, const lsm_problem &p) {
   T *gx = static_cast<T *>(p.grad_x);
   T *gw = static_cast<T *>(p.grad_w);
   const int64_t n = p.n, d = p.d, c = p.c;
-  int32_t s = check_labels(ctx, p.labels, n, c);
+  std::vector<int32_t> labels;
+  int32_t s = copy_labels(ctx, p.labels, n, c, &labels);
   if (s != LSM_OK) return s;
   // The plain linear layer's gradients: dx = G W, dW = G^T x.
   gemm(CblasNoTrans, CblasNoTrans, (int)n, (int)d, (int)c, g, (int)c, w, (int)d, gx, (int)d);
@@ -120,7 +126,7 @@ int32_t backward(lsm_context *ctx, const lsm_problem &p) {
   std::vector<lsm_correction> coef((size_t)n);
   parallel_for(n, 3 * d, [&](int64_t begin, int64_t end) {
     for (int64_t i = begin; i < end; ++i) {
-      const int64_t y = p.labels[i];
+      const int64_t y = labels[i];
       const T *xi = x + i * d;
       const T *wy = w + y * d;
       double dot, xx, ww;
@@ -137,7 +143,7 @@ int32_t backward(lsm_context *ctx, const lsm_problem &p) {
     for (int64_t i = 0; i < n; ++i) {
       const lsm_correction &r = coef[i];
       if (r.alpha == 0.0 && r.beta_w == 0.0) continue;
-      const int64_t y = p.labels[i];
+      const int64_t y = labels[i];
       const T *xi = x + i * d;
       const T *wy = w + y * d;
       T *gwy = gw + y * d;

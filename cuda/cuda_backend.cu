@@ -277,11 +277,11 @@ int32_t lsm_cuda_malloc(lsm_context *ctx, size_t bytes, void **out) {
 int32_t lsm_cuda_free(lsm_context *ctx, void *ptr) {
   int32_t s = activate(ctx);
   if (s != LSM_OK) return s;
-  ctx->allocations.erase(static_cast<const char *>(ptr));
-  // Work queued on the stream may still read ptr; cudaFree waits for the device, but keep the
-  // order explicit.
+  // Work queued on the stream may still read ptr. The record goes only once the memory is
+  // gone: after a failure it stays, and lsm_context_destroy frees it.
   LSM_CUDA_TRY(ctx, cudaStreamSynchronize(ctx->cuda->stream));
   LSM_CUDA_TRY(ctx, cudaFree(ptr));
+  ctx->allocations.erase(static_cast<const char *>(ptr));
   return LSM_OK;
 }
 

@@ -42,6 +42,12 @@ export function throwStatus(status: number, message: string, what: string): neve
   throw new Error(text);
 }
 
+// A context dropped without close() (a layer never closed) is destroyed when collected, device
+// buffers and all; the library itself stays loaded for the process, so the call is safe then.
+const finalizer = new FinalizationRegistry<{ lib: Library; ptr: Deno.PointerValue }>(
+  ({ lib, ptr }) => lib.symbols.lsm_context_destroy(ptr),
+);
+
 /** A context on one backend device, owning device buffers reused between calls. */
 export class NativeContext {
   readonly backend: "cpu" | "cuda";
@@ -62,6 +68,7 @@ export class NativeContext {
       throwStatus(status, cString(lib.symbols.lsm_last_error()), `${backend}:${device}`);
     }
     this.#ptr = Deno.UnsafePointer.create(out[0]);
+    finalizer.register(this, { lib, ptr: this.#ptr }, this);
   }
 
   get closed(): boolean {
@@ -73,8 +80,12 @@ export class NativeContext {
     throwStatus(status, cString(this.#lib.symbols.lsm_context_last_error(this.#ptr)), what);
   }
 
+  #name(): string {
+    return `${this.backend}:${this.device}`;
+  }
+
   #live(): Deno.PointerValue {
-    if (this.#ptr === null) throw new Error(`${this.backend}:${this.device}: context is closed`);
+    if (this.#ptr === null) throw new Error(`${this.#name()}: context is closed`);
     return this.#ptr;
   }
 
@@ -82,7 +93,8 @@ export class NativeContext {
   #setPrecision(precision: Precision): void {
     if (precision === this.#precision) return;
     const code = precision === "tf32" ? PrecisionCode.TF32 : PrecisionCode.EXACT;
-    this.#check(this.#lib.symbols.lsm_context_set_precision(this.#live(), code), "precision");
+    const ctx = this.#live();
+    this.#check(this.#lib.symbols.lsm_context_set_precision(ctx, code), this.#name());
     this.#precision = precision;
   }
 
@@ -102,23 +114,23 @@ export class NativeContext {
     return ptr;
   }
 
-  /** Device memory holding a copy of `data`. */
-  #input(role: string, data: ArrayBufferView): Deno.PointerValue {
-    const ptr = this.#buffer(role, data.byteLength);
-    const bytes = new Uint8Array(data.buffer as ArrayBuffer, data.byteOffset, data.byteLength);
+  // Byte counts come from the validated sizes, never from the views' own (overridable) getters.
+
+  /** Device memory holding a copy of the first `bytes` of `data`. */
+  #input(role: string, data: ArrayBufferView, bytes: number): Deno.PointerValue {
+    const ptr = this.#buffer(role, bytes);
     this.#check(
-      this.#lib.symbols.lsm_memcpy_to_context(this.#live(), ptr, bytes, BigInt(data.byteLength)),
-      `copying ${role} to ${this.backend}:${this.device}`,
+      this.#lib.symbols.lsm_memcpy_to_context(this.#live(), ptr, data, BigInt(bytes)),
+      `copying ${role} to ${this.#name()}`,
     );
     return ptr;
   }
 
-  /** Copies a device result into `data`. */
-  #output(role: string, ptr: Deno.PointerValue, data: ArrayBufferView): void {
-    const bytes = new Uint8Array(data.buffer as ArrayBuffer, data.byteOffset, data.byteLength);
+  /** Copies `bytes` of a device result into `data`. */
+  #output(role: string, ptr: Deno.PointerValue, data: ArrayBufferView, bytes: number): void {
     this.#check(
-      this.#lib.symbols.lsm_memcpy_from_context(this.#live(), bytes, ptr, BigInt(data.byteLength)),
-      `copying ${role} from ${this.backend}:${this.device}`,
+      this.#lib.symbols.lsm_memcpy_from_context(this.#live(), data, ptr, BigInt(bytes)),
+      `copying ${role} from ${this.#name()}`,
     );
   }
 
@@ -145,15 +157,16 @@ export class NativeContext {
       );
       return this.#check(status, "forward");
     }
-    const x = this.#input("x", p.x);
-    const w = this.#input("w", p.w);
-    const labels = this.#input("labels", p.labels);
-    const out = this.#buffer("logits", logits.byteLength);
+    const e = p.x instanceof Float32Array ? 4 : 8;
+    const x = this.#input("x", p.x, p.n * p.d * e);
+    const w = this.#input("w", p.w, p.c * p.d * e);
+    const labels = this.#input("labels", p.labels, p.n * 4);
+    const out = this.#buffer("logits", p.n * p.c * e);
     this.#check(
       sym.lsm_forward(ctx, dtype, x, w, labels, n, d, c, p.margin, p.lambda, out),
       "forward",
     );
-    this.#output("logits", out, logits);
+    this.#output("logits", out, logits, p.n * p.c * e);
   }
 
   /** Gradients of the L-Softmax backward into `gradX` [n, d] and `gradW` [c, d]. */
@@ -181,18 +194,19 @@ export class NativeContext {
       );
       return this.#check(status, "backward");
     }
-    const x = this.#input("x", p.x);
-    const w = this.#input("w", p.w);
-    const labels = this.#input("labels", p.labels);
-    const g = this.#input("gradLogits", gradLogits);
-    const gx = this.#buffer("gradX", gradX.byteLength);
-    const gw = this.#buffer("gradW", gradW.byteLength);
+    const e = p.x instanceof Float32Array ? 4 : 8;
+    const x = this.#input("x", p.x, p.n * p.d * e);
+    const w = this.#input("w", p.w, p.c * p.d * e);
+    const labels = this.#input("labels", p.labels, p.n * 4);
+    const g = this.#input("gradLogits", gradLogits, p.n * p.c * e);
+    const gx = this.#buffer("gradX", p.n * p.d * e);
+    const gw = this.#buffer("gradW", p.c * p.d * e);
     this.#check(
       sym.lsm_backward(ctx, dtype, x, w, labels, g, n, d, c, p.margin, p.lambda, gx, gw),
       "backward",
     );
-    this.#output("gradX", gx, gradX);
-    this.#output("gradW", gw, gradW);
+    this.#output("gradX", gx, gradX, p.n * p.d * e);
+    this.#output("gradW", gw, gradW, p.c * p.d * e);
   }
 
   /** Releases the device buffers and the context. Idempotent. */
@@ -200,6 +214,7 @@ export class NativeContext {
     if (this.#ptr === null) return;
     // lsm_context_destroy frees whatever is still allocated on the context.
     this.#buffers.clear();
+    finalizer.unregister(this);
     this.#lib.symbols.lsm_context_destroy(this.#ptr);
     this.#ptr = null;
   }
