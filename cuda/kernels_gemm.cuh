@@ -430,7 +430,10 @@ __global__ void __launch_bounds__(kGemmThreads, 2) gemm_tf32(gemm_args<float> p)
           pipe.write(m, n, pipe.row_scale(sm, m, ml), v);
         }
       }
-      __syncwarp();  // the staging tile is read before the next fragment overwrites it
+      // The staging tile is read before the next fragment overwrites it. The next
+      // store_matrix_sync waits for every lane too, but .sync is documented to order execution
+      // only; __syncwarp also orders memory. (barrier-mutants: redundant in the emulator)
+      __syncwarp();
     }
   }
 #else

@@ -4,6 +4,7 @@
 #                       against build/liblsoftmax_emu.so (CUDA-path tests included), and a count
 #                       of the kernel launches it made
 #   make planted-emu    kernels with a planted missing barrier must fail under the emulator
+#   make mutants-emu    the real kernels with any one barrier removed must fail the tests
 #   make sanitize-emu   forward/backward through the C ABI under ASan + UBSan, against the CPU
 #                       backend; planted faults must be caught
 #   make gpu-check      on a CUDA machine only: scripts/gpu-check.sh
@@ -26,7 +27,7 @@ SAN_ENV     := ASAN_OPTIONS=detect_stack_use_after_return=0:detect_leaks=1:abort
 EMU_TEST_FLAGS ?= $(or $(DENO_TEST_FLAGS),--allow-ffi --allow-env --allow-read --allow-net)
 EMU_SAN_OBJ := $(addprefix $(EMU_BUILD)/san/,api.o cpu_backend.o cuda_backend.o emu_runtime.o)
 
-.PHONY: test-emu planted-emu sanitize-emu
+.PHONY: test-emu planted-emu sanitize-emu mutants-emu
 
 $(EMU_BUILD) $(EMU_BUILD)/san:
 	mkdir -p $@
@@ -96,6 +97,11 @@ test-emu: planted-emu sanitize-emu $(EMU_LIB)
 	  echo "  none: the tests never reached the CUDA backend" >&2; [ $$status -ne 0 ] || status=1; \
 	fi; \
 	exit $$status
+	$(MAKE) --no-print-directory mutants-emu
+
+# Each barrier of the kernels removed in turn must fail the CUDA-path tests (about a minute).
+mutants-emu: $(BUILD)/obj/api.o $(BUILD)/obj/cpu_backend.o $(EMU_BUILD)/emu_runtime.o
+	CXX="$(CXX)" DENO="$(DENO)" scripts/barrier-mutants.sh
 
 # On a CUDA machine: build for its GPU only, then the suite, compute-sanitizer and deno bench on
 # the real backend (scripts/gpu-check.sh); logs and summary.md go to GPU_CHECK_OUT ($OUT if set).

@@ -4,8 +4,9 @@
 // order. The threads of a block are cooperative fibers (ucontext): the scheduler resumes each
 // runnable fiber in turn and the fiber runs until it reaches __syncthreads, a warp operation or
 // its end. The order of each pass is shuffled or reversed (a seeded PRNG; LSM_EMU_SCHEDULE,
-// LSM_EMU_SEED), so code that leans on a missing barrier or on warp lockstep reads stale data
-// and fails, where a GPU would pass by luck.
+// LSM_EMU_SEED), and a warp whose warp operation completes runs on at once, ahead of the rest of
+// the pass; so code that leans on a missing barrier or on warp lockstep reads stale data and
+// fails, where a GPU would pass by luck.
 //
 // Device memory is host memory, tracked so that frees and copies are checked; fresh allocations
 // are filled with 0xff bytes (NaN for floats) because a GPU's are undefined. Kernel launches are
@@ -181,6 +182,7 @@ struct scheduler {
   void *closure = nullptr;
   int vote_count = 0, vote_arrivals = 0;
   std::vector<unsigned> order;
+  std::vector<unsigned> released;  // threads a completed warp operation made runnable
   const void *main_stack_bottom = nullptr;
   size_t main_stack_bytes = 0;
   void *main_fake_stack = nullptr;
@@ -298,10 +300,11 @@ void permute(std::vector<unsigned> &v, const launch_params &p, uint64_t block_se
   }
 }
 
-// Completes every warp operation whose live lanes have all arrived.
-void release_warps(scheduler &s) {
+// Completes every warp operation of the warp starting at thread `base` whose live lanes have all
+// arrived; appends the threads it made runnable to `released` when given.
+void release_warp(scheduler &s, unsigned base, std::vector<unsigned> *released) {
   const unsigned n = s.nthreads;
-  for (unsigned base = 0; base < n; base += 32) {
+  {
     const unsigned lanes = std::min(32u, n - base);
     unsigned live = 0, waiting = 0;
     for (unsigned l = 0; l < lanes; ++l) {
@@ -330,11 +333,16 @@ void release_warps(scheduler &s) {
         f.result = ok ? s.fibers[base + (unsigned)src]->deposit : ~0ull;  // undefined on a GPU: NaN here
         f.ballot = ballot;
         f.state = fstate::runnable;
+        if (released != nullptr) released->push_back(f.linear);
       }
       pending &= ~group;
       waiting &= ~group;
     }
   }
+}
+
+void release_warps(scheduler &s) {
+  for (unsigned base = 0; base < s.nthreads; base += 32) release_warp(s, base, nullptr);
 }
 
 // Runs one block to its end. False when it cannot go on: a warp operation waits for lanes that
@@ -363,8 +371,22 @@ bool run_block(scheduler &s, const launch_params &p, uint64_t block_seed) {
       for (unsigned i = 0; i < n; ++i)
         if (s.fibers[i]->state == fstate::runnable) s.order.push_back(i);
       if (s.order.empty()) break;
-      permute(s.order, p, block_seed, pass++);
-      for (unsigned i : s.order) resume(s, *s.fibers[i]);
+      permute(s.order, p, block_seed, pass);
+      // A warp whose operation completes goes on at once, ahead of the rest of the pass, as a
+      // GPU's warp may run ahead of the others: shared memory written before a warp operation
+      // is then read by that warp before other warps have written theirs, unless a
+      // __syncthreads stands between.
+      for (size_t k = 0; k < s.order.size(); ++k) {
+        fiber &f = *s.fibers[s.order[k]];
+        resume(s, f);
+        if (f.state != fstate::warp) continue;
+        s.released.clear();
+        release_warp(s, f.linear / 32 * 32, &s.released);
+        if (s.released.empty()) continue;
+        permute(s.released, p, block_seed ^ 0x77a9u, pass + (unsigned)k);
+        s.order.insert(s.order.begin() + (std::ptrdiff_t)k + 1, s.released.begin(), s.released.end());
+      }
+      ++pass;
       release_warps(s);
     }
     bool done = true, warp = false;

@@ -3,7 +3,8 @@
 // of the toolkit's.
 //
 // A fragment holds its whole tile in every lane (logical row-major order; on a GPU each lane
-// holds an opaque slice, so code may only touch x[] element-wise, which is all the kernels do).
+// holds an opaque slice, so code may only touch x[] element-wise, which is all the kernels do);
+// a store writes only the lane's slice, as a GPU's does.
 // load/store/mma are warp-collective: each starts with a __syncwarp, so a lane that skips one, or
 // reaches it while the rest of its warp waits at __syncthreads, fails the launch as on a GPU it
 // would hang or corrupt. Operand requirements of the real API (a 256-bit aligned pointer, ldm a
@@ -112,13 +113,17 @@ inline void load_matrix_sync(fragment<accumulator, M, N, K, float> &f, const flo
       f.x[r * f.cols + c] = ok ? (l == mem_row_major ? p[r * ldm + c] : p[c * ldm + r]) : NAN;
 }
 
+// Each lane stores only its own slice (elements e with e % 32 == lane), as on a GPU, where the
+// tile is whole only once every lane has stored: reading it before a __syncwarp reads stale data.
 template <int M, int N, int K>
 inline void store_matrix_sync(float *p, const fragment<accumulator, M, N, K, float> &f, unsigned ldm, layout_t l) {
   __syncwarp();
   const bool ok = detail::operand_ok(p, ldm);
-  for (int r = 0; r < f.rows; ++r)
-    for (int c = 0; c < f.cols; ++c)
-      (l == mem_row_major ? p[r * ldm + c] : p[c * ldm + r]) = ok ? f.x[r * f.cols + c] : NAN;
+  const unsigned lane = (threadIdx.x + blockDim.x * (threadIdx.y + blockDim.y * threadIdx.z)) % 32;
+  for (int e = (int)lane; e < f.num_elements; e += 32) {
+    const int r = e / f.cols, c = e % f.cols;
+    (l == mem_row_major ? p[r * ldm + c] : p[c * ldm + r]) = ok ? f.x[e] : NAN;
+  }
 }
 
 // D = A B + C. d may be c.

@@ -1,0 +1,46 @@
+#!/usr/bin/env bash
+# Removes each barrier (__syncthreads, __syncwarp) of the CUDA kernels in turn, builds the
+# emulated library with that one barrier gone, and runs the CUDA-path tests against it: every
+# mutant must fail them. Shows that the emulator's scheduling turns a missing barrier into a
+# failure on the real kernels, not only on tests/native/planted.cu.
+#
+#   scripts/barrier-mutants.sh            (make mutants-emu; needs build/ from make test-emu)
+#
+# Exit status 0 when every mutant was caught; prints one line per barrier.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+CXX=${CXX:-g++}
+DENO=${DENO:-scripts/deno}
+work=$(mktemp -d)
+trap 'rm -rf "$work"' EXIT
+tests=(tests/cuda_test.ts tests/tf32_test.ts tests/gradient_test.ts)
+survived=0 total=0
+for header in cuda/kernels.cuh cuda/kernels_gemm.cuh; do
+  while IFS=: read -r line _; do
+    total=$((total + 1))
+    rm -rf "$work/cuda" && cp -r cuda "$work/cuda"
+    # The barrier call becomes an empty statement; the rest of the line stays.
+    sed -i "${line}s/__sync\(threads\|warp\)()/(void)0/" "$work/cuda/$(basename "$header")"
+    what="$header:$line: $(sed -n "${line}p" "$header" | sed 's/^ *//' | cut -c1-60)"
+    # A barrier the comment above it marks as one the emulator cannot tell from a no-op (its
+    # need rests on GPU memory ordering) is listed, not mutated.
+    if sed -n "$((line - 1))p" "$header" | grep -q "barrier-mutants: redundant in the emulator"; then
+      echo "kept      $what (marked: needed for GPU memory ordering only)"
+      total=$((total - 1))
+      continue
+    fi
+    $CXX -std=c++17 -O2 -fPIC -x c++ -DLSM_EMU -I"$work/cuda/emu" -I"$work/cuda" \
+      -c "$work/cuda/cuda_backend.cu" -o "$work/cuda_backend.o"
+    $CXX -shared -o "$work/lib.so" build/obj/api.o build/obj/cpu_backend.o "$work/cuda_backend.o" \
+      build/emu/emu_runtime.o -lopenblas -lpthread -Wl,--no-undefined
+    if LSOFTMAX_LIB="$work/lib.so" "$DENO" test --allow-ffi --allow-env --allow-read --no-check \
+      "${tests[@]}" >"$work/log" 2>&1; then
+      echo "SURVIVED  $what"
+      survived=$((survived + 1))
+    else
+      echo "caught    $what ($(grep -c 'FAILED' "$work/log" || true) failure lines)"
+    fi
+  done < <(grep -n "__syncthreads()\|__syncwarp()" "$header" | grep -v "^[0-9]*: *//")
+done
+echo "barrier mutants: $((total - survived)) of $total caught"
+[ "$survived" -eq 0 ]
