@@ -59,7 +59,7 @@ check: setup
 	$(DENO) fmt --check
 	$(DENO) lint
 	$(DENO) doc --lint mod.ts
-	$(DENO) check --doc mod.ts ffi/*.ts tests/*.ts bench/*.ts examples/*.ts
+	$(DENO) check --doc mod.ts ffi/*.ts tests/*.ts tests/fixtures/*.ts bench/*.ts examples/*.ts
 	$(DENO) check --doc-only README.md
 
 # The suite on the real library (its CUDA tests skip without a GPU), then again on the CPU

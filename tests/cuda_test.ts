@@ -25,7 +25,7 @@ import {
   toF32,
   Worst,
 } from "./helpers.ts";
-import { psiCaffe } from "./reference.ts";
+import { psiCaffe, referenceForward } from "./reference.ts";
 
 Deno.test("backends(): cpu always, cuda devices with ids and names, or the reason there are none", () => {
   const b = backends();
@@ -190,4 +190,31 @@ cudaTest("cuda: LargeMarginSoftmax on cuda matches the op at the layer's lambda"
   assert.equal(firstDifference(g.gradW, want.gradW), -1);
   layer.close();
   assert.throws(() => layer.forward(p.x, p.w, p.labels), Error);
+});
+
+// Only the emulated library can offer a device too old for this build (LSM_EMU_SM).
+Deno.test({
+  name: "cuda auto: a listed device that cannot host a context falls back to the cpu",
+  ignore: !info.library.endsWith("liblsoftmax_emu.so"),
+  fn: async () => {
+    const child = new URL("./fixtures/auto_fallback_child.ts", import.meta.url);
+    const out = await new Deno.Command(Deno.execPath(), {
+      args: ["run", "--allow-ffi", "--allow-env", "--no-check", child.pathname],
+      env: { LSM_EMU_SM: "70", LSOFTMAX_LIB: info.library },
+      stdout: "piped",
+      stderr: "piped",
+    }).output();
+    const text = new TextDecoder().decode(out.stdout);
+    assert.equal(out.code, 0, `child failed: ${new TextDecoder().decode(out.stderr)}`);
+    const r = JSON.parse(text);
+    assert.equal(r.listed, 1, "the old device is listed");
+    assert.match(r.cudaError, /7\.0/, "backend cuda names the compute capability");
+    const x = new Float64Array([0.5, 1, -1, 2, 0.25, -0.75]);
+    const w = new Float64Array([1, 0, 0, 1, -1, 1]);
+    const labels = new Int32Array([1, 2, 0]);
+    const ref = referenceForward(x, w, labels, { margin: 3, lambda: 0.5 });
+    for (const name of ["first", "fromLayer", "after"]) {
+      assertClose(new Float64Array(r[name]), ref, 1e-12, `auto ${name}`, rowScale(ref, 3));
+    }
+  },
 });
