@@ -31,12 +31,13 @@ LDLIBS   := -L$(CUDA_HOME)/lib64 -l:libcudart_static.a -lopenblas -ldl -lpthread
 HEADERS  := $(wildcard cuda/*.h cuda/*.cuh)
 LIB      := $(BUILD)/liblsoftmax.so
 
-.PHONY: all example test check bench perf-table clean setup
+.PHONY: all example test check bench perf-table clean setup setup-host
 
 all: $(LIB)
 
-# setup is order-only: a plain `make` on a fresh machine installs what the build needs first.
-$(BUILD)/obj/%.o: cuda/%.cpp $(HEADERS) | $(BUILD)/obj setup
+# Set-up is order-only: a plain `make` on a fresh machine installs what the build needs first.
+# Only the nvcc-compiled object needs nvcc: the emulated library (mk/emu.mk) builds without it.
+$(BUILD)/obj/%.o: cuda/%.cpp $(HEADERS) | $(BUILD)/obj setup-host
 	$(CXX) $(CXXFLAGS) -c $< -o $@
 
 $(BUILD)/obj/%.o: cuda/%.cu $(HEADERS) | $(BUILD)/obj setup
@@ -48,14 +49,18 @@ $(LIB): $(BUILD)/obj/api.o $(BUILD)/obj/cpu_backend.o $(BUILD)/obj/cuda_backend.
 $(BUILD)/obj:
 	mkdir -p $@
 
-# Installs what is missing on this machine (OpenBLAS from apt, Deno from npm).
-setup:
-	NVCC="$(NVCC)" CUDA_HOME="$(CUDA_HOME)" CC="$(CC)" scripts/setup.sh
+# Installs what is missing on this machine (OpenBLAS from apt, Deno from npm); setup also
+# checks that nvcc is there.
+setup-host:
+	CC="$(CC)" scripts/setup.sh host
+
+setup: setup-host
+	NVCC="$(NVCC)" CUDA_HOME="$(CUDA_HOME)" scripts/setup.sh nvcc
 
 example: setup $(LIB)
 	$(DENO) run --allow-ffi --allow-env=LSOFTMAX_LIB examples/train.ts
 
-check: setup
+check: setup-host
 	$(DENO) fmt --check
 	$(DENO) lint
 	$(DENO) doc --lint mod.ts

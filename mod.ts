@@ -24,6 +24,7 @@
 import { cString, type Library, loadLibrary } from "./ffi/library.ts";
 import { type FloatArray, NativeContext, type Precision, type Problem } from "./ffi/context.ts";
 import { BackendCode, Status } from "./ffi/symbols.ts";
+import { elementCount, overlaps, typedArrayName } from "./ffi/views.ts";
 
 export type { FloatArray, Precision } from "./ffi/context.ts";
 
@@ -100,10 +101,15 @@ export interface BackendsInfo {
 
 function describe(v: unknown): string {
   if (v === null) return "null";
+  const name = typedArrayName(v); // what the engine says, whatever the prototype claims
+  if (name !== undefined) return `${name}(${elementCount(v as ArrayBufferView)})`;
   if (typeof v === "object") {
     try {
-      const name = (v as object).constructor?.name ?? "Object";
-      return "length" in (v as object) ? `${name}(${(v as { length: number }).length})` : name;
+      if (Array.isArray(v)) return `Array(${v.length})`;
+      const ctor = (v as object).constructor?.name ?? "Object";
+      return /^(Big)?(Int|Uint|Float)\d+(Clamped)?Array$/.test(ctor)
+        ? `a ${ctor} look-alike that is not a typed array`
+        : ctor;
     } catch {
       return "an object that cannot be inspected";
     }
@@ -112,31 +118,16 @@ function describe(v: unknown): string {
   return `${typeof v} ${String(v)}`;
 }
 
-function isFloatArray(v: unknown): v is FloatArray {
-  return v instanceof Float32Array || v instanceof Float64Array;
+// Element types come from the engine (ffi/views.ts), not from `instanceof`: an array wearing
+// another type's prototype would otherwise be read with the wrong element size.
+type DTypeName = Problem["dtype"];
+function dtypeOf(v: unknown): DTypeName | undefined {
+  const name = typedArrayName(v);
+  return name === "Float32Array" ? "float32" : name === "Float64Array" ? "float64" : undefined;
 }
 
-function dtypeName(v: FloatArray): string {
-  return v instanceof Float32Array ? "Float32Array" : "Float64Array";
-}
-
-function sameDtype(a: FloatArray, b: unknown): b is FloatArray {
-  return a instanceof Float32Array ? b instanceof Float32Array : b instanceof Float64Array;
-}
-
-// The element count from the engine itself: a subclass may override `length`, and an object
-// that merely inherits from Float32Array.prototype has none. The native code reads exactly the
-// counts checked here.
-const typedArrayLength = Object.getOwnPropertyDescriptor(
-  Object.getPrototypeOf(Int8Array.prototype),
-  "length",
-)!.get!;
-function lengthOf(name: string, v: ArrayBufferView): number {
-  try {
-    return Reflect.apply(typedArrayLength, v, []);
-  } catch {
-    throw new TypeError(`${name}: expected a typed array, got ${describe(v)}`);
-  }
+function arrayName(dtype: DTypeName): string {
+  return dtype === "float32" ? "Float32Array" : "Float64Array";
 }
 
 function checkNumber(name: string, v: unknown, min: number): number {
@@ -187,18 +178,19 @@ function readOptions(options: unknown, outputs: readonly ("out" | "outX" | "outW
 }
 
 function checkProblem(x: unknown, w: unknown, labels: unknown, options: CallOptions): Problem {
-  if (!isFloatArray(x)) {
+  const dtype = dtypeOf(x);
+  if (dtype === undefined) {
     throw new TypeError(`x: expected a Float32Array or Float64Array, got ${describe(x)}`);
   }
-  if (!sameDtype(x, w)) {
-    throw new TypeError(`w: expected a ${dtypeName(x)} like x, got ${describe(w)}`);
+  if (dtypeOf(w) !== dtype) {
+    throw new TypeError(`w: expected a ${arrayName(dtype)} like x, got ${describe(w)}`);
   }
-  if (!(labels instanceof Int32Array)) {
+  if (typedArrayName(labels) !== "Int32Array") {
     throw new TypeError(`labels: expected an Int32Array, got ${describe(labels)}`);
   }
-  const n = lengthOf("labels", labels);
-  const xLength = lengthOf("x", x);
-  const wLength = lengthOf("w", w);
+  const n = elementCount(labels as Int32Array);
+  const xLength = elementCount(x as FloatArray);
+  const wLength = elementCount(w as FloatArray);
   if (n === 0) throw new RangeError("labels: expected at least one label, got an empty Int32Array");
   let d: number;
   if (options.features !== undefined) {
@@ -228,7 +220,7 @@ function checkProblem(x: unknown, w: unknown, labels: unknown, options: CallOpti
     }
   }
   for (let i = 0; i < n; i++) {
-    const y = labels[i];
+    const y = (labels as Int32Array)[i];
     if (y < 0 || y >= c) {
       throw new RangeError(`labels[${i}]: expected an integer in [0, ${c}), got ${y}`);
     }
@@ -236,7 +228,18 @@ function checkProblem(x: unknown, w: unknown, labels: unknown, options: CallOpti
   const margin = checkInteger("margin", options.margin, 1, MAX_MARGIN);
   const lambda = checkNumber("lambda", options.lambda, 0);
   const precision = checkPrecision(options.precision);
-  return { x, w, labels, n, d, c, margin, lambda, precision };
+  return {
+    dtype,
+    x: x as FloatArray,
+    w: w as FloatArray,
+    labels: labels as Int32Array,
+    n,
+    d,
+    c,
+    margin,
+    lambda,
+    precision,
+  };
 }
 
 // A forward's problem is used again by the layer's backward: its arrays may have been resized or
@@ -249,7 +252,7 @@ function checkStillSized(p: Problem): void {
       p.n,
     ]] as const
   ) {
-    const got = lengthOf(name, v);
+    const got = elementCount(v);
     if (got !== want) {
       throw new RangeError(
         `${name}: expected the ${want} elements of the last forward, got ${got} (resized or transferred since)`,
@@ -349,13 +352,8 @@ function openContext(
   }
 }
 
-function newLike<T extends FloatArray>(x: T, length: number): T {
-  return (x instanceof Float32Array ? new Float32Array(length) : new Float64Array(length)) as T;
-}
-
-function overlaps(a: ArrayBufferView, b: ArrayBufferView): boolean {
-  return a.buffer === b.buffer && a.byteOffset < b.byteOffset + b.byteLength &&
-    b.byteOffset < a.byteOffset + a.byteLength;
+function newArray<T extends FloatArray>(dtype: DTypeName, length: number): T {
+  return (dtype === "float32" ? new Float32Array(length) : new Float64Array(length)) as T;
 }
 
 // The caller's output array when given (same dtype as x, exact length, apart from every
@@ -363,19 +361,19 @@ function overlaps(a: ArrayBufferView, b: ArrayBufferView): boolean {
 function outputArray<T extends FloatArray>(
   name: string,
   given: unknown,
-  like: T,
+  dtype: DTypeName,
   length: number,
   apart: ArrayBufferView[],
 ): T {
-  if (given === undefined) return newLike(like, length);
-  if (!sameDtype(like, given)) {
-    throw new TypeError(`${name}: expected a ${dtypeName(like)} like x, got ${describe(given)}`);
+  if (given === undefined) return newArray(dtype, length);
+  if (dtypeOf(given) !== dtype) {
+    throw new TypeError(`${name}: expected a ${arrayName(dtype)} like x, got ${describe(given)}`);
   }
-  const got = lengthOf(name, given);
+  const got = elementCount(given as FloatArray);
   if (got !== length) {
     throw new RangeError(`${name}: expected ${length} elements, got ${got}`);
   }
-  if (apart.some((a) => overlaps(given, a))) {
+  if (apart.some((a) => overlaps(given as FloatArray, a))) {
     throw new RangeError(
       `${name}: expected memory apart from the inputs and other outputs, got an overlap`,
     );
@@ -384,18 +382,18 @@ function outputArray<T extends FloatArray>(
 }
 
 function checkGradLogits(p: Problem, gradLogits: unknown): FloatArray {
-  if (!sameDtype(p.x, gradLogits)) {
+  if (dtypeOf(gradLogits) !== p.dtype) {
     throw new TypeError(
-      `gradLogits: expected a ${dtypeName(p.x)} like x, got ${describe(gradLogits)}`,
+      `gradLogits: expected a ${arrayName(p.dtype)} like x, got ${describe(gradLogits)}`,
     );
   }
-  const got = lengthOf("gradLogits", gradLogits);
+  const got = elementCount(gradLogits as FloatArray);
   if (got !== p.n * p.c) {
     throw new RangeError(
       `gradLogits: expected N*C = ${p.n}*${p.c} = ${p.n * p.c} elements, got ${got}`,
     );
   }
-  return gradLogits;
+  return gradLogits as FloatArray;
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -465,7 +463,7 @@ export function forward<T extends FloatArray>(
 ): { logits: T } {
   const o = readOptions(options, ["out"]);
   const p = checkProblem(x, w, labels, o);
-  const logits = outputArray("out", o.out, x, p.n * p.c, [x, w, labels]);
+  const logits = outputArray<T>("out", o.out, p.dtype, p.n * p.c, [p.x, p.w, p.labels]);
   const ctx = sharedContext(o.backend);
   ctx.forward(p, logits);
   return { logits };
@@ -496,9 +494,9 @@ export function backward<T extends FloatArray>(
   const o = readOptions(options, ["outX", "outW"]);
   const p = checkProblem(x, w, labels, o);
   const g = checkGradLogits(p, gradLogits);
-  const inputs = [x, w, labels, g];
-  const gradX = outputArray("outX", o.outX, x, p.n * p.d, inputs);
-  const gradW = outputArray("outW", o.outW, x, p.c * p.d, [...inputs, gradX]);
+  const inputs = [p.x, p.w, p.labels, g];
+  const gradX = outputArray<T>("outX", o.outX, p.dtype, p.n * p.d, inputs);
+  const gradW = outputArray<T>("outW", o.outW, p.dtype, p.c * p.d, [...inputs, gradX]);
   const ctx = sharedContext(o.backend);
   ctx.backward(p, g, gradX, gradW);
   return { gradX, gradW };
@@ -639,7 +637,7 @@ export class LargeMarginSoftmax {
       features,
       precision: this.precision,
     });
-    const logits = outputArray("out", out, x, p.n * p.c, [x, w, labels]);
+    const logits = outputArray<T>("out", out, p.dtype, p.n * p.c, [p.x, p.w, p.labels]);
     ctx.forward(p, logits);
     this.#iteration = step;
     this.#lambda = lambda;
@@ -661,8 +659,8 @@ export class LargeMarginSoftmax {
     const { p } = this.#last;
     const g = checkGradLogits(p, gradLogits);
     const inputs = [p.x, p.w, p.labels, g];
-    const gradX = outputArray("outX", outX, g as T, p.n * p.d, inputs);
-    const gradW = outputArray("outW", outW, g as T, p.c * p.d, [...inputs, gradX]);
+    const gradX = outputArray<T>("outX", outX, p.dtype, p.n * p.d, inputs);
+    const gradW = outputArray<T>("outW", outW, p.dtype, p.c * p.d, [...inputs, gradX]);
     checkStillSized(p);
     ctx.backward(p, g, gradX, gradW);
     return { gradX, gradW };

@@ -15,6 +15,7 @@
 
 import { cString, type Library } from "./library.ts";
 import { BackendCode, DType, PrecisionCode, Status } from "./symbols.ts";
+import { expectView, type ViewName } from "./views.ts";
 
 /** Float tensors the library computes on. */
 export type FloatArray = Float32Array | Float64Array;
@@ -24,6 +25,8 @@ export type Precision = "exact" | "tf32";
 
 /** Sizes and settings of one call, already validated. */
 export interface Problem {
+  /** The element type of x, w and every float array of the call, as the engine reports it. */
+  dtype: "float32" | "float64";
   x: FloatArray;
   w: FloatArray;
   labels: Int32Array;
@@ -47,6 +50,16 @@ export function throwStatus(status: number, message: string, what: string): neve
 const finalizer = new FinalizationRegistry<{ lib: Library; ptr: Deno.PointerValue }>(
   ({ lib, ptr }) => lib.symbols.lsm_context_destroy(ptr),
 );
+
+// The last check before native code: every array is still of the problem's type and size. From
+// here to the native call no caller code runs, so what is checked is what is read and written.
+function guardInputs(p: Problem): ViewName {
+  const view = p.dtype === "float32" ? "Float32Array" : "Float64Array";
+  expectView("x", p.x, view, p.n * p.d);
+  expectView("w", p.w, view, p.c * p.d);
+  expectView("labels", p.labels, "Int32Array", p.n);
+  return view;
+}
 
 /** A context on one backend device, owning device buffers reused between calls. */
 export class NativeContext {
@@ -138,7 +151,9 @@ export class NativeContext {
   forward(p: Problem, logits: FloatArray): void {
     const ctx = this.#live();
     this.#setPrecision(p.precision);
-    const dtype = p.x instanceof Float32Array ? DType.FLOAT32 : DType.FLOAT64;
+    const view = guardInputs(p);
+    expectView("out", logits, view, p.n * p.c);
+    const dtype = p.dtype === "float32" ? DType.FLOAT32 : DType.FLOAT64;
     const [n, d, c] = [BigInt(p.n), BigInt(p.d), BigInt(p.c)];
     const sym = this.#lib.symbols;
     if (this.backend === "cpu") {
@@ -157,7 +172,7 @@ export class NativeContext {
       );
       return this.#check(status, "forward");
     }
-    const e = p.x instanceof Float32Array ? 4 : 8;
+    const e = p.dtype === "float32" ? 4 : 8;
     const x = this.#input("x", p.x, p.n * p.d * e);
     const w = this.#input("w", p.w, p.c * p.d * e);
     const labels = this.#input("labels", p.labels, p.n * 4);
@@ -173,7 +188,11 @@ export class NativeContext {
   backward(p: Problem, gradLogits: FloatArray, gradX: FloatArray, gradW: FloatArray): void {
     const ctx = this.#live();
     this.#setPrecision(p.precision);
-    const dtype = p.x instanceof Float32Array ? DType.FLOAT32 : DType.FLOAT64;
+    const view = guardInputs(p);
+    expectView("gradLogits", gradLogits, view, p.n * p.c);
+    expectView("gradX", gradX, view, p.n * p.d);
+    expectView("gradW", gradW, view, p.c * p.d);
+    const dtype = p.dtype === "float32" ? DType.FLOAT32 : DType.FLOAT64;
     const [n, d, c] = [BigInt(p.n), BigInt(p.d), BigInt(p.c)];
     const sym = this.#lib.symbols;
     if (this.backend === "cpu") {
@@ -194,7 +213,7 @@ export class NativeContext {
       );
       return this.#check(status, "backward");
     }
-    const e = p.x instanceof Float32Array ? 4 : 8;
+    const e = p.dtype === "float32" ? 4 : 8;
     const x = this.#input("x", p.x, p.n * p.d * e);
     const w = this.#input("w", p.w, p.c * p.d * e);
     const labels = this.#input("labels", p.labels, p.n * 4);

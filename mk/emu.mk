@@ -101,7 +101,7 @@ test-emu: planted-emu sanitize-emu $(EMU_LIB)
 
 # Each barrier of the kernels removed in turn must fail the CUDA-path tests (about a minute).
 mutants-emu: $(BUILD)/obj/api.o $(BUILD)/obj/cpu_backend.o $(EMU_BUILD)/emu_runtime.o
-	CXX="$(CXX)" DENO="$(DENO)" scripts/barrier-mutants.sh
+	CXX="$(CXX)" DENO="$(DENO)" BUILD="$(BUILD)" scripts/barrier-mutants.sh
 
 # On a CUDA machine: build for its GPU only, then the suite, compute-sanitizer and deno bench on
 # the real backend (scripts/gpu-check.sh); logs and summary.md go to GPU_CHECK_OUT ($OUT if set).

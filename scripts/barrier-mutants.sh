@@ -11,9 +11,33 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 CXX=${CXX:-g++}
 DENO=${DENO:-scripts/deno}
+BUILD=${BUILD:-build}
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
 tests=(tests/cuda_test.ts tests/tf32_test.ts tests/gradient_test.ts)
+
+# Builds the emulated library from the kernels in $work/cuda and runs the tests on it: status 0
+# when they pass, 1 when they fail. A build that fails stops the script: that is no catch.
+build_and_test() {
+  if ! { $CXX -std=c++17 -O2 -fPIC -x c++ -DLSM_EMU -I"$work/cuda/emu" -I"$work/cuda" \
+    -c "$work/cuda/cuda_backend.cu" -o "$work/cuda_backend.o" &&
+    $CXX -shared -o "$work/lib.so" "$BUILD/obj/api.o" "$BUILD/obj/cpu_backend.o" \
+      "$work/cuda_backend.o" "$BUILD/emu/emu_runtime.o" -lopenblas -lpthread -Wl,--no-undefined; }; then
+    echo "barrier mutants: the build failed (${what:-unmutated kernels})" >&2
+    exit 1
+  fi
+  LSOFTMAX_LIB="$work/lib.so" "$DENO" test --allow-ffi --allow-env --allow-read --allow-run \
+    --no-check "${tests[@]}" >"$work/log" 2>&1
+}
+
+# The unmutated kernels first: a mutant "caught" by tests that fail anyway proves nothing.
+cp -r cuda "$work/cuda"
+if ! build_and_test; then
+  echo "barrier mutants: the tests fail without any mutation; not run" >&2
+  tail -n 30 "$work/log" >&2
+  exit 1
+fi
+echo "baseline  unmutated kernels pass the tests"
 survived=0 total=0
 for header in cuda/kernels.cuh cuda/kernels_gemm.cuh; do
   while IFS=: read -r line _; do
@@ -29,12 +53,7 @@ for header in cuda/kernels.cuh cuda/kernels_gemm.cuh; do
       total=$((total - 1))
       continue
     fi
-    $CXX -std=c++17 -O2 -fPIC -x c++ -DLSM_EMU -I"$work/cuda/emu" -I"$work/cuda" \
-      -c "$work/cuda/cuda_backend.cu" -o "$work/cuda_backend.o"
-    $CXX -shared -o "$work/lib.so" build/obj/api.o build/obj/cpu_backend.o "$work/cuda_backend.o" \
-      build/emu/emu_runtime.o -lopenblas -lpthread -Wl,--no-undefined
-    if LSOFTMAX_LIB="$work/lib.so" "$DENO" test --allow-ffi --allow-env --allow-read --no-check \
-      "${tests[@]}" >"$work/log" 2>&1; then
+    if build_and_test; then
       echo "SURVIVED  $what"
       survived=$((survived + 1))
     else

@@ -5,7 +5,9 @@
 // forward leaves nothing stale behind. Each runs on the CPU and, where usable, on CUDA.
 
 import assert from "node:assert/strict";
-import { forward, LargeMarginSoftmax } from "../mod.ts";
+import { backward, forward, LargeMarginSoftmax } from "../mod.ts";
+import { loadLibrary } from "../ffi/library.ts";
+import { NativeContext } from "../ffi/context.ts";
 import { cudaAvailable, type TestBackend } from "./check.ts";
 import { assertClose, randomProblem, Rng, rowScale } from "./helpers.ts";
 import { referenceBackward, referenceForward } from "./reference.ts";
@@ -107,8 +109,121 @@ for (const backend of BACKENDS) {
       () => forward(fake, p.w, p.labels, { margin: 2, lambda: 0, backend }),
       TypeError,
       "x:",
-      "typed array",
+      "not a typed array",
     );
+    const proxy = new Proxy(p.x, {});
+    throwsNaming(
+      () => forward(proxy, p.w, p.labels, { margin: 2, lambda: 0, backend }),
+      TypeError,
+      "x:",
+      "not a typed array",
+    );
+  });
+
+  test("an array wearing another type's prototype is taken for what it is", () => {
+    const p = randomProblem(new Rng(906), 3, 2, 4);
+    const disguise = <A extends object>(a: A, proto: object) => Object.setPrototypeOf(a, proto);
+    // Float32 data posing as Float64: read as float32 (8 bytes a value would overrun it).
+    const x32 = disguise(new Float32Array(p.x), Float64Array.prototype) as Float64Array;
+    const w32 = disguise(new Float32Array(p.w), Float64Array.prototype) as Float64Array;
+    throwsNaming(
+      () => forward(x32, p.w, p.labels, { margin: 2, lambda: 0, backend }),
+      TypeError,
+      "w:",
+      "expected a Float32Array like x",
+      "Float64Array(8)",
+    );
+    const { logits } = forward(x32, w32, p.labels, { margin: 2, lambda: 0, backend });
+    assert.equal(Object.prototype.toString.call(logits), "[object Float32Array]");
+    const ref = referenceForward(
+      new Float64Array(new Float32Array(p.x)),
+      new Float64Array(new Float32Array(p.w)),
+      p.labels,
+      { margin: 2, lambda: 0 },
+    );
+    assertClose(
+      Float64Array.from(logits),
+      ref,
+      1e-5,
+      "logits of disguised float32",
+      rowScale(ref, 3),
+    );
+    // Bytes posing as int32 labels, and a float32 output posing as float64.
+    const bytes = disguise(new Uint8Array(3), Int32Array.prototype) as Int32Array;
+    throwsNaming(
+      () => forward(p.x, p.w, bytes, { margin: 2, lambda: 0, backend }),
+      TypeError,
+      "labels:",
+      "Uint8Array(3)",
+    );
+    const out = disguise(new Float32Array(12), Float64Array.prototype) as Float64Array;
+    throwsNaming(
+      () => forward(p.x, p.w, p.labels, { margin: 2, lambda: 0, backend, out }),
+      TypeError,
+      "out:",
+      "Float32Array(12)",
+    );
+    const outX = disguise(new Float32Array(6), Float64Array.prototype) as Float64Array;
+    using layer = new LargeMarginSoftmax({ margin: 2, ...SCHEDULE, backend });
+    layer.forward(p.x, p.w, p.labels);
+    throwsNaming(() => layer.backward(p.g, { outX }), TypeError, "outX:", "Float32Array(6)");
+  });
+
+  test("no caller code runs between the size checks and the native call", () => {
+    const p = randomProblem(new Rng(907), 4, 3, 5);
+    let ran = 0;
+    // Outputs whose buffer, offset and length getters would shrink them, were they asked.
+    class Shrinking extends Float64Array {
+      override get buffer(): ArrayBuffer {
+        ran++;
+        (super.buffer as ArrayBuffer).resize(0);
+        return super.buffer as ArrayBuffer;
+      }
+      override get byteOffset(): number {
+        ran++;
+        return 0;
+      }
+      override get byteLength(): number {
+        ran++;
+        return 0;
+      }
+    }
+    const shrinking = (length: number) =>
+      new Shrinking(new ArrayBuffer(8 * length, { maxByteLength: 8 * length }));
+    const opts = { margin: 3, lambda: 0.5, backend };
+    const out = shrinking(20);
+    forward(p.x, p.w, p.labels, { ...opts, out });
+    assertClose(out, referenceForward(p.x, p.w, p.labels, opts), 1e-12, "out", 1);
+    // outX is checked against outW for overlap: its getters must not run there either.
+    const outX = shrinking(12), outW = shrinking(15);
+    backward(p.x, p.w, p.labels, p.g, { ...opts, outX, outW });
+    const ref = referenceBackward(p.x, p.w, p.labels, p.g, opts);
+    assertClose(outX, ref.gradX, 1e-12, "outX", rowScale(ref.gradX, 3));
+    assertClose(outW, ref.gradW, 1e-12, "outW", rowScale(ref.gradW, 3));
+    using layer = new LargeMarginSoftmax({ margin: 3, ...SCHEDULE, backend });
+    const { lambda } = layer.forward(p.x, p.w, p.labels);
+    layer.backward(p.g, { outX, outW });
+    const refLayer = referenceBackward(p.x, p.w, p.labels, p.g, { margin: 3, lambda });
+    assertClose(outW, refLayer.gradW, 1e-12, "layer outW", rowScale(refLayer.gradW, 3));
+    assert.equal(ran, 0, "a getter of the caller's array ran");
+    assert.equal(out.length, 20, "out kept its memory");
+
+    // Nor do patched globals: instanceof and the prototype's getters are not consulted.
+    const typedProto = Object.getPrototypeOf(Int8Array.prototype);
+    const length = Object.getOwnPropertyDescriptor(typedProto, "length")!;
+    Object.defineProperty(Float64Array, Symbol.hasInstance, {
+      value: () => false,
+      configurable: true,
+    });
+    Object.defineProperty(typedProto, "length", { get: () => 1 << 20, configurable: true });
+    let patched: Float64Array;
+    try {
+      patched = forward(p.x, p.w, p.labels, opts).logits;
+    } finally {
+      Object.defineProperty(typedProto, "length", length);
+      delete (Float64Array as { [Symbol.hasInstance]?: unknown })[Symbol.hasInstance];
+    }
+    assertClose(patched, referenceForward(p.x, p.w, p.labels, opts), 1e-12, "patched", 1);
   });
 
   test("layer: null options are a TypeError; a failed forward leaves no stale backward", () => {
@@ -144,4 +259,63 @@ Deno.test("layer: precision tf32 on the cpu is refused when the layer is made", 
     "precision:",
     "cpu",
   );
+});
+
+// The native layer's own guard: a Problem whose arrays do not hold what it says never reaches
+// native code (mod.ts never builds one; this is the guard behind its checks).
+Deno.test("context: arrays that do not match the problem are refused before the native call", () => {
+  const p = randomProblem(new Rng(908), 3, 2, 4);
+  const ctx = new NativeContext(loadLibrary(), "cpu", 0);
+  try {
+    const problem = {
+      dtype: "float64" as const,
+      x: p.x,
+      w: p.w,
+      labels: p.labels,
+      n: 3,
+      d: 2,
+      c: 4,
+      margin: 2,
+      lambda: 0,
+      precision: "exact" as const,
+    };
+    const logits = new Float64Array(12);
+    ctx.forward(problem, logits);
+    assertClose(
+      logits,
+      referenceForward(p.x, p.w, p.labels, { margin: 2, lambda: 0 }),
+      1e-12,
+      "ok",
+      1,
+    );
+    throwsNaming(
+      () => ctx.forward({ ...problem, c: 5 }, new Float64Array(15)),
+      RangeError,
+      "w:",
+      "expected 10",
+      "got 8",
+    );
+    throwsNaming(
+      () => ctx.forward({ ...problem, dtype: "float32" }, logits),
+      TypeError,
+      "x:",
+      "Float32Array",
+    );
+    throwsNaming(() => ctx.forward(problem, new Float64Array(11)), RangeError, "out:", "got 11");
+    const [gx, gw] = [new Float64Array(6), new Float64Array(8)];
+    throwsNaming(
+      () => ctx.backward(problem, new Float32Array(12), gx, gw),
+      TypeError,
+      "gradLogits:",
+    );
+    throwsNaming(
+      () => ctx.backward(problem, p.g, gx, new Float64Array(9)),
+      RangeError,
+      "gradW:",
+      "got 9",
+    );
+    ctx.backward(problem, p.g, gx, gw); // still usable
+  } finally {
+    ctx.close();
+  }
 });
