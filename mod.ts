@@ -24,7 +24,7 @@
 import { cString, type Library, loadLibrary } from "./ffi/library.ts";
 import { type FloatArray, NativeContext, type Precision, type Problem } from "./ffi/context.ts";
 import { BackendCode, Status } from "./ffi/symbols.ts";
-import { elementCount, overlaps, typedArrayName } from "./ffi/views.ts";
+import { elementCount, typedArrayName } from "./ffi/views.ts";
 
 export type { FloatArray, Precision } from "./ffi/context.ts";
 
@@ -356,14 +356,14 @@ function newArray<T extends FloatArray>(dtype: DTypeName, length: number): T {
   return (dtype === "float32" ? new Float32Array(length) : new Float64Array(length)) as T;
 }
 
-// The caller's output array when given (same dtype as x, exact length, apart from every
-// input and other output), else a new one.
+// The caller's output array when given (same dtype as x, exact length), else a new one. That it
+// shares no memory with the inputs or other outputs is checked by address right before the
+// native call (ffi/views.ts guardRegions), where two SharedArrayBuffers over one memory show too.
 function outputArray<T extends FloatArray>(
   name: string,
   given: unknown,
   dtype: DTypeName,
   length: number,
-  apart: ArrayBufferView[],
 ): T {
   if (given === undefined) return newArray(dtype, length);
   if (dtypeOf(given) !== dtype) {
@@ -372,11 +372,6 @@ function outputArray<T extends FloatArray>(
   const got = elementCount(given as FloatArray);
   if (got !== length) {
     throw new RangeError(`${name}: expected ${length} elements, got ${got}`);
-  }
-  if (apart.some((a) => overlaps(given as FloatArray, a))) {
-    throw new RangeError(
-      `${name}: expected memory apart from the inputs and other outputs, got an overlap`,
-    );
   }
   return given as T;
 }
@@ -463,7 +458,7 @@ export function forward<T extends FloatArray>(
 ): { logits: T } {
   const o = readOptions(options, ["out"]);
   const p = checkProblem(x, w, labels, o);
-  const logits = outputArray<T>("out", o.out, p.dtype, p.n * p.c, [p.x, p.w, p.labels]);
+  const logits = outputArray<T>("out", o.out, p.dtype, p.n * p.c);
   const ctx = sharedContext(o.backend);
   ctx.forward(p, logits);
   return { logits };
@@ -494,9 +489,8 @@ export function backward<T extends FloatArray>(
   const o = readOptions(options, ["outX", "outW"]);
   const p = checkProblem(x, w, labels, o);
   const g = checkGradLogits(p, gradLogits);
-  const inputs = [p.x, p.w, p.labels, g];
-  const gradX = outputArray<T>("outX", o.outX, p.dtype, p.n * p.d, inputs);
-  const gradW = outputArray<T>("outW", o.outW, p.dtype, p.c * p.d, [...inputs, gradX]);
+  const gradX = outputArray<T>("outX", o.outX, p.dtype, p.n * p.d);
+  const gradW = outputArray<T>("outW", o.outW, p.dtype, p.c * p.d);
   const ctx = sharedContext(o.backend);
   ctx.backward(p, g, gradX, gradW);
   return { gradX, gradW };
@@ -637,7 +631,7 @@ export class LargeMarginSoftmax {
       features,
       precision: this.precision,
     });
-    const logits = outputArray<T>("out", out, p.dtype, p.n * p.c, [p.x, p.w, p.labels]);
+    const logits = outputArray<T>("out", out, p.dtype, p.n * p.c);
     ctx.forward(p, logits);
     this.#iteration = step;
     this.#lambda = lambda;
@@ -658,9 +652,8 @@ export class LargeMarginSoftmax {
     const { outX, outW } = options;
     const { p } = this.#last;
     const g = checkGradLogits(p, gradLogits);
-    const inputs = [p.x, p.w, p.labels, g];
-    const gradX = outputArray<T>("outX", outX, p.dtype, p.n * p.d, inputs);
-    const gradW = outputArray<T>("outW", outW, p.dtype, p.c * p.d, [...inputs, gradX]);
+    const gradX = outputArray<T>("outX", outX, p.dtype, p.n * p.d);
+    const gradW = outputArray<T>("outW", outW, p.dtype, p.c * p.d);
     checkStillSized(p);
     ctx.backward(p, g, gradX, gradW);
     return { gradX, gradW };

@@ -15,7 +15,7 @@
 
 import { cString, type Library } from "./library.ts";
 import { BackendCode, DType, PrecisionCode, Status } from "./symbols.ts";
-import { expectView, type ViewName } from "./views.ts";
+import { expectView, guardRegions, type Region, region, type ViewName } from "./views.ts";
 
 /** Float tensors the library computes on. */
 export type FloatArray = Float32Array | Float64Array;
@@ -51,14 +51,23 @@ const finalizer = new FinalizationRegistry<{ lib: Library; ptr: Deno.PointerValu
   ({ lib, ptr }) => lib.symbols.lsm_context_destroy(ptr),
 );
 
-// The last check before native code: every array is still of the problem's type and size. From
-// here to the native call no caller code runs, so what is checked is what is read and written.
-function guardInputs(p: Problem): ViewName {
-  const view = p.dtype === "float32" ? "Float32Array" : "Float64Array";
-  expectView("x", p.x, view, p.n * p.d);
-  expectView("w", p.w, view, p.c * p.d);
-  expectView("labels", p.labels, "Int32Array", p.n);
-  return view;
+// Taken at load, as in views.ts: the steps between the last guard and the native calls use no
+// global or prototype method the caller could have replaced by then.
+const toBigInt = BigInt;
+const U64s = BigUint64Array;
+const pointerCreate = Deno.UnsafePointer.create;
+
+function viewName(p: Problem): ViewName {
+  return p.dtype === "float32" ? "Float32Array" : "Float64Array";
+}
+
+// The regions of a call as one array literal: every element its own from the start, so no
+// index setter on Array.prototype is ever consulted.
+function callRegions(p: Problem, view: ViewName, rest: Region[]): Region[] {
+  const x = region("x", p.x, view, p.n * p.d, false);
+  const w = region("w", p.w, view, p.c * p.d, false);
+  const labels = region("labels", p.labels, "Int32Array", p.n, false);
+  return rest.length === 1 ? [x, w, labels, rest[0]] : [x, w, labels, rest[0], rest[1], rest[2]];
 }
 
 /** A context on one backend device, owning device buffers reused between calls. */
@@ -67,7 +76,10 @@ export class NativeContext {
   readonly device: number;
   #lib: Library;
   #ptr: Deno.PointerValue;
-  #buffers = new Map<string, { ptr: Deno.PointerValue; bytes: number }>();
+  // A record without a prototype: no Map method (replaceable) on the way to a native call.
+  #buffers: Record<string, { ptr: Deno.PointerValue; bytes: number } | undefined> = Object.create(
+    null,
+  );
   #precision: Precision = "exact";
 
   constructor(lib: Library, backend: "cpu" | "cuda", device: number) {
@@ -80,7 +92,7 @@ export class NativeContext {
     if (status !== Status.OK) {
       throwStatus(status, cString(lib.symbols.lsm_last_error()), `${backend}:${device}`);
     }
-    this.#ptr = Deno.UnsafePointer.create(out[0]);
+    this.#ptr = pointerCreate(out[0]);
     finalizer.register(this, { lib, ptr: this.#ptr }, this);
   }
 
@@ -114,49 +126,55 @@ export class NativeContext {
   /** Device memory of at least `bytes` for a role ("x", "w", ...), kept for the next call. */
   #buffer(role: string, bytes: number): Deno.PointerValue {
     const ctx = this.#live();
-    const have = this.#buffers.get(role);
+    const have = this.#buffers[role];
     if (have && have.bytes >= bytes) return have.ptr;
     if (have) {
-      this.#buffers.delete(role);
+      this.#buffers[role] = undefined;
       this.#check(this.#lib.symbols.lsm_free(ctx, have.ptr), "lsm_free");
     }
-    const out = new BigUint64Array(1);
-    this.#check(this.#lib.symbols.lsm_malloc(ctx, BigInt(bytes), out), "lsm_malloc");
-    const ptr = Deno.UnsafePointer.create(out[0]);
-    this.#buffers.set(role, { ptr, bytes });
+    const out = new U64s(1);
+    this.#check(this.#lib.symbols.lsm_malloc(ctx, toBigInt(bytes), out), "lsm_malloc");
+    const ptr = pointerCreate(out[0]);
+    this.#buffers[role] = { ptr, bytes };
     return ptr;
   }
 
   // Byte counts come from the validated sizes, never from the views' own (overridable) getters.
 
-  /** Device memory holding a copy of the first `bytes` of `data`. */
-  #input(role: string, data: ArrayBufferView, bytes: number): Deno.PointerValue {
-    const ptr = this.#buffer(role, bytes);
+  /** Copies the region's elements into device memory `ptr`. */
+  #copyIn(r: Region, ptr: Deno.PointerValue, bytes: number): void {
     this.#check(
-      this.#lib.symbols.lsm_memcpy_to_context(this.#live(), ptr, data, BigInt(bytes)),
-      `copying ${role} to ${this.#name()}`,
+      this.#lib.symbols.lsm_memcpy_to_context(this.#live(), ptr, r.view, toBigInt(bytes)),
+      `copying ${r.role} to ${this.#name()}`,
     );
-    return ptr;
   }
 
-  /** Copies `bytes` of a device result into `data`. */
-  #output(role: string, ptr: Deno.PointerValue, data: ArrayBufferView, bytes: number): void {
+  /** Copies a device result into the region's array, checked once more just before. */
+  #copyOut(r: Region, ptr: Deno.PointerValue, bytes: number): void {
+    expectView(r.role, r.view, r.name, r.count);
     this.#check(
-      this.#lib.symbols.lsm_memcpy_from_context(this.#live(), data, ptr, BigInt(bytes)),
-      `copying ${role} from ${this.#name()}`,
+      this.#lib.symbols.lsm_memcpy_from_context(this.#live(), r.view, ptr, toBigInt(bytes)),
+      `copying ${r.role} from ${this.#name()}`,
     );
   }
+
+  // Both calls run in the same order: sizes as BigInts and device memory first, then the guard
+  // of every array (types, exact lengths, outputs apart from everything else), then only native
+  // calls. Nothing the caller wrote runs after the guard.
 
   /** Logits [n, c] of the L-Softmax forward into `logits`. */
   forward(p: Problem, logits: FloatArray): void {
     const ctx = this.#live();
     this.#setPrecision(p.precision);
-    const view = guardInputs(p);
-    expectView("out", logits, view, p.n * p.c);
+    const view = viewName(p);
+    const e = p.dtype === "float32" ? 4 : 8;
     const dtype = p.dtype === "float32" ? DType.FLOAT32 : DType.FLOAT64;
-    const [n, d, c] = [BigInt(p.n), BigInt(p.d), BigInt(p.c)];
+    const n = toBigInt(p.n), d = toBigInt(p.d), c = toBigInt(p.c);
     const sym = this.#lib.symbols;
+    const out = region("out", logits, view, p.n * p.c, true);
+    const regions = callRegions(p, view, [out]);
     if (this.backend === "cpu") {
+      guardRegions(regions);
       const status = sym.lsm_forward_host(
         ctx,
         dtype,
@@ -172,30 +190,37 @@ export class NativeContext {
       );
       return this.#check(status, "forward");
     }
-    const e = p.dtype === "float32" ? 4 : 8;
-    const x = this.#input("x", p.x, p.n * p.d * e);
-    const w = this.#input("w", p.w, p.c * p.d * e);
-    const labels = this.#input("labels", p.labels, p.n * 4);
-    const out = this.#buffer("logits", p.n * p.c * e);
+    const x = this.#buffer("x", p.n * p.d * e);
+    const w = this.#buffer("w", p.c * p.d * e);
+    const labels = this.#buffer("labels", p.n * 4);
+    const dev = this.#buffer("logits", p.n * p.c * e);
+    guardRegions(regions);
+    this.#copyIn(regions[0], x, p.n * p.d * e);
+    this.#copyIn(regions[1], w, p.c * p.d * e);
+    this.#copyIn(regions[2], labels, p.n * 4);
     this.#check(
-      sym.lsm_forward(ctx, dtype, x, w, labels, n, d, c, p.margin, p.lambda, out),
+      sym.lsm_forward(ctx, dtype, x, w, labels, n, d, c, p.margin, p.lambda, dev),
       "forward",
     );
-    this.#output("logits", out, logits, p.n * p.c * e);
+    this.#copyOut(out, dev, p.n * p.c * e);
   }
 
   /** Gradients of the L-Softmax backward into `gradX` [n, d] and `gradW` [c, d]. */
   backward(p: Problem, gradLogits: FloatArray, gradX: FloatArray, gradW: FloatArray): void {
     const ctx = this.#live();
     this.#setPrecision(p.precision);
-    const view = guardInputs(p);
-    expectView("gradLogits", gradLogits, view, p.n * p.c);
-    expectView("gradX", gradX, view, p.n * p.d);
-    expectView("gradW", gradW, view, p.c * p.d);
+    const view = viewName(p);
+    const e = p.dtype === "float32" ? 4 : 8;
     const dtype = p.dtype === "float32" ? DType.FLOAT32 : DType.FLOAT64;
-    const [n, d, c] = [BigInt(p.n), BigInt(p.d), BigInt(p.c)];
+    const n = toBigInt(p.n), d = toBigInt(p.d), c = toBigInt(p.c);
     const sym = this.#lib.symbols;
+    const nc = p.n * p.c, nd = p.n * p.d, cd = p.c * p.d;
+    const g = region("gradLogits", gradLogits, view, nc, false);
+    const outX = region("outX", gradX, view, nd, true);
+    const outW = region("outW", gradW, view, cd, true);
+    const regions = callRegions(p, view, [g, outX, outW]);
     if (this.backend === "cpu") {
+      guardRegions(regions);
       const status = sym.lsm_backward_host(
         ctx,
         dtype,
@@ -213,26 +238,30 @@ export class NativeContext {
       );
       return this.#check(status, "backward");
     }
-    const e = p.dtype === "float32" ? 4 : 8;
-    const x = this.#input("x", p.x, p.n * p.d * e);
-    const w = this.#input("w", p.w, p.c * p.d * e);
-    const labels = this.#input("labels", p.labels, p.n * 4);
-    const g = this.#input("gradLogits", gradLogits, p.n * p.c * e);
-    const gx = this.#buffer("gradX", p.n * p.d * e);
-    const gw = this.#buffer("gradW", p.c * p.d * e);
+    const x = this.#buffer("x", nd * e);
+    const w = this.#buffer("w", cd * e);
+    const labels = this.#buffer("labels", p.n * 4);
+    const dg = this.#buffer("gradLogits", nc * e);
+    const gx = this.#buffer("gradX", nd * e);
+    const gw = this.#buffer("gradW", cd * e);
+    guardRegions(regions);
+    this.#copyIn(regions[0], x, nd * e);
+    this.#copyIn(regions[1], w, cd * e);
+    this.#copyIn(regions[2], labels, p.n * 4);
+    this.#copyIn(g, dg, nc * e);
     this.#check(
-      sym.lsm_backward(ctx, dtype, x, w, labels, g, n, d, c, p.margin, p.lambda, gx, gw),
+      sym.lsm_backward(ctx, dtype, x, w, labels, dg, n, d, c, p.margin, p.lambda, gx, gw),
       "backward",
     );
-    this.#output("gradX", gx, gradX, p.n * p.d * e);
-    this.#output("gradW", gw, gradW, p.c * p.d * e);
+    this.#copyOut(outX, gx, nd * e);
+    this.#copyOut(outW, gw, cd * e);
   }
 
   /** Releases the device buffers and the context. Idempotent. */
   close(): void {
     if (this.#ptr === null) return;
     // lsm_context_destroy frees whatever is still allocated on the context.
-    this.#buffers.clear();
+    this.#buffers = Object.create(null);
     finalizer.unregister(this);
     this.#lib.symbols.lsm_context_destroy(this.#ptr);
     this.#ptr = null;

@@ -1,8 +1,8 @@
 /**
  * Facts about typed arrays read through the engine's own getters (those of
- * `%TypedArray%.prototype`), never through the object: a subclass may override `length` or
- * `buffer`, an object may wear another array's prototype, and a Proxy may run code on every
- * look-up. What is read here is what the native code will be handed, and reading it runs no
+ * `%TypedArray%.prototype`) and by address, never through the object: a subclass may override
+ * `length` or `buffer`, an object may wear another array's prototype, and a Proxy may run code on
+ * every look-up. What is read here is what the native code will be handed, and reading it runs no
  * caller code, so nothing can change an array between a check and the call that uses it.
  *
  * @example
@@ -16,6 +16,10 @@
 
 // Taken once at load: later changes to these globals or prototypes do not reach the checks.
 const apply = Reflect.apply;
+const toNumber = Number;
+const pointerOf = Deno.UnsafePointer.of;
+const pointerValue = Deno.UnsafePointer.value;
+const plainByteLength = Object.getOwnPropertyDescriptor(ArrayBuffer.prototype, "byteLength")!.get!;
 const TypedArrayPrototype = Object.getPrototypeOf(Int8Array.prototype);
 function intrinsic(key: PropertyKey): (this: unknown) => unknown {
   return Object.getOwnPropertyDescriptor(TypedArrayPrototype, key)!.get!;
@@ -24,7 +28,6 @@ const tagOf = intrinsic(Symbol.toStringTag);
 const lengthOf = intrinsic("length");
 const bufferOf = intrinsic("buffer");
 const byteOffsetOf = intrinsic("byteOffset");
-const byteLengthOf = intrinsic("byteLength");
 
 /** The element types the library reads and writes. */
 export type ViewName = "Float32Array" | "Float64Array" | "Int32Array";
@@ -63,25 +66,6 @@ export function elementCount(v: ArrayBufferView): number {
 }
 
 /**
- * Whether two typed arrays share any byte of memory.
- *
- * @example
- * ```ts
- * import { overlaps } from "./views.ts";
- * const a = new Float32Array(8);
- * console.log(overlaps(a.subarray(0, 4), a.subarray(3)), overlaps(a.subarray(0, 4), a.subarray(4)));
- * // true false
- * ```
- */
-export function overlaps(a: ArrayBufferView, b: ArrayBufferView): boolean {
-  if (apply(bufferOf, a, []) !== apply(bufferOf, b, [])) return false;
-  const aStart = apply(byteOffsetOf, a, []) as number;
-  const bStart = apply(byteOffsetOf, b, []) as number;
-  return aStart < bStart + (apply(byteLengthOf, b, []) as number) &&
-    bStart < aStart + (apply(byteLengthOf, a, []) as number);
-}
-
-/**
  * Throws unless `v` is a typed array of element type `name` holding exactly `count` elements
  * now. The last guard before native code reads or writes `count` elements of `v`.
  *
@@ -102,4 +86,123 @@ export function expectView(role: string, v: unknown, name: ViewName, count: numb
       `${role}: expected ${count} elements, got ${length} (resized or transferred after it was checked)`,
     );
   }
+}
+
+/**
+ * One array a native call reads (`output: false`) or writes, with the element count it uses.
+ * Make it with {@link region}: the guard fills in the placement fields.
+ */
+export interface Region {
+  role: string;
+  view: ArrayBufferView;
+  name: ViewName;
+  count: number;
+  output: boolean;
+  /** Filled in by {@link guardRegions}: the buffer, whether it is shared, where the view starts. */
+  buffer: unknown;
+  shared: boolean;
+  start: number;
+}
+
+/**
+ * A region for {@link guardRegions}, with every field present: the guard only ever writes and
+ * reads own data properties, never anything a prototype could intercept.
+ *
+ * @example
+ * ```ts
+ * import { region } from "./views.ts";
+ * const r = region("x", new Float32Array(6), "Float32Array", 6, false);
+ * console.log(r.role, r.count); // "x" 6
+ * ```
+ */
+export function region(
+  role: string,
+  view: ArrayBufferView,
+  name: ViewName,
+  count: number,
+  output: boolean,
+): Region {
+  return { role, view, name, count, output, buffer: null, shared: false, start: 0 };
+}
+
+function isShared(buffer: unknown): boolean {
+  try {
+    apply(plainByteLength, buffer, []); // throws for a SharedArrayBuffer only
+    return false;
+  } catch {
+    return true;
+  }
+}
+
+/**
+ * The last guard before a native call: every region is a typed array of its element type holding
+ * exactly its count now, and every output shares no byte with any other region. Views of one
+ * buffer are compared by offset; views of two different SharedArrayBuffer objects (which may be
+ * the same memory, e.g. after `structuredClone`) by address. Distinct ArrayBuffers never share
+ * memory. Only plain loops over the given array and own fields of its regions: no iterator,
+ * method or getter the caller could replace runs after the lengths are measured.
+ *
+ * @example
+ * ```ts
+ * import { guardRegions, region } from "./views.ts";
+ * const x = new Float64Array(6), out = new Float64Array(4);
+ * guardRegions([
+ *   region("x", x, "Float64Array", 6, false),
+ *   region("out", out, "Float64Array", 4, true),
+ * ]);
+ * ```
+ */
+export function guardRegions(regions: Region[]): void {
+  const k = regions.length;
+  let shared = 0;
+  for (let i = 0; i < k; i++) {
+    const r = regions[i];
+    const got = typedArrayName(r.view);
+    if (got !== r.name) {
+      throw new TypeError(`${r.role}: expected a ${r.name}, got ${got ?? "something else"}`);
+    }
+    r.buffer = apply(bufferOf, r.view, []);
+    r.shared = isShared(r.buffer);
+    if (r.shared) shared++;
+  }
+  // Addresses only where two shared buffers meet (Deno.UnsafePointer.of is slow, and may consult
+  // an array's own `length`: caller code, so before the lengths are measured below).
+  for (let i = 0; i < k; i++) {
+    const r = regions[i];
+    if (shared < 2 || !r.shared) r.start = apply(byteOffsetOf, r.view, []) as number;
+    else {
+      const ptr = pointerOf(r.view);
+      r.start = ptr === null ? 0 : toNumber(pointerValue(ptr));
+    }
+  }
+  for (let i = 0; i < k; i++) {
+    const r = regions[i];
+    const length = elementCount(r.view);
+    if (length !== r.count) {
+      throw new RangeError(
+        `${r.role}: expected ${r.count} elements, got ${length} (resized or transferred after it was checked)`,
+      );
+    }
+  }
+  for (let i = 0; i < k; i++) {
+    const a = regions[i];
+    if (!a.output) continue;
+    for (let j = 0; j < k; j++) {
+      const b = regions[j];
+      if (j === i || (b.output && j > i)) continue; // each pair of outputs once
+      const comparable = a.buffer === b.buffer || (a.shared && b.shared);
+      if (
+        comparable && a.start < b.start + b.count * bytesOf(b.name) &&
+        b.start < a.start + a.count * bytesOf(a.name)
+      ) {
+        throw new RangeError(
+          `${a.role}: expected memory apart from the inputs and other outputs, got an overlap with ${b.role}`,
+        );
+      }
+    }
+  }
+}
+
+function bytesOf(name: ViewName): number {
+  return name === "Float64Array" ? 8 : 4;
 }
