@@ -357,8 +357,8 @@ function newArray<T extends FloatArray>(dtype: DTypeName, length: number): T {
 }
 
 // The caller's output array when given (same dtype as x, exact length), else a new one. That it
-// shares no memory with the inputs or other outputs is checked by address right before the
-// native call (ffi/views.ts guardRegions), where two SharedArrayBuffers over one memory show too.
+// shares no memory with the inputs or other outputs is checked (by offset, or by address) right before the
+// native call (ffi/views.ts checkRegions), where two SharedArrayBuffers over one memory show too.
 function outputArray<T extends FloatArray>(
   name: string,
   given: unknown,

@@ -15,7 +15,14 @@
 
 import { cString, type Library } from "./library.ts";
 import { BackendCode, DType, PrecisionCode, Status } from "./symbols.ts";
-import { expectView, guardRegions, type Region, region, type ViewName } from "./views.ts";
+import {
+  checkRegions,
+  expectView,
+  placeRegions,
+  type Region,
+  region,
+  type ViewName,
+} from "./views.ts";
 
 /** Float tensors the library computes on. */
 export type FloatArray = Float32Array | Float64Array;
@@ -158,14 +165,14 @@ export class NativeContext {
     );
   }
 
-  // Both calls run in the same order: sizes as BigInts and device memory first, then the guard
-  // of every array (types, exact lengths, outputs apart from everything else), then only native
-  // calls. Nothing the caller wrote runs after the guard.
+  // Both calls run in the same order. First placeRegions, which may run caller code (a getter
+  // that closes this context, or calls in again and changes its precision or device buffers):
+  // so nothing the call depends on is taken before it. Then the context, its precision, sizes as
+  // BigInts and device memory (no caller code), then checkRegions (types, exact lengths, outputs
+  // apart), then only native calls.
 
   /** Logits [n, c] of the L-Softmax forward into `logits`. */
   forward(p: Problem, logits: FloatArray): void {
-    const ctx = this.#live();
-    this.#setPrecision(p.precision);
     const view = viewName(p);
     const e = p.dtype === "float32" ? 4 : 8;
     const dtype = p.dtype === "float32" ? DType.FLOAT32 : DType.FLOAT64;
@@ -173,8 +180,11 @@ export class NativeContext {
     const sym = this.#lib.symbols;
     const out = region("out", logits, view, p.n * p.c, true);
     const regions = callRegions(p, view, [out]);
+    placeRegions(regions);
+    const ctx = this.#live();
+    this.#setPrecision(p.precision);
     if (this.backend === "cpu") {
-      guardRegions(regions);
+      checkRegions(regions);
       const status = sym.lsm_forward_host(
         ctx,
         dtype,
@@ -194,7 +204,7 @@ export class NativeContext {
     const w = this.#buffer("w", p.c * p.d * e);
     const labels = this.#buffer("labels", p.n * 4);
     const dev = this.#buffer("logits", p.n * p.c * e);
-    guardRegions(regions);
+    checkRegions(regions);
     this.#copyIn(regions[0], x, p.n * p.d * e);
     this.#copyIn(regions[1], w, p.c * p.d * e);
     this.#copyIn(regions[2], labels, p.n * 4);
@@ -207,8 +217,6 @@ export class NativeContext {
 
   /** Gradients of the L-Softmax backward into `gradX` [n, d] and `gradW` [c, d]. */
   backward(p: Problem, gradLogits: FloatArray, gradX: FloatArray, gradW: FloatArray): void {
-    const ctx = this.#live();
-    this.#setPrecision(p.precision);
     const view = viewName(p);
     const e = p.dtype === "float32" ? 4 : 8;
     const dtype = p.dtype === "float32" ? DType.FLOAT32 : DType.FLOAT64;
@@ -219,8 +227,11 @@ export class NativeContext {
     const outX = region("outX", gradX, view, nd, true);
     const outW = region("outW", gradW, view, cd, true);
     const regions = callRegions(p, view, [g, outX, outW]);
+    placeRegions(regions);
+    const ctx = this.#live();
+    this.#setPrecision(p.precision);
     if (this.backend === "cpu") {
-      guardRegions(regions);
+      checkRegions(regions);
       const status = sym.lsm_backward_host(
         ctx,
         dtype,
@@ -244,7 +255,7 @@ export class NativeContext {
     const dg = this.#buffer("gradLogits", nc * e);
     const gx = this.#buffer("gradX", nd * e);
     const gw = this.#buffer("gradW", cd * e);
-    guardRegions(regions);
+    checkRegions(regions);
     this.#copyIn(regions[0], x, nd * e);
     this.#copyIn(regions[1], w, cd * e);
     this.#copyIn(regions[2], labels, p.n * 4);

@@ -90,7 +90,7 @@ export function expectView(role: string, v: unknown, name: ViewName, count: numb
 
 /**
  * One array a native call reads (`output: false`) or writes, with the element count it uses.
- * Make it with {@link region}: the guard fills in the placement fields.
+ * Make it with {@link region}: {@link placeRegions} fills in the placement fields.
  */
 export interface Region {
   role: string;
@@ -98,15 +98,15 @@ export interface Region {
   name: ViewName;
   count: number;
   output: boolean;
-  /** Filled in by {@link guardRegions}: the buffer, whether it is shared, where the view starts. */
+  /** Filled in by {@link placeRegions}: the buffer, whether it is shared, where the view starts. */
   buffer: unknown;
   shared: boolean;
   start: number;
 }
 
 /**
- * A region for {@link guardRegions}, with every field present: the guard only ever writes and
- * reads own data properties, never anything a prototype could intercept.
+ * A region for {@link placeRegions} and {@link checkRegions}, with every field present: they only
+ * ever write and read own data properties, never anything a prototype could intercept.
  *
  * @example
  * ```ts
@@ -135,24 +135,23 @@ function isShared(buffer: unknown): boolean {
 }
 
 /**
- * The last guard before a native call: every region is a typed array of its element type holding
- * exactly its count now, and every output shares no byte with any other region. Views of one
- * buffer are compared by offset; views of two different SharedArrayBuffer objects (which may be
- * the same memory, e.g. after `structuredClone`) by address. Distinct ArrayBuffers never share
- * memory. Only plain loops over the given array and own fields of its regions: no iterator,
- * method or getter the caller could replace runs after the lengths are measured.
+ * The first half of the guard before a native call: every region is a typed array of its element
+ * type, and where it lies (its buffer, and its offset there or, when two distinct
+ * SharedArrayBuffer objects meet, which may be the same memory, e.g. after `structuredClone`, its
+ * address). Taking an address may run caller code (Deno.UnsafePointer.of consults the array's own
+ * `length` and prototype chain), so call this before taking any state a call depends on (the
+ * native context, its precision, device buffers), then {@link checkRegions} last.
  *
  * @example
  * ```ts
- * import { guardRegions, region } from "./views.ts";
+ * import { checkRegions, placeRegions, region } from "./views.ts";
  * const x = new Float64Array(6), out = new Float64Array(4);
- * guardRegions([
- *   region("x", x, "Float64Array", 6, false),
- *   region("out", out, "Float64Array", 4, true),
- * ]);
+ * const regions = [region("x", x, "Float64Array", 6, false), region("out", out, "Float64Array", 4, true)];
+ * placeRegions(regions);
+ * checkRegions(regions);
  * ```
  */
-export function guardRegions(regions: Region[]): void {
+export function placeRegions(regions: Region[]): void {
   const k = regions.length;
   let shared = 0;
   for (let i = 0; i < k; i++) {
@@ -165,8 +164,8 @@ export function guardRegions(regions: Region[]): void {
     r.shared = isShared(r.buffer);
     if (r.shared) shared++;
   }
-  // Addresses only where two shared buffers meet (Deno.UnsafePointer.of is slow, and may consult
-  // an array's own `length`: caller code, so before the lengths are measured below).
+  // Addresses only where two shared buffers meet: Deno.UnsafePointer.of is slow. Neither a view's
+  // buffer, nor its offset, nor a SharedArrayBuffer's memory can move afterwards.
   for (let i = 0; i < k; i++) {
     const r = regions[i];
     if (shared < 2 || !r.shared) r.start = apply(byteOffsetOf, r.view, []) as number;
@@ -175,6 +174,33 @@ export function guardRegions(regions: Region[]): void {
       r.start = ptr === null ? 0 : toNumber(pointerValue(ptr));
     }
   }
+}
+
+/**
+ * The last step before a native call, after {@link placeRegions}: every region holds exactly its
+ * count now, and every output shares no byte with any other region (views of one buffer compared
+ * by offset, of two SharedArrayBuffers by address; distinct ArrayBuffers never share memory).
+ * Runs no caller code: only plain loops and own fields of the regions, no iterator, method or
+ * getter the caller could replace.
+ *
+ * @example
+ * ```ts
+ * import { checkRegions, placeRegions, region } from "./views.ts";
+ * const a = new Float32Array(8);
+ * const regions = [
+ *   region("x", a.subarray(0, 4), "Float32Array", 4, false),
+ *   region("out", a.subarray(3), "Float32Array", 5, true),
+ * ];
+ * placeRegions(regions);
+ * try {
+ *   checkRegions(regions);
+ * } catch (e) {
+ *   console.log((e as Error).message); // out: ... got an overlap with x
+ * }
+ * ```
+ */
+export function checkRegions(regions: Region[]): void {
+  const k = regions.length;
   for (let i = 0; i < k; i++) {
     const r = regions[i];
     const length = elementCount(r.view);

@@ -5,7 +5,7 @@
 // forward leaves nothing stale behind. Each runs on the CPU and, where usable, on CUDA.
 
 import assert from "node:assert/strict";
-import { backward, forward, LargeMarginSoftmax } from "../mod.ts";
+import { backward, forward, LargeMarginSoftmax, releaseContexts } from "../mod.ts";
 import { loadLibrary } from "../ffi/library.ts";
 import { NativeContext } from "../ffi/context.ts";
 import { cudaAvailable, type TestBackend } from "./check.ts";
@@ -319,6 +319,51 @@ for (const backend of BACKENDS) {
     forward(x, w, p.labels, { margin: 2, lambda: 0, backend, out });
     const ref = referenceForward(p.x, p.w, p.labels, { margin: 2, lambda: 0 });
     assertClose(out, ref, 1e-12, "logits on shared memory", rowScale(ref, 2));
+  });
+
+  test("caller code while the arrays are placed can close the context or call in again", () => {
+    // Two SharedArrayBuffers make the guard take addresses, and Deno.UnsafePointer.of reads the
+    // array's own `length`: caller code inside the call, before any context state is taken.
+    const p = randomProblem(new Rng(911), 4, 8, 5);
+    const onShared = (a: Float64Array) => {
+      const v = new Float32Array(new SharedArrayBuffer(4 * a.length));
+      v.set(a);
+      return v;
+    };
+    const x = onShared(p.x), w = onShared(p.w);
+    const opts = { margin: 2, lambda: 0.25, backend };
+    const exact = forward(x, w, p.labels, opts).logits.slice();
+    let action: () => void = () => {};
+    let fired = 0;
+    Object.defineProperty(x, "length", {
+      get() {
+        if (!fired++) action();
+        return p.x.length;
+      },
+    });
+    // The shared context closed mid-call: refused by name, then reopened by the next call.
+    action = () => releaseContexts();
+    throwsNaming(() => forward(x, w, p.labels, opts), Error, "context is closed");
+    assert.equal(fired, 1, "the getter ran inside the call");
+    // Called in again with another shape and precision: this call keeps its own.
+    fired = 0;
+    action = () => {
+      const big = randomProblem(new Rng(912), 64, 32, 16);
+      const precision = backend === "cuda" ? "tf32" : "exact";
+      forward(new Float32Array(big.x), new Float32Array(big.w), big.labels, { ...opts, precision });
+    };
+    const again = forward(x, w, p.labels, opts).logits;
+    assert.equal(fired, 1);
+    assert.deepEqual(Array.from(again), Array.from(exact), "same bits as the undisturbed call");
+    // A layer closed by its own input mid-backward.
+    using layer = new LargeMarginSoftmax({ margin: 2, ...SCHEDULE, backend });
+    layer.forward(x, w, p.labels);
+    fired = 0;
+    action = () => layer.close();
+    throwsNaming(() => layer.backward(new Float32Array(p.g)), Error, "closed");
+    assert.equal(fired, 1);
+    action = () => {};
+    assert.deepEqual(Array.from(forward(x, w, p.labels, opts).logits), Array.from(exact));
   });
 
   test("layer: null options are a TypeError; a failed forward leaves no stale backward", () => {
