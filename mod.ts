@@ -22,7 +22,14 @@
  */
 
 import { cString, type Library, loadLibrary } from "./ffi/library.ts";
-import { type FloatArray, NativeContext, type Precision, type Problem } from "./ffi/context.ts";
+import {
+  type FloatArray,
+  floatArrayName,
+  type FloatDType,
+  NativeContext,
+  type Precision,
+  type Problem,
+} from "./ffi/context.ts";
 import { BackendCode, Status } from "./ffi/symbols.ts";
 import { elementCount, typedArrayName } from "./ffi/views.ts";
 
@@ -120,14 +127,9 @@ function describe(v: unknown): string {
 
 // Element types come from the engine (ffi/views.ts), not from `instanceof`: an array wearing
 // another type's prototype would otherwise be read with the wrong element size.
-type DTypeName = Problem["dtype"];
-function dtypeOf(v: unknown): DTypeName | undefined {
+function dtypeOf(v: unknown): FloatDType | undefined {
   const name = typedArrayName(v);
   return name === "Float32Array" ? "float32" : name === "Float64Array" ? "float64" : undefined;
-}
-
-function arrayName(dtype: DTypeName): string {
-  return dtype === "float32" ? "Float32Array" : "Float64Array";
 }
 
 function checkNumber(name: string, v: unknown, min: number): number {
@@ -183,7 +185,7 @@ function checkProblem(x: unknown, w: unknown, labels: unknown, options: CallOpti
     throw new TypeError(`x: expected a Float32Array or Float64Array, got ${describe(x)}`);
   }
   if (dtypeOf(w) !== dtype) {
-    throw new TypeError(`w: expected a ${arrayName(dtype)} like x, got ${describe(w)}`);
+    throw new TypeError(`w: expected a ${floatArrayName(dtype)} like x, got ${describe(w)}`);
   }
   if (typedArrayName(labels) !== "Int32Array") {
     throw new TypeError(`labels: expected an Int32Array, got ${describe(labels)}`);
@@ -352,7 +354,7 @@ function openContext(
   }
 }
 
-function newArray<T extends FloatArray>(dtype: DTypeName, length: number): T {
+function newArray<T extends FloatArray>(dtype: FloatDType, length: number): T {
   return (dtype === "float32" ? new Float32Array(length) : new Float64Array(length)) as T;
 }
 
@@ -362,12 +364,14 @@ function newArray<T extends FloatArray>(dtype: DTypeName, length: number): T {
 function outputArray<T extends FloatArray>(
   name: string,
   given: unknown,
-  dtype: DTypeName,
+  dtype: FloatDType,
   length: number,
 ): T {
   if (given === undefined) return newArray(dtype, length);
   if (dtypeOf(given) !== dtype) {
-    throw new TypeError(`${name}: expected a ${arrayName(dtype)} like x, got ${describe(given)}`);
+    throw new TypeError(
+      `${name}: expected a ${floatArrayName(dtype)} like x, got ${describe(given)}`,
+    );
   }
   const got = elementCount(given as FloatArray);
   if (got !== length) {
@@ -379,7 +383,7 @@ function outputArray<T extends FloatArray>(
 function checkGradLogits(p: Problem, gradLogits: unknown): FloatArray {
   if (dtypeOf(gradLogits) !== p.dtype) {
     throw new TypeError(
-      `gradLogits: expected a ${arrayName(p.dtype)} like x, got ${describe(gradLogits)}`,
+      `gradLogits: expected a ${floatArrayName(p.dtype)} like x, got ${describe(gradLogits)}`,
     );
   }
   const got = elementCount(gradLogits as FloatArray);

@@ -17,10 +17,10 @@ import { cString, type Library } from "./library.ts";
 import { BackendCode, DType, PrecisionCode, Status } from "./symbols.ts";
 import {
   checkRegions,
-  expectView,
   placeRegions,
   type Region,
   region,
+  regionBytes,
   type ViewName,
 } from "./views.ts";
 
@@ -30,10 +30,26 @@ export type FloatArray = Float32Array | Float64Array;
 /** Float32 matrix products: exact IEEE (default) or TF32 tensor cores (CUDA sm_80+). */
 export type Precision = "exact" | "tf32";
 
+/** The element type of a call's float arrays. */
+export type FloatDType = "float32" | "float64";
+
+/**
+ * The typed array of a float element type.
+ *
+ * @example
+ * ```ts
+ * import { floatArrayName } from "./context.ts";
+ * console.log(floatArrayName("float64")); // "Float64Array"
+ * ```
+ */
+export function floatArrayName(dtype: FloatDType): ViewName {
+  return dtype === "float32" ? "Float32Array" : "Float64Array";
+}
+
 /** Sizes and settings of one call, already validated. */
 export interface Problem {
   /** The element type of x, w and every float array of the call, as the engine reports it. */
-  dtype: "float32" | "float64";
+  dtype: FloatDType;
   x: FloatArray;
   w: FloatArray;
   labels: Int32Array;
@@ -63,10 +79,6 @@ const finalizer = new FinalizationRegistry<{ lib: Library; ptr: Deno.PointerValu
 const toBigInt = BigInt;
 const U64s = BigUint64Array;
 const pointerCreate = Deno.UnsafePointer.create;
-
-function viewName(p: Problem): ViewName {
-  return p.dtype === "float32" ? "Float32Array" : "Float64Array";
-}
 
 // The regions of a call as one array literal: every element its own from the start, so no
 // index setter on Array.prototype is ever consulted.
@@ -130,37 +142,43 @@ export class NativeContext {
     this.#precision = precision;
   }
 
-  /** Device memory of at least `bytes` for a role ("x", "w", ...), kept for the next call. */
-  #buffer(role: string, bytes: number): Deno.PointerValue {
+  /** Device memory for a region's array, kept under its role for the next call. */
+  #buffer(r: Region): Deno.PointerValue {
     const ctx = this.#live();
-    const have = this.#buffers[role];
+    const bytes = regionBytes(r);
+    const have = this.#buffers[r.role];
     if (have && have.bytes >= bytes) return have.ptr;
     if (have) {
-      this.#buffers[role] = undefined;
+      this.#buffers[r.role] = undefined;
       this.#check(this.#lib.symbols.lsm_free(ctx, have.ptr), "lsm_free");
     }
     const out = new U64s(1);
     this.#check(this.#lib.symbols.lsm_malloc(ctx, toBigInt(bytes), out), "lsm_malloc");
     const ptr = pointerCreate(out[0]);
-    this.#buffers[role] = { ptr, bytes };
+    this.#buffers[r.role] = { ptr, bytes };
     return ptr;
   }
 
   // Byte counts come from the validated sizes, never from the views' own (overridable) getters.
 
   /** Copies the region's elements into device memory `ptr`. */
-  #copyIn(r: Region, ptr: Deno.PointerValue, bytes: number): void {
+  #copyIn(r: Region, ptr: Deno.PointerValue): void {
     this.#check(
-      this.#lib.symbols.lsm_memcpy_to_context(this.#live(), ptr, r.view, toBigInt(bytes)),
+      this.#lib.symbols.lsm_memcpy_to_context(this.#live(), ptr, r.view, toBigInt(regionBytes(r))),
       `copying ${r.role} to ${this.#name()}`,
     );
   }
 
-  /** Copies a device result into the region's array, checked once more just before. */
-  #copyOut(r: Region, ptr: Deno.PointerValue, bytes: number): void {
-    expectView(r.role, r.view, r.name, r.count);
+  /** Copies a device result into the region's array, its length checked once more just before. */
+  #copyOut(r: Region, ptr: Deno.PointerValue): void {
+    checkRegions([r]);
     this.#check(
-      this.#lib.symbols.lsm_memcpy_from_context(this.#live(), r.view, ptr, toBigInt(bytes)),
+      this.#lib.symbols.lsm_memcpy_from_context(
+        this.#live(),
+        r.view,
+        ptr,
+        toBigInt(regionBytes(r)),
+      ),
       `copying ${r.role} from ${this.#name()}`,
     );
   }
@@ -173,8 +191,7 @@ export class NativeContext {
 
   /** Logits [n, c] of the L-Softmax forward into `logits`. */
   forward(p: Problem, logits: FloatArray): void {
-    const view = viewName(p);
-    const e = p.dtype === "float32" ? 4 : 8;
+    const view = floatArrayName(p.dtype);
     const dtype = p.dtype === "float32" ? DType.FLOAT32 : DType.FLOAT64;
     const n = toBigInt(p.n), d = toBigInt(p.d), c = toBigInt(p.c);
     const sym = this.#lib.symbols;
@@ -200,32 +217,30 @@ export class NativeContext {
       );
       return this.#check(status, "forward");
     }
-    const x = this.#buffer("x", p.n * p.d * e);
-    const w = this.#buffer("w", p.c * p.d * e);
-    const labels = this.#buffer("labels", p.n * 4);
-    const dev = this.#buffer("logits", p.n * p.c * e);
+    const x = this.#buffer(regions[0]);
+    const w = this.#buffer(regions[1]);
+    const labels = this.#buffer(regions[2]);
+    const dev = this.#buffer(out);
     checkRegions(regions);
-    this.#copyIn(regions[0], x, p.n * p.d * e);
-    this.#copyIn(regions[1], w, p.c * p.d * e);
-    this.#copyIn(regions[2], labels, p.n * 4);
+    this.#copyIn(regions[0], x);
+    this.#copyIn(regions[1], w);
+    this.#copyIn(regions[2], labels);
     this.#check(
       sym.lsm_forward(ctx, dtype, x, w, labels, n, d, c, p.margin, p.lambda, dev),
       "forward",
     );
-    this.#copyOut(out, dev, p.n * p.c * e);
+    this.#copyOut(out, dev);
   }
 
   /** Gradients of the L-Softmax backward into `gradX` [n, d] and `gradW` [c, d]. */
   backward(p: Problem, gradLogits: FloatArray, gradX: FloatArray, gradW: FloatArray): void {
-    const view = viewName(p);
-    const e = p.dtype === "float32" ? 4 : 8;
+    const view = floatArrayName(p.dtype);
     const dtype = p.dtype === "float32" ? DType.FLOAT32 : DType.FLOAT64;
     const n = toBigInt(p.n), d = toBigInt(p.d), c = toBigInt(p.c);
     const sym = this.#lib.symbols;
-    const nc = p.n * p.c, nd = p.n * p.d, cd = p.c * p.d;
-    const g = region("gradLogits", gradLogits, view, nc, false);
-    const outX = region("outX", gradX, view, nd, true);
-    const outW = region("outW", gradW, view, cd, true);
+    const g = region("gradLogits", gradLogits, view, p.n * p.c, false);
+    const outX = region("outX", gradX, view, p.n * p.d, true);
+    const outW = region("outW", gradW, view, p.c * p.d, true);
     const regions = callRegions(p, view, [g, outX, outW]);
     placeRegions(regions);
     const ctx = this.#live();
@@ -249,23 +264,23 @@ export class NativeContext {
       );
       return this.#check(status, "backward");
     }
-    const x = this.#buffer("x", nd * e);
-    const w = this.#buffer("w", cd * e);
-    const labels = this.#buffer("labels", p.n * 4);
-    const dg = this.#buffer("gradLogits", nc * e);
-    const gx = this.#buffer("gradX", nd * e);
-    const gw = this.#buffer("gradW", cd * e);
+    const x = this.#buffer(regions[0]);
+    const w = this.#buffer(regions[1]);
+    const labels = this.#buffer(regions[2]);
+    const dg = this.#buffer(g);
+    const gx = this.#buffer(outX);
+    const gw = this.#buffer(outW);
     checkRegions(regions);
-    this.#copyIn(regions[0], x, nd * e);
-    this.#copyIn(regions[1], w, cd * e);
-    this.#copyIn(regions[2], labels, p.n * 4);
-    this.#copyIn(g, dg, nc * e);
+    this.#copyIn(regions[0], x);
+    this.#copyIn(regions[1], w);
+    this.#copyIn(regions[2], labels);
+    this.#copyIn(g, dg);
     this.#check(
       sym.lsm_backward(ctx, dtype, x, w, labels, dg, n, d, c, p.margin, p.lambda, gx, gw),
       "backward",
     );
-    this.#copyOut(outX, gx, nd * e);
-    this.#copyOut(outW, gw, cd * e);
+    this.#copyOut(outX, gx);
+    this.#copyOut(outW, gw);
   }
 
   /** Releases the device buffers and the context. Idempotent. */

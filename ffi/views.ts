@@ -66,29 +66,6 @@ export function elementCount(v: ArrayBufferView): number {
 }
 
 /**
- * Throws unless `v` is a typed array of element type `name` holding exactly `count` elements
- * now. The last guard before native code reads or writes `count` elements of `v`.
- *
- * @example
- * ```ts
- * import { expectView } from "./views.ts";
- * expectView("labels", new Int32Array(3), "Int32Array", 3); // passes
- * ```
- */
-export function expectView(role: string, v: unknown, name: ViewName, count: number): void {
-  const got = typedArrayName(v);
-  if (got !== name) {
-    throw new TypeError(`${role}: expected a ${name}, got ${got ?? "something else"}`);
-  }
-  const length = elementCount(v as ArrayBufferView);
-  if (length !== count) {
-    throw new RangeError(
-      `${role}: expected ${count} elements, got ${length} (resized or transferred after it was checked)`,
-    );
-  }
-}
-
-/**
  * One array a native call reads (`output: false`) or writes, with the element count it uses.
  * Make it with {@link region}: {@link placeRegions} fills in the placement fields.
  */
@@ -218,8 +195,7 @@ export function checkRegions(regions: Region[]): void {
       if (j === i || (b.output && j > i)) continue; // each pair of outputs once
       const comparable = a.buffer === b.buffer || (a.shared && b.shared);
       if (
-        comparable && a.start < b.start + b.count * bytesOf(b.name) &&
-        b.start < a.start + a.count * bytesOf(a.name)
+        comparable && a.start < b.start + regionBytes(b) && b.start < a.start + regionBytes(a)
       ) {
         throw new RangeError(
           `${a.role}: expected memory apart from the inputs and other outputs, got an overlap with ${b.role}`,
@@ -229,6 +205,15 @@ export function checkRegions(regions: Region[]): void {
   }
 }
 
-function bytesOf(name: ViewName): number {
-  return name === "Float64Array" ? 8 : 4;
+/**
+ * The bytes native code reads or writes for a region: its count times its element size.
+ *
+ * @example
+ * ```ts
+ * import { region, regionBytes } from "./views.ts";
+ * console.log(regionBytes(region("x", new Float64Array(6), "Float64Array", 6, false))); // 48
+ * ```
+ */
+export function regionBytes(r: Region): number {
+  return r.count * (r.name === "Float64Array" ? 8 : 4);
 }
