@@ -30,6 +30,15 @@ LDLIBS   := -L$(CUDA_HOME)/lib64 -l:libcudart_static.a -lopenblas -ldl -lpthread
 
 HEADERS  := $(wildcard cuda/*.h cuda/*.cuh)
 LIB      := $(BUILD)/liblsoftmax.so
+# The library's sources: host C++ (g++) and CUDA (nvcc, or g++ on the emulator: mk/emu.mk).
+HOST_OBJ := $(addprefix $(BUILD)/obj/,api.o cpu_backend.o cpu_loss.o cpu_rows.o)
+# The fused loss's row kernels again for AVX2 + FMA on x86-64, picked at run time (cpu_rows.h).
+ifeq ($(shell uname -m),x86_64)
+HOST_OBJ += $(BUILD)/obj/cpu_rows_avx2.o
+$(BUILD)/obj/cpu_rows.o: CXXFLAGS += -DLSM_ROWS_AVX2
+$(BUILD)/obj/cpu_rows_avx2.o: CXXFLAGS += -mavx2 -mfma
+endif
+CUDA_SRC := cuda_backend cuda_loss
 
 .PHONY: all example test check bench perf-table clean setup setup-host
 
@@ -40,10 +49,13 @@ all: $(LIB)
 $(BUILD)/obj/%.o: cuda/%.cpp $(HEADERS) | $(BUILD)/obj setup-host
 	$(CXX) $(CXXFLAGS) -c $< -o $@
 
+# The row kernels vectorize only where FP selects may be if-converted (cpu_rows.h).
+$(BUILD)/obj/cpu_rows.o $(BUILD)/obj/cpu_rows_avx2.o: CXXFLAGS += -fno-trapping-math -fno-math-errno
+
 $(BUILD)/obj/%.o: cuda/%.cu $(HEADERS) | $(BUILD)/obj setup
 	$(NVCC) $(NVFLAGS) -c $< -o $@
 
-$(LIB): $(BUILD)/obj/api.o $(BUILD)/obj/cpu_backend.o $(BUILD)/obj/cuda_backend.o
+$(LIB): $(HOST_OBJ) $(addprefix $(BUILD)/obj/,$(addsuffix .o,$(CUDA_SRC)))
 	$(CXX) -shared -o $@ $^ $(LDLIBS) -Wl,--no-undefined
 
 $(BUILD)/obj:
@@ -78,7 +90,7 @@ bench: setup $(LIB)
 
 perf-table: setup $(LIB)
 	LSOFTMAX_MACHINE="$$(sed -n 's/^model name[[:space:]]*: //p' /proc/cpuinfo | head -n 1)" \
-	$(DENO) run --allow-ffi --allow-env --allow-read bench/table.ts
+	$(DENO) run --allow-ffi --allow-env --allow-read --allow-run bench/table.ts
 
 clean:
 	rm -rf $(BUILD)

@@ -12,8 +12,8 @@
  * @module
  */
 
-import { type Backend, backward, forward } from "../mod.ts";
-import { problem, random, SHAPES } from "./problems.ts";
+import { type Backend, backward, forward, loss } from "../mod.ts";
+import { handWrittenCrossEntropy, problem, random, SHAPES } from "./problems.ts";
 
 const env = (name: string) => Deno.env.get(name);
 const backend = (env("LSOFTMAX_BACKEND") ?? "cpu") as Backend;
@@ -60,6 +60,48 @@ for (const [n, d, c] of shapes) {
       });
     }
   }
+}
+
+// The fused loss against the same three products, and against what users write without it:
+// forward, a TypeScript softmax cross-entropy, backward.
+for (const [n, d, c] of shapes) {
+  const group = `${backend} N=${n} D=${d} C=${c} loss`;
+  const { x, w, g, labels } = problem(n, d, c);
+  const out = new Float32Array(n * c),
+    grad = new Float32Array(n * c),
+    outX = new Float32Array(n * d),
+    outW = new Float32Array(c * d);
+  const opts = { margin: MARGIN, lambda: LAMBDA, backend };
+  const big = n * c * d > 1e9 ? { n: 5, warmup: 1 } : {};
+  const flops = 6 * n * c * d;
+  Deno.bench({
+    name: `linear three products [${group}]`,
+    group,
+    baseline: true,
+    ...big,
+    fn: timed(`${group} linear three products`, flops, () => {
+      forward(x, w, labels, { margin: 1, lambda: 0, backend, out });
+      backward(x, w, labels, g, { margin: 1, lambda: 0, backend, outX, outW });
+    }),
+  });
+  Deno.bench({
+    name: `fused loss [${group}]`,
+    group,
+    ...big,
+    fn: timed(`${group} fused loss`, flops, () => {
+      loss(x, w, labels, { ...opts, outX, outW });
+    }),
+  });
+  Deno.bench({
+    name: `forward + TypeScript cross-entropy + backward [${group}]`,
+    group,
+    ...big,
+    fn: timed(`${group} forward + TS cross-entropy + backward`, flops, () => {
+      forward(x, w, labels, { ...opts, out });
+      handWrittenCrossEntropy(out, labels, c, grad);
+      backward(x, w, labels, grad, { ...opts, outX, outW });
+    }),
+  });
 }
 
 // Per-call overhead through FFI at a tiny shape, beside the FFI-only cost of a trivial call.

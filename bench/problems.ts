@@ -43,3 +43,35 @@ export function problem(n: number, d: number, c: number): {
     labels: Int32Array.from({ length: n }, (_, i) => (i * 7919) % c),
   };
 }
+
+/**
+ * What a user writes today without the fused loss: the mean softmax cross-entropy of logits
+ * [N, C] in TypeScript, its gradient written into `grad`. Returns the loss.
+ *
+ * @example
+ * ```ts
+ * import { handWrittenCrossEntropy } from "./problems.ts";
+ * const grad = new Float32Array(6);
+ * handWrittenCrossEntropy(new Float32Array(6), new Int32Array([0, 2]), 3, grad);
+ * ```
+ */
+export function handWrittenCrossEntropy(
+  logits: Float32Array,
+  labels: Int32Array,
+  c: number,
+  grad: Float32Array,
+): number {
+  const n = labels.length;
+  let total = 0;
+  for (let i = 0; i < n; i++) {
+    let m = -Infinity;
+    for (let j = 0; j < c; j++) m = Math.max(m, logits[i * c + j]);
+    let s = 0;
+    for (let j = 0; j < c; j++) s += Math.exp(logits[i * c + j] - m);
+    const lse = m + Math.log(s);
+    total += lse - logits[i * c + labels[i]];
+    for (let j = 0; j < c; j++) grad[i * c + j] = Math.exp(logits[i * c + j] - lse) / n;
+    grad[i * c + labels[i]] -= 1 / n;
+  }
+  return total / n;
+}

@@ -4,13 +4,18 @@
  * benchmark shapes. Runs alternate between the two so that drift in the machine's speed hits
  * both alike; each cell is the median. Prints a Markdown table.
  *
+ * Then the fused loss against the same three products and against forward + a TypeScript
+ * cross-entropy + backward, and at N=512 D=256 C=1,000,000 in child processes
+ * (bench/loss_memory.ts) with each one's peak memory beyond the inputs and gradients
+ * (LSOFTMAX_BENCH_MILLION=0 leaves that row out).
+ *
  * Run: `make perf-table` (LSOFTMAX_BACKEND=cuda on a GPU machine; REPS sets the repetitions).
  *
  * @module
  */
 
-import { type Backend, backends, backward, forward } from "../mod.ts";
-import { problem, SHAPES } from "./problems.ts";
+import { type Backend, backends, backward, forward, loss } from "../mod.ts";
+import { handWrittenCrossEntropy, problem, SHAPES } from "./problems.ts";
 
 const backend = (Deno.env.get("LSOFTMAX_BACKEND") ?? "cpu") as Backend;
 const reps = Number(Deno.env.get("REPS") ?? 7);
@@ -58,3 +63,66 @@ console.log(`Machine: ${machine()}; backend ${backend}; float32, margin 4, media
 console.log("| shape | L-Softmax fwd+bwd | linear layer fwd+bwd | ratio |");
 console.log("| --- | --- | --- | --- |");
 for (const row of rows) console.log(row);
+
+// The fused loss.
+const lossRows: string[] = [];
+for (const [n, d, c] of SHAPES.slice(0, 2)) {
+  const { x, w, g, labels } = problem(n, d, c);
+  const out = new Float32Array(n * c),
+    grad = new Float32Array(n * c),
+    outX = new Float32Array(n * d),
+    outW = new Float32Array(c * d);
+  const opts = { margin: 4, lambda: 0.5, backend };
+  const time = (fn: () => void) => {
+    const t0 = performance.now();
+    fn();
+    return performance.now() - t0;
+  };
+  const linear = () =>
+    time(() => {
+      forward(x, w, labels, { margin: 1, lambda: 0, backend, out });
+      backward(x, w, labels, g, { margin: 1, lambda: 0, backend, outX, outW });
+    });
+  const fused = () => time(() => loss(x, w, labels, { ...opts, outX, outW }));
+  const composed = () =>
+    time(() => {
+      forward(x, w, labels, { ...opts, out });
+      handWrittenCrossEntropy(out, labels, c, grad);
+      backward(x, w, labels, grad, { ...opts, outX, outW });
+    });
+  linear(), fused(), composed();
+  const l: number[] = [], f: number[] = [], h: number[] = [];
+  for (let r = 0; r < reps; r++) l.push(linear()), f.push(fused()), h.push(composed());
+  const [ml, mf, mh] = [median(l), median(f), median(h)];
+  lossRows.push(
+    `| N=${n} D=${d} C=${c} | ${mf.toFixed(2)} ms | ${ml.toFixed(2)} ms | ${
+      (mf / ml).toFixed(3)
+    } | ` +
+      `${mh.toFixed(2)} ms | - |`,
+  );
+}
+if (Deno.env.get("LSOFTMAX_BENCH_MILLION") !== "0") {
+  const dims = ["512", "256", "1000000"];
+  const child = async (mode: string) => {
+    const script = new URL("./loss_memory.ts", import.meta.url).pathname;
+    const { stdout, success } = await new Deno.Command(Deno.execPath(), {
+      // Deno keeps /proc/self/status (the peak memory) behind --allow-all.
+      args: ["run", "--allow-all", script, mode, ...dims],
+      stderr: "inherit",
+    }).output();
+    if (!success) throw new Error(`bench/loss_memory.ts ${mode} failed`);
+    return JSON.parse(new TextDecoder().decode(stdout)) as { ms: number; peakMB: number };
+  };
+  const linear = await child("linear"), fused = await child("fused");
+  lossRows.push(
+    `| N=512 D=256 C=1000000 | ${fused.ms.toFixed(0)} ms | ${linear.ms.toFixed(0)} ms | ` +
+      `${(fused.ms / linear.ms).toFixed(3)} | - | ${fused.peakMB.toFixed(0)} MB (three products: ` +
+      `${linear.peakMB.toFixed(0)} MB) |`,
+  );
+}
+console.log(`\nThe fused loss (float32, margin 4, mean; median of ${reps}; the 1M row: of 3):\n`);
+console.log(
+  "| shape | fused loss | linear three products | ratio | forward + TS cross-entropy + backward | peak memory beyond inputs and gradients |",
+);
+console.log("| --- | --- | --- | --- | --- | --- |");
+for (const row of lossRows) console.log(row);

@@ -57,6 +57,20 @@ LSM_FLOAT32 = 0
 LSM_PRECISION_EXACT, LSM_PRECISION_TF32 = 0, 1
 ABI_VERSION = 1
 MARGIN, LAMBDA = 4, 0.5
+LSM_MARGIN_LSOFTMAX = 0
+
+
+class LsmMargin(ctypes.Structure):
+    """struct lsm_margin of cuda/lsoftmax.h (88 bytes)."""
+    _fields_ = [("kind", ctypes.c_int32), ("m", ctypes.c_int32), ("lambda_", ctypes.c_double),
+                ("scale", ctypes.c_double), ("m1", ctypes.c_double), ("m2", ctypes.c_double),
+                ("m3", ctypes.c_double), ("flags", ctypes.c_uint32), ("reserved_flags", ctypes.c_uint32),
+                ("reserved", ctypes.c_double * 4)]
+
+
+def margin(m, lam):
+    """An L-Softmax margin, passed by pointer (ctypes converts the structure to its address)."""
+    return ctypes.byref(LsmMargin(kind=LSM_MARGIN_LSOFTMAX, m=m, lambda_=lam))
 SHAPES = [(64, 128, 1000), (256, 512, 10000), (512, 512, 100000)]
 TOLERANCE = {"exact": 1e-4, "tf32": 3e-2}
 
@@ -93,12 +107,12 @@ class Library:
             "lsm_memcpy_to_context": (i32, [c_ctx, c_ptr, c_ptr, size]),
             "lsm_memcpy_from_context": (i32, [c_ctx, c_ptr, c_ptr, size]),
             "lsm_synchronize": (i32, [c_ctx]),
-            # ctx, dtype, x, w, labels, n, d, c, margin, lambda, logits
-            "lsm_forward": (i32, [c_ctx, i32, c_ptr, c_ptr, c_ptr, i64, i64, i64, i32,
-                                  ctypes.c_double, c_ptr]),
-            # ctx, dtype, x, w, labels, grad_logits, n, d, c, margin, lambda, grad_x, grad_w
-            "lsm_backward": (i32, [c_ctx, i32, c_ptr, c_ptr, c_ptr, c_ptr, i64, i64, i64, i32,
-                                   ctypes.c_double, c_ptr, c_ptr]),
+            # ctx, dtype, n, d, c, margin, x, w, labels, logits
+            "lsm_forward": (i32, [c_ctx, i32, i64, i64, i64, ctypes.POINTER(LsmMargin), c_ptr, c_ptr,
+                                  c_ptr, c_ptr]),
+            # ctx, dtype, n, d, c, margin, x, w, labels, grad_logits, grad_x, grad_w
+            "lsm_backward": (i32, [c_ctx, i32, i64, i64, i64, ctypes.POINTER(LsmMargin), c_ptr, c_ptr,
+                                   c_ptr, c_ptr, c_ptr, c_ptr]),
         }
         for name, (restype, argtypes) in sigs.items():
             f = getattr(self.dll, name)
@@ -154,11 +168,13 @@ class Context:
         return self.lib.lsm_context_set_precision(self.handle, precision)
 
     def forward(self, x, w, labels, n, d, c, logits):
-        self.check(self.lib.lsm_forward(self.handle, LSM_FLOAT32, x, w, labels, n, d, c, MARGIN, LAMBDA, logits),
+        self.check(self.lib.lsm_forward(self.handle, LSM_FLOAT32, n, d, c, margin(MARGIN, LAMBDA), x, w, labels,
+                                        logits),
                    "lsm_forward")
 
     def backward(self, x, w, labels, g, n, d, c, gx, gw):
-        self.check(self.lib.lsm_backward(self.handle, LSM_FLOAT32, x, w, labels, g, n, d, c, MARGIN, LAMBDA, gx, gw),
+        self.check(self.lib.lsm_backward(self.handle, LSM_FLOAT32, n, d, c, margin(MARGIN, LAMBDA), x, w, labels, g,
+                                         gx, gw),
                    "lsm_backward")
 
     def destroy(self):
@@ -177,34 +193,35 @@ def abi_self_check(lib, ctx):
     h = ctx.handle
     big = 2 ** 33
     cases = [
-        ("n (int64)", lambda: lib.lsm_forward(h, LSM_FLOAT32, p, p, p, big, 1, 1, MARGIN, LAMBDA, q),
+        ("n (int64)", lambda: lib.lsm_forward(h, LSM_FLOAT32, big, 1, 1, margin(MARGIN, LAMBDA), p, p, p, q),
          "n: expected an integer in [1, 2147483647], got %d" % big),
-        ("d (int64)", lambda: lib.lsm_forward(h, LSM_FLOAT32, p, p, p, 1, big + 1, 1, MARGIN, LAMBDA, q),
+        ("d (int64)", lambda: lib.lsm_forward(h, LSM_FLOAT32, 1, big + 1, 1, margin(MARGIN, LAMBDA), p, p, p, q),
          "d: expected an integer in [1, 2147483647], got %d" % (big + 1)),
-        ("c (int64)", lambda: lib.lsm_forward(h, LSM_FLOAT32, p, p, p, 1, 1, big + 2, MARGIN, LAMBDA, q),
+        ("c (int64)", lambda: lib.lsm_forward(h, LSM_FLOAT32, 1, 1, big + 2, margin(MARGIN, LAMBDA), p, p, p, q),
          "c: expected an integer in [1, 2147483647], got %d" % (big + 2)),
-        ("margin", lambda: lib.lsm_forward(h, LSM_FLOAT32, p, p, p, 1, 1, 1, 17, LAMBDA, q),
-         "margin: expected an integer in [1, 16], got 17"),
-        ("lambda (double)", lambda: lib.lsm_forward(h, LSM_FLOAT32, p, p, p, 1, 1, 1, MARGIN, -0.25, q),
-         "lambda: expected a finite number >= 0, got -0.25"),
-        ("dtype", lambda: lib.lsm_forward(h, 7, p, p, p, 1, 1, 1, MARGIN, LAMBDA, q),
+        ("margin", lambda: lib.lsm_forward(h, LSM_FLOAT32, 1, 1, 1, margin(17, LAMBDA), p, p, p, q),
+         "margin.m: expected an integer in [1, 16], got 17"),
+        ("lambda (double)", lambda: lib.lsm_forward(h, LSM_FLOAT32, 1, 1, 1, margin(MARGIN, -0.25), p, p, p, q),
+         "margin.lambda: expected a finite number >= 0, got -0.25"),
+        ("dtype", lambda: lib.lsm_forward(h, 7, 1, 1, 1, margin(MARGIN, LAMBDA), p, p, p, q),
          "dtype: expected LSM_FLOAT32 (0) or LSM_FLOAT64 (1), got 7"),
-        ("forward logits NULL", lambda: lib.lsm_forward(h, LSM_FLOAT32, p, p, p, 1, 1, 1, MARGIN, LAMBDA, None),
+        ("forward logits NULL",
+         lambda: lib.lsm_forward(h, LSM_FLOAT32, 1, 1, 1, margin(MARGIN, LAMBDA), p, p, p, None),
          "logits: expected a pointer, got NULL"),
         ("backward n (int64)",
-         lambda: lib.lsm_backward(h, LSM_FLOAT32, p, p, p, p, big, 1, 1, MARGIN, LAMBDA, q, p),
+         lambda: lib.lsm_backward(h, LSM_FLOAT32, big, 1, 1, margin(MARGIN, LAMBDA), p, p, p, p, q, p),
          "n: expected an integer in [1, 2147483647], got %d" % big),
         ("backward lambda (double)",
-         lambda: lib.lsm_backward(h, LSM_FLOAT32, p, p, p, p, 1, 1, 1, MARGIN, float("inf"), q, p),
-         "lambda: expected a finite number >= 0, got inf"),
+         lambda: lib.lsm_backward(h, LSM_FLOAT32, 1, 1, 1, margin(MARGIN, float("inf")), p, p, p, p, q, p),
+         "margin.lambda: expected a finite number >= 0, got inf"),
         ("backward grad_logits NULL",
-         lambda: lib.lsm_backward(h, LSM_FLOAT32, p, p, p, None, 1, 1, 1, MARGIN, LAMBDA, q, p),
+         lambda: lib.lsm_backward(h, LSM_FLOAT32, 1, 1, 1, margin(MARGIN, LAMBDA), p, p, p, None, q, p),
          "grad_logits: expected a pointer, got NULL"),
         ("backward grad_w NULL",
-         lambda: lib.lsm_backward(h, LSM_FLOAT32, p, p, p, p, 1, 1, 1, MARGIN, LAMBDA, q, None),
+         lambda: lib.lsm_backward(h, LSM_FLOAT32, 1, 1, 1, margin(MARGIN, LAMBDA), p, p, p, p, q, None),
          "grad_w: expected a pointer, got NULL"),
         ("backward grad_w == grad_x",
-         lambda: lib.lsm_backward(h, LSM_FLOAT32, p, p, p, p, 1, 1, 1, MARGIN, LAMBDA, q, q),
+         lambda: lib.lsm_backward(h, LSM_FLOAT32, 1, 1, 1, margin(MARGIN, LAMBDA), p, p, p, p, q, q),
          "grad_w: expected memory apart from grad_x, got the same pointer"),
         ("malloc size_t", lambda: lib.lsm_malloc(h, 0, ctypes.byref(ctypes.c_void_p())),
          "bytes: expected at least 1, got 0"),

@@ -1,6 +1,7 @@
 // api.cpp: the C ABI. Validates every argument, then dispatches to the CPU or CUDA backend.
 // No exception crosses this boundary; every failure is a status plus a message.
 #include <math.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -13,6 +14,8 @@
 #ifndef LSM_VERSION_STRING
 #define LSM_VERSION_STRING "0.1.0"
 #endif
+
+static_assert(sizeof(lsm_margin) == 88, "lsm_margin is 88 bytes in the ABI");
 
 namespace {
 
@@ -74,47 +77,111 @@ int32_t check_range(lsm_context *ctx, const void *p, int64_t elements, size_t el
                       " bytes inside memory allocated on this context (lsm_malloc), got a pointer outside it");
 }
 
-// Checks everything the backends rely on; the backends check label values themselves.
-int32_t check_problem(lsm_context *ctx, const lsm_problem &p, bool backward) {
+std::string num(double v) {
+  char buf[32];
+  snprintf(buf, sizeof buf, "%.17g", v);
+  return buf;
+}
+
+// The margin's kind and the fields it uses; every other field must be 0 (room to grow).
+int32_t check_margin(lsm_context *ctx, const lsm_margin &m) {
+  if (m.kind != LSM_MARGIN_LSOFTMAX)
+    return lsm_fail(ctx, LSM_ERR_INVALID_ARGUMENT,
+                    "margin.kind: expected LSM_MARGIN_LSOFTMAX (0), got " + str(m.kind));
+  if (m.m < 1 || m.m > LSM_MAX_MARGIN)
+    return lsm_fail(ctx, LSM_ERR_INVALID_ARGUMENT,
+                    "margin.m: expected an integer in [1, " + str(LSM_MAX_MARGIN) + "], got " + str(m.m));
+  if (!(m.lambda >= 0.0) || !isfinite(m.lambda))
+    return lsm_fail(ctx, LSM_ERR_INVALID_ARGUMENT, "margin.lambda: expected a finite number >= 0, got " + num(m.lambda));
+  bool unused_zero = m.scale == 0.0 && m.m1 == 0.0 && m.m2 == 0.0 && m.m3 == 0.0 && m.flags == 0 && m.reserved_flags == 0;
+  for (double r : m.reserved) unused_zero = unused_zero && r == 0.0;
+  if (!unused_zero)
+    return lsm_fail(ctx, LSM_ERR_INVALID_ARGUMENT,
+                    "margin: expected 0 in the fields L-Softmax does not use (scale, m1, m2, m3, flags, reserved)");
+  return LSM_OK;
+}
+
+int32_t check_tensor(lsm_context *ctx, const void *t, int64_t elements, size_t element_bytes, const char *name) {
+  const int32_t s = check_pointer(ctx, t, name);
+  return s != LSM_OK ? s : check_range(ctx, t, elements, element_bytes, name);
+}
+
+size_t element_bytes(int32_t dtype) { return dtype == LSM_FLOAT32 ? sizeof(float) : sizeof(double); }
+
+// What every op takes: dtype, sizes, margin and the inputs x, w, labels. The backends check label
+// values themselves.
+int32_t check_inputs(lsm_context *ctx, int32_t dtype, int64_t n, int64_t d, int64_t c, const lsm_margin &margin,
+                     const void *x, const void *w, const int32_t *labels) {
   int32_t s;
   if ((s = check_context(ctx))) return s;
-  if (p.dtype != LSM_FLOAT32 && p.dtype != LSM_FLOAT64)
-    return lsm_fail(ctx, LSM_ERR_INVALID_ARGUMENT,
-                    "dtype: expected LSM_FLOAT32 (0) or LSM_FLOAT64 (1), got " + str(p.dtype));
-  if ((s = check_size(ctx, p.n, "n")) || (s = check_size(ctx, p.d, "d")) || (s = check_size(ctx, p.c, "c")) ||
-      (s = check_product(ctx, p.n, p.c, "n*c")) || (s = check_product(ctx, p.n, p.d, "n*d")) ||
-      (s = check_product(ctx, p.c, p.d, "c*d")))
+  if (dtype != LSM_FLOAT32 && dtype != LSM_FLOAT64)
+    return lsm_fail(ctx, LSM_ERR_INVALID_ARGUMENT, "dtype: expected LSM_FLOAT32 (0) or LSM_FLOAT64 (1), got " + str(dtype));
+  if ((s = check_size(ctx, n, "n")) || (s = check_size(ctx, d, "d")) || (s = check_size(ctx, c, "c")) ||
+      (s = check_product(ctx, n, c, "n*c")) || (s = check_product(ctx, n, d, "n*d")) ||
+      (s = check_product(ctx, c, d, "c*d")))
     return s;
-  if (p.margin < 1 || p.margin > LSM_MAX_MARGIN)
-    return lsm_fail(ctx, LSM_ERR_INVALID_ARGUMENT,
-                    "margin: expected an integer in [1, " + str(LSM_MAX_MARGIN) + "], got " + str(p.margin));
-  if (!(p.lambda >= 0.0) || !isfinite(p.lambda))
-    return lsm_fail(ctx, LSM_ERR_INVALID_ARGUMENT,
-                    "lambda: expected a finite number >= 0, got " + std::to_string(p.lambda));
-  if ((s = check_pointer(ctx, p.x, "x")) || (s = check_pointer(ctx, p.w, "w")) ||
-      (s = check_pointer(ctx, p.labels, "labels")))
+  if ((s = check_margin(ctx, margin))) return s;
+  const size_t e = element_bytes(dtype);
+  if ((s = check_tensor(ctx, x, n * d, e, "x")) || (s = check_tensor(ctx, w, c * d, e, "w")) ||
+      (s = check_tensor(ctx, labels, n, sizeof(int32_t), "labels")))
     return s;
-  if (backward) {
-    if ((s = check_pointer(ctx, p.grad_logits, "grad_logits")) || (s = check_pointer(ctx, p.grad_x, "grad_x")) ||
-        (s = check_pointer(ctx, p.grad_w, "grad_w")))
+  return LSM_OK;
+}
+
+// The gradient outputs grad_x [n, d] and grad_w [c, d], apart from each other.
+int32_t check_gradients(lsm_context *ctx, int32_t dtype, int64_t n, int64_t d, int64_t c, const void *gx,
+                        const void *gw) {
+  int32_t s;
+  const size_t e = element_bytes(dtype);
+  if ((s = check_tensor(ctx, gx, n * d, e, "grad_x")) || (s = check_tensor(ctx, gw, c * d, e, "grad_w"))) return s;
+  if (gx == gw)
+    return lsm_fail(ctx, LSM_ERR_INVALID_ARGUMENT, "grad_w: expected memory apart from grad_x, got the same pointer");
+  return LSM_OK;
+}
+
+// Checks everything the forward or backward backends rely on.
+int32_t check_problem(lsm_context *ctx, const lsm_problem &p, bool backward) {
+  int32_t s;
+  if ((s = check_inputs(ctx, p.dtype, p.n, p.d, p.c, p.margin, p.x, p.w, p.labels))) return s;
+  if (!backward) return check_tensor(ctx, p.logits, p.n * p.c, element_bytes(p.dtype), "logits");
+  if ((s = check_tensor(ctx, p.grad_logits, p.n * p.c, element_bytes(p.dtype), "grad_logits"))) return s;
+  return check_gradients(ctx, p.dtype, p.n, p.d, p.c, p.grad_x, p.grad_w);
+}
+
+// The fused loss's arguments: the inputs, the shard, the row arrays and the gradients asked for.
+int32_t check_loss(lsm_context *ctx, const lsm_loss_problem &p) {
+  int32_t s;
+  if ((s = check_inputs(ctx, p.dtype, p.n, p.d, p.c, p.margin, p.x, p.w, p.labels))) return s;
+  const lsm_loss_args &a = p.args;
+  if (a.class_offset < 0 || a.total_classes < 1 || a.total_classes > LSM_MAX_ELEMENTS ||
+      a.class_offset > a.total_classes - p.c)
+    return lsm_fail(ctx, LSM_ERR_INVALID_ARGUMENT,
+                    "args: expected 0 <= class_offset and class_offset + c <= total_classes <= " + str(LSM_MAX_ELEMENTS) +
+                        ", got class_offset " + str(a.class_offset) + ", c " + str(p.c) + ", total_classes " +
+                        str(a.total_classes));
+  if (!isfinite(a.grad_scale))
+    return lsm_fail(ctx, LSM_ERR_INVALID_ARGUMENT, "args.grad_scale: expected a finite number, got " + num(a.grad_scale));
+  if (a.reserved[0] != 0 || a.reserved[1] != 0)
+    return lsm_fail(ctx, LSM_ERR_INVALID_ARGUMENT, "args.reserved: expected 0");
+  const size_t rows = (size_t)p.n * sizeof(double);
+  struct named {
+    const void *p;
+    const char *name;
+  };
+  const named full[] = {{p.row_loss, "row_loss"}};
+  const named partials[] = {{p.row_max, "row_max"}, {p.row_sum, "row_sum"}, {p.target, "target"}};
+  const named gradients_in[] = {{p.lse, "lse"}};
+  const named *arrays = p.stage == LSM_LOSS_FULL ? full : p.stage == LSM_LOSS_PARTIALS ? partials : gradients_in;
+  const int count = p.stage == LSM_LOSS_PARTIALS ? 3 : 1;
+  for (int k = 0; k < count; ++k) {
+    if ((s = check_pointer(ctx, arrays[k].p, arrays[k].name)) ||
+        (s = check_range(ctx, arrays[k].p, (int64_t)rows, 1, arrays[k].name)))
       return s;
-    if (p.grad_x == p.grad_w)
-      return lsm_fail(ctx, LSM_ERR_INVALID_ARGUMENT, "grad_w: expected memory apart from grad_x, got the same pointer");
-  } else if ((s = check_pointer(ctx, p.logits, "logits"))) {
-    return s;
   }
-  const size_t e = p.dtype == LSM_FLOAT32 ? sizeof(float) : sizeof(double);
-  if ((s = check_range(ctx, p.x, p.n * p.d, e, "x")) || (s = check_range(ctx, p.w, p.c * p.d, e, "w")) ||
-      (s = check_range(ctx, p.labels, p.n, sizeof(int32_t), "labels")))
-    return s;
-  if (backward) {
-    if ((s = check_range(ctx, p.grad_logits, p.n * p.c, e, "grad_logits")) ||
-        (s = check_range(ctx, p.grad_x, p.n * p.d, e, "grad_x")) ||
-        (s = check_range(ctx, p.grad_w, p.c * p.d, e, "grad_w")))
-      return s;
-  } else if ((s = check_range(ctx, p.logits, p.n * p.c, e, "logits"))) {
-    return s;
-  }
+  if (p.stage == LSM_LOSS_PARTIALS && (p.row_max == p.row_sum || p.row_max == p.target || p.row_sum == p.target))
+    return lsm_fail(ctx, LSM_ERR_INVALID_ARGUMENT, "row_max, row_sum, target: expected three separate arrays");
+  if (p.stage == LSM_LOSS_FULL && p.grad_x == nullptr && p.grad_w == nullptr) return LSM_OK;  // the loss alone
+  if (p.stage != LSM_LOSS_PARTIALS) return check_gradients(ctx, p.dtype, p.n, p.d, p.c, p.grad_x, p.grad_w);
   return LSM_OK;
 }
 
@@ -210,6 +277,7 @@ int32_t lsm_context_destroy(lsm_context *ctx) {
   } else {
     for (auto &a : ctx->allocations) free(const_cast<char *>(a.first));
   }
+  free(ctx->host_workspace);
   delete ctx;
   return LSM_OK;
 }
@@ -308,25 +376,84 @@ int32_t lsm_synchronize(lsm_context *ctx) {
   });
 }
 
-int32_t lsm_forward(lsm_context *ctx, int32_t dtype, const void *x, const void *w, const int32_t *labels, int64_t n,
-                    int64_t d, int64_t c, int32_t margin, double lambda, void *logits) {
+// The ops: the margin is copied before the checks, so the backends see exactly what was checked.
+int32_t lsm_forward(lsm_context *ctx, int32_t dtype, int64_t n, int64_t d, int64_t c, const lsm_margin *margin,
+                    const void *x, const void *w, const int32_t *labels, void *logits) {
   return guarded(ctx, [&]() -> int32_t {
-    const lsm_problem p = {dtype, x, w, labels, nullptr, n, d, c, margin, lambda, logits, nullptr, nullptr};
-    const int32_t s = check_problem(ctx, p, false);
-    if (s != LSM_OK) return s;
+    int32_t s;
+    if ((s = check_context(ctx)) || (s = check_pointer(ctx, margin, "margin"))) return s;
+    const lsm_problem p = {dtype, x, w, labels, nullptr, n, d, c, *margin, logits, nullptr, nullptr};
+    if ((s = check_problem(ctx, p, false))) return s;
     return ctx->backend == LSM_BACKEND_CUDA ? lsm_cuda_forward(ctx, p) : lsm_cpu_forward(ctx, p);
   });
 }
 
-int32_t lsm_backward(lsm_context *ctx, int32_t dtype, const void *x, const void *w, const int32_t *labels,
-                     const void *grad_logits, int64_t n, int64_t d, int64_t c, int32_t margin, double lambda,
-                     void *grad_x, void *grad_w) {
+int32_t lsm_backward(lsm_context *ctx, int32_t dtype, int64_t n, int64_t d, int64_t c, const lsm_margin *margin,
+                     const void *x, const void *w, const int32_t *labels, const void *grad_logits, void *grad_x,
+                     void *grad_w) {
   return guarded(ctx, [&]() -> int32_t {
-    const lsm_problem p = {dtype, x, w, labels, grad_logits, n, d, c, margin, lambda, nullptr, grad_x, grad_w};
-    const int32_t s = check_problem(ctx, p, true);
-    if (s != LSM_OK) return s;
+    int32_t s;
+    if ((s = check_context(ctx)) || (s = check_pointer(ctx, margin, "margin"))) return s;
+    const lsm_problem p = {dtype, x, w, labels, grad_logits, n, d, c, *margin, nullptr, grad_x, grad_w};
+    if ((s = check_problem(ctx, p, true))) return s;
     return ctx->backend == LSM_BACKEND_CUDA ? lsm_cuda_backward(ctx, p) : lsm_cpu_backward(ctx, p);
   });
+}
+
+int32_t lsm_context_set_workspace_limit(lsm_context *ctx, size_t bytes) {
+  return guarded(ctx, [&]() -> int32_t {
+    int32_t s;
+    if ((s = check_context(ctx))) return s;
+    if (bytes == 0) return lsm_fail(ctx, LSM_ERR_INVALID_ARGUMENT, "bytes: expected at least 1, got 0");
+    ctx->workspace_limit = bytes;
+    if (ctx->host_workspace_bytes > bytes) {  // give back what the new limit no longer allows
+      free(ctx->host_workspace);
+      ctx->host_workspace = nullptr;
+      ctx->host_workspace_bytes = 0;
+    }
+    return LSM_OK;
+  });
+}
+
+// The three fused-loss entry points share one check and one dispatch.
+static int32_t run_loss(lsm_context *ctx, const lsm_margin *margin, const lsm_loss_args *args, lsm_loss_problem p) {
+  return guarded(ctx, [&]() -> int32_t {
+    int32_t s;
+    if ((s = check_context(ctx)) || (s = check_pointer(ctx, margin, "margin")) ||
+        (s = check_pointer(ctx, args, "args")))
+      return s;
+    p.margin = *margin;
+    p.args = *args;
+    if ((s = check_loss(ctx, p))) return s;
+    return ctx->backend == LSM_BACKEND_CUDA ? lsm_cuda_loss(ctx, p) : lsm_cpu_loss(ctx, p);
+  });
+}
+
+int32_t lsm_loss(lsm_context *ctx, int32_t dtype, int64_t n, int64_t d, int64_t c, const lsm_margin *margin,
+                 const lsm_loss_args *args, const void *x, const void *w, const int32_t *labels, double *row_loss,
+                 void *grad_x, void *grad_w) {
+  lsm_loss_problem p = {};
+  p.stage = LSM_LOSS_FULL, p.dtype = dtype, p.n = n, p.d = d, p.c = c;
+  p.x = x, p.w = w, p.labels = labels, p.row_loss = row_loss, p.grad_x = grad_x, p.grad_w = grad_w;
+  return run_loss(ctx, margin, args, p);
+}
+
+int32_t lsm_loss_partials(lsm_context *ctx, int32_t dtype, int64_t n, int64_t d, int64_t c, const lsm_margin *margin,
+                          const lsm_loss_args *args, const void *x, const void *w, const int32_t *labels,
+                          double *row_max, double *row_sum, double *target) {
+  lsm_loss_problem p = {};
+  p.stage = LSM_LOSS_PARTIALS, p.dtype = dtype, p.n = n, p.d = d, p.c = c;
+  p.x = x, p.w = w, p.labels = labels, p.row_max = row_max, p.row_sum = row_sum, p.target = target;
+  return run_loss(ctx, margin, args, p);
+}
+
+int32_t lsm_loss_gradients(lsm_context *ctx, int32_t dtype, int64_t n, int64_t d, int64_t c,
+                           const lsm_margin *margin, const lsm_loss_args *args, const void *x, const void *w,
+                           const int32_t *labels, const double *lse, void *grad_x, void *grad_w) {
+  lsm_loss_problem p = {};
+  p.stage = LSM_LOSS_GRADIENTS, p.dtype = dtype, p.n = n, p.d = d, p.c = c;
+  p.x = x, p.w = w, p.labels = labels, p.lse = lse, p.grad_x = grad_x, p.grad_w = grad_w;
+  return run_loss(ctx, margin, args, p);
 }
 
 }  // extern "C"

@@ -1,4 +1,5 @@
-// cuda_backend.cu: the CUDA backend: devices, contexts, memory and the launches of kernels.cuh.
+// cuda_backend.cu: the CUDA backend: devices, contexts, memory, and the launches of the kernels
+// in target_kernels.cuh and gemm_kernels.cuh.
 // Every CUDA error becomes a status and a message through lsm_fail; nothing prints or exits.
 // Under LSM_EMU the same file compiles with the host compiler against the CPU execution layer.
 #include <cuda_runtime.h>
@@ -8,13 +9,13 @@
 #include <string>
 
 #include "internal.h"
-#include "kernels.cuh"
+#include "target_kernels.cuh"
 #include "launch.cuh"
 
 struct lsm_cuda_state {
   cudaStream_t stream = nullptr;
   int cc_major = 0, cc_minor = 0;  // compute capability
-  void *workspace = nullptr;  // per-sample coefficients and the bad-label slot
+  void *workspace = nullptr;  // per-sample correction records and the bad-label slot
   size_t workspace_bytes = 0;
 };
 
@@ -59,6 +60,10 @@ int32_t workspace(lsm_context *ctx, size_t bytes, void **out) {
   *out = st->workspace;
   return LSM_OK;
 }
+
+// backward_target_w: threads per block (along d) and the most label slices (blockIdx.y).
+constexpr int kColumnBlock = 128;
+constexpr int kLabelSlices = 32;
 
 // Enough blocks to cover `total` threads of work, capped: the loops are grid-strided.
 unsigned int blocks_for(int64_t total, int threads) {
@@ -131,7 +136,7 @@ int32_t forward(lsm_context *ctx, const lsm_problem &p) {
   a.C = logits, a.vec_c = vectorizable<T>(logits, c);
   launch_gemm<T, kNT>(ctx, a);
   LSM_LAUNCH(forward_target<T>, blocks_for((int64_t)n * kWarp, kSampleBlock), kSampleBlock, s, x, w, p.labels, n, d,
-             c, p.margin, p.lambda, logits, bad);
+             c, p.margin, logits, bad);
   LSM_CUDA_TRY(ctx, cudaGetLastError());
   return check_bad_label(ctx, p, bad);
 }
@@ -141,12 +146,13 @@ int32_t backward(lsm_context *ctx, const lsm_problem &p) {
   using namespace lsm_kernels;
   cudaStream_t s = ctx->cuda->stream;
   const int n = (int)p.n, d = (int)p.d, c = (int)p.c;
-  // Workspace: alpha, cx and bw (n each, see backward_coefs), then the bad-label slot.
-  const size_t coef_bytes = 3 * (size_t)n * sizeof(T);
+  // Workspace: the per-sample correction records (n, in double: margin.cuh lsm_correction), then
+  // the bad-label slot.
+  const size_t coef_bytes = (size_t)n * sizeof(lsm_correction);
   void *ws = nullptr;
   int32_t st = workspace(ctx, coef_bytes + sizeof(int), &ws);
   if (st != LSM_OK) return st;
-  T *alpha = static_cast<T *>(ws), *cx = alpha + n, *bw = alpha + 2 * (size_t)n;
+  lsm_correction *coef = static_cast<lsm_correction *>(ws);
   int *bad = reinterpret_cast<int *>(static_cast<char *>(ws) + coef_bytes);
   LSM_CUDA_TRY(ctx, cudaMemcpyAsync(bad, &n, sizeof n, cudaMemcpyHostToDevice, s));
   const T *x = static_cast<const T *>(p.x);
@@ -154,24 +160,28 @@ int32_t backward(lsm_context *ctx, const lsm_problem &p) {
   const T *g = static_cast<const T *>(p.grad_logits);
   T *gx = static_cast<T *>(p.grad_x);
   T *gw = static_cast<T *>(p.grad_w);
-  // The coefficients first: both products fold them in (kernels_gemm.cuh).
-  LSM_LAUNCH(backward_coefs<T>, blocks_for((int64_t)n * kWarp, kSampleBlock), kSampleBlock, s, x, w, p.labels, g, n,
-             d, c, p.margin, p.lambda, alpha, cx, bw, bad);
+  // The plain linear layer's gradients, each followed by the margin's corrections (added per
+  // element in double, as the CPU backend adds them; target_kernels.cuh).
   gemm_args<T> a = {};
-  a.fuse = p.margin > 1;  // margin 1: plain products (0 * Inf must not reach a finite row)
-  a.labels = p.labels, a.alpha = alpha, a.cx = cx, a.bw = bw;
-  // grad_x[n,d] = G'[n,c] W[c,d] + diag(cx) x
+  // grad_x[n,d] = G[n,c] W[c,d], then each sample's correction of its row (and its record).
   a.M = n, a.N = d, a.K = c;
   a.A = g, a.lda = c, a.vec_a = vectorizable<T>(g, c);
   a.B = w, a.ldb = d, a.vec_b = vectorizable<T>(w, d);
-  a.C = gx, a.aux = x, a.vec_c = vectorizable<T>(gx, d) && vectorizable<T>(x, d);
+  a.C = gx, a.vec_c = vectorizable<T>(gx, d);
   launch_gemm<T, kNN>(ctx, a);
-  // grad_w[c,d] = G'[n,c]^T x[n,d] + diag(s) W
+  LSM_LAUNCH(backward_target_x<T>, blocks_for((int64_t)n * kWarp, kSampleBlock), kSampleBlock, s, x, w, p.labels, g,
+             n, d, c, p.margin, gx, coef, bad);
+  // grad_w[c,d] = G[n,c]^T x[n,d], then the samples' corrections of their label rows.
   a.M = c, a.N = d, a.K = n;
   a.A = g, a.lda = c, a.vec_a = vectorizable<T>(g, c);
   a.B = x, a.ldb = d, a.vec_b = vectorizable<T>(x, d);
-  a.C = gw, a.aux = w, a.vec_c = vectorizable<T>(gw, d) && vectorizable<T>(w, d);
+  a.C = gw, a.vec_c = vectorizable<T>(gw, d);
   launch_gemm<T, kTN>(ctx, a);
+  if (p.margin.m > 1) {
+    const int slices = std::min(c, kLabelSlices);
+    const dim3 grid(blocks_for(d, kColumnBlock), (unsigned int)slices);
+    LSM_LAUNCH(backward_target_w<T>, grid, kColumnBlock, s, x, w, coef, n, d, slices, gw);
+  }
   LSM_CUDA_TRY(ctx, cudaGetLastError());
   return check_bad_label(ctx, p, bad);
 }

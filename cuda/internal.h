@@ -17,11 +17,28 @@ struct lsm_problem {
   const int32_t *labels;
   const void *grad_logits;  // backward only
   int64_t n, d, c;
-  int32_t margin;
-  double lambda;
+  lsm_margin margin;
   void *logits;  // forward only
   void *grad_x;  // backward only
   void *grad_w;  // backward only
+};
+
+// One validated fused-loss call (lsm_loss, lsm_loss_partials, lsm_loss_gradients).
+enum lsm_loss_stage { LSM_LOSS_FULL = 0, LSM_LOSS_PARTIALS = 1, LSM_LOSS_GRADIENTS = 2 };
+
+struct lsm_loss_problem {
+  int32_t stage;  // lsm_loss_stage
+  int32_t dtype;
+  int64_t n, d, c;
+  lsm_margin margin;
+  lsm_loss_args args;
+  const void *x;
+  const void *w;
+  const int32_t *labels;
+  double *row_loss;                     // FULL
+  double *row_max, *row_sum, *target;   // PARTIALS
+  const double *lse;                    // GRADIENTS
+  void *grad_x, *grad_w;                // GRADIENTS, and FULL unless both are null
 };
 
 struct lsm_cuda_state;  // defined by the CUDA backend
@@ -32,6 +49,9 @@ struct lsm_context {
   std::string error;
   std::map<const char *, size_t> allocations;  // lsm_malloc'd and not yet freed: base -> bytes
   int32_t precision = LSM_PRECISION_EXACT;
+  size_t workspace_limit = LSM_DEFAULT_WORKSPACE_LIMIT;  // fused loss scratch (lsm_loss*)
+  void *host_workspace = nullptr;                        // the CPU backend's scratch, kept
+  size_t host_workspace_bytes = 0;
   lsm_cuda_state *cuda = nullptr;
 };
 
@@ -41,6 +61,7 @@ int32_t lsm_fail(lsm_context *ctx, int32_t status, const std::string &message);
 // CPU backend (cpu_backend.cpp).
 int32_t lsm_cpu_forward(lsm_context *ctx, const lsm_problem &p);
 int32_t lsm_cpu_backward(lsm_context *ctx, const lsm_problem &p);
+int32_t lsm_cpu_loss(lsm_context *ctx, const lsm_loss_problem &p);
 
 // CUDA backend (cuda_backend.cu). Every function returns a status and, on failure, has called
 // lsm_fail; none throws. Without a driver or GPU, device_count reports LSM_ERR_UNAVAILABLE.
@@ -56,5 +77,6 @@ int32_t lsm_cuda_synchronize(lsm_context *ctx);
 int32_t lsm_cuda_check_precision(lsm_context *ctx, int32_t precision);
 int32_t lsm_cuda_forward(lsm_context *ctx, const lsm_problem &p);
 int32_t lsm_cuda_backward(lsm_context *ctx, const lsm_problem &p);
+int32_t lsm_cuda_loss(lsm_context *ctx, const lsm_loss_problem &p);
 
 #endif  // LSOFTMAX_INTERNAL_H

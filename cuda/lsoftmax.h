@@ -1,7 +1,7 @@
 /*
  * lsoftmax.h: the C ABI of liblsoftmax, the Large-Margin Softmax (L-Softmax) op.
  *
- * Math (see shared/spec/lsoftmax.md): for sample i with label y,
+ * Math (docs/math.md in the project): for sample i with label y,
  *   non-target logits  f_ij = W_j . x_i
  *   target logit       f_iy = (lambda * W_y . x_i + |W_y| |x_i| psi(cos)) / (1 + lambda)
  * with psi(c) = (-1)^k T_m(c) - 2k, the paper's (not the seed TensorFlow op's) semantics.
@@ -15,11 +15,13 @@
  * - Tensor pointers are "context memory": for a CPU context any host memory; for a CUDA context
  *   memory from lsm_malloc on that context (device memory). lsm_memcpy_* moves bytes in and out.
  * - Sizes: n, d, c >= 1, and n*c, n*d, c*d each at most LSM_MAX_ELEMENTS, so that kernels can
- *   index with 32-bit integers. margin is an integer in [1, LSM_MAX_MARGIN]; lambda is finite
- *   and >= 0.
- * - Zero vectors: where |x_i| or |W_y| is 0 (or its square underflows to 0) the cosine is
- *   undefined; the target logit is then the plain inner product (0) and its gradients are those
- *   of the plain inner product (W_y for x_i, x_i for W_y). Outputs stay finite.
+ *   index with 32-bit integers.
+ * - The margin is an lsm_margin, passed by pointer: its kind selects the formula and its fields
+ *   the parameters (see lsm_margin below).
+ * - Zero vectors: where x_i or W_y is the zero vector the cosine is undefined; the target logit
+ *   is then the plain inner product (0) and its gradients are those of the plain inner product
+ *   (W_y for x_i, x_i for W_y). Outputs stay finite. Norms are computed scaled by the largest
+ *   element, so any vector with a nonzero element has its true norm.
  * - NaN or Inf in a feature row propagates into that row of logits and grad_x (and, through the
  *   sum over samples, into grad_w), never into other rows of logits or grad_x.
  * - Calls on one context are not thread-safe; use one context per thread. Contexts are
@@ -42,17 +44,20 @@ extern "C" {
 #endif
 
 /** Version of the C ABI: bumped on any incompatible change of this header. */
-#define LSM_ABI_VERSION 1
+#define LSM_ABI_VERSION 2
 
 /** Largest supported margin m. */
 #define LSM_MAX_MARGIN 16
+
+/** The default scratch limit of a context's fused loss calls: 64 MiB. */
+#define LSM_DEFAULT_WORKSPACE_LIMIT ((size_t)64 << 20)
 
 /** Largest element count of any one tensor (and of n*c, n*d, c*d): 2^31 - 1. */
 #define LSM_MAX_ELEMENTS 2147483647LL
 
 typedef enum lsm_status {
   LSM_OK = 0,
-  LSM_ERR_INVALID_ARGUMENT = 1, /* a bad pointer, size, label, margin, lambda or dtype */
+  LSM_ERR_INVALID_ARGUMENT = 1, /* a bad pointer, size, label, margin field or dtype */
   LSM_ERR_UNAVAILABLE = 2,      /* backend or device not usable here (no driver, no GPU) */
   LSM_ERR_OUT_OF_MEMORY = 3,    /* host or device allocation failed */
   LSM_ERR_CUDA = 4,             /* a CUDA runtime error; the message names it */
@@ -75,6 +80,31 @@ typedef enum lsm_precision {
                               mantissa, float32 accumulation); CUDA sm_80+ only; float64
                               calls stay exact */
 } lsm_precision;
+
+/** Margin kinds (lsm_margin.kind). */
+typedef enum lsm_margin_kind {
+  LSM_MARGIN_LSOFTMAX = 0 /* L-Softmax (Liu et al., ICML 2016): fields m and lambda */
+} lsm_margin_kind;
+
+/**
+ * The margin of a call: which formula and its parameters. Fields a kind does not use must be 0,
+ * and so must `reserved` (room for later kinds without another ABI change). 88 bytes.
+ *
+ *   LSM_MARGIN_LSOFTMAX  m: integer margin in [1, LSM_MAX_MARGIN] (1 is the plain linear layer);
+ *                        lambda: finite, >= 0; the target logit is
+ *                        (lambda W_y.x + |W_y||x| psi(cos)) / (1 + lambda),
+ *                        psi(c) = (-1)^k T_m(c) - 2k.
+ */
+typedef struct lsm_margin {
+  int32_t kind;   /* lsm_margin_kind */
+  int32_t m;      /* integer margin */
+  double lambda;  /* mix of the plain logit into the target's */
+  double scale;   /* logit scale (normalised kinds) */
+  double m1, m2, m3;
+  uint32_t flags;
+  uint32_t reserved_flags;
+  double reserved[4];
+} lsm_margin;
 
 /** An execution context: a backend, a device and the memory and workspace owned there. */
 typedef struct lsm_context lsm_context;
@@ -122,6 +152,14 @@ LSM_API int32_t lsm_context_info(const lsm_context *ctx, int32_t *backend, int32
  */
 LSM_API int32_t lsm_context_set_precision(lsm_context *ctx, int32_t precision);
 
+/**
+ * The most bytes of scratch memory a fused loss call (lsm_loss*) may hold on the context: its
+ * blocks of logits are sized to fit (one block row of classes, all n rows, at the least). The
+ * default is LSM_DEFAULT_WORKSPACE_LIMIT; the workspace is kept for later calls until the context
+ * is destroyed or the limit is lowered.
+ */
+LSM_API int32_t lsm_context_set_workspace_limit(lsm_context *ctx, size_t bytes);
+
 /** Allocates `bytes` (> 0) of context memory into *out, aligned to at least 256 bytes. */
 LSM_API int32_t lsm_malloc(lsm_context *ctx, size_t bytes, void **out);
 
@@ -139,24 +177,74 @@ LSM_API int32_t lsm_memcpy_from_context(lsm_context *ctx, void *dst, const void 
 /** Waits until all work queued on the context has finished. */
 LSM_API int32_t lsm_synchronize(lsm_context *ctx);
 
-/**
- * Forward: logits [n, c] from x [n, d], w [c, d] and labels [n], for margin m and lambda.
- * All pointers are context memory; logits must not alias the inputs. Returns when the
- * result is in place.
+/*
+ * The ops. Every op takes the same head (context, dtype, sizes, margin), then its tensors in a
+ * fixed order, inputs before outputs. Tensor pointers are context memory; outputs must not
+ * alias the inputs or each other. Each returns when its results are in place.
  */
-LSM_API int32_t lsm_forward(lsm_context *ctx, int32_t dtype, const void *x, const void *w,
-                            const int32_t *labels, int64_t n, int64_t d, int64_t c,
-                            int32_t margin, double lambda, void *logits);
+
+/** Forward: logits [n, c] from x [n, d], w [c, d] and labels [n]. */
+LSM_API int32_t lsm_forward(lsm_context *ctx, int32_t dtype, int64_t n, int64_t d, int64_t c,
+                            const lsm_margin *margin, const void *x, const void *w,
+                            const int32_t *labels, void *logits);
 
 /**
- * Backward: grad_x [n, d] and grad_w [c, d] (both overwritten) from the same inputs as the
- * forward plus the upstream gradient grad_logits [n, c] = dL/dlogits. Outputs must not
- * alias inputs or each other. Returns when the results are in place.
+ * Backward: grad_x [n, d] and grad_w [c, d] (both overwritten) from the forward's inputs and the
+ * upstream gradient grad_logits [n, c] = dL/dlogits.
  */
-LSM_API int32_t lsm_backward(lsm_context *ctx, int32_t dtype, const void *x, const void *w,
-                             const int32_t *labels, const void *grad_logits, int64_t n,
-                             int64_t d, int64_t c, int32_t margin, double lambda,
-                             void *grad_x, void *grad_w);
+LSM_API int32_t lsm_backward(lsm_context *ctx, int32_t dtype, int64_t n, int64_t d, int64_t c,
+                             const lsm_margin *margin, const void *x, const void *w,
+                             const int32_t *labels, const void *grad_logits, void *grad_x,
+                             void *grad_w);
+
+/*
+ * The fused loss: softmax cross-entropy over the margin logits, L_i = log sum_j exp(f_ij) - f_iy,
+ * and its gradients, without ever holding the n x c logits (class blocks sized by the workspace
+ * limit, with an online max and log-sum-exp). The log-sum-exp and the row losses are float64
+ * whatever the dtype.
+ *
+ * Classes may be split into shards (devices, machines): w is then rows [class_offset,
+ * class_offset + c) of the whole W, labels are global, and the rows a shard owns are those whose
+ * label falls in its range. lsm_loss_partials gives each row's max m, sum of exp(f - m) and, where
+ * the shard owns the label, the target logit; the caller combines shards (M = max m_k, S = sum
+ * s_k exp(m_k - M), lse = M + log S) and hands lse to lsm_loss_gradients, which writes the shard's
+ * share of grad_x (summed over shards by the caller) and its rows of grad_w.
+ */
+typedef struct lsm_loss_args {
+  int64_t class_offset;  /* first class of w in the whole W: 0 unless sharded */
+  int64_t total_classes; /* classes of the whole W (labels lie in [0, total_classes)): c unless sharded */
+  double grad_scale;     /* dL/df_ij = grad_scale (softmax_ij - [j = y_i]): 1/N for a mean, 1 for a sum */
+  int64_t reserved[2];   /* 0 */
+} lsm_loss_args;
+
+/**
+ * The loss of every row into row_loss [n] (float64), and, unless grad_x and grad_w are both NULL,
+ * its gradients grad_x [n, d] and grad_w [c, d] (overwritten). Unsharded: class_offset 0,
+ * total_classes c.
+ */
+LSM_API int32_t lsm_loss(lsm_context *ctx, int32_t dtype, int64_t n, int64_t d, int64_t c,
+                         const lsm_margin *margin, const lsm_loss_args *args, const void *x,
+                         const void *w, const int32_t *labels, double *row_loss, void *grad_x,
+                         void *grad_w);
+
+/**
+ * One shard's per-row partials (float64, [n] each): row_max, row_sum = sum over the shard's
+ * classes of exp(f_ij - row_max), and target = f_iy where the shard owns label y_i (0 elsewhere).
+ */
+LSM_API int32_t lsm_loss_partials(lsm_context *ctx, int32_t dtype, int64_t n, int64_t d, int64_t c,
+                                  const lsm_margin *margin, const lsm_loss_args *args,
+                                  const void *x, const void *w, const int32_t *labels,
+                                  double *row_max, double *row_sum, double *target);
+
+/**
+ * One shard's gradients given every row's global log-sum-exp lse [n] (float64): grad_x [n, d] is
+ * the shard's share of dL/dx, grad_w [c, d] the gradient of its classes (both overwritten).
+ */
+LSM_API int32_t lsm_loss_gradients(lsm_context *ctx, int32_t dtype, int64_t n, int64_t d,
+                                   int64_t c, const lsm_margin *margin,
+                                   const lsm_loss_args *args, const void *x, const void *w,
+                                   const int32_t *labels, const double *lse, void *grad_x,
+                                   void *grad_w);
 
 #ifdef __cplusplus
 }

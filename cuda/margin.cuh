@@ -1,12 +1,23 @@
 // margin.cuh: the L-Softmax margin math, written once for the CUDA kernels and the CPU backend.
 //
-// Everything here works on one sample's statistics (x.w, |x|^2, |w|^2), in double whatever the
-// tensors' dtype: it runs n times per call, so its cost is nothing next to the matrix products,
-// and double keeps float32 results within float rounding of a float64 computation.
+// Everything here works on one sample's statistics, in double whatever the tensors' dtype: it runs
+// n times per call, so its cost is nothing next to the matrix products, and double keeps float32
+// results within float rounding of a float64 computation.
+//
+// Scaling. The statistics are taken of x and w scaled by powers of two near their largest
+// magnitudes (xs = x / 2^ex, ws = w / 2^ew, largest element in [1, 2)), so that no sum of squares
+// overflows or underflows however large or small the vectors are, as hypot and BLAS nrm2 do. The
+// scales are powers of two, so scaling is exact: the op is exactly positively homogeneous under
+// power-of-two scalings, and 1/|x| is never formed (it overflows for subnormal |x|). Every result
+// is assembled in the scaled space and multiplied by the scale once, at the end.
 #ifndef LSOFTMAX_MARGIN_CUH
 #define LSOFTMAX_MARGIN_CUH
 
+#include <float.h>
 #include <math.h>
+#include <stdint.h>
+
+#include "lsoftmax.h"
 
 #if defined(__CUDACC__)
 #define LSM_HD __host__ __device__ __forceinline__
@@ -43,58 +54,135 @@ LSM_HD void lsm_psi(double c, int m, double *psi, double *dpsi) {
   *dpsi = sign * m * u;
 }
 
-// The cosine between x and w from their statistics, clamped to [-1, 1]; NaN stays NaN (fmin and
-// fmax would turn it into a bound).
-LSM_HD double lsm_cosine(double dot, double nx, double nw) {
-  const double c = dot / (nx * nw);
+// The cosine from the scaled statistics (dot and the product of the norms), clamped to [-1, 1];
+// NaN stays NaN (fmin and fmax would turn it into a bound).
+LSM_HD double lsm_cosine(double dot, double norms) {
+  const double c = dot / norms;
   return c > 1.0 ? 1.0 : (c < -1.0 ? -1.0 : c);
 }
 
-// True where the cosine is undefined: a zero vector, or one whose squared norm underflowed.
-// The rule then is the plain inner product, for the logit and for its gradients.
-LSM_HD bool lsm_degenerate(double xx, double ww) { return xx == 0.0 || ww == 0.0; }
+// max(m, |v|) that keeps a NaN from either side (fmax would drop it): a NaN element must make
+// the sample's results NaN, not be skipped. Also the warp reduction's combine.
+LSM_HD double lsm_absmax(double m, double v) {
+  const double a = fabs(v);
+  return (a > m || a != a) ? a : m;
+}
 
-// The target logit f_iy = (lambda x.w + |w| |x| psi(c)) / (1 + lambda).
-LSM_HD double lsm_target_logit(double dot, double xx, double ww, int m, double lambda) {
-  if (m == 1 || lsm_degenerate(xx, ww)) return dot;
-  const double nx = sqrt(xx), nw = sqrt(ww);
+// One sample's statistics: x_i and W_y as 2^ex xs and 2^ew ws, and the sums over the scaled
+// vectors. Filled in two passes over d: the largest magnitudes (lsm_absmax), lsm_stats_begin,
+// then lsm_stats_add per element (the CUDA warp adds its lanes' partial sums together).
+struct lsm_stats {
+  int ex, ew;          // exponents of the scales
+  double sx, sw;       // the scales 2^ex, 2^ew; 0 for a zero vector; NaN when the vector holds a
+                       // NaN or an infinity (every result of the sample is then NaN)
+  double px, pw;       // 1/sx, 1/sw (exact: powers of two; 0 or NaN as sx, sw)
+  double dot, xx, ww;  // xs . ws, |xs|^2, |ws|^2
+};
+
+// The power of two 2^e <= amax (amax = max |v_k|), with e >= -1022 so that 2^-e is a double
+// too; then the scaled vector's largest element lies in [1, 2) (or [2^-52, 1) for a subnormal
+// amax), and its sums of squares neither overflow nor underflow.
+LSM_HD void lsm_scale(double amax, int *e, double *s, double *p) {
+  *e = 0;
+  if (amax == 0.0 || !(amax <= DBL_MAX)) {  // zero vector: 0; NaN or infinity: NaN (0 * amax)
+    *s = *p = 0.0 * amax;
+    return;
+  }
+  int k = ilogb(amax);
+  if (k < -1022) k = -1022;
+  *e = k;
+  *s = ldexp(1.0, k);
+  *p = ldexp(1.0, -k);
+}
+
+// Starts the statistics from the largest magnitudes of x_i and W_y: scales set, sums zero.
+LSM_HD lsm_stats lsm_stats_begin(double amax_x, double amax_w) {
+  lsm_stats s;
+  lsm_scale(amax_x, &s.ex, &s.sx, &s.px);
+  lsm_scale(amax_w, &s.ew, &s.sw, &s.pw);
+  s.dot = s.xx = s.ww = 0.0;
+  return s;
+}
+
+// Adds element k (x_k of x_i, w_k of W_y) to the scaled sums.
+LSM_HD void lsm_stats_add(lsm_stats &s, double xk, double wk) {
+  const double a = xk * s.px, b = wk * s.pw;
+  s.dot += a * b;
+  s.xx += a * a;
+  s.ww += b * b;
+}
+
+// True where the cosine is undefined: x_i or W_y is the zero vector (and only then: a vector of
+// tiny elements has a nonzero scale). The rule then is the plain inner product, for the logit and
+// for its gradients.
+LSM_HD bool lsm_degenerate(const lsm_stats &s) { return s.sx == 0.0 || s.sw == 0.0; }
+
+// The target logit f_iy = (lambda x.w + |w| |x| psi(c)) / (1 + lambda), evaluated as
+//   2^(ex+ew) [ dot lambda/(1+lambda) + |xs||ws| psi/(1+lambda) ]
+// in the scaled space, rescaled once at the end (ldexp: one rounding, no intermediate overflow or
+// underflow, so the result is finite wherever the true value is). lambda/(1+lambda) rather than
+// lambda dot / (1+lambda): the latter overflows for lambda = 1e30. Margin 1 and the degenerate
+// case give the plain inner product.
+LSM_HD double lsm_target_logit(const lsm_stats &s, const lsm_margin &mg) {
+  if (mg.m == 1 || lsm_degenerate(s)) return ldexp(s.dot, s.ex + s.ew);
+  const double norms = sqrt(s.xx) * sqrt(s.ww);
   double psi, dpsi;
-  lsm_psi(lsm_cosine(dot, nx, nw), m, &psi, &dpsi);
-  return (lambda * dot + nw * nx * psi) / (1.0 + lambda);
+  lsm_psi(lsm_cosine(s.dot, norms), mg.m, &psi, &dpsi);
+  const double inv = 1.0 / (1.0 + mg.lambda);
+  return ldexp(s.dot * (mg.lambda * inv) + norms * psi * inv, s.ex + s.ew);
 }
 
 // What the target logit adds to the plain inner product's gradients, for an upstream gradient
-// g = dL/df_iy. With a = lambda + psi', b = psi - c psi' (spec, Backward):
-//   dL/dx_i (target part) = g w + alpha w + beta_x x/|x|
-//   dL/dW_y (target part) = g x + alpha x + beta_w w/|w|
-// where alpha = g (psi' - 1)/(1 + lambda), beta_x = g |w| b/(1 + lambda), beta_w = g |x| b/(1 +
-// lambda). The g w and g x terms come from the plain matrix products; the rest is the
-// correction. The unit vectors x/|x| and w/|w| are formed by the caller as x * inv_nx, so no
-// intermediate grows past the data's own scale.
+// g = dL/df_iy. With a = lambda + psi', b = psi - c psi' (docs/math.md, Backward):
+//   dL/dx_i (target part) = g w + g/(1+lambda) [(psi' - 1) w + |w| b x/|x|]
+//   dL/dW_y (target part) = g x + g/(1+lambda) [(psi' - 1) x + |x| b w/|w|]
+// The g w and g x terms come from the plain matrix products; the rest is the correction. In the
+// scaled space (x = sx xs, w = sw ws, |x| = sx |xs|):
+//   correction to dL/dx_i[k] = sw (alpha ws_k + bx xs_k)
+//   correction to dL/dW_y[k] = sx (alpha xs_k + bw ws_k)
+// with alpha = g (psi' - 1)/(1+lambda), bx = g b/(1+lambda) |ws|/|xs|, bw = g b/(1+lambda)
+// |xs|/|ws|: every factor is of the data's own scale, and the scaling is exact.
 struct lsm_correction {
-  double alpha;   // coefficient of w (in dL/dx) and of x (in dL/dW)
-  double beta_x;  // coefficient of x/|x| in dL/dx
-  double beta_w;  // coefficient of w/|w| in dL/dW
-  double inv_nx;  // 1/|x| (0 when degenerate)
-  double inv_nw;  // 1/|w| (0 when degenerate)
+  double alpha;   // coefficient of the other vector (scaled)
+  double bx;      // coefficient of xs in the correction to dL/dx_i
+  double bw;      // coefficient of ws in the correction to dL/dW_y
+  double px, pw;  // 1/sx, 1/sw (lsm_stats)
+  double sx, sw;  // the scales
+  int32_t label;  // y_i where the correction applies; -1 where it does not (margin 1, a zero
+                  // vector, a bad label): then the coefficients are 0
 };
 
-LSM_HD lsm_correction lsm_target_correction(double g, double dot, double xx, double ww, int m,
-                                            double lambda) {
-  lsm_correction r = {0.0, 0.0, 0.0, 0.0, 0.0};
-  if (m == 1 || lsm_degenerate(xx, ww)) return r;
-  const double nx = sqrt(xx), nw = sqrt(ww);
-  const double c = lsm_cosine(dot, nx, nw);
-  double psi, dpsi;
-  lsm_psi(c, m, &psi, &dpsi);
-  const double scale = g / (1.0 + lambda);
-  const double b = psi - c * dpsi;
-  r.alpha = scale * (dpsi - 1.0);
-  r.beta_x = scale * nw * b;
-  r.beta_w = scale * nx * b;
-  r.inv_nx = 1.0 / nx;
-  r.inv_nw = 1.0 / nw;
+// The inactive correction: nothing to add.
+LSM_HD lsm_correction lsm_no_correction() {
+  lsm_correction r = {0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, -1};
   return r;
+}
+
+LSM_HD lsm_correction lsm_target_correction(double g, const lsm_stats &s, const lsm_margin &mg, int32_t label) {
+  lsm_correction r = lsm_no_correction();
+  if (mg.m == 1 || lsm_degenerate(s)) return r;
+  const double nx = sqrt(s.xx), nw = sqrt(s.ww);
+  const double c = lsm_cosine(s.dot, nx * nw);
+  double psi, dpsi;
+  lsm_psi(c, mg.m, &psi, &dpsi);
+  const double scale = g / (1.0 + mg.lambda);
+  const double b = scale * (psi - c * dpsi);
+  r.alpha = scale * (dpsi - 1.0);
+  r.bx = b * (nw / nx);
+  r.bw = b * (nx / nw);
+  r.px = s.px, r.pw = s.pw;
+  r.sx = s.sx, r.sw = s.sw;
+  r.label = label;
+  return r;
+}
+
+// The corrections of one element k, from x_k = x[i, k] and w_k = W[y_i, k] (an active r). The
+// caller adds them, in double, to the plain products' value and rounds once to the dtype.
+LSM_HD double lsm_correction_x(const lsm_correction &r, double xk, double wk) {
+  return r.sw * (r.alpha * (wk * r.pw) + r.bx * (xk * r.px));
+}
+LSM_HD double lsm_correction_w(const lsm_correction &r, double xk, double wk) {
+  return r.sx * (r.alpha * (xk * r.px) + r.bw * (wk * r.pw));
 }
 
 #endif  // LSOFTMAX_MARGIN_CUH

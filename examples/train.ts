@@ -1,7 +1,8 @@
 /**
  * A short training run in the spirit of the seed's example: a linear embedding followed by the
- * L-Softmax layer (margin 4, base 1000, gamma 0.000025, power 35, lambdaMin 0) and a softmax
- * cross-entropy, trained by plain SGD on synthetic clustered data.
+ * L-Softmax layer (margin 4, base 1000, gamma 0.000025, power 35, lambdaMin 0) with its fused
+ * softmax cross-entropy (`layer.loss`: the loss and both gradients in one call), trained by plain
+ * SGD on synthetic clustered data.
  *
  * The run resumes the layer at iteration 12000, where λ has annealed to about 0.1, as a long
  * run would be after its warm-up: at iteration 0, λ = 1000 and the layer is nearly the plain
@@ -51,23 +52,6 @@ function embed(): Float32Array {
   return x;
 }
 
-// Softmax cross-entropy: mean loss and dL/dlogits.
-function crossEntropy(logits: Float32Array): { loss: number; grad: Float32Array } {
-  const grad = new Float32Array(N * C);
-  let loss = 0;
-  for (let i = 0; i < N; i++) {
-    const row = logits.subarray(i * C, (i + 1) * C);
-    const max = Math.max(...row);
-    let sum = 0;
-    for (let j = 0; j < C; j++) sum += Math.exp(row[j] - max);
-    loss += Math.log(sum) - (row[labels[i]] - max);
-    for (let j = 0; j < C; j++) {
-      grad[i * C + j] = (Math.exp(row[j] - max) / sum - (j === labels[i] ? 1 : 0)) / N;
-    }
-  }
-  return { loss: loss / N, grad };
-}
-
 // Accuracy of the plain classifier (argmax of W x), what inference uses: margin 1 is x W^T.
 function accuracy(x: Float32Array): number {
   const { logits } = forward(x, W, labels, { margin: 1, lambda: 0 });
@@ -106,9 +90,7 @@ console.log(
 using layer = new LargeMarginSoftmax({ margin: 4, ...schedule, iteration: 12000 });
 for (let step = 1; step <= STEPS; step++) {
   const x = embed();
-  const { logits, lambda } = layer.forward(x, W, labels);
-  const { loss, grad } = crossEntropy(logits);
-  const { gradX, gradW } = layer.backward(grad);
+  const { loss, lambda, gradX, gradW } = layer.loss(x, W, labels);
   // dL/dA = inputs^T gradX
   for (let k = 0; k < DIN; k++) {
     for (let j = 0; j < D; j++) {

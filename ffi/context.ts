@@ -1,92 +1,168 @@
-/**
- * Native contexts: one backend device each, with its error messages and, for CUDA, device
- * buffers reused across calls. Turns every nonzero status into a thrown Error carrying the
- * library's message.
- *
- * @example
- * ```ts
- * import { loadLibrary } from "./library.ts";
- * import { NativeContext } from "./context.ts";
- * const ctx = new NativeContext(loadLibrary(), "cpu", 0);
- * ctx.close();
- * ```
- * @module
- */
+// Native contexts: one backend device each. Every op goes through NativeContext.run: one check of
+// the arrays right before the native call, then the host symbol (CPU: the arrays themselves, no
+// copies) or device memory reused between calls (CUDA: inputs copied in, outputs copied out).
 
-import { cString, type Library } from "./library.ts";
-import { BackendCode, DType, PrecisionCode, Status } from "./symbols.ts";
 import {
-  checkRegions,
-  placeRegions,
-  type Region,
-  region,
-  regionBytes,
+  bufferOfView,
+  byteOffsetOfView,
+  describe,
+  elementBytes,
+  elementCount,
+  floatArrayName,
+  type FloatDType,
+  typedArrayName,
   type ViewName,
-} from "./views.ts";
-
-/** Float tensors the library computes on. */
-export type FloatArray = Float32Array | Float64Array;
+} from "./arrays.ts";
+import { cString, type Library, statusError } from "./library.ts";
+import type { OpSpec, TensorSpec } from "./ops.ts";
+import {
+  BackendCode,
+  DType,
+  LOSS_ARGS_BYTES,
+  MARGIN_BYTES,
+  MarginKind,
+  PrecisionCode,
+  Status,
+} from "./symbols.ts";
 
 /** Float32 matrix products: exact IEEE (default) or TF32 tensor cores (CUDA sm_80+). */
 export type Precision = "exact" | "tf32";
 
-/** The element type of a call's float arrays. */
-export type FloatDType = "float32" | "float64";
-
-/**
- * The typed array of a float element type.
- *
- * @example
- * ```ts
- * import { floatArrayName } from "./context.ts";
- * console.log(floatArrayName("float64")); // "Float64Array"
- * ```
- */
-export function floatArrayName(dtype: FloatDType): ViewName {
-  return dtype === "float32" ? "Float32Array" : "Float64Array";
+/** A margin of the C ABI (lsm_margin); only L-Softmax exists so far. */
+export interface Margin {
+  kind: "lsoftmax";
+  m: number;
+  lambda: number;
 }
 
-/** Sizes and settings of one call, already validated. */
-export interface Problem {
-  /** The element type of x, w and every float array of the call, as the engine reports it. */
+/** The fused loss's lsm_loss_args: the shard's first class, all classes, the gradient scale. */
+export interface LossArgs {
+  classOffset: number;
+  totalClasses: number;
+  gradScale: number;
+}
+
+/** What an op call needs besides its arrays, already validated. */
+export interface Call {
   dtype: FloatDType;
-  x: FloatArray;
-  w: FloatArray;
-  labels: Int32Array;
   n: number;
   d: number;
   c: number;
-  margin: number;
-  lambda: number;
+  margin: Margin;
   precision: Precision;
+  /** The fused loss's ops only. */
+  args?: LossArgs;
+  /** The fused loss's scratch limit in bytes (the context's setting), when given. */
+  workspace?: number;
 }
 
-/** Throws the library's message for a failed status. */
-export function throwStatus(status: number, message: string, what: string): never {
-  const text = `${what}: ${message || "failed with status " + status}`;
-  if (status === Status.INVALID_ARGUMENT) throw new RangeError(text);
-  throw new Error(text);
+// struct lsm_margin: kind, m, lambda; every other field 0. One buffer for every call: calls are
+// synchronous, and the native side copies the struct before it returns.
+const marginBytes = new Uint8Array(MARGIN_BYTES);
+const marginInts = new Int32Array(marginBytes.buffer);
+const marginFloats = new Float64Array(marginBytes.buffer);
+function encodeMargin(m: Margin): Uint8Array {
+  marginInts[0] = MarginKind.LSOFTMAX;
+  marginInts[1] = m.m;
+  marginFloats[1] = m.lambda;
+  return marginBytes;
 }
 
-// A context dropped without close() (a layer never closed) is destroyed when collected, device
-// buffers and all; the library itself stays loaded for the process, so the call is safe then.
+// struct lsm_loss_args, likewise.
+const argsBytes = new Uint8Array(LOSS_ARGS_BYTES);
+const argsInts = new BigInt64Array(argsBytes.buffer);
+const argsFloats = new Float64Array(argsBytes.buffer);
+function encodeArgs(a: LossArgs): Uint8Array {
+  argsInts[0] = BigInt(a.classOffset);
+  argsInts[1] = BigInt(a.totalClasses);
+  argsFloats[2] = a.gradScale;
+  return argsBytes;
+}
+
+const size = (call: Call, dim: TensorSpec["rows"]) => (dim === 1 ? 1 : call[dim]);
+
+function describeCount(call: Call, t: TensorSpec, count: number): string {
+  if (t.cols === 1) return `N = ${count}`;
+  const dims = `${String(t.rows).toUpperCase()}*${String(t.cols).toUpperCase()}`;
+  return `${dims} = ${size(call, t.rows)}*${size(call, t.cols)} = ${count}`;
+}
+
+// The one check before a native call: each array of the element type and exact length the call
+// reads or writes, and no output sharing a byte with another array of the call. Catches arrays
+// resized or transferred since they were measured (a layer's forward and its backward).
+function guard(op: OpSpec, call: Call, arrays: readonly (ArrayBufferView | null)[]): void {
+  const k = op.tensors.length;
+  const float = floatArrayName(call.dtype);
+  const buffers: (ArrayBufferLike | null)[] = [];
+  for (let i = 0; i < k; i++) {
+    const t = op.tensors[i], a = arrays[i];
+    if (a === null && t.optional) {
+      buffers.push(null);
+      continue;
+    }
+    const want: ViewName = t.type === "int32"
+      ? "Int32Array"
+      : t.type === "float64"
+      ? "Float64Array"
+      : float;
+    if (typedArrayName(a) !== want) {
+      throw new TypeError(
+        `${t.name}: expected a ${want}${t.type ? "" : " like x"}, got ${describe(a)}`,
+      );
+    }
+    const count = size(call, t.rows) * size(call, t.cols);
+    const got = elementCount(a!);
+    if (got !== count) {
+      throw new RangeError(
+        `${t.name}: expected ${describeCount(call, t, count)} elements, got ${got}` +
+          (t.output ? "" : " (resized or transferred since the last forward)"),
+      );
+    }
+    buffers.push(bufferOfView(a!));
+  }
+  for (let i = 0; i < k; i++) {
+    if (!op.tensors[i].output) continue;
+    for (let j = 0; j < k; j++) {
+      if (j === i || (op.tensors[j].output && j < i) || buffers[i] !== buffers[j]) continue;
+      if (buffers[i] !== null && overlap(arrays[i]!, arrays[j]!)) {
+        throw new RangeError(
+          `${op.tensors[i].name}: expected memory apart from ${op.tensors[j].name}, got an overlap`,
+        );
+      }
+    }
+  }
+}
+
+function byteEnd(a: ArrayBufferView): number {
+  return byteOffsetOfView(a) + elementCount(a) * elementBytes(typedArrayName(a) as ViewName);
+}
+
+function overlap(a: ArrayBufferView, b: ArrayBufferView): boolean {
+  return byteOffsetOfView(a) < byteEnd(b) && byteOffsetOfView(b) < byteEnd(a);
+}
+
+/** Whether two typed arrays share a byte of one buffer. */
+export function sharesMemory(a: ArrayBufferView, b: ArrayBufferView): boolean {
+  return bufferOfView(a) === bufferOfView(b) && overlap(a, b);
+}
+
+// A context dropped without close() is destroyed when collected; the library stays loaded for
+// the process, so the call is safe then.
 const finalizer = new FinalizationRegistry<{ lib: Library; ptr: Deno.PointerValue }>(
   ({ lib, ptr }) => lib.symbols.lsm_context_destroy(ptr),
 );
 
-// Taken at load, as in views.ts: the steps between the last guard and the native calls use no
-// global or prototype method the caller could have replaced by then.
-const toBigInt = BigInt;
-const U64s = BigUint64Array;
-const pointerCreate = Deno.UnsafePointer.create;
+type NativeFn = (...args: unknown[]) => number;
 
-// The regions of a call as one array literal: every element its own from the start, so no
-// index setter on Array.prototype is ever consulted.
-function callRegions(p: Problem, view: ViewName, rest: Region[]): Region[] {
-  const x = region("x", p.x, view, p.n * p.d, false);
-  const w = region("w", p.w, view, p.c * p.d, false);
-  const labels = region("labels", p.labels, "Int32Array", p.n, false);
-  return rest.length === 1 ? [x, w, labels, rest[0]] : [x, w, labels, rest[0], rest[1], rest[2]];
+// Calls with the arguments written out: a spread call would double the cost of a small call.
+function invoke(fn: NativeFn, h: unknown[], t: readonly unknown[]): number {
+  if (h.length === 6 && t.length === 4) {
+    return fn(h[0], h[1], h[2], h[3], h[4], h[5], t[0], t[1], t[2], t[3]);
+  }
+  if (h.length === 6 && t.length === 6) {
+    return fn(h[0], h[1], h[2], h[3], h[4], h[5], t[0], t[1], t[2], t[3], t[4], t[5]);
+  }
+  return fn(...h, ...t);
 }
 
 /** A context on one backend device, owning device buffers reused between calls. */
@@ -95,11 +171,9 @@ export class NativeContext {
   readonly device: number;
   #lib: Library;
   #ptr: Deno.PointerValue;
-  // A record without a prototype: no Map method (replaceable) on the way to a native call.
-  #buffers: Record<string, { ptr: Deno.PointerValue; bytes: number } | undefined> = Object.create(
-    null,
-  );
+  #buffers = new Map<string, { ptr: Deno.PointerValue; bytes: number }>();
   #precision: Precision = "exact";
+  #workspace: number | undefined;
 
   constructor(lib: Library, backend: "cpu" | "cuda", device: number) {
     this.#lib = lib;
@@ -109,9 +183,9 @@ export class NativeContext {
     const code = backend === "cpu" ? BackendCode.CPU : BackendCode.CUDA;
     const status = lib.symbols.lsm_context_create(code, device, out);
     if (status !== Status.OK) {
-      throwStatus(status, cString(lib.symbols.lsm_last_error()), `${backend}:${device}`);
+      throw statusError(status, cString(lib.symbols.lsm_last_error()), this.#name());
     }
-    this.#ptr = pointerCreate(out[0]);
+    this.#ptr = Deno.UnsafePointer.create(out[0]);
     finalizer.register(this, { lib, ptr: this.#ptr }, this);
   }
 
@@ -119,13 +193,14 @@ export class NativeContext {
     return this.#ptr === null;
   }
 
-  #check(status: number, what: string): void {
-    if (status === Status.OK) return;
-    throwStatus(status, cString(this.#lib.symbols.lsm_context_last_error(this.#ptr)), what);
-  }
-
   #name(): string {
     return `${this.backend}:${this.device}`;
+  }
+
+  // Op messages name their argument already; other calls say what failed.
+  #check(status: number, what?: string): void {
+    if (status === Status.OK) return;
+    throw statusError(status, cString(this.#lib.symbols.lsm_context_last_error(this.#ptr)), what);
   }
 
   #live(): Deno.PointerValue {
@@ -133,161 +208,82 @@ export class NativeContext {
     return this.#ptr;
   }
 
-  /** Sets the context's precision for the next calls (a no-op when it is already that). */
   #setPrecision(precision: Precision): void {
     if (precision === this.#precision) return;
     const code = precision === "tf32" ? PrecisionCode.TF32 : PrecisionCode.EXACT;
-    const ctx = this.#live();
-    this.#check(this.#lib.symbols.lsm_context_set_precision(ctx, code), this.#name());
+    this.#check(this.#lib.symbols.lsm_context_set_precision(this.#live(), code), this.#name());
     this.#precision = precision;
   }
 
-  /** Device memory for a region's array, kept under its role for the next call. */
-  #buffer(r: Region): Deno.PointerValue {
-    const ctx = this.#live();
-    const bytes = regionBytes(r);
-    const have = this.#buffers[r.role];
+  // Device memory for a tensor, kept under its name and grown when a call needs more.
+  #buffer(name: string, bytes: number): Deno.PointerValue {
+    const have = this.#buffers.get(name);
     if (have && have.bytes >= bytes) return have.ptr;
+    const sym = this.#lib.symbols;
     if (have) {
-      this.#buffers[r.role] = undefined;
-      this.#check(this.#lib.symbols.lsm_free(ctx, have.ptr), "lsm_free");
+      this.#buffers.delete(name);
+      this.#check(sym.lsm_free(this.#ptr, have.ptr), "lsm_free");
     }
-    const out = new U64s(1);
-    this.#check(this.#lib.symbols.lsm_malloc(ctx, toBigInt(bytes), out), "lsm_malloc");
-    const ptr = pointerCreate(out[0]);
-    this.#buffers[r.role] = { ptr, bytes };
+    const out = new BigUint64Array(1);
+    this.#check(sym.lsm_malloc(this.#ptr, BigInt(bytes), out), "lsm_malloc");
+    const ptr = Deno.UnsafePointer.create(out[0]);
+    this.#buffers.set(name, { ptr, bytes });
     return ptr;
   }
 
-  // Byte counts come from the validated sizes, never from the views' own (overridable) getters.
-
-  /** Copies the region's elements into device memory `ptr`. */
-  #copyIn(r: Region, ptr: Deno.PointerValue): void {
-    this.#check(
-      this.#lib.symbols.lsm_memcpy_to_context(this.#live(), ptr, r.view, toBigInt(regionBytes(r))),
-      `copying ${r.role} to ${this.#name()}`,
-    );
+  #setWorkspace(bytes: number | undefined): void {
+    if (bytes === undefined || bytes === this.#workspace) return;
+    const status = this.#lib.symbols.lsm_context_set_workspace_limit(this.#live(), BigInt(bytes));
+    this.#check(status, this.#name());
+    this.#workspace = bytes;
   }
 
-  /** Copies a device result into the region's array, its length checked once more just before. */
-  #copyOut(r: Region, ptr: Deno.PointerValue): void {
-    checkRegions([r]);
-    this.#check(
-      this.#lib.symbols.lsm_memcpy_from_context(
-        this.#live(),
-        r.view,
-        ptr,
-        toBigInt(regionBytes(r)),
-      ),
-      `copying ${r.role} from ${this.#name()}`,
-    );
-  }
-
-  // Both calls run in the same order. First placeRegions, which may run caller code (a getter
-  // that closes this context, or calls in again and changes its precision or device buffers):
-  // so nothing the call depends on is taken before it. Then the context, its precision, sizes as
-  // BigInts and device memory (no caller code), then checkRegions (types, exact lengths, outputs
-  // apart), then only native calls.
-
-  /** Logits [n, c] of the L-Softmax forward into `logits`. */
-  forward(p: Problem, logits: FloatArray): void {
-    const view = floatArrayName(p.dtype);
-    const dtype = p.dtype === "float32" ? DType.FLOAT32 : DType.FLOAT64;
-    const n = toBigInt(p.n), d = toBigInt(p.d), c = toBigInt(p.c);
-    const sym = this.#lib.symbols;
-    const out = region("out", logits, view, p.n * p.c, true);
-    const regions = callRegions(p, view, [out]);
-    placeRegions(regions);
+  /**
+   * Runs an op on its arrays (in the op's tensor order; null for an optional output left out),
+   * after the one check of them.
+   */
+  run(op: OpSpec, call: Call, arrays: readonly (ArrayBufferView | null)[]): void {
     const ctx = this.#live();
-    this.#setPrecision(p.precision);
-    if (this.backend === "cpu") {
-      checkRegions(regions);
-      const status = sym.lsm_forward_host(
-        ctx,
-        dtype,
-        p.x,
-        p.w,
-        p.labels,
-        n,
-        d,
-        c,
-        p.margin,
-        p.lambda,
-        logits,
-      );
-      return this.#check(status, "forward");
-    }
-    const x = this.#buffer(regions[0]);
-    const w = this.#buffer(regions[1]);
-    const labels = this.#buffer(regions[2]);
-    const dev = this.#buffer(out);
-    checkRegions(regions);
-    this.#copyIn(regions[0], x);
-    this.#copyIn(regions[1], w);
-    this.#copyIn(regions[2], labels);
-    this.#check(
-      sym.lsm_forward(ctx, dtype, x, w, labels, n, d, c, p.margin, p.lambda, dev),
-      "forward",
+    guard(op, call, arrays);
+    this.#setPrecision(call.precision);
+    this.#setWorkspace(call.workspace);
+    const dtype = call.dtype === "float32" ? DType.FLOAT32 : DType.FLOAT64;
+    const head: unknown[] = [
+      ctx,
+      dtype,
+      BigInt(call.n),
+      BigInt(call.d),
+      BigInt(call.c),
+      encodeMargin(call.margin),
+    ];
+    if (op.args) head.push(encodeArgs(call.args!));
+    const sym = this.#lib.symbols as unknown as Record<string, NativeFn>;
+    if (this.backend === "cpu") return this.#check(invoke(sym[op.host], head, arrays));
+    const bytes = arrays.map((a) =>
+      a === null ? 0 : elementCount(a) * elementBytes(typedArrayName(a) as ViewName)
     );
-    this.#copyOut(out, dev);
-  }
-
-  /** Gradients of the L-Softmax backward into `gradX` [n, d] and `gradW` [c, d]. */
-  backward(p: Problem, gradLogits: FloatArray, gradX: FloatArray, gradW: FloatArray): void {
-    const view = floatArrayName(p.dtype);
-    const dtype = p.dtype === "float32" ? DType.FLOAT32 : DType.FLOAT64;
-    const n = toBigInt(p.n), d = toBigInt(p.d), c = toBigInt(p.c);
-    const sym = this.#lib.symbols;
-    const g = region("gradLogits", gradLogits, view, p.n * p.c, false);
-    const outX = region("outX", gradX, view, p.n * p.d, true);
-    const outW = region("outW", gradW, view, p.c * p.d, true);
-    const regions = callRegions(p, view, [g, outX, outW]);
-    placeRegions(regions);
-    const ctx = this.#live();
-    this.#setPrecision(p.precision);
-    if (this.backend === "cpu") {
-      checkRegions(regions);
-      const status = sym.lsm_backward_host(
-        ctx,
-        dtype,
-        p.x,
-        p.w,
-        p.labels,
-        gradLogits,
-        n,
-        d,
-        c,
-        p.margin,
-        p.lambda,
-        gradX,
-        gradW,
-      );
-      return this.#check(status, "backward");
-    }
-    const x = this.#buffer(regions[0]);
-    const w = this.#buffer(regions[1]);
-    const labels = this.#buffer(regions[2]);
-    const dg = this.#buffer(g);
-    const gx = this.#buffer(outX);
-    const gw = this.#buffer(outW);
-    checkRegions(regions);
-    this.#copyIn(regions[0], x);
-    this.#copyIn(regions[1], w);
-    this.#copyIn(regions[2], labels);
-    this.#copyIn(g, dg);
-    this.#check(
-      sym.lsm_backward(ctx, dtype, x, w, labels, dg, n, d, c, p.margin, p.lambda, gx, gw),
-      "backward",
-    );
-    this.#copyOut(outX, gx);
-    this.#copyOut(outW, gw);
+    const ptrs = op.tensors.map((
+      t,
+      i,
+    ) => (arrays[i] === null ? null : this.#buffer(t.name, bytes[i])));
+    const s = this.#lib.symbols;
+    op.tensors.forEach((t, i) => {
+      if (t.output || arrays[i] === null) return;
+      const status = s.lsm_memcpy_to_context(ctx, ptrs[i], arrays[i], BigInt(bytes[i]));
+      this.#check(status, `copying ${t.name} to ${this.#name()}`);
+    });
+    this.#check(invoke(sym[op.device], head, ptrs));
+    op.tensors.forEach((t, i) => {
+      if (!t.output || arrays[i] === null) return;
+      const status = s.lsm_memcpy_from_context(ctx, arrays[i], ptrs[i], BigInt(bytes[i]));
+      this.#check(status, `copying ${t.name} from ${this.#name()}`);
+    });
   }
 
   /** Releases the device buffers and the context. Idempotent. */
   close(): void {
     if (this.#ptr === null) return;
-    // lsm_context_destroy frees whatever is still allocated on the context.
-    this.#buffers = Object.create(null);
+    this.#buffers.clear(); // lsm_context_destroy frees what is still allocated on it
     finalizer.unregister(this);
     this.#lib.symbols.lsm_context_destroy(this.#ptr);
     this.#ptr = null;

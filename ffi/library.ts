@@ -1,18 +1,8 @@
-/**
- * Finding and opening liblsoftmax. The library is taken from, in order: an explicit path, the
- * `LSOFTMAX_LIB` environment variable, then `build/liblsoftmax.so` beside `mod.ts` when the
- * module is a local file. Every failure says where it looked and how to build the library.
- *
- * @example
- * ```ts
- * import { loadLibrary } from "./library.ts";
- * const lib = loadLibrary();
- * console.log(lib.path, lib.version);
- * ```
- * @module
- */
+// Finding and opening liblsoftmax, and the one function that turns a status into an Error. The
+// library is taken from, in order: an explicit path, the LSOFTMAX_LIB environment variable, then
+// build/liblsoftmax.so beside mod.ts when the module is a local file.
 
-import { ABI_VERSION, type Symbols, symbols } from "./symbols.ts";
+import { ABI_VERSION, Status, type Symbols, symbols } from "./symbols.ts";
 
 /** The opened library. */
 export interface Library {
@@ -37,23 +27,33 @@ export function cString(pointer: Deno.PointerValue): string {
   return pointer === null ? "" : Deno.UnsafePointerView.getCString(pointer);
 }
 
-function readEnv(): { value?: string; note: string } {
+/** The Error for a failed status: a RangeError for a bad argument, else an Error. */
+export function statusError(status: number, message: string, what?: string): Error {
+  const said = message || `failed with status ${status}`;
+  const text = what ? `${what}: ${said}` : said;
+  return status === Status.INVALID_ARGUMENT ? new RangeError(text) : new Error(text);
+}
+
+// The variable's value. When it cannot be read the library is not chosen silently: the caller
+// may have set it, and must not get another library without being told.
+function readEnv(): string | undefined {
   try {
-    const value = Deno.env.get(LIBRARY_ENV);
-    return value ? { value, note: `${LIBRARY_ENV}=${value}` } : { note: `${LIBRARY_ENV} (unset)` };
-  } catch {
-    return { note: `${LIBRARY_ENV} (not readable: run with --allow-env=${LIBRARY_ENV})` };
+    return Deno.env.get(LIBRARY_ENV) || undefined;
+  } catch (e) {
+    throw new Error(
+      `liblsoftmax: cannot read ${LIBRARY_ENV} (${(e as Error).name}): run with ` +
+        `--allow-env=${LIBRARY_ENV}, or name the library with useLibrary(path)`,
+    );
   }
 }
 
 /** Where the library is looked for, in order, with the first usable path. */
 export function locateLibrary(explicit?: string): { path?: string; looked: string[] } {
-  const looked: string[] = [];
   if (explicit !== undefined) return { path: explicit, looked: [`path option: ${explicit}`] };
-  looked.push("path option (not given)");
+  const looked = ["path option (not given)"];
   const env = readEnv();
-  looked.push(env.note);
-  if (env.value) return { path: env.value, looked };
+  looked.push(env ? `${LIBRARY_ENV}=${env}` : `${LIBRARY_ENV} (unset)`);
+  if (env) return { path: env, looked };
   const here = new URL("../build/liblsoftmax.so", import.meta.url);
   if (here.protocol === "file:") {
     const path = decodeURIComponent(here.pathname);
@@ -62,6 +62,20 @@ export function locateLibrary(explicit?: string): { path?: string; looked: strin
   }
   looked.push(`default: none, since mod.ts was imported from ${new URL("../", import.meta.url)}`);
   return { looked };
+}
+
+// Deno's message repeats its own prefix ("Could not open library: Could not open library: ...").
+function openError(found: string, e: unknown, where: string): Error {
+  if (e instanceof Deno.errors.NotCapable || e instanceof Deno.errors.PermissionDenied) {
+    return new Error(
+      `liblsoftmax: cannot open ${found}: run with --allow-ffi (${(e as Error).message})`,
+    );
+  }
+  const reason = (e instanceof Error ? e.message : String(e)).replace(
+    /^(Could not open library: )+/,
+    "",
+  );
+  return new Error(`liblsoftmax: cannot open ${found}: ${reason}. ${where} ${BUILD_HINT}`);
 }
 
 /**
@@ -87,8 +101,7 @@ export function loadLibrary(path?: string): Library {
   try {
     lib = Deno.dlopen(found, symbols);
   } catch (e) {
-    const reason = e instanceof Error ? e.message : String(e);
-    throw new Error(`liblsoftmax: cannot open ${found}: ${reason}. ${where} ${BUILD_HINT}`);
+    throw openError(found, e, where);
   }
   const abi = lib.symbols.lsm_abi_version();
   if (abi !== ABI_VERSION) {

@@ -1,19 +1,8 @@
-/**
- * The FFI symbol table of liblsoftmax: one entry per function of `cuda/lsoftmax.h`, kept apart
- * from the friendly API in `mod.ts`.
- *
- * @example
- * ```ts
- * import { symbols } from "./symbols.ts";
- * const lib = Deno.dlopen("build/liblsoftmax.so", symbols);
- * console.log(lib.symbols.lsm_abi_version());
- * lib.close();
- * ```
- * @module
- */
+// The FFI symbol table of liblsoftmax: one entry per function of cuda/lsoftmax.h, the C
+// parameter names beside the types, and the ABI's constants.
 
 /** The C ABI version (`LSM_ABI_VERSION`) these bindings were written for. */
-export const ABI_VERSION = 1;
+export const ABI_VERSION = 2;
 
 /** Status codes of `lsm_status`. */
 export const Status = {
@@ -34,51 +23,75 @@ export const PrecisionCode = { EXACT: 0, TF32: 1 } as const;
 /** Element types of `lsm_dtype`. */
 export const DType = { FLOAT32: 0, FLOAT64: 1 } as const;
 
-// Parameter lists of lsm_forward and lsm_backward with tensors as `t` ("pointer" or "buffer").
-const FORWARD = <T extends "pointer" | "buffer">(t: T) =>
-  ["pointer", "i32", t, t, t, "i64", "i64", "i64", "i32", "f64", t] as const;
-const BACKWARD = <T extends "pointer" | "buffer">(t: T) =>
-  ["pointer", "i32", t, t, t, t, "i64", "i64", "i64", "i32", "f64", t, t] as const;
+/** Margin kinds of `lsm_margin_kind`. */
+export const MarginKind = { LSOFTMAX: 0 } as const;
+
+/** sizeof(lsm_margin) and sizeof(lsm_loss_args). */
+export const MARGIN_BYTES = 88;
+export const LOSS_ARGS_BYTES = 40;
+
+// The head every op shares: ctx, dtype, n, d, c, margin (const lsm_margin *); the fused loss's
+// ops add args (const lsm_loss_args *).
+const HEAD = ["pointer", "i32", "i64", "i64", "i64", "buffer"] as const;
+
+// An op's tensors are "pointer" (context memory: CUDA) or "buffer" (host arrays: CPU).
+const op = <T extends "pointer" | "buffer">(t: T, tensors: number, args = false) =>
+  [
+    ...HEAD,
+    ...(args ? ["buffer"] : []),
+    ...Array.from({ length: tensors }, () => t),
+  ] as Deno.NativeType[];
 
 /** The symbols of `cuda/lsoftmax.h`, in `Deno.dlopen` form. */
 export const symbols = {
   lsm_version: { parameters: [], result: "pointer" },
   lsm_abi_version: { parameters: [], result: "i32" },
   lsm_last_error: { parameters: [], result: "pointer" },
+  // backend, count (int32_t *)
   lsm_device_count: { parameters: ["i32", "buffer"], result: "i32" },
+  // backend, device, buf, len
   lsm_device_name: { parameters: ["i32", "i32", "buffer", "usize"], result: "i32" },
+  // backend, device, out (lsm_context **)
   lsm_context_create: { parameters: ["i32", "i32", "buffer"], result: "i32" },
+  // ctx
   lsm_context_destroy: { parameters: ["pointer"], result: "i32" },
   lsm_context_last_error: { parameters: ["pointer"], result: "pointer" },
-  lsm_context_info: { parameters: ["pointer", "buffer", "buffer"], result: "i32" },
+  // ctx, precision
   lsm_context_set_precision: { parameters: ["pointer", "i32"], result: "i32" },
+  // ctx, bytes
+  lsm_context_set_workspace_limit: { parameters: ["pointer", "usize"], result: "i32" },
+  // ctx, bytes, out (void **)
   lsm_malloc: { parameters: ["pointer", "usize", "buffer"], result: "i32" },
+  // ctx, ptr
   lsm_free: { parameters: ["pointer", "pointer"], result: "i32" },
+  // ctx, dst (context), src (host), bytes
   lsm_memcpy_to_context: { parameters: ["pointer", "pointer", "buffer", "usize"], result: "i32" },
+  // ctx, dst (host), src (context), bytes
   lsm_memcpy_from_context: {
     parameters: ["pointer", "buffer", "pointer", "usize"],
     result: "i32",
   },
-  lsm_synchronize: { parameters: ["pointer"], result: "i32" },
-  lsm_forward: {
-    // ctx, dtype, x, w, labels, n, d, c, margin, lambda, logits: context memory (device pointers)
-    parameters: [...FORWARD("pointer")],
+  // HEAD, x, w, labels, logits
+  lsm_forward: { parameters: op("pointer", 4), result: "i32" },
+  lsm_forward_host: { name: "lsm_forward", parameters: op("buffer", 4), result: "i32" },
+  // HEAD, x, w, labels, grad_logits, grad_x, grad_w
+  lsm_backward: { parameters: op("pointer", 6), result: "i32" },
+  lsm_backward_host: { name: "lsm_backward", parameters: op("buffer", 6), result: "i32" },
+  // HEAD, args, x, w, labels, row_loss, grad_x, grad_w
+  lsm_loss: { parameters: op("pointer", 6, true), result: "i32" },
+  lsm_loss_host: { name: "lsm_loss", parameters: op("buffer", 6, true), result: "i32" },
+  // HEAD, args, x, w, labels, row_max, row_sum, target
+  lsm_loss_partials: { parameters: op("pointer", 6, true), result: "i32" },
+  lsm_loss_partials_host: {
+    name: "lsm_loss_partials",
+    parameters: op("buffer", 6, true),
     result: "i32",
   },
-  lsm_forward_host: {
-    // the same function given host arrays directly (CPU contexts): no pointer objects per call
-    name: "lsm_forward",
-    parameters: [...FORWARD("buffer")],
-    result: "i32",
-  },
-  lsm_backward: {
-    // ctx, dtype, x, w, labels, grad_logits, n, d, c, margin, lambda, grad_x, grad_w
-    parameters: [...BACKWARD("pointer")],
-    result: "i32",
-  },
-  lsm_backward_host: {
-    name: "lsm_backward",
-    parameters: [...BACKWARD("buffer")],
+  // HEAD, args, x, w, labels, lse, grad_x, grad_w
+  lsm_loss_gradients: { parameters: op("pointer", 6, true), result: "i32" },
+  lsm_loss_gradients_host: {
+    name: "lsm_loss_gradients",
+    parameters: op("buffer", 6, true),
     result: "i32",
   },
 } as const satisfies Deno.ForeignLibraryInterface;

@@ -1,4 +1,4 @@
-# mk/emu.mk: the CUDA backend on the CPU execution layer (cuda/emu/), included by the Makefile.
+# mk/emu.mk: the CUDA backend on the CPU execution layer (emulator/), included by the Makefile.
 #
 #   make test-emu       the emulator's self-test, the sanitizer run, then the whole Deno suite
 #                       against build/liblsoftmax_emu.so (CUDA-path tests included), and a count
@@ -11,7 +11,7 @@
 #
 # All but gpu-check need g++ and OpenBLAS only: no nvcc, no GPU.
 
-EMU_DIR     := cuda/emu
+EMU_DIR     := emulator
 EMU_BUILD   := $(BUILD)/emu
 EMU_LIB     := $(BUILD)/liblsoftmax_emu.so
 EMU_FLAGS   := -x c++ -DLSM_EMU -I$(EMU_DIR) -Icuda
@@ -25,21 +25,22 @@ SAN_ENV     := ASAN_OPTIONS=detect_stack_use_after_return=0:detect_leaks=1:abort
                UBSAN_OPTIONS=print_stacktrace=1 OPENBLAS_NUM_THREADS=1
 # The Deno flags of the suite: the Makefile's DENO_TEST_FLAGS where it defines them.
 EMU_TEST_FLAGS ?= $(or $(DENO_TEST_FLAGS),--allow-ffi --allow-env --allow-read --allow-net)
-EMU_SAN_OBJ := $(addprefix $(EMU_BUILD)/san/,api.o cpu_backend.o cuda_backend.o emu_runtime.o)
+EMU_CUDA_OBJ := $(addprefix $(EMU_BUILD)/,$(addsuffix .o,$(CUDA_SRC)))
+EMU_SAN_OBJ := $(addprefix $(EMU_BUILD)/san/,api.o cpu_backend.o cpu_loss.o cpu_rows.o $(addsuffix .o,$(CUDA_SRC)) emu_runtime.o)
 
 .PHONY: test-emu planted-emu sanitize-emu mutants-emu
 
 $(EMU_BUILD) $(EMU_BUILD)/san:
 	mkdir -p $@
 
-# The library: api.cpp and cpu_backend.cpp as for liblsoftmax.so; cuda_backend.cu by g++.
-$(EMU_BUILD)/cuda_backend.o: cuda/cuda_backend.cu $(EMU_HEADERS) | $(EMU_BUILD)
+# The library: the host objects as for liblsoftmax.so; the CUDA sources by g++.
+$(EMU_BUILD)/%.o: cuda/%.cu $(EMU_HEADERS) | $(EMU_BUILD)
 	$(CXX) $(CXXFLAGS) $(EMU_FLAGS) -c $< -o $@
 
 $(EMU_BUILD)/emu_runtime.o: $(EMU_DIR)/emu_runtime.cpp $(EMU_HEADERS) | $(EMU_BUILD)
 	$(CXX) $(CXXFLAGS) $(EMU_FLAGS) -c $< -o $@
 
-$(EMU_LIB): $(BUILD)/obj/api.o $(BUILD)/obj/cpu_backend.o $(EMU_BUILD)/cuda_backend.o $(EMU_BUILD)/emu_runtime.o
+$(EMU_LIB): $(HOST_OBJ) $(EMU_CUDA_OBJ) $(EMU_BUILD)/emu_runtime.o
 	$(CXX) -shared -o $@ $^ $(EMU_LDLIBS) -Wl,--no-undefined
 
 # The self-test and the planted-barrier kernels.
@@ -54,7 +55,7 @@ planted-emu: $(EMU_BUILD)/planted
 $(EMU_BUILD)/san/%.o: cuda/%.cpp $(EMU_HEADERS) | $(EMU_BUILD)/san
 	$(CXX) $(SAN_FLAGS) -Icuda -c $< -o $@
 
-$(EMU_BUILD)/san/cuda_backend.o: cuda/cuda_backend.cu $(EMU_HEADERS) | $(EMU_BUILD)/san
+$(EMU_BUILD)/san/%.o: cuda/%.cu $(EMU_HEADERS) | $(EMU_BUILD)/san
 	$(CXX) $(SAN_FLAGS) $(EMU_FLAGS) -c $< -o $@
 
 $(EMU_BUILD)/san/emu_runtime.o: $(EMU_DIR)/emu_runtime.cpp $(EMU_HEADERS) | $(EMU_BUILD)/san
@@ -100,8 +101,9 @@ test-emu: planted-emu sanitize-emu $(EMU_LIB)
 	$(MAKE) --no-print-directory mutants-emu
 
 # Each barrier of the kernels removed in turn must fail the CUDA-path tests (about a minute).
-mutants-emu: $(BUILD)/obj/api.o $(BUILD)/obj/cpu_backend.o $(EMU_BUILD)/emu_runtime.o
-	CXX="$(CXX)" DENO="$(DENO)" BUILD="$(BUILD)" scripts/barrier-mutants.sh
+mutants-emu: $(HOST_OBJ) $(EMU_BUILD)/emu_runtime.o
+	CXX="$(CXX)" DENO="$(DENO)" BUILD="$(BUILD)" HOST_OBJ="$(HOST_OBJ)" CUDA_SRC="$(CUDA_SRC)" \
+	  scripts/barrier-mutants.sh
 
 # On a CUDA machine: build for its GPU only, then the suite, compute-sanitizer and deno bench on
 # the real backend (scripts/gpu-check.sh); logs and summary.md go to GPU_CHECK_OUT ($OUT if set).

@@ -12,6 +12,8 @@ cd "$(dirname "$0")/.."
 CXX=${CXX:-g++}
 DENO=${DENO:-scripts/deno}
 BUILD=${BUILD:-build}
+HOST_OBJ=${HOST_OBJ:-$BUILD/obj/api.o $BUILD/obj/cpu_backend.o $BUILD/obj/cpu_loss.o $BUILD/obj/cpu_rows.o $BUILD/obj/cpu_rows_avx2.o}
+CUDA_SRC=${CUDA_SRC:-cuda_backend cuda_loss}
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
 tests=(tests/cuda_test.ts tests/tf32_test.ts tests/gradient_test.ts)
@@ -19,11 +21,19 @@ tests=(tests/cuda_test.ts tests/tf32_test.ts tests/gradient_test.ts)
 # Builds the emulated library from the kernels in $work/cuda and runs the tests on it: status 0
 # when they pass, 1 when they fail. A build that fails stops the script: that is no catch.
 build_and_test() {
-  if ! { $CXX -std=c++17 -O2 -fPIC -x c++ -DLSM_EMU -I"$work/cuda/emu" -I"$work/cuda" \
-    -c "$work/cuda/cuda_backend.cu" -o "$work/cuda_backend.o" &&
-    $CXX -shared -o "$work/lib.so" "$BUILD/obj/api.o" "$BUILD/obj/cpu_backend.o" \
-      "$work/cuda_backend.o" "$BUILD/emu/emu_runtime.o" -lopenblas -lpthread -Wl,--no-undefined; }; then
-    echo "barrier mutants: the build failed (${what:-unmutated kernels})" >&2
+  local objs=()
+  for src in $CUDA_SRC; do
+    objs+=("$work/$src.o")
+    if ! $CXX -std=c++17 -O2 -fPIC -x c++ -DLSM_EMU -Iemulator -I"$work/cuda" \
+      -c "$work/cuda/$src.cu" -o "$work/$src.o"; then
+      echo "barrier mutants: the build failed (${what:-unmutated kernels})" >&2
+      exit 1
+    fi
+  done
+  # shellcheck disable=SC2086 # HOST_OBJ is a list of paths
+  if ! $CXX -shared -o "$work/lib.so" $HOST_OBJ "${objs[@]}" "$BUILD/emu/emu_runtime.o" \
+    -lopenblas -lpthread -Wl,--no-undefined; then
+    echo "barrier mutants: the link failed (${what:-unmutated kernels})" >&2
     exit 1
   fi
   LSOFTMAX_LIB="$work/lib.so" "$DENO" test --allow-ffi --allow-env --allow-read --allow-run \
@@ -39,7 +49,7 @@ if ! build_and_test; then
 fi
 echo "baseline  unmutated kernels pass the tests"
 survived=0 total=0
-for header in cuda/kernels.cuh cuda/kernels_gemm.cuh; do
+for header in cuda/target_kernels.cuh cuda/gemm_kernels.cuh; do
   while IFS=: read -r line _; do
     total=$((total + 1))
     rm -rf "$work/cuda" && cp -r cuda "$work/cuda"

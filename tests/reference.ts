@@ -1,5 +1,5 @@
 // reference.ts: an independent float64 reference of the L-Softmax op, written from the spec
-// (shared/spec/lsoftmax.md) and the paper, sharing no code with the library or mod.ts.
+// (docs/math.md) and the paper, sharing no code with the library or mod.ts.
 //
 // It deliberately takes a different route from the library's Chebyshev recurrences: psi from
 // theta = acos(c) and cos(m theta), psi' = (-1)^k m sin(m theta) / sin(theta) (with its series
@@ -177,7 +177,11 @@ export function plainBackward(
   return { gradX, gradW };
 }
 
-/** Per-sample statistics of the target class; degenerate where a norm (squared) is 0. */
+/**
+ * Per-sample statistics of the target class; degenerate where x_i or W_y is the zero vector.
+ * Norms and the cosine come from the vectors divided by their largest magnitudes (as hypot
+ * does), so they neither overflow nor underflow, whatever the vectors' scale.
+ */
 function targetStats(
   x: ArrayLike<number>,
   w: ArrayLike<number>,
@@ -186,11 +190,21 @@ function targetStats(
   d: number,
 ) {
   const dot = dotRow(x, i * d, w, y * d, d);
-  const xx = dotRow(x, i * d, x, i * d, d);
-  const ww = dotRow(w, y * d, w, y * d, d);
-  const degenerate = xx === 0 || ww === 0;
-  const nx = Math.sqrt(xx), nw = Math.sqrt(ww);
-  let c = dot / (nx * nw);
+  let sx = 0, sw = 0;
+  for (let k = 0; k < d; ++k) {
+    sx = Math.max(sx, Math.abs(x[i * d + k]));
+    sw = Math.max(sw, Math.abs(w[y * d + k]));
+  }
+  const degenerate = sx === 0 || sw === 0;
+  let ds = 0, xx = 0, ww = 0;
+  for (let k = 0; k < d; ++k) {
+    const a = x[i * d + k] / sx, b = w[y * d + k] / sw;
+    ds += a * b;
+    xx += a * a;
+    ww += b * b;
+  }
+  const nx = sx * Math.sqrt(xx), nw = sw * Math.sqrt(ww);
+  let c = ds / Math.sqrt(xx * ww);
   if (c > 1) c = 1;
   if (c < -1) c = -1;
   return { dot, nx, nw, c, degenerate };

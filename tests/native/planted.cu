@@ -1,7 +1,7 @@
 // planted.cu: the CPU execution layer's self-test. Kernels with a planted bug (a missing
 // __syncthreads, a warp-synchronous assumption) must give wrong answers under the emulator's
 // scheduler while their correct twins give right ones; the warp operations, atomics and the
-// runtime's error paths must behave as on a GPU. Built with g++ -x c++ -DLSM_EMU -Icuda/emu.
+// runtime's error paths must behave as on a GPU. Built with g++ -x c++ -DLSM_EMU -Iemulator.
 // Exit status 0 when every check passes.
 #include <cuda_runtime.h>
 #include <mma.h>

@@ -2,8 +2,10 @@
 // them with the CPU backend, at shapes around the GEMM's tiles (fp32 128x128, fp64 64x64, BK 8),
 // both dtypes and margins 1..6; then variants: tensors at a misaligned offset inside a larger
 // allocation (the scalar fallback of the vector loads), repeated labels (many samples per class,
-// all one class, label-sorted vs shuffled: the fused grad_w sums), TF32 precision (loose
-// tolerance), and bitwise-repeatable backward results. Built against the CPU execution layer with -fsanitize=address,undefined, so an
+// all one class, label-sorted vs shuffled: the grad_w correction's per-row sums), TF32 precision
+// (loose tolerance), and bitwise-repeatable backward results; then the numerics at the ends of
+// the range (exact power-of-two homogeneity in float64 on both backends, float32 subnormal
+// inputs on CUDA against the CPU). Built against the CPU execution layer with -fsanitize=address,undefined, so an
 // out-of-bounds access or undefined behaviour in a kernel stops it; built with nvcc it is the
 // compute-sanitizer target of scripts/gpu-check.sh. Device buffers have exactly the tensors'
 // sizes, so any overrun is past an allocation. Exit status 0 when everything matches.
@@ -110,11 +112,13 @@ void run_case(lsm_context *cpu, lsm_context *gpu, const shape &s, int margin, do
                            (v.tf32 ? " tf32" : "");
   ++g_cases;
 
+  lsm_margin mg = {};
+  mg.kind = LSM_MARGIN_LSOFTMAX, mg.m = margin, mg.lambda = lambda;
   std::vector<T> logits_cpu(nc), gx_cpu(nd), gw_cpu(cd);
-  if (lsm_forward(cpu, dtype, x.data(), w.data(), labels.data(), s.n, s.d, s.c, margin, lambda, logits_cpu.data()) !=
+  if (lsm_forward(cpu, dtype, s.n, s.d, s.c, &mg, x.data(), w.data(), labels.data(), logits_cpu.data()) !=
           LSM_OK ||
-      lsm_backward(cpu, dtype, x.data(), w.data(), labels.data(), g.data(), s.n, s.d, s.c, margin, lambda,
-                   gx_cpu.data(), gw_cpu.data()) != LSM_OK) {
+      lsm_backward(cpu, dtype, s.n, s.d, s.c, &mg, x.data(), w.data(), labels.data(), g.data(), gx_cpu.data(),
+                   gw_cpu.data()) != LSM_OK) {
     printf("FAIL %s: CPU backend: %s\n", name.c_str(), lsm_last_error());
     ++g_failures;
     return;
@@ -133,15 +137,15 @@ void run_case(lsm_context *cpu, lsm_context *gpu, const shape &s, int margin, do
     ok = false;
   } else if (ok) {
     const int32_t *lab = static_cast<const int32_t *>(dl.at);
-    ok = lsm_forward(gpu, dtype, dx.at, dw.at, lab, s.n, s.d, s.c, margin, lambda, dlogits.at) == LSM_OK &&
-         lsm_backward(gpu, dtype, dx.at, dw.at, lab, dg.at, s.n, s.d, s.c, margin, lambda, dgx.at, dgw.at) ==
+    ok = lsm_forward(gpu, dtype, s.n, s.d, s.c, &mg, dx.at, dw.at, lab, dlogits.at) == LSM_OK &&
+         lsm_backward(gpu, dtype, s.n, s.d, s.c, &mg, dx.at, dw.at, lab, dg.at, dgx.at, dgw.at) ==
              LSM_OK &&
          lsm_memcpy_from_context(gpu, logits.data(), dlogits.at, nc * e) == LSM_OK &&
          lsm_memcpy_from_context(gpu, gx.data(), dgx.at, nd * e) == LSM_OK &&
          lsm_memcpy_from_context(gpu, gw.data(), dgw.at, cd * e) == LSM_OK;
     if (ok && v.repeat) {  // no atomics in the backward: a second run gives the same bits
       std::vector<T> gx2(nd), gw2(cd);
-      ok = lsm_backward(gpu, dtype, dx.at, dw.at, lab, dg.at, s.n, s.d, s.c, margin, lambda, dgx.at, dgw.at) ==
+      ok = lsm_backward(gpu, dtype, s.n, s.d, s.c, &mg, dx.at, dw.at, lab, dg.at, dgx.at, dgw.at) ==
                LSM_OK &&
            lsm_memcpy_from_context(gpu, gx2.data(), dgx.at, nd * e) == LSM_OK &&
            lsm_memcpy_from_context(gpu, gw2.data(), dgw.at, cd * e) == LSM_OK;
@@ -170,13 +174,129 @@ void bad_label(lsm_context *gpu) {
   std::vector<int32_t> labels = {0, 1, 7, 2, -1};
   void *dx = upload(gpu, x.data(), x.size() * 4), *dw = upload(gpu, w.data(), w.size() * 4);
   void *dl = upload(gpu, labels.data(), labels.size() * 4), *dlogits = upload(gpu, nullptr, (size_t)(n * c) * 4);
-  const int32_t st = lsm_forward(gpu, LSM_FLOAT32, dx, dw, static_cast<const int32_t *>(dl), n, d, c, 2, 0.0, dlogits);
+  lsm_margin mg = {};
+  mg.kind = LSM_MARGIN_LSOFTMAX, mg.m = 2;
+  const int32_t st = lsm_forward(gpu, LSM_FLOAT32, n, d, c, &mg, dx, dw, static_cast<const int32_t *>(dl), dlogits);
   const bool ok = st == LSM_ERR_INVALID_ARGUMENT && strstr(lsm_last_error(), "labels[2]") != nullptr;
   if (!ok) {
     printf("FAIL bad label: status %d, message \"%s\"\n", st, lsm_last_error());
     ++g_failures;
   }
   for (void *p : {dx, dw, dl, dlogits}) lsm_free(gpu, p);
+}
+
+// One forward and backward on a context (device: the tensors go through context memory).
+template <typename T>
+struct outputs {
+  std::vector<T> logits, gx, gw;
+};
+
+template <typename T>
+bool run_op(lsm_context *ctx, bool device, const shape &s, const std::vector<T> &x, const std::vector<T> &w,
+            const std::vector<int32_t> &labels, const std::vector<T> &g, const lsm_margin &mg, outputs<T> *o) {
+  const int32_t dtype = sizeof(T) == 4 ? LSM_FLOAT32 : LSM_FLOAT64;
+  const size_t e = sizeof(T);
+  o->logits.assign((size_t)(s.n * s.c), T(0));
+  o->gx.assign((size_t)(s.n * s.d), T(0));
+  o->gw.assign((size_t)(s.c * s.d), T(0));
+  if (!device) {
+    return lsm_forward(ctx, dtype, s.n, s.d, s.c, &mg, x.data(), w.data(), labels.data(), o->logits.data()) == LSM_OK &&
+           lsm_backward(ctx, dtype, s.n, s.d, s.c, &mg, x.data(), w.data(), labels.data(), g.data(), o->gx.data(),
+                        o->gw.data()) == LSM_OK;
+  }
+  void *dx = upload(ctx, x.data(), x.size() * e), *dw = upload(ctx, w.data(), w.size() * e);
+  void *dg = upload(ctx, g.data(), g.size() * e), *dl = upload(ctx, labels.data(), labels.size() * 4);
+  void *dlogits = upload(ctx, nullptr, o->logits.size() * e), *dgx = upload(ctx, nullptr, o->gx.size() * e);
+  void *dgw = upload(ctx, nullptr, o->gw.size() * e);
+  const int32_t *lab = static_cast<const int32_t *>(dl);
+  const bool ok = dx && dw && dg && dl && dlogits && dgx && dgw &&
+                  lsm_forward(ctx, dtype, s.n, s.d, s.c, &mg, dx, dw, lab, dlogits) == LSM_OK &&
+                  lsm_backward(ctx, dtype, s.n, s.d, s.c, &mg, dx, dw, lab, dg, dgx, dgw) == LSM_OK &&
+                  lsm_memcpy_from_context(ctx, o->logits.data(), dlogits, o->logits.size() * e) == LSM_OK &&
+                  lsm_memcpy_from_context(ctx, o->gx.data(), dgx, o->gx.size() * e) == LSM_OK &&
+                  lsm_memcpy_from_context(ctx, o->gw.data(), dgw, o->gw.size() * e) == LSM_OK;
+  for (void *p : {dx, dw, dg, dl, dlogits, dgx, dgw}) lsm_free(ctx, p);
+  return ok;
+}
+
+// got against want * factor: every element within tol of the largest |want * factor| (plus an
+// absolute floor `abs`), and finite where want is.
+template <typename T>
+bool close_scaled(const std::vector<T> &got, const std::vector<T> &want, double factor, double tol, double abs,
+                  const std::string &what) {
+  double scale = 0.0;
+  for (T v : want) scale = fmax(scale, fabs((double)v * factor));
+  for (size_t i = 0; i < want.size(); ++i) {
+    const double g = (double)got[i], w = (double)want[i] * factor;
+    if (!(fabs(g - w) <= tol * scale + abs)) {
+      printf("FAIL %s: element %zu is %.17g, expected %.17g\n", what.c_str(), i, g, w);
+      return false;
+    }
+  }
+  return true;
+}
+
+// The numerics at the ends of the range (tests/numerics_test.ts has the full matrix).
+void numerics(lsm_context *cpu, lsm_context *gpu) {
+  const shape s = {6, 5, 4};
+  std::vector<double> x((size_t)(s.n * s.d)), w((size_t)(s.c * s.d)), g((size_t)(s.n * s.c));
+  for (auto &e : x) e = uniform();
+  for (auto &e : w) e = uniform();
+  for (auto &e : g) e = uniform();
+  const std::vector<int32_t> labels = {0, 3, 1, 1, 2, 0};
+  // float64: x * 2^k gives logits * 2^k, the same gradX and gradW * 2^k, from ~1e-301 to ~1e301
+  // (squared norms out of range, lambda = 1e30 times logits near 1e301).
+  for (int device = 0; device < 2; ++device) {
+    lsm_context *ctx = device ? gpu : cpu;
+    for (int m : {2, 4, 16}) {
+      for (double lambda : {0.5, 1e30}) {
+        lsm_margin mg = {};
+        mg.kind = LSM_MARGIN_LSOFTMAX, mg.m = m, mg.lambda = lambda;
+        outputs<double> base, o;
+        ++g_cases;
+        if (!run_op(ctx, device, s, x, w, labels, g, mg, &base)) {
+          printf("FAIL numerics f64 m=%d: %s\n", m, lsm_last_error());
+          ++g_failures;
+          continue;
+        }
+        for (int k : {-1000, -540, 540, 1000}) {
+          std::vector<double> xs(x);
+          for (auto &e : xs) e = ldexp(e, k);
+          char buf[96];
+          snprintf(buf, sizeof buf, "%s f64 x*2^%d m=%d lambda=%g", device ? "cuda" : "cpu", k, m, lambda);
+          const std::string what = buf;
+          const double sk = ldexp(1.0, k);
+          ++g_cases;
+          const bool ok = run_op(ctx, device, s, xs, w, labels, g, mg, &o) &&
+                          close_scaled(o.logits, base.logits, sk, 1e-12, 0.0, what + " logits") &&
+                          close_scaled(o.gx, base.gx, 1.0, 1e-12, 0.0, what + " grad_x") &&
+                          close_scaled(o.gw, base.gw, sk, 1e-12, 0.0, what + " grad_w");
+          if (!ok) ++g_failures;
+        }
+      }
+    }
+  }
+  // float32: features or weights of subnormal size (no 1/|x| may overflow on the CUDA path).
+  for (double size : {1e-44, 1e-40, 1e-38}) {
+    for (int which = 0; which < 2; ++which) {
+      std::vector<float> xf(x.begin(), x.end()), wf(w.begin(), w.end()), gf(g.begin(), g.end());
+      for (auto &e : which == 0 ? xf : wf) e = (float)(e * size);
+      lsm_margin mg = {};
+      mg.kind = LSM_MARGIN_LSOFTMAX, mg.m = 4;
+      outputs<float> a, b;
+      char buf[64];
+      snprintf(buf, sizeof buf, "cuda f32 %s ~%g m=4", which == 0 ? "x" : "w", size);
+      const std::string what = buf;
+      ++g_cases;
+      const double abs = 16 * ldexp(1.0, -149);  // rounding of subnormal products
+      const bool ok = run_op(gpu, true, s, xf, wf, labels, gf, mg, &a) &&
+                      run_op(cpu, false, s, xf, wf, labels, gf, mg, &b) &&
+                      close_scaled(a.logits, b.logits, 1.0, 1e-5, abs, what + " logits") &&
+                      close_scaled(a.gx, b.gx, 1.0, 1e-5, abs, what + " grad_x") &&
+                      close_scaled(a.gw, b.gw, 1.0, 1e-5, abs, what + " grad_w");
+      if (!ok) ++g_failures;
+    }
+  }
 }
 
 }  // namespace
@@ -227,6 +347,7 @@ int main(int argc, char **argv) {
     }
   }
   bad_label(gpu);
+  numerics(cpu, gpu);
   lsm_context_destroy(gpu);
   lsm_context_destroy(cpu);
   printf("sanitize_driver: %d case(s), %d failure(s)\n", g_cases, g_failures);

@@ -1,4 +1,4 @@
-// emu_runtime.cpp: the CPU execution layer behind cuda/emu/cuda_runtime.h.
+// emu_runtime.cpp: the CPU execution layer behind emulator/cuda_runtime.h.
 //
 // A launch runs its grid on the calling host thread, one block at a time, in a permuted block
 // order. The threads of a block are cooperative fibers (ucontext): the scheduler resumes each

@@ -1,5 +1,5 @@
 // mma.h of the CPU execution layer (LSM_EMU): the WMMA subset the kernels use (nvcuda::wmma,
-// m16n16k8 with precision::tf32 inputs and float accumulators), found through -Icuda/emu instead
+// m16n16k8 with precision::tf32 inputs and float accumulators), found through -Iemulator instead
 // of the toolkit's.
 //
 // A fragment holds its whole tile in every lane (logical row-major order; on a GPU each lane

@@ -1,16 +1,13 @@
-// kernels_gemm.cuh: the matrix products of the L-Softmax op, with the backward's target
-// corrections fused in (we have no cuBLAS, and fusing saves the N x C and N x D passes a
-// separate correction kernel would make).
+// gemm_kernels.cuh: the plain matrix products of the L-Softmax op (we have no cuBLAS).
 //
-//   forward   logits = x W^T                      (NT)
-//   backward  grad_x = G' W   + diag(cx) x        (NN)
-//             grad_w = G'^T x + diag(s)  W        (TN)
+//   forward   logits = x W^T     (NT)
+//   backward  grad_x = G W       (NN)
+//             grad_w = G^T x     (TN)
 //
-// where G' is G with alpha_i added to its target entries G[i, y_i], cx_i = beta_x,i / |x_i| and
-// s_j = sum over {i : y_i = j} of beta_w,i / |W_j| (margin.cuh, lsm_target_correction). Adding
-// alpha to G' while a tile of G is loaded moves "alpha_i W_y" and "alpha_i x_i" into the products
-// themselves; only a per-row scale of a matrix the epilogue reads anyway is left. grad_w thus
-// needs no atomics and its sums run in a fixed order: results are deterministic.
+// The margin's target corrections are not fused in here: they are added afterwards, per element
+// in double, by target_kernels.cuh (as the CPU backend adds them). Fusing them into the tiles in
+// the tensors' dtype rounded the per-sample coefficients to float, cancelled badly near
+// cos = +-1 at large margins and overflowed 1/|x| for tiny vectors.
 //
 // Two kernels share the tile loaders and the epilogue:
 // - gemm: SIMT, 256 threads, a BM x BM tile of C per block, BK = 8, each thread a TM x TM
@@ -81,7 +78,6 @@ struct gemm_shape {
   static constexpr int BM = 16 * TM;   // fp32 128, fp64 64 (= BN)
   static constexpr int LD = BM + V;    // smem row stride: 16-byte rows, no bank conflicts on the
                                        // transposing stores of k-contiguous operands
-  static constexpr int KG = kGemmThreads / BM;  // sample groups of the s_j accumulation
 };
 
 // Everything a product needs; passed by value (kernel parameter space).
@@ -92,15 +88,8 @@ struct gemm_args {
   const T *B;  // NT: row-major N x K (ldb); NN, TN: row-major K x N (ldb)
   int lda, ldb;
   T *C;  // row-major M x N
-  // 16-byte vector access allowed for A, B, and C together with aux (host-checked alignment and
-  // leading dimensions).
+  // 16-byte vector access allowed for A, B and C (host-checked alignment and leading dimensions).
   bool vec_a, vec_b, vec_c;
-  // Target corrections (backward, margin > 1): labels, alpha (per sample) and, for NN, cx (per
-  // row of C); aux is the matrix the row scale multiplies (NN: x, TN: W; leading dimension N);
-  // bw is beta_w / |W_y| per sample (TN).
-  bool fuse;
-  const int32_t *labels;
-  const T *alpha, *cx, *bw, *aux;
 };
 
 template <int MODE>
@@ -144,14 +133,6 @@ struct tile_loader {
     }
   }
 
-  // Adds alpha to the element of column (or row) `y` among the thread's V elements: the fused
-  // target correction, G'[i, y_i] = G[i, y_i] + alpha_i. `first` is the global index of v[0]
-  // along the class dimension. Labels are only compared, never used as indices.
-  __device__ __forceinline__ void add_target(int first, int y, T a) {
-    LSM_UNROLL for (int j = 0; j < V; ++j)
-      if (first + j == y) v[j] += a;
-  }
-
   __device__ __forceinline__ void store(T (*s)[S::LD]) const {
     if (K_CONTIG) {
       LSM_UNROLL for (int j = 0; j < V; ++j) s[k + j][r] = v[j];
@@ -161,113 +142,45 @@ struct tile_loader {
   }
 };
 
-// Shared memory of both kernels: double-buffered A and B tiles, the TN kernel's per-tile labels
-// and beta_w/|W|, and its per-row partial sums s_j.
+// Shared memory of both kernels: double-buffered A and B tiles.
 template <typename T>
 struct gemm_smem {
   using S = gemm_shape<T>;
   alignas(128) T a[2][kGemmBK][S::LD];
   alignas(128) T b[2][kGemmBK][S::LD];
-  int lab[2][kGemmBK];
-  T bw[2][kGemmBK];
-  T s[S::KG][S::BM];
 };
 
-// The main-loop state both kernels share: loaders, the prefetch of tile t+1 into registers while
-// tile t is multiplied, and the s_j accumulation of TN.
+// The main-loop state both kernels share: the loaders, and the prefetch of tile t+1 into
+// registers while tile t is multiplied.
 template <typename T, int MODE>
 struct gemm_pipeline {
   using S = gemm_shape<T>;
   using L = gemm_layout<MODE>;
   const gemm_args<T> &p;
-  const int tid, m0, n0;
+  const int m0, n0;
   tile_loader<T, L::a_k_contig> la;
   tile_loader<T, L::b_k_contig> lb;
-  int lab_next = -1;  // TN: the label and beta_w/|W| of sample k0 + tid (tid < BK)
-  T bw_next = T(0);
-  T s_part = T(0);    // TN: partial s_j of row m0 + tid % BM over this thread's sample group
-  int y_row = -1;     // NN: label and alpha of the A row this thread loads (fixed over k)
-  T alpha_row = T(0);
 
   __device__ __forceinline__ gemm_pipeline(const gemm_args<T> &args, int t, int bm0, int bn0)
-      : p(args), tid(t), m0(bm0), n0(bn0), la(t), lb(t) {
-    if (MODE == kNN && p.fuse && m0 + la.r < p.M) {
-      y_row = p.labels[m0 + la.r];
-      alpha_row = p.alpha[m0 + la.r];
-    }
-  }
+      : p(args), m0(bm0), n0(bn0), la(t), lb(t) {}
 
   // Global -> registers for the tile at k0 (loads in flight while the previous tile is used).
   __device__ __forceinline__ void fetch(int k0) {
     la.load(p.A, p.lda, p.M, p.K, m0, k0, p.vec_a);
     lb.load(p.B, p.ldb, p.N, p.K, n0, k0, p.vec_b);
-    if (MODE == kNN && p.fuse) la.add_target(k0 + la.k, y_row, alpha_row);
-    if (MODE == kTN && p.fuse) {
-      const int i = k0 + la.k;  // A = G^T: k is the sample, rows are classes
-      if (i < p.K) la.add_target(m0 + la.r, p.labels[i], p.alpha[i]);
-      lab_next = -1;
-      bw_next = T(0);
-      if (tid < kGemmBK && k0 + tid < p.K) {
-        lab_next = p.labels[k0 + tid];
-        bw_next = p.bw[k0 + tid];
-      }
-    }
   }
 
   // Registers -> shared buffer `buf` (its previous readers are past a barrier).
   __device__ __forceinline__ void put(gemm_smem<T> &sm, int buf) const {
     la.store(sm.a[buf]);
     lb.store(sm.b[buf]);
-    if (MODE == kTN && p.fuse && tid < kGemmBK) {
-      sm.lab[buf][tid] = lab_next;
-      sm.bw[buf][tid] = bw_next;
-    }
   }
 
-  // TN: s_j += beta_w,i/|W_j| over this tile's samples with label j, in sample order. Each row
-  // has KG threads, each over a fixed slice of the tile, so the sum's order never changes.
-  __device__ __forceinline__ void accumulate_s(const gemm_smem<T> &sm, int buf) {
-    if (MODE != kTN || !p.fuse) return;
-    const int row = m0 + tid % S::BM, g = tid / S::BM;
-    LSM_UNROLL for (int q = 0; q < kGemmBK / S::KG; ++q) {
-      const int kk = g * (kGemmBK / S::KG) + q;
-      if (sm.lab[buf][kk] == row) s_part += sm.bw[buf][kk];
-    }
-  }
-
-  // After the main loop (and a barrier): publish the partial sums for the epilogue.
-  __device__ __forceinline__ void publish_s(gemm_smem<T> &sm) const {
-    if (MODE == kTN && p.fuse) sm.s[tid / S::BM][tid % S::BM] = s_part;
-  }
-
-  // The scale of row m (tile-local ml) in the epilogue: NN cx_m, TN s_m, else 0.
-  __device__ __forceinline__ T row_scale(const gemm_smem<T> &sm, int m, int ml) const {
-    if (!p.fuse) return T(0);
-    if (MODE == kNN) return p.cx[m];
-    if (MODE == kTN) {
-      T s = T(0);
-      LSM_UNROLL for (int g = 0; g < S::KG; ++g) s += sm.s[g][ml];
-      return s;
-    }
-    return T(0);
-  }
-
-  // Writes V (or fewer, at the right edge) consecutive outputs of row m from column n, adding
-  // the row-scaled aux row when fusing.
-  __device__ __forceinline__ void write(int m, int n, T rs, T *v) const {
+  // Writes V (or fewer, at the right edge) consecutive outputs of row m from column n.
+  __device__ __forceinline__ void write(int m, int n, const T *v) const {
     const int N = p.N;
     T *c = p.C + m * N;
     const bool full = p.vec_c && n <= N - S::V;
-    if (MODE != kNT && p.fuse) {
-      const T *aux = p.aux + m * N;
-      if (full) {
-        T a[S::V];
-        ld_vec(aux + n, a);
-        LSM_UNROLL for (int j = 0; j < S::V; ++j) v[j] += rs * a[j];
-      } else {
-        LSM_UNROLL for (int j = 0; j < S::V && n + j < N; ++j) v[j] += rs * aux[n + j];
-      }
-    }
     if (full) {
       st_vec(c + n, v);
     } else {
@@ -327,21 +240,18 @@ __global__ void __launch_bounds__(kGemmThreads, 2) gemm(gemm_args<typename CFG::
       LSM_UNROLL for (int i = 0; i < TM; ++i)
         LSM_UNROLL for (int j = 0; j < TM; ++j) acc[i][j] += a[i] * b[j];
     }
-    pipe.accumulate_s(sm, buf);
     // The other buffer was last read in iteration t-1, which ended at a barrier.
     if (more) pipe.put(sm, buf ^ 1);
     __syncthreads();
   }
-  pipe.publish_s(sm);
-  __syncthreads();
 
+  // The epilogue reads registers only: no barrier before it.
   LSM_UNROLL for (int i = 0; i < TM; ++i) {
-    const int ml = (i / V) * 16 * V + ty * V + i % V, m = m0 + ml;
+    const int m = m0 + (i / V) * 16 * V + ty * V + i % V;
     if (m >= p.M) continue;
-    const T rs = pipe.row_scale(sm, m, ml);
     LSM_UNROLL for (int g = 0; g < 2; ++g) {
       const int n = n0 + g * 16 * V + tx * V;
-      if (n < p.N) pipe.write(m, n, rs, &acc[i][g * V]);
+      if (n < p.N) pipe.write(m, n, &acc[i][g * V]);
     }
   }
 }
@@ -409,14 +319,12 @@ __global__ void __launch_bounds__(kGemmThreads, 2) gemm_tf32(gemm_args<float> p)
     }
     LSM_UNROLL for (int i = 0; i < 4; ++i)
       LSM_UNROLL for (int j = 0; j < 2; ++j) wmma::mma_sync(acc[i][j], fa[i], fb[j], acc[i][j]);
-    pipe.accumulate_s(sm, buf);
     if (more) pipe.put(sm, buf ^ 1);
     __syncthreads();
   }
-  pipe.publish_s(sm);
-  __syncthreads();
 
-  // Each lane finishes 8 of a fragment's 256 outputs: two half-rows of 4 per pass.
+  // The epilogue stages through the warp's own tile (no block barrier). Each lane finishes 8 of a
+  // fragment's 256 outputs: two half-rows of 4 per pass.
   float *st = sh.stage[warp];
   LSM_UNROLL for (int i = 0; i < 4; ++i) {
     LSM_UNROLL for (int j = 0; j < 2; ++j) {
@@ -424,10 +332,11 @@ __global__ void __launch_bounds__(kGemmThreads, 2) gemm_tf32(gemm_args<float> p)
       __syncwarp();
       LSM_UNROLL for (int h = 0; h < 2; ++h) {
         const int r = h * 8 + lane / 4, c = (lane % 4) * 4;
-        const int ml = wm + i * kWmma + r, m = m0 + ml, n = n0 + wn + j * kWmma + c;
+        const int m = m0 + wm + i * kWmma + r, n = n0 + wn + j * kWmma + c;
         if (m < p.M && n < p.N) {
-          float v[4] = {st[r * kWmma + c], st[r * kWmma + c + 1], st[r * kWmma + c + 2], st[r * kWmma + c + 3]};
-          pipe.write(m, n, pipe.row_scale(sm, m, ml), v);
+          const float v[4] = {st[r * kWmma + c], st[r * kWmma + c + 1], st[r * kWmma + c + 2],
+                              st[r * kWmma + c + 3]};
+          pipe.write(m, n, v);
         }
       }
       // The staging tile is read before the next fragment overwrites it. The next

@@ -1,4 +1,4 @@
-// cuda_runtime.h of the CPU execution layer (LSM_EMU): found through -Icuda/emu instead of the
+// cuda_runtime.h of the CPU execution layer (LSM_EMU): found through -Iemulator instead of the
 // toolkit's, so that CUDA C++ compiles with the host compiler and runs on the CPU. It holds the
 // runtime API subset the project uses, the built-in variables, the vector types and the device
 // functions (barriers, warp shuffles and votes, atomics). A test tool only: kernels run one
@@ -10,7 +10,7 @@
 #define LSM_EMU_CUDA_RUNTIME_H
 
 #if defined(__CUDACC__)
-#error "cuda/emu/cuda_runtime.h is for the host compiler (-DLSM_EMU), not for nvcc"
+#error "emulator/cuda_runtime.h is for the host compiler (-DLSM_EMU), not for nvcc"
 #endif
 
 #include <math.h>

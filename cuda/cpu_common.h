@@ -1,0 +1,122 @@
+// cpu_common.h: what the CPU backend's ops share: BLAS products, a thread split, the checked copy
+// of the labels, the per-sample statistics and the margin's corrections to the plain gradients.
+// Not installed, not ABI.
+#ifndef LSOFTMAX_CPU_COMMON_H
+#define LSOFTMAX_CPU_COMMON_H
+
+#include <cblas.h>
+
+#include <algorithm>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "internal.h"
+#include "margin.cuh"
+
+namespace lsm_cpu {
+
+// C = op(A) op(B) + beta C, row-major, through the BLAS of the element type.
+inline void gemm(CBLAS_TRANSPOSE ta, CBLAS_TRANSPOSE tb, int m, int n, int k, const float *a, int lda,
+                 const float *b, int ldb, float *c, int ldc, float beta = 0.0f) {
+  cblas_sgemm(CblasRowMajor, ta, tb, m, n, k, 1.0f, a, lda, b, ldb, beta, c, ldc);
+}
+inline void gemm(CBLAS_TRANSPOSE ta, CBLAS_TRANSPOSE tb, int m, int n, int k, const double *a, int lda,
+                 const double *b, int ldb, double *c, int ldc, double beta = 0.0) {
+  cblas_dgemm(CblasRowMajor, ta, tb, m, n, k, 1.0, a, lda, b, ldb, beta, c, ldc);
+}
+
+// Runs fn(begin, end) over [0, total) split across the cores, or inline when the work is too
+// small to pay for starting threads (about 10 us each). OpenMP would leave its workers spinning
+// into the next call's BLAS, which then shares the cores with them.
+template <typename F>
+void parallel_for(int64_t total, int64_t work_per_item, F fn) {
+  const int64_t kMinWork = 1 << 16;  // multiply-adds per thread worth a thread start
+  const int64_t wanted = std::min<int64_t>(total, total * work_per_item / kMinWork);
+  if (wanted <= 1) {  // before asking for the core count: glibc reads /sys for it
+    fn(int64_t(0), total);
+    return;
+  }
+  static const int64_t cores = std::max(1u, std::thread::hardware_concurrency());
+  const int64_t threads = std::min<int64_t>(cores, wanted);
+  if (threads <= 1) {
+    fn(int64_t(0), total);
+    return;
+  }
+  std::vector<std::thread> pool;
+  pool.reserve(threads - 1);
+  const int64_t chunk = (total + threads - 1) / threads;
+  for (int64_t t = 1; t < threads; ++t) {
+    const int64_t b = t * chunk, e = std::min(total, b + chunk);
+    if (b >= e) break;
+    try {
+      pool.emplace_back(fn, b, e);
+    } catch (...) {
+      fn(b, e);  // no thread to be had: do that chunk here rather than fail
+    }
+  }
+  fn(int64_t(0), std::min(total, chunk));
+  for (auto &th : pool) th.join();
+}
+
+// Labels are read as row indices: each must lie in [0, c) before any row is touched. They are
+// copied first and only the copy is used, so memory another thread writes meanwhile (a
+// SharedArrayBuffer) cannot slip an unchecked index past the check.
+inline int32_t copy_labels(lsm_context *ctx, const int32_t *labels, int64_t n, int64_t c,
+                           std::vector<int32_t> *out) {
+  out->assign(labels, labels + n);
+  const int32_t *y = out->data();
+  for (int64_t i = 0; i < n; ++i) {
+    if (y[i] < 0 || y[i] >= c)
+      return lsm_fail(ctx, LSM_ERR_INVALID_ARGUMENT,
+                      "labels[" + std::to_string(i) + "]: expected an integer in [0, " + std::to_string(c) +
+                          "), got " + std::to_string(y[i]));
+  }
+  return LSM_OK;
+}
+
+// The sample's statistics (margin.cuh, lsm_stats): the largest magnitudes first, then the sums
+// of the vectors scaled by powers of two near them, in double.
+template <typename T>
+lsm_stats target_stats(const T *x, const T *w, int64_t d) {
+  double amax_x = 0.0, amax_w = 0.0;
+  for (int64_t k = 0; k < d; ++k) {
+    amax_x = lsm_absmax(amax_x, x[k]);
+    amax_w = lsm_absmax(amax_w, w[k]);
+  }
+  lsm_stats s = lsm_stats_begin(amax_x, amax_w);
+  for (int64_t k = 0; k < d; ++k) lsm_stats_add(s, x[k], w[k]);
+  return s;
+}
+
+// Adds the margin's corrections (one lsm_correction per sample, label -1 where none applies) to
+// the plain products' gradients: grad_x row by row, grad_w split by columns, so that each thread
+// owns a slice of every row and adds the samples in order (deterministic). w and gw are the rows
+// of the classes the corrections' labels index (a shard's, for the fused loss). Each element's
+// correction is formed in double and added with one rounding to T (as the CUDA backend does).
+template <typename T>
+void add_corrections(const T *x, const T *w, int64_t n, int64_t d, const std::vector<lsm_correction> &coef, T *gx,
+                     T *gw) {
+  parallel_for(n, d, [&](int64_t begin, int64_t end) {
+    for (int64_t i = begin; i < end; ++i) {
+      const lsm_correction &r = coef[i];
+      if (r.label < 0) continue;
+      const T *xi = x + i * d, *wy = w + (int64_t)r.label * d;
+      T *gxi = gx + i * d;
+      for (int64_t k = 0; k < d; ++k) gxi[k] = (T)(gxi[k] + lsm_correction_x(r, xi[k], wy[k]));
+    }
+  });
+  parallel_for(d, 2 * n, [&](int64_t k0, int64_t k1) {
+    for (int64_t i = 0; i < n; ++i) {
+      const lsm_correction &r = coef[i];
+      if (r.label < 0) continue;
+      const T *xi = x + i * d, *wy = w + (int64_t)r.label * d;
+      T *gwy = gw + (int64_t)r.label * d;
+      for (int64_t k = k0; k < k1; ++k) gwy[k] = (T)(gwy[k] + lsm_correction_w(r, xi[k], wy[k]));
+    }
+  });
+}
+
+}  // namespace lsm_cpu
+
+#endif  // LSOFTMAX_CPU_COMMON_H

@@ -1,0 +1,223 @@
+// cpu_loss.cpp: the fused loss on the CPU: softmax cross-entropy over the margin logits without
+// the n x c logits. Classes go in blocks of B (all n rows at a time, n*B elements within the
+// context's workspace limit): a block's logits are one product x W_b^T, their target entries are
+// replaced by the margin logits, and a running max and sum of exponentials per row (float64)
+// folds the block in. The gradients need softmax_ij = exp(f_ij - lse_i):
+// - one block (every class fits): its exponentials E_ij = exp(f_ij - max_i) are still in the
+//   buffer. With k_i = scale / sum_i, G = diag(k) E - scale onehot = diag(k) E' where E' is E
+//   with sum_i taken off the target entries; so dx = diag(k) (E' W) and dW = E'^T (diag(k) x):
+//   the n x c matrix is never rescaled, only the n x d ones.
+// - several blocks: each block's logits are made again (one more product) and turned into G.
+// Then the margin's corrections on the target rows, as in the backward.
+#include <math.h>
+#include <stdlib.h>
+
+#include <limits>
+
+#include "cpu_common.h"
+#include "cpu_rows.h"
+
+namespace {
+
+using namespace lsm_cpu;
+
+// The row kernels by element type: float through cpu_rows.h (vectorized), double through libm.
+float row_max(const float *row, int64_t count) { return lsm_rows().max(row, count); }
+double exp_sum(const float *in, float *out, int64_t count, float shift) {
+  return lsm_rows().exp_sum(in, out, count, shift);
+}
+double row_max(const double *row, int64_t count) {
+  double m = -INFINITY;
+  for (int64_t j = 0; j < count; ++j) m = row[j] > m ? row[j] : m;
+  return m;
+}
+double exp_sum(const double *in, double *out, int64_t count, double shift) {
+  double total = 0.0;
+  for (int64_t j = 0; j < count; ++j) total += out[j] = exp(in[j] - shift);
+  return total;
+}
+
+// The context's scratch, grown to `bytes` and kept for later calls.
+int32_t workspace(lsm_context *ctx, size_t bytes, void **out) {
+  if (ctx->host_workspace_bytes < bytes) {
+    free(ctx->host_workspace);
+    ctx->host_workspace_bytes = 0;
+    const size_t rounded = (bytes + 63) / 64 * 64;
+    ctx->host_workspace = aligned_alloc(64, rounded);
+    if (ctx->host_workspace == nullptr)
+      return lsm_fail(ctx, LSM_ERR_OUT_OF_MEMORY, "workspace: host allocation of " + std::to_string(bytes) + " bytes failed");
+    ctx->host_workspace_bytes = rounded;
+  }
+  *out = ctx->host_workspace;
+  return LSM_OK;
+}
+
+template <typename T>
+struct loss_run {
+  const lsm_loss_problem &p;
+  const T *x, *w;
+  T *gx, *gw;
+  int64_t n, d, c, block = 0;
+  double scale;
+  std::vector<int32_t> labels;
+  std::vector<int64_t> local;  // y_i - class_offset where this shard owns the label, else -1
+  std::vector<lsm_stats> stats;
+  std::vector<double> target;    // the margin target logit of each owned row
+  std::vector<double> g_target;  // dL/df_iy of each owned row
+  T *buf = nullptr;              // n x block logits, then their exponentials or gradients
+
+  explicit loss_run(const lsm_loss_problem &q)
+      : p(q), x(static_cast<const T *>(q.x)), w(static_cast<const T *>(q.w)), gx(static_cast<T *>(q.grad_x)),
+        gw(static_cast<T *>(q.grad_w)), n(q.n), d(q.d), c(q.c), scale(q.args.grad_scale) {}
+
+  // Logits of classes [c0, c0 + cb) into buf (row stride cb), target entries replaced.
+  void logits(int64_t c0, int64_t cb) {
+    gemm(CblasNoTrans, CblasTrans, (int)n, (int)cb, (int)d, x, (int)d, w + c0 * d, (int)d, buf, (int)cb);
+    for (int64_t i = 0; i < n; ++i) {
+      const int64_t y = local[i] - c0;
+      if (y >= 0 && y < cb) buf[i * cb + y] = (T)target[i];
+    }
+  }
+
+  // Folds a block into each row's running max and sum of exponentials; the block's
+  // exponentials exp(f - max) replace its logits.
+  void fold(int64_t cb, double *maxes, double *sums) {
+    parallel_for(n, 4 * cb, [&](int64_t i0, int64_t i1) {
+      for (int64_t i = i0; i < i1; ++i) {
+        T *row = buf + i * cb;
+        const T bm = row_max(row, cb);  // one of the row's values: exact in T
+        const T b = (double)bm > maxes[i] ? bm : (T)maxes[i];
+        const double carried = sums[i] == 0.0 ? 0.0 : sums[i] * exp(maxes[i] - (double)b);
+        sums[i] = carried + exp_sum(row, row, cb, b);
+        maxes[i] = (double)b;
+      }
+    });
+  }
+
+  // A block's logits in buf to G = scale (softmax - onehot), given each row's lse. With t_i =
+  // lse_i rounded to T, softmax = exp(f - t_i) / exp(lse_i - t_i): f - t_i is formed in T
+  // without losing the float64 lse's digits.
+  void gradient(int64_t c0, int64_t cb, const double *lse) {
+    parallel_for(n, 4 * cb, [&](int64_t i0, int64_t i1) {
+      for (int64_t i = i0; i < i1; ++i) {
+        T *row = buf + i * cb;
+        T t = (T)lse[i];
+        if (!isfinite((double)t) && isfinite(lse[i])) t = std::numeric_limits<T>::max();  // lse past T
+        const double k = scale / exp(lse[i] - (double)t);
+        exp_sum(row, row, cb, t);
+        for (int64_t j = 0; j < cb; ++j) row[j] = (T)(k * (double)row[j]);
+        const int64_t y = local[i] - c0;
+        if (y >= 0 && y < cb) {
+          row[y] = (T)((double)row[y] - scale);
+          g_target[i] = (double)row[y];
+        }
+      }
+    });
+  }
+
+  // dx (+)= G_b W_b and dW_b = G_b^T x for the block of gradients in buf.
+  void products(int64_t c0, int64_t cb) {
+    gemm(CblasNoTrans, CblasNoTrans, (int)n, (int)d, (int)cb, buf, (int)cb, w + c0 * d, (int)d, gx, (int)d,
+         c0 == 0 ? T(0) : T(1));
+    gemm(CblasTrans, CblasNoTrans, (int)cb, (int)d, (int)n, buf, (int)cb, x, (int)d, gw + c0 * d, (int)d);
+  }
+
+  // The gradients from the one block's exponentials E in buf and their row sums (see the top).
+  void products_from_exps(const double *sums) {
+    std::vector<double> k((size_t)n);
+    std::vector<T> kx((size_t)(n * d));
+    for (int64_t i = 0; i < n; ++i) {
+      k[i] = scale / sums[i];
+      const int64_t y = local[i];
+      if (y >= 0) {
+        T &e = buf[i * c + y];
+        g_target[i] = k[i] * (double)e - scale;  // from E before it changes
+        e = (T)((double)e - sums[i]);
+      }
+      for (int64_t q = 0; q < d; ++q) kx[i * d + q] = (T)(k[i] * (double)x[i * d + q]);
+    }
+    gemm(CblasNoTrans, CblasNoTrans, (int)n, (int)d, (int)c, buf, (int)c, w, (int)d, gx, (int)d);
+    gemm(CblasTrans, CblasNoTrans, (int)c, (int)d, (int)n, buf, (int)c, kx.data(), (int)d, gw, (int)d);
+    for (int64_t i = 0; i < n; ++i)
+      for (int64_t q = 0; q < d; ++q) gx[i * d + q] = (T)(k[i] * (double)gx[i * d + q]);
+  }
+
+  void corrections() {
+    if (p.margin.m == 1) return;
+    std::vector<lsm_correction> coef((size_t)n);
+    for (int64_t i = 0; i < n; ++i) {
+      coef[i] = local[i] < 0 ? lsm_no_correction()
+                             : lsm_target_correction(g_target[i], stats[i], p.margin, (int32_t)local[i]);
+    }
+    add_corrections(x, w, n, d, coef, gx, gw);
+  }
+
+  int32_t run(lsm_context *ctx) {
+    const lsm_loss_args &a = p.args;
+    int32_t s = copy_labels(ctx, p.labels, n, a.total_classes, &labels);
+    if (s != LSM_OK) return s;
+    local.assign((size_t)n, -1);
+    stats.resize((size_t)n);
+    target.assign((size_t)n, 0.0);
+    g_target.assign((size_t)n, 0.0);
+    parallel_for(n, 2 * d, [&](int64_t i0, int64_t i1) {
+      for (int64_t i = i0; i < i1; ++i) {
+        const int64_t y = labels[i] - a.class_offset;
+        if (y < 0 || y >= c) continue;
+        local[i] = y;
+        stats[i] = target_stats(x + i * d, w + y * d, d);
+        target[i] = lsm_target_logit(stats[i], p.margin);
+      }
+    });
+    const size_t per_class = (size_t)n * sizeof(T);
+    block = std::max<int64_t>(1, std::min<int64_t>(c, (int64_t)(ctx->workspace_limit / per_class)));
+    void *ws = nullptr;
+    if ((s = workspace(ctx, (size_t)block * per_class, &ws)) != LSM_OK) return s;
+    buf = static_cast<T *>(ws);
+
+    std::vector<double> lse((size_t)n);
+    if (p.stage != LSM_LOSS_GRADIENTS) {
+      std::vector<double> maxes((size_t)n, -INFINITY), sums((size_t)n, 0.0);
+      for (int64_t c0 = 0; c0 < c; c0 += block) {
+        const int64_t cb = std::min(block, c - c0);
+        logits(c0, cb);
+        fold(cb, maxes.data(), sums.data());
+      }
+      if (p.stage == LSM_LOSS_PARTIALS) {
+        for (int64_t i = 0; i < n; ++i) {
+          p.row_max[i] = maxes[i];
+          p.row_sum[i] = sums[i];
+          p.target[i] = local[i] >= 0 ? target[i] : 0.0;
+        }
+        return LSM_OK;
+      }
+      for (int64_t i = 0; i < n; ++i) {
+        lse[i] = maxes[i] + log(sums[i]);
+        p.row_loss[i] = lse[i] - target[i];
+      }
+      if (gx == nullptr) return LSM_OK;  // the loss alone
+      if (block == c) {
+        products_from_exps(sums.data());
+        corrections();
+        return LSM_OK;
+      }
+    } else {
+      lse.assign(p.lse, p.lse + n);
+    }
+    for (int64_t c0 = 0; c0 < c; c0 += block) {
+      const int64_t cb = std::min(block, c - c0);
+      logits(c0, cb);
+      gradient(c0, cb, lse.data());
+      products(c0, cb);
+    }
+    corrections();
+    return LSM_OK;
+  }
+};
+
+}  // namespace
+
+int32_t lsm_cpu_loss(lsm_context *ctx, const lsm_loss_problem &p) {
+  if (p.dtype == LSM_FLOAT32) return loss_run<float>(p).run(ctx);
+  return loss_run<double>(p).run(ctx);
+}

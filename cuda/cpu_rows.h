@@ -1,0 +1,81 @@
+// cpu_rows.h: the fused loss's row kernels over float logits: the row max and exp(f - shift)
+// with the row's sum. These touch all n x c logits, so they are written for the vectorizer (a
+// branch-free exp, sums in lanes) and built twice: cpu_rows.cpp for the baseline instruction set
+// and, on x86-64, cpu_rows_avx2.cpp for AVX2 + FMA; lsm_rows() picks one at run time. Both are
+// built with -fno-trapping-math, without which the compiler does not vectorize the selects.
+#ifndef LSOFTMAX_CPU_ROWS_H
+#define LSOFTMAX_CPU_ROWS_H
+
+#include <stdint.h>
+
+struct lsm_row_kernels {
+  // The largest of row[0..count) (NaNs are left to exp_sum, which turns them into a NaN sum).
+  float (*max)(const float *row, int64_t count);
+  // out[j] = exp(in[j] - shift) (in may be out); returns the sum of out in double.
+  double (*exp_sum)(const float *in, float *out, int64_t count, float shift);
+};
+
+// The kernels for this processor.
+const lsm_row_kernels &lsm_rows();
+
+// The definitions, in a namespace of the including file's choosing (cpu_rows*.cpp).
+#ifdef LSM_ROWS_NAMESPACE
+#include <math.h>
+#include <string.h>
+
+namespace LSM_ROWS_NAMESPACE {
+
+constexpr int kLanes = 8;
+
+// exp(x) to within 8e-8 relative: Cody-Waite reduction by ln 2, a degree-6 polynomial, the
+// exponent put in by bits. exp(x < -87.3) = 0; NaN stays NaN. No calls, no branches.
+inline float exp_approx(float x) {
+  const float lo = -87.33654f, magic = 12582912.0f;  // exp(lo) is the smallest normal float
+  const float xc = x < lo ? lo : x;
+  const float k = (xc * 1.44269504088896341f + magic) - magic;  // round(x / ln 2)
+  const float r = (xc - k * 0.693359375f) - k * -2.12194440e-4f;
+  float q = 1.9875691500e-4f;
+  q = q * r + 1.3981999507e-3f;
+  q = q * r + 8.3334519073e-3f;
+  q = q * r + 4.1665795894e-2f;
+  q = q * r + 1.6666665459e-1f;
+  q = q * r + 5.0000001201e-1f;
+  q = q * r * r + r + 1.0f;
+  const int32_t bits = ((int32_t)k + 127) << 23;
+  float scale;
+  memcpy(&scale, &bits, sizeof scale);
+  const float y = x < lo ? 0.0f : q * scale;
+  return x != x ? x : y;
+}
+
+inline float row_max(const float *row, int64_t count) {
+  float lanes[kLanes];
+  for (int l = 0; l < kLanes; ++l) lanes[l] = -INFINITY;
+  int64_t j = 0;
+  for (; j + kLanes <= count; j += kLanes)
+    for (int l = 0; l < kLanes; ++l) lanes[l] = row[j + l] > lanes[l] ? row[j + l] : lanes[l];
+  float m = -INFINITY;
+  for (; j < count; ++j) m = row[j] > m ? row[j] : m;
+  for (int l = 0; l < kLanes; ++l) m = lanes[l] > m ? lanes[l] : m;
+  return m;
+}
+
+// Summed in blocks of 256 in float lanes (values <= 1), the blocks added in double.
+inline double exp_sum(const float *in, float *out, int64_t count, float shift) {
+  for (int64_t j = 0; j < count; ++j) out[j] = exp_approx(in[j] - shift);
+  double total = 0.0;
+  int64_t j = 0;
+  for (; j + 256 <= count; j += 256) {
+    float lanes[kLanes] = {};
+    for (int64_t u = 0; u < 256; u += kLanes)
+      for (int l = 0; l < kLanes; ++l) lanes[l] += out[j + u + l];
+    for (int l = 0; l < kLanes; ++l) total += lanes[l];
+  }
+  for (; j < count; ++j) total += out[j];
+  return total;
+}
+
+}  // namespace LSM_ROWS_NAMESPACE
+#endif  // LSM_ROWS_NAMESPACE
+
+#endif  // LSOFTMAX_CPU_ROWS_H

@@ -1,0 +1,7 @@
+// cpu_rows_avx2.cpp: the row kernels of cpu_rows.h built for AVX2 + FMA (x86-64 only).
+#define LSM_ROWS_NAMESPACE lsm_rows_avx2
+#include "cpu_rows.h"
+
+namespace lsm_rows_avx2 {
+extern const lsm_row_kernels kernels = {row_max, exp_sum};
+}

@@ -1,0 +1,239 @@
+// The L-Softmax layer: the op with the λ annealing state of the Caffe layer, on a context of its
+// own. It runs the same internal op as forward() and backward().
+
+import type { FloatArray } from "../ffi/arrays.ts";
+import type { NativeContext, Precision } from "../ffi/context.ts";
+import { OPS } from "../ffi/ops.ts";
+import { type Backend, openContext, resolveBackend } from "./backends.ts";
+import { checkInteger, readOptions } from "./checks.ts";
+import {
+  checkMargin,
+  checkPrecision,
+  checkProblem,
+  MAX_MARGIN,
+  type Problem,
+  runOp,
+} from "./op.ts";
+import { checkSchedule, lambdaOf, type LambdaSchedule } from "./schedule.ts";
+import { checkReduction, type Reduction, runLoss } from "./loss.ts";
+
+/** Options of {@link LargeMarginSoftmax}: margin, schedule, state and backend. */
+export interface LayerOptions extends LambdaSchedule {
+  /** The integer margin m, 1 to 16 (`MAX_MARGIN`). */
+  margin: number;
+  /** The iteration the layer resumes from (0 for a new layer). */
+  iteration?: number;
+  /** Where to compute; "auto" by default. */
+  backend?: Backend;
+  /** Float32 matrix products: "exact" (default) or "tf32" (CUDA sm_80+). */
+  precision?: Precision;
+}
+
+const LAYER_KEYS = [
+  "margin",
+  "base",
+  "gamma",
+  "power",
+  "lambdaMin",
+  "iteration",
+  "backend",
+  "precision",
+] as const;
+
+/**
+ * The L-Softmax layer with its λ annealing state. Without a step, each forward first
+ * increments the iteration (as the Caffe layer does); with `{ step }` it uses λ at that step
+ * (as the seed's TensorFlow op does with global_step). Backward uses the last forward's inputs
+ * and λ: keep those arrays unchanged in between.
+ *
+ * @example
+ * ```ts
+ * import { LargeMarginSoftmax } from "./mod.ts";
+ * using layer = new LargeMarginSoftmax({
+ *   margin: 4, base: 1000, gamma: 0.000025, power: 35, lambdaMin: 0, backend: "cpu",
+ * });
+ * const x = new Float64Array([1, 2, 3, 4]);
+ * const w = new Float64Array([1, 0, 0, 1, 1, 1]);
+ * layer.forward(x, w, new Int32Array([0, 2]));
+ * const { gradX } = layer.backward(new Float64Array(6).fill(1));
+ * const saved = JSON.stringify(layer); // resume later: new LargeMarginSoftmax(JSON.parse(saved))
+ * ```
+ */
+export class LargeMarginSoftmax {
+  /** The margin m. */
+  readonly margin: number;
+  /** The λ schedule. */
+  readonly schedule: LambdaSchedule;
+  /** Where the layer computes, as given. */
+  readonly backend: Backend;
+  /** The float32 matrix-product precision. */
+  readonly precision: Precision;
+  #iteration: number;
+  #lambda: number | undefined;
+  #context: NativeContext | undefined;
+  #last: Problem | undefined;
+  #closed = false;
+
+  /**
+   * A layer at `options.iteration` (0 by default); throws for bad options or backends.
+   *
+   * @param options The margin, the λ schedule, and optionally iteration, backend, precision.
+   */
+  constructor(options: LayerOptions) {
+    const o = readOptions("options", options, LAYER_KEYS);
+    this.margin = checkInteger("margin", o.margin, 1, MAX_MARGIN);
+    this.schedule = checkSchedule(o);
+    this.#iteration = checkInteger("iteration", o.iteration ?? 0, 0, Number.MAX_SAFE_INTEGER);
+    this.backend = (o.backend ?? "auto") as Backend;
+    this.precision = checkPrecision(o.precision);
+    // Fail now, not at the first forward.
+    const { kind } = resolveBackend(this.backend);
+    if (this.precision === "tf32" && kind === "cpu") {
+      throw new RangeError(
+        `precision: "tf32" needs a CUDA device of compute capability 8.0+, got backend ` +
+          `${JSON.stringify(this.backend)}, which is the cpu here`,
+      );
+    }
+  }
+
+  /** The iteration of the last forward (or the one the layer was created at). */
+  get iteration(): number {
+    return this.#iteration;
+  }
+
+  /** λ of the last forward; before any, λ at the current iteration. */
+  get lambda(): number {
+    return this.#lambda ?? lambdaOf(this.#iteration, this.schedule);
+  }
+
+  #ctx(): NativeContext {
+    if (this.#closed) throw new Error("LargeMarginSoftmax: the layer is closed");
+    this.#context ??= openContext(this.backend); // its own, closed with the layer
+    return this.#context;
+  }
+
+  /**
+   * Logits for x [N, D], w [C, D] and labels [N], and the λ used.
+   *
+   * @param x Features, row-major, Float32Array or Float64Array.
+   * @param w Class weights, row-major, the dtype of x.
+   * @param labels N class indices.
+   * @param options `step` (use λ at this step and set the iteration to it), `features` (D),
+   * `out` (an array of N·C elements to write the logits into).
+   * @returns The logits and the λ this forward used.
+   */
+  forward<T extends FloatArray>(
+    x: T,
+    w: T,
+    labels: Int32Array,
+    options: { step?: number; features?: number; out?: T } = {},
+  ): { logits: T; lambda: number } {
+    const ctx = this.#ctx();
+    this.#last = undefined; // a failed forward leaves no stale inputs for backward
+    const o = readOptions("options", options, ["step", "features", "out"]);
+    const { step, p } = this.#problem(x, w, labels, o.step, o.features);
+    const [logits] = runOp(ctx, OPS.forward, p, { out: o.out });
+    this.#advance(step, p, true);
+    return { logits: logits as T, lambda: p.margin.lambda };
+  }
+
+  // The step a forward or loss runs at (Caffe: one past the iteration; or the given one) and
+  // its checked problem at λ of that step.
+  #problem(x: unknown, w: unknown, labels: unknown, given: unknown, features: unknown) {
+    let step: number;
+    if (given !== undefined) step = checkInteger("step", given, 0, Number.MAX_SAFE_INTEGER);
+    else if (this.#iteration < Number.MAX_SAFE_INTEGER) step = this.#iteration + 1;
+    else {
+      throw new RangeError(
+        `iteration: expected below Number.MAX_SAFE_INTEGER to count one more exactly, got ` +
+          `${this.#iteration}; pass { step } to choose the step`,
+      );
+    }
+    const margin = checkMargin(this.margin, lambdaOf(step, this.schedule));
+    return { step, p: checkProblem(x, w, labels, features, margin, this.precision) };
+  }
+
+  #advance(step: number, p: Problem, keep: boolean): void {
+    this.#iteration = step;
+    this.#lambda = p.margin.lambda;
+    this.#last = keep ? p : undefined;
+  }
+
+  /**
+   * The fused loss (softmax cross-entropy over the margin logits) and its gradients, at the
+   * step and λ a forward would use, without the N×C logits.
+   *
+   * @param x Features, row-major, Float32Array or Float64Array.
+   * @param w Class weights, row-major, the dtype of x.
+   * @param labels N class indices.
+   * @param options `step`, `features` as for {@link LargeMarginSoftmax.forward}; `reduction`
+   * ("mean" or "sum"); `outX`, `outW` arrays to write the gradients into.
+   * @returns The loss, the λ used, dL/dx and dL/dw.
+   */
+  loss<T extends FloatArray>(
+    x: T,
+    w: T,
+    labels: Int32Array,
+    options: { step?: number; features?: number; reduction?: Reduction; outX?: T; outW?: T } = {},
+  ): { loss: number; lambda: number; gradX: T; gradW: T } {
+    const ctx = this.#ctx();
+    this.#last = undefined;
+    const o = readOptions("options", options, ["step", "features", "reduction", "outX", "outW"]);
+    const { step, p } = this.#problem(x, w, labels, o.step, o.features);
+    const request = {
+      reduction: checkReduction(o.reduction),
+      gradients: true,
+      outX: o.outX,
+      outW: o.outW,
+    };
+    const r = runLoss(p, ctx, request);
+    this.#advance(step, p, false);
+    return { loss: r.loss, lambda: p.margin.lambda, gradX: r.gradX as T, gradW: r.gradW as T };
+  }
+
+  /**
+   * Gradients for the last forward, given gradLogits = dL/dlogits [N, C].
+   *
+   * @param gradLogits The loss's gradient with respect to the last forward's logits.
+   * @param options `outX` (N·D) and `outW` (C·D) arrays to write the gradients into.
+   * @returns dL/dx and dL/dw.
+   */
+  backward<T extends FloatArray>(
+    gradLogits: T,
+    options: { outX?: T; outW?: T } = {},
+  ): { gradX: T; gradW: T } {
+    const ctx = this.#ctx();
+    if (!this.#last) throw new Error("LargeMarginSoftmax: backward needs a forward first");
+    const o = readOptions("options", options, ["outX", "outW"]);
+    const [gradX, gradW] = runOp(ctx, OPS.backward, this.#last, { gradLogits, ...o });
+    return { gradX: gradX as T, gradW: gradW as T };
+  }
+
+  /**
+   * Options that rebuild this layer where it left off.
+   *
+   * @returns The layer's options with its current iteration.
+   */
+  toJSON(): Required<LayerOptions> {
+    return {
+      margin: this.margin,
+      ...this.schedule,
+      iteration: this.#iteration,
+      backend: this.backend,
+      precision: this.precision,
+    };
+  }
+
+  /** Releases the layer's native context and saved inputs. Later calls throw. */
+  close(): void {
+    this.#closed = true;
+    this.#last = undefined;
+    this.#context?.close();
+    this.#context = undefined;
+  }
+
+  /** The same as {@link LargeMarginSoftmax.close}, for `using`. */
+  [Symbol.dispose](): void {
+    this.close();
+  }
+}
