@@ -5,7 +5,7 @@
 
 import assert from "node:assert/strict";
 import { backward, forward, LargeMarginSoftmax, loss } from "../mod.ts";
-import { cudaAvailable, LAMBDAS, MARGINS, type TestBackend } from "./check.ts";
+import { LAMBDAS, MARGINS, type TestBackend } from "./check.ts";
 import { allFinite, assertClose, maxAbs, randomProblem, Rng, rowScale, toF32 } from "./helpers.ts";
 import { referenceForward } from "./reference.ts";
 
@@ -30,11 +30,11 @@ function crossEntropy(logits: ArrayLike<number>, labels: Int32Array, c: number, 
 
 const SHAPES: [number, number, number][] = [[7, 5, 3], [1, 1, 1], [3, 1, 4], [9, 6, 11]];
 
-for (const backend of ["cpu", "cuda"] as TestBackend[]) {
+// The fused loss has CPU kernels only so far (its CUDA backend reports itself unavailable).
+for (const backend of ["cpu"] as TestBackend[]) {
   const test = (name: string, fn: () => void) =>
     Deno.test({
       name: `${backend}: loss: ${name}`,
-      ignore: backend === "cuda" && !cudaAvailable,
       fn,
     });
 
