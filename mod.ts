@@ -34,7 +34,8 @@ import {
   sharedContext,
 } from "./src/backends.ts";
 import { checkNumber, readOptions } from "./src/checks.ts";
-import { checkMargin, checkPrecision, checkProblem, runOp } from "./src/op.ts";
+import { checkPrecision, checkProblem, runOp } from "./src/op.ts";
+import { checkMargin, MARGIN_KEYS, type MarginOptions } from "./src/margins.ts";
 import { checkSchedule, lambdaOf, type LambdaSchedule } from "./src/schedule.ts";
 import {
   checkGradients,
@@ -51,14 +52,12 @@ export type { Backend, BackendsInfo } from "./src/backends.ts";
 export type { LambdaSchedule } from "./src/schedule.ts";
 export type { Reduction } from "./src/loss.ts";
 export { LargeMarginSoftmax, type LayerOptions } from "./src/layer.ts";
-export { MAX_ELEMENTS, MAX_MARGIN } from "./src/op.ts";
+export type { MarginKind, MarginOptions } from "./src/margins.ts";
+export { MAX_ELEMENTS } from "./src/op.ts";
+export { MAX_MARGIN } from "./src/margins.ts";
 
-/** Options of {@link forward} and {@link backward}. */
-export interface OpOptions {
-  /** The integer margin m, 1 to {@link MAX_MARGIN}; m = 1 is the plain linear layer. */
-  margin: number;
-  /** λ >= 0: how much of the plain logit is mixed in (large early in training). */
-  lambda: number;
+/** Options of {@link forward} and {@link backward}: the margin, and where and how to compute. */
+export interface OpOptions extends MarginOptions {
   /** Where to compute; "auto" by default. */
   backend?: Backend;
   /** The feature count D; by default x.length / labels.length. */
@@ -89,7 +88,7 @@ export interface LossOptions extends Omit<OpOptions, "backend"> {
   workspace?: number;
 }
 
-const OP_KEYS = ["margin", "lambda", "backend", "features", "precision"] as const;
+const OP_KEYS = [...MARGIN_KEYS, "backend", "features", "precision"] as const;
 const LOSS_KEYS = [...OP_KEYS, "reduction", "gradients", "workspace", "outX", "outW"] as const;
 const FORWARD_KEYS = [...OP_KEYS, "out"] as const;
 const BACKWARD_KEYS = [...OP_KEYS, "outX", "outW"] as const;
@@ -186,7 +185,7 @@ export function loss<T extends FloatArray>(
   options: LossOptions & { outX?: T; outW?: T },
 ): { loss: number; gradX?: T; gradW?: T } {
   const o = readOptions("options", options, LOSS_KEYS);
-  const margin = checkMargin(o.margin, o.lambda);
+  const margin = checkMargin(o);
   const p = checkProblem(x, w, labels, o.features, margin, checkPrecision(o.precision));
   p.workspace = checkWorkspace(o.workspace);
   const request = {
@@ -224,7 +223,7 @@ export function forward<T extends FloatArray>(
   options: OpOptions & { out?: T },
 ): { logits: T } {
   const o = readOptions("options", options, FORWARD_KEYS);
-  const margin = checkMargin(o.margin, o.lambda);
+  const margin = checkMargin(o);
   const p = checkProblem(x, w, labels, o.features, margin, checkPrecision(o.precision));
   const [logits] = runOp(sharedContext(o.backend), OPS.forward, p, { out: o.out });
   return { logits: logits as T };
@@ -259,7 +258,7 @@ export function backward<T extends FloatArray>(
   options: OpOptions & { outX?: T; outW?: T },
 ): { gradX: T; gradW: T } {
   const o = readOptions("options", options, BACKWARD_KEYS);
-  const margin = checkMargin(o.margin, o.lambda);
+  const margin = checkMargin(o);
   const p = checkProblem(x, w, labels, o.features, margin, checkPrecision(o.precision));
   const [gradX, gradW] = runOp(sharedContext(o.backend), OPS.backward, p, {
     gradLogits,

@@ -10,6 +10,7 @@
 #include <string>
 
 #include "internal.h"
+#include "margin.cuh"
 
 #ifndef LSM_VERSION_STRING
 #define LSM_VERSION_STRING "0.1.0"
@@ -85,19 +86,44 @@ std::string num(double v) {
 
 // The margin's kind and the fields it uses; every other field must be 0 (room to grow).
 int32_t check_margin(lsm_context *ctx, const lsm_margin &m) {
-  if (m.kind != LSM_MARGIN_LSOFTMAX)
-    return lsm_fail(ctx, LSM_ERR_INVALID_ARGUMENT,
-                    "margin.kind: expected LSM_MARGIN_LSOFTMAX (0), got " + str(m.kind));
-  if (m.m < 1 || m.m > LSM_MAX_MARGIN)
-    return lsm_fail(ctx, LSM_ERR_INVALID_ARGUMENT,
-                    "margin.m: expected an integer in [1, " + str(LSM_MAX_MARGIN) + "], got " + str(m.m));
-  if (!(m.lambda >= 0.0) || !isfinite(m.lambda))
-    return lsm_fail(ctx, LSM_ERR_INVALID_ARGUMENT, "margin.lambda: expected a finite number >= 0, got " + num(m.lambda));
-  bool unused_zero = m.scale == 0.0 && m.m1 == 0.0 && m.m2 == 0.0 && m.m3 == 0.0 && m.flags == 0 && m.reserved_flags == 0;
+  auto fail = [&](const std::string &msg) { return lsm_fail(ctx, LSM_ERR_INVALID_ARGUMENT, msg); };
+  auto finite_at_least = [&](double v, double lo, const char *name, int32_t *s) {
+    if (v >= lo && isfinite(v)) return true;
+    *s = fail(std::string(name) + ": expected a finite number >= " + num(lo) + ", got " + num(v));
+    return false;
+  };
+  static const char *const names[] = {"L-Softmax", "A-Softmax", "CosFace", "ArcFace", "the combined margin"};
+  if (m.kind < LSM_MARGIN_LSOFTMAX || m.kind > LSM_MARGIN_COMBINED)
+    return fail("margin.kind: expected LSM_MARGIN_LSOFTMAX (0), ASOFTMAX (1), COSFACE (2), ARCFACE (3) or "
+                "COMBINED (4), got " + str(m.kind));
+  // Which fields the kind reads: m and lambda; scale, m1, m2, m3; flags.
+  const bool angular = m.kind <= LSM_MARGIN_ASOFTMAX;
+  const bool uses_m1 = m.kind == LSM_MARGIN_COMBINED;
+  const bool uses_m2 = m.kind == LSM_MARGIN_ARCFACE || m.kind == LSM_MARGIN_COMBINED;
+  const bool uses_m3 = m.kind == LSM_MARGIN_COSFACE || m.kind == LSM_MARGIN_COMBINED;
+  int32_t s = LSM_OK;
+  if (angular) {
+    if (m.m < 1 || m.m > LSM_MAX_MARGIN)
+      return fail("margin.m: expected an integer in [1, " + str(LSM_MAX_MARGIN) + "], got " + str(m.m));
+    if (!finite_at_least(m.lambda, 0.0, "margin.lambda", &s)) return s;
+  } else {
+    if (!(m.scale > 0.0) || !isfinite(m.scale))
+      return fail("margin.scale: expected a finite number > 0, got " + num(m.scale));
+    if (uses_m1 && !finite_at_least(m.m1, 1.0, "margin.m1", &s)) return s;
+    if (uses_m2 && !finite_at_least(m.m2, 0.0, "margin.m2", &s)) return s;
+    if (uses_m3 && !finite_at_least(m.m3, 0.0, "margin.m3", &s)) return s;
+    if (m.kind == LSM_MARGIN_ARCFACE && !(m.m2 < LSM_PI / 2))
+      return fail("margin.m2: expected ArcFace's margin below pi/2, got " + num(m.m2));
+  }
+  const uint32_t flags_allowed = m.kind == LSM_MARGIN_ARCFACE ? LSM_FLAG_EASY_MARGIN : 0u;
+  bool unused_zero = (angular ? m.scale == 0.0 : m.m == 0 && m.lambda == 0.0) && (uses_m1 || m.m1 == 0.0) &&
+                     (uses_m2 || m.m2 == 0.0) && (uses_m3 || m.m3 == 0.0) && (m.flags & ~flags_allowed) == 0 &&
+                     m.reserved_flags == 0;
   for (double r : m.reserved) unused_zero = unused_zero && r == 0.0;
   if (!unused_zero)
-    return lsm_fail(ctx, LSM_ERR_INVALID_ARGUMENT,
-                    "margin: expected 0 in the fields L-Softmax does not use (scale, m1, m2, m3, flags, reserved)");
+    return fail(std::string("margin: expected 0 in the fields ") + names[m.kind] + " does not use (" +
+                (angular ? "scale, m1, m2, m3, flags" : "m, lambda, and any of m1, m2, m3, flags it does not take") +
+                ", reserved)");
   return LSM_OK;
 }
 

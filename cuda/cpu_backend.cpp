@@ -1,6 +1,7 @@
 // cpu_backend.cpp: the CPU backend's forward and backward. The matrix products go through CBLAS
-// (OpenBLAS); the margin on the n target entries goes through margin.cuh, the same code the CUDA
-// kernels run, by way of the helpers the CPU ops share (cpu_common.h).
+// (OpenBLAS), on normalised copies of the rows for the kinds that normalise; the margin on the n
+// target entries goes through margin.cuh, the same code the CUDA kernels run, by way of the
+// helpers the CPU ops share (cpu_common.h).
 #include <vector>
 
 #include "cpu_common.h"
@@ -18,12 +19,13 @@ int32_t forward(lsm_context *ctx, const lsm_problem &p) {
   std::vector<int32_t> labels;
   int32_t s = copy_labels(ctx, p.labels, n, c, &labels);
   if (s != LSM_OK) return s;
-  gemm(CblasNoTrans, CblasTrans, (int)n, (int)c, (int)d, x, (int)d, w, (int)d, logits, (int)c);
-  if (p.margin.m == 1) return LSM_OK;  // psi(c) = c: the target logit is the plain inner product
-  parallel_for(n, 2 * d, [&](int64_t begin, int64_t end) {  // two passes over d per sample
+  const product_inputs<T> in(x, w, n, c, d, p.margin);
+  gemm(CblasNoTrans, CblasTrans, (int)n, (int)c, (int)d, in.x, (int)d, in.w, (int)d, logits, (int)c);
+  if (plain_margin(p.margin)) return LSM_OK;  // psi(c) = c: the target logit is the plain product
+  parallel_for(n, 3 * d, [&](int64_t begin, int64_t end) {  // two or three passes over d per sample
     for (int64_t i = begin; i < end; ++i) {
       const int64_t y = labels[i];
-      logits[i * c + y] = (T)lsm_target_logit(target_stats(x + i * d, w + y * d, d), p.margin);
+      logits[i * c + y] = (T)lsm_target_logit(target_stats(x + i * d, w + y * d, d, p.margin.kind), p.margin);
     }
   });
   return LSM_OK;
@@ -40,19 +42,22 @@ int32_t backward(lsm_context *ctx, const lsm_problem &p) {
   std::vector<int32_t> labels;
   int32_t s = copy_labels(ctx, p.labels, n, c, &labels);
   if (s != LSM_OK) return s;
-  // The plain linear layer's gradients: dx = G W, dW = G^T x.
-  gemm(CblasNoTrans, CblasNoTrans, (int)n, (int)d, (int)c, g, (int)c, w, (int)d, gx, (int)d);
-  gemm(CblasTrans, CblasNoTrans, (int)c, (int)d, (int)n, g, (int)c, x, (int)d, gw, (int)d);
-  if (p.margin.m == 1) return LSM_OK;
+  // The plain linear layer's gradients: dx = G W, dW = G^T x, of the products' inputs (normalised
+  // rows for the kinds that normalise), then projected back to x and W.
+  const product_inputs<T> in(x, w, n, c, d, p.margin);
+  gemm(CblasNoTrans, CblasNoTrans, (int)n, (int)d, (int)c, g, (int)c, in.w, (int)d, gx, (int)d);
+  gemm(CblasTrans, CblasNoTrans, (int)c, (int)d, (int)n, g, (int)c, in.x, (int)d, gw, (int)d);
+  project_gradients(x, w, n, c, d, p.margin, gx, gw);
+  if (plain_margin(p.margin)) return LSM_OK;
   // Per sample, the correction coefficients (label -1 for a zero vector: the plain gradients
   // stand); then the corrections, each element formed in double and added with one rounding to T
   // (the CUDA backend does the same, element for element, in the same order).
   std::vector<lsm_correction> coef((size_t)n);
-  parallel_for(n, 2 * d, [&](int64_t begin, int64_t end) {
+  parallel_for(n, 3 * d, [&](int64_t begin, int64_t end) {
     for (int64_t i = begin; i < end; ++i) {
       const int64_t y = labels[i];
-      coef[i] = lsm_target_correction((double)g[i * c + y], target_stats(x + i * d, w + y * d, d), p.margin,
-                                      (int32_t)y);
+      coef[i] = lsm_target_correction((double)g[i * c + y], target_stats(x + i * d, w + y * d, d, p.margin.kind),
+                                      p.margin, (int32_t)y);
     }
   });
   add_corrections(x, w, n, d, coef, gx, gw);

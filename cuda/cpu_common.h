@@ -7,6 +7,7 @@
 #include <cblas.h>
 
 #include <algorithm>
+#include <memory>
 #include <string>
 #include <thread>
 #include <vector>
@@ -76,9 +77,10 @@ inline int32_t copy_labels(lsm_context *ctx, const int32_t *labels, int64_t n, i
 }
 
 // The sample's statistics (margin.cuh, lsm_stats): the largest magnitudes first, then the sums
-// of the vectors scaled by powers of two near them, in double.
+// of the vectors scaled by powers of two near them, in double; for ArcFace and the combined margin
+// a third pass for sin t.
 template <typename T>
-lsm_stats target_stats(const T *x, const T *w, int64_t d) {
+lsm_stats target_stats(const T *x, const T *w, int64_t d, int kind) {
   double amax_x = 0.0, amax_w = 0.0;
   for (int64_t k = 0; k < d; ++k) {
     amax_x = lsm_absmax(amax_x, x[k]);
@@ -86,8 +88,79 @@ lsm_stats target_stats(const T *x, const T *w, int64_t d) {
   }
   lsm_stats s = lsm_stats_begin(amax_x, amax_w);
   for (int64_t k = 0; k < d; ++k) lsm_stats_add(s, x[k], w[k]);
+  lsm_stats_finish(s);
+  if (lsm_needs_residual(kind) && !lsm_degenerate(s))
+    for (int64_t k = 0; k < d; ++k) lsm_stats_add_residual(s, x[k], w[k]);
   return s;
 }
+
+// A row's normalisation (margin.cuh, lsm_norm): its largest magnitude, then its scaled norm.
+template <typename T>
+lsm_norm row_norm(const T *v, int64_t d) {
+  double amax = 0.0;
+  for (int64_t k = 0; k < d; ++k) amax = lsm_absmax(amax, v[k]);
+  lsm_norm r = lsm_norm_begin(amax);
+  double ss = 0.0;
+  for (int64_t k = 0; k < d; ++k) {
+    const double a = v[k] * r.p;
+    ss += a * a;
+  }
+  lsm_norm_finish(r, ss);
+  return r;
+}
+
+// The products' inputs: x and W themselves (L-Softmax), or copies of them with rows normalised:
+// W^ for every other kind, scale x^ for the normalised kinds (O(n d + c d), no pass over n x c).
+template <typename T>
+struct product_inputs {
+  std::unique_ptr<T[]> xcopy, wcopy;
+  const T *x, *w;
+
+  product_inputs(const T *x0, const T *w0, int64_t n, int64_t c, int64_t d, const lsm_margin &mg) : x(x0), w(w0) {
+    if (lsm_normalises_x(mg.kind)) x = normalised(x0, n, d, mg.scale, &xcopy);
+    if (lsm_normalises_w(mg.kind)) w = normalised(w0, c, d, 1.0, &wcopy);
+  }
+
+  static const T *normalised(const T *v, int64_t rows, int64_t d, double f, std::unique_ptr<T[]> *copy) {
+    copy->reset(new T[(size_t)(rows * d)]);
+    T *out = copy->get();
+    parallel_for(rows, 3 * d, [&](int64_t r0, int64_t r1) {
+      for (int64_t r = r0; r < r1; ++r) {
+        const T *vr = v + r * d;
+        const lsm_norm nr = row_norm(vr, d);
+        for (int64_t k = 0; k < d; ++k) out[r * d + k] = (T)lsm_unit(nr, vr[k], f);
+      }
+    });
+    return out;
+  }
+};
+
+// Gradients g with respect to f v^ (rows of a normalised input) to gradients with respect to v,
+// in place: g = f (g - v^ (v^ . g)) / |v| (margin.cuh, lsm_project); 0 for a zero row.
+template <typename T>
+void project_rows(const T *v, int64_t rows, int64_t d, double f, T *g) {
+  parallel_for(rows, 4 * d, [&](int64_t r0, int64_t r1) {
+    for (int64_t r = r0; r < r1; ++r) {
+      const T *vr = v + r * d;
+      T *gr = g + r * d;
+      const lsm_norm nr = row_norm(vr, d);
+      double dot = 0.0;
+      for (int64_t k = 0; k < d; ++k) dot += lsm_unit(nr, vr[k], 1.0) * gr[k];
+      for (int64_t k = 0; k < d; ++k) gr[k] = (T)lsm_project(nr, gr[k], vr[k], dot, f);
+    }
+  });
+}
+
+// The plain products' gradients, taken with respect to the normalised inputs, back to x and W.
+template <typename T>
+void project_gradients(const T *x, const T *w, int64_t n, int64_t c, int64_t d, const lsm_margin &mg, T *gx,
+                       T *gw) {
+  if (lsm_normalises_x(mg.kind)) project_rows(x, n, d, mg.scale, gx);
+  if (lsm_normalises_w(mg.kind)) project_rows(w, c, d, 1.0, gw);
+}
+
+// Whether the margin leaves every logit the plain inner product (L-Softmax at m = 1).
+inline bool plain_margin(const lsm_margin &mg) { return mg.kind == LSM_MARGIN_LSOFTMAX && mg.m == 1; }
 
 // Adds the margin's corrections (one lsm_correction per sample, label -1 where none applies) to
 // the plain products' gradients: grad_x row by row, grad_w split by columns, so that each thread

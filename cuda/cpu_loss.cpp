@@ -8,7 +8,9 @@
 //   with sum_i taken off the target entries; so dx = diag(k) (E' W) and dW = E'^T (diag(k) x):
 //   the n x c matrix is never rescaled, only the n x d ones.
 // - several blocks: each block's logits are made again (one more product) and turned into G.
-// Then the margin's corrections on the target rows, as in the backward.
+// Then the margin's corrections on the target rows, as in the backward. The kinds that normalise
+// run all of this on normalised copies of the rows (cpu_common.h, product_inputs) and project the
+// gradients back at the end.
 #include <math.h>
 #include <stdlib.h>
 
@@ -55,7 +57,8 @@ int32_t workspace(lsm_context *ctx, size_t bytes, void **out) {
 template <typename T>
 struct loss_run {
   const lsm_loss_problem &p;
-  const T *x, *w;
+  const T *x, *w;       // the inputs: statistics, projections and corrections
+  product_inputs<T> in;  // the products' inputs (normalised rows for the kinds that normalise)
   T *gx, *gw;
   int64_t n, d, c, block = 0;
   double scale;
@@ -67,12 +70,13 @@ struct loss_run {
   T *buf = nullptr;              // n x block logits, then their exponentials or gradients
 
   explicit loss_run(const lsm_loss_problem &q)
-      : p(q), x(static_cast<const T *>(q.x)), w(static_cast<const T *>(q.w)), gx(static_cast<T *>(q.grad_x)),
+      : p(q), x(static_cast<const T *>(q.x)), w(static_cast<const T *>(q.w)),
+        in(x, w, q.n, q.c, q.d, q.margin), gx(static_cast<T *>(q.grad_x)),
         gw(static_cast<T *>(q.grad_w)), n(q.n), d(q.d), c(q.c), scale(q.args.grad_scale) {}
 
   // Logits of classes [c0, c0 + cb) into buf (row stride cb), target entries replaced.
   void logits(int64_t c0, int64_t cb) {
-    gemm(CblasNoTrans, CblasTrans, (int)n, (int)cb, (int)d, x, (int)d, w + c0 * d, (int)d, buf, (int)cb);
+    gemm(CblasNoTrans, CblasTrans, (int)n, (int)cb, (int)d, in.x, (int)d, in.w + c0 * d, (int)d, buf, (int)cb);
     for (int64_t i = 0; i < n; ++i) {
       const int64_t y = local[i] - c0;
       if (y >= 0 && y < cb) buf[i * cb + y] = (T)target[i];
@@ -117,9 +121,9 @@ struct loss_run {
 
   // dx (+)= G_b W_b and dW_b = G_b^T x for the block of gradients in buf.
   void products(int64_t c0, int64_t cb) {
-    gemm(CblasNoTrans, CblasNoTrans, (int)n, (int)d, (int)cb, buf, (int)cb, w + c0 * d, (int)d, gx, (int)d,
+    gemm(CblasNoTrans, CblasNoTrans, (int)n, (int)d, (int)cb, buf, (int)cb, in.w + c0 * d, (int)d, gx, (int)d,
          c0 == 0 ? T(0) : T(1));
-    gemm(CblasTrans, CblasNoTrans, (int)cb, (int)d, (int)n, buf, (int)cb, x, (int)d, gw + c0 * d, (int)d);
+    gemm(CblasTrans, CblasNoTrans, (int)cb, (int)d, (int)n, buf, (int)cb, in.x, (int)d, gw + c0 * d, (int)d);
   }
 
   // The gradients from the one block's exponentials E in buf and their row sums (see the top).
@@ -134,16 +138,19 @@ struct loss_run {
         g_target[i] = k[i] * (double)e - scale;  // from E before it changes
         e = (T)((double)e - sums[i]);
       }
-      for (int64_t q = 0; q < d; ++q) kx[i * d + q] = (T)(k[i] * (double)x[i * d + q]);
+      for (int64_t q = 0; q < d; ++q) kx[i * d + q] = (T)(k[i] * (double)in.x[i * d + q]);
     }
-    gemm(CblasNoTrans, CblasNoTrans, (int)n, (int)d, (int)c, buf, (int)c, w, (int)d, gx, (int)d);
+    gemm(CblasNoTrans, CblasNoTrans, (int)n, (int)d, (int)c, buf, (int)c, in.w, (int)d, gx, (int)d);
     gemm(CblasTrans, CblasNoTrans, (int)c, (int)d, (int)n, buf, (int)c, kx.data(), (int)d, gw, (int)d);
     for (int64_t i = 0; i < n; ++i)
       for (int64_t q = 0; q < d; ++q) gx[i * d + q] = (T)(k[i] * (double)gx[i * d + q]);
   }
 
+  // The products' gradients projected back to x and W (normalised kinds), then the margin's
+  // corrections of the target rows.
   void corrections() {
-    if (p.margin.m == 1) return;
+    project_gradients(x, w, n, c, d, p.margin, gx, gw);
+    if (plain_margin(p.margin)) return;
     std::vector<lsm_correction> coef((size_t)n);
     for (int64_t i = 0; i < n; ++i) {
       coef[i] = local[i] < 0 ? lsm_no_correction()
@@ -160,12 +167,12 @@ struct loss_run {
     stats.resize((size_t)n);
     target.assign((size_t)n, 0.0);
     g_target.assign((size_t)n, 0.0);
-    parallel_for(n, 2 * d, [&](int64_t i0, int64_t i1) {
+    parallel_for(n, 3 * d, [&](int64_t i0, int64_t i1) {
       for (int64_t i = i0; i < i1; ++i) {
         const int64_t y = labels[i] - a.class_offset;
         if (y < 0 || y >= c) continue;
         local[i] = y;
-        stats[i] = target_stats(x + i * d, w + y * d, d);
+        stats[i] = target_stats(x + i * d, w + y * d, d, p.margin.kind);
         target[i] = lsm_target_logit(stats[i], p.margin);
       }
     });

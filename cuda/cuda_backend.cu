@@ -15,7 +15,7 @@
 struct lsm_cuda_state {
   cudaStream_t stream = nullptr;
   int cc_major = 0, cc_minor = 0;  // compute capability
-  void *workspace = nullptr;  // per-sample correction records and the bad-label slot
+  void *workspace = nullptr;  // normalised inputs, per-sample correction records, bad-label slot
   size_t workspace_bytes = 0;
 };
 
@@ -100,6 +100,45 @@ void launch_gemm(lsm_context *ctx, const lsm_kernels::gemm_args<T> &a) {
   LSM_LAUNCH(gemm<cfg>, blocks, kGemmThreads, s, a);
 }
 
+// Bytes rounded up to the workspace's alignment of its parts.
+size_t aligned(size_t bytes) { return (bytes + 255) / 256 * 256; }
+
+// The products' inputs (CPU: product_inputs in cpu_common.h): x and W themselves, or copies with
+// normalised rows, W^ for every kind but L-Softmax and scale x^ for the normalised kinds, in the
+// workspace from `at` (inputs_bytes of it).
+template <typename T>
+struct device_inputs {
+  const T *x, *w;
+};
+
+template <typename T>
+size_t inputs_bytes(const lsm_problem &p) {
+  return (lsm_normalises_x(p.margin.kind) ? aligned((size_t)(p.n * p.d) * sizeof(T)) : 0) +
+         (lsm_normalises_w(p.margin.kind) ? aligned((size_t)(p.c * p.d) * sizeof(T)) : 0);
+}
+
+template <typename T>
+device_inputs<T> normalise_inputs(lsm_context *ctx, const lsm_problem &p, char *at) {
+  using namespace lsm_kernels;
+  cudaStream_t s = ctx->cuda->stream;
+  const int n = (int)p.n, d = (int)p.d, c = (int)p.c;
+  device_inputs<T> in = {static_cast<const T *>(p.x), static_cast<const T *>(p.w)};
+  if (lsm_normalises_x(p.margin.kind)) {
+    T *xc = reinterpret_cast<T *>(at);
+    LSM_LAUNCH(normalise_rows<T>, blocks_for((int64_t)n * kWarp, kSampleBlock), kSampleBlock, s, in.x, n, d,
+               p.margin.scale, xc);
+    in.x = xc;
+    at += aligned((size_t)n * d * sizeof(T));
+  }
+  if (lsm_normalises_w(p.margin.kind)) {
+    T *wc = reinterpret_cast<T *>(at);
+    LSM_LAUNCH(normalise_rows<T>, blocks_for((int64_t)c * kWarp, kSampleBlock), kSampleBlock, s, in.w, c, d, 1.0,
+               wc);
+    in.w = wc;
+  }
+  return in;
+}
+
 // Reads the bad-label slot after the stream has drained; reports the first bad sample.
 int32_t check_bad_label(lsm_context *ctx, const lsm_problem &p, const int *bad_slot) {
   int bad = 0;
@@ -121,18 +160,21 @@ int32_t forward(lsm_context *ctx, const lsm_problem &p) {
   using namespace lsm_kernels;
   cudaStream_t s = ctx->cuda->stream;
   const int n = (int)p.n, d = (int)p.d, c = (int)p.c;
+  // Workspace: the normalised inputs (if any), then the bad-label slot.
+  const size_t in_bytes = inputs_bytes<T>(p);
   void *ws = nullptr;
-  int32_t st = workspace(ctx, sizeof(int), &ws);
+  int32_t st = workspace(ctx, in_bytes + sizeof(int), &ws);
   if (st != LSM_OK) return st;
-  int *bad = static_cast<int *>(ws);
+  int *bad = reinterpret_cast<int *>(static_cast<char *>(ws) + in_bytes);
   LSM_CUDA_TRY(ctx, cudaMemcpyAsync(bad, &n, sizeof n, cudaMemcpyHostToDevice, s));
   const T *x = static_cast<const T *>(p.x);
   const T *w = static_cast<const T *>(p.w);
   T *logits = static_cast<T *>(p.logits);
+  const device_inputs<T> in = normalise_inputs<T>(ctx, p, static_cast<char *>(ws));
   gemm_args<T> a = {};
   a.M = n, a.N = c, a.K = d;
-  a.A = x, a.lda = d, a.vec_a = vectorizable<T>(x, d);
-  a.B = w, a.ldb = d, a.vec_b = vectorizable<T>(w, d);
+  a.A = in.x, a.lda = d, a.vec_a = vectorizable<T>(in.x, d);
+  a.B = in.w, a.ldb = d, a.vec_b = vectorizable<T>(in.w, d);
   a.C = logits, a.vec_c = vectorizable<T>(logits, c);
   launch_gemm<T, kNT>(ctx, a);
   LSM_LAUNCH(forward_target<T>, blocks_for((int64_t)n * kWarp, kSampleBlock), kSampleBlock, s, x, w, p.labels, n, d,
@@ -146,38 +188,46 @@ int32_t backward(lsm_context *ctx, const lsm_problem &p) {
   using namespace lsm_kernels;
   cudaStream_t s = ctx->cuda->stream;
   const int n = (int)p.n, d = (int)p.d, c = (int)p.c;
-  // Workspace: the per-sample correction records (n, in double: margin.cuh lsm_correction), then
-  // the bad-label slot.
-  const size_t coef_bytes = (size_t)n * sizeof(lsm_correction);
+  // Workspace: the normalised inputs (if any), the per-sample correction records (n, in double:
+  // margin.cuh lsm_correction), then the bad-label slot.
+  const size_t in_bytes = inputs_bytes<T>(p);
+  const size_t coef_bytes = aligned((size_t)n * sizeof(lsm_correction));
   void *ws = nullptr;
-  int32_t st = workspace(ctx, coef_bytes + sizeof(int), &ws);
+  int32_t st = workspace(ctx, in_bytes + coef_bytes + sizeof(int), &ws);
   if (st != LSM_OK) return st;
-  lsm_correction *coef = static_cast<lsm_correction *>(ws);
-  int *bad = reinterpret_cast<int *>(static_cast<char *>(ws) + coef_bytes);
+  lsm_correction *coef = reinterpret_cast<lsm_correction *>(static_cast<char *>(ws) + in_bytes);
+  int *bad = reinterpret_cast<int *>(static_cast<char *>(ws) + in_bytes + coef_bytes);
   LSM_CUDA_TRY(ctx, cudaMemcpyAsync(bad, &n, sizeof n, cudaMemcpyHostToDevice, s));
   const T *x = static_cast<const T *>(p.x);
   const T *w = static_cast<const T *>(p.w);
   const T *g = static_cast<const T *>(p.grad_logits);
   T *gx = static_cast<T *>(p.grad_x);
   T *gw = static_cast<T *>(p.grad_w);
-  // The plain linear layer's gradients, each followed by the margin's corrections (added per
-  // element in double, as the CPU backend adds them; target_kernels.cuh).
+  const device_inputs<T> in = normalise_inputs<T>(ctx, p, static_cast<char *>(ws));
+  const unsigned int sample_blocks = blocks_for((int64_t)n * kWarp, kSampleBlock);
+  // The plain linear layer's gradients (of the products' inputs, projected back to x and W for
+  // the kinds that normalise), each followed by the margin's corrections (added per element in
+  // double, as the CPU backend adds them; target_kernels.cuh).
   gemm_args<T> a = {};
   // grad_x[n,d] = G[n,c] W[c,d], then each sample's correction of its row (and its record).
   a.M = n, a.N = d, a.K = c;
   a.A = g, a.lda = c, a.vec_a = vectorizable<T>(g, c);
-  a.B = w, a.ldb = d, a.vec_b = vectorizable<T>(w, d);
+  a.B = in.w, a.ldb = d, a.vec_b = vectorizable<T>(in.w, d);
   a.C = gx, a.vec_c = vectorizable<T>(gx, d);
   launch_gemm<T, kNN>(ctx, a);
-  LSM_LAUNCH(backward_target_x<T>, blocks_for((int64_t)n * kWarp, kSampleBlock), kSampleBlock, s, x, w, p.labels, g,
-             n, d, c, p.margin, gx, coef, bad);
+  if (lsm_normalises_x(p.margin.kind))
+    LSM_LAUNCH(project_rows<T>, sample_blocks, kSampleBlock, s, x, n, d, p.margin.scale, gx);
+  LSM_LAUNCH(backward_target_x<T>, sample_blocks, kSampleBlock, s, x, w, p.labels, g, n, d, c, p.margin, gx, coef,
+             bad);
   // grad_w[c,d] = G[n,c]^T x[n,d], then the samples' corrections of their label rows.
   a.M = c, a.N = d, a.K = n;
   a.A = g, a.lda = c, a.vec_a = vectorizable<T>(g, c);
-  a.B = x, a.ldb = d, a.vec_b = vectorizable<T>(x, d);
+  a.B = in.x, a.ldb = d, a.vec_b = vectorizable<T>(in.x, d);
   a.C = gw, a.vec_c = vectorizable<T>(gw, d);
   launch_gemm<T, kTN>(ctx, a);
-  if (p.margin.m > 1) {
+  if (lsm_normalises_w(p.margin.kind))
+    LSM_LAUNCH(project_rows<T>, blocks_for((int64_t)c * kWarp, kSampleBlock), kSampleBlock, s, w, c, d, 1.0, gw);
+  if (!(p.margin.kind == LSM_MARGIN_LSOFTMAX && p.margin.m == 1)) {
     const int slices = std::min(c, kLabelSlices);
     const dim3 grid(blocks_for(d, kColumnBlock), (unsigned int)slices);
     LSM_LAUNCH(backward_target_w<T>, grid, kColumnBlock, s, x, w, coef, n, d, slices, gw);

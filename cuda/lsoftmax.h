@@ -1,10 +1,11 @@
 /*
  * lsoftmax.h: the C ABI of liblsoftmax, the Large-Margin Softmax (L-Softmax) op.
  *
- * Math (docs/math.md in the project): for sample i with label y,
+ * Math (docs/math.md in the project): for sample i with label y, L-Softmax (the default kind)
  *   non-target logits  f_ij = W_j . x_i
  *   target logit       f_iy = (lambda * W_y . x_i + |W_y| |x_i| psi(cos)) / (1 + lambda)
- * with psi(c) = (-1)^k T_m(c) - 2k, the paper's (not the seed TensorFlow op's) semantics.
+ * with psi(c) = (-1)^k T_m(c) - 2k, the paper's (not the seed TensorFlow op's) semantics; the
+ * other kinds of the margin family (A-Softmax, CosFace, ArcFace, combined): see lsm_margin.
  *
  * Conventions
  * - Every function returns an lsm_status; LSM_OK is 0. On failure, lsm_last_error() (this thread)
@@ -18,9 +19,9 @@
  *   index with 32-bit integers.
  * - The margin is an lsm_margin, passed by pointer: its kind selects the formula and its fields
  *   the parameters (see lsm_margin below).
- * - Zero vectors: where x_i or W_y is the zero vector the cosine is undefined; the target logit
- *   is then the plain inner product (0) and its gradients are those of the plain inner product
- *   (W_y for x_i, x_i for W_y). Outputs stay finite. Norms are computed scaled by the largest
+ * - Zero vectors: where x_i or W_y is the zero vector the cosine is undefined; for L-Softmax and
+ *   A-Softmax the target logit is then the plain inner product (0) and its gradients are those of
+ *   the plain inner product (W_y for x_i, x_i for W_y); the normalised kinds: see lsm_margin. Outputs stay finite. Norms are computed scaled by the largest
  *   element, so any vector with a nonzero element has its true norm.
  * - NaN or Inf in a feature row propagates into that row of logits and grad_x (and, through the
  *   sum over samples, into grad_w), never into other rows of logits or grad_x.
@@ -83,8 +84,15 @@ typedef enum lsm_precision {
 
 /** Margin kinds (lsm_margin.kind). */
 typedef enum lsm_margin_kind {
-  LSM_MARGIN_LSOFTMAX = 0 /* L-Softmax (Liu et al., ICML 2016): fields m and lambda */
+  LSM_MARGIN_LSOFTMAX = 0, /* L-Softmax (Liu et al., ICML 2016): fields m and lambda */
+  LSM_MARGIN_ASOFTMAX = 1, /* A-Softmax / SphereFace (CVPR 2017): m and lambda, W rows normalised */
+  LSM_MARGIN_COSFACE = 2,  /* CosFace / AM-Softmax (CVPR 2018): scale and m3 */
+  LSM_MARGIN_ARCFACE = 3,  /* ArcFace (CVPR 2019): scale, m2 and flags (LSM_FLAG_EASY_MARGIN) */
+  LSM_MARGIN_COMBINED = 4  /* the combined margin (insightface): scale, m1, m2 and m3 */
 } lsm_margin_kind;
+
+/** lsm_margin.flags of LSM_MARGIN_ARCFACE: the easy margin (cos(t + m) only where cos t > 0). */
+#define LSM_FLAG_EASY_MARGIN 1u
 
 /**
  * The margin of a call: which formula and its parameters. Fields a kind does not use must be 0,
@@ -94,6 +102,20 @@ typedef enum lsm_margin_kind {
  *                        lambda: finite, >= 0; the target logit is
  *                        (lambda W_y.x + |W_y||x| psi(cos)) / (1 + lambda),
  *                        psi(c) = (-1)^k T_m(c) - 2k.
+ *   LSM_MARGIN_ASOFTMAX  m, lambda as above, with every W row normalised inside the op:
+ *                        f_ij = |x| cos t_j, f_iy = |x| (lambda cos t_y + psi(cos t_y)) / (1 + lambda).
+ *   The normalised kinds: x and every W row normalised, f_ij = scale cos t_j (j != y), and
+ *   LSM_MARGIN_COSFACE   scale > 0, m3 >= 0:          f_iy = scale (cos t_y - m3)
+ *   LSM_MARGIN_ARCFACE   scale > 0, 0 <= m2 < pi/2:   f_iy = scale cos(t_y + m2) where
+ *                        cos t_y > cos(pi - m2), else scale (cos t_y - m2 sin m2); with
+ *                        flags = LSM_FLAG_EASY_MARGIN: scale cos(t_y + m2) where cos t_y > 0,
+ *                        else scale cos t_y
+ *   LSM_MARGIN_COMBINED  scale > 0, m1 >= 1, m2 >= 0, m3 >= 0 (all finite):
+ *                        f_iy = scale (cos(m1 t_y + m2) - m3)
+ *   A zero vector has the zero vector as its normalisation: its cosines are 0, and no gradient
+ *   flows through it. Where the derivative of the ArcFace or combined target is unbounded (x_i
+ *   parallel or antiparallel to W_y: sin t_y = |W^_y - cos t_y x^_i| < 2^-500), the margin's
+ *   term of the target's gradient, scale m1 sin(m1 t + m2) r/|r|, is taken as 0.
  */
 typedef struct lsm_margin {
   int32_t kind;   /* lsm_margin_kind */

@@ -1,4 +1,5 @@
-// margin.cuh: the L-Softmax margin math, written once for the CUDA kernels and the CPU backend.
+// margin.cuh: the margin family's math (L-Softmax, A-Softmax, CosFace, ArcFace, the combined
+// margin), written once for the CUDA kernels, the CPU backend and the fused losses.
 //
 // Everything here works on one sample's statistics, in double whatever the tensors' dtype: it runs
 // n times per call, so its cost is nothing next to the matrix products, and double keeps float32
@@ -68,15 +69,30 @@ LSM_HD double lsm_absmax(double m, double v) {
   return (a > m || a != a) ? a : m;
 }
 
+// The kinds' shapes: which vectors the op normalises, and the factor on the normalised x.
+LSM_HD bool lsm_normalises_w(int kind) { return kind != LSM_MARGIN_LSOFTMAX; }
+LSM_HD bool lsm_normalises_x(int kind) { return kind >= LSM_MARGIN_COSFACE; }
+// ArcFace and the combined margin take the angle itself, from sin t = |r| (below).
+LSM_HD bool lsm_needs_residual(int kind) { return kind == LSM_MARGIN_ARCFACE || kind == LSM_MARGIN_COMBINED; }
+// x_i enters the products as lsm_x_factor x_i / |x_i| for the normalised kinds (the scale s).
+LSM_HD double lsm_x_factor(const lsm_margin &mg) { return lsm_normalises_x(mg.kind) ? mg.scale : 1.0; }
+
 // One sample's statistics: x_i and W_y as 2^ex xs and 2^ew ws, and the sums over the scaled
 // vectors. Filled in two passes over d: the largest magnitudes (lsm_absmax), lsm_stats_begin,
-// then lsm_stats_add per element (the CUDA warp adds its lanes' partial sums together).
+// then lsm_stats_add per element (the CUDA warp adds its lanes' partial sums together); then
+// lsm_stats_finish. ArcFace and the combined margin take a third pass (lsm_stats_add_residual)
+// for |r|^2, r = W^_y - cos t x^_i (unit vectors), whose norm is sin t to full accuracy also
+// where 1 - cos^2 t has lost every digit (x_i nearly parallel to W_y).
 struct lsm_stats {
   int ex, ew;          // exponents of the scales
   double sx, sw;       // the scales 2^ex, 2^ew; 0 for a zero vector; NaN when the vector holds a
                        // NaN or an infinity (every result of the sample is then NaN)
   double px, pw;       // 1/sx, 1/sw (exact: powers of two; 0 or NaN as sx, sw)
   double dot, xx, ww;  // xs . ws, |xs|^2, |ws|^2
+  double nx, nw;       // |xs|, |ws| (lsm_stats_finish)
+  double ux, uw;       // 1/|xs|, 1/|ws|; 0 for a zero vector
+  double c;            // cos t, clamped; 0 where a vector is zero
+  double rr;           // |r|^2 (third pass; 0 unless lsm_needs_residual)
 };
 
 // The power of two 2^e <= amax (amax = max |v_k|), with e >= -1022 so that 2^-e is a double
@@ -101,6 +117,7 @@ LSM_HD lsm_stats lsm_stats_begin(double amax_x, double amax_w) {
   lsm_scale(amax_x, &s.ex, &s.sx, &s.px);
   lsm_scale(amax_w, &s.ew, &s.sw, &s.pw);
   s.dot = s.xx = s.ww = 0.0;
+  s.nx = s.nw = s.ux = s.uw = s.c = s.rr = 0.0;
   return s;
 }
 
@@ -113,65 +130,161 @@ LSM_HD void lsm_stats_add(lsm_stats &s, double xk, double wk) {
 }
 
 // True where the cosine is undefined: x_i or W_y is the zero vector (and only then: a vector of
-// tiny elements has a nonzero scale). The rule then is the plain inner product, for the logit and
-// for its gradients.
+// tiny elements has a nonzero scale). L-Softmax and A-Softmax then take the plain inner product,
+// the normalised kinds a cosine of 0, for the logit and for its gradients.
 LSM_HD bool lsm_degenerate(const lsm_stats &s) { return s.sx == 0.0 || s.sw == 0.0; }
 
-// The target logit f_iy = (lambda x.w + |w| |x| psi(c)) / (1 + lambda), evaluated as
+// 1/v for a norm v > 0; 0 for 0; NaN stays NaN.
+LSM_HD double lsm_inverse(double v) { return v > 0.0 ? 1.0 / v : (v == 0.0 ? 0.0 : v); }
+
+// After the second pass: the norms, their inverses and the cosine.
+LSM_HD void lsm_stats_finish(lsm_stats &s) {
+  s.nx = sqrt(s.xx), s.nw = sqrt(s.ww);
+  s.ux = lsm_inverse(s.nx), s.uw = lsm_inverse(s.nw);
+  s.c = lsm_degenerate(s) ? 0.0 : lsm_cosine(s.dot, s.nx * s.nw);
+}
+
+// Third pass, element k: r_k = w^_k - c x^_k.
+LSM_HD void lsm_stats_add_residual(lsm_stats &s, double xk, double wk) {
+  const double r = wk * s.pw * s.uw - s.c * (xk * s.px * s.ux);
+  s.rr += r * r;
+}
+
+// ---------------------------------------------------------------------------------------------
+// The normalised kinds' target: f_iy = scale phi(cos t). Besides phi, the bounded
+// q = phi'(c) sin t, from which the gradient is formed (docs/math.md, Singular points).
+// ---------------------------------------------------------------------------------------------
+struct lsm_phi_value {
+  double phi;   // phi(c)
+  double q;     // phi'(c) sin t: m1 sin(m1 t + m2) on the angular branches
+  bool angular; // phi' != 1: the target's gradient differs from the plain cosine's
+};
+
+LSM_HD lsm_phi_value lsm_phi(const lsm_stats &s, const lsm_margin &mg) {
+  const double c = s.c;
+  // The angle from (cos t, sin t = |r|); pi/2 where a vector is zero (cosine 0).
+  const double t = lsm_degenerate(s) ? 0.5 * LSM_PI : atan2(sqrt(s.rr), c);
+  lsm_phi_value v = {c, 0.0, false};
+  if (mg.kind == LSM_MARGIN_COSFACE) {
+    v.phi = c - mg.m3;
+  } else if (mg.kind == LSM_MARGIN_ARCFACE) {
+    const double m = mg.m2;
+    const bool easy = (mg.flags & LSM_FLAG_EASY_MARGIN) != 0;
+    if (easy ? c > 0.0 : c > cos(LSM_PI - m)) {
+      v.phi = cos(t + m), v.q = sin(t + m), v.angular = true;
+    } else {
+      v.phi = easy ? c : c - m * sin(m);
+    }
+  } else if (mg.kind == LSM_MARGIN_COMBINED) {
+    v.phi = cos(mg.m1 * t + mg.m2) - mg.m3;
+    v.q = mg.m1 * sin(mg.m1 * t + mg.m2);
+    v.angular = true;
+  }
+  if (lsm_degenerate(s)) v.angular = false;  // no gradient through a zero vector
+  if (c != c) v.phi = c;                      // NaN in, NaN out
+  return v;
+}
+
+// The target logit of any kind. L-Softmax: f_iy = (lambda x.w + |w| |x| psi(c)) / (1 + lambda),
+// evaluated as
 //   2^(ex+ew) [ dot lambda/(1+lambda) + |xs||ws| psi/(1+lambda) ]
 // in the scaled space, rescaled once at the end (ldexp: one rounding, no intermediate overflow or
 // underflow, so the result is finite wherever the true value is). lambda/(1+lambda) rather than
 // lambda dot / (1+lambda): the latter overflows for lambda = 1e30. Margin 1 and the degenerate
-// case give the plain inner product.
+// case give the plain inner product. A-Softmax is the same with |w| = 1:
+// 2^ex |xs| [c lambda/(1+lambda) + psi/(1+lambda)]. The normalised kinds: scale phi(c).
 LSM_HD double lsm_target_logit(const lsm_stats &s, const lsm_margin &mg) {
-  if (mg.m == 1 || lsm_degenerate(s)) return ldexp(s.dot, s.ex + s.ew);
-  const double norms = sqrt(s.xx) * sqrt(s.ww);
+  if (mg.kind >= LSM_MARGIN_COSFACE) return mg.scale * lsm_phi(s, mg).phi;
+  const bool a = mg.kind == LSM_MARGIN_ASOFTMAX;
+  if (lsm_degenerate(s)) return a ? 0.0 * s.c : ldexp(s.dot, s.ex + s.ew);
+  if (mg.m == 1 && !a) return ldexp(s.dot, s.ex + s.ew);
+  const double norms = s.nx * s.nw;
   double psi, dpsi;
   lsm_psi(lsm_cosine(s.dot, norms), mg.m, &psi, &dpsi);
   const double inv = 1.0 / (1.0 + mg.lambda);
+  if (a) return ldexp(s.nx * (s.c * (mg.lambda * inv) + psi * inv), s.ex);
   return ldexp(s.dot * (mg.lambda * inv) + norms * psi * inv, s.ex + s.ew);
 }
 
-// What the target logit adds to the plain inner product's gradients, for an upstream gradient
-// g = dL/df_iy. With a = lambda + psi', b = psi - c psi' (docs/math.md, Backward):
-//   dL/dx_i (target part) = g w + g/(1+lambda) [(psi' - 1) w + |w| b x/|x|]
-//   dL/dW_y (target part) = g x + g/(1+lambda) [(psi' - 1) x + |x| b w/|w|]
-// The g w and g x terms come from the plain matrix products; the rest is the correction. In the
-// scaled space (x = sx xs, w = sw ws, |x| = sx |xs|):
-//   correction to dL/dx_i[k] = sw (alpha ws_k + bx xs_k)
-//   correction to dL/dW_y[k] = sx (alpha xs_k + bw ws_k)
-// with alpha = g (psi' - 1)/(1+lambda), bx = g b/(1+lambda) |ws|/|xs|, bw = g b/(1+lambda)
-// |xs|/|ws|: every factor is of the data's own scale, and the scaling is exact.
+// 2^e as a product f1 f2 of two doubles (2^e itself where it is one): a result of that scale is
+// then finite wherever it is representable.
+LSM_HD void lsm_pow2_pair(int e, double *f1, double *f2) {
+  if (e >= -1022 && e <= 1023) {
+    *f1 = ldexp(1.0, e), *f2 = 1.0;
+  } else {
+    const int h = e / 2;
+    *f1 = ldexp(1.0, e - h), *f2 = ldexp(1.0, h);
+  }
+}
+
+// What the target logit adds to the gradients the plain products (and, for the normalised kinds,
+// the projections lsm_unit / lsm_project below) give, for an upstream gradient g = dL/df_iy:
+//   correction to dL/dx_i[k] = 2^ox (ax ws_k + bx xs_k)
+//   correction to dL/dW_y[k] = 2^ow (aw xs_k + bw ws_k)
+// in the scaled space (x = sx xs, w = sw ws), every coefficient of the data's own scale.
+// L-Softmax, with a = lambda + psi', b = psi - c psi' (docs/math.md, Backward):
+//   dx (target part) = g w + g/(1+lambda) [(psi' - 1) w + |w| b x/|x|]
+//   dW (target part) = g x + g/(1+lambda) [(psi' - 1) x + |x| b w/|w|]
+// of which g w and g x come from the products: ax = aw = g (psi' - 1)/(1+lambda), bx = g b/(1+lambda)
+// |ws|/|xs|, bw = g b/(1+lambda) |xs|/|ws|, 2^ox = sw, 2^ow = sx. A-Softmax: the same with w^ for
+// w, and the W side projected onto the tangent of the unit sphere at w^ (its w^ term vanishes):
+//   dW correction = g (psi' - 1)/(1+lambda) (x - c |x| w^) / |w|.
+// The normalised kinds: the products give scale (w^ - c x^)/|x| (the plain cosine's gradient,
+// after projection); the target's is scale (q r^)/|x| with r = w^ - c x^, r^ = r/|r|, so
+//   dx correction = g scale (q/|r| - 1) (w^ - c x^)/|x|,  dW: g scale (q/|r| - 1) (x^ - c w^)/|w|,
+// with q r^ taken as 0 where |r| = sin t < 2^-500 (x_i parallel or antiparallel to W_y, where
+// phi' is unbounded): outputs stay finite, and the rule is the same on every backend.
 struct lsm_correction {
-  double alpha;   // coefficient of the other vector (scaled)
-  double bx;      // coefficient of xs in the correction to dL/dx_i
-  double bw;      // coefficient of ws in the correction to dL/dW_y
+  double ax, bx;  // the x correction's coefficients of ws and xs
+  double aw, bw;  // the W correction's coefficients of xs and ws
   double px, pw;  // 1/sx, 1/sw (lsm_stats)
-  double sx, sw;  // the scales
+  double ox1, ox2, ow1, ow2;  // 2^ox and 2^ow as lsm_pow2_pair products
   int32_t label;  // y_i where the correction applies; -1 where it does not (margin 1, a zero
-                  // vector, a bad label): then the coefficients are 0
+                  // vector, no angular term, a bad label): then the coefficients are 0
 };
 
 // The inactive correction: nothing to add.
 LSM_HD lsm_correction lsm_no_correction() {
-  lsm_correction r = {0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, -1};
+  lsm_correction r = {0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, -1};
   return r;
 }
 
 LSM_HD lsm_correction lsm_target_correction(double g, const lsm_stats &s, const lsm_margin &mg, int32_t label) {
   lsm_correction r = lsm_no_correction();
-  if (mg.m == 1 || lsm_degenerate(s)) return r;
-  const double nx = sqrt(s.xx), nw = sqrt(s.ww);
-  const double c = lsm_cosine(s.dot, nx * nw);
-  double psi, dpsi;
-  lsm_psi(c, mg.m, &psi, &dpsi);
-  const double scale = g / (1.0 + mg.lambda);
-  const double b = scale * (psi - c * dpsi);
-  r.alpha = scale * (dpsi - 1.0);
-  r.bx = b * (nw / nx);
-  r.bw = b * (nx / nw);
+  if (lsm_degenerate(s)) return r;
+  const double c = s.c, nx = s.nx, nw = s.nw;
+  int ox, ow;
+  if (mg.kind >= LSM_MARGIN_COSFACE) {
+    const lsm_phi_value v = lsm_phi(s, mg);
+    if (!v.angular) return r;  // phi' = 1: the plain cosine's gradient is the target's
+    const double sin_t = sqrt(s.rr);
+    const double a = g * mg.scale * ((sin_t >= 0x1p-500 ? v.q / sin_t : 0.0) - 1.0);
+    r.ax = r.aw = a * (s.ux * s.uw);
+    r.bx = -a * c * (s.ux * s.ux);
+    r.bw = -a * c * (s.uw * s.uw);
+    ox = -s.ex, ow = -s.ew;
+  } else {
+    if (mg.kind == LSM_MARGIN_LSOFTMAX && mg.m == 1) return r;
+    double psi, dpsi;
+    lsm_psi(c, mg.m, &psi, &dpsi);
+    const double scale = g / (1.0 + mg.lambda);
+    const double a = scale * (dpsi - 1.0), b = scale * (psi - c * dpsi);
+    if (mg.kind == LSM_MARGIN_LSOFTMAX) {
+      r.ax = r.aw = a;
+      r.bx = b * (nw / nx);
+      r.bw = b * (nx / nw);
+      ox = s.ew, ow = s.ex;
+    } else {  // A-Softmax: w^ = ws/|ws|
+      r.ax = a * s.uw;
+      r.bx = b * s.ux;
+      r.aw = a * s.uw;
+      r.bw = -a * c * nx * (s.uw * s.uw);
+      ox = 0, ow = s.ex - s.ew;
+    }
+  }
   r.px = s.px, r.pw = s.pw;
-  r.sx = s.sx, r.sw = s.sw;
+  lsm_pow2_pair(ox, &r.ox1, &r.ox2);
+  lsm_pow2_pair(ow, &r.ow1, &r.ow2);
   r.label = label;
   return r;
 }
@@ -179,10 +292,41 @@ LSM_HD lsm_correction lsm_target_correction(double g, const lsm_stats &s, const 
 // The corrections of one element k, from x_k = x[i, k] and w_k = W[y_i, k] (an active r). The
 // caller adds them, in double, to the plain products' value and rounds once to the dtype.
 LSM_HD double lsm_correction_x(const lsm_correction &r, double xk, double wk) {
-  return r.sw * (r.alpha * (wk * r.pw) + r.bx * (xk * r.px));
+  return (r.ax * (wk * r.pw) + r.bx * (xk * r.px)) * r.ox1 * r.ox2;
 }
 LSM_HD double lsm_correction_w(const lsm_correction &r, double xk, double wk) {
-  return r.sx * (r.alpha * (xk * r.px) + r.bw * (wk * r.pw));
+  return (r.aw * (xk * r.px) + r.bw * (wk * r.pw)) * r.ow1 * r.ow2;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Row normalisation, for the normalised kinds' products: v^ = v/|v| (0 for a zero row) into the
+// products' inputs, and their gradients projected back, dL/dv = f (G - v^ (v^ . G)) / |v| for a
+// gradient G with respect to f v^. Each row is scaled by a power of two first, as above.
+// ---------------------------------------------------------------------------------------------
+struct lsm_norm {
+  double p;    // 2^-e, e the row's scale exponent (lsm_scale)
+  double inv;  // 1/|v 2^-e|; 0 for a zero row
+};
+
+// From the row's largest magnitude and the sum of squares of v_k p (computed by the caller
+// between lsm_norm_begin and lsm_norm_finish).
+LSM_HD lsm_norm lsm_norm_begin(double amax) {
+  int e;
+  double s;
+  lsm_norm r;
+  lsm_scale(amax, &e, &s, &r.p);
+  r.inv = 0.0;
+  return r;
+}
+LSM_HD void lsm_norm_finish(lsm_norm &r, double sum_squares) { r.inv = lsm_inverse(sqrt(sum_squares)); }
+
+// Element k of f v^.
+LSM_HD double lsm_unit(const lsm_norm &r, double vk, double f) { return vk * r.p * r.inv * f; }
+
+// Element k of the projected gradient, given G_k, v_k and dot = v^ . G:
+// f (G_k - v^_k dot) / |v| = (G_k - v^_k dot) (f inv) p.
+LSM_HD double lsm_project(const lsm_norm &r, double gk, double vk, double dot, double f) {
+  return (gk - vk * r.p * r.inv * dot) * (f * r.inv) * r.p;
 }
 
 #endif  // LSOFTMAX_MARGIN_CUH

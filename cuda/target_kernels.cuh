@@ -26,7 +26,7 @@ constexpr int kSampleBlock = 256;  // threads per block: 8 samples
 // passes: the largest magnitudes, reduced with shuffles (NaN-keeping), then the scaled sums.
 // Every lane gets the same totals (a butterfly: lane l and l^off add the same two numbers).
 template <typename T>
-__device__ lsm_stats warp_stats(const T *x, const T *w, int d, int lane) {
+__device__ lsm_stats warp_stats(const T *x, const T *w, int d, int lane, int kind) {
   double amax_x = 0.0, amax_w = 0.0;
   for (int k = lane; k < d; k += kWarp) {
     amax_x = lsm_absmax(amax_x, x[k]);
@@ -43,7 +43,40 @@ __device__ lsm_stats warp_stats(const T *x, const T *w, int d, int lane) {
     s.xx += __shfl_xor_sync(0xffffffffu, s.xx, off);
     s.ww += __shfl_xor_sync(0xffffffffu, s.ww, off);
   }
+  lsm_stats_finish(s);
+  if (lsm_needs_residual(kind) && !lsm_degenerate(s)) {  // uniform across the warp
+    for (int k = lane; k < d; k += kWarp) lsm_stats_add_residual(s, x[k], w[k]);
+    for (int off = kWarp / 2; off > 0; off /= 2) s.rr += __shfl_xor_sync(0xffffffffu, s.rr, off);
+  }
   return s;
+}
+
+// Whether the margin leaves every logit the plain inner product (L-Softmax at m = 1).
+__device__ __forceinline__ bool plain_margin(const lsm_margin &mg) {
+  return mg.kind == LSM_MARGIN_LSOFTMAX && mg.m == 1;
+}
+
+// The warp's sum of v across its lanes (a butterfly: every lane gets the same total).
+__device__ __forceinline__ double warp_sum(double v) {
+  for (int off = kWarp / 2; off > 0; off /= 2) v += __shfl_xor_sync(0xffffffffu, v, off);
+  return v;
+}
+
+// A row's normalisation (margin.cuh, lsm_norm) across the warp: the largest magnitude, then the
+// scaled sum of squares, as the CPU backend's row_norm.
+template <typename T>
+__device__ lsm_norm warp_norm(const T *v, int d, int lane) {
+  double amax = 0.0;
+  for (int k = lane; k < d; k += kWarp) amax = lsm_absmax(amax, v[k]);
+  for (int off = kWarp / 2; off > 0; off /= 2) amax = lsm_absmax(amax, __shfl_xor_sync(0xffffffffu, amax, off));
+  lsm_norm r = lsm_norm_begin(amax);
+  double ss = 0.0;
+  for (int k = lane; k < d; k += kWarp) {
+    const double a = v[k] * r.p;
+    ss += a * a;
+  }
+  lsm_norm_finish(r, warp_sum(ss));
+  return r;
 }
 
 // The grid-stride step i + step, or n once that would reach or pass n (without overflow).
@@ -68,8 +101,8 @@ __global__ void forward_target(const T *x, const T *w, const int32_t *labels, in
   // never forms i + warps past n: n may be 2^31 - 1, and int overflow would wrap i negative.
   for (int i = (int)((blockIdx.x * blockDim.x + threadIdx.x) / kWarp); i < n; i = next_index(i, warps, n)) {
     const int y = checked_label(labels, i, c, lane, bad_label);
-    if (y < 0 || margin.m == 1) continue;  // m = 1: the plain inner product is already there
-    const lsm_stats s = warp_stats(x + (int64_t)i * d, w + (int64_t)y * d, d, lane);
+    if (y < 0 || plain_margin(margin)) continue;  // the plain inner product is already there
+    const lsm_stats s = warp_stats(x + (int64_t)i * d, w + (int64_t)y * d, d, lane, margin.kind);
     if (lane == 0) logits[(int64_t)i * c + y] = (T)lsm_target_logit(s, margin);
   }
 }
@@ -89,8 +122,8 @@ __global__ void backward_target_x(const T *x, const T *w, const int32_t *labels,
     lsm_correction r = lsm_no_correction();
     const T *xi = x + (int64_t)i * d;
     const T *wy = w + (int64_t)(y < 0 ? 0 : y) * d;
-    if (y >= 0 && margin.m > 1) {
-      const lsm_stats s = warp_stats(xi, wy, d, lane);
+    if (y >= 0 && !plain_margin(margin)) {
+      const lsm_stats s = warp_stats(xi, wy, d, lane, margin.kind);
       r = lsm_target_correction((double)grad_logits[(int64_t)i * c + y], s, margin, y);
     }
     if (lane == 0) coef[i] = r;
@@ -119,6 +152,39 @@ __global__ void backward_target_w(const T *x, const T *w, const lsm_correction *
       T *g = grad_w + (int64_t)y * d + k;
       *g = (T)(*g + lsm_correction_w(r, x[(int64_t)i * d + k], w[(int64_t)y * d + k]));
     }
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Row normalisation for the kinds that normalise: one warp per row, O(rows d) like the above.
+// ---------------------------------------------------------------------------------------------
+
+// out[r] = f v[r] / |v[r]| (0 for a zero row): the products' inputs (CPU: product_inputs).
+template <typename T>
+__global__ void normalise_rows(const T *v, int rows, int d, double f, T *out) {
+  const int lane = threadIdx.x % kWarp;
+  const int warps = (int)(gridDim.x * blockDim.x / kWarp);
+  for (int r = (int)((blockIdx.x * blockDim.x + threadIdx.x) / kWarp); r < rows; r = next_index(r, warps, rows)) {
+    const T *vr = v + (int64_t)r * d;
+    const lsm_norm nr = warp_norm(vr, d, lane);
+    for (int k = lane; k < d; k += kWarp) out[(int64_t)r * d + k] = (T)lsm_unit(nr, vr[k], f);
+  }
+}
+
+// g[r] = f (g[r] - v^ (v^ . g[r])) / |v[r]| in place: the gradient with respect to the
+// normalised row back to the row (CPU: project_rows).
+template <typename T>
+__global__ void project_rows(const T *v, int rows, int d, double f, T *g) {
+  const int lane = threadIdx.x % kWarp;
+  const int warps = (int)(gridDim.x * blockDim.x / kWarp);
+  for (int r = (int)((blockIdx.x * blockDim.x + threadIdx.x) / kWarp); r < rows; r = next_index(r, warps, rows)) {
+    const T *vr = v + (int64_t)r * d;
+    T *gr = g + (int64_t)r * d;
+    const lsm_norm nr = warp_norm(vr, d, lane);
+    double dot = 0.0;
+    for (int k = lane; k < d; k += kWarp) dot += lsm_unit(nr, vr[k], 1.0) * gr[k];
+    dot = warp_sum(dot);
+    for (int k = lane; k < d; k += kWarp) gr[k] = (T)lsm_project(nr, gr[k], vr[k], dot, f);
   }
 }
 

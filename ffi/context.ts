@@ -28,11 +28,19 @@ import {
 /** Float32 matrix products: exact IEEE (default) or TF32 tensor cores (CUDA sm_80+). */
 export type Precision = "exact" | "tf32";
 
-/** A margin of the C ABI (lsm_margin); only L-Softmax exists so far. */
+/** A margin kind's name (lsm_margin_kind). */
+export type MarginKindName = keyof typeof MarginKind;
+
+/** A margin of the C ABI (lsm_margin), checked; fields the kind does not use are 0. */
 export interface Margin {
-  kind: "lsoftmax";
+  kind: MarginKindName;
   m: number;
   lambda: number;
+  scale: number;
+  m1: number;
+  m2: number;
+  m3: number;
+  flags: number;
 }
 
 /** The fused loss's lsm_loss_args: the shard's first class, all classes, the gradient scale. */
@@ -56,15 +64,21 @@ export interface Call {
   workspace?: number;
 }
 
-// struct lsm_margin: kind, m, lambda; every other field 0. One buffer for every call: calls are
-// synchronous, and the native side copies the struct before it returns.
+// struct lsm_margin: kind, m (int32), lambda, scale, m1, m2, m3 (double), flags, reserved_flags
+// (uint32), reserved[4] (double, 0). One buffer for every call: calls are synchronous, and the
+// native side copies the struct before it returns.
 const marginBytes = new Uint8Array(MARGIN_BYTES);
 const marginInts = new Int32Array(marginBytes.buffer);
 const marginFloats = new Float64Array(marginBytes.buffer);
 function encodeMargin(m: Margin): Uint8Array {
-  marginInts[0] = MarginKind.LSOFTMAX;
+  marginInts[0] = MarginKind[m.kind];
   marginInts[1] = m.m;
   marginFloats[1] = m.lambda;
+  marginFloats[2] = m.scale;
+  marginFloats[3] = m.m1;
+  marginFloats[4] = m.m2;
+  marginFloats[5] = m.m3;
+  marginInts[12] = m.flags; // uint32 flags at byte 48; reserved_flags and reserved stay 0
   return marginBytes;
 }
 

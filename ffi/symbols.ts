@@ -24,7 +24,16 @@ export const PrecisionCode = { EXACT: 0, TF32: 1 } as const;
 export const DType = { FLOAT32: 0, FLOAT64: 1 } as const;
 
 /** Margin kinds of `lsm_margin_kind`. */
-export const MarginKind = { LSOFTMAX: 0 } as const;
+export const MarginKind = {
+  lsoftmax: 0,
+  asoftmax: 1,
+  cosface: 2,
+  arcface: 3,
+  combined: 4,
+} as const;
+
+/** lsm_margin.flags of ArcFace: the easy margin. */
+export const FLAG_EASY_MARGIN = 1;
 
 /** sizeof(lsm_margin) and sizeof(lsm_loss_args). */
 export const MARGIN_BYTES = 88;

@@ -1,26 +1,30 @@
-// The L-Softmax layer: the op with the λ annealing state of the Caffe layer, on a context of its
-// own. It runs the same internal op as forward() and backward().
+// The margin layer: the op with the λ annealing state of the Caffe layer (for the kinds with λ),
+// on a context of its own. It runs the same internal op as forward() and backward().
 
 import type { FloatArray } from "../ffi/arrays.ts";
-import type { NativeContext, Precision } from "../ffi/context.ts";
+import type { Margin, NativeContext, Precision } from "../ffi/context.ts";
 import { OPS } from "../ffi/ops.ts";
 import { type Backend, openContext, resolveBackend } from "./backends.ts";
 import { checkInteger, readOptions } from "./checks.ts";
+import { checkPrecision, checkProblem, type Problem, runOp } from "./op.ts";
 import {
+  checkKind,
   checkMargin,
-  checkPrecision,
-  checkProblem,
-  MAX_MARGIN,
-  type Problem,
-  runOp,
-} from "./op.ts";
+  checkOwnKeys,
+  hasLambda,
+  MARGIN_KEYS,
+  type MarginKind,
+  type MarginOptions,
+  marginOptions,
+} from "./margins.ts";
 import { checkSchedule, lambdaOf, type LambdaSchedule } from "./schedule.ts";
 import { checkReduction, type Reduction, runLoss } from "./loss.ts";
 
-/** Options of {@link LargeMarginSoftmax}: margin, schedule, state and backend. */
-export interface LayerOptions extends LambdaSchedule {
-  /** The integer margin m, 1 to 16 (`MAX_MARGIN`). */
-  margin: number;
+/**
+ * Options of {@link LargeMarginSoftmax}: the margin (as for `forward`, without `lambda`), the λ
+ * schedule (L-Softmax and A-Softmax only, and required there), state and backend.
+ */
+export interface LayerOptions extends Omit<MarginOptions, "lambda">, Partial<LambdaSchedule> {
   /** The iteration the layer resumes from (0 for a new layer). */
   iteration?: number;
   /** Where to compute; "auto" by default. */
@@ -29,8 +33,10 @@ export interface LayerOptions extends LambdaSchedule {
   precision?: Precision;
 }
 
+const MARGIN_LAYER_KEYS = MARGIN_KEYS.filter((k) => k !== "lambda");
+const SCHEDULE_KEYS = ["base", "gamma", "power", "lambdaMin"] as const;
 const LAYER_KEYS = [
-  "margin",
+  ...MARGIN_LAYER_KEYS,
   "base",
   "gamma",
   "power",
@@ -41,9 +47,10 @@ const LAYER_KEYS = [
 ] as const;
 
 /**
- * The L-Softmax layer with its λ annealing state. Without a step, each forward first
- * increments the iteration (as the Caffe layer does); with `{ step }` it uses λ at that step
- * (as the seed's TensorFlow op does with global_step). Backward uses the last forward's inputs
+ * The margin layer (any kind, L-Softmax by default) with its λ annealing state. Without a step,
+ * each forward first increments the iteration (as the Caffe layer does); with `{ step }` it uses
+ * λ at that step (as the seed's TensorFlow op does with global_step). Kinds without λ (CosFace,
+ * ArcFace, combined) take no schedule; their λ reads 0. Backward uses the last forward's inputs
  * and λ: keep those arrays unchanged in between.
  *
  * @example
@@ -57,13 +64,18 @@ const LAYER_KEYS = [
  * layer.forward(x, w, new Int32Array([0, 2]));
  * const { gradX } = layer.backward(new Float64Array(6).fill(1));
  * const saved = JSON.stringify(layer); // resume later: new LargeMarginSoftmax(JSON.parse(saved))
+ * using arc = new LargeMarginSoftmax({ kind: "arcface", scale: 64, margin: 0.5, backend: "cpu" });
+ * const { loss } = arc.loss(x, w, new Int32Array([0, 2]));
  * ```
  */
 export class LargeMarginSoftmax {
-  /** The margin m. */
-  readonly margin: number;
-  /** The λ schedule. */
-  readonly schedule: LambdaSchedule;
+  /** The margin kind. */
+  readonly kind: MarginKind;
+  /** The kind's `margin` parameter (m); undefined for the combined margin. */
+  readonly margin: number | undefined;
+  /** The λ schedule; undefined for the kinds without λ. */
+  readonly schedule: LambdaSchedule | undefined;
+  #margin: Margin;
   /** Where the layer computes, as given. */
   readonly backend: Backend;
   /** The float32 matrix-product precision. */
@@ -77,12 +89,28 @@ export class LargeMarginSoftmax {
   /**
    * A layer at `options.iteration` (0 by default); throws for bad options or backends.
    *
-   * @param options The margin, the λ schedule, and optionally iteration, backend, precision.
+   * @param options The margin (kind and parameters), the λ schedule for the kinds with λ, and
+   * optionally iteration, backend, precision.
    */
   constructor(options: LayerOptions) {
     const o = readOptions("options", options, LAYER_KEYS);
-    this.margin = checkInteger("margin", o.margin, 1, MAX_MARGIN);
-    this.schedule = checkSchedule(o);
+    this.kind = checkKind(o.kind);
+    checkOwnKeys(this.kind, o, MARGIN_LAYER_KEYS);
+    if (hasLambda(this.kind)) {
+      this.#margin = checkMargin({ ...o, lambda: 0 });
+      this.schedule = checkSchedule(o);
+    } else {
+      for (const key of SCHEDULE_KEYS) {
+        if (o[key] !== undefined) {
+          throw new TypeError(
+            `${key}: not an option of kind "${this.kind}", which has no λ schedule`,
+          );
+        }
+      }
+      this.#margin = checkMargin(o);
+      this.schedule = undefined;
+    }
+    this.margin = marginOptions(this.#margin).margin as number | undefined;
     this.#iteration = checkInteger("iteration", o.iteration ?? 0, 0, Number.MAX_SAFE_INTEGER);
     this.backend = (o.backend ?? "auto") as Backend;
     this.precision = checkPrecision(o.precision);
@@ -103,7 +131,11 @@ export class LargeMarginSoftmax {
 
   /** λ of the last forward; before any, λ at the current iteration. */
   get lambda(): number {
-    return this.#lambda ?? lambdaOf(this.#iteration, this.schedule);
+    return this.#lambda ?? this.#lambdaAt(this.#iteration);
+  }
+
+  #lambdaAt(step: number): number {
+    return this.schedule ? lambdaOf(step, this.schedule) : 0;
   }
 
   #ctx(): NativeContext {
@@ -149,7 +181,7 @@ export class LargeMarginSoftmax {
           `${this.#iteration}; pass { step } to choose the step`,
       );
     }
-    const margin = checkMargin(this.margin, lambdaOf(step, this.schedule));
+    const margin = { ...this.#margin, lambda: this.#lambdaAt(step) };
     return { step, p: checkProblem(x, w, labels, features, margin, this.precision) };
   }
 
@@ -214,9 +246,10 @@ export class LargeMarginSoftmax {
    *
    * @returns The layer's options with its current iteration.
    */
-  toJSON(): Required<LayerOptions> {
+  toJSON(): LayerOptions {
+    const { lambda: _, ...margin } = marginOptions(this.#margin);
     return {
-      margin: this.margin,
+      ...margin,
       ...this.schedule,
       iteration: this.#iteration,
       backend: this.backend,

@@ -11,10 +11,7 @@ import {
 } from "../ffi/arrays.ts";
 import type { Call, Margin, NativeContext, Precision } from "../ffi/context.ts";
 import type { OpSpec } from "../ffi/ops.ts";
-import { checkInteger, checkNumber, describe } from "./checks.ts";
-
-/** The largest supported margin m (`LSM_MAX_MARGIN`). */
-export const MAX_MARGIN = 16;
+import { checkInteger, describe } from "./checks.ts";
 
 /** The most elements any tensor (and N·C, N·D, C·D) may have: kernels index with int32. */
 export const MAX_ELEMENTS = 2 ** 31 - 1;
@@ -24,14 +21,6 @@ export interface Problem extends Call {
   x: FloatArray;
   w: FloatArray;
   labels: Int32Array;
-}
-
-export function checkMargin(margin: unknown, lambda: unknown): Margin {
-  return {
-    kind: "lsoftmax",
-    m: checkInteger("margin", margin, 1, MAX_MARGIN),
-    lambda: checkNumber("lambda", lambda, 0),
-  };
 }
 
 export function checkPrecision(v: unknown): Precision {
