@@ -88,7 +88,7 @@ lsm_stats target_stats(const T *x, const T *w, int64_t d, int kind) {
   }
   lsm_stats s = lsm_stats_begin(amax_x, amax_w);
   for (int64_t k = 0; k < d; ++k) lsm_stats_add(s, x[k], w[k]);
-  lsm_stats_finish(s);
+  lsm_stats_finish(s, d);
   if (lsm_needs_residual(kind) && !lsm_degenerate(s))
     for (int64_t k = 0; k < d; ++k) lsm_stats_add_residual(s, x[k], w[k]);
   return s;

@@ -114,8 +114,9 @@ typedef enum lsm_margin_kind {
  *                        f_iy = scale (cos(m1 t_y + m2) - m3)
  *   A zero vector has the zero vector as its normalisation: its cosines are 0, and no gradient
  *   flows through it. Where the derivative of the ArcFace or combined target is unbounded (x_i
- *   parallel or antiparallel to W_y: sin t_y = |W^_y - cos t_y x^_i| < 2^-500), the margin's
- *   term of the target's gradient, scale m1 sin(m1 t + m2) r/|r|, is taken as 0.
+ *   parallel or antiparallel to W_y to within rounding: sin t_y = |r|, r = W^_y - cos t_y x^_i,
+ *   at most 32 (d + 4) DBL_EPSILON), the margin's term of the target's gradient with respect to
+ *   the unit vectors, scale m1 sin(m1 t + m2) r/|r|, is taken as 0.
  */
 typedef struct lsm_margin {
   int32_t kind;   /* lsm_margin_kind */

@@ -93,6 +93,7 @@ struct lsm_stats {
   double ux, uw;       // 1/|xs|, 1/|ws|; 0 for a zero vector
   double c;            // cos t, clamped; 0 where a vector is zero
   double rr;           // |r|^2 (third pass; 0 unless lsm_needs_residual)
+  double sin_floor;    // sin t below this is rounding: x_i and W_y count as parallel
 };
 
 // The power of two 2^e <= amax (amax = max |v_k|), with e >= -1022 so that 2^-e is a double
@@ -117,7 +118,7 @@ LSM_HD lsm_stats lsm_stats_begin(double amax_x, double amax_w) {
   lsm_scale(amax_x, &s.ex, &s.sx, &s.px);
   lsm_scale(amax_w, &s.ew, &s.sw, &s.pw);
   s.dot = s.xx = s.ww = 0.0;
-  s.nx = s.nw = s.ux = s.uw = s.c = s.rr = 0.0;
+  s.nx = s.nw = s.ux = s.uw = s.c = s.rr = s.sin_floor = 0.0;
   return s;
 }
 
@@ -137,8 +138,11 @@ LSM_HD bool lsm_degenerate(const lsm_stats &s) { return s.sx == 0.0 || s.sw == 0
 // 1/v for a norm v > 0; 0 for 0; NaN stays NaN.
 LSM_HD double lsm_inverse(double v) { return v > 0.0 ? 1.0 / v : (v == 0.0 ? 0.0 : v); }
 
-// After the second pass: the norms, their inverses and the cosine.
-LSM_HD void lsm_stats_finish(lsm_stats &s) {
+// After the second pass (d elements): the norms, their inverses, the cosine, and the floor of
+// sin t: the elements of r = w^ - c x^ carry rounding errors of about (d + 4) eps, so a smaller
+// |r| says nothing about the direction of r (docs/math.md, Singular points).
+LSM_HD void lsm_stats_finish(lsm_stats &s, int64_t d) {
+  s.sin_floor = 32.0 * ((double)d + 4.0) * DBL_EPSILON;
   s.nx = sqrt(s.xx), s.nw = sqrt(s.ww);
   s.ux = lsm_inverse(s.nx), s.uw = lsm_inverse(s.nw);
   s.c = lsm_degenerate(s) ? 0.0 : lsm_cosine(s.dot, s.nx * s.nw);
@@ -232,8 +236,9 @@ LSM_HD void lsm_pow2_pair(int e, double *f1, double *f2) {
 // The normalised kinds: the products give scale (w^ - c x^)/|x| (the plain cosine's gradient,
 // after projection); the target's is scale (q r^)/|x| with r = w^ - c x^, r^ = r/|r|, so
 //   dx correction = g scale (q/|r| - 1) (w^ - c x^)/|x|,  dW: g scale (q/|r| - 1) (x^ - c w^)/|w|,
-// with q r^ taken as 0 where |r| = sin t < 2^-500 (x_i parallel or antiparallel to W_y, where
-// phi' is unbounded): outputs stay finite, and the rule is the same on every backend.
+// with q r^ taken as 0 where |r| = sin t <= 32 (d + 4) eps (x_i parallel or antiparallel to W_y
+// to within rounding, where phi' is unbounded and r^ is noise): outputs stay finite, and the rule
+// is the same on every backend.
 struct lsm_correction {
   double ax, bx;  // the x correction's coefficients of ws and xs
   double aw, bw;  // the W correction's coefficients of xs and ws
@@ -258,7 +263,7 @@ LSM_HD lsm_correction lsm_target_correction(double g, const lsm_stats &s, const 
     const lsm_phi_value v = lsm_phi(s, mg);
     if (!v.angular) return r;  // phi' = 1: the plain cosine's gradient is the target's
     const double sin_t = sqrt(s.rr);
-    const double a = g * mg.scale * ((sin_t >= 0x1p-500 ? v.q / sin_t : 0.0) - 1.0);
+    const double a = g * mg.scale * ((sin_t > s.sin_floor ? v.q / sin_t : 0.0) - 1.0);
     r.ax = r.aw = a * (s.ux * s.uw);
     r.bx = -a * c * (s.ux * s.ux);
     r.bw = -a * c * (s.uw * s.uw);

@@ -43,7 +43,7 @@ __device__ lsm_stats warp_stats(const T *x, const T *w, int d, int lane, int kin
     s.xx += __shfl_xor_sync(0xffffffffu, s.xx, off);
     s.ww += __shfl_xor_sync(0xffffffffu, s.ww, off);
   }
-  lsm_stats_finish(s);
+  lsm_stats_finish(s, d);
   if (lsm_needs_residual(kind) && !lsm_degenerate(s)) {  // uniform across the warp
     for (int k = lane; k < d; k += kWarp) lsm_stats_add_residual(s, x[k], w[k]);
     for (int off = kWarp / 2; off > 0; off /= 2) s.rr += __shfl_xor_sync(0xffffffffu, s.rr, off);
