@@ -4,6 +4,7 @@
  * (256, 512, 10000) and (512, 512, 100000), float32, margin 4. The baseline of each group is the
  * same op at margin 1, which the library computes as exactly those matrix products. At the small
  * shape a peer joins: the same loss composed from TensorFlow.js ops (CPU backend, autodiff).
+ * Then every margin kind's fused loss (bench/problems.ts KINDS) against the three products.
  *
  * Environment: LSOFTMAX_BACKEND ("cpu" by default; "cuda" on a GPU machine), LSOFTMAX_BENCH_SHAPES
  * ("small" for the first shape only), LSOFTMAX_BENCH_TFJS=0 to leave out the TensorFlow.js peer.
@@ -13,7 +14,7 @@
  */
 
 import { type Backend, backward, forward, loss } from "../mod.ts";
-import { handWrittenCrossEntropy, problem, random, SHAPES } from "./problems.ts";
+import { handWrittenCrossEntropy, KINDS, problem, random, SHAPES } from "./problems.ts";
 
 const env = (name: string) => Deno.env.get(name);
 const backend = (env("LSOFTMAX_BACKEND") ?? "cpu") as Backend;
@@ -102,6 +103,35 @@ for (const [n, d, c] of shapes) {
       backward(x, w, labels, grad, { ...opts, outX, outW });
     }),
   });
+}
+
+// Every margin kind's fused loss against the same three products, at N=256 D=512 C=10000 (the
+// issue's shape; the small shape too with LSOFTMAX_BENCH_SHAPES=small).
+for (const [n, d, c] of shapes.slice(0, 2).slice(-1)) {
+  const group = `${backend} N=${n} D=${d} C=${c} kinds`;
+  const { x, w, g, labels } = problem(n, d, c);
+  const out = new Float32Array(n * c),
+    outX = new Float32Array(n * d),
+    outW = new Float32Array(c * d);
+  const flops = 6 * n * c * d;
+  Deno.bench({
+    name: `linear three products [${group}]`,
+    group,
+    baseline: true,
+    fn: timed(`${group} linear three products`, flops, () => {
+      forward(x, w, labels, { margin: 1, lambda: 0, backend, out });
+      backward(x, w, labels, g, { margin: 1, lambda: 0, backend, outX, outW });
+    }),
+  });
+  for (const { label, options } of KINDS) {
+    Deno.bench({
+      name: `fused loss ${label} [${group}]`,
+      group,
+      fn: timed(`${group} fused loss ${label}`, flops, () => {
+        loss(x, w, labels, { ...options, backend, outX, outW });
+      }),
+    });
+  }
 }
 
 // Per-call overhead through FFI at a tiny shape, beside the FFI-only cost of a trivial call.

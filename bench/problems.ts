@@ -11,6 +11,8 @@
  * @module
  */
 
+import type { MarginOptions } from "../mod.ts";
+
 /** (N, D, C) of the benchmarks, as issue 4 names them. */
 export const SHAPES: readonly [number, number, number][] = [
   [64, 128, 1000],
@@ -75,3 +77,15 @@ export function handWrittenCrossEntropy(
   }
   return total / n;
 }
+
+/** The margin kinds the benchmarks time, each with typical values from its paper. */
+export const KINDS: readonly { label: string; options: MarginOptions }[] = [
+  { label: "lsoftmax m=4", options: { kind: "lsoftmax", margin: 4, lambda: 0.5 } },
+  { label: "asoftmax m=4", options: { kind: "asoftmax", margin: 4, lambda: 0.5 } },
+  { label: "cosface s=64 m=0.35", options: { kind: "cosface", scale: 64, margin: 0.35 } },
+  { label: "arcface s=64 m=0.5", options: { kind: "arcface", scale: 64, margin: 0.5 } },
+  {
+    label: "combined s=64 (1, 0.3, 0.2)",
+    options: { kind: "combined", scale: 64, m1: 1, m2: 0.3, m3: 0.2 },
+  },
+];

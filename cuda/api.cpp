@@ -304,6 +304,7 @@ int32_t lsm_context_destroy(lsm_context *ctx) {
     for (auto &a : ctx->allocations) free(const_cast<char *>(a.first));
   }
   free(ctx->host_workspace);
+  free(ctx->host_inputs);
   delete ctx;
   return LSM_OK;
 }

@@ -19,7 +19,7 @@ int32_t forward(lsm_context *ctx, const lsm_problem &p) {
   std::vector<int32_t> labels;
   int32_t s = copy_labels(ctx, p.labels, n, c, &labels);
   if (s != LSM_OK) return s;
-  const product_inputs<T> in(x, w, n, c, d, p.margin);
+  const product_inputs<T> in(ctx, x, w, n, c, d, p.margin);
   gemm(CblasNoTrans, CblasTrans, (int)n, (int)c, (int)d, in.x, (int)d, in.w, (int)d, logits, (int)c);
   if (plain_margin(p.margin)) return LSM_OK;  // psi(c) = c: the target logit is the plain product
   parallel_for(n, 3 * d, [&](int64_t begin, int64_t end) {  // two or three passes over d per sample
@@ -44,7 +44,7 @@ int32_t backward(lsm_context *ctx, const lsm_problem &p) {
   if (s != LSM_OK) return s;
   // The plain linear layer's gradients: dx = G W, dW = G^T x, of the products' inputs (normalised
   // rows for the kinds that normalise), then projected back to x and W.
-  const product_inputs<T> in(x, w, n, c, d, p.margin);
+  const product_inputs<T> in(ctx, x, w, n, c, d, p.margin);
   gemm(CblasNoTrans, CblasNoTrans, (int)n, (int)d, (int)c, g, (int)c, in.w, (int)d, gx, (int)d);
   gemm(CblasTrans, CblasNoTrans, (int)c, (int)d, (int)n, g, (int)c, in.x, (int)d, gw, (int)d);
   project_gradients(x, w, n, c, d, p.margin, gx, gw);

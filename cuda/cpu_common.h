@@ -7,7 +7,8 @@
 #include <cblas.h>
 
 #include <algorithm>
-#include <memory>
+#include <cstdlib>
+#include <new>
 #include <string>
 #include <thread>
 #include <vector>
@@ -76,6 +77,20 @@ inline int32_t copy_labels(lsm_context *ctx, const int32_t *labels, int64_t n, i
   return LSM_OK;
 }
 
+// The context's scratch for normalised inputs, grown to `bytes` and kept for later calls; throws
+// std::bad_alloc (which the C ABI layer turns into LSM_ERR_OUT_OF_MEMORY) when it cannot grow.
+inline void *input_scratch(lsm_context *ctx, size_t bytes) {
+  if (ctx->host_inputs_bytes < bytes) {
+    free(ctx->host_inputs);
+    ctx->host_inputs_bytes = 0;
+    const size_t rounded = (bytes + 63) / 64 * 64;
+    ctx->host_inputs = aligned_alloc(64, rounded);
+    if (ctx->host_inputs == nullptr) throw std::bad_alloc();
+    ctx->host_inputs_bytes = rounded;
+  }
+  return ctx->host_inputs;
+}
+
 // The sample's statistics (margin.cuh, lsm_stats): the largest magnitudes first, then the sums
 // of the vectors scaled by powers of two near them, in double; for ArcFace and the combined margin
 // a third pass for sin t.
@@ -94,12 +109,31 @@ lsm_stats target_stats(const T *x, const T *w, int64_t d, int kind) {
   return s;
 }
 
-// A row's normalisation (margin.cuh, lsm_norm): its largest magnitude, then its scaled norm.
+// sum_k (a[k] p q) b[k] in double over 8 lanes (which the compiler vectorizes; a fixed order).
+// With p q = 1/|a| (lsm_norm), the dot product of the unit vector of a with b, formed without
+// overflow wherever the result is finite.
+template <typename T>
+double lane_dot(const T *a, const T *b, int64_t d, double p = 1.0, double q = 1.0) {
+  constexpr int kLanes = 8;
+  double lanes[kLanes] = {};
+  int64_t k = 0;
+  for (; k + kLanes <= d; k += kLanes)
+    for (int l = 0; l < kLanes; ++l) lanes[l] += (double)a[k + l] * p * q * (double)b[k + l];
+  double total = 0.0;
+  for (; k < d; ++k) total += (double)a[k] * p * q * (double)b[k];
+  for (int l = 0; l < kLanes; ++l) total += lanes[l];
+  return total;
+}
+
+// A row's normalisation (margin.cuh, lsm_norm): the plain sum of squares where it is safe
+// (lsm_norm_direct), else the largest magnitude and the scaled sum of squares.
 template <typename T>
 lsm_norm row_norm(const T *v, int64_t d) {
+  lsm_norm r;
+  if (lsm_norm_direct(lane_dot(v, v, d), &r)) return r;
   double amax = 0.0;
   for (int64_t k = 0; k < d; ++k) amax = lsm_absmax(amax, v[k]);
-  lsm_norm r = lsm_norm_begin(amax);
+  r = lsm_norm_begin(amax);
   double ss = 0.0;
   for (int64_t k = 0; k < d; ++k) {
     const double a = v[k] * r.p;
@@ -111,20 +145,23 @@ lsm_norm row_norm(const T *v, int64_t d) {
 
 // The products' inputs: x and W themselves (L-Softmax), or copies of them with rows normalised:
 // W^ for every other kind, scale x^ for the normalised kinds (O(n d + c d), no pass over n x c).
+// The copies live in the context's input scratch, kept between calls (no page faults per call).
 template <typename T>
 struct product_inputs {
-  std::unique_ptr<T[]> xcopy, wcopy;
   const T *x, *w;
 
-  product_inputs(const T *x0, const T *w0, int64_t n, int64_t c, int64_t d, const lsm_margin &mg) : x(x0), w(w0) {
-    if (lsm_normalises_x(mg.kind)) x = normalised(x0, n, d, mg.scale, &xcopy);
-    if (lsm_normalises_w(mg.kind)) w = normalised(w0, c, d, 1.0, &wcopy);
+  product_inputs(lsm_context *ctx, const T *x0, const T *w0, int64_t n, int64_t c, int64_t d, const lsm_margin &mg)
+      : x(x0), w(w0) {
+    const bool nx = lsm_normalises_x(mg.kind), nw = lsm_normalises_w(mg.kind);
+    if (!nx && !nw) return;
+    const size_t xs = nx ? (size_t)(n * d) : 0, ws = nw ? (size_t)(c * d) : 0;
+    T *buf = static_cast<T *>(input_scratch(ctx, (xs + ws) * sizeof(T)));
+    if (nx) x = normalised(x0, n, d, mg.scale, buf);
+    if (nw) w = normalised(w0, c, d, 1.0, buf + xs);
   }
 
-  static const T *normalised(const T *v, int64_t rows, int64_t d, double f, std::unique_ptr<T[]> *copy) {
-    copy->reset(new T[(size_t)(rows * d)]);
-    T *out = copy->get();
-    parallel_for(rows, 3 * d, [&](int64_t r0, int64_t r1) {
+  static const T *normalised(const T *v, int64_t rows, int64_t d, double f, T *out) {
+    parallel_for(rows, 2 * d, [&](int64_t r0, int64_t r1) {
       for (int64_t r = r0; r < r1; ++r) {
         const T *vr = v + r * d;
         const lsm_norm nr = row_norm(vr, d);
@@ -139,13 +176,12 @@ struct product_inputs {
 // in place: g = f (g - v^ (v^ . g)) / |v| (margin.cuh, lsm_project); 0 for a zero row.
 template <typename T>
 void project_rows(const T *v, int64_t rows, int64_t d, double f, T *g) {
-  parallel_for(rows, 4 * d, [&](int64_t r0, int64_t r1) {
+  parallel_for(rows, 3 * d, [&](int64_t r0, int64_t r1) {
     for (int64_t r = r0; r < r1; ++r) {
       const T *vr = v + r * d;
       T *gr = g + r * d;
       const lsm_norm nr = row_norm(vr, d);
-      double dot = 0.0;
-      for (int64_t k = 0; k < d; ++k) dot += lsm_unit(nr, vr[k], 1.0) * gr[k];
+      const double dot = lane_dot(vr, gr, d, nr.p, nr.inv);  // v^ . g
       for (int64_t k = 0; k < d; ++k) gr[k] = (T)lsm_project(nr, gr[k], vr[k], dot, f);
     }
   });

@@ -69,9 +69,9 @@ struct loss_run {
   std::vector<double> g_target;  // dL/df_iy of each owned row
   T *buf = nullptr;              // n x block logits, then their exponentials or gradients
 
-  explicit loss_run(const lsm_loss_problem &q)
+  loss_run(lsm_context *ctx, const lsm_loss_problem &q)
       : p(q), x(static_cast<const T *>(q.x)), w(static_cast<const T *>(q.w)),
-        in(x, w, q.n, q.c, q.d, q.margin), gx(static_cast<T *>(q.grad_x)),
+        in(ctx, x, w, q.n, q.c, q.d, q.margin), gx(static_cast<T *>(q.grad_x)),
         gw(static_cast<T *>(q.grad_w)), n(q.n), d(q.d), c(q.c), scale(q.args.grad_scale) {}
 
   // Logits of classes [c0, c0 + cb) into buf (row stride cb), target entries replaced.
@@ -225,6 +225,6 @@ struct loss_run {
 }  // namespace
 
 int32_t lsm_cpu_loss(lsm_context *ctx, const lsm_loss_problem &p) {
-  if (p.dtype == LSM_FLOAT32) return loss_run<float>(p).run(ctx);
-  return loss_run<double>(p).run(ctx);
+  if (p.dtype == LSM_FLOAT32) return loss_run<float>(ctx, p).run(ctx);
+  return loss_run<double>(ctx, p).run(ctx);
 }

@@ -52,6 +52,8 @@ struct lsm_context {
   size_t workspace_limit = LSM_DEFAULT_WORKSPACE_LIMIT;  // fused loss scratch (lsm_loss*)
   void *host_workspace = nullptr;                        // the CPU backend's scratch, kept
   size_t host_workspace_bytes = 0;
+  void *host_inputs = nullptr;                           // the CPU backend's normalised inputs, kept
+  size_t host_inputs_bytes = 0;
   lsm_cuda_state *cuda = nullptr;
 };
 

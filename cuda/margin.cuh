@@ -325,6 +325,18 @@ LSM_HD lsm_norm lsm_norm_begin(double amax) {
 }
 LSM_HD void lsm_norm_finish(lsm_norm &r, double sum_squares) { r.inv = lsm_inverse(sqrt(sum_squares)); }
 
+// The fast path: from the plain sum of squares ss of the row, when it lies where neither it nor
+// any of its terms that matter can have overflowed or underflowed (then p = 1 gives the same
+// results as the scaled row: the scaling is by a power of two, which commutes with rounding).
+// False (r untouched) where the caller must take the scaled path: a zero, tiny, huge or
+// non-finite row. Float32 rows always qualify unless zero or non-finite.
+LSM_HD bool lsm_norm_direct(double ss, lsm_norm *r) {
+  if (!(ss >= 0x1p-960 && ss <= 0x1p960)) return false;
+  r->p = 1.0;
+  r->inv = 1.0 / sqrt(ss);
+  return true;
+}
+
 // Element k of f v^.
 LSM_HD double lsm_unit(const lsm_norm &r, double vk, double f) { return vk * r.p * r.inv * f; }
 

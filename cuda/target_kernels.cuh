@@ -62,15 +62,19 @@ __device__ __forceinline__ double warp_sum(double v) {
   return v;
 }
 
-// A row's normalisation (margin.cuh, lsm_norm) across the warp: the largest magnitude, then the
-// scaled sum of squares, as the CPU backend's row_norm.
+// A row's normalisation (margin.cuh, lsm_norm) across the warp, as the CPU backend's row_norm:
+// the plain sum of squares where safe, else the largest magnitude and the scaled sum.
 template <typename T>
 __device__ lsm_norm warp_norm(const T *v, int d, int lane) {
+  double ss = 0.0;
+  for (int k = lane; k < d; k += kWarp) ss += (double)v[k] * (double)v[k];
+  lsm_norm r;
+  if (lsm_norm_direct(warp_sum(ss), &r)) return r;  // uniform across the warp
   double amax = 0.0;
   for (int k = lane; k < d; k += kWarp) amax = lsm_absmax(amax, v[k]);
   for (int off = kWarp / 2; off > 0; off /= 2) amax = lsm_absmax(amax, __shfl_xor_sync(0xffffffffu, amax, off));
-  lsm_norm r = lsm_norm_begin(amax);
-  double ss = 0.0;
+  r = lsm_norm_begin(amax);
+  ss = 0.0;
   for (int k = lane; k < d; k += kWarp) {
     const double a = v[k] * r.p;
     ss += a * a;
