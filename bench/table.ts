@@ -9,13 +9,16 @@
  * (bench/loss_memory.ts) with each one's peak memory beyond the inputs and gradients
  * (LSOFTMAX_BENCH_MILLION=0 leaves that row out).
  *
+ * Then every margin kind's fused loss at N=256 D=512 C=10,000 against the same three products
+ * (LSOFTMAX_BENCH_KINDS_ONLY=1: that table alone).
+ *
  * Run: `make perf-table` (LSOFTMAX_BACKEND=cuda on a GPU machine; REPS sets the repetitions).
  *
  * @module
  */
 
 import { type Backend, backends, backward, forward, loss } from "../mod.ts";
-import { handWrittenCrossEntropy, problem, SHAPES } from "./problems.ts";
+import { handWrittenCrossEntropy, KINDS, problem, SHAPES } from "./problems.ts";
 
 const backend = (Deno.env.get("LSOFTMAX_BACKEND") ?? "cpu") as Backend;
 const reps = Number(Deno.env.get("REPS") ?? 7);
@@ -33,8 +36,15 @@ function machine(): string {
 
 const median = (v: number[]) => [...v].sort((a, b) => a - b)[Math.floor(v.length / 2)];
 
+const kindsOnly = Deno.env.get("LSOFTMAX_BENCH_KINDS_ONLY") === "1";
+const time = (fn: () => void) => {
+  const t0 = performance.now();
+  fn();
+  return performance.now() - t0;
+};
+
 const rows: string[] = [];
-for (const [n, d, c] of SHAPES) {
+for (const [n, d, c] of kindsOnly ? [] : SHAPES) {
   const { x, w, g, labels } = problem(n, d, c);
   // Outputs allocated once, as a training loop would: no page faults inside the timings.
   const out = new Float32Array(n * c),
@@ -60,24 +70,21 @@ for (const [n, d, c] of SHAPES) {
   );
 }
 console.log(`Machine: ${machine()}; backend ${backend}; float32, margin 4, median of ${reps}.\n`);
-console.log("| shape | L-Softmax fwd+bwd | linear layer fwd+bwd | ratio |");
-console.log("| --- | --- | --- | --- |");
-for (const row of rows) console.log(row);
+if (!kindsOnly) {
+  console.log("| shape | L-Softmax fwd+bwd | linear layer fwd+bwd | ratio |");
+  console.log("| --- | --- | --- | --- |");
+  for (const row of rows) console.log(row);
+}
 
 // The fused loss.
 const lossRows: string[] = [];
-for (const [n, d, c] of SHAPES.slice(0, 2)) {
+for (const [n, d, c] of kindsOnly ? [] : SHAPES.slice(0, 2)) {
   const { x, w, g, labels } = problem(n, d, c);
   const out = new Float32Array(n * c),
     grad = new Float32Array(n * c),
     outX = new Float32Array(n * d),
     outW = new Float32Array(c * d);
   const opts = { margin: 4, lambda: 0.5, backend };
-  const time = (fn: () => void) => {
-    const t0 = performance.now();
-    fn();
-    return performance.now() - t0;
-  };
   const linear = () =>
     time(() => {
       forward(x, w, labels, { margin: 1, lambda: 0, backend, out });
@@ -101,7 +108,7 @@ for (const [n, d, c] of SHAPES.slice(0, 2)) {
       `${mh.toFixed(2)} ms | - |`,
   );
 }
-if (Deno.env.get("LSOFTMAX_BENCH_MILLION") !== "0") {
+if (!kindsOnly && Deno.env.get("LSOFTMAX_BENCH_MILLION") !== "0") {
   const dims = ["512", "256", "1000000"];
   const child = async (mode: string) => {
     const script = new URL("./loss_memory.ts", import.meta.url).pathname;
@@ -120,9 +127,45 @@ if (Deno.env.get("LSOFTMAX_BENCH_MILLION") !== "0") {
       `${linear.peakMB.toFixed(0)} MB) |`,
   );
 }
-console.log(`\nThe fused loss (float32, margin 4, mean; median of ${reps}; the 1M row: of 3):\n`);
-console.log(
-  "| shape | fused loss | linear three products | ratio | forward + TS cross-entropy + backward | peak memory beyond inputs and gradients |",
-);
-console.log("| --- | --- | --- | --- | --- | --- |");
-for (const row of lossRows) console.log(row);
+if (!kindsOnly) {
+  console.log(`\nThe fused loss (float32, margin 4, mean; median of ${reps}; the 1M row: of 3):\n`);
+  console.log(
+    "| shape | fused loss | linear three products | ratio | forward + TS cross-entropy + backward | peak memory beyond inputs and gradients |",
+  );
+  console.log("| --- | --- | --- | --- | --- | --- |");
+  for (const row of lossRows) console.log(row);
+}
+
+// Every kind's fused loss, runs alternating with the three products.
+{
+  const [n, d, c] = [256, 512, 10000];
+  const { x, w, g, labels } = problem(n, d, c);
+  const out = new Float32Array(n * c),
+    outX = new Float32Array(n * d),
+    outW = new Float32Array(c * d);
+  const linear = () =>
+    time(() => {
+      forward(x, w, labels, { margin: 1, lambda: 0, backend, out });
+      backward(x, w, labels, g, { margin: 1, lambda: 0, backend, outX, outW });
+    });
+  const fused = KINDS.map(({ options }) => () =>
+    time(() => loss(x, w, labels, { ...options, backend, outX, outW }))
+  );
+  linear(), fused.forEach((f) => f());
+  const base: number[] = [], ours: number[][] = KINDS.map(() => []);
+  for (let r = 0; r < reps; r++) {
+    base.push(linear());
+    fused.forEach((f, k) => ours[k].push(f()));
+  }
+  const b = median(base);
+  console.log(
+    `\nEvery kind's fused loss at N=${n} D=${d} C=${c} (float32, mean; median of ${reps}), ` +
+      `against the linear layer's three products (${b.toFixed(2)} ms):\n`,
+  );
+  console.log("| kind | fused loss | ratio |");
+  console.log("| --- | --- | --- |");
+  KINDS.forEach(({ label }, k) => {
+    const o = median(ours[k]);
+    console.log(`| ${label} | ${o.toFixed(2)} ms | ${(o / b).toFixed(3)} |`);
+  });
+}
