@@ -150,9 +150,11 @@ template <typename T>
 struct product_inputs {
   const T *x, *w;
 
-  product_inputs(lsm_context *ctx, const T *x0, const T *w0, int64_t n, int64_t c, int64_t d, const lsm_margin &mg)
+  // copy_w false: W as it is (the fused loss's direct path, which scales columns instead).
+  product_inputs(lsm_context *ctx, const T *x0, const T *w0, int64_t n, int64_t c, int64_t d, const lsm_margin &mg,
+                 bool copy_w = true)
       : x(x0), w(w0) {
-    const bool nx = lsm_normalises_x(mg.kind), nw = lsm_normalises_w(mg.kind);
+    const bool nx = lsm_normalises_x(mg.kind), nw = copy_w && lsm_normalises_w(mg.kind);
     if (!nx && !nw) return;
     const size_t xs = nx ? (size_t)(n * d) : 0, ws = nw ? (size_t)(c * d) : 0;
     T *buf = static_cast<T *>(input_scratch(ctx, (xs + ws) * sizeof(T)));

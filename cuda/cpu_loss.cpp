@@ -10,7 +10,13 @@
 // - several blocks: each block's logits are made again (one more product) and turned into G.
 // Then the margin's corrections on the target rows, as in the backward. The kinds that normalise
 // run all of this on normalised copies of the rows (cpu_common.h, product_inputs) and project the
-// gradients back at the end.
+// gradients back at the end; but with one block, gradients asked for and W rows of moderate norm,
+// the direct path leaves W as it is, which saves three passes over c x d of the four: the logits
+// are (s x^_i . w_j) b_j with b_j = 1/|w_j| (columns scaled in the row pass, in cache), G's
+// columns are scaled by b_j as well, so that G' W = G W^ (dL/d(s x^)) and G'^T (s x^) = b_j V_j,
+// V_j = dL/dw^_j; and the projection dL/dw_j = b_j (V_j - w^_j (w^_j . V_j)) comes from
+// w^_j . V_j = sum_i G_ij f_ij (f the plain normalised logits, summed in the row pass), with
+// grad_w filled with -b_j^2 (w^_j . V_j) w_j before the product adds b_j V_j to it.
 #include <math.h>
 #include <stdlib.h>
 
@@ -58,6 +64,7 @@ template <typename T>
 struct loss_run {
   const lsm_loss_problem &p;
   const T *x, *w;       // the inputs: statistics, projections and corrections
+  std::vector<double> colscale;  // the direct path's b_j = 1/|w_j| (empty: not taken)
   product_inputs<T> in;  // the products' inputs (normalised rows for the kinds that normalise)
   T *gx, *gw;
   int64_t n, d, c, block = 0;
@@ -70,9 +77,37 @@ struct loss_run {
   T *buf = nullptr;              // n x block logits, then their exponentials or gradients
 
   loss_run(lsm_context *ctx, const lsm_loss_problem &q)
-      : p(q), x(static_cast<const T *>(q.x)), w(static_cast<const T *>(q.w)),
-        in(ctx, x, w, q.n, q.c, q.d, q.margin), gx(static_cast<T *>(q.grad_x)),
+      : p(q), x(static_cast<const T *>(q.x)), w(static_cast<const T *>(q.w)), colscale(direct_scales(ctx, q)),
+        in(ctx, x, w, q.n, q.c, q.d, q.margin, colscale.empty()), gx(static_cast<T *>(q.grad_x)),
         gw(static_cast<T *>(q.grad_w)), n(q.n), d(q.d), c(q.c), scale(q.args.grad_scale) {}
+
+  // The direct path's column scales b_j = 1/|w_j| (see the top), or none where it does not apply:
+  // not one block, no gradients, L-Softmax, or a row of W (of x, for A-Softmax) whose norm is
+  // outside [2^-50, 2^50] (or a scale past 2^40), where the products of unnormalised rows could
+  // lose range.
+  static std::vector<double> direct_scales(lsm_context *ctx, const lsm_loss_problem &q) {
+    std::vector<double> b;
+    const bool one_block = (size_t)q.c <= ctx->workspace_limit / ((size_t)q.n * sizeof(T));
+    if (q.stage != LSM_LOSS_FULL || q.grad_x == nullptr || !lsm_normalises_w(q.margin.kind) || !one_block ||
+        lsm_x_factor(q.margin) > 0x1p40)
+      return b;
+    auto in_range = [](double ss) { return ss >= 0x1p-100 && ss <= 0x1p100; };
+    const T *xv = static_cast<const T *>(q.x), *wv = static_cast<const T *>(q.w);
+    if (!lsm_normalises_x(q.margin.kind))
+      for (int64_t i = 0; i < q.n; ++i)
+        if (!in_range(lane_dot(xv + i * q.d, xv + i * q.d, q.d))) return b;
+    b.resize((size_t)q.c);
+    bool ok = true;
+    parallel_for(q.c, q.d, [&](int64_t j0, int64_t j1) {
+      for (int64_t j = j0; j < j1; ++j) {
+        const double ss = lane_dot(wv + j * q.d, wv + j * q.d, q.d);
+        if (!in_range(ss)) ok = false;  // benign race: only ever set to false
+        b[j] = 1.0 / sqrt(ss);
+      }
+    });
+    if (!ok) b.clear();
+    return b;
+  }
 
   // Logits of classes [c0, c0 + cb) into buf (row stride cb), target entries replaced.
   void logits(int64_t c0, int64_t cb) {
@@ -96,6 +131,70 @@ struct loss_run {
         maxes[i] = (double)b;
       }
     });
+  }
+
+  // The direct path's row pass over the one block of raw products x~_i . w_j in buf (see the
+  // top): logits scaled by b_j, the target's replaced, max and sum of exponentials; then buf
+  // holds E' diag(b) (E' = exp(f - max) with sum_i taken off the target entry) and beta the
+  // column sums w^_j . V_j. Rows in 4 fixed chunks, each with its own column sums, added in
+  // order: the same result whatever the thread count.
+  void fold_direct(double *maxes, double *sums, std::vector<double> *beta) {
+    constexpr int64_t kChunks = 4;
+    const double *b = colscale.data();
+    std::vector<std::vector<double>> acc(kChunks);
+    parallel_for(kChunks, n * c, [&](int64_t k0, int64_t k1) {
+      std::vector<T> tmp((size_t)c);
+      for (int64_t k = k0; k < k1; ++k) {
+        std::vector<double> &a = acc[k];
+        a.assign((size_t)c, 0.0);
+        for (int64_t i = k * n / kChunks; i < (k + 1) * n / kChunks; ++i) {
+          T *row = buf + i * c;
+          for (int64_t j = 0; j < c; ++j) row[j] = (T)((double)row[j] * b[j]);
+          const int64_t y = local[i];
+          double plain_y = 0.0;
+          if (y >= 0) plain_y = (double)row[y], row[y] = (T)target[i];
+          const T bm = row_max(row, c);
+          const double sum = exp_sum(row, tmp.data(), c, bm);
+          maxes[i] = (double)bm, sums[i] = sum;
+          const double ki = scale / sum;
+          for (int64_t j = 0; j < c; ++j) {
+            a[j] += ki * (double)tmp[j] * (double)row[j];
+            row[j] = (T)((double)tmp[j] * b[j]);
+          }
+          if (y >= 0) {
+            const double e = (double)tmp[y], margin_y = (double)(T)target[i];
+            g_target[i] = ki * e - scale;
+            a[y] += ki * e * (plain_y - margin_y) - scale * plain_y;  // G_iy times the plain logit
+            row[y] = (T)((e - sum) * b[y]);
+          }
+        }
+      }
+    });
+    beta->assign((size_t)c, 0.0);
+    for (int64_t k = 0; k < kChunks; ++k)
+      for (int64_t j = 0; j < c; ++j) (*beta)[j] += acc[k][j];
+  }
+
+  // The direct path's gradients: grad_w filled with -b_j^2 beta_j w_j, then the products of
+  // E' diag(b) in buf as in products_from_exps, adding to it.
+  void products_direct(const double *sums, const std::vector<double> &beta) {
+    const double *b = colscale.data();
+    parallel_for(c, d, [&](int64_t j0, int64_t j1) {
+      for (int64_t j = j0; j < j1; ++j) {
+        const double f = -b[j] * b[j] * beta[j];
+        for (int64_t q = 0; q < d; ++q) gw[j * d + q] = (T)(f * (double)w[j * d + q]);
+      }
+    });
+    std::vector<double> k((size_t)n);
+    std::vector<T> kx((size_t)(n * d));
+    for (int64_t i = 0; i < n; ++i) {
+      k[i] = scale / sums[i];
+      for (int64_t q = 0; q < d; ++q) kx[i * d + q] = (T)(k[i] * (double)in.x[i * d + q]);
+    }
+    gemm(CblasNoTrans, CblasNoTrans, (int)n, (int)d, (int)c, buf, (int)c, w, (int)d, gx, (int)d);
+    gemm(CblasTrans, CblasNoTrans, (int)c, (int)d, (int)n, buf, (int)c, kx.data(), (int)d, gw, (int)d, T(1));
+    for (int64_t i = 0; i < n; ++i)
+      for (int64_t q = 0; q < d; ++q) gx[i * d + q] = (T)(k[i] * (double)gx[i * d + q]);
   }
 
   // A block's logits in buf to G = scale (softmax - onehot), given each row's lse. With t_i =
@@ -149,7 +248,11 @@ struct loss_run {
   // The products' gradients projected back to x and W (normalised kinds), then the margin's
   // corrections of the target rows.
   void corrections() {
-    project_gradients(x, w, n, c, d, p.margin, gx, gw);
+    if (colscale.empty()) {
+      project_gradients(x, w, n, c, d, p.margin, gx, gw);
+    } else if (lsm_normalises_x(p.margin.kind)) {
+      project_rows(x, n, d, p.margin.scale, gx);  // W's projection is in products_direct
+    }
     if (plain_margin(p.margin)) return;
     std::vector<lsm_correction> coef((size_t)n);
     for (int64_t i = 0; i < n; ++i) {
@@ -183,6 +286,15 @@ struct loss_run {
     buf = static_cast<T *>(ws);
 
     std::vector<double> lse((size_t)n);
+    if (!colscale.empty()) {  // the direct path: one block, the loss and its gradients
+      std::vector<double> maxes((size_t)n), sums((size_t)n), beta;
+      gemm(CblasNoTrans, CblasTrans, (int)n, (int)c, (int)d, in.x, (int)d, w, (int)d, buf, (int)c);
+      fold_direct(maxes.data(), sums.data(), &beta);
+      for (int64_t i = 0; i < n; ++i) p.row_loss[i] = maxes[i] + log(sums[i]) - target[i];
+      products_direct(sums.data(), beta);
+      corrections();
+      return LSM_OK;
+    }
     if (p.stage != LSM_LOSS_GRADIENTS) {
       std::vector<double> maxes((size_t)n, -INFINITY), sums((size_t)n, 0.0);
       for (int64_t c0 = 0; c0 < c; c0 += block) {

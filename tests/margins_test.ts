@@ -578,3 +578,49 @@ cudaTest(
   "cuda margins: exact across the float64 range (2^-1000 to 2^1000)",
   () => rangeCheck("cuda"),
 );
+
+Deno.test("margins cpu: the fused loss's paths agree (one block direct, blocks, range fallback)", () => {
+  const rng = new Rng(1212);
+  const worst = new Worst();
+  const p = randomProblem(rng, 6, 5, 9);
+  for (const spec of SPECS) {
+    // The workspace is the context's setting, kept: each call names its own.
+    const o = { ...spec, backend: "cpu", workspace: 64 << 20 } as never;
+    type R = { loss: number; gradX: Float64Array; gradW: Float64Array };
+    const one = loss(p.x, p.w, p.labels, o) as R;
+    // Blocks of 2 classes (the workspace holds 2 columns of 6 rows).
+    const blocks = loss(
+      p.x,
+      p.w,
+      p.labels,
+      { ...spec, backend: "cpu", workspace: 96 } as never,
+    ) as R;
+    const what = name(spec);
+    const e = [
+      Math.abs(one.loss - blocks.loss) / Math.abs(one.loss),
+      assertClose(blocks.gradX, one.gradX, 1e-13, `${what} blocks gradX`, maxAbs(one.gradX)),
+      assertClose(blocks.gradW, one.gradW, 1e-13, `${what} blocks gradW`, maxAbs(one.gradW)),
+    ];
+    assert.ok(e[0] < 1e-14, `${what}: loss ${blocks.loss} vs ${one.loss}`);
+    // W at 2^600 (outside the direct path's range): the normalised kinds' loss is unchanged and
+    // dL/dW scales by 2^-600.
+    if (spec.kind !== "lsoftmax") {
+      const big = loss(p.x, p.w.map((v) => v * 2 ** 600), p.labels, o) as R;
+      const ew = -600; // every kind that normalises W
+      e.push(
+        Math.abs(big.loss - one.loss) / Math.abs(one.loss),
+        assertClose(big.gradX, one.gradX, 1e-13, `${what} 2^600 w gradX`, maxAbs(one.gradX)),
+        assertClose(
+          big.gradW,
+          one.gradW.map((v) => v * 2 ** ew),
+          1e-13,
+          `${what} 2^600 w gradW`,
+          maxAbs(one.gradW) * 2 ** ew,
+        ),
+      );
+      assert.ok(e[3] < 1e-14, `${what}: loss at 2^600 w ${big.loss} vs ${one.loss}`);
+    }
+    worst.add(spec.kind, Math.max(...e));
+  }
+  worst.report("margins cpu fused loss paths");
+});
