@@ -77,6 +77,11 @@ inline int32_t copy_labels(lsm_context *ctx, const int32_t *labels, int64_t n, i
   return LSM_OK;
 }
 
+// The row passes (normalise, project) count as 1/kRowPassWork of their elements' worth of
+// parallel_for's work: they are memory-bound and short, and threads of theirs compete with
+// OpenBLAS's spinning workers, so only passes over c x d (not n x d) split across threads.
+constexpr int64_t kRowPassWork = 16;
+
 // The context's scratch for normalised inputs, grown to `bytes` and kept for later calls; throws
 // std::bad_alloc (which the C ABI layer turns into LSM_ERR_OUT_OF_MEMORY) when it cannot grow.
 inline void *input_scratch(lsm_context *ctx, size_t bytes) {
@@ -163,7 +168,7 @@ struct product_inputs {
   }
 
   static const T *normalised(const T *v, int64_t rows, int64_t d, double f, T *out) {
-    parallel_for(rows, 2 * d, [&](int64_t r0, int64_t r1) {
+    parallel_for(rows, d / kRowPassWork, [&](int64_t r0, int64_t r1) {
       for (int64_t r = r0; r < r1; ++r) {
         const T *vr = v + r * d;
         const lsm_norm nr = row_norm(vr, d);
@@ -178,7 +183,7 @@ struct product_inputs {
 // in place: g = f (g - v^ (v^ . g)) / |v| (margin.cuh, lsm_project); 0 for a zero row.
 template <typename T>
 void project_rows(const T *v, int64_t rows, int64_t d, double f, T *g) {
-  parallel_for(rows, 3 * d, [&](int64_t r0, int64_t r1) {
+  parallel_for(rows, d / kRowPassWork, [&](int64_t r0, int64_t r1) {
     for (int64_t r = r0; r < r1; ++r) {
       const T *vr = v + r * d;
       T *gr = g + r * d;

@@ -29,6 +29,13 @@ namespace {
 
 using namespace lsm_cpu;
 
+// The direct path's passes run on the calling thread: between the products OpenBLAS's workers
+// spin for a while, and threads of ours would share the cores with them (measured: slower).
+template <typename F>
+void serial_for(int64_t total, F fn) {
+  fn(int64_t(0), total);
+}
+
 // The row kernels by element type: float through cpu_rows.h (vectorized), double through libm.
 float row_max(const float *row, int64_t count) { return lsm_rows().max(row, count); }
 double exp_sum(const float *in, float *out, int64_t count, float shift) {
@@ -98,7 +105,7 @@ struct loss_run {
         if (!in_range(lane_dot(xv + i * q.d, xv + i * q.d, q.d))) return b;
     b.resize((size_t)q.c);
     bool ok = true;
-    parallel_for(q.c, q.d, [&](int64_t j0, int64_t j1) {
+    serial_for(q.c, [&](int64_t j0, int64_t j1) {
       for (int64_t j = j0; j < j1; ++j) {
         const double ss = lane_dot(wv + j * q.d, wv + j * q.d, q.d);
         if (!in_range(ss)) ok = false;  // benign race: only ever set to false
@@ -142,7 +149,7 @@ struct loss_run {
     constexpr int64_t kChunks = 4;
     const double *b = colscale.data();
     std::vector<std::vector<double>> acc(kChunks);
-    parallel_for(kChunks, n * c, [&](int64_t k0, int64_t k1) {
+    serial_for(kChunks, [&](int64_t k0, int64_t k1) {
       std::vector<T> tmp((size_t)c);
       for (int64_t k = k0; k < k1; ++k) {
         std::vector<double> &a = acc[k];
@@ -179,7 +186,7 @@ struct loss_run {
   // E' diag(b) in buf as in products_from_exps, adding to it.
   void products_direct(const double *sums, const std::vector<double> &beta) {
     const double *b = colscale.data();
-    parallel_for(c, d, [&](int64_t j0, int64_t j1) {
+    serial_for(c, [&](int64_t j0, int64_t j1) {
       for (int64_t j = j0; j < j1; ++j) {
         const double f = -b[j] * b[j] * beta[j];
         for (int64_t q = 0; q < d; ++q) gw[j * d + q] = (T)(f * (double)w[j * d + q]);
