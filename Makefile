@@ -76,7 +76,8 @@ check: setup-host
 	$(DENO) fmt --check
 	$(DENO) lint
 	$(DENO) doc --lint mod.ts
-	$(DENO) check --doc mod.ts ffi/*.ts tests/*.ts tests/fixtures/*.ts bench/*.ts examples/*.ts
+	$(DENO) doc --lint tfjs.ts
+	$(DENO) check --doc mod.ts tfjs.ts ffi/*.ts tests/*.ts tests/fixtures/*.ts bench/*.ts examples/*.ts
 	$(DENO) check --doc-only README.md
 
 # The suite on the real library (its CUDA tests skip without a GPU), then again on the CPU
