@@ -79,6 +79,7 @@ demo: setup $(LIB)
 	scripts/setup.sh dataset
 	LSOFTMAX_LIB=$(abspath $(LIB)) $(DENO) run --allow-ffi --allow-env --allow-read \
 	  --allow-write=docs examples/fashion_mnist.ts
+	$(DENO) fmt docs/fashion_mnist.md
 
 check: setup-host
 	$(DENO) fmt --check

@@ -6,7 +6,8 @@
  * @example
  * ```ts
  * import { readIdx } from "./idx.ts";
- * const { dims, data } = await readIdx("/usr/share/datasets/fashion-mnist/t10k-labels-idx1-ubyte.gz");
+ * const dir = "/usr/share/datasets/fashion-mnist";
+ * const { dims, data } = await readIdx(`${dir}/t10k-labels-idx1-ubyte.gz`);
  * console.log(dims, data[0]); // [10000] 9
  * ```
  * @module

@@ -32,7 +32,7 @@ function demo(args: string[], write?: string) {
   ]);
 }
 
-Deno.test("demo --quick trains every run on the fixture and writes the table and SVGs", async () => {
+Deno.test("demo --quick trains every run on the fixture, writes the table and SVGs", async () => {
   // The test has no write permission: a temporary directory from mktemp, removed by rm.
   const dir = (await sh("mktemp", ["-d"])).out.trim();
   try {

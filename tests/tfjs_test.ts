@@ -171,16 +171,22 @@ for (const backend of BACKENDS) {
         const w = tf.variable(randomTensor(rng, [c, 2]));
         const before = w.dataSync().slice();
         const optimizer = tf.train.adam(0.05);
-        const step = () =>
-          optimizer.minimize(
+        const step = () => {
+          const cost = optimizer.minimize(
             () =>
               marginLoss(model.apply(inputs) as tf.Tensor2D, w, labels, { margin: 2, lambda: 1 }),
             true,
-          )!.dataSync()[0];
+          )!;
+          const value = cost.dataSync()[0];
+          cost.dispose();
+          return value;
+        };
         const first = step();
+        const tensors = tf.memory().numTensors;
         let last = first;
         for (let i = 0; i < 60; i++) last = step();
         assert.ok(last < 0.5 * first, `loss ${first} -> ${last}`);
+        assert.equal(tf.memory().numTensors, tensors, "a training step leaves no tensor behind");
         assert.notDeepEqual(w.dataSync(), before);
         tf.dispose([inputs, w]);
         model.dispose();
