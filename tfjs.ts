@@ -60,7 +60,10 @@ export type Scalar = tf.Scalar;
  * parameters, backend, reduction, precision, workspace), less what the adapter sets itself
  * (the feature count and `gradients`).
  */
-export type MarginLossOptions = Omit<LossOptions, "features" | "gradients">;
+export type MarginLossOptions = LossOptions extends infer T
+  // Distributed over a union (one option type per margin kind), so each keeps its own keys.
+  ? T extends unknown ? Omit<T, "features" | "gradients"> : never
+  : never;
 
 /** Labels: N class indices, an `Int32Array` or an int32 tensor of shape [N]. */
 export type Labels = Int32Array | Tensor1D;
