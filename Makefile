@@ -2,6 +2,8 @@
 #
 #   make            build build/liblsoftmax.so
 #   make example    build, then run examples/train.ts
+#   make demo       build, set up Fashion-MNIST, then train the TensorFlow.js demo
+#                   (examples/fashion_mnist.ts): docs/fashion_mnist.md and its SVGs
 #   make test       set up what is missing, build, then fmt/lint/type checks, the Deno tests, and
 #                   the same tests with the CUDA kernels on the CPU execution layer (test-emu)
 #   make bench      the benchmarks (deno bench); make perf-table: the README's table
@@ -40,7 +42,7 @@ $(BUILD)/obj/cpu_rows_avx2.o: CXXFLAGS += -mavx2 -mfma
 endif
 CUDA_SRC := cuda_backend cuda_loss
 
-.PHONY: all example test check bench perf-table clean setup setup-host
+.PHONY: all example demo test check bench perf-table clean setup setup-host
 
 all: $(LIB)
 
@@ -72,11 +74,19 @@ setup: setup-host
 example: setup $(LIB)
 	$(DENO) run --allow-ffi --allow-env=LSOFTMAX_LIB examples/train.ts
 
+# The demo writes its table and pictures into docs/ (at most 10 minutes on 2 cores).
+demo: setup $(LIB)
+	scripts/setup.sh dataset
+	LSOFTMAX_LIB=$(abspath $(LIB)) $(DENO) run --allow-ffi --allow-env --allow-read \
+	  --allow-write=docs examples/fashion_mnist.ts
+	$(DENO) fmt docs/fashion_mnist.md
+
 check: setup-host
 	$(DENO) fmt --check
 	$(DENO) lint
 	$(DENO) doc --lint mod.ts
-	$(DENO) check --doc mod.ts ffi/*.ts tests/*.ts tests/fixtures/*.ts bench/*.ts examples/*.ts
+	$(DENO) doc --lint tfjs.ts
+	$(DENO) check --doc mod.ts tfjs.ts ffi/*.ts tests/*.ts tests/fixtures/*.ts bench/*.ts examples/*.ts
 	$(DENO) check --doc-only README.md
 
 # The suite on the real library (its CUDA tests skip without a GPU), then again on the CPU

@@ -10,6 +10,10 @@
  * (D = 1, and θ within 1e-6 .. 1e-2 of 0 or π). CPU backend, and the CUDA backend when there is
  * one (the emulated one under `LSOFTMAX_LIB=build/liblsoftmax_emu.so`).
  *
+ * Then the fused loss's table: the float32 loss (relative error) and its gradients (worst error
+ * relative to a sample's row of gradX, to the whole of gradW) against float64 on the same inputs, from 10 to 20,000
+ * classes, with logits of order 1 and up to 1e4, the classes in one block and in several.
+ *
  * ```sh
  * scripts/deno run --allow-ffi --allow-env --allow-read bench/accuracy.ts
  * ```
@@ -17,8 +21,8 @@
  * @module
  */
 
-import { backends, backward, forward } from "../mod.ts";
-import { orthogonalUnit, randomProblem, Rng } from "../tests/helpers.ts";
+import { backends, backward, forward, loss } from "../mod.ts";
+import { maxAbs, orthogonalUnit, randomProblem, Rng } from "../tests/helpers.ts";
 
 /** Margins of the table. */
 const MARGINS = [1, 2, 3, 4, 5, 6, 8, 16];
@@ -153,3 +157,52 @@ console.log(
   `\n${count} samples per backend over the margins; λ = ${LAMBDA}; library ${info.library}` +
     (info.cuda.available ? `; cuda: ${info.cuda.devices[0].name}` : "; no CUDA backend here"),
 );
+
+// The fused loss: float32 against float64 on the same (float32) inputs. Each row is the worst of
+// four runs: labels at random and at each row's largest logit (a trained model: softmax_iy near 1,
+// gradients near 0), each with the classes in one block and in seven.
+const lossRows: string[] = [
+  "| backend | C | logits up to | loss error | gradX worst | gradW worst |",
+  "| ------- | -: | -----------: | ---------: | ----------: | ----------: |",
+];
+for (const backend of list) {
+  for (const c of [10, 1000, 20000]) {
+    for (const size of [10, 1e4]) {
+      const rng = new Rng(8000 + c);
+      const [n, d] = [16, 16];
+      const p = randomProblem(rng, n, d, c);
+      const s = size / (d * maxAbs(p.x) * maxAbs(p.w)); // |f| <= d max|x| max|w|
+      const x = Float32Array.from(p.x, (v) => v * s), w = Float32Array.from(p.w);
+      const [x64, w64] = [x, w].map((a) => Float64Array.from(a));
+      const plain = forward(x64, w64, p.labels, { margin: 1, lambda: 0 }).logits;
+      const argmax = Int32Array.from({ length: n }, (_, i) => {
+        let best = 0;
+        for (let j = 1; j < c; j++) if (plain[i * c + j] > plain[i * c + best]) best = j;
+        return best;
+      });
+      const worst = [0, 0, 0];
+      for (const labels of [p.labels, argmax]) {
+        for (const blocks of [1, 7]) {
+          const workspace = Math.ceil(c / blocks) * n * 4;
+          const o = { margin: 4, lambda: 0 };
+          const ref = loss(x64, w64, labels, { ...o, backend: "cpu", workspace: workspace * 2 });
+          const got = loss(x, w, labels, { ...o, backend, workspace });
+          const ex: number[] = [], ew: number[] = [];
+          rowErrors(got.gradX, ref.gradX, new Float64Array(n * d), n, ex);
+          // A class whose softmax is below float32's range has a float64 gradient float32
+          // rounds to 0: gradW's errors are relative to its largest element.
+          rowErrors(got.gradW, ref.gradW, new Float64Array(c * d).fill(maxAbs(ref.gradW)), c, ew);
+          const e = [Math.abs(got.loss - ref.loss) / Math.abs(ref.loss), maxAbs(ex), maxAbs(ew)];
+          e.forEach((v, k) => worst[k] = Math.max(worst[k], v));
+        }
+      }
+      loss(x, w, p.labels, { margin: 4, lambda: 0, backend, workspace: 64 << 20 }); // the default
+      loss(x64, w64, p.labels, { margin: 4, lambda: 0, backend: "cpu", workspace: 64 << 20 });
+      lossRows.push(
+        `| ${backend} | ${c} | ${maxAbs(plain).toExponential(0)} | ${worst.map(fmt).join(" | ")} |`,
+      );
+    }
+  }
+}
+console.log("\nThe fused loss, float32 against float64 (margin 4, N = 16, D = 16):\n");
+console.log(lossRows.join("\n"));

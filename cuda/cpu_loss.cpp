@@ -7,7 +7,8 @@
 //   buffer. With k_i = scale / sum_i, G = diag(k) E - scale onehot = diag(k) E' where E' is E
 //   with sum_i taken off the target entries; so dx = diag(k) (E' W) and dW = E'^T (diag(k) x):
 //   the n x c matrix is never rescaled, only the n x d ones.
-// - several blocks: each block's logits are made again (one more product) and turned into G.
+// - several blocks (of equal size): the last block's exponentials are still in the buffer and
+//   become G in place; every other block's logits are made again (one more product).
 // Then the margin's corrections on the target rows, as in the backward. The kinds that normalise
 // run all of this on normalised copies of the rows (cpu_common.h, product_inputs) and project the
 // gradients back at the end; but with one block, gradients asked for and W rows of moderate norm,
@@ -35,6 +36,7 @@ template <typename F>
 void serial_for(int64_t total, F fn) {
   fn(int64_t(0), total);
 }
+
 
 // The row kernels by element type: float through cpu_rows.h (vectorized), double through libm.
 float row_max(const float *row, int64_t count) { return lsm_rows().max(row, count); }
@@ -116,6 +118,7 @@ struct loss_run {
     return b;
   }
 
+
   // Logits of classes [c0, c0 + cb) into buf (row stride cb), target entries replaced.
   void logits(int64_t c0, int64_t cb) {
     gemm(CblasNoTrans, CblasTrans, (int)n, (int)cb, (int)d, in.x, (int)d, in.w + c0 * d, (int)d, buf, (int)cb);
@@ -138,6 +141,73 @@ struct loss_run {
         maxes[i] = (double)b;
       }
     });
+  }
+
+  // dL/df_iy = scale (softmax_iy - 1) = scale expm1(f_iy - lse_i), in float64 (kept in g_target
+  // for the corrections) and rounded to T once: (T)(scale softmax) - scale would cancel to a few
+  // bits when softmax_iy is near 1, as it is for a trained model. f_iy is the logit as the
+  // log-sum-exp saw it, rounded to T.
+  T target_gradient(int64_t i, double lse_i) {
+    g_target[i] = scale * expm1((double)(T)target[i] - lse_i);
+    return (T)g_target[i];
+  }
+
+  // A block's logits in buf to G = scale (softmax - onehot), given each row's lse. With t_i =
+  // lse_i rounded to T, softmax = exp(f - t_i) / exp(lse_i - t_i): f - t_i is formed in T
+  // without losing the float64 lse's digits.
+  void gradient(int64_t c0, int64_t cb, const double *lse) {
+    parallel_for(n, 4 * cb, [&](int64_t i0, int64_t i1) {
+      for (int64_t i = i0; i < i1; ++i) {
+        T *row = buf + i * cb;
+        T t = (T)lse[i];
+        if (!isfinite((double)t) && isfinite(lse[i])) t = std::numeric_limits<T>::max();  // lse past T
+        const double k = scale / exp(lse[i] - (double)t);
+        exp_sum(row, row, cb, t);
+        for (int64_t j = 0; j < cb; ++j) row[j] = (T)(k * (double)row[j]);
+        const int64_t y = local[i] - c0;
+        if (y >= 0 && y < cb) row[y] = target_gradient(i, lse[i]);
+      }
+    });
+  }
+
+  // The last block's exponentials E = exp(f - max_i) still in buf (max_i is the row's final max)
+  // to G = scale (softmax - onehot) = k_i E - scale onehot, k_i = scale / sum_i: no product again.
+  void gradient_from_exps(int64_t c0, int64_t cb, const double *sums, const double *lse) {
+    parallel_for(n, 2 * cb, [&](int64_t i0, int64_t i1) {
+      for (int64_t i = i0; i < i1; ++i) {
+        T *row = buf + i * cb;
+        const double k = scale / sums[i];
+        for (int64_t j = 0; j < cb; ++j) row[j] = (T)(k * (double)row[j]);
+        const int64_t y = local[i] - c0;
+        if (y >= 0 && y < cb) row[y] = target_gradient(i, lse[i]);
+      }
+    });
+  }
+
+  // dx (+)= G_b W_b and dW_b = G_b^T x for the block of gradients in buf.
+  void products(int64_t c0, int64_t cb, bool first) {
+    gemm(CblasNoTrans, CblasNoTrans, (int)n, (int)d, (int)cb, buf, (int)cb, in.w + c0 * d, (int)d, gx, (int)d,
+         first ? T(0) : T(1));
+    gemm(CblasTrans, CblasNoTrans, (int)cb, (int)d, (int)n, buf, (int)cb, in.x, (int)d, gw + c0 * d, (int)d);
+  }
+
+  // The gradients from the one block's exponentials E in buf and their row sums (see the top).
+  void products_from_exps(const double *sums, const double *lse) {
+    std::vector<double> k((size_t)n);
+    std::vector<T> kx((size_t)(n * d));
+    for (int64_t i = 0; i < n; ++i) {
+      k[i] = scale / sums[i];
+      const int64_t y = local[i];
+      if (y >= 0) {
+        T &e = buf[i * c + y];
+        e = (T)(target_gradient(i, lse[i]) / k[i]);
+      }
+      for (int64_t q = 0; q < d; ++q) kx[i * d + q] = (T)(k[i] * (double)in.x[i * d + q]);
+    }
+    gemm(CblasNoTrans, CblasNoTrans, (int)n, (int)d, (int)c, buf, (int)c, in.w, (int)d, gx, (int)d);
+    gemm(CblasTrans, CblasNoTrans, (int)c, (int)d, (int)n, buf, (int)c, kx.data(), (int)d, gw, (int)d);
+    for (int64_t i = 0; i < n; ++i)
+      for (int64_t q = 0; q < d; ++q) gx[i * d + q] = (T)(k[i] * (double)gx[i * d + q]);
   }
 
   // The direct path's row pass over the one block of raw products x~_i . w_j in buf (see the
@@ -168,11 +238,11 @@ struct loss_run {
             a[j] += ki * (double)tmp[j] * (double)row[j];
             row[j] = (T)((double)tmp[j] * b[j]);
           }
-          if (y >= 0) {
+          if (y >= 0) {  // G_iy in float64 as target_gradient forms it; G_iy times the plain logit
             const double e = (double)tmp[y], margin_y = (double)(T)target[i];
-            g_target[i] = ki * e - scale;
-            a[y] += ki * e * (plain_y - margin_y) - scale * plain_y;  // G_iy times the plain logit
-            row[y] = (T)((e - sum) * b[y]);
+            g_target[i] = scale * expm1(margin_y - ((double)bm + log(sum)));
+            a[y] += g_target[i] * plain_y - ki * e * margin_y;
+            row[y] = (T)(g_target[i] / ki * b[y]);
           }
         }
       }
@@ -200,54 +270,6 @@ struct loss_run {
     }
     gemm(CblasNoTrans, CblasNoTrans, (int)n, (int)d, (int)c, buf, (int)c, w, (int)d, gx, (int)d);
     gemm(CblasTrans, CblasNoTrans, (int)c, (int)d, (int)n, buf, (int)c, kx.data(), (int)d, gw, (int)d, T(1));
-    for (int64_t i = 0; i < n; ++i)
-      for (int64_t q = 0; q < d; ++q) gx[i * d + q] = (T)(k[i] * (double)gx[i * d + q]);
-  }
-
-  // A block's logits in buf to G = scale (softmax - onehot), given each row's lse. With t_i =
-  // lse_i rounded to T, softmax = exp(f - t_i) / exp(lse_i - t_i): f - t_i is formed in T
-  // without losing the float64 lse's digits.
-  void gradient(int64_t c0, int64_t cb, const double *lse) {
-    parallel_for(n, 4 * cb, [&](int64_t i0, int64_t i1) {
-      for (int64_t i = i0; i < i1; ++i) {
-        T *row = buf + i * cb;
-        T t = (T)lse[i];
-        if (!isfinite((double)t) && isfinite(lse[i])) t = std::numeric_limits<T>::max();  // lse past T
-        const double k = scale / exp(lse[i] - (double)t);
-        exp_sum(row, row, cb, t);
-        for (int64_t j = 0; j < cb; ++j) row[j] = (T)(k * (double)row[j]);
-        const int64_t y = local[i] - c0;
-        if (y >= 0 && y < cb) {
-          row[y] = (T)((double)row[y] - scale);
-          g_target[i] = (double)row[y];
-        }
-      }
-    });
-  }
-
-  // dx (+)= G_b W_b and dW_b = G_b^T x for the block of gradients in buf.
-  void products(int64_t c0, int64_t cb) {
-    gemm(CblasNoTrans, CblasNoTrans, (int)n, (int)d, (int)cb, buf, (int)cb, in.w + c0 * d, (int)d, gx, (int)d,
-         c0 == 0 ? T(0) : T(1));
-    gemm(CblasTrans, CblasNoTrans, (int)cb, (int)d, (int)n, buf, (int)cb, in.x, (int)d, gw + c0 * d, (int)d);
-  }
-
-  // The gradients from the one block's exponentials E in buf and their row sums (see the top).
-  void products_from_exps(const double *sums) {
-    std::vector<double> k((size_t)n);
-    std::vector<T> kx((size_t)(n * d));
-    for (int64_t i = 0; i < n; ++i) {
-      k[i] = scale / sums[i];
-      const int64_t y = local[i];
-      if (y >= 0) {
-        T &e = buf[i * c + y];
-        g_target[i] = k[i] * (double)e - scale;  // from E before it changes
-        e = (T)((double)e - sums[i]);
-      }
-      for (int64_t q = 0; q < d; ++q) kx[i * d + q] = (T)(k[i] * (double)in.x[i * d + q]);
-    }
-    gemm(CblasNoTrans, CblasNoTrans, (int)n, (int)d, (int)c, buf, (int)c, in.w, (int)d, gx, (int)d);
-    gemm(CblasTrans, CblasNoTrans, (int)c, (int)d, (int)n, buf, (int)c, kx.data(), (int)d, gw, (int)d);
     for (int64_t i = 0; i < n; ++i)
       for (int64_t q = 0; q < d; ++q) gx[i * d + q] = (T)(k[i] * (double)gx[i * d + q]);
   }
@@ -286,15 +308,19 @@ struct loss_run {
         target[i] = lsm_target_logit(stats[i], p.margin);
       }
     });
+    // Blocks of equal size within the limit: the last one, whose exponentials the gradients
+    // reuse, is then as large as any.
     const size_t per_class = (size_t)n * sizeof(T);
     block = std::max<int64_t>(1, std::min<int64_t>(c, (int64_t)(ctx->workspace_limit / per_class)));
+    const int64_t blocks = (c + block - 1) / block;
+    block = (c + blocks - 1) / blocks;
     void *ws = nullptr;
     if ((s = workspace(ctx, (size_t)block * per_class, &ws)) != LSM_OK) return s;
     buf = static_cast<T *>(ws);
 
-    std::vector<double> lse((size_t)n);
+    std::vector<double> lse((size_t)n), maxes((size_t)n, -INFINITY), sums((size_t)n, 0.0);
     if (!colscale.empty()) {  // the direct path: one block, the loss and its gradients
-      std::vector<double> maxes((size_t)n), sums((size_t)n), beta;
+      std::vector<double> beta;
       gemm(CblasNoTrans, CblasTrans, (int)n, (int)c, (int)d, in.x, (int)d, w, (int)d, buf, (int)c);
       fold_direct(maxes.data(), sums.data(), &beta);
       for (int64_t i = 0; i < n; ++i) p.row_loss[i] = maxes[i] + log(sums[i]) - target[i];
@@ -303,7 +329,6 @@ struct loss_run {
       return LSM_OK;
     }
     if (p.stage != LSM_LOSS_GRADIENTS) {
-      std::vector<double> maxes((size_t)n, -INFINITY), sums((size_t)n, 0.0);
       for (int64_t c0 = 0; c0 < c; c0 += block) {
         const int64_t cb = std::min(block, c - c0);
         logits(c0, cb);
@@ -323,18 +348,24 @@ struct loss_run {
       }
       if (gx == nullptr) return LSM_OK;  // the loss alone
       if (block == c) {
-        products_from_exps(sums.data());
+        products_from_exps(sums.data(), lse.data());
         corrections();
         return LSM_OK;
       }
     } else {
       lse.assign(p.lse, p.lse + n);
     }
-    for (int64_t c0 = 0; c0 < c; c0 += block) {
+    // The last block first: after the fold its exponentials are still in buf.
+    const int64_t last = (c - 1) / block * block;
+    for (int64_t c0 = last; c0 >= 0; c0 -= block) {
       const int64_t cb = std::min(block, c - c0);
-      logits(c0, cb);
-      gradient(c0, cb, lse.data());
-      products(c0, cb);
+      if (p.stage != LSM_LOSS_GRADIENTS && c0 == last) {
+        gradient_from_exps(c0, cb, sums.data(), lse.data());
+      } else {
+        logits(c0, cb);
+        gradient(c0, cb, lse.data());
+      }
+      products(c0, cb, c0 == last);
     }
     corrections();
     return LSM_OK;

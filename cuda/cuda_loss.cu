@@ -1,6 +1,158 @@
-// cuda_loss.cu: the fused loss on a CUDA device (lsm_loss*).
-#include "internal.h"
+// cuda_loss.cu: the fused loss on a CUDA device (lsm_loss, lsm_loss_partials, lsm_loss_gradients),
+// the CPU backend's cpu_loss.cpp step for step, without an n x c buffer:
+//
+//   per class block b (n x cb logits within the context's workspace limit):
+//     z = x W_b^T                         gemm NT into the workspace
+//     per row chunk: online (max, sum)    loss_chunk_lse, a block per (row, 4096 classes)
+//     fold the chunks into each row       loss_fold
+//   lse, and the row losses or partials   loss_rows
+//   per class block, the last one first (its logits are still in the workspace; the others are
+//   made again, one more product each):
+//     z -> G = scale (softmax - onehot)   loss_gradient
+//     grad_x (+)= G W_b, grad_w_b = G^T x gemm NN (accumulating after the first), gemm TN
+//   the margin's corrections              loss_target_x, backward_target_w
+//
+// The kinds that normalise run the products on normalised copies of the rows (normalise_rows
+// into the workspace: W^, and scale x^ for the normalised kinds) and project the gradients back
+// (project_rows) before the corrections, as the op does: O(n d + c d) more, nothing over n x c.
+//
+// Blocks of whole rows (all n rows, cb classes) keep the products as large as the op's own; the
+// chunked reduction keeps every SM busy whatever n is.
+#include <cuda_runtime.h>
 
-int32_t lsm_cuda_loss(lsm_context *ctx, const lsm_loss_problem &) {
-  return lsm_fail(ctx, LSM_ERR_UNAVAILABLE, "the fused loss has no CUDA kernels yet");
+#include <algorithm>
+
+#include "cuda_common.cuh"
+#include "loss_kernels.cuh"
+
+namespace {
+
+using namespace lsm_cuda;
+
+// Places 256-byte aligned regions one after the other from base (0: only sizes them).
+struct carver {
+  uintptr_t base;
+  size_t used = 0;
+  template <typename U>
+  U *take(int64_t count) {
+    U *p = reinterpret_cast<U *>(base + used);
+    used += ((size_t)count * sizeof(U) + 255) / 256 * 256;
+    return p;
+  }
+};
+
+template <typename T>
+int32_t loss(lsm_context *ctx, const lsm_loss_problem &p) {
+  using namespace lsm_kernels;
+  cudaStream_t s = ctx->cuda->stream;
+  const int n = (int)p.n, d = (int)p.d, c = (int)p.c;
+  const T *x = static_cast<const T *>(p.x);
+  const T *w = static_cast<const T *>(p.w);
+  T *gx = static_cast<T *>(p.grad_x);
+  T *gw = static_cast<T *>(p.grad_w);
+  const bool gradients = p.stage == LSM_LOSS_GRADIENTS || (p.stage == LSM_LOSS_FULL && gx != nullptr);
+
+  // Class blocks of n x block logits within the limit; chunks of one row of a block per CUDA block.
+  // Blocks of equal size: the last one, kept for the gradients, is as large as any.
+  const int limit = (int)std::max<int64_t>(1, std::min<int64_t>(c, (int64_t)(ctx->workspace_limit / ((size_t)n * sizeof(T)))));
+  const int block = ceil_div(c, ceil_div(c, limit));
+  const int chunk = std::max(kChunkColumns, ceil_div(block, 65535));
+  const int max_chunks = ceil_div(block, chunk);
+
+  // The workspace: per-row arrays, the chunk pairs, the bad-label slot, then the logits block.
+  int32_t *local;
+  char *inputs;
+  double *target, *g_target, *maxes, *sums, *lse, *factor, *part_m, *part_s;
+  T *shift, *z;
+  lsm_correction *coef;
+  int *bad;
+  auto place = [&](uintptr_t base) {
+    carver r{base};
+    inputs = r.take<char>((int64_t)inputs_bytes<T>(p.margin, n, d, c));
+    local = r.take<int32_t>(n);
+    target = r.take<double>(n), g_target = r.take<double>(n), maxes = r.take<double>(n);
+    sums = r.take<double>(n), lse = r.take<double>(n), factor = r.take<double>(n);
+    shift = r.take<T>(n);
+    coef = r.take<lsm_correction>(n);
+    part_m = r.take<double>((int64_t)n * max_chunks), part_s = r.take<double>((int64_t)n * max_chunks);
+    bad = r.take<int>(1);
+    z = r.take<T>((int64_t)n * block);
+    return r.used;
+  };
+  void *mem = nullptr;
+  int32_t st = workspace(ctx, place(0), &mem);
+  if (st != LSM_OK) return st;
+  place(reinterpret_cast<uintptr_t>(mem));
+
+  if ((st = reset_bad_label(ctx, bad, n)) != LSM_OK) return st;
+  const unsigned int sample_blocks = blocks_for((int64_t)n * kWarp, kSampleBlock);
+  const unsigned int row_blocks = blocks_for(n, kSampleBlock);
+  LSM_LAUNCH(loss_targets<T>, sample_blocks, kSampleBlock, s, x, w, p.labels, n, d, c, p.args.class_offset,
+             p.args.total_classes, p.margin, local, target, bad);
+  const device_inputs<T> in = normalise_inputs<T>(ctx, p.margin, x, w, n, d, c, inputs);
+
+  gemm_args<T> logits = {};  // z = x W_b^T for the block at c0 (B and N set per block)
+  logits.M = n, logits.K = d;
+  logits.A = in.x, logits.lda = d, logits.vec_a = vectorizable<T>(in.x, d);
+  logits.ldb = d;
+  logits.C = z;
+  auto make_logits = [&](int c0, int cb) {
+    logits.N = cb;
+    logits.B = in.w + (int64_t)c0 * d, logits.vec_b = vectorizable<T>(logits.B, d);
+    logits.vec_c = vectorizable<T>(z, cb);
+    launch_gemm<T, kNT>(ctx, logits);
+  };
+
+  const double *row_lse = p.lse;
+  if (p.stage != LSM_LOSS_GRADIENTS) {
+    for (int c0 = 0; c0 < c; c0 += block) {
+      const int cb = std::min(block, c - c0);
+      const int chunks = ceil_div(cb, chunk);
+      make_logits(c0, cb);
+      LSM_LAUNCH(loss_chunk_lse<T>, dim3((unsigned int)n, (unsigned int)chunks), kRowBlock, s, z, cb, c0, chunk,
+                 local, target, part_m, part_s);
+      LSM_LAUNCH(loss_fold, row_blocks, kSampleBlock, s, part_m, part_s, n, chunks, c0 == 0, maxes, sums);
+    }
+    LSM_LAUNCH(loss_rows, row_blocks, kSampleBlock, s, maxes, sums, local, target, n, lse, p.row_loss, p.row_max,
+               p.row_sum, p.target);
+    row_lse = lse;
+  }
+  if (gradients) {
+    const double scale = p.args.grad_scale;
+    LSM_LAUNCH(loss_shifts<T>, row_blocks, kSampleBlock, s, row_lse, n, scale, shift, factor);
+    const int last = (c - 1) / block * block;
+    for (int c0 = last; c0 >= 0; c0 -= block) {
+      const int cb = std::min(block, c - c0);
+      if (p.stage == LSM_LOSS_GRADIENTS || c0 != last) make_logits(c0, cb);
+      LSM_LAUNCH(loss_gradient<T>, blocks_for((int64_t)n * cb, kSampleBlock), kSampleBlock, s, z, n, cb, c0, local,
+                 target, row_lse, shift, factor, scale, g_target);
+      gemm_args<T> a = {};  // grad_x (+)= G_b W_b
+      a.M = n, a.N = d, a.K = cb;
+      a.A = z, a.lda = cb, a.vec_a = vectorizable<T>(z, cb);
+      a.B = in.w + (int64_t)c0 * d, a.ldb = d, a.vec_b = vectorizable<T>(a.B, d);
+      a.C = gx, a.vec_c = vectorizable<T>(gx, d), a.accumulate = c0 != last;
+      launch_gemm<T, kNN>(ctx, a);
+      a = {};  // grad_w[c0 : c0 + cb] = G_b^T x
+      a.M = cb, a.N = d, a.K = n;
+      a.A = z, a.lda = cb, a.vec_a = vectorizable<T>(z, cb);
+      a.B = in.x, a.ldb = d, a.vec_b = vectorizable<T>(in.x, d);
+      a.C = gw + (int64_t)c0 * d, a.vec_c = vectorizable<T>(a.C, d);
+      launch_gemm<T, kTN>(ctx, a);
+    }
+    project_gradients<T>(ctx, p.margin, x, w, n, d, c, gx, gw);
+    if (!(p.margin.kind == LSM_MARGIN_LSOFTMAX && p.margin.m == 1)) {
+      LSM_LAUNCH(loss_target_x<T>, sample_blocks, kSampleBlock, s, x, w, local, g_target, n, d, p.margin, gx, coef);
+      launch_target_w<T>(ctx, x, w, coef, n, d, c, gw);
+    }
+  }
+  LSM_CUDA_TRY(ctx, cudaGetLastError());
+  return check_bad_label(ctx, p.labels, p.n, p.args.total_classes, bad);
+}
+
+}  // namespace
+
+int32_t lsm_cuda_loss(lsm_context *ctx, const lsm_loss_problem &p) {
+  const int32_t s = activate(ctx);
+  if (s != LSM_OK) return s;
+  return p.dtype == LSM_FLOAT32 ? loss<float>(ctx, p) : loss<double>(ctx, p);
 }

@@ -3,6 +3,7 @@
 //   forward   logits = x W^T     (NT)
 //   backward  grad_x = G W       (NN)
 //             grad_w = G^T x     (TN)
+//   fused loss the same three, per class block (cuda_loss.cu), grad_x accumulated over blocks
 //
 // The margin's target corrections are not fused in here: they are added afterwards, per element
 // in double, by target_kernels.cuh (as the CPU backend adds them). Fusing them into the tiles in
@@ -90,6 +91,7 @@ struct gemm_args {
   T *C;  // row-major M x N
   // 16-byte vector access allowed for A, B and C (host-checked alignment and leading dimensions).
   bool vec_a, vec_b, vec_c;
+  bool accumulate;  // C += A B (the fused loss sums grad_x over class blocks), else C = A B
 };
 
 template <int MODE>
@@ -181,10 +183,15 @@ struct gemm_pipeline {
     const int N = p.N;
     T *c = p.C + m * N;
     const bool full = p.vec_c && n <= N - S::V;
-    if (full) {
+    if (full && p.accumulate) {
+      T sum[S::V];
+      ld_vec(c + n, sum);
+      LSM_UNROLL for (int j = 0; j < S::V; ++j) sum[j] += v[j];
+      st_vec(c + n, sum);
+    } else if (full) {
       st_vec(c + n, v);
     } else {
-      LSM_UNROLL for (int j = 0; j < S::V && n + j < N; ++j) c[n + j] = v[j];
+      LSM_UNROLL for (int j = 0; j < S::V && n + j < N; ++j) c[n + j] = p.accumulate ? c[n + j] + v[j] : v[j];
     }
   }
 };

@@ -95,6 +95,14 @@ __device__ inline int checked_label(const int32_t *labels, int i, int c, int lan
   return -1;
 }
 
+// Adds sample i's correction r (x_i, w_y) to its row of grad_x across the warp, each element
+// formed in double and added with one rounding to T, as the CPU backend does.
+template <typename T>
+__device__ __forceinline__ void correct_row_x(const lsm_correction &r, const T *xi, const T *wy, int d, int lane,
+                                              T *gxi) {
+  for (int k = lane; k < d; k += kWarp) gxi[k] = (T)(gxi[k] + lsm_correction_x(r, xi[k], wy[k]));
+}
+
 // Overwrites the target logit of each sample with the margin logit (after gemm_nt).
 template <typename T>
 __global__ void forward_target(const T *x, const T *w, const int32_t *labels, int n, int d, int c,
@@ -131,9 +139,7 @@ __global__ void backward_target_x(const T *x, const T *w, const int32_t *labels,
       r = lsm_target_correction((double)grad_logits[(int64_t)i * c + y], s, margin, y);
     }
     if (lane == 0) coef[i] = r;
-    if (r.label < 0) continue;  // uniform across the warp
-    T *gxi = grad_x + (int64_t)i * d;
-    for (int k = lane; k < d; k += kWarp) gxi[k] = (T)(gxi[k] + lsm_correction_x(r, xi[k], wy[k]));
+    if (r.label >= 0) correct_row_x(r, xi, wy, d, lane, grad_x + (int64_t)i * d);  // uniform across the warp
   }
 }
 

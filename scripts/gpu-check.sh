@@ -4,7 +4,8 @@
 #   2. the Deno test suite on the real CUDA backend
 #   3. the C ABI driver (tests/native/sanitize_driver.cpp, linked against the library just built)
 #   4. bench/torch_compare.py, where python3 imports torch: ours through ctypes against PyTorch's
-#      linear layer and a composed PyTorch L-Softmax (forward+backward), and their agreement
+#      linear layer and a composed PyTorch L-Softmax (forward+backward), and their agreement;
+#      bench/torch_loss.py: the fused loss against F.cross_entropy on both, up to C = 1,000,000
 #   5. deno bench on the CUDA backend (without the TensorFlow.js peer: no network needed)
 #   6. compute-sanitizer memcheck, racecheck, synccheck and initcheck on the driver (last: the
 #      slowest, and on some machines the sanitizer refuses the device)
@@ -13,7 +14,7 @@
 # GPU_CHECK_BUDGET_S (450 s): a step gets the smaller of its limit and the time left.
 #
 # Output: OUT_DIR/summary.md (GPU, a table of steps with verdicts and times, key lines, the
-# PyTorch table, the tails of failed steps' logs), OUT_DIR/torch_compare.md (that table alone) and
+# PyTorch tables, the tails of failed steps' logs), OUT_DIR/torch_compare.md and torch_loss.md and
 # OUT_DIR/logs.tar.gz (every step's log, repacked after each step). The logs themselves are in
 # GPU_CHECK_LOGS (default OUT_DIR/logs). Exit status 0 when every step passed (a missing PyTorch
 # is a skip, not a failure; a missing Deno is a failure).
@@ -116,7 +117,8 @@ lib=$here/$build/liblsoftmax.so
 driver=$here/$build/sanitize_driver
 sanitizer_steps=(memcheck racecheck synccheck initcheck)
 torch_md=$out/torch_compare.md
-rm -f "$torch_md"
+loss_md=$out/torch_loss.md
+rm -f "$torch_md" "$loss_md"
 if step build 200 make -j"$(nproc)" BUILD="$build" CUDA_ARCHS="$arch" CUDA_PTX= "$build/liblsoftmax.so"; then
   if [ -n "$deno" ]; then
     step deno-test 120 env LSOFTMAX_LIB="$lib" "$deno" test --allow-ffi --allow-env --allow-read --allow-net --allow-run tests/
@@ -140,6 +142,7 @@ if step build 200 make -j"$(nproc)" BUILD="$build" CUDA_ARCHS="$arch" CUDA_PTX= 
     skip torch-compare "$python cannot import torch ($(tail -1 "$logs/torch-import.log" | cut -c1-120))"
   else
     step torch-compare 150 "$python" bench/torch_compare.py --lib "$lib" --out "$torch_md"
+    step torch-loss 120 "$python" bench/torch_loss.py --lib "$lib" --out "$loss_md"
   fi
 
   if [ -n "$deno" ]; then
@@ -159,7 +162,7 @@ if step build 200 make -j"$(nproc)" BUILD="$build" CUDA_ARCHS="$arch" CUDA_PTX= 
     for s in "${sanitizer_steps[@]}"; do skip "$s" "no driver"; done
   fi
 else
-  for s in deno-test driver-build driver torch-compare deno-bench "${sanitizer_steps[@]}"; do
+  for s in deno-test driver-build driver torch-compare torch-loss deno-bench "${sanitizer_steps[@]}"; do
     skip "$s" "the library did not build"
   done
 fi
@@ -194,6 +197,18 @@ fi
     else
       echo '```'
       tail -20 "$logs/torch-compare.log"
+      echo '```'
+    fi
+  fi
+  if [ -f "$logs/torch-loss.log" ]; then
+    echo
+    echo "## The fused loss against PyTorch (bench/torch_loss.py)"
+    echo
+    if [ -s "$loss_md" ]; then
+      cat "$loss_md"
+    else
+      echo '```'
+      tail -20 "$logs/torch-loss.log"
       echo '```'
     fi
   fi

@@ -5,14 +5,31 @@
 #   scripts/setup.sh        nvcc checked first, then OpenBLAS and Deno
 #   scripts/setup.sh host   OpenBLAS and Deno only (the emulated library and the checks)
 #   scripts/setup.sh nvcc   the nvcc check only
+#   scripts/setup.sh dataset   Fashion-MNIST for `make demo` (Debian's dataset-fashion-mnist, 30 MB;
+#                           never part of the tests, which use a small subset in tests/fixtures/)
 set -euo pipefail
 here=$(cd "$(dirname "$0")/.." && pwd)
 mode=${1:-all}
-case "$mode" in all | host | nvcc) ;; *)
-  echo "setup: expected all, host or nvcc, got $mode" >&2
+case "$mode" in all | host | nvcc | dataset) ;; *)
+  echo "setup: expected all, host, nvcc or dataset, got $mode" >&2
   exit 2
   ;;
 esac
+if [ "$mode" = dataset ]; then
+  # The demo reads FASHION_MNIST_DIR when it is set: then nothing is installed.
+  dir="${FASHION_MNIST_DIR:-/usr/share/datasets/fashion-mnist}"
+  if [ ! -e "$dir/t10k-labels-idx1-ubyte.gz" ] && [ ! -e "$dir/t10k-labels-idx1-ubyte" ]; then
+    if [ -n "${FASHION_MNIST_DIR:-}" ]; then
+      echo "setup: FASHION_MNIST_DIR=$dir holds no Fashion-MNIST IDX files" >&2
+      exit 1
+    fi
+    echo "setup: installing dataset-fashion-mnist (Fashion-MNIST, 30 MB)" >&2
+    sudo=""; [ "$(id -u)" = 0 ] || sudo="sudo"
+    $sudo apt-get update -qq >&2
+    DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq dataset-fashion-mnist >&2
+  fi
+  exit 0
+fi
 if [ "$mode" != host ]; then
   nvcc="${NVCC:-${CUDA_HOME:-/usr/local/cuda}/bin/nvcc}"
   if [ ! -x "$nvcc" ] && ! command -v "$nvcc" >/dev/null 2>&1; then

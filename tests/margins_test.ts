@@ -215,6 +215,12 @@ Deno.test("margins cpu: fused loss matches the reference loss and its difference
 Deno.test("margins cpu: fused loss sharded over two cpu contexts", () => {
   lossAgainstReference(["cpu", "cpu"]);
 });
+cudaTest("cuda margins: fused loss matches the reference loss and its differences", () => {
+  lossAgainstReference("cuda");
+});
+cudaTest("cuda margins: fused loss sharded over cuda and cpu", () => {
+  lossAgainstReference(["cuda", "cpu"]);
+});
 
 /**
  * Adversarial geometry, one sample per case, with the target W_y a random row: x_i parallel (x =
@@ -361,28 +367,7 @@ function float32Check(backend: TestBackend): void {
 }
 
 Deno.test("margins cpu: float32 against float64", () => float32Check("cpu"));
-cudaTest("cuda margins: float32 against float64 (op)", () => {
-  // The CUDA fused loss is the CPU's until its kernels take the kinds: the op only here.
-  const rng = new Rng(1207);
-  const worst = new Worst();
-  for (const spec of SPECS) {
-    const p = randomProblem(rng, 16, 24, 10);
-    const x32 = toF32(p.x), w32 = toF32(p.w), g32 = toF32(p.g);
-    const x = Float64Array.from(x32), w = Float64Array.from(w32), g = Float64Array.from(g32);
-    const o = opts(spec, "cuda");
-    const f64 = forward(x, w, p.labels, o).logits, f32 = forward(x32, w32, p.labels, o).logits;
-    const b64 = backward(x, w, p.labels, g, o), b32 = backward(x32, w32, p.labels, g32, o);
-    worst.add(
-      spec.kind,
-      Math.max(
-        assertClose(f32, f64, 2e-6, `${name(spec)} logits`, rowScale(f64, p.n)),
-        assertClose(b32.gradX, b64.gradX, 2e-6, `${name(spec)} gradX`, maxAbs(b64.gradX)),
-        assertClose(b32.gradW, b64.gradW, 2e-6, `${name(spec)} gradW`, maxAbs(b64.gradW)),
-      ),
-    );
-  }
-  worst.report("margins cuda float32 vs float64");
-});
+cudaTest("cuda margins: float32 against float64", () => float32Check("cuda"));
 
 cudaTest("cuda margins: the CUDA backend matches the CPU (float64 and float32)", () => {
   const rng = new Rng(1208);

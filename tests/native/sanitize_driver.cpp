@@ -5,7 +5,8 @@
 // all one class, label-sorted vs shuffled: the grad_w correction's per-row sums), TF32 precision
 // (loose tolerance), and bitwise-repeatable backward results; then the numerics at the ends of
 // the range (exact power-of-two homogeneity in float64 on both backends, float32 subnormal
-// inputs on CUDA against the CPU). Built against the CPU execution layer with -fsanitize=address,undefined, so an
+// inputs on CUDA against the CPU), and the fused loss (one call and the shard calls, in class
+// blocks and row chunks). Built against the CPU execution layer with -fsanitize=address,undefined, so an
 // out-of-bounds access or undefined behaviour in a kernel stops it; built with nvcc it is the
 // compute-sanitizer target of scripts/gpu-check.sh. Device buffers have exactly the tensors'
 // sizes, so any overrun is past an allocation. Exit status 0 when everything matches.
@@ -236,6 +237,72 @@ bool close_scaled(const std::vector<T> &got, const std::vector<T> &want, double 
   return true;
 }
 
+// The fused loss on both backends, in one call (lsm_loss) and in the shard calls (partials, then
+// gradients given an lse), with the workspace limited to `block` classes: class blocks, chunks
+// of a row (4096 classes) and their edges. The shard holds classes [offset, offset + c) of c + 3.
+template <typename T>
+void loss_case(lsm_context *cpu, lsm_context *gpu, const shape &s, int margin, int64_t block, int64_t offset) {
+  const int32_t dtype = sizeof(T) == 4 ? LSM_FLOAT32 : LSM_FLOAT64;
+  const double tol = sizeof(T) == 4 ? 2e-4 : 1e-9;
+  const size_t e = sizeof(T), nd = (size_t)(s.n * s.d), cd = (size_t)(s.c * s.d), n = (size_t)s.n;
+  const std::string name = std::string("loss ") + (sizeof(T) == 4 ? "f32" : "f64") + " n=" + std::to_string(s.n) +
+                           " d=" + std::to_string(s.d) + " c=" + std::to_string(s.c) + " m=" + std::to_string(margin) +
+                           " block=" + std::to_string(block) + " offset=" + std::to_string(offset);
+  ++g_cases;
+  std::vector<T> x(nd), w(cd);
+  std::vector<int32_t> labels(n);
+  for (auto &v : x) v = (T)(2.0 * uniform());
+  for (auto &v : w) v = (T)uniform();
+  for (size_t i = 0; i < n; ++i) labels[i] = (int32_t)((uniform() + 1.0) * 0.5 * (double)(s.c + 3)) % (int32_t)(s.c + 3);
+  lsm_margin mg = {};
+  mg.kind = LSM_MARGIN_LSOFTMAX, mg.m = margin, mg.lambda = 0.5;
+  lsm_loss_args whole = {}, shard = {};
+  whole.total_classes = s.c, whole.grad_scale = 1.0 / (double)s.n;
+  shard.class_offset = offset, shard.total_classes = s.c + 3, shard.grad_scale = 1.0;
+  std::vector<int32_t> within(labels);  // the one-call loss needs labels in [0, c)
+  for (auto &y : within) y %= (int32_t)s.c;
+  // [0] row_loss, [1..3] row_max, row_sum, target; then grad_x, grad_w of each call.
+  std::vector<double> rows[2][4], lse(n);
+  std::vector<T> gx[2][2], gw[2][2];
+  bool ok = true;
+  for (int b = 0; b < 2 && ok; ++b) {
+    lsm_context *ctx = b == 0 ? cpu : gpu;
+    for (auto &r : rows[b]) r.assign(n, 0.0);
+    for (int k = 0; k < 2; ++k) gx[b][k].assign(nd, T(0)), gw[b][k].assign(cd, T(0));
+    const size_t rb = n * 8;
+    void *dx = upload(ctx, x.data(), nd * e), *dw = upload(ctx, w.data(), cd * e);
+    void *dl = upload(ctx, within.data(), n * 4), *ds = upload(ctx, labels.data(), n * 4);
+    void *dr[4], *dlse = upload(ctx, nullptr, rb), *dgx = upload(ctx, nullptr, nd * e), *dgw = upload(ctx, nullptr, cd * e);
+    for (auto &r : dr) r = upload(ctx, nullptr, rb);
+    const int32_t *yl = static_cast<const int32_t *>(dl), *ys = static_cast<const int32_t *>(ds);
+    double *r0 = static_cast<double *>(dr[0]), *r1 = static_cast<double *>(dr[1]);
+    double *r2 = static_cast<double *>(dr[2]), *r3 = static_cast<double *>(dr[3]);
+    ok = dx && dw && dl && ds && dr[0] && dr[1] && dr[2] && dr[3] && dlse && dgx && dgw &&
+         lsm_context_set_workspace_limit(ctx, (size_t)(block * s.n) * e) == LSM_OK &&
+         lsm_loss(ctx, dtype, s.n, s.d, s.c, &mg, &whole, dx, dw, yl, r0, dgx, dgw) == LSM_OK &&
+         lsm_memcpy_from_context(ctx, gx[b][0].data(), dgx, nd * e) == LSM_OK &&
+         lsm_memcpy_from_context(ctx, gw[b][0].data(), dgw, cd * e) == LSM_OK &&
+         lsm_loss_partials(ctx, dtype, s.n, s.d, s.c, &mg, &shard, dx, dw, ys, r1, r2, r3) == LSM_OK;
+    for (int k = 0; k < 4 && ok; ++k) ok = lsm_memcpy_from_context(ctx, rows[b][k].data(), dr[k], rb) == LSM_OK;
+    // Both backends get the CPU's lse of this shard, raised as if other shards held more.
+    if (b == 0)
+      for (size_t i = 0; i < n; ++i) lse[i] = rows[0][1][i] + log(rows[0][2][i]) + 0.25;
+    ok = ok && lsm_memcpy_to_context(ctx, dlse, lse.data(), rb) == LSM_OK &&
+         lsm_loss_gradients(ctx, dtype, s.n, s.d, s.c, &mg, &shard, dx, dw, ys, static_cast<const double *>(dlse), dgx,
+                            dgw) == LSM_OK &&
+         lsm_memcpy_from_context(ctx, gx[b][1].data(), dgx, nd * e) == LSM_OK &&
+         lsm_memcpy_from_context(ctx, gw[b][1].data(), dgw, cd * e) == LSM_OK &&
+         lsm_context_set_workspace_limit(ctx, LSM_DEFAULT_WORKSPACE_LIMIT) == LSM_OK;
+    if (!ok) printf("FAIL %s: %s backend: %s\n", name.c_str(), b == 0 ? "CPU" : "CUDA", lsm_last_error());
+    for (void *p : {dx, dw, dl, ds, dr[0], dr[1], dr[2], dr[3], dlse, dgx, dgw}) lsm_free(ctx, p);
+  }
+  static const char *const row_names[] = {" row_loss", " row_max", " row_sum", " target"};
+  for (int k = 0; k < 4 && ok; ++k) ok = close(rows[1][k], rows[0][k], tol, name + row_names[k]);
+  for (int k = 0; k < 2 && ok; ++k)
+    ok = close(gx[1][k], gx[0][k], tol, name + " grad_x") && close(gw[1][k], gw[0][k], tol, name + " grad_w");
+  if (!ok) ++g_failures;
+}
+
 // The numerics at the ends of the range (tests/numerics_test.ts has the full matrix).
 void numerics(lsm_context *cpu, lsm_context *gpu) {
   const shape s = {6, 5, 4};
@@ -343,6 +410,24 @@ int main(int argc, char **argv) {
         if (quick && (v.offset_all || v.labels == kFewClasses)) continue;
         run_case<float>(cpu, gpu, s, m, 0.5, v);
         if (!v.tf32) run_case<double>(cpu, gpu, s, m, 0.5, v);
+      }
+    }
+  }
+  // The fused loss: sizes around the tiles; one block, and blocks of 1, 3 and 24 classes; a row
+  // of 4101 classes in two chunks (4096 + 5), in one block and in two.
+  struct loss_shape {
+    shape s;
+    int64_t blocks[3];  // classes per block (0: none)
+  };
+  const loss_shape loss_shapes[] = {{{1, 1, 1}, {1, 0, 0}},      {{5, 3, 7}, {7, 1, 3}},
+                                    {{65, 9, 70}, {70, 24, 0}},  {{130, 33, 131}, {131, 0, 0}},
+                                    {{3, 4, 4101}, {4101, 2051, 0}}};
+  for (const loss_shape &l : loss_shapes) {
+    for (int m : {1, 4}) {
+      for (int64_t block : l.blocks) {
+        if (block == 0 || (quick && m == 1)) continue;
+        loss_case<float>(cpu, gpu, l.s, m, block, 2);
+        loss_case<double>(cpu, gpu, l.s, m, block, 0);
       }
     }
   }

@@ -1,0 +1,193 @@
+// cuda_common.cuh: what the CUDA backend's host code shares (cuda_backend.cu: the op and the
+// context; cuda_loss.cu: the fused loss): the per-context state, the error path, the workspace
+// and the product launches. Not installed, not ABI.
+#ifndef LSOFTMAX_CUDA_COMMON_CUH
+#define LSOFTMAX_CUDA_COMMON_CUH
+
+#include <cuda_runtime.h>
+
+#include <algorithm>
+#include <string>
+#include <type_traits>
+
+#include "gemm_kernels.cuh"
+#include "internal.h"
+#include "launch.cuh"
+#include "target_kernels.cuh"
+
+struct lsm_cuda_state {
+  cudaStream_t stream = nullptr;
+  int cc_major = 0, cc_minor = 0;  // compute capability
+  void *workspace = nullptr;       // per-call scratch: correction records, row arrays, loss blocks
+  size_t workspace_bytes = 0;
+};
+
+namespace lsm_cuda {
+
+inline std::string describe(cudaError_t e, const char *what) {
+  return std::string(what) + ": " + cudaGetErrorString(e) + " (" + cudaGetErrorName(e) + ")";
+}
+
+inline int32_t cuda_fail(lsm_context *ctx, cudaError_t e, const char *what) {
+  cudaGetLastError();  // clear a non-sticky error so the next call starts clean
+  const int32_t status = e == cudaErrorMemoryAllocation ? LSM_ERR_OUT_OF_MEMORY : LSM_ERR_CUDA;
+  return lsm_fail(ctx, status, describe(e, what));
+}
+
+#define LSM_CUDA_TRY(ctx, call)                                        \
+  do {                                                                 \
+    const cudaError_t lsm_e_ = (call);                                 \
+    if (lsm_e_ != cudaSuccess) return lsm_cuda::cuda_fail(ctx, lsm_e_, #call); \
+  } while (0)
+
+// Makes the context's device current for this thread (contexts may be used from any thread).
+inline int32_t activate(lsm_context *ctx) {
+  cudaGetLastError();  // a non-sticky error the host program left behind is not ours to report
+  LSM_CUDA_TRY(ctx, cudaSetDevice(ctx->device));
+  return LSM_OK;
+}
+
+// Grows the context's workspace to at least `bytes` (256-byte aligned, as cudaMalloc's are).
+inline int32_t workspace(lsm_context *ctx, size_t bytes, void **out) {
+  lsm_cuda_state *st = ctx->cuda;
+  if (st->workspace_bytes < bytes) {
+    if (st->workspace != nullptr) {
+      LSM_CUDA_TRY(ctx, cudaStreamSynchronize(st->stream));
+      LSM_CUDA_TRY(ctx, cudaFree(st->workspace));
+      st->workspace = nullptr;
+      st->workspace_bytes = 0;
+    }
+    LSM_CUDA_TRY(ctx, cudaMalloc(&st->workspace, bytes));
+    st->workspace_bytes = bytes;
+  }
+  *out = st->workspace;
+  return LSM_OK;
+}
+
+// Enough blocks to cover `total` threads of work, capped: the loops are grid-strided.
+inline unsigned int blocks_for(int64_t total, int threads) {
+  const int64_t b = (total + threads - 1) / threads;
+  return (unsigned int)std::min<int64_t>(std::max<int64_t>(b, 1), 65535);
+}
+
+template <typename T>
+unsigned int gemm_blocks(int64_t m, int64_t n) {
+  const int64_t t = lsm_kernels::gemm_shape<T>::BM;
+  return (unsigned int)(((m + t - 1) / t) * ((n + t - 1) / t));
+}
+
+// Whether 16-byte vector access is safe for a row-major matrix at p with leading dimension ld:
+// the library's allocations are 256-byte aligned, but the C ABI accepts any pointer into them.
+template <typename T>
+bool vectorizable(const void *p, int64_t ld) {
+  return reinterpret_cast<uintptr_t>(p) % 16 == 0 && ld % lsm_kernels::vec_traits<T>::V == 0;
+}
+
+// One product on the SIMT kernel, or on tensor cores for float32 in TF32 precision.
+template <typename T, int MODE>
+void launch_gemm(lsm_context *ctx, const lsm_kernels::gemm_args<T> &a) {
+  using namespace lsm_kernels;
+  using cfg = gemm_cfg<T, MODE>;
+  const unsigned int blocks = gemm_blocks<T>(a.M, a.N);
+  cudaStream_t s = ctx->cuda->stream;
+  if constexpr (std::is_same<T, float>::value) {
+    if (ctx->precision == LSM_PRECISION_TF32) {  // float64 stays exact whatever the precision
+      LSM_LAUNCH(gemm_tf32<cfg>, blocks, kGemmThreads, s, a);
+      return;
+    }
+  }
+  LSM_LAUNCH(gemm<cfg>, blocks, kGemmThreads, s, a);
+}
+
+// Adds every active record's correction to its label's row of grad_w (after grad_w = G^T x):
+// threads per block along d, and up to kLabelSlices label slices (target_kernels.cuh).
+constexpr int kColumnBlock = 128;
+constexpr int kLabelSlices = 32;
+
+template <typename T>
+void launch_target_w(lsm_context *ctx, const T *x, const T *w, const lsm_correction *coef, int n, int d, int c,
+                     T *grad_w) {
+  const int slices = std::min(c, kLabelSlices);
+  const dim3 grid(blocks_for(d, kColumnBlock), (unsigned int)slices);
+  LSM_LAUNCH(lsm_kernels::backward_target_w<T>, grid, kColumnBlock, ctx->cuda->stream, x, w, coef, n, d, slices,
+             grad_w);
+}
+
+// Reads the bad-label slot after the stream has drained; reports the first sample whose label
+// is outside [0, classes).
+inline int32_t check_bad_label(lsm_context *ctx, const int32_t *labels, int64_t n, int64_t classes,
+                               const int *bad_slot) {
+  int bad = 0;
+  LSM_CUDA_TRY(ctx, cudaMemcpyAsync(&bad, bad_slot, sizeof bad, cudaMemcpyDeviceToHost, ctx->cuda->stream));
+  LSM_CUDA_TRY(ctx, cudaStreamSynchronize(ctx->cuda->stream));
+  if (bad >= n) return LSM_OK;
+  // On the context's stream, not cudaMemcpy's legacy default stream (which would also wait for
+  // other blocking streams on the device); the stack variable is read only after the sync.
+  int32_t label = 0;
+  LSM_CUDA_TRY(ctx, cudaMemcpyAsync(&label, labels + bad, sizeof label, cudaMemcpyDeviceToHost, ctx->cuda->stream));
+  LSM_CUDA_TRY(ctx, cudaStreamSynchronize(ctx->cuda->stream));
+  return lsm_fail(ctx, LSM_ERR_INVALID_ARGUMENT,
+                  "labels[" + std::to_string(bad) + "]: expected an integer in [0, " + std::to_string(classes) +
+                      "), got " + std::to_string(label));
+}
+
+// Sets the bad-label slot to n ("none yet"; kernels atomicMin the first bad sample into it).
+inline int32_t reset_bad_label(lsm_context *ctx, int *bad_slot, int n) {
+  LSM_CUDA_TRY(ctx, cudaMemcpyAsync(bad_slot, &n, sizeof n, cudaMemcpyHostToDevice, ctx->cuda->stream));
+  return LSM_OK;
+}
+
+// Bytes rounded up to the workspace's alignment of its parts.
+inline size_t aligned(size_t bytes) { return (bytes + 255) / 256 * 256; }
+
+// The products' inputs (CPU: product_inputs in cpu_common.h): x and W themselves, or copies with
+// normalised rows, W^ for every kind but L-Softmax and scale x^ for the normalised kinds, in the
+// workspace from `at` (inputs_bytes of it), one warp per row.
+template <typename T>
+struct device_inputs {
+  const T *x, *w;
+};
+
+template <typename T>
+size_t inputs_bytes(const lsm_margin &mg, int64_t n, int64_t d, int64_t c) {
+  return (lsm_normalises_x(mg.kind) ? aligned((size_t)(n * d) * sizeof(T)) : 0) +
+         (lsm_normalises_w(mg.kind) ? aligned((size_t)(c * d) * sizeof(T)) : 0);
+}
+
+template <typename T>
+device_inputs<T> normalise_inputs(lsm_context *ctx, const lsm_margin &mg, const T *x, const T *w, int n, int d, int c,
+                                  char *at) {
+  using namespace lsm_kernels;
+  cudaStream_t s = ctx->cuda->stream;
+  device_inputs<T> in = {x, w};
+  if (lsm_normalises_x(mg.kind)) {
+    T *xc = reinterpret_cast<T *>(at);
+    LSM_LAUNCH(normalise_rows<T>, blocks_for((int64_t)n * kWarp, kSampleBlock), kSampleBlock, s, x, n, d, mg.scale,
+               xc);
+    in.x = xc;
+    at += aligned((size_t)n * d * sizeof(T));
+  }
+  if (lsm_normalises_w(mg.kind)) {
+    T *wc = reinterpret_cast<T *>(at);
+    LSM_LAUNCH(normalise_rows<T>, blocks_for((int64_t)c * kWarp, kSampleBlock), kSampleBlock, s, w, c, d, 1.0, wc);
+    in.w = wc;
+  }
+  return in;
+}
+
+// The products' gradients, taken with respect to the normalised inputs, back to x and W
+// (CPU: project_gradients): rows of grad_x, and rows of grad_w (of the c rows of w).
+template <typename T>
+void project_gradients(lsm_context *ctx, const lsm_margin &mg, const T *x, const T *w, int n, int d, int c, T *gx,
+                       T *gw) {
+  using namespace lsm_kernels;
+  cudaStream_t s = ctx->cuda->stream;
+  if (gx != nullptr && lsm_normalises_x(mg.kind))
+    LSM_LAUNCH(project_rows<T>, blocks_for((int64_t)n * kWarp, kSampleBlock), kSampleBlock, s, x, n, d, mg.scale, gx);
+  if (gw != nullptr && lsm_normalises_w(mg.kind))
+    LSM_LAUNCH(project_rows<T>, blocks_for((int64_t)c * kWarp, kSampleBlock), kSampleBlock, s, w, c, d, 1.0, gw);
+}
+
+}  // namespace lsm_cuda
+
+#endif  // LSOFTMAX_CUDA_COMMON_CUH
