@@ -218,6 +218,7 @@ struct loss_run {
   void fold_direct(double *maxes, double *sums, std::vector<double> *beta) {
     constexpr int64_t kChunks = 4;
     const double *b = colscale.data();
+    std::vector<T> bt(colscale.begin(), colscale.end());  // b_j in T: the n x c loops stay in T
     std::vector<std::vector<double>> acc(kChunks);
     serial_for(kChunks, [&](int64_t k0, int64_t k1) {
       std::vector<T> tmp((size_t)c);
@@ -226,7 +227,7 @@ struct loss_run {
         a.assign((size_t)c, 0.0);
         for (int64_t i = k * n / kChunks; i < (k + 1) * n / kChunks; ++i) {
           T *row = buf + i * c;
-          for (int64_t j = 0; j < c; ++j) row[j] = (T)((double)row[j] * b[j]);
+          for (int64_t j = 0; j < c; ++j) row[j] *= bt[j];
           const int64_t y = local[i];
           double plain_y = 0.0;
           if (y >= 0) plain_y = (double)row[y], row[y] = (T)target[i];
@@ -235,8 +236,8 @@ struct loss_run {
           maxes[i] = (double)bm, sums[i] = sum;
           const double ki = scale / sum;
           for (int64_t j = 0; j < c; ++j) {
-            a[j] += ki * (double)tmp[j] * (double)row[j];
-            row[j] = (T)((double)tmp[j] * b[j]);
+            a[j] += ki * (double)(tmp[j] * row[j]);
+            row[j] = tmp[j] * bt[j];
           }
           if (y >= 0) {  // G_iy in float64 as target_gradient forms it; G_iy times the plain logit
             const double e = (double)tmp[y], margin_y = (double)(T)target[i];
@@ -258,8 +259,8 @@ struct loss_run {
     const double *b = colscale.data();
     serial_for(c, [&](int64_t j0, int64_t j1) {
       for (int64_t j = j0; j < j1; ++j) {
-        const double f = -b[j] * b[j] * beta[j];
-        for (int64_t q = 0; q < d; ++q) gw[j * d + q] = (T)(f * (double)w[j * d + q]);
+        const T f = (T)(-b[j] * b[j] * beta[j]);
+        for (int64_t q = 0; q < d; ++q) gw[j * d + q] = f * w[j * d + q];
       }
     });
     std::vector<double> k((size_t)n);
