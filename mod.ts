@@ -1,11 +1,13 @@
 /**
  * Large-Margin Softmax (L-Softmax) for Deno: the op of Liu et al. (ICML 2016) computed by a
- * CUDA shared library through FFI, with a CPU backend for machines without a GPU.
+ * CUDA shared library through FFI, with a CPU backend for machines without a GPU, and the rest
+ * of the margin family by the `kind` option: A-Softmax (SphereFace), CosFace, ArcFace and the
+ * combined margin ({@link MarginOptions}).
  *
  * For sample i with label y, the non-target logits are the plain inner products W_j·x_i and the
  * target logit is (λ W_y·x_i + |W_y||x_i| ψ(cos θ)) / (1 + λ), ψ(c) = (-1)^k T_m(c) - 2k
- * (docs/math.md). Feed the logits to a softmax cross-entropy; pass its gradient back through
- * {@link backward}.
+ * (docs/math.md, which also has every other kind). Feed the logits to a softmax cross-entropy;
+ * pass its gradient back through {@link backward}; or take both at once with {@link loss}.
  *
  * @example
  * ```ts
@@ -18,6 +20,8 @@
  * const { logits, lambda } = layer.forward(x, w, new Int32Array([0, 2]));
  * const { gradX, gradW } = layer.backward(new Float32Array(logits.length).fill(1));
  * layer.close();
+ * using arcface = new LargeMarginSoftmax({ kind: "arcface", scale: 64, margin: 0.5 });
+ * console.log(arcface.loss(x, w, new Int32Array([0, 2])).loss);
  * ```
  * @module
  */
@@ -129,13 +133,15 @@ export function backends(): BackendsInfo {
 }
 
 /**
- * The L-Softmax cross-entropy loss and its gradients in one call, without the N×C logits:
- * mean (or sum) over samples of log Σ_j exp(f_ij) − f_iy, f the L-Softmax logits.
+ * The margin cross-entropy loss and its gradients in one call, without the N×C logits: mean
+ * (or sum) over samples of log Σ_j exp(f_ij) − f_iy, f the logits of the margin's kind
+ * (L-Softmax by default).
  *
  * @param x Features, a Float32Array or Float64Array of N·D elements.
  * @param w Class weights, the dtype of x, C·D elements.
  * @param labels The N class indices, each in [0, C).
- * @param options The margin and λ; optionally backend (or a list of backends to shard the
+ * @param options The margin (`kind` and its parameters; L-Softmax's `margin` and `lambda` by
+ * default); optionally backend (or a list of backends to shard the
  * classes across), features, precision, reduction, gradients, workspace, and `outX` (N·D),
  * `outW` (C·D) arrays to write the gradients into.
  * @returns The loss (float64), and dL/dx, dL/dw unless `gradients` is false.
@@ -147,6 +153,8 @@ export function backends(): BackendsInfo {
  * const w = new Float32Array([1, 0, 0, 1, -1, 1]); // C = 3
  * const r = loss(x, w, new Int32Array([1, 2]), { margin: 4, lambda: 0.5 });
  * console.log(r.loss, r.gradX.length, r.gradW.length);
+ * const arc = loss(x, w, new Int32Array([1, 2]), { kind: "arcface", scale: 64, margin: 0.5 });
+ * console.log(arc.loss);
  * ```
  */
 export function loss<T extends FloatArray>(
@@ -198,12 +206,14 @@ export function loss<T extends FloatArray>(
 }
 
 /**
- * The L-Softmax logits [N, C] of features x [N, D] for classes w [C, D] (both row-major).
+ * The margin logits [N, C] of features x [N, D] for classes w [C, D] (both row-major): L-Softmax
+ * by default, any kind of the family with `kind`.
  *
  * @param x Features, a Float32Array or Float64Array of N·D elements.
  * @param w Class weights, the dtype of x, C·D elements.
  * @param labels The N class indices, each in [0, C).
- * @param options The margin and λ; optionally backend, features (D), precision, and `out`: an
+ * @param options The margin (`kind` and its parameters, as for {@link loss}); optionally
+ * backend, features (D), precision, and `out`: an
  * array of N·C elements (dtype of x, apart from the inputs) to write the logits into.
  * @returns The logits, row-major [N, C].
  *

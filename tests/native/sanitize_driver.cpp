@@ -1,8 +1,9 @@
 // sanitize_driver.cpp: runs forward and backward through the C ABI on a CUDA context and compares
 // them with the CPU backend, at shapes around the GEMM's tiles (fp32 128x128, fp64 64x64, BK 8),
-// both dtypes and margins 1..6; then variants: tensors at a misaligned offset inside a larger
-// allocation (the scalar fallback of the vector loads), repeated labels (many samples per class,
-// all one class, label-sorted vs shuffled: the grad_w correction's per-row sums), TF32 precision
+// both dtypes and margins 1..6, and the other kinds of the margin family; then variants: tensors
+// at a misaligned offset inside a larger allocation (the scalar fallback of the vector loads),
+// repeated labels (many samples per class, all one class, label-sorted vs shuffled: the grad_w
+// correction's per-row sums), TF32 precision
 // (loose tolerance), and bitwise-repeatable backward results; then the numerics at the ends of
 // the range (exact power-of-two homogeneity in float64 on both backends, float32 subnormal
 // inputs on CUDA against the CPU), and the fused loss (one call and the shard calls, in class
@@ -85,6 +86,24 @@ bool close(const std::vector<T> &got, const std::vector<T> &want, double tol, co
   return true;
 }
 
+// The margin of a case: L-Softmax at m = code >= 1, or another kind of the family for code < 0
+// (-1 A-Softmax m = 4, -2 CosFace, -3 ArcFace, -4 ArcFace's easy margin, -5 the combined margin).
+lsm_margin margin_of(int code, double lambda) {
+  lsm_margin mg = {};
+  static const int32_t kinds[] = {LSM_MARGIN_ASOFTMAX, LSM_MARGIN_COSFACE, LSM_MARGIN_ARCFACE, LSM_MARGIN_ARCFACE,
+                                  LSM_MARGIN_COMBINED};
+  mg.kind = code >= 1 ? LSM_MARGIN_LSOFTMAX : kinds[-code - 1];
+  if (mg.kind <= LSM_MARGIN_ASOFTMAX) {
+    mg.m = code >= 1 ? code : 4, mg.lambda = lambda;
+  } else {
+    mg.scale = 30.0;
+    if (mg.kind == LSM_MARGIN_COSFACE) mg.m3 = 0.35;
+    if (mg.kind == LSM_MARGIN_ARCFACE) mg.m2 = 0.5, mg.flags = code == -4 ? LSM_FLAG_EASY_MARGIN : 0u;
+    if (mg.kind == LSM_MARGIN_COMBINED) mg.m1 = 1.2, mg.m2 = 0.3, mg.m3 = 0.2;
+  }
+  return mg;
+}
+
 template <typename T>
 void run_case(lsm_context *cpu, lsm_context *gpu, const shape &s, int margin, double lambda, const variant &v = {}) {
   const int32_t dtype = sizeof(T) == 4 ? LSM_FLOAT32 : LSM_FLOAT64;
@@ -113,8 +132,7 @@ void run_case(lsm_context *cpu, lsm_context *gpu, const shape &s, int margin, do
                            (v.tf32 ? " tf32" : "");
   ++g_cases;
 
-  lsm_margin mg = {};
-  mg.kind = LSM_MARGIN_LSOFTMAX, mg.m = margin, mg.lambda = lambda;
+  const lsm_margin mg = margin_of(margin, lambda);
   std::vector<T> logits_cpu(nc), gx_cpu(nd), gw_cpu(cd);
   if (lsm_forward(cpu, dtype, s.n, s.d, s.c, &mg, x.data(), w.data(), labels.data(), logits_cpu.data()) !=
           LSM_OK ||
@@ -254,8 +272,7 @@ void loss_case(lsm_context *cpu, lsm_context *gpu, const shape &s, int margin, i
   for (auto &v : x) v = (T)(2.0 * uniform());
   for (auto &v : w) v = (T)uniform();
   for (size_t i = 0; i < n; ++i) labels[i] = (int32_t)((uniform() + 1.0) * 0.5 * (double)(s.c + 3)) % (int32_t)(s.c + 3);
-  lsm_margin mg = {};
-  mg.kind = LSM_MARGIN_LSOFTMAX, mg.m = margin, mg.lambda = 0.5;
+  const lsm_margin mg = margin_of(margin, 0.5);
   lsm_loss_args whole = {}, shard = {};
   whole.total_classes = s.c, whole.grad_scale = 1.0 / (double)s.n;
   shard.class_offset = offset, shard.total_classes = s.c + 3, shard.grad_scale = 1.0;
@@ -394,6 +411,14 @@ int main(int argc, char **argv) {
       run_case<double>(cpu, gpu, s, m, lambda);
     }
   }
+  // The other kinds of the margin family (margin_of), at every shape.
+  for (const shape &s : shapes) {
+    for (int code = -1; code >= -5; --code) {
+      if (quick && code != -3) continue;
+      run_case<float>(cpu, gpu, s, code, 0.5);
+      run_case<double>(cpu, gpu, s, code, 0.5);
+    }
+  }
   // Variants, at shapes that cross the block tiles (129, 130, 131), with D = 1 and D not a multiple
   // of the vector width: margins 1 and 4.
   const shape edge[] = {{129, 3, 130}, {130, 129, 2}, {2, 130, 129}, {33, 1, 129}, {17, 6, 131}, {200, 10, 3}};
@@ -423,9 +448,9 @@ int main(int argc, char **argv) {
                                     {{65, 9, 70}, {70, 24, 0}},  {{130, 33, 131}, {131, 0, 0}},
                                     {{3, 4, 4101}, {4101, 2051, 0}}};
   for (const loss_shape &l : loss_shapes) {
-    for (int m : {1, 4}) {
+    for (int m : {1, 4, -1, -2, -3, -5}) {
       for (int64_t block : l.blocks) {
-        if (block == 0 || (quick && m == 1)) continue;
+        if (block == 0 || (quick && m != 4 && m != -3)) continue;
         loss_case<float>(cpu, gpu, l.s, m, block, 2);
         loss_case<double>(cpu, gpu, l.s, m, block, 0);
       }
