@@ -110,7 +110,7 @@ struct loss_run {
     serial_for(q.c, [&](int64_t j0, int64_t j1) {
       for (int64_t j = j0; j < j1; ++j) {
         const double ss = lane_dot(wv + j * q.d, wv + j * q.d, q.d);
-        if (!in_range(ss)) ok = false;  // benign race: only ever set to false
+        if (!in_range(ss)) ok = false;
         b[j] = 1.0 / sqrt(ss);
       }
     });

@@ -16,7 +16,7 @@ HOST_OBJ=${HOST_OBJ:-$BUILD/obj/api.o $BUILD/obj/cpu_backend.o $BUILD/obj/cpu_lo
 CUDA_SRC=${CUDA_SRC:-cuda_backend cuda_loss}
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
-tests=(tests/cuda_test.ts tests/tf32_test.ts tests/gradient_test.ts tests/loss_test.ts)
+tests=(tests/cuda_test.ts tests/tf32_test.ts tests/gradient_test.ts tests/loss_test.ts tests/margins_test.ts)
 
 # Builds the emulated library from the kernels in $work/cuda and runs the tests on it: status 0
 # when they pass, 1 when they fail. A build that fails stops the script: that is no catch.
