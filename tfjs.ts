@@ -43,6 +43,8 @@ export type {
   LargeMarginSoftmax,
   LayerOptions,
   LossOptions,
+  MarginKind,
+  MarginOptions,
   OpOptions,
   Precision,
   Reduction,
