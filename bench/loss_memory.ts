@@ -5,8 +5,8 @@
  * resident memory beyond the inputs and gradients (VmHWM minus VmRSS once they are allocated and
  * touched), in MB. `bench/table.ts` runs it in child processes, so that each peak is its own.
  *
- * Run: `deno run --allow-all bench/loss_memory.ts fused 512 256 1000000` (Deno keeps
- * /proc/self/status, where the peak is read, behind --allow-all).
+ * Run: `deno run --allow-all --v8-flags=--expose-gc bench/loss_memory.ts fused 512 256 1000000`
+ * (Deno keeps /proc/self/status, where the peak is read, behind --allow-all).
  *
  * @module
  */
@@ -28,6 +28,10 @@ function status(key: "VmRSS" | "VmHWM"): number {
 
 const { x, w, labels } = problem(n, d, c);
 const outX = new Float32Array(n * d).fill(0), outW = new Float32Array(c * d).fill(0);
+// The set-up's garbage is collected first (freed during the calls, it would hide their memory),
+// and the peak so far reset: writing 5 to clear_refs sets VmHWM to the current RSS (Linux 4.0+).
+(globalThis as { gc?: () => void }).gc?.();
+Deno.writeTextFileSync("/proc/self/clear_refs", "5");
 const base = status("VmRSS");
 const times: number[] = [];
 if (mode === "fused") {

@@ -115,7 +115,7 @@ if (!kindsOnly && Deno.env.get("LSOFTMAX_BENCH_MILLION") !== "0") {
     const script = new URL("./loss_memory.ts", import.meta.url).pathname;
     const { stdout, success } = await new Deno.Command(Deno.execPath(), {
       // Deno keeps /proc/self/status (the peak memory) behind --allow-all.
-      args: ["run", "--allow-all", script, mode, ...dims],
+      args: ["run", "--allow-all", "--v8-flags=--expose-gc", script, mode, ...dims],
       stderr: "inherit",
     }).output();
     if (!success) throw new Error(`bench/loss_memory.ts ${mode} failed`);
