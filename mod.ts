@@ -51,6 +51,13 @@ export type { Backend, BackendsInfo } from "./src/backends.ts";
 export type { LambdaSchedule } from "./src/schedule.ts";
 export type { Reduction } from "./src/loss.ts";
 export { LargeMarginSoftmax, type LayerOptions } from "./src/layer.ts";
+export {
+  type HeadOptions,
+  type HeadState,
+  MarginHead,
+  type SgdOptions,
+  type StepResult,
+} from "./src/head.ts";
 export { MAX_ELEMENTS, MAX_MARGIN } from "./src/op.ts";
 
 /** Options of {@link forward} and {@link backward}. */
