@@ -592,7 +592,6 @@ export class MarginHead {
     this.#inFlight++;
     const run = this.#tail.then(async () => {
       try {
-        if (this.#closed) throw new Error("MarginHead: closed before this stepAsync ran");
         const calls = this.#stepCalls(xs, ys, lr);
         let r = calls.next();
         while (!r.done) {
@@ -621,28 +620,35 @@ export class MarginHead {
     this.#checkIdle();
     const { n } = this.#checkBatch(x, labels);
     const margin = encodeMargin(this.#marginAt(this.#iteration), new Uint8Array(MARGIN_BYTES));
-    const self = this;
-    const loss = this.#runSync(function* (): Generator<NativeCall, number> {
-      yield* self.#upload(x, labels);
-      let sum = 0;
-      if (self.#shards.length === 1) {
-        const s = self.#shards[0], rowLoss = s.ctx.buffer("head.rowLoss", n * 8);
-        const args = [...self.#head(s, n, margin), self.#args(s, n)];
-        const inputs = [s.ctx.buffer("head.x", 0), s.w, s.ctx.buffer("head.labels", 0)];
-        yield { ctx: s.ctx, name: "lsm_loss", args: [...args, ...inputs, rowLoss, null, null] };
-        const out = new Float64Array(1);
-        yield { ctx: s.ctx, name: "lsm_sum", args: [rowLoss, BigInt(n), out] } as NativeCall;
-        sum = out[0];
-      } else {
-        const { rowLoss } = yield* self.#partials(n, labels, margin);
-        for (let i = 0; i < n; i++) sum += rowLoss[i];
-      }
-      return sum / n;
-    }());
+    const loss = this.#runSync(this.#evaluateCalls(x, labels, n, margin));
     const { indices } = this.predict(x, { k: 1 });
     let hits = 0;
     for (let i = 0; i < n; i++) hits += indices[i] === labels[i] ? 1 : 0;
     return { loss, accuracy: hits / n };
+  }
+
+  // The loss alone: the row losses summed on the context (one shard) or from the partials.
+  *#evaluateCalls(
+    x: FloatArray,
+    labels: Int32Array,
+    n: number,
+    margin: Uint8Array,
+  ): Generator<NativeCall, number> {
+    yield* this.#upload(x, labels);
+    let sum = 0;
+    if (this.#shards.length === 1) {
+      const s = this.#shards[0], rowLoss = s.ctx.buffer("head.rowLoss", n * 8);
+      const args = [...this.#head(s, n, margin), this.#args(s, n)];
+      const inputs = [s.ctx.buffer("head.x", 0), s.w, s.ctx.buffer("head.labels", 0)];
+      yield { ctx: s.ctx, name: "lsm_loss", args: [...args, ...inputs, rowLoss, null, null] };
+      const out = new Float64Array(1);
+      yield { ctx: s.ctx, name: "lsm_sum", args: [rowLoss, BigInt(n), out] };
+      sum = out[0];
+    } else {
+      const { rowLoss } = yield* this.#partials(n, labels, margin);
+      for (let i = 0; i < n; i++) sum += rowLoss[i];
+    }
+    return sum / n;
   }
 
   /**
@@ -787,8 +793,9 @@ export class MarginHead {
   }
 
   /**
-   * Releases the head's memory. A stepAsync already running finishes first (later queued ones
-   * reject); idempotent. A head dropped unclosed is released when garbage-collected.
+   * Releases the head's memory; later calls throw. Steps already asked of stepAsync finish
+   * first, and the memory goes after the last. Idempotent. A head dropped unclosed is released
+   * when garbage-collected.
    */
   close(): void {
     if (this.#closed) return;
