@@ -10,16 +10,25 @@ namespace {
 
 using namespace lsm_cpu;
 
+// The loop with the optimizer's flags as constants: no branch inside, so it vectorises.
+template <typename T, bool kMomentum, bool kNesterov, bool kFirst>
+void sgd_loop(int64_t b, int64_t e, const lsm_sgd &o, T *__restrict w, const T *__restrict g, T *__restrict v) {
+  T unused = T(0);
+  for (int64_t j = b; j < e; ++j)
+    lsm_sgd_element(o, kMomentum, kNesterov, kFirst, w + j, g[j], kMomentum ? v + j : &unused);
+}
+
 template <typename T>
 void sgd(int64_t count, const lsm_sgd &o, T *w, const T *g, T *v) {
   // Element-wise and independent: a split across cores changes nothing in the results.
   parallel_for(count, 4, [&](int64_t b, int64_t e) {
-    if (o.momentum == 0.0) {
-      T unused = T(0);
-      for (int64_t j = b; j < e; ++j) lsm_sgd_element(o, w + j, g[j], &unused);
-    } else {
-      for (int64_t j = b; j < e; ++j) lsm_sgd_element(o, w + j, g[j], v + j);
+    if (o.momentum == 0.0) return sgd_loop<T, false, false, false>(b, e, o, w, g, v);
+    if (o.nesterov) {
+      if (o.first) return sgd_loop<T, true, true, true>(b, e, o, w, g, v);
+      return sgd_loop<T, true, true, false>(b, e, o, w, g, v);
     }
+    if (o.first) return sgd_loop<T, true, false, true>(b, e, o, w, g, v);
+    sgd_loop<T, true, false, false>(b, e, o, w, g, v);
   });
 }
 

@@ -6,16 +6,17 @@
 #include "margin.cuh"  // LSM_HD
 
 // One element of PyTorch's SGD (dampening 0), in double, each stored value rounded to T once:
-// g = grad + wd w; v = first ? g : mu v + g; w -= lr (nesterov ? g + mu v : v) (momentum 0: w -=
-// lr g, v untouched).
+// g = grad + wd w; v = first ? g : mu v + g; w -= lr (nesterov ? g + mu v : v) (without momentum:
+// w -= lr g, v untouched). The flags come as arguments so that a loop passing constants (the CPU's
+// specialised loops) loses the branches and vectorises.
 template <typename T>
-LSM_HD void lsm_sgd_element(const lsm_sgd &o, T *w, T grad, T *v) {
+LSM_HD void lsm_sgd_element(const lsm_sgd &o, bool momentum, bool nesterov, bool first, T *w, T grad, T *v) {
   const double g = (double)grad + o.weight_decay * (double)*w;
   double step = g;
-  if (o.momentum != 0.0) {
-    const double vn = o.first ? g : o.momentum * (double)*v + g;
+  if (momentum) {
+    const double vn = first ? g : o.momentum * (double)*v + g;
     *v = (T)vn;
-    step = o.nesterov ? g + o.momentum * vn : vn;
+    step = nesterov ? g + o.momentum * vn : vn;
   }
   *w = (T)((double)*w - o.lr * step);
 }

@@ -18,7 +18,7 @@ __global__ void sgd_update(lsm_sgd o, int count, T *w, const T *grad, T *v) {
   const int step = (int)(gridDim.x * blockDim.x);
   for (int j = (int)(blockIdx.x * blockDim.x + threadIdx.x); j < count; j = next_index(j, step, count)) {
     T unused = T(0);
-    lsm_sgd_element(o, w + j, grad[j], v == nullptr ? &unused : v + j);
+    lsm_sgd_element(o, v != nullptr, o.nesterov != 0, o.first != 0, w + j, grad[j], v == nullptr ? &unused : v + j);
   }
 }
 
