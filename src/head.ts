@@ -66,12 +66,14 @@ export interface HeadOptions extends Partial<LambdaSchedule> {
   precision?: Precision;
   /** The most bytes of scratch a step may hold per context (64 MiB by default). */
   workspace?: number;
+  /** The iteration to resume the λ schedule from (0 by default; steps count on from it). */
+  iteration?: number;
 }
 
 /** What {@link MarginHead.state} returns and {@link MarginHead.fromState} takes. */
 export interface HeadState {
-  /** The options the head was made with (weights, seed left out). */
-  options: Omit<HeadOptions, "weights" | "seed">;
+  /** The options the head was made with (weights, seed, iteration left out). */
+  options: Omit<HeadOptions, "weights" | "seed" | "iteration">;
   /** Steps taken. */
   iteration: number;
   /** W [C, D], a host copy. */
@@ -106,6 +108,7 @@ const HEAD_KEYS = [
   "seed",
   "precision",
   "workspace",
+  "iteration",
 ] as const;
 const SGD_KEYS = ["lr", "momentum", "weightDecay", "nesterov"] as const;
 
@@ -228,7 +231,7 @@ export class MarginHead {
    * A head with weights from `options.weights` or drawn from `options.seed`.
    *
    * @param options classes, features, the margin and λ (or its schedule), and optionally dtype,
-   * backend (or a list), optimizer, weights, seed, precision, workspace.
+   * backend (or a list), optimizer, weights, seed, precision, workspace, iteration.
    */
   constructor(options: HeadOptions) {
     const o = readOptions("options", options, HEAD_KEYS);
@@ -248,6 +251,7 @@ export class MarginHead {
     const precision = checkPrecision(o.precision);
     const workspace = checkWorkspace(o.workspace);
     const seed = o.seed === undefined ? 0 : checkInteger("seed", o.seed, 0, 2 ** 32 - 1);
+    this.#iteration = checkInteger("iteration", o.iteration ?? 0, 0, Number.MAX_SAFE_INTEGER);
     const count = this.classes * this.features;
     if (o.weights !== undefined) {
       if (floatDType(o.weights) !== this.dtype) {
@@ -396,6 +400,12 @@ export class MarginHead {
   }
 
   #lr(options: unknown): number {
+    if (this.#iteration + this.#inFlight >= Number.MAX_SAFE_INTEGER) {
+      throw new RangeError(
+        `iteration: expected below Number.MAX_SAFE_INTEGER to count one more exactly, got ` +
+          `${this.#iteration}`,
+      );
+    }
     const o = readOptions("options", options, ["lr"]);
     return o.lr === undefined ? this.optimizer.lr : checkNumber("lr", o.lr, 0);
   }
