@@ -45,7 +45,7 @@ import {
   runLoss,
 } from "./src/loss.ts";
 
-export type { FloatArray } from "./ffi/arrays.ts";
+export type { FloatArray, FloatDType } from "./ffi/arrays.ts";
 export type { Precision } from "./ffi/context.ts";
 export type { Backend, BackendsInfo } from "./src/backends.ts";
 export type { LambdaSchedule } from "./src/schedule.ts";

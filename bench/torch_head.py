@@ -25,14 +25,13 @@ or 3e-2 (tf32).
       [--out FILE]
 """
 
-import argparse
 import ctypes
 import os
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import torch_compare as tc  # noqa: E402
-from torch_loss import LsmLossArgs, bind_loss  # noqa: E402
+from torch_loss import LsmLossArgs, bind_loss, parse_args  # noqa: E402
 
 SHAPES = [(256, 512, 10000), (512, 512, 100000), (512, 256, 1000000)]
 LR, MOMENTUM, STEPS = 1e-3, 0.9, 3
@@ -107,17 +106,7 @@ def numpy_head(np, w, batches):
 
 
 def main(argv=None):
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--lib", default=os.environ.get("LSOFTMAX_LIB") or os.path.join(root, "build", "liblsoftmax.so"))
-    ap.add_argument("--backend", choices=["cuda", "cpu"], default="cuda")
-    ap.add_argument("--shapes", type=tc.parse_shapes, default=None)
-    ap.add_argument("--reps", type=int, default=None)
-    ap.add_argument("--out")
-    args = ap.parse_args(argv)
-    cuda = args.backend == "cuda"
-    shapes = args.shapes or (SHAPES if cuda else [(64, 32, 1000)])
-    reps = args.reps or (10 if cuda else 2)
+    args, cuda, shapes, reps = parse_args(argv, __doc__, SHAPES)
 
     def say(*a):
         print(*a, flush=True)

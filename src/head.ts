@@ -446,6 +446,16 @@ export class MarginHead {
     return encodeArgs(a, new Uint8Array(LOSS_ARGS_BYTES));
   }
 
+  // One of the fused loss's calls on a shard's batch: the head, args, x, w, labels, then outputs.
+  #lossCall(s: Shard, name: AsyncName, n: number, margin: Uint8Array, out: unknown[]): NativeCall {
+    const inputs = [s.ctx.buffer("head.x", 0), s.w, s.ctx.buffer("head.labels", 0)];
+    return {
+      ctx: s.ctx,
+      name,
+      args: [...this.#head(s, n, margin), this.#args(s, n), ...inputs, ...out],
+    };
+  }
+
   #sgd(s: Shard, lr: number): NativeCall {
     const o = this.optimizer;
     const bytes = new Uint8Array(SGD_BYTES);
@@ -463,12 +473,7 @@ export class MarginHead {
     for (const s of this.#shards) {
       const names = ["head.rowMax", "head.rowSum", "head.target"];
       const ptrs = names.map((name) => s.ctx.buffer(name, n * 8));
-      const args = [...this.#head(s, n, margin), this.#args(s, n)];
-      yield {
-        ctx: s.ctx,
-        name: "lsm_loss_partials",
-        args: [...args, s.ctx.buffer("head.x", 0), s.w, s.ctx.buffer("head.labels", 0), ...ptrs],
-      } as NativeCall;
+      yield this.#lossCall(s, "lsm_loss_partials", n, margin, ptrs);
       const host = ptrs.map(() => new Float64Array(n));
       for (let k = 0; k < 3; k++) yield this.#download(s, host[k], ptrs[k]);
       parts.push(host);
@@ -494,20 +499,7 @@ export class MarginHead {
       const s = this.#shards[0];
       const rowLoss = s.ctx.buffer("head.rowLoss", n * 8),
         gx = s.ctx.buffer("head.gradX", n * d * this.#eb);
-      yield {
-        ctx: s.ctx,
-        name: "lsm_loss",
-        args: [
-          ...this.#head(s, n, margin),
-          this.#args(s, n),
-          s.ctx.buffer("head.x", 0),
-          s.w,
-          s.ctx.buffer("head.labels", 0),
-          rowLoss,
-          gx,
-          s.gw,
-        ],
-      };
+      yield this.#lossCall(s, "lsm_loss", n, margin, [rowLoss, gx, s.gw]);
       yield this.#sgd(s, lr);
       const sum = new Float64Array(1);
       yield { ctx: s.ctx, name: "lsm_sum", args: [rowLoss, BigInt(n), sum] };
@@ -520,20 +512,7 @@ export class MarginHead {
         const lp = s.ctx.buffer("head.lse", n * 8),
           gx = s.ctx.buffer("head.gradX", n * d * this.#eb);
         yield { ctx: s.ctx, name: "lsm_memcpy_to_context", args: [lp, lse, BigInt(n * 8)] };
-        yield {
-          ctx: s.ctx,
-          name: "lsm_loss_gradients",
-          args: [
-            ...this.#head(s, n, margin),
-            this.#args(s, n),
-            s.ctx.buffer("head.x", 0),
-            s.w,
-            s.ctx.buffer("head.labels", 0),
-            lp,
-            gx,
-            s.gw,
-          ],
-        };
+        yield this.#lossCall(s, "lsm_loss_gradients", n, margin, [lp, gx, s.gw]);
         yield this.#sgd(s, lr);
         yield this.#download(s, share, gx);
         for (let e = 0; e < n * d; e++) total[e] += share[e];
@@ -648,9 +627,7 @@ export class MarginHead {
     let sum = 0;
     if (this.#shards.length === 1) {
       const s = this.#shards[0], rowLoss = s.ctx.buffer("head.rowLoss", n * 8);
-      const args = [...this.#head(s, n, margin), this.#args(s, n)];
-      const inputs = [s.ctx.buffer("head.x", 0), s.w, s.ctx.buffer("head.labels", 0)];
-      yield { ctx: s.ctx, name: "lsm_loss", args: [...args, ...inputs, rowLoss, null, null] };
+      yield this.#lossCall(s, "lsm_loss", n, margin, [rowLoss, null, null]);
       const out = new Float64Array(1);
       yield { ctx: s.ctx, name: "lsm_sum", args: [rowLoss, BigInt(n), out] };
       sum = out[0];
