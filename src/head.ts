@@ -347,6 +347,7 @@ export class MarginHead {
   /** Bytes moved between the host and the head's contexts since it was made. */
   get traffic(): { toDevice: number; fromDevice: number } {
     this.#live();
+    this.#checkIdle(); // the counters are the running step's to write
     let toDevice = 0, fromDevice = 0;
     for (const s of this.#shards) {
       const t = s.ctx.traffic();
