@@ -110,6 +110,30 @@ for (const backend of ["cpu", "cuda"] as TestBackend[]) {
     }
   });
 
+  test("a batch of 300 rows: the loss summed on the context equals loss()", () => {
+    // More rows than the sum's block has threads: every level of its tree holds data.
+    const rng = new Rng(1310);
+    const n = 300, d = 3, c = 4, w = randomArray(rng, c * d);
+    using head = new MarginHead({
+      classes: c,
+      features: d,
+      dtype: "float64",
+      margin: 2,
+      lambda: 0.5,
+      backend,
+      weights: w,
+      optimizer: { lr: 0 },
+    });
+    for (let t = 0; t < 3; t++) {
+      const x = randomArray(rng, n * d), labels = randomLabels(rng, n, c);
+      const want = loss(x, w, labels, { margin: 2, lambda: 0.5, backend: "cpu" }).loss;
+      const got = head.step(x, labels).loss;
+      assert.ok(Math.abs(got - want) <= 1e-12 * want, `step ${t}: ${got} against ${want}`);
+      const e = head.evaluate(x, labels).loss;
+      assert.ok(Math.abs(e - want) <= 1e-12 * want, `evaluate ${t}: ${e} against ${want}`);
+    }
+  });
+
   test("the lambda schedule anneals by iteration, as the layer's", () => {
     const schedule = { base: 1000, gamma: 0.5, power: 2, lambdaMin: 1 };
     using head = new MarginHead({ classes: 4, features: 3, margin: 2, backend, ...schedule });
