@@ -22,21 +22,21 @@ __global__ void sgd_update(lsm_sgd o, int count, T *w, const T *grad, T *v) {
   }
 }
 
-// The sum of count doubles by one block: strided partial sums, then a tree in shared memory (a
-// fixed order: the same sum every run).
+// The sum of count doubles by one block: strided partial sums, a butterfly within each warp, then
+// thread 0 adds the warps' sums (a fixed order: the same sum every run).
 constexpr int kSumThreads = 256;
 __global__ void sum_values(const double *values, int count, double *out) {
-  __shared__ double part[kSumThreads];
-  const int tid = (int)threadIdx.x;
+  __shared__ double part[kSumThreads / kWarp];
+  const int tid = (int)threadIdx.x, lane = tid % kWarp, warp = tid / kWarp;
   double s = 0.0;
   for (int j = tid; j < count; j = next_index(j, kSumThreads, count)) s += values[j];
-  part[tid] = s;
-  __syncthreads();  // every partial is in before the tree reads it
-  for (int off = kSumThreads / 2; off > 0; off /= 2) {
-    if (tid < off) part[tid] += part[tid + off];
-    __syncthreads();  // one level done before the next reads it
-  }
-  if (tid == 0) *out = part[0];
+  for (int off = kWarp / 2; off > 0; off /= 2) s += __shfl_xor_sync(0xffffffffu, s, off);
+  if (lane == 0) part[warp] = s;
+  __syncthreads();  // every warp's sum is in before thread 0 reads them
+  if (tid != 0) return;
+  double total = 0.0;
+  for (int k = 0; k < kSumThreads / kWarp; ++k) total += part[k];
+  *out = total;
 }
 
 // Top-k of a block of scores z [n, cb] (classes c0 ..), merged with the rows' k best so far in
