@@ -27,7 +27,7 @@ import { DType, LOSS_ARGS_BYTES, MARGIN_BYTES, MAX_TOPK, SGD_BYTES } from "../ff
 import { type Backend, openContext } from "./backends.ts";
 import { checkInteger, checkNumber, readOptions } from "./checks.ts";
 import { checkWorkspace, combineShards, shardBounds } from "./loss.ts";
-import { checkMargin, checkPrecision, MAX_ELEMENTS } from "./op.ts";
+import { checkMargin, checkPrecision, MAX_ELEMENTS, MAX_MARGIN } from "./op.ts";
 import { checkSchedule, lambdaOf, type LambdaSchedule } from "./schedule.ts";
 
 /** SGD as PyTorch defines it (dampening 0). */
@@ -244,7 +244,7 @@ export class MarginHead {
       );
     }
     this.dtype = checkDType(o.dtype);
-    this.#margin = checkInteger("margin", o.margin, 1, 16);
+    this.#margin = checkInteger("margin", o.margin, 1, MAX_MARGIN);
     this.#lambda = checkLambda(o);
     checkMargin(this.#margin, this.lambda); // the library's own check of the margin options
     this.optimizer = Object.freeze(checkSgd(o.optimizer));
