@@ -196,7 +196,7 @@ globalThis.addEventListener("unload", () => {
     console.log(
       `  ${name.padEnd(58)} ${(flops / median / 1e9).toFixed(2).padStart(9)} GFLOP/s  ` +
         `${(median * 1e3).toFixed(3).padStart(10)} ms` +
-        (name.includes("MarginHead") ? `  ${(1 / median).toFixed(1)} steps/s` : ""),
+        (name.includes("MarginHead") ? `  ${(1 / median).toPrecision(3)} steps/s` : ""),
     );
   }
 });
