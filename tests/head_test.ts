@@ -69,6 +69,19 @@ for (const backend of ["cpu", "cuda"] as TestBackend[]) {
       fn,
     });
 
+  // A float64 head of margin 2, λ 0.5 from the given weights.
+  const f64Head = (c: number, d: number, w: Float64Array, optimizer = { lr: 0.01 }) =>
+    new MarginHead({
+      classes: c,
+      features: d,
+      dtype: "float64",
+      margin: 2,
+      lambda: 0.5,
+      backend,
+      weights: w,
+      optimizer,
+    });
+
   test("steps equal loss() and PyTorch's SGD in TypeScript, over several steps", () => {
     const rng = new Rng(1301);
     const n = 6, d = 5, c = 9;
@@ -111,19 +124,10 @@ for (const backend of ["cpu", "cuda"] as TestBackend[]) {
   });
 
   test("a batch of 300 rows: the loss summed on the context equals loss()", () => {
-    // More rows than the sum's block has threads: every level of its tree holds data.
+    // More rows than the sum kernel has threads: every thread's and every warp's sum holds data.
     const rng = new Rng(1310);
     const n = 300, d = 3, c = 4, w = randomArray(rng, c * d);
-    using head = new MarginHead({
-      classes: c,
-      features: d,
-      dtype: "float64",
-      margin: 2,
-      lambda: 0.5,
-      backend,
-      weights: w,
-      optimizer: { lr: 0 },
-    });
+    using head = f64Head(c, d, w, { lr: 0 });
     for (let t = 0; t < 3; t++) {
       const x = randomArray(rng, n * d), labels = randomLabels(rng, n, c);
       const want = loss(x, w, labels, { margin: 2, lambda: 0.5, backend: "cpu" }).loss;
@@ -273,15 +277,7 @@ for (const backend of ["cpu", "cuda"] as TestBackend[]) {
   test("evaluate: the loss without an update, and the accuracy of the best class", () => {
     const rng = new Rng(1306);
     const n = 12, d = 4, c = 5, w = randomArray(rng, c * d);
-    using head = new MarginHead({
-      classes: c,
-      features: d,
-      dtype: "float64",
-      margin: 2,
-      lambda: 0.5,
-      backend,
-      weights: w,
-    });
+    using head = f64Head(c, d, w);
     const x = randomArray(rng, n * d), labels = randomLabels(rng, n, c);
     const r = head.evaluate(x, labels);
     const ref = loss(x, w, labels, { margin: 2, lambda: 0.5, backend: "cpu", gradients: false });
