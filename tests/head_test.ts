@@ -138,6 +138,20 @@ for (const backend of ["cpu", "cuda"] as TestBackend[]) {
     }
   });
 
+  test("weights go in by chunks: given ones round-trip, seeded ones are the same in shards", () => {
+    const c = 5000, d = 300, rng = new Rng(1311); // 3495 rows a chunk: two chunks
+    const w = toF32(randomArray(rng, c * d));
+    const common = { classes: c, features: d, margin: 2, lambda: 1 };
+    using given = new MarginHead({ ...common, backend, weights: w });
+    assert.deepEqual(given.weights(), w);
+    using one = new MarginHead({ ...common, backend, seed: 5 });
+    using shards = new MarginHead({ ...common, backend: [backend, "cpu", backend], seed: 5 });
+    const seeded = one.weights();
+    assert.deepEqual(shards.weights(), seeded);
+    const bound = 1 / Math.sqrt(d);
+    assert.ok(seeded.every((v) => Math.abs(v) <= bound) && new Set(seeded).size > c * d / 2);
+  });
+
   test("the lambda schedule anneals by iteration, as the layer's", () => {
     const schedule = { base: 1000, gamma: 0.5, power: 2, lambdaMin: 1 };
     using head = new MarginHead({ classes: 4, features: 3, margin: 2, backend, ...schedule });
