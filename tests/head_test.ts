@@ -335,6 +335,30 @@ for (const backend of ["cpu", "cuda"] as TestBackend[]) {
     }
   });
 
+  test("stepAsync on class shards equals step", async () => {
+    const rng = new Rng(1312);
+    const n = 5, d = 4, c = 9, w = randomArray(rng, c * d);
+    const common = { optimizer: { lr: 0.2, momentum: 0.9 } };
+    using a = f64Head(c, d, w, common.optimizer);
+    using b = new MarginHead({
+      classes: c,
+      features: d,
+      dtype: "float64",
+      margin: 2,
+      lambda: 0.5,
+      backend: [backend, backend],
+      weights: w,
+      ...common,
+    });
+    for (let t = 0; t < 3; t++) {
+      const x = randomArray(rng, n * d), labels = randomLabels(rng, n, c);
+      const [ra, rb] = [a.step(x, labels), await b.stepAsync(x, labels)];
+      assert.ok(Math.abs(ra.loss - rb.loss) <= 1e-12 * ra.loss);
+      assertClose(rb.gradX, ra.gradX, 1e-12, `gradX at step ${t}`);
+    }
+    assertClose(b.weights(), a.weights(), 1e-12, "weights");
+  });
+
   test("close during stepAsync: the steps asked for finish, then the memory goes", async () => {
     const n = 16, d = 32, c = 2000;
     const head = new MarginHead({ classes: c, features: d, margin: 2, lambda: 1, backend });
