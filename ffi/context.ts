@@ -64,11 +64,18 @@ export interface Call {
 
 // struct lsm_margin: kind, m, lambda; every other field 0. One buffer for every call: calls are
 // synchronous, and the native side copies the struct before it returns.
-// A head's asynchronous calls encode into buffers of their own (`into`).
+// A head's asynchronous calls encode into buffers of their own (`into`); the shared buffers keep
+// their views, so the common call allocates nothing.
 const marginBytes = new Uint8Array(MARGIN_BYTES);
+const marginViews = [
+  new Int32Array(marginBytes.buffer),
+  new Float64Array(marginBytes.buffer),
+] as const;
 export function encodeMargin(m: Margin, into: Uint8Array = marginBytes): Uint8Array {
-  const ints = new Int32Array(into.buffer, into.byteOffset, 2);
-  const floats = new Float64Array(into.buffer, into.byteOffset, MARGIN_BYTES / 8);
+  const [ints, floats] = into === marginBytes ? marginViews : [
+    new Int32Array(into.buffer, into.byteOffset, 2),
+    new Float64Array(into.buffer, into.byteOffset, 2),
+  ];
   ints[0] = MarginKind.LSOFTMAX;
   ints[1] = m.m;
   floats[1] = m.lambda;
@@ -77,9 +84,15 @@ export function encodeMargin(m: Margin, into: Uint8Array = marginBytes): Uint8Ar
 
 // struct lsm_loss_args, likewise.
 const argsBytes = new Uint8Array(LOSS_ARGS_BYTES);
+const argsViews = [
+  new BigInt64Array(argsBytes.buffer),
+  new Float64Array(argsBytes.buffer),
+] as const;
 export function encodeArgs(a: LossArgs, into: Uint8Array = argsBytes): Uint8Array {
-  const ints = new BigInt64Array(into.buffer, into.byteOffset, LOSS_ARGS_BYTES / 8);
-  const floats = new Float64Array(into.buffer, into.byteOffset, LOSS_ARGS_BYTES / 8);
+  const [ints, floats] = into === argsBytes ? argsViews : [
+    new BigInt64Array(into.buffer, into.byteOffset, LOSS_ARGS_BYTES / 8),
+    new Float64Array(into.buffer, into.byteOffset, LOSS_ARGS_BYTES / 8),
+  ];
   ints[0] = BigInt(a.classOffset);
   ints[1] = BigInt(a.totalClasses);
   floats[2] = a.gradScale;
