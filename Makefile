@@ -33,14 +33,14 @@ LDLIBS   := -L$(CUDA_HOME)/lib64 -l:libcudart_static.a -lopenblas -ldl -lpthread
 HEADERS  := $(wildcard cuda/*.h cuda/*.cuh)
 LIB      := $(BUILD)/liblsoftmax.so
 # The library's sources: host C++ (g++) and CUDA (nvcc, or g++ on the emulator: mk/emu.mk).
-HOST_OBJ := $(addprefix $(BUILD)/obj/,api.o cpu_backend.o cpu_loss.o cpu_rows.o)
+HOST_OBJ := $(addprefix $(BUILD)/obj/,api.o cpu_backend.o cpu_loss.o cpu_optim.o cpu_rows.o)
 # The fused loss's row kernels again for AVX2 + FMA on x86-64, picked at run time (cpu_rows.h).
 ifeq ($(shell uname -m),x86_64)
 HOST_OBJ += $(BUILD)/obj/cpu_rows_avx2.o
 $(BUILD)/obj/cpu_rows.o: CXXFLAGS += -DLSM_ROWS_AVX2
 $(BUILD)/obj/cpu_rows_avx2.o: CXXFLAGS += -mavx2 -mfma
 endif
-CUDA_SRC := cuda_backend cuda_loss
+CUDA_SRC := cuda_backend cuda_loss cuda_optim
 
 .PHONY: all example demo test check bench perf-table clean setup setup-host
 

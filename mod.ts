@@ -50,13 +50,20 @@ import {
   runLoss,
 } from "./src/loss.ts";
 
-export type { FloatArray } from "./ffi/arrays.ts";
+export type { FloatArray, FloatDType } from "./ffi/arrays.ts";
 export type { Precision } from "./ffi/context.ts";
 export type { Backend, BackendsInfo } from "./src/backends.ts";
 export type { LambdaSchedule } from "./src/schedule.ts";
 export type { Reduction } from "./src/loss.ts";
 export { LargeMarginSoftmax, type LayerOptions } from "./src/layer.ts";
 export type { MarginKind, MarginOptions } from "./src/margins.ts";
+export {
+  type HeadOptions,
+  type HeadState,
+  MarginHead,
+  type SgdOptions,
+  type StepResult,
+} from "./src/head.ts";
 export { MAX_ELEMENTS } from "./src/op.ts";
 export { MAX_MARGIN } from "./src/margins.ts";
 

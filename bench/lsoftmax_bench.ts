@@ -6,14 +6,20 @@
  * shape a peer joins: the same loss composed from TensorFlow.js ops (CPU backend, autodiff).
  * Then every margin kind's fused loss (bench/problems.ts KINDS) against the three products.
  *
+ * A training step of a MarginHead (W and the SGD state resident, margin 4, momentum 0.9) joins
+ * the fused loss's groups, against the same three products; and steps per second of the head at
+ * N=512 D=256 C=1,000,000 (on CUDA, or with LSOFTMAX_BENCH_MILLION=1: on the CPU a step takes
+ * seconds and W with its gradient and momentum 3 GB).
+ *
  * Environment: LSOFTMAX_BACKEND ("cpu" by default; "cuda" on a GPU machine), LSOFTMAX_BENCH_SHAPES
- * ("small" for the first shape only), LSOFTMAX_BENCH_TFJS=0 to leave out the TensorFlow.js peer.
+ * ("small" for the first shape only), LSOFTMAX_BENCH_TFJS=0 to leave out the TensorFlow.js peer,
+ * LSOFTMAX_PRECISION ("tf32" for the head's products on tensor cores).
  * After the table, GFLOP/s per benchmark (6·N·C·D flops forward+backward, 2·N·C·D forward).
  *
  * @module
  */
 
-import { type Backend, backward, forward, loss } from "../mod.ts";
+import { type Backend, backward, forward, loss, MarginHead } from "../mod.ts";
 import { handWrittenCrossEntropy, KINDS, problem, random, SHAPES } from "./problems.ts";
 
 const env = (name: string) => Deno.env.get(name);
@@ -93,6 +99,25 @@ for (const [n, d, c] of shapes) {
       loss(x, w, labels, { ...opts, outX, outW });
     }),
   });
+  // The head: the loss, dW and the SGD update where W lives, dx back.
+  const head = new MarginHead({
+    classes: c,
+    features: d,
+    margin: MARGIN,
+    lambda: LAMBDA,
+    backend,
+    precision: precision(),
+    weights: w,
+    optimizer: { lr: 1e-3, momentum: 0.9 },
+  });
+  Deno.bench({
+    name: `MarginHead step [${group}]`,
+    group,
+    ...big,
+    fn: timed(`${group} MarginHead step`, flops, () => {
+      head.step(x, labels);
+    }),
+  });
   Deno.bench({
     name: `forward + TypeScript cross-entropy + backward [${group}]`,
     group,
@@ -134,6 +159,36 @@ for (const [n, d, c] of shapes.slice(0, 2).slice(-1)) {
   }
 }
 
+function precision(): "exact" | "tf32" {
+  return env("LSOFTMAX_PRECISION") === "tf32" ? "tf32" : "exact";
+}
+
+// Steps per second of a head at a million classes (the GFLOP/s report gives the rate).
+if (backend.startsWith("cuda") || env("LSOFTMAX_BENCH_MILLION") === "1") {
+  const [n, d, c] = [512, 256, 1_000_000];
+  const group = `${backend} N=${n} D=${d} C=${c} head`;
+  const x = random(n * d, 1), labels = Int32Array.from({ length: n }, (_, i) => (i * 7919) % c);
+  const head = new MarginHead({
+    classes: c,
+    features: d,
+    margin: MARGIN,
+    lambda: LAMBDA,
+    backend,
+    precision: precision(),
+    seed: 1,
+    optimizer: { lr: 1e-3, momentum: 0.9 },
+  });
+  Deno.bench({
+    name: `MarginHead step [${group}]`,
+    group,
+    n: backend.startsWith("cuda") ? 20 : 3,
+    warmup: 1,
+    fn: timed(`${group} MarginHead step`, 6 * n * c * d, () => {
+      head.step(x, labels);
+    }),
+  });
+}
+
 // Per-call overhead through FFI at a tiny shape, beside the FFI-only cost of a trivial call.
 {
   const x = random(8, 4), w = random(32, 5), g = random(4, 6);
@@ -170,7 +225,8 @@ globalThis.addEventListener("unload", () => {
     const median = sorted[Math.floor(sorted.length / 2)];
     console.log(
       `  ${name.padEnd(58)} ${(flops / median / 1e9).toFixed(2).padStart(9)} GFLOP/s  ` +
-        `${(median * 1e3).toFixed(3).padStart(10)} ms`,
+        `${(median * 1e3).toFixed(3).padStart(10)} ms` +
+        (name.includes("MarginHead") ? `  ${(1 / median).toPrecision(3)} steps/s` : ""),
     );
   }
 });

@@ -63,9 +63,10 @@ def reference(np, x, w, labels):
     return loss, gx, gw
 
 
-def main(argv=None):
+def parse_args(argv, doc, default_shapes):
+    """The options this script and bench/torch_head.py share: (args, cuda, shapes, reps)."""
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap = argparse.ArgumentParser(description=doc.split("\n\n")[0])
     ap.add_argument("--lib", default=os.environ.get("LSOFTMAX_LIB") or os.path.join(root, "build", "liblsoftmax.so"))
     ap.add_argument("--backend", choices=["cuda", "cpu"], default="cuda")
     ap.add_argument("--shapes", type=tc.parse_shapes, default=None)
@@ -73,8 +74,12 @@ def main(argv=None):
     ap.add_argument("--out")
     args = ap.parse_args(argv)
     cuda = args.backend == "cuda"
-    shapes = args.shapes or (SHAPES if cuda else [(64, 32, 1000)])
-    reps = args.reps or (10 if cuda else 2)
+    shapes = args.shapes or (default_shapes if cuda else [(64, 32, 1000)])
+    return args, cuda, shapes, args.reps or (10 if cuda else 2)
+
+
+def main(argv=None):
+    args, cuda, shapes, reps = parse_args(argv, __doc__, SHAPES)
 
     def say(*a):
         print(*a, flush=True)

@@ -381,8 +381,12 @@ static int32_t copy(lsm_context *ctx, void *dst, const void *src, size_t bytes, 
     if (bytes == 0) return LSM_OK;
     if ((s = check_pointer(ctx, dst, "dst")) || (s = check_pointer(ctx, src, "src"))) return s;
     if ((s = check_range(ctx, to_context ? dst : src, (int64_t)bytes, 1, to_context ? "dst" : "src"))) return s;
-    if (ctx->backend == LSM_BACKEND_CUDA) return lsm_cuda_copy(ctx, dst, src, bytes, to_context);
-    memmove(dst, src, bytes);
+    if (ctx->backend == LSM_BACKEND_CUDA) {
+      if ((s = lsm_cuda_copy(ctx, dst, src, bytes, to_context)) != LSM_OK) return s;
+    } else {
+      memmove(dst, src, bytes);
+    }
+    (to_context ? ctx->traffic_to : ctx->traffic_from) += bytes;
     return LSM_OK;
   });
 }
@@ -481,6 +485,85 @@ int32_t lsm_loss_gradients(lsm_context *ctx, int32_t dtype, int64_t n, int64_t d
   p.stage = LSM_LOSS_GRADIENTS, p.dtype = dtype, p.n = n, p.d = d, p.c = c;
   p.x = x, p.w = w, p.labels = labels, p.lse = lse, p.grad_x = grad_x, p.grad_w = grad_w;
   return run_loss(ctx, margin, args, p);
+}
+
+// Resident training (issue 13): the optimizer update, the sum of the row losses, top-k, traffic.
+static int32_t check_finite_nonnegative(lsm_context *ctx, double v, const char *name) {
+  if (v >= 0.0 && isfinite(v)) return LSM_OK;
+  return lsm_fail(ctx, LSM_ERR_INVALID_ARGUMENT, std::string(name) + ": expected a finite number >= 0, got " + num(v));
+}
+
+int32_t lsm_sgd_update(lsm_context *ctx, int32_t dtype, int64_t count, const lsm_sgd *sgd, void *w, const void *grad,
+                       void *velocity) {
+  return guarded(ctx, [&]() -> int32_t {
+    int32_t s;
+    if ((s = check_context(ctx)) || (s = check_pointer(ctx, sgd, "sgd"))) return s;
+    const lsm_sgd o = *sgd;
+    if (dtype != LSM_FLOAT32 && dtype != LSM_FLOAT64)
+      return lsm_fail(ctx, LSM_ERR_INVALID_ARGUMENT, "dtype: expected LSM_FLOAT32 (0) or LSM_FLOAT64 (1), got " + str(dtype));
+    if ((s = check_size(ctx, count, "count")) || (s = check_finite_nonnegative(ctx, o.lr, "sgd.lr")) ||
+        (s = check_finite_nonnegative(ctx, o.momentum, "sgd.momentum")) ||
+        (s = check_finite_nonnegative(ctx, o.weight_decay, "sgd.weight_decay")))
+      return s;
+    if ((o.nesterov != 0 && o.nesterov != 1) || (o.first != 0 && o.first != 1) || o.reserved != 0)
+      return lsm_fail(ctx, LSM_ERR_INVALID_ARGUMENT, "sgd: expected nesterov and first 0 or 1, reserved 0");
+    if (o.nesterov && o.momentum == 0.0)
+      return lsm_fail(ctx, LSM_ERR_INVALID_ARGUMENT, "sgd.nesterov: expected momentum > 0 with Nesterov momentum, got 0");
+    const size_t e = element_bytes(dtype);
+    if ((s = check_tensor(ctx, w, count, e, "w")) || (s = check_tensor(ctx, grad, count, e, "grad"))) return s;
+    if (o.momentum != 0.0 && (s = check_tensor(ctx, velocity, count, e, "velocity"))) return s;
+    if (w == grad || w == velocity || grad == velocity)
+      return lsm_fail(ctx, LSM_ERR_INVALID_ARGUMENT, "w, grad, velocity: expected three separate arrays");
+    return ctx->backend == LSM_BACKEND_CUDA ? lsm_cuda_sgd(ctx, dtype, count, o, w, grad, velocity)
+                                            : lsm_cpu_sgd(ctx, dtype, count, o, w, grad, velocity);
+  });
+}
+
+int32_t lsm_sum(lsm_context *ctx, const double *values, int64_t count, double *out) {
+  return guarded(ctx, [&]() -> int32_t {
+    int32_t s;
+    if ((s = check_context(ctx)) || (s = check_pointer(ctx, out, "out")) || (s = check_size(ctx, count, "count")) ||
+        (s = check_tensor(ctx, values, count, sizeof(double), "values")))
+      return s;
+    if (ctx->backend == LSM_BACKEND_CUDA) return lsm_cuda_sum(ctx, values, count, out);
+    double total = 0.0;
+    for (int64_t j = 0; j < count; ++j) total += values[j];
+    *out = total;
+    ctx->traffic_from += sizeof(double);
+    return LSM_OK;
+  });
+}
+
+int32_t lsm_topk(lsm_context *ctx, int32_t dtype, int64_t n, int64_t d, int64_t c, const lsm_margin *margin,
+                 int64_t k, const void *x, const void *w, int32_t *indices, void *scores) {
+  return guarded(ctx, [&]() -> int32_t {
+    int32_t s;
+    if ((s = check_context(ctx)) || (s = check_pointer(ctx, margin, "margin"))) return s;
+    const lsm_margin m = *margin;
+    // No labels: x, at least n int32 long, stands in for them in the shared check.
+    if ((s = check_inputs(ctx, dtype, n, d, c, m, x, w, static_cast<const int32_t *>(x)))) return s;
+    if (k < 1 || k > c || k > LSM_MAX_TOPK)
+      return lsm_fail(ctx, LSM_ERR_INVALID_ARGUMENT,
+                      "k: expected an integer in [1, min(c, " + str(LSM_MAX_TOPK) + ")] = [1, " +
+                          str(c < LSM_MAX_TOPK ? c : LSM_MAX_TOPK) + "], got " + str(k));
+    if ((s = check_product(ctx, n, k, "n*k")) ||
+        (s = check_tensor(ctx, indices, n * k, sizeof(int32_t), "indices")) ||
+        (s = check_tensor(ctx, scores, n * k, element_bytes(dtype), "scores")))
+      return s;
+    if ((const void *)indices == scores)
+      return lsm_fail(ctx, LSM_ERR_INVALID_ARGUMENT, "scores: expected memory apart from indices, got the same pointer");
+    // The score of a class: the plain logit for L-Softmax. Kinds that normalise (a cosine score)
+    // decide here, in this one place.
+    return ctx->backend == LSM_BACKEND_CUDA ? lsm_cuda_topk(ctx, dtype, n, d, c, k, x, w, indices, scores)
+                                            : lsm_cpu_topk(ctx, dtype, n, d, c, k, x, w, indices, scores);
+  });
+}
+
+int32_t lsm_context_traffic(const lsm_context *ctx, uint64_t *to_context, uint64_t *from_context) {
+  if (ctx == nullptr) return lsm_fail(nullptr, LSM_ERR_INVALID_ARGUMENT, "ctx: expected a context, got NULL");
+  if (to_context != nullptr) *to_context = ctx->traffic_to;
+  if (from_context != nullptr) *from_context = ctx->traffic_from;
+  return LSM_OK;
 }
 
 }  // extern "C"

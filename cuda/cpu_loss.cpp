@@ -54,21 +54,6 @@ double exp_sum(const double *in, double *out, int64_t count, double shift) {
   return total;
 }
 
-// The context's scratch, grown to `bytes` and kept for later calls.
-int32_t workspace(lsm_context *ctx, size_t bytes, void **out) {
-  if (ctx->host_workspace_bytes < bytes) {
-    free(ctx->host_workspace);
-    ctx->host_workspace_bytes = 0;
-    const size_t rounded = (bytes + 63) / 64 * 64;
-    ctx->host_workspace = aligned_alloc(64, rounded);
-    if (ctx->host_workspace == nullptr)
-      return lsm_fail(ctx, LSM_ERR_OUT_OF_MEMORY, "workspace: host allocation of " + std::to_string(bytes) + " bytes failed");
-    ctx->host_workspace_bytes = rounded;
-  }
-  *out = ctx->host_workspace;
-  return LSM_OK;
-}
-
 template <typename T>
 struct loss_run {
   const lsm_loss_problem &p;
@@ -316,7 +301,7 @@ struct loss_run {
     const int64_t blocks = (c + block - 1) / block;
     block = (c + blocks - 1) / blocks;
     void *ws = nullptr;
-    if ((s = workspace(ctx, (size_t)block * per_class, &ws)) != LSM_OK) return s;
+    if ((s = lsm_cpu_workspace(ctx, (size_t)block * per_class, &ws)) != LSM_OK) return s;
     buf = static_cast<T *>(ws);
 
     std::vector<double> lse((size_t)n), maxes((size_t)n, -INFINITY), sums((size_t)n, 0.0);
@@ -374,6 +359,21 @@ struct loss_run {
 };
 
 }  // namespace
+
+// The context's scratch, grown to `bytes` and kept for later calls (the fused loss, top-k).
+int32_t lsm_cpu_workspace(lsm_context *ctx, size_t bytes, void **out) {
+  if (ctx->host_workspace_bytes < bytes) {
+    free(ctx->host_workspace);
+    ctx->host_workspace_bytes = 0;
+    const size_t rounded = (bytes + 63) / 64 * 64;
+    ctx->host_workspace = aligned_alloc(64, rounded);
+    if (ctx->host_workspace == nullptr)
+      return lsm_fail(ctx, LSM_ERR_OUT_OF_MEMORY, "workspace: host allocation of " + std::to_string(bytes) + " bytes failed");
+    ctx->host_workspace_bytes = rounded;
+  }
+  *out = ctx->host_workspace;
+  return LSM_OK;
+}
 
 int32_t lsm_cpu_loss(lsm_context *ctx, const lsm_loss_problem &p) {
   if (p.dtype == LSM_FLOAT32) return loss_run<float>(ctx, p).run(ctx);

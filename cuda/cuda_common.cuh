@@ -120,6 +120,7 @@ inline int32_t check_bad_label(lsm_context *ctx, const int32_t *labels, int64_t 
   int bad = 0;
   LSM_CUDA_TRY(ctx, cudaMemcpyAsync(&bad, bad_slot, sizeof bad, cudaMemcpyDeviceToHost, ctx->cuda->stream));
   LSM_CUDA_TRY(ctx, cudaStreamSynchronize(ctx->cuda->stream));
+  ctx->traffic_from += sizeof bad;
   if (bad >= n) return LSM_OK;
   // On the context's stream, not cudaMemcpy's legacy default stream (which would also wait for
   // other blocking streams on the device); the stack variable is read only after the sync.
@@ -134,6 +135,7 @@ inline int32_t check_bad_label(lsm_context *ctx, const int32_t *labels, int64_t 
 // Sets the bad-label slot to n ("none yet"; kernels atomicMin the first bad sample into it).
 inline int32_t reset_bad_label(lsm_context *ctx, int *bad_slot, int n) {
   LSM_CUDA_TRY(ctx, cudaMemcpyAsync(bad_slot, &n, sizeof n, cudaMemcpyHostToDevice, ctx->cuda->stream));
+  ctx->traffic_to += sizeof n;
   return LSM_OK;
 }
 

@@ -55,6 +55,7 @@ struct lsm_context {
   void *host_inputs = nullptr;                           // the CPU backend's normalised inputs, kept
   size_t host_inputs_bytes = 0;
   lsm_cuda_state *cuda = nullptr;
+  uint64_t traffic_to = 0, traffic_from = 0;  // bytes copied host -> context, context -> host
 };
 
 // Records a failure on the context (may be null) and this thread; returns status.
@@ -64,6 +65,12 @@ int32_t lsm_fail(lsm_context *ctx, int32_t status, const std::string &message);
 int32_t lsm_cpu_forward(lsm_context *ctx, const lsm_problem &p);
 int32_t lsm_cpu_backward(lsm_context *ctx, const lsm_problem &p);
 int32_t lsm_cpu_loss(lsm_context *ctx, const lsm_loss_problem &p);
+// The context's host scratch, grown to at least `bytes` and kept (cpu_loss.cpp).
+int32_t lsm_cpu_workspace(lsm_context *ctx, size_t bytes, void **out);
+// Resident training (cpu_optim.cpp): arguments checked by api.cpp.
+int32_t lsm_cpu_sgd(lsm_context *ctx, int32_t dtype, int64_t count, const lsm_sgd &o, void *w, const void *g, void *v);
+int32_t lsm_cpu_topk(lsm_context *ctx, int32_t dtype, int64_t n, int64_t d, int64_t c, int64_t k, const void *x,
+                     const void *w, int32_t *indices, void *scores);
 
 // CUDA backend (cuda_backend.cu). Every function returns a status and, on failure, has called
 // lsm_fail; none throws. Without a driver or GPU, device_count reports LSM_ERR_UNAVAILABLE.
@@ -80,5 +87,10 @@ int32_t lsm_cuda_check_precision(lsm_context *ctx, int32_t precision);
 int32_t lsm_cuda_forward(lsm_context *ctx, const lsm_problem &p);
 int32_t lsm_cuda_backward(lsm_context *ctx, const lsm_problem &p);
 int32_t lsm_cuda_loss(lsm_context *ctx, const lsm_loss_problem &p);
+// Resident training (cuda_optim.cu).
+int32_t lsm_cuda_sgd(lsm_context *ctx, int32_t dtype, int64_t count, const lsm_sgd &o, void *w, const void *g, void *v);
+int32_t lsm_cuda_sum(lsm_context *ctx, const double *values, int64_t count, double *out);
+int32_t lsm_cuda_topk(lsm_context *ctx, int32_t dtype, int64_t n, int64_t d, int64_t c, int64_t k, const void *x,
+                      const void *w, int32_t *indices, void *scores);
 
 #endif  // LSOFTMAX_INTERNAL_H

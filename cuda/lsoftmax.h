@@ -269,6 +269,58 @@ LSM_API int32_t lsm_loss_gradients(lsm_context *ctx, int32_t dtype, int64_t n, i
                                    const int32_t *labels, const double *lse, void *grad_x,
                                    void *grad_w);
 
+/*
+ * Resident training (issue 13): what a classifier head whose weights live in context memory
+ * needs besides the fused loss: the optimizer update over W's memory, a device-side sum of the
+ * row losses, the top-k classes of each row without an n x c buffer, and the bytes a context
+ * has moved to and from the host.
+ */
+
+/**
+ * SGD as PyTorch defines it (dampening 0). With g = grad + weight_decay * w:
+ *   momentum 0:  w <- w - lr g                          (velocity unused, may be NULL)
+ *   momentum mu: v <- first ? g : mu v + g,  w <- w - lr (nesterov ? g + mu v : v)
+ * Each element is formed in double and stored with one rounding to the dtype. 40 bytes.
+ */
+typedef struct lsm_sgd {
+  double lr;           /* finite, >= 0 */
+  double momentum;     /* finite, >= 0 */
+  double weight_decay; /* finite, >= 0 */
+  int32_t nesterov;    /* 0 or 1 (1 needs momentum > 0) */
+  int32_t first;       /* 1: the first step, v <- g (PyTorch's fresh momentum buffer) */
+  int64_t reserved;    /* 0 */
+} lsm_sgd;
+
+/**
+ * One SGD step over count elements of context memory: w and velocity [count] updated in place
+ * from grad [count] (all of dtype; velocity NULL when momentum is 0).
+ */
+LSM_API int32_t lsm_sgd_update(lsm_context *ctx, int32_t dtype, int64_t count, const lsm_sgd *sgd, void *w,
+                               const void *grad, void *velocity);
+
+/** The sum of values [count] (float64, context memory) into *out (host memory), in float64. */
+LSM_API int32_t lsm_sum(lsm_context *ctx, const double *values, int64_t count, double *out);
+
+/** Largest k of lsm_topk. */
+#define LSM_MAX_TOPK 128
+
+/**
+ * The k best classes of each row by score into indices [n, k] (int32) and scores [n, k] (dtype),
+ * best first: higher scores first, equal scores by lower class index, NaN after every number.
+ * The score is the plain logit x_i . W_j for L-Softmax (the margin only enters the target's
+ * logit, which prediction does not know). Classes go in blocks through the context's workspace:
+ * no n x c buffer. 1 <= k <= min(c, LSM_MAX_TOPK).
+ */
+LSM_API int32_t lsm_topk(lsm_context *ctx, int32_t dtype, int64_t n, int64_t d, int64_t c,
+                         const lsm_margin *margin, int64_t k, const void *x, const void *w, int32_t *indices,
+                         void *scores);
+
+/**
+ * Bytes the context has copied from the host (*to_context) and to the host (*from_context)
+ * since it was created: lsm_memcpy_* and the library's own small copies (label checks, sums).
+ */
+LSM_API int32_t lsm_context_traffic(const lsm_context *ctx, uint64_t *to_context, uint64_t *from_context);
+
 #ifdef __cplusplus
 }
 #endif

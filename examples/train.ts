@@ -1,18 +1,19 @@
 /**
- * A short training run in the spirit of the seed's example: a linear embedding followed by the
- * L-Softmax layer (margin 4, base 1000, gamma 0.000025, power 35, lambdaMin 0) with its fused
- * softmax cross-entropy (`layer.loss`: the loss and both gradients in one call), trained by plain
- * SGD on synthetic clustered data.
+ * A short training run in the spirit of the seed's example: a linear embedding followed by an
+ * L-Softmax classifier head (margin 4, base 1000, gamma 0.000025, power 35, lambdaMin 0) trained
+ * by SGD on synthetic clustered data. The head is a `MarginHead`: its class weights and their
+ * optimizer state stay in the backend's memory (the GPU's, on CUDA), and each step sends the
+ * features in and their gradient back, which trains the embedding here in TypeScript.
  *
- * The run resumes the layer at iteration 12000, where λ has annealed to about 0.1, as a long
- * run would be after its warm-up: at iteration 0, λ = 1000 and the layer is nearly the plain
+ * The run resumes the head at iteration 12000, where λ has annealed to about 0.1, as a long
+ * run would be after its warm-up: at iteration 0, λ = 1000 and the head is nearly the plain
  * linear layer. Run: `make example` (or `deno run --allow-ffi --allow-env --allow-read
  * examples/train.ts`).
  *
  * @module
  */
 
-import { backends, forward, lambdaAt, LargeMarginSoftmax } from "../mod.ts";
+import { backends, lambdaAt, MarginHead } from "../mod.ts";
 
 const N = 128, DIN = 16, D = 32, C = 10, STEPS = 400, LR = 0.1;
 const schedule = { base: 1000, gamma: 0.000025, power: 35, lambdaMin: 0 };
@@ -36,9 +37,8 @@ for (let i = 0; i < N; i++) {
   }
 }
 
-// Parameters: embedding A [DIN, D] and class weights W [C, D].
+// Parameters: embedding A [DIN, D] here; the head draws its class weights W [C, D] from a seed.
 const A = Float32Array.from({ length: DIN * D }, () => 0.1 * gaussian());
-const W = Float32Array.from({ length: C * D }, () => 0.1 * gaussian());
 
 function embed(): Float32Array {
   const x = new Float32Array(N * D);
@@ -52,19 +52,8 @@ function embed(): Float32Array {
   return x;
 }
 
-// Accuracy of the plain classifier (argmax of W x), what inference uses: margin 1 is x W^T.
-function accuracy(x: Float32Array): number {
-  const { logits } = forward(x, W, labels, { margin: 1, lambda: 0 });
-  let correct = 0;
-  for (let i = 0; i < N; i++) {
-    const row = logits.subarray(i * C, (i + 1) * C);
-    if (row.indexOf(Math.max(...row)) === labels[i]) correct++;
-  }
-  return correct / N;
-}
-
 // Mean angle (degrees) between each feature and its class weight: the margin shrinks it.
-function meanTargetAngle(x: Float32Array): number {
+function meanTargetAngle(x: Float32Array, W: Float32Array): number {
   let total = 0;
   for (let i = 0; i < N; i++) {
     let dot = 0, xx = 0, ww = 0;
@@ -87,10 +76,19 @@ console.log(
     `${lambdaAt(8700, schedule).toFixed(3)}, 12000 -> ${lambdaAt(12000, schedule).toFixed(3)}`,
 );
 
-using layer = new LargeMarginSoftmax({ margin: 4, ...schedule, iteration: 12000 });
+using head = new MarginHead({
+  classes: C,
+  features: D,
+  margin: 4,
+  ...schedule,
+  iteration: 12000,
+  seed: 1,
+  optimizer: { lr: LR },
+});
 for (let step = 1; step <= STEPS; step++) {
   const x = embed();
-  const { loss, lambda, gradX, gradW } = layer.loss(x, W, labels);
+  // The loss, dL/dW applied to W where it lives, and dL/dx back.
+  const { loss, lambda, gradX } = head.step(x, labels);
   // dL/dA = inputs^T gradX
   for (let k = 0; k < DIN; k++) {
     for (let j = 0; j < D; j++) {
@@ -99,13 +97,18 @@ for (let step = 1; step <= STEPS; step++) {
       A[k * D + j] -= LR * s;
     }
   }
-  for (let e = 0; e < W.length; e++) W[e] -= LR * gradW[e];
   if (step === 1 || step % 50 === 0) {
+    // Accuracy of the plain classifier (the best class by x W^T), what inference uses.
+    const { accuracy } = head.evaluate(x, labels);
+    const angle = meanTargetAngle(x, head.weights() as Float32Array);
     console.log(
-      `iteration ${layer.iteration}  lambda ${lambda.toFixed(4)}  loss ${loss.toFixed(4)}  ` +
-        `accuracy ${(accuracy(x) * 100).toFixed(1)}%  mean target angle ` +
-        `${meanTargetAngle(x).toFixed(1)} deg`,
+      `iteration ${head.iteration}  lambda ${lambda.toFixed(4)}  loss ${loss.toFixed(4)}  ` +
+        `accuracy ${(accuracy * 100).toFixed(1)}%  mean target angle ${angle.toFixed(1)} deg`,
     );
   }
 }
-console.log(`resume with: new LargeMarginSoftmax(${JSON.stringify(layer)})`);
+const { indices } = head.predict(embed().subarray(0, 2 * D), { k: 3 });
+console.log(`top 3 classes of the first two samples: ${Array.from(indices)}`);
+console.log(
+  `resume with: MarginHead.fromState(state), state = head.state() (iteration ${head.iteration})`,
+);

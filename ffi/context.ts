@@ -23,7 +23,13 @@ import {
   MarginKind,
   PrecisionCode,
   Status,
+  type Symbols,
 } from "./symbols.ts";
+
+/** The ABI functions with a nonblocking twin (`<name>_async` in symbols.ts). */
+export type AsyncName = {
+  [K in keyof Symbols]: K extends `${infer B}_async` ? B & keyof Symbols : never;
+}[keyof Symbols];
 
 /** Float32 matrix products: exact IEEE (default) or TF32 tensor cores (CUDA sm_80+). */
 export type Precision = "exact" | "tf32";
@@ -65,32 +71,45 @@ export interface Call {
 }
 
 // struct lsm_margin: kind, m (int32), lambda, scale, m1, m2, m3 (double), flags, reserved_flags
-// (uint32), reserved[4] (double, 0). One buffer for every call: calls are synchronous, and the
-// native side copies the struct before it returns.
+// (uint32), reserved[4] (double, 0). One buffer for every synchronous call: the native side copies
+// the struct before it returns. A head's asynchronous calls encode into buffers of their own
+// (`into`); the shared buffer keeps its views, so the common call allocates nothing.
 const marginBytes = new Uint8Array(MARGIN_BYTES);
-const marginInts = new Int32Array(marginBytes.buffer);
-const marginFloats = new Float64Array(marginBytes.buffer);
-function encodeMargin(m: Margin): Uint8Array {
-  marginInts[0] = MarginKind[m.kind];
-  marginInts[1] = m.m;
-  marginFloats[1] = m.lambda;
-  marginFloats[2] = m.scale;
-  marginFloats[3] = m.m1;
-  marginFloats[4] = m.m2;
-  marginFloats[5] = m.m3;
-  marginInts[12] = m.flags; // uint32 flags at byte 48; reserved_flags and reserved stay 0
-  return marginBytes;
+const marginViews = [
+  new Int32Array(marginBytes.buffer),
+  new Float64Array(marginBytes.buffer),
+] as const;
+export function encodeMargin(m: Margin, into: Uint8Array = marginBytes): Uint8Array {
+  const [ints, floats] = into === marginBytes ? marginViews : [
+    new Int32Array(into.buffer, into.byteOffset, MARGIN_BYTES / 4),
+    new Float64Array(into.buffer, into.byteOffset, MARGIN_BYTES / 8),
+  ];
+  ints[0] = MarginKind[m.kind];
+  ints[1] = m.m;
+  floats[1] = m.lambda;
+  floats[2] = m.scale;
+  floats[3] = m.m1;
+  floats[4] = m.m2;
+  floats[5] = m.m3;
+  ints[12] = m.flags; // uint32 flags at byte 48; reserved_flags and reserved stay 0
+  return into;
 }
 
 // struct lsm_loss_args, likewise.
 const argsBytes = new Uint8Array(LOSS_ARGS_BYTES);
-const argsInts = new BigInt64Array(argsBytes.buffer);
-const argsFloats = new Float64Array(argsBytes.buffer);
-function encodeArgs(a: LossArgs): Uint8Array {
-  argsInts[0] = BigInt(a.classOffset);
-  argsInts[1] = BigInt(a.totalClasses);
-  argsFloats[2] = a.gradScale;
-  return argsBytes;
+const argsViews = [
+  new BigInt64Array(argsBytes.buffer),
+  new Float64Array(argsBytes.buffer),
+] as const;
+export function encodeArgs(a: LossArgs, into: Uint8Array = argsBytes): Uint8Array {
+  const [ints, floats] = into === argsBytes ? argsViews : [
+    new BigInt64Array(into.buffer, into.byteOffset, LOSS_ARGS_BYTES / 8),
+    new Float64Array(into.buffer, into.byteOffset, LOSS_ARGS_BYTES / 8),
+  ];
+  ints[0] = BigInt(a.classOffset);
+  ints[1] = BigInt(a.totalClasses);
+  floats[2] = a.gradScale;
+  return into;
 }
 
 const size = (call: Call, dim: TensorSpec["rows"]) => (dim === 1 ? 1 : call[dim]);
@@ -222,15 +241,15 @@ export class NativeContext {
     return this.#ptr;
   }
 
-  #setPrecision(precision: Precision): void {
+  setPrecision(precision: Precision): void {
     if (precision === this.#precision) return;
     const code = precision === "tf32" ? PrecisionCode.TF32 : PrecisionCode.EXACT;
     this.#check(this.#lib.symbols.lsm_context_set_precision(this.#live(), code), this.#name());
     this.#precision = precision;
   }
 
-  // Device memory for a tensor, kept under its name and grown when a call needs more.
-  #buffer(name: string, bytes: number): Deno.PointerValue {
+  /** Context memory for a tensor, kept under its name and grown (contents lost) when needed. */
+  buffer(name: string, bytes: number): Deno.PointerValue {
     const have = this.#buffers.get(name);
     if (have && have.bytes >= bytes) return have.ptr;
     const sym = this.#lib.symbols;
@@ -245,7 +264,7 @@ export class NativeContext {
     return ptr;
   }
 
-  #setWorkspace(bytes: number | undefined): void {
+  setWorkspace(bytes: number | undefined): void {
     if (bytes === undefined || bytes === this.#workspace) return;
     const status = this.#lib.symbols.lsm_context_set_workspace_limit(this.#live(), BigInt(bytes));
     this.#check(status, this.#name());
@@ -259,8 +278,8 @@ export class NativeContext {
   run(op: OpSpec, call: Call, arrays: readonly (ArrayBufferView | null)[]): void {
     const ctx = this.#live();
     guard(op, call, arrays);
-    this.#setPrecision(call.precision);
-    this.#setWorkspace(call.workspace);
+    this.setPrecision(call.precision);
+    this.setWorkspace(call.workspace);
     const dtype = call.dtype === "float32" ? DType.FLOAT32 : DType.FLOAT64;
     const head: unknown[] = [
       ctx,
@@ -279,7 +298,7 @@ export class NativeContext {
     const ptrs = op.tensors.map((
       t,
       i,
-    ) => (arrays[i] === null ? null : this.#buffer(t.name, bytes[i])));
+    ) => (arrays[i] === null ? null : this.buffer(t.name, bytes[i])));
     const s = this.#lib.symbols;
     op.tensors.forEach((t, i) => {
       if (t.output || arrays[i] === null) return;
@@ -292,6 +311,56 @@ export class NativeContext {
       const status = s.lsm_memcpy_from_context(ctx, arrays[i], ptrs[i], BigInt(bytes[i]));
       this.#check(status, `copying ${t.name} from ${this.#name()}`);
     });
+  }
+
+  // Tensors that already are context memory (a MarginHead's weights and optimizer state): raw
+  // calls of the ABI with the context prepended, sync or off the JavaScript thread.
+
+  /** Context memory of `bytes` owned by the caller until freed, or until the context closes. */
+  allocate(bytes: number): Deno.PointerValue {
+    const out = new BigUint64Array(1);
+    this.#check(this.#lib.symbols.lsm_malloc(this.#live(), BigInt(bytes), out), "lsm_malloc");
+    return Deno.UnsafePointer.create(out[0]);
+  }
+
+  /** Copies a host array into context memory at ptr (+ byte offset). */
+  upload(ptr: Deno.PointerValue, src: ArrayBufferView, offset = 0): void {
+    const bytes = BigInt(elementCount(src) * elementBytes(typedArrayName(src) as ViewName));
+    const dst = offset === 0 ? ptr : Deno.UnsafePointer.offset(ptr!, offset);
+    const status = this.#lib.symbols.lsm_memcpy_to_context(this.#live(), dst, src, bytes);
+    this.#check(status, `copying to ${this.#name()}`);
+  }
+
+  /** Copies context memory at ptr into a host array (its whole length). */
+  download(dst: ArrayBufferView, ptr: Deno.PointerValue): void {
+    const bytes = BigInt(elementCount(dst) * elementBytes(typedArrayName(dst) as ViewName));
+    const status = this.#lib.symbols.lsm_memcpy_from_context(this.#live(), dst, ptr, bytes);
+    this.#check(status, `copying from ${this.#name()}`);
+  }
+
+  /** Calls an ABI function on this context: `name(ctx, ...args)`; a failed status throws. */
+  call(name: keyof Symbols, args: readonly unknown[]): void {
+    const fn = this.#lib.symbols[name] as unknown as NativeFn;
+    this.#check(fn(this.#live(), ...args));
+  }
+
+  /**
+   * The same call on a thread of Deno's pool (the nonblocking `_async` symbol): the event loop
+   * runs meanwhile. Buffers in args must stay unchanged until the promise settles, and the
+   * caller must not use the context from another call in between.
+   */
+  async callAsync(name: AsyncName, args: readonly unknown[]): Promise<void> {
+    const fn = this.#lib.symbols[`${name}_async`] as unknown as (
+      ...a: unknown[]
+    ) => Promise<number>;
+    this.#check(await fn(this.#live(), ...args));
+  }
+
+  /** Bytes copied host -> context and context -> host since the context was created. */
+  traffic(): { toDevice: number; fromDevice: number } {
+    const to = new BigUint64Array(1), from = new BigUint64Array(1);
+    this.#check(this.#lib.symbols.lsm_context_traffic(this.#live(), to, from), "traffic");
+    return { toDevice: Number(to[0]), fromDevice: Number(from[0]) };
   }
 
   /** Releases the device buffers and the context. Idempotent. */

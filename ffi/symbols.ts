@@ -38,6 +38,9 @@ export const FLAG_EASY_MARGIN = 1;
 /** sizeof(lsm_margin) and sizeof(lsm_loss_args). */
 export const MARGIN_BYTES = 88;
 export const LOSS_ARGS_BYTES = 40;
+/** sizeof(lsm_sgd), and `LSM_MAX_TOPK`. */
+export const SGD_BYTES = 40;
+export const MAX_TOPK = 128;
 
 // The head every op shares: ctx, dtype, n, d, c, margin (const lsm_margin *); the fused loss's
 // ops add args (const lsm_loss_args *).
@@ -50,6 +53,9 @@ const op = <T extends "pointer" | "buffer">(t: T, tensors: number, args = false)
     ...(args ? ["buffer"] : []),
     ...Array.from({ length: tensors }, () => t),
   ] as Deno.NativeType[];
+
+const SGD = ["pointer", "i32", "i64", "buffer", "pointer", "pointer", "pointer"] as const;
+const SUM = ["pointer", "pointer", "i64", "buffer"] as const;
 
 /** The symbols of `cuda/lsoftmax.h`, in `Deno.dlopen` form. */
 export const symbols = {
@@ -103,6 +109,56 @@ export const symbols = {
     parameters: op("buffer", 6, true),
     result: "i32",
   },
+  // Resident training (issue 13). ctx, dtype, count, sgd (const lsm_sgd *), w, grad, velocity
+  lsm_sgd_update: { parameters: SGD, result: "i32" },
+  // ctx, values (context), count, out (double *, host)
+  lsm_sum: { parameters: SUM, result: "i32" },
+  // HEAD, k, x, w, indices, scores
+  lsm_topk: {
+    parameters: [...HEAD, "i64", "pointer", "pointer", "pointer", "pointer"],
+    result: "i32",
+  },
+  // ctx, to_context (uint64_t *), from_context (uint64_t *)
+  lsm_context_traffic: { parameters: ["pointer", "buffer", "buffer"], result: "i32" },
+  // The same functions off the JavaScript thread (MarginHead.stepAsync): Deno runs a nonblocking
+  // symbol on a thread of its pool and returns a promise of the status.
+  lsm_memcpy_to_context_async: {
+    name: "lsm_memcpy_to_context",
+    parameters: ["pointer", "pointer", "buffer", "usize"],
+    result: "i32",
+    nonblocking: true,
+  },
+  lsm_memcpy_from_context_async: {
+    name: "lsm_memcpy_from_context",
+    parameters: ["pointer", "buffer", "pointer", "usize"],
+    result: "i32",
+    nonblocking: true,
+  },
+  lsm_loss_async: {
+    name: "lsm_loss",
+    parameters: op("pointer", 6, true),
+    result: "i32",
+    nonblocking: true,
+  },
+  lsm_loss_partials_async: {
+    name: "lsm_loss_partials",
+    parameters: op("pointer", 6, true),
+    result: "i32",
+    nonblocking: true,
+  },
+  lsm_loss_gradients_async: {
+    name: "lsm_loss_gradients",
+    parameters: op("pointer", 6, true),
+    result: "i32",
+    nonblocking: true,
+  },
+  lsm_sgd_update_async: {
+    name: "lsm_sgd_update",
+    parameters: SGD,
+    result: "i32",
+    nonblocking: true,
+  },
+  lsm_sum_async: { name: "lsm_sum", parameters: SUM, result: "i32", nonblocking: true },
 } as const satisfies Deno.ForeignLibraryInterface;
 
 /** The opened library's symbol functions. */

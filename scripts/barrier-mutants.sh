@@ -6,17 +6,19 @@
 #
 #   scripts/barrier-mutants.sh            (make mutants-emu; needs build/ from make test-emu)
 #
+# MUTANT_HEADERS and MUTANT_TESTS narrow the run (e.g. one header against the tests that use it).
+#
 # Exit status 0 when every mutant was caught; prints one line per barrier.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 CXX=${CXX:-g++}
 DENO=${DENO:-scripts/deno}
 BUILD=${BUILD:-build}
-HOST_OBJ=${HOST_OBJ:-$BUILD/obj/api.o $BUILD/obj/cpu_backend.o $BUILD/obj/cpu_loss.o $BUILD/obj/cpu_rows.o $BUILD/obj/cpu_rows_avx2.o}
-CUDA_SRC=${CUDA_SRC:-cuda_backend cuda_loss}
+HOST_OBJ=${HOST_OBJ:-$BUILD/obj/api.o $BUILD/obj/cpu_backend.o $BUILD/obj/cpu_loss.o $BUILD/obj/cpu_optim.o $BUILD/obj/cpu_rows.o $BUILD/obj/cpu_rows_avx2.o}
+CUDA_SRC=${CUDA_SRC:-cuda_backend cuda_loss cuda_optim}
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
-tests=(tests/cuda_test.ts tests/tf32_test.ts tests/gradient_test.ts tests/loss_test.ts tests/margins_test.ts)
+tests=(${MUTANT_TESTS:-tests/cuda_test.ts tests/tf32_test.ts tests/gradient_test.ts tests/loss_test.ts tests/margins_test.ts tests/head_test.ts})
 
 # Builds the emulated library from the kernels in $work/cuda and runs the tests on it: status 0
 # when they pass, 1 when they fail. A build that fails stops the script: that is no catch.
@@ -49,7 +51,7 @@ if ! build_and_test; then
 fi
 echo "baseline  unmutated kernels pass the tests"
 survived=0 total=0
-for header in cuda/target_kernels.cuh cuda/loss_kernels.cuh cuda/gemm_kernels.cuh; do
+for header in ${MUTANT_HEADERS:-cuda/target_kernels.cuh cuda/loss_kernels.cuh cuda/gemm_kernels.cuh cuda/optim_kernels.cuh}; do
   while IFS=: read -r line _; do
     total=$((total + 1))
     rm -rf "$work/cuda" && cp -r cuda "$work/cuda"

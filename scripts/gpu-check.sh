@@ -5,7 +5,9 @@
 #   3. the C ABI driver (tests/native/sanitize_driver.cpp, linked against the library just built)
 #   4. bench/torch_compare.py, where python3 imports torch: ours through ctypes against PyTorch's
 #      linear layer and a composed PyTorch L-Softmax (forward+backward), and their agreement;
-#      bench/torch_loss.py: the fused loss against F.cross_entropy on both, up to C = 1,000,000
+#      bench/torch_loss.py: the fused loss against F.cross_entropy on both, up to C = 1,000,000;
+#      bench/torch_head.py: a resident head's training step against a PyTorch head (nn.Linear,
+#      F.cross_entropy, SGD with momentum), exact and TF32, up to C = 1,000,000
 #   5. deno bench on the CUDA backend (without the TensorFlow.js peer: no network needed)
 #   6. compute-sanitizer memcheck, racecheck, synccheck and initcheck on the driver (last: the
 #      slowest, and on some machines the sanitizer refuses the device)
@@ -14,7 +16,8 @@
 # GPU_CHECK_BUDGET_S (450 s): a step gets the smaller of its limit and the time left.
 #
 # Output: OUT_DIR/summary.md (GPU, a table of steps with verdicts and times, key lines, the
-# PyTorch tables, the tails of failed steps' logs), OUT_DIR/torch_compare.md and torch_loss.md and
+# PyTorch tables, the tails of failed steps' logs), OUT_DIR/torch_compare.md, torch_loss.md,
+# torch_head.md and
 # OUT_DIR/logs.tar.gz (every step's log, repacked after each step). The logs themselves are in
 # GPU_CHECK_LOGS (default OUT_DIR/logs). Exit status 0 when every step passed (a missing PyTorch
 # is a skip, not a failure; a missing Deno is a failure).
@@ -118,7 +121,8 @@ driver=$here/$build/sanitize_driver
 sanitizer_steps=(memcheck racecheck synccheck initcheck)
 torch_md=$out/torch_compare.md
 loss_md=$out/torch_loss.md
-rm -f "$torch_md" "$loss_md"
+head_md=$out/torch_head.md
+rm -f "$torch_md" "$loss_md" "$head_md"
 if step build 200 make -j"$(nproc)" BUILD="$build" CUDA_ARCHS="$arch" CUDA_PTX= "$build/liblsoftmax.so"; then
   if [ -n "$deno" ]; then
     step deno-test 120 env LSOFTMAX_LIB="$lib" "$deno" test --allow-ffi --allow-env --allow-read --allow-net --allow-run tests/
@@ -143,6 +147,7 @@ if step build 200 make -j"$(nproc)" BUILD="$build" CUDA_ARCHS="$arch" CUDA_PTX= 
   else
     step torch-compare 150 "$python" bench/torch_compare.py --lib "$lib" --out "$torch_md"
     step torch-loss 120 "$python" bench/torch_loss.py --lib "$lib" --out "$loss_md"
+    step torch-head 120 "$python" bench/torch_head.py --lib "$lib" --out "$head_md"
   fi
 
   if [ -n "$deno" ]; then
@@ -162,7 +167,7 @@ if step build 200 make -j"$(nproc)" BUILD="$build" CUDA_ARCHS="$arch" CUDA_PTX= 
     for s in "${sanitizer_steps[@]}"; do skip "$s" "no driver"; done
   fi
 else
-  for s in deno-test driver-build driver torch-compare torch-loss deno-bench "${sanitizer_steps[@]}"; do
+  for s in deno-test driver-build driver torch-compare torch-loss torch-head deno-bench "${sanitizer_steps[@]}"; do
     skip "$s" "the library did not build"
   done
 fi
@@ -209,6 +214,18 @@ fi
     else
       echo '```'
       tail -20 "$logs/torch-loss.log"
+      echo '```'
+    fi
+  fi
+  if [ -f "$logs/torch-head.log" ]; then
+    echo
+    echo "## A training step against a PyTorch head (bench/torch_head.py)"
+    echo
+    if [ -s "$head_md" ]; then
+      cat "$head_md"
+    else
+      echo '```'
+      tail -20 "$logs/torch-head.log"
       echo '```'
     fi
   fi

@@ -88,34 +88,15 @@ function shardedLoss(
     throw new RangeError(`backend: expected a list of 1 to C = ${p.c} backends, got ${k}`);
   }
   const { n, d, c } = p;
-  // Contiguous class ranges, as even as they come.
-  const bounds = Array.from({ length: k + 1 }, (_, s) => Math.floor((s * c) / k));
+  const bounds = shardBounds(c, k);
   const shard = (s: number): Problem & { args: LossArgs } => ({
     ...p,
     w: p.w.subarray(bounds[s] * d, bounds[s + 1] * d) as FloatArray,
     c: bounds[s + 1] - bounds[s],
     args: { classOffset: bounds[s], totalClasses: c, gradScale },
   });
-  // Partials of every shard, combined: M = max m_s, S = sum s_s exp(m_s - M), lse = M + log S.
-  const lse = new Float64Array(n).fill(-Infinity);
-  const target = new Float64Array(n);
   const parts = contexts.map((ctx, s) => runOp(ctx, OPS.lossPartials, shard(s), {}));
-  for (let i = 0; i < n; i++) {
-    let m = -Infinity;
-    for (const [rowMax] of parts) m = rowMax[i] > m || rowMax[i] !== rowMax[i] ? rowMax[i] : m;
-    let total = 0;
-    for (const [rowMax, rowSum] of parts) total += rowSum[i] * Math.exp(rowMax[i] - m);
-    lse[i] = m + Math.log(total);
-  }
-  for (let s = 0; s < k; s++) {
-    const [, , owned] = parts[s];
-    for (let i = 0; i < n; i++) {
-      const y = p.labels[i];
-      if (y >= bounds[s] && y < bounds[s + 1]) target[i] = owned[i];
-    }
-  }
-  const rowLoss = new Float64Array(n);
-  for (let i = 0; i < n; i++) rowLoss[i] = lse[i] - target[i];
+  const { lse, rowLoss } = combineShards(parts as Float64Array[][], p.labels, bounds);
   const loss = reduce(rowLoss, request.reduction);
   if (!request.gradients) return { loss };
   // Each shard writes its rows of gradW and its share of gradX; the shares add up here.
@@ -138,6 +119,42 @@ function shardedLoss(
   }
   gradX.set(total);
   return { loss, gradX, gradW };
+}
+
+/** Contiguous class ranges of k shards, as even as they come: shard s is [b[s], b[s + 1]). */
+export function shardBounds(c: number, k: number): number[] {
+  return Array.from({ length: k + 1 }, (_, s) => Math.floor((s * c) / k));
+}
+
+/**
+ * The shards' partials ([rowMax, rowSum, target] of each) combined: M = max m_s, S = sum s_s
+ * exp(m_s - M), lse = M + log S, and each row's loss lse - f_iy from the shard owning its label.
+ */
+export function combineShards(
+  parts: readonly (readonly Float64Array[])[],
+  labels: Int32Array,
+  bounds: readonly number[],
+): { lse: Float64Array; rowLoss: Float64Array } {
+  const n = labels.length;
+  const lse = new Float64Array(n).fill(-Infinity);
+  const target = new Float64Array(n);
+  for (let i = 0; i < n; i++) {
+    let m = -Infinity;
+    for (const [rowMax] of parts) m = rowMax[i] > m || rowMax[i] !== rowMax[i] ? rowMax[i] : m;
+    let total = 0;
+    for (const [rowMax, rowSum] of parts) total += rowSum[i] * Math.exp(rowMax[i] - m);
+    lse[i] = m + Math.log(total);
+  }
+  for (let s = 0; s < parts.length; s++) {
+    const owned = parts[s][2];
+    for (let i = 0; i < n; i++) {
+      const y = labels[i];
+      if (y >= bounds[s] && y < bounds[s + 1]) target[i] = owned[i];
+    }
+  }
+  const rowLoss = new Float64Array(n);
+  for (let i = 0; i < n; i++) rowLoss[i] = lse[i] - target[i];
+  return { lse, rowLoss };
 }
 
 // The caller's output array for a sharded call, checked whole before it is split.

@@ -6,8 +6,8 @@
 // correction's per-row sums), TF32 precision
 // (loose tolerance), and bitwise-repeatable backward results; then the numerics at the ends of
 // the range (exact power-of-two homogeneity in float64 on both backends, float32 subnormal
-// inputs on CUDA against the CPU), and the fused loss (one call and the shard calls, in class
-// blocks and row chunks). Built against the CPU execution layer with -fsanitize=address,undefined, so an
+// inputs on CUDA against the CPU), the fused loss (one call and the shard calls, in class
+// blocks and row chunks), and resident training (the SGD update, the sum, top-k). Built against the CPU execution layer with -fsanitize=address,undefined, so an
 // out-of-bounds access or undefined behaviour in a kernel stops it; built with nvcc it is the
 // compute-sanitizer target of scripts/gpu-check.sh. Device buffers have exactly the tensors'
 // sizes, so any overrun is past an allocation. Exit status 0 when everything matches.
@@ -320,6 +320,67 @@ void loss_case(lsm_context *cpu, lsm_context *gpu, const shape &s, int margin, i
   if (!ok) ++g_failures;
 }
 
+// Resident training: two SGD steps (the first, then one with the momentum; Nesterov on odd
+// cases), the sum of float64 values and top-k through class blocks of `block`, each against the
+// CPU backend, in buffers of the tensors' exact sizes.
+template <typename T>
+void resident_case(lsm_context *cpu, lsm_context *gpu, const shape &s, int64_t k, int64_t block, bool nesterov) {
+  const int32_t dtype = sizeof(T) == 4 ? LSM_FLOAT32 : LSM_FLOAT64;
+  const double tol = sizeof(T) == 4 ? 2e-4 : 1e-9;
+  const size_t e = sizeof(T), nd = (size_t)(s.n * s.d), cd = (size_t)(s.c * s.d), nk = (size_t)(s.n * k);
+  const std::string name = std::string("resident ") + (sizeof(T) == 4 ? "f32" : "f64") + " n=" + std::to_string(s.n) +
+                           " d=" + std::to_string(s.d) + " c=" + std::to_string(s.c) + " k=" + std::to_string(k) +
+                           " block=" + std::to_string(block);
+  ++g_cases;
+  std::vector<T> x(nd), w(cd), g(cd);
+  std::vector<double> vals(nd);
+  for (auto &v : x) v = (T)uniform();
+  for (auto &v : w) v = (T)uniform();
+  for (auto &v : g) v = (T)uniform();
+  for (auto &v : vals) v = uniform();
+  lsm_margin mg = {};
+  mg.kind = LSM_MARGIN_LSOFTMAX, mg.m = 4, mg.lambda = 0.5;
+  std::vector<T> w_out[2], v_out[2], scores[2];
+  std::vector<int32_t> idx[2];
+  double sums[2] = {0.0, 0.0};
+  bool ok = true;
+  for (int b = 0; b < 2 && ok; ++b) {
+    lsm_context *ctx = b == 0 ? cpu : gpu;
+    w_out[b].assign(cd, T(0)), v_out[b].assign(cd, T(0)), scores[b].assign(nk, T(0)), idx[b].assign(nk, 0);
+    void *dx = upload(ctx, x.data(), nd * e), *dw = upload(ctx, w.data(), cd * e), *dg = upload(ctx, g.data(), cd * e);
+    void *dv = upload(ctx, nullptr, cd * e), *dvals = upload(ctx, vals.data(), nd * 8);
+    void *di = upload(ctx, nullptr, nk * 4), *ds = upload(ctx, nullptr, nk * e);
+    lsm_sgd o = {};
+    o.lr = 0.1, o.momentum = 0.9, o.weight_decay = 0.01, o.nesterov = nesterov ? 1 : 0, o.first = 1;
+    ok = dx && dw && dg && dv && dvals && di && ds &&
+         lsm_sgd_update(ctx, dtype, (int64_t)cd, &o, dw, dg, dv) == LSM_OK;
+    o.first = 0;
+    ok = ok && lsm_sgd_update(ctx, dtype, (int64_t)cd, &o, dw, dg, dv) == LSM_OK &&
+         lsm_memcpy_from_context(ctx, w_out[b].data(), dw, cd * e) == LSM_OK &&
+         lsm_memcpy_from_context(ctx, v_out[b].data(), dv, cd * e) == LSM_OK &&
+         lsm_sum(ctx, static_cast<const double *>(dvals), (int64_t)nd, &sums[b]) == LSM_OK &&
+         lsm_context_set_workspace_limit(ctx, (size_t)(block * s.n) * e) == LSM_OK &&
+         lsm_topk(ctx, dtype, s.n, s.d, s.c, &mg, k, dx, dw, static_cast<int32_t *>(di), ds) == LSM_OK &&
+         lsm_memcpy_from_context(ctx, idx[b].data(), di, nk * 4) == LSM_OK &&
+         lsm_memcpy_from_context(ctx, scores[b].data(), ds, nk * e) == LSM_OK &&
+         lsm_context_set_workspace_limit(ctx, LSM_DEFAULT_WORKSPACE_LIMIT) == LSM_OK;
+    if (!ok) printf("FAIL %s: %s backend: %s\n", name.c_str(), b == 0 ? "CPU" : "CUDA", lsm_last_error());
+    for (void *p : {dx, dw, dg, dv, dvals, di, ds}) lsm_free(ctx, p);
+  }
+  ok = ok && close(w_out[1], w_out[0], tol, name + " w") && close(v_out[1], v_out[0], tol, name + " velocity") &&
+       close(scores[1], scores[0], tol, name + " scores");
+  if (ok && fabs(sums[1] - sums[0]) > 1e-12 * (double)nd) {
+    printf("FAIL %s sum: %.17g, CPU %.17g\n", name.c_str(), sums[1], sums[0]);
+    ok = false;
+  }
+  // Float64 scores of random inputs do not tie: the classes must agree too.
+  if (ok && sizeof(T) == 8 && idx[1] != idx[0]) {
+    printf("FAIL %s indices differ from the CPU's\n", name.c_str());
+    ok = false;
+  }
+  if (!ok) ++g_failures;
+}
+
 // The numerics at the ends of the range (tests/numerics_test.ts has the full matrix).
 void numerics(lsm_context *cpu, lsm_context *gpu) {
   const shape s = {6, 5, 4};
@@ -455,6 +516,18 @@ int main(int argc, char **argv) {
         loss_case<double>(cpu, gpu, l.s, m, block, 0);
       }
     }
+  }
+  // Resident training: below and across a tile, k of 1, some, all classes and LSM_MAX_TOPK; class
+  // blocks of all classes and of k (the least top-k takes).
+  const struct {
+    shape s;
+    int64_t k, block;
+  } resident[] = {{{1, 1, 1}, 1, 1},     {{3, 5, 7}, 7, 3},          {{9, 17, 300}, 16, 16},
+                  {{130, 9, 131}, 1, 131}, {{4, 33, 260}, LSM_MAX_TOPK, 200}};
+  int r = 0;
+  for (const auto &c : resident) {
+    resident_case<float>(cpu, gpu, c.s, c.k, c.block, (r % 2) == 0);
+    resident_case<double>(cpu, gpu, c.s, c.k, c.block, (r++ % 2) == 1);
   }
   bad_label(gpu);
   numerics(cpu, gpu);

@@ -1,0 +1,78 @@
+// cpu_optim.cpp: the CPU side of resident training: the SGD update over W's memory, the sum of
+// the row losses, and top-k by blocks of classes (the CPU twins of optim_kernels.cuh).
+#include <math.h>
+#include <stdlib.h>
+
+#include "cpu_common.h"
+#include "optim.cuh"
+
+namespace {
+
+using namespace lsm_cpu;
+
+// The loop with the optimizer's flags as constants: no branch inside, so it vectorises.
+template <typename T, bool kMomentum, bool kNesterov, bool kFirst>
+void sgd_loop(int64_t b, int64_t e, const lsm_sgd &o, T *__restrict w, const T *__restrict g, T *__restrict v) {
+  T unused = T(0);
+  for (int64_t j = b; j < e; ++j)
+    lsm_sgd_element(o, kMomentum, kNesterov, kFirst, w + j, g[j], kMomentum ? v + j : &unused);
+}
+
+template <typename T>
+void sgd(int64_t count, const lsm_sgd &o, T *w, const T *g, T *v) {
+  // Element-wise and independent: a split across cores changes nothing in the results.
+  parallel_for(count, 4, [&](int64_t b, int64_t e) {
+    if (o.momentum == 0.0) return sgd_loop<T, false, false, false>(b, e, o, w, g, v);
+    if (o.nesterov) {
+      if (o.first) return sgd_loop<T, true, true, true>(b, e, o, w, g, v);
+      return sgd_loop<T, true, true, false>(b, e, o, w, g, v);
+    }
+    if (o.first) return sgd_loop<T, true, false, true>(b, e, o, w, g, v);
+    sgd_loop<T, true, false, false>(b, e, o, w, g, v);
+  });
+}
+
+// Scores of classes in blocks of the workspace, each row's k best kept in indices/scores.
+template <typename T>
+int32_t topk(lsm_context *ctx, int64_t n, int64_t d, int64_t c, int64_t k, const T *x, const T *w,
+             int32_t *indices, T *scores) {
+  const size_t per_class = (size_t)n * sizeof(T);
+  const int64_t block = std::max<int64_t>(1, std::min<int64_t>(c, (int64_t)(ctx->workspace_limit / per_class)));
+  void *ws = nullptr;
+  int32_t s = lsm_cpu_workspace(ctx, (size_t)block * per_class, &ws);
+  if (s != LSM_OK) return s;
+  T *buf = static_cast<T *>(ws);
+  std::vector<int> sizes((size_t)n, 0);
+  for (int64_t c0 = 0; c0 < c; c0 += block) {
+    const int64_t cb = std::min(block, c - c0);
+    gemm(CblasNoTrans, CblasTrans, (int)n, (int)cb, (int)d, x, (int)d, w + c0 * d, (int)d, buf, (int)cb);
+    parallel_for(n, cb, [&](int64_t i0, int64_t i1) {
+      for (int64_t i = i0; i < i1; ++i) {
+        const T *row = buf + i * cb;
+        for (int64_t j = 0; j < cb; ++j)
+          sizes[i] = lsm_topk_insert(scores + i * k, indices + i * k, sizes[i], (int)k, row[j], (int)(c0 + j));
+      }
+    });
+  }
+  return LSM_OK;
+}
+
+}  // namespace
+
+int32_t lsm_cpu_sgd(lsm_context *, int32_t dtype, int64_t count, const lsm_sgd &o, void *w, const void *g, void *v) {
+  if (dtype == LSM_FLOAT32) {
+    sgd<float>(count, o, static_cast<float *>(w), static_cast<const float *>(g), static_cast<float *>(v));
+  } else {
+    sgd<double>(count, o, static_cast<double *>(w), static_cast<const double *>(g), static_cast<double *>(v));
+  }
+  return LSM_OK;
+}
+
+int32_t lsm_cpu_topk(lsm_context *ctx, int32_t dtype, int64_t n, int64_t d, int64_t c, int64_t k, const void *x,
+                     const void *w, int32_t *indices, void *scores) {
+  if (dtype == LSM_FLOAT32)
+    return topk<float>(ctx, n, d, c, k, static_cast<const float *>(x), static_cast<const float *>(w), indices,
+                       static_cast<float *>(scores));
+  return topk<double>(ctx, n, d, c, k, static_cast<const double *>(x), static_cast<const double *>(w), indices,
+                      static_cast<double *>(scores));
+}

@@ -1,0 +1,84 @@
+// cuda_optim.cu: resident training on a CUDA device: the SGD update (one element-wise kernel over
+// W's memory), the sum of the row losses (one block, 8 bytes back), and top-k by blocks of
+// classes (x W_b^T into the workspace, then each row's k best kept in the outputs).
+#include <cuda_runtime.h>
+
+#include <algorithm>
+
+#include "cuda_common.cuh"
+#include "optim_kernels.cuh"
+
+namespace {
+
+using namespace lsm_cuda;
+
+template <typename T>
+int32_t sgd(lsm_context *ctx, int64_t count, const lsm_sgd &o, void *w, const void *g, void *v) {
+  constexpr int threads = 256;
+  LSM_LAUNCH(lsm_kernels::sgd_update<T>, blocks_for(count, threads), threads, ctx->cuda->stream, o, (int)count,
+             static_cast<T *>(w), static_cast<const T *>(g), o.momentum == 0.0 ? nullptr : static_cast<T *>(v));
+  LSM_CUDA_TRY(ctx, cudaGetLastError());
+  LSM_CUDA_TRY(ctx, cudaStreamSynchronize(ctx->cuda->stream));
+  return LSM_OK;
+}
+
+template <typename T>
+int32_t topk(lsm_context *ctx, int n, int d, int c, int k, const T *x, const T *w, int32_t *indices, T *scores) {
+  using namespace lsm_kernels;
+  // Blocks of at least k classes, so that the first one fills every row's list.
+  const int64_t fit = (int64_t)(ctx->workspace_limit / ((size_t)n * sizeof(T)));
+  const int block = (int)std::min<int64_t>(c, std::max<int64_t>(k, fit));
+  void *mem = nullptr;
+  int32_t st = workspace(ctx, (size_t)n * block * sizeof(T), &mem);
+  if (st != LSM_OK) return st;
+  T *z = static_cast<T *>(mem);
+  for (int c0 = 0; c0 < c; c0 += block) {
+    const int cb = std::min(block, c - c0);
+    gemm_args<T> a = {};  // z = x W_b^T
+    a.M = n, a.N = cb, a.K = d;
+    a.A = x, a.lda = d, a.vec_a = vectorizable<T>(x, d);
+    a.B = w + (int64_t)c0 * d, a.ldb = d, a.vec_b = vectorizable<T>(a.B, d);
+    a.C = z, a.vec_c = vectorizable<T>(z, cb);
+    launch_gemm<T, kNT>(ctx, a);
+    LSM_LAUNCH(topk_block<T>, (unsigned int)std::min(n, 65535), kTopkThreads, ctx->cuda->stream, z, n, cb, c0, k,
+               c0 == 0, indices, scores);
+  }
+  LSM_CUDA_TRY(ctx, cudaGetLastError());
+  LSM_CUDA_TRY(ctx, cudaStreamSynchronize(ctx->cuda->stream));
+  return LSM_OK;
+}
+
+}  // namespace
+
+int32_t lsm_cuda_sgd(lsm_context *ctx, int32_t dtype, int64_t count, const lsm_sgd &o, void *w, const void *g,
+                     void *v) {
+  const int32_t s = activate(ctx);
+  if (s != LSM_OK) return s;
+  return dtype == LSM_FLOAT32 ? sgd<float>(ctx, count, o, w, g, v) : sgd<double>(ctx, count, o, w, g, v);
+}
+
+int32_t lsm_cuda_sum(lsm_context *ctx, const double *values, int64_t count, double *out) {
+  int32_t s = activate(ctx);
+  if (s != LSM_OK) return s;
+  void *mem = nullptr;
+  if ((s = workspace(ctx, sizeof(double), &mem)) != LSM_OK) return s;
+  double *slot = static_cast<double *>(mem);
+  cudaStream_t stream = ctx->cuda->stream;
+  LSM_LAUNCH(lsm_kernels::sum_values, 1, lsm_kernels::kSumThreads, stream, values, (int)count, slot);
+  LSM_CUDA_TRY(ctx, cudaGetLastError());
+  LSM_CUDA_TRY(ctx, cudaMemcpyAsync(out, slot, sizeof(double), cudaMemcpyDeviceToHost, stream));
+  LSM_CUDA_TRY(ctx, cudaStreamSynchronize(stream));
+  ctx->traffic_from += sizeof(double);
+  return LSM_OK;
+}
+
+int32_t lsm_cuda_topk(lsm_context *ctx, int32_t dtype, int64_t n, int64_t d, int64_t c, int64_t k, const void *x,
+                      const void *w, int32_t *indices, void *scores) {
+  const int32_t s = activate(ctx);
+  if (s != LSM_OK) return s;
+  if (dtype == LSM_FLOAT32)
+    return topk<float>(ctx, (int)n, (int)d, (int)c, (int)k, static_cast<const float *>(x),
+                       static_cast<const float *>(w), indices, static_cast<float *>(scores));
+  return topk<double>(ctx, (int)n, (int)d, (int)c, (int)k, static_cast<const double *>(x),
+                      static_cast<const double *>(w), indices, static_cast<double *>(scores));
+}
