@@ -552,10 +552,13 @@ int32_t lsm_topk(lsm_context *ctx, int32_t dtype, int64_t n, int64_t d, int64_t 
       return s;
     if ((const void *)indices == scores)
       return lsm_fail(ctx, LSM_ERR_INVALID_ARGUMENT, "scores: expected memory apart from indices, got the same pointer");
-    // The score of a class: the plain logit for L-Softmax. Kinds that normalise (a cosine score)
-    // decide here, in this one place.
-    return ctx->backend == LSM_BACKEND_CUDA ? lsm_cuda_topk(ctx, dtype, n, d, c, k, x, w, indices, scores)
-                                            : lsm_cpu_topk(ctx, dtype, n, d, c, k, x, w, indices, scores);
+    // The score of a class is its plain logit with the kind's normalisations and no margin: x.w_j
+    // for L-Softmax, |x| cos t_j for A-Softmax, cos t_j for the normalised kinds (scale 1, so a
+    // score is a cosine whatever s is).
+    lsm_margin unit = m;
+    unit.scale = 1.0;
+    return ctx->backend == LSM_BACKEND_CUDA ? lsm_cuda_topk(ctx, dtype, n, d, c, unit, k, x, w, indices, scores)
+                                            : lsm_cpu_topk(ctx, dtype, n, d, c, unit, k, x, w, indices, scores);
   });
 }
 

@@ -34,8 +34,9 @@ void sgd(int64_t count, const lsm_sgd &o, T *w, const T *g, T *v) {
 
 // Scores of classes in blocks of the workspace, each row's k best kept in indices/scores.
 template <typename T>
-int32_t topk(lsm_context *ctx, int64_t n, int64_t d, int64_t c, int64_t k, const T *x, const T *w,
-             int32_t *indices, T *scores) {
+int32_t topk(lsm_context *ctx, int64_t n, int64_t d, int64_t c, const lsm_margin &mg, int64_t k, const T *x,
+             const T *w, int32_t *indices, T *scores) {
+  const product_inputs<T> in(ctx, x, w, n, c, d, mg);  // normalised rows where the kind has them
   const size_t per_class = (size_t)n * sizeof(T);
   const int64_t block = std::max<int64_t>(1, std::min<int64_t>(c, (int64_t)(ctx->workspace_limit / per_class)));
   void *ws = nullptr;
@@ -45,7 +46,7 @@ int32_t topk(lsm_context *ctx, int64_t n, int64_t d, int64_t c, int64_t k, const
   std::vector<int> sizes((size_t)n, 0);
   for (int64_t c0 = 0; c0 < c; c0 += block) {
     const int64_t cb = std::min(block, c - c0);
-    gemm(CblasNoTrans, CblasTrans, (int)n, (int)cb, (int)d, x, (int)d, w + c0 * d, (int)d, buf, (int)cb);
+    gemm(CblasNoTrans, CblasTrans, (int)n, (int)cb, (int)d, in.x, (int)d, in.w + c0 * d, (int)d, buf, (int)cb);
     parallel_for(n, cb, [&](int64_t i0, int64_t i1) {
       for (int64_t i = i0; i < i1; ++i) {
         const T *row = buf + i * cb;
@@ -68,11 +69,11 @@ int32_t lsm_cpu_sgd(lsm_context *, int32_t dtype, int64_t count, const lsm_sgd &
   return LSM_OK;
 }
 
-int32_t lsm_cpu_topk(lsm_context *ctx, int32_t dtype, int64_t n, int64_t d, int64_t c, int64_t k, const void *x,
+int32_t lsm_cpu_topk(lsm_context *ctx, int32_t dtype, int64_t n, int64_t d, int64_t c, const lsm_margin &mg, int64_t k, const void *x,
                      const void *w, int32_t *indices, void *scores) {
   if (dtype == LSM_FLOAT32)
-    return topk<float>(ctx, n, d, c, k, static_cast<const float *>(x), static_cast<const float *>(w), indices,
+    return topk<float>(ctx, n, d, c, mg, k, static_cast<const float *>(x), static_cast<const float *>(w), indices,
                        static_cast<float *>(scores));
-  return topk<double>(ctx, n, d, c, k, static_cast<const double *>(x), static_cast<const double *>(w), indices,
+  return topk<double>(ctx, n, d, c, mg, k, static_cast<const double *>(x), static_cast<const double *>(w), indices,
                       static_cast<double *>(scores));
 }

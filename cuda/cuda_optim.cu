@@ -23,21 +23,24 @@ int32_t sgd(lsm_context *ctx, int64_t count, const lsm_sgd &o, void *w, const vo
 }
 
 template <typename T>
-int32_t topk(lsm_context *ctx, int n, int d, int c, int k, const T *x, const T *w, int32_t *indices, T *scores) {
+int32_t topk(lsm_context *ctx, int n, int d, int c, const lsm_margin &mg, int k, const T *x, const T *w,
+             int32_t *indices, T *scores) {
   using namespace lsm_kernels;
   // Blocks of at least k classes, so that the first one fills every row's list.
   const int64_t fit = (int64_t)(ctx->workspace_limit / ((size_t)n * sizeof(T)));
   const int block = (int)std::min<int64_t>(c, std::max<int64_t>(k, fit));
   void *mem = nullptr;
-  int32_t st = workspace(ctx, (size_t)n * block * sizeof(T), &mem);
+  const size_t inputs = inputs_bytes<T>(mg, n, d, c);  // normalised rows where the kind has them
+  int32_t st = workspace(ctx, inputs + (size_t)n * block * sizeof(T), &mem);
   if (st != LSM_OK) return st;
-  T *z = static_cast<T *>(mem);
+  const device_inputs<T> in = normalise_inputs<T>(ctx, mg, x, w, n, d, c, static_cast<char *>(mem));
+  T *z = reinterpret_cast<T *>(static_cast<char *>(mem) + inputs);
   for (int c0 = 0; c0 < c; c0 += block) {
     const int cb = std::min(block, c - c0);
     gemm_args<T> a = {};  // z = x W_b^T
     a.M = n, a.N = cb, a.K = d;
-    a.A = x, a.lda = d, a.vec_a = vectorizable<T>(x, d);
-    a.B = w + (int64_t)c0 * d, a.ldb = d, a.vec_b = vectorizable<T>(a.B, d);
+    a.A = in.x, a.lda = d, a.vec_a = vectorizable<T>(in.x, d);
+    a.B = in.w + (int64_t)c0 * d, a.ldb = d, a.vec_b = vectorizable<T>(a.B, d);
     a.C = z, a.vec_c = vectorizable<T>(z, cb);
     launch_gemm<T, kNT>(ctx, a);
     LSM_LAUNCH(topk_block<T>, (unsigned int)std::min(n, 65535), kTopkThreads, ctx->cuda->stream, z, n, cb, c0, k,
@@ -72,13 +75,13 @@ int32_t lsm_cuda_sum(lsm_context *ctx, const double *values, int64_t count, doub
   return LSM_OK;
 }
 
-int32_t lsm_cuda_topk(lsm_context *ctx, int32_t dtype, int64_t n, int64_t d, int64_t c, int64_t k, const void *x,
+int32_t lsm_cuda_topk(lsm_context *ctx, int32_t dtype, int64_t n, int64_t d, int64_t c, const lsm_margin &mg, int64_t k, const void *x,
                       const void *w, int32_t *indices, void *scores) {
   const int32_t s = activate(ctx);
   if (s != LSM_OK) return s;
   if (dtype == LSM_FLOAT32)
-    return topk<float>(ctx, (int)n, (int)d, (int)c, (int)k, static_cast<const float *>(x),
+    return topk<float>(ctx, (int)n, (int)d, (int)c, mg, (int)k, static_cast<const float *>(x),
                        static_cast<const float *>(w), indices, static_cast<float *>(scores));
-  return topk<double>(ctx, (int)n, (int)d, (int)c, (int)k, static_cast<const double *>(x),
+  return topk<double>(ctx, (int)n, (int)d, (int)c, mg, (int)k, static_cast<const double *>(x),
                       static_cast<const double *>(w), indices, static_cast<double *>(scores));
 }

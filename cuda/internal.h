@@ -69,7 +69,7 @@ int32_t lsm_cpu_loss(lsm_context *ctx, const lsm_loss_problem &p);
 int32_t lsm_cpu_workspace(lsm_context *ctx, size_t bytes, void **out);
 // Resident training (cpu_optim.cpp): arguments checked by api.cpp.
 int32_t lsm_cpu_sgd(lsm_context *ctx, int32_t dtype, int64_t count, const lsm_sgd &o, void *w, const void *g, void *v);
-int32_t lsm_cpu_topk(lsm_context *ctx, int32_t dtype, int64_t n, int64_t d, int64_t c, int64_t k, const void *x,
+int32_t lsm_cpu_topk(lsm_context *ctx, int32_t dtype, int64_t n, int64_t d, int64_t c, const lsm_margin &mg, int64_t k, const void *x,
                      const void *w, int32_t *indices, void *scores);
 
 // CUDA backend (cuda_backend.cu). Every function returns a status and, on failure, has called
@@ -90,7 +90,7 @@ int32_t lsm_cuda_loss(lsm_context *ctx, const lsm_loss_problem &p);
 // Resident training (cuda_optim.cu).
 int32_t lsm_cuda_sgd(lsm_context *ctx, int32_t dtype, int64_t count, const lsm_sgd &o, void *w, const void *g, void *v);
 int32_t lsm_cuda_sum(lsm_context *ctx, const double *values, int64_t count, double *out);
-int32_t lsm_cuda_topk(lsm_context *ctx, int32_t dtype, int64_t n, int64_t d, int64_t c, int64_t k, const void *x,
+int32_t lsm_cuda_topk(lsm_context *ctx, int32_t dtype, int64_t n, int64_t d, int64_t c, const lsm_margin &mg, int64_t k, const void *x,
                       const void *w, int32_t *indices, void *scores);
 
 #endif  // LSOFTMAX_INTERNAL_H

@@ -624,7 +624,7 @@ export class MarginHead {
   }
 
   /**
-   * The loss (no update) and the accuracy of the plain logits' best class.
+   * The loss (no update) and the accuracy of the best class by {@link MarginHead.predict}'s score.
    *
    * @param x Features, N·D elements of the head's dtype.
    * @param labels The N class indices.
@@ -666,8 +666,9 @@ export class MarginHead {
   }
 
   /**
-   * The k best classes of each sample by the plain logits x·Wᵀ, best first (equal scores by
-   * lower class), without an N×C buffer.
+   * The k best classes of each sample, best first (equal scores by lower class), without an N×C
+   * buffer. The score is the logit without the margin: x·w_j (L-Softmax), |x| cos θ_j (A-Softmax),
+   * cos θ_j (CosFace, ArcFace, combined: a cosine whatever the scale).
    *
    * @param x Features, N·D elements of the head's dtype.
    * @param options `k`: how many classes per sample, 1 to min(C, 128); 1 by default.

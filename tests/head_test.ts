@@ -288,6 +288,48 @@ for (const backend of ["cpu", "cuda"] as TestBackend[]) {
     }
   });
 
+  test("predict by kind: cosines for the normalised kinds, |x| cos for A-Softmax", () => {
+    const rng = new Rng(1306);
+    const [n, d, c, k] = [4, 5, 40, 6];
+    const x = randomArray(rng, n * d), w = randomArray(rng, c * d);
+    for (let q = 0; q < d; q++) w[7 * d + q] *= 50; // a long row: first by x·w, not by angle
+    const norm = (a: Float64Array, r: number) => Math.hypot(...a.subarray(r * d, (r + 1) * d));
+    const kinds = [
+      { kind: "asoftmax", margin: 2, lambda: 0, byNorm: true },
+      { kind: "cosface", scale: 30, margin: 0.3, byNorm: false },
+      { kind: "arcface", scale: 64, margin: 0.5, byNorm: false },
+      { kind: "combined", scale: 16, m1: 1, m2: 0.3, m3: 0.1, byNorm: false },
+    ] as const;
+    for (const { byNorm, ...margin } of kinds) {
+      using head = new MarginHead({
+        classes: c,
+        features: d,
+        dtype: "float64",
+        ...margin,
+        backend,
+        weights: w,
+      });
+      const { indices, scores } = head.predict(x, { k });
+      for (let i = 0; i < n; i++) {
+        // Written from the definition: the cosine of x_i and w_j, times |x_i| for A-Softmax.
+        const cos = Array.from({ length: c }, (_, j) => {
+          let dot = 0;
+          for (let q = 0; q < d; q++) dot += x[i * d + q] * w[j * d + q];
+          return dot / (norm(x, i) * norm(w, j)) * (byNorm ? norm(x, i) : 1);
+        });
+        const order = cos.map((v, j) => [v, j]).sort((a, b) => b[0] - a[0] || a[1] - b[1]);
+        assert.deepEqual(
+          Array.from(indices.subarray(i * k, (i + 1) * k)),
+          order.slice(0, k).map((e) => e[1]),
+          `${margin.kind} row ${i}`,
+        );
+        for (let q = 0; q < k; q++) {
+          assert.ok(Math.abs(scores[i * k + q] - order[q][0]) <= 1e-12, `${margin.kind} score`);
+        }
+      }
+    }
+  });
+
   test("evaluate: the loss without an update, and the accuracy of the best class", () => {
     const rng = new Rng(1306);
     const n = 12, d = 4, c = 5, w = randomArray(rng, c * d);
