@@ -7,7 +7,9 @@
  * memory; TensorFlow.js tensors are float32).
  *
  * The options pass to the library's {@link loss} (or to the {@link LargeMarginSoftmax} layer)
- * unchanged: every margin kind the library accepts works here as is.
+ * unchanged: every margin kind the library accepts works here as is. {@link MarginLoss} carries
+ * the λ schedule; {@link headLoss} keeps the class weights in a {@link MarginHead}, where they
+ * train on the device and only the features' gradient comes back to tfjs.
  *
  * @example
  * ```ts
@@ -31,6 +33,7 @@ import {
   type LayerOptions,
   loss,
   type LossOptions,
+  MarginHead,
   type Reduction,
 } from "./mod.ts";
 import { describe } from "./ffi/arrays.ts";
@@ -188,6 +191,63 @@ export class MarginLoss implements Disposable {
   }
 }
 
+/**
+ * The loss of a {@link MarginHead} as a scalar tensor: the class weights stay in the head (on its
+ * device) and each call is one training step of it (the fused loss, then SGD on W where W lives);
+ * the gradient flows back to `features` alone, so the network that made them trains with any tfjs
+ * optimizer while W trains on the device. The head must be float32 (tfjs tensors are).
+ *
+ * @param head The head: its classes, features, margin and optimizer.
+ * @param features The features, a float32 tensor [N, D] with D = `head.features`.
+ * @param labels The N class indices, each in [0, head.classes).
+ * @param options `lr`: this step's learning rate instead of the head's.
+ * @returns The step's loss (mean over samples), a float32 scalar.
+ *
+ * @example
+ * ```ts
+ * import * as tf from "@tensorflow/tfjs";
+ * import { MarginHead } from "./mod.ts";
+ * import { headLoss } from "./tfjs.ts";
+ * using head = new MarginHead({ classes: 3, features: 2, margin: 2, lambda: 1, backend: "cpu" });
+ * const net = tf.sequential({ layers: [tf.layers.dense({ inputShape: [4], units: 2 })] });
+ * const inputs = tf.randomNormal([8, 4]);
+ * const labels = new Int32Array([0, 1, 2, 0, 1, 2, 0, 1]);
+ * tf.train.adam(0.01).minimize(() => headLoss(head, net.apply(inputs) as tf.Tensor2D, labels));
+ * ```
+ */
+export function headLoss(
+  head: MarginHead,
+  features: Tensor,
+  labels: Labels,
+  options: { lr?: number } = {},
+): Scalar {
+  if (!(head instanceof MarginHead)) {
+    throw new TypeError(`head: expected a MarginHead, got ${describe(head)}`);
+  }
+  if (head.dtype !== "float32") {
+    throw new TypeError(
+      `head: expected a float32 head (tfjs tensors are float32), got ${head.dtype}`,
+    );
+  }
+  checkFloat2d("features", features);
+  if (features.shape[1] !== head.features) {
+    throw new RangeError(
+      `features: expected a shape [N, ${head.features}] (the head's features), got ` +
+        `[${features.shape.join(", ")}]`,
+    );
+  }
+  const y = checkLabels(labels, features.shape[0]);
+  const f = tf.customGrad((...inputs: (tf.Tensor | tf.GradSaveFunc)[]) => {
+    const x = inputs[0] as tf.Tensor;
+    const r = head.step(x.dataSync() as Float32Array, y, options);
+    return {
+      value: tf.scalar(r.loss, "float32"),
+      gradFunc: (dy: tf.Tensor) => [tf.mul(tf.tensor(r.gradX, x.shape, "float32"), dy)],
+    };
+  });
+  return f(features) as tf.Scalar;
+}
+
 type Fused = (x: Float32Array, w: Float32Array) => {
   loss: number;
   gradX?: FloatArray;
@@ -226,6 +286,10 @@ function checkTensors(features: tf.Tensor, weights: tf.Tensor, labels: Labels) {
         `[${weights.shape.join(", ")}]`,
     );
   }
+  return { d, y: checkLabels(labels, n) };
+}
+
+function checkLabels(labels: Labels, n: number): Int32Array {
   let y: Int32Array;
   if (labels instanceof Int32Array) y = labels;
   else if (labels instanceof tf.Tensor) {
@@ -244,7 +308,7 @@ function checkTensors(features: tf.Tensor, weights: tf.Tensor, labels: Labels) {
   if (y.length !== n) {
     throw new RangeError(`labels: expected ${n} labels (one per feature row), got ${y.length}`);
   }
-  return { d, y };
+  return y;
 }
 
 function checkFloat2d(name: string, t: unknown): void {

@@ -58,9 +58,12 @@ const RUNS: Run[] = [
   { name: "L-Softmax m = 2", file: "lsoftmax_m2", layer: { margin: 2, ...SCHEDULE } },
   { name: "L-Softmax m = 3", file: "lsoftmax_m3", layer: { margin: 3, ...SCHEDULE } },
   { name: "L-Softmax m = 4", file: "lsoftmax_m4", layer: { margin: 4, ...SCHEDULE } },
-  // With the margin kinds of issue 12, ArcFace is one more line:
-  // { name: "ArcFace", file: "arcface", loss: { kind: "arcface", scale: 16, margin: 0.5 },
-  //   predict: "cosine" },
+  {
+    name: "ArcFace",
+    file: "arcface",
+    loss: { kind: "arcface", scale: 16, margin: 0.5 },
+    predict: "cosine",
+  },
 ];
 
 interface Args {

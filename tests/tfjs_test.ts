@@ -6,8 +6,8 @@
 import assert from "node:assert/strict";
 import * as tf from "@tensorflow/tfjs";
 import "@tensorflow/tfjs-backend-wasm";
-import { lambdaAt } from "../mod.ts";
-import { MarginLoss, marginLoss } from "../tfjs.ts";
+import { lambdaAt, MarginHead } from "../mod.ts";
+import { headLoss, MarginLoss, marginLoss } from "../tfjs.ts";
 import { Rng } from "./helpers.ts";
 
 const BACKENDS = ["cpu", "wasm"] as const;
@@ -73,6 +73,38 @@ async function onBackend(name: string, body: () => void | Promise<void>): Promis
 }
 
 for (const backend of BACKENDS) {
+  Deno.test(
+    `tfjs ${backend}: headLoss is a step of the head: marginLoss's value and dL/dx, W updated by SGD`,
+    opts,
+    () =>
+      onBackend(backend, () => {
+        const rng = new Rng(15);
+        const [n, d, c] = [6, 3, 5];
+        const x = randomTensor(rng, [n, d]), w = randomTensor(rng, [c, d]);
+        const labels = randomLabels(rng, n, c);
+        const margin = { kind: "arcface", scale: 8, margin: 0.3 } as const;
+        using head = new MarginHead({
+          classes: c,
+          features: d,
+          ...margin,
+          backend: "cpu",
+          weights: w.dataSync() as Float32Array,
+          optimizer: { lr: 0.5 },
+        });
+        const want = tf.valueAndGrads((a: tf.Tensor, b: tf.Tensor) =>
+          marginLoss(a, b, labels, { ...margin, backend: "cpu" })
+        )([x, w]);
+        const got = tf.valueAndGrad((a: tf.Tensor) => headLoss(head, a, labels))(x);
+        assert.ok(maxRelative(got.value, want.value) < 1e-6, "loss");
+        assert.ok(maxRelative(got.grad, want.grads[0]) < 1e-6, "dL/dx");
+        const stepped = tf.sub(w, tf.mul(want.grads[1], 0.5));
+        const after = tf.tensor2d(head.weights() as Float32Array, [c, d]);
+        assert.ok(maxRelative(after, stepped) < 1e-6, "W");
+        assert.equal(head.iteration, 1);
+        assert.throws(() => headLoss(head, tf.zeros([2, 4]), new Int32Array(2)), /features/);
+      }),
+  );
+
   Deno.test(
     `tfjs ${backend}: values and gradients equal the loss composed from tf ops`,
     opts,
