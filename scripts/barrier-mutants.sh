@@ -18,10 +18,21 @@ HOST_OBJ=${HOST_OBJ:-$BUILD/obj/api.o $BUILD/obj/cpu_backend.o $BUILD/obj/cpu_lo
 CUDA_SRC=${CUDA_SRC:-cuda_backend cuda_loss cuda_optim}
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
-tests=(${MUTANT_TESTS:-tests/cuda_test.ts tests/tf32_test.ts tests/gradient_test.ts tests/loss_test.ts tests/margins_test.ts tests/head_test.ts})
+# The CUDA-path tests: all of them for the unmutated kernels, and for a mutant those of its header
+# (each header's kernels run in its tests; MUTANT_TESTS overrides both).
+all_tests="tests/cuda_test.ts tests/tf32_test.ts tests/gradient_test.ts tests/loss_test.ts tests/margins_test.ts tests/head_test.ts"
+tests_of() {
+  if [ -n "${MUTANT_TESTS:-}" ]; then echo "$MUTANT_TESTS"; return; fi
+  case $1 in
+    cuda/gemm_kernels.cuh) echo "tests/cuda_test.ts tests/tf32_test.ts tests/loss_test.ts" ;;
+    cuda/loss_kernels.cuh) echo "tests/loss_test.ts tests/margins_test.ts" ;;
+    cuda/optim_kernels.cuh) echo "tests/head_test.ts" ;;
+    *) echo "tests/cuda_test.ts tests/gradient_test.ts tests/margins_test.ts tests/loss_test.ts" ;;
+  esac
+}
 
-# Builds the emulated library from the kernels in $work/cuda and runs the tests on it: status 0
-# when they pass, 1 when they fail. A build that fails stops the script: that is no catch.
+# Builds the emulated library from the kernels in $work/cuda and runs the tests given on it:
+# status 0 when they pass, 1 when they fail. A build that fails stops the script: that is no catch.
 build_and_test() {
   local objs=()
   for src in $CUDA_SRC; do
@@ -39,12 +50,13 @@ build_and_test() {
     exit 1
   fi
   LSOFTMAX_LIB="$work/lib.so" "$DENO" test --allow-ffi --allow-env --allow-read --allow-run \
-    --no-check "${tests[@]}" >"$work/log" 2>&1
+    --no-check "$@" >"$work/log" 2>&1
 }
 
 # The unmutated kernels first: a mutant "caught" by tests that fail anyway proves nothing.
 cp -r cuda "$work/cuda"
-if ! build_and_test; then
+# shellcheck disable=SC2086 # lists of paths
+if ! build_and_test ${MUTANT_TESTS:-$all_tests}; then
   echo "barrier mutants: the tests fail without any mutation; not run" >&2
   tail -n 30 "$work/log" >&2
   exit 1
@@ -65,7 +77,8 @@ for header in ${MUTANT_HEADERS:-cuda/target_kernels.cuh cuda/loss_kernels.cuh cu
       total=$((total - 1))
       continue
     fi
-    if build_and_test; then
+    # shellcheck disable=SC2086 # a list of paths
+    if build_and_test $(tests_of "$header"); then
       echo "SURVIVED  $what"
       survived=$((survived + 1))
     else
