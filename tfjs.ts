@@ -45,12 +45,18 @@ export type {
   LambdaSchedule,
   LargeMarginSoftmax,
   LayerOptions,
+  FloatDType,
+  HeadOptions,
+  HeadState,
   LossOptions,
+  MarginHead,
   MarginKind,
   MarginOptions,
   OpOptions,
   Precision,
   Reduction,
+  SgdOptions,
+  StepResult,
 } from "./mod.ts";
 
 /** A TensorFlow.js tensor (`tf.Tensor` of `@tensorflow/tfjs`). */
