@@ -16,7 +16,7 @@ CXX        ?= g++
 CUDA_ARCHS ?= 75 80 86 89 90 100 120
 CUDA_PTX   ?= 120
 DENO       ?= scripts/deno
-DENO_TEST_FLAGS := --allow-ffi --allow-env --allow-read --allow-net --allow-run
+DENO_TEST_FLAGS := --allow-ffi --allow-env --allow-read --allow-net --allow-run --v8-flags=--expose-gc
 BUILD      ?= build
 
 comma    := ,
@@ -92,7 +92,7 @@ check: setup-host
 # The suite on the real library (its CUDA tests skip without a GPU), then again on the CPU
 # execution layer, where they run the CUDA kernels (mk/emu.mk).
 test: setup $(LIB) check
-	$(DENO) test $(DENO_TEST_FLAGS) tests/
+	DENO=$(DENO) SUITE_LABEL=test scripts/test-suite.sh $(DENO_TEST_FLAGS) tests/
 	$(MAKE) --no-print-directory test-emu
 
 bench: setup $(LIB)

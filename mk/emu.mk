@@ -24,7 +24,7 @@ SAN_FLAGS   := -std=c++17 -O1 -g -fno-omit-frame-pointer -fsanitize=address,unde
 SAN_ENV     := ASAN_OPTIONS=detect_stack_use_after_return=0:detect_leaks=1:abort_on_error=0 \
                UBSAN_OPTIONS=print_stacktrace=1 OPENBLAS_NUM_THREADS=1
 # The Deno flags of the suite: the Makefile's DENO_TEST_FLAGS where it defines them.
-EMU_TEST_FLAGS ?= $(or $(DENO_TEST_FLAGS),--allow-ffi --allow-env --allow-read --allow-net)
+EMU_TEST_FLAGS ?= $(or $(DENO_TEST_FLAGS),--allow-ffi --allow-env --allow-read --allow-net --allow-run --v8-flags=--expose-gc)
 EMU_CUDA_OBJ := $(addprefix $(EMU_BUILD)/,$(addsuffix .o,$(CUDA_SRC)))
 EMU_SAN_OBJ := $(addprefix $(EMU_BUILD)/san/,api.o cpu_backend.o cpu_loss.o cpu_optim.o cpu_rows.o $(addsuffix .o,$(CUDA_SRC)) emu_runtime.o)
 
@@ -84,20 +84,11 @@ sanitize-emu: $(EMU_BUILD)/san/sanitize_driver $(EMU_BUILD)/san/planted $(EMU_BU
 	  echo "sanitize-emu: the planted $${fault%%:*} fault in a kernel was caught ($${fault#*:})"; \
 	done
 
-# The Deno suite against the emulated CUDA backend. The library appends "kernel count" lines to
-# LSM_EMU_LAUNCH_LOG at exit; no launches at all means the CUDA path was never reached.
+# The Deno suite against the emulated CUDA backend; scripts/test-suite.sh ends with the kernel
+# launches the library logged at exit (none at all means the CUDA path was never reached).
 test-emu: planted-emu sanitize-emu $(EMU_LIB)
-	@log=$(abspath $(EMU_BUILD))/launches.log; rm -f $$log; \
-	LSM_EMU_LAUNCH_LOG=$$log LSOFTMAX_LIB=$(abspath $(EMU_LIB)) \
-	  $(DENO) test $(EMU_TEST_FLAGS) tests/; status=$$?; \
-	echo "test-emu: kernel launches on the emulated CUDA backend:"; \
-	if [ -s $$log ]; then \
-	  awk '{ n[$$1] += $$2 } END { for (k in n) printf "  %-28s %d\n", k, n[k] }' $$log | sort; \
-	  awk '{ t += $$2 } END { printf "  %-28s %d\n", "total", t }' $$log; \
-	else \
-	  echo "  none: the tests never reached the CUDA backend" >&2; [ $$status -ne 0 ] || status=1; \
-	fi; \
-	exit $$status
+	LSM_EMU_LAUNCH_LOG=$(abspath $(EMU_BUILD))/launches.log LSOFTMAX_LIB=$(abspath $(EMU_LIB)) \
+	  DENO=$(DENO) SUITE_LABEL=test-emu scripts/test-suite.sh $(EMU_TEST_FLAGS) tests/
 	$(MAKE) --no-print-directory mutants-emu
 
 # Each barrier of the kernels removed in turn must fail the CUDA-path tests (about a minute).
