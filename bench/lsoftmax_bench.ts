@@ -100,16 +100,7 @@ for (const [n, d, c] of shapes) {
     }),
   });
   // The head: the loss, dW and the SGD update where W lives, dx back.
-  const head = new MarginHead({
-    classes: c,
-    features: d,
-    margin: MARGIN,
-    lambda: LAMBDA,
-    backend,
-    precision: precision(),
-    weights: w,
-    optimizer: { lr: 1e-3, momentum: 0.9 },
-  });
+  const head = benchHead(c, d, { weights: w });
   Deno.bench({
     name: `MarginHead step [${group}]`,
     group,
@@ -163,21 +154,30 @@ function precision(): "exact" | "tf32" {
   return env("LSOFTMAX_PRECISION") === "tf32" ? "tf32" : "exact";
 }
 
-// Steps per second of a head at a million classes (the GFLOP/s report gives the rate).
-if (backend.startsWith("cuda") || env("LSOFTMAX_BENCH_MILLION") === "1") {
-  const [n, d, c] = [512, 256, 1_000_000];
-  const group = `${backend} N=${n} D=${d} C=${c} head`;
-  const x = random(n * d, 1), labels = Int32Array.from({ length: n }, (_, i) => (i * 7919) % c);
-  const head = new MarginHead({
+// The benchmarks' head: the bench's margin and backend, SGD with momentum, W given or seeded.
+function benchHead(
+  c: number,
+  d: number,
+  init: { weights: Float32Array } | { seed: number },
+): MarginHead {
+  return new MarginHead({
     classes: c,
     features: d,
     margin: MARGIN,
     lambda: LAMBDA,
     backend,
     precision: precision(),
-    seed: 1,
     optimizer: { lr: 1e-3, momentum: 0.9 },
+    ...init,
   });
+}
+
+// Steps per second of a head at a million classes (the GFLOP/s report gives the rate).
+if (backend.startsWith("cuda") || env("LSOFTMAX_BENCH_MILLION") === "1") {
+  const [n, d, c] = [512, 256, 1_000_000];
+  const group = `${backend} N=${n} D=${d} C=${c} head`;
+  const x = random(n * d, 1), labels = Int32Array.from({ length: n }, (_, i) => (i * 7919) % c);
+  const head = benchHead(c, d, { seed: 1 });
   Deno.bench({
     name: `MarginHead step [${group}]`,
     group,

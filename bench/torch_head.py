@@ -31,7 +31,7 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import torch_compare as tc  # noqa: E402
-from torch_loss import LsmLossArgs, bind_loss, parse_args  # noqa: E402
+from torch_loss import LsmLossArgs, bind_loss, finish, open_bench, use_precision  # noqa: E402
 
 SHAPES = [(256, 512, 10000), (512, 512, 100000), (512, 256, 1000000)]
 LR, MOMENTUM, STEPS = 1e-3, 0.9, 3
@@ -106,45 +106,18 @@ def numpy_head(np, w, batches):
 
 
 def main(argv=None):
-    args, cuda, shapes, reps = parse_args(argv, __doc__, SHAPES)
-
-    def say(*a):
-        print(*a, flush=True)
-
-    torch = np = None
-    try:
-        import torch  # noqa: F811
-        import torch.nn.functional as F
-    except Exception as e:
-        torch = None
-        if cuda:  # ours alone on the CUDA backend (the emulated one too), against numpy
-            say("no torch (import torch: %s): ours against the numpy head only" % e)
-    if cuda and torch is not None and not torch.cuda.is_available():
-        say("skipped: no CUDA device")
-        return 0
-    if torch is None or not cuda:
-        try:
-            import numpy as np  # noqa: F811
-        except Exception as e:
-            say("skipped: neither torch nor numpy (import numpy: %s)" % e)
-            return 0
-    lib = tc.Library(args.lib)
-    if lib.lsm_abi_version() != tc.ABI_VERSION:
-        say("error: ABI version %d, this script speaks %d" % (lib.lsm_abi_version(), tc.ABI_VERSION))
-        return 1
-    fns = bind(lib)
-    ctx = tc.Context(lib, tc.LSM_BACKEND_CUDA if cuda else tc.LSM_BACKEND_CPU, 0)
-    precisions = ["exact"]
-    if cuda and torch is not None and torch.cuda.get_device_capability(0) >= (8, 0):
-        precisions.append("tf32")
-    host = tc.Host("torch" if torch and cuda else "numpy", torch, np)
+    b = open_bench(argv, __doc__, SHAPES, numpy_without_torch=True)
+    if isinstance(b, int):
+        return b
+    cuda, shapes, reps, say = b.cuda, b.shapes, b.reps, b.say
+    torch, F, np, ctx, precisions, host = b.torch, b.F, b.np, b.ctx, b.precisions, b.host
+    fns = bind(b.lib)
     failed, lines = False, []
     try:
         for (n, d, c) in shapes:
             x, w, labels, _ = host.inputs(n, d, c, seed=11 + n + c)
             for precision in precisions:
-                ctx.check(ctx.set_precision(tc.LSM_PRECISION_TF32 if precision == "tf32" else tc.LSM_PRECISION_EXACT),
-                          "lsm_context_set_precision")
+                use_precision(ctx, precision)
                 # Agreement at margin 1, from the same W, over STEPS steps of the same batch.
                 ours = OurHead(ctx, fns, host, w, n, d, c)
                 for _ in range(STEPS):
@@ -199,19 +172,13 @@ def main(argv=None):
         failed = True
     finally:
         ctx.destroy()
-    table = "\n".join([
-        "| shape (N, D, C) | precision | ours m=1 ms (steps/s) | ours m=%d ms (steps/s) | torch head ms (steps/s) "
-        "| ours m=1 / torch | rel err after %d steps: loss, W |" % (tc.MARGIN, STEPS),
-        "|---|---|---|---|---|---|---|"] + lines)
     note = ("Median wall-clock of one training step (x and labels in, loss, grad W, SGD momentum %g, grad x out), "
             "float32, %d reps; ours: MarginHead's native sequence; torch: nn.Linear(bias=False), "
             "F.cross_entropy, optim.SGD." % (MOMENTUM, reps))
-    say("")
-    say(table)
-    say(note)
-    if args.out:
-        with open(args.out, "w") as f:
-            f.write(table + "\n\n" + note + "\n")
+    finish(b, [
+        "| shape (N, D, C) | precision | ours m=1 ms (steps/s) | ours m=%d ms (steps/s) | torch head ms (steps/s) "
+        "| ours m=1 / torch | rel err after %d steps: loss, W |" % (tc.MARGIN, STEPS),
+        "|---|---|---|---|---|---|---|"], lines, note)
     return 1 if failed else 0
 
 

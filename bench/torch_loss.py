@@ -78,35 +78,74 @@ def parse_args(argv, doc, default_shapes):
     return args, cuda, shapes, args.reps or (10 if cuda else 2)
 
 
-def main(argv=None):
-    args, cuda, shapes, reps = parse_args(argv, __doc__, SHAPES)
+def open_bench(argv, doc, default_shapes, numpy_without_torch):
+    """The set-up this script and bench/torch_head.py share: options, torch or numpy, the library
+    (its ABI checked), a context on the backend, the precisions to run and the host arrays.
+    Returns a namespace, or an exit status where the run cannot go on. On the CUDA backend without
+    torch, numpy_without_torch checks ours against numpy alone; else the run is skipped."""
+    args, cuda, shapes, reps = parse_args(argv, doc, default_shapes)
 
     def say(*a):
         print(*a, flush=True)
 
-    torch = np = None
+    torch = F = np = None
     try:
-        import torch  # noqa: F811
+        import torch
         import torch.nn.functional as F
     except Exception as e:
-        if cuda:
+        torch = None
+        if cuda and not numpy_without_torch:
             say("skipped: no torch (import torch: %s)" % e)
             return 0
-    if cuda and not torch.cuda.is_available():
+        if cuda:  # ours alone on the CUDA backend (the emulated one too), against numpy
+            say("no torch (import torch: %s): ours against numpy only" % e)
+    if cuda and torch is not None and not torch.cuda.is_available():
         say("skipped: no CUDA device")
         return 0
-    if not cuda:
-        import numpy as np  # noqa: F811
+    with_torch = cuda and torch is not None
+    if not with_torch:
+        try:
+            import numpy as np
+        except Exception as e:
+            say("skipped: neither torch nor numpy (import numpy: %s)" % e)
+            return 0
     lib = tc.Library(args.lib)
     if lib.lsm_abi_version() != tc.ABI_VERSION:
         say("error: ABI version %d, this script speaks %d" % (lib.lsm_abi_version(), tc.ABI_VERSION))
         return 1
-    lsm_loss = bind_loss(lib)
     ctx = tc.Context(lib, tc.LSM_BACKEND_CUDA if cuda else tc.LSM_BACKEND_CPU, 0)
     precisions = ["exact"]
-    if cuda and torch.cuda.get_device_capability(0) >= (8, 0):
+    if with_torch and torch.cuda.get_device_capability(0) >= (8, 0):
         precisions.append("tf32")
-    host = tc.Host("torch" if torch else "numpy", torch, np)
+    host = tc.Host("torch" if with_torch else "numpy", torch, np)
+    return argparse.Namespace(args=args, cuda=cuda, shapes=shapes, reps=reps, say=say, torch=torch if with_torch else None,
+                              F=F, np=np, lib=lib, ctx=ctx, precisions=precisions, host=host)
+
+
+def use_precision(ctx, precision):
+    """Sets the context's precision for the rows of one precision ("exact" or "tf32")."""
+    ctx.check(ctx.set_precision(tc.LSM_PRECISION_TF32 if precision == "tf32" else tc.LSM_PRECISION_EXACT),
+              "lsm_context_set_precision")
+
+
+def finish(b, header, lines, note):
+    """Prints the table (header: its title and rule rows) and its note, writes them to --out."""
+    table = "\n".join(header + lines)
+    b.say("")
+    b.say(table)
+    b.say(note)
+    if b.args.out:
+        with open(b.args.out, "w") as f:
+            f.write(table + "\n\n" + note + "\n")
+
+
+def main(argv=None):
+    b = open_bench(argv, __doc__, SHAPES, numpy_without_torch=False)
+    if isinstance(b, int):
+        return b
+    cuda, shapes, reps, say = b.cuda, b.shapes, b.reps, b.say
+    torch, F, np, ctx, precisions, host = b.torch, b.F, b.np, b.ctx, b.precisions, b.host
+    lsm_loss = bind_loss(b.lib)
     failed, lines = False, []
     try:
         for (n, d, c) in shapes:
@@ -122,8 +161,7 @@ def main(argv=None):
                                    ctypes.byref(args_), dx, dw, dl, drows, dgx, dgw), "lsm_loss")
 
             for precision in precisions:
-                ctx.check(ctx.set_precision(tc.LSM_PRECISION_TF32 if precision == "tf32" else tc.LSM_PRECISION_EXACT),
-                          "lsm_context_set_precision")
+                use_precision(ctx, precision)
                 ours_ms = tc.median_ms(ours, 2, reps)
                 ours()
                 rows = (ctypes.c_double * n)()
@@ -176,18 +214,12 @@ def main(argv=None):
         failed = True
     finally:
         ctx.destroy()
-    table = "\n".join([
-        "| shape (N, D, C) | precision | ours ms (lsm_loss) | torch linear + CE ms | composed + CE ms "
-        "| ours/linear | ours/composed | torch peak MiB (composed) | rel err: loss, grad x, grad W |",
-        "|---|---|---|---|---|---|---|---|---|"] + lines)
     note = ("Median wall-clock of the loss with both gradients, float32, margin %d, lambda %g, mean, %d reps; "
             "ours: lsm_loss, 64 MiB workspace; torch: F.cross_entropy(...).backward()." % (tc.MARGIN, tc.LAMBDA, reps))
-    say("")
-    say(table)
-    say(note)
-    if args.out:
-        with open(args.out, "w") as f:
-            f.write(table + "\n\n" + note + "\n")
+    finish(b, [
+        "| shape (N, D, C) | precision | ours ms (lsm_loss) | torch linear + CE ms | composed + CE ms "
+        "| ours/linear | ours/composed | torch peak MiB (composed) | rel err: loss, grad x, grad W |",
+        "|---|---|---|---|---|---|---|---|---|"], lines, note)
     return 1 if failed else 0
 
 
