@@ -1,0 +1,141 @@
+// MarginHead's options and state: their types, the keys each accepts and the checks that turn
+// what the caller passed into validated values (named errors), plus the seeded initialisation.
+
+import { describe, type FloatArray, type FloatDType } from "../ffi/arrays.ts";
+import { checkNumber, readOptions } from "./checks.ts";
+import { MARGIN_KEYS, type MarginOptions } from "./margins.ts";
+import type { Backend } from "./backends.ts";
+import type { Precision } from "../ffi/context.ts";
+import { checkSchedule, type LambdaSchedule } from "./schedule.ts";
+
+/** SGD as PyTorch defines it (dampening 0). */
+export interface SgdOptions {
+  /** The learning rate, >= 0. */
+  lr: number;
+  /** Momentum, >= 0 (0 by default: plain SGD). */
+  momentum?: number;
+  /** L2 weight decay added to the gradient, >= 0 (0 by default). */
+  weightDecay?: number;
+  /** Nesterov momentum (needs momentum > 0); false by default. */
+  nesterov?: boolean;
+}
+
+/** Options of {@link MarginHead}. */
+export interface HeadOptions extends MarginOptions, Partial<LambdaSchedule> {
+  /** The class count C. */
+  classes: number;
+  /** The feature count D. */
+  features: number;
+  /**
+   * The kinds with λ (L-Softmax, A-Softmax): a fixed λ >= 0, or else the schedule (base, gamma,
+   * power, lambdaMin) anneals it.
+   */
+  lambda?: number;
+  /** "float32" (the default) or "float64". */
+  dtype?: FloatDType;
+  /** Where W lives: a backend, or a list of them to split the classes across. "auto" by default. */
+  backend?: Backend | Backend[];
+  /** SGD; by default { lr: 0.01 }. */
+  optimizer?: SgdOptions;
+  /** Initial weights, C·D elements of the dtype (copied in); else drawn from `seed`. */
+  weights?: FloatArray;
+  /** The seed of the initial weights, uniform in ±1/√D (0 by default). */
+  seed?: number;
+  /** Float32 matrix products: "exact" (the default) or "tf32" (CUDA sm_80+). */
+  precision?: Precision;
+  /** The most bytes of scratch a step may hold per context (64 MiB by default). */
+  workspace?: number;
+  /** The iteration to resume the λ schedule from (0 by default; steps count on from it). */
+  iteration?: number;
+}
+
+/** What {@link MarginHead.state} returns and {@link MarginHead.fromState} takes. */
+export interface HeadState {
+  /** The options the head was made with (weights, seed, iteration left out). */
+  options: Omit<HeadOptions, "weights" | "seed" | "iteration">;
+  /** Steps taken. */
+  iteration: number;
+  /** W [C, D], a host copy. */
+  weights: FloatArray;
+  /** The momentum buffer [C, D], or null before the first step or without momentum. */
+  velocity: FloatArray | null;
+}
+
+/** What a step returns. */
+export interface StepResult<T extends FloatArray = FloatArray> {
+  /** The mean loss over the batch (float64). */
+  loss: number;
+  /** λ of this step. */
+  lambda: number;
+  /** dL/dx [N, D]. */
+  gradX: T;
+}
+
+export const HEAD_KEYS = [
+  "classes",
+  "features",
+  ...MARGIN_KEYS,
+  "base",
+  "gamma",
+  "power",
+  "lambdaMin",
+  "dtype",
+  "backend",
+  "optimizer",
+  "weights",
+  "seed",
+  "precision",
+  "workspace",
+  "iteration",
+] as const;
+export const SGD_KEYS = ["lr", "momentum", "weightDecay", "nesterov"] as const;
+
+export function checkSgd(v: unknown): Required<SgdOptions> {
+  const o = readOptions("optimizer", v ?? { lr: 0.01 }, SGD_KEYS);
+  const sgd = {
+    lr: checkNumber("optimizer.lr", o.lr, 0),
+    momentum: checkNumber("optimizer.momentum", o.momentum ?? 0, 0),
+    weightDecay: checkNumber("optimizer.weightDecay", o.weightDecay ?? 0, 0),
+    nesterov: o.nesterov ?? false,
+  };
+  if (typeof sgd.nesterov !== "boolean") {
+    throw new TypeError(
+      `optimizer.nesterov: expected true or false, got ${describe(sgd.nesterov)}`,
+    );
+  }
+  if (sgd.nesterov && sgd.momentum === 0) {
+    throw new RangeError("optimizer.nesterov: expected momentum > 0 with Nesterov momentum, got 0");
+  }
+  return sgd as Required<SgdOptions>;
+}
+
+// The λ rule: fixed, or the schedule; not both, not neither.
+export function checkLambda(o: Partial<Record<string, unknown>>): number | LambdaSchedule {
+  const scheduled = ["base", "gamma", "power", "lambdaMin"].some((k) => o[k] !== undefined);
+  if (o.lambda !== undefined && scheduled) {
+    throw new TypeError(
+      "lambda: expected either lambda or the schedule (base, gamma, ...), got both",
+    );
+  }
+  if (o.lambda !== undefined || !scheduled) return checkNumber("lambda", o.lambda, 0);
+  return checkSchedule(o);
+}
+
+export function checkDType(v: unknown): FloatDType {
+  if (v === undefined || v === "float32" || v === "float64") return v ?? "float32";
+  throw new RangeError(`dtype: expected "float32" or "float64", got ${describe(v)}`);
+}
+
+// mulberry32: the default weights, uniform in [-b, b), the same for any split into shards.
+export function uniformStream(seed: number, bound: number): (out: FloatArray) => void {
+  let state = seed >>> 0;
+  return (out) => {
+    for (let i = 0; i < out.length; i++) {
+      state = (state + 0x6d2b79f5) >>> 0;
+      let t = state;
+      t = Math.imul(t ^ (t >>> 15), t | 1);
+      t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
+      out[i] = bound * (2 * (((t ^ (t >>> 14)) >>> 0) / 4294967296) - 1);
+    }
+  };
+}
