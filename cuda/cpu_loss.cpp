@@ -30,18 +30,14 @@ namespace {
 
 using namespace lsm_cpu;
 
-// The direct path's passes run on the calling thread: between the products OpenBLAS's workers
-// spin for a while, and threads of ours would share the cores with them (measured: slower).
-template <typename F>
-void serial_for(int64_t total, F fn) {
-  fn(int64_t(0), total);
-}
-
-
 // The row kernels by element type: float through cpu_rows.h (vectorized), double through libm.
 float row_max(const float *row, int64_t count) { return lsm_rows().max(row, count); }
 double exp_sum(const float *in, float *out, int64_t count, float shift) {
   return lsm_rows().exp_sum(in, out, count, shift);
+}
+double sum_squares(const float *v, int64_t count) { return lsm_rows().sum_squares(v, count); }
+void accumulate_columns(double *acc, const float *e, float *row, const float *b, double k, int64_t count) {
+  lsm_rows().accumulate_columns(acc, e, row, b, k, count);
 }
 double row_max(const double *row, int64_t count) {
   double m = -INFINITY;
@@ -52,6 +48,13 @@ double exp_sum(const double *in, double *out, int64_t count, double shift) {
   double total = 0.0;
   for (int64_t j = 0; j < count; ++j) total += out[j] = exp(in[j] - shift);
   return total;
+}
+double sum_squares(const double *v, int64_t count) { return lane_dot(v, v, count); }
+void accumulate_columns(double *acc, const double *e, double *row, const double *b, double k, int64_t count) {
+  for (int64_t j = 0; j < count; ++j) {
+    acc[j] += k * (e[j] * row[j]);
+    row[j] = e[j] * b[j];
+  }
 }
 
 template <typename T>
@@ -91,15 +94,12 @@ struct loss_run {
       for (int64_t i = 0; i < q.n; ++i)
         if (!in_range(lane_dot(xv + i * q.d, xv + i * q.d, q.d))) return b;
     b.resize((size_t)q.c);
-    bool ok = true;
-    serial_for(q.c, [&](int64_t j0, int64_t j1) {
-      for (int64_t j = j0; j < j1; ++j) {
-        const double ss = lane_dot(wv + j * q.d, wv + j * q.d, q.d);
-        if (!in_range(ss)) ok = false;
-        b[j] = 1.0 / sqrt(ss);
-      }
+    parallel_for(q.c, q.d / kRowPassWork, [&](int64_t j0, int64_t j1) {
+      for (int64_t j = j0; j < j1; ++j) b[j] = 1.0 / sqrt(sum_squares(wv + j * q.d, q.d));
     });
-    if (!ok) b.clear();
+    // |w_j|^2 in [2^-100, 2^100] exactly where b_j is in [2^-50, 2^50] (NaN in neither).
+    for (int64_t j = 0; j < q.c; ++j)
+      if (!(b[j] >= 0x1p-50 && b[j] <= 0x1p50)) return {};
     return b;
   }
 
@@ -205,7 +205,7 @@ struct loss_run {
     const double *b = colscale.data();
     std::vector<T> bt(colscale.begin(), colscale.end());  // b_j in T: the n x c loops stay in T
     std::vector<std::vector<double>> acc(kChunks);
-    serial_for(kChunks, [&](int64_t k0, int64_t k1) {
+    parallel_for(kChunks, n * c / kChunks, [&](int64_t k0, int64_t k1) {
       std::vector<T> tmp((size_t)c);
       for (int64_t k = k0; k < k1; ++k) {
         std::vector<double> &a = acc[k];
@@ -220,10 +220,7 @@ struct loss_run {
           const double sum = exp_sum(row, tmp.data(), c, bm);
           maxes[i] = (double)bm, sums[i] = sum;
           const double ki = scale / sum;
-          for (int64_t j = 0; j < c; ++j) {
-            a[j] += ki * (double)(tmp[j] * row[j]);
-            row[j] = tmp[j] * bt[j];
-          }
+          accumulate_columns(a.data(), tmp.data(), row, bt.data(), ki, c);
           if (y >= 0) {  // G_iy in float64 as target_gradient forms it; G_iy times the plain logit
             const double e = (double)tmp[y], margin_y = (double)(T)target[i];
             g_target[i] = scale * expm1(margin_y - ((double)bm + log(sum)));
@@ -242,7 +239,7 @@ struct loss_run {
   // E' diag(b) in buf as in products_from_exps, adding to it.
   void products_direct(const double *sums, const std::vector<double> &beta) {
     const double *b = colscale.data();
-    serial_for(c, [&](int64_t j0, int64_t j1) {
+    parallel_for(c, d / kRowPassWork, [&](int64_t j0, int64_t j1) {
       for (int64_t j = j0; j < j1; ++j) {
         const T f = (T)(-b[j] * b[j] * beta[j]);
         for (int64_t q = 0; q < d; ++q) gw[j * d + q] = f * w[j * d + q];

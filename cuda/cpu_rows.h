@@ -1,5 +1,6 @@
-// cpu_rows.h: the fused loss's row kernels over float logits: the row max and exp(f - shift)
-// with the row's sum. These touch all n x c logits, so they are written for the vectorizer (a
+// cpu_rows.h: the fused loss's row kernels over float logits: the row max, exp(f - shift) with
+// the row's sum, the sums of squares of W's rows and the direct path's column sums (cpu_loss.cpp).
+// These touch all n x c logits or all of W, so they are written for the vectorizer (a
 // branch-free exp, sums in lanes) and built twice: cpu_rows.cpp for the baseline instruction set
 // and, on x86-64, cpu_rows_avx2.cpp for AVX2 + FMA; lsm_rows() picks one at run time. Both are
 // built with -fno-trapping-math, without which the compiler does not vectorize the selects.
@@ -13,6 +14,11 @@ struct lsm_row_kernels {
   float (*max)(const float *row, int64_t count);
   // out[j] = exp(in[j] - shift) (in may be out); returns the sum of out in double.
   double (*exp_sum)(const float *in, float *out, int64_t count, float shift);
+  // The sum of v[j]^2 in double, over 8 lanes in a fixed order.
+  double (*sum_squares)(const float *v, int64_t count);
+  // For j < count: acc[j] += k (e[j] row[j]) (the product in float, then double), and
+  // row[j] = e[j] b[j]; the direct path's row pass (cpu_loss.cpp, fold_direct).
+  void (*accumulate_columns)(double *acc, const float *e, float *row, const float *b, double k, int64_t count);
 };
 
 // The kernels for this processor.
@@ -73,6 +79,25 @@ inline double exp_sum(const float *in, float *out, int64_t count, float shift) {
   }
   for (; j < count; ++j) total += out[j];
   return total;
+}
+
+inline double sum_squares(const float *v, int64_t count) {
+  double lanes[kLanes] = {};
+  int64_t j = 0;
+  for (; j + kLanes <= count; j += kLanes)
+    for (int l = 0; l < kLanes; ++l) lanes[l] += (double)v[j + l] * (double)v[j + l];
+  double total = 0.0;
+  for (; j < count; ++j) total += (double)v[j] * (double)v[j];
+  for (int l = 0; l < kLanes; ++l) total += lanes[l];
+  return total;
+}
+
+inline void accumulate_columns(double *__restrict acc, const float *__restrict e, float *__restrict row,
+                               const float *__restrict b, double k, int64_t count) {
+  for (int64_t j = 0; j < count; ++j) {
+    acc[j] += k * (double)(e[j] * row[j]);
+    row[j] = e[j] * b[j];
+  }
 }
 
 }  // namespace LSM_ROWS_NAMESPACE

@@ -3,5 +3,5 @@
 #include "cpu_rows.h"
 
 namespace lsm_rows_avx2 {
-extern const lsm_row_kernels kernels = {row_max, exp_sum};
+extern const lsm_row_kernels kernels = {row_max, exp_sum, sum_squares, accumulate_columns};
 }

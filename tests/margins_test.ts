@@ -17,6 +17,8 @@ import {
   assertClose,
   maxAbs,
   orthogonalUnit,
+  randomArray,
+  randomLabels,
   randomProblem,
   Rng,
   rowScale,
@@ -608,4 +610,27 @@ Deno.test("margins cpu: the fused loss's paths agree (one block direct, blocks, 
     worst.add(spec.kind, Math.max(...e));
   }
   worst.report("margins cpu fused loss paths");
+});
+
+Deno.test("margins cpu: the direct path split across threads agrees with class blocks (float32)", () => {
+  // C·D and N·C past parallel_for's thresholds: W's norms, the row pass and dL/dW's fill run in
+  // threads. Blocks of 1024 classes take the other path; both in float32, so 1e-4 of the largest.
+  const rng = new Rng(1213);
+  const n = 64, d = 256, c = 8192;
+  const x = toF32(randomArray(rng, n * d)), w = toF32(randomArray(rng, c * d));
+  const labels = randomLabels(rng, n, c);
+  for (const spec of SPECS.filter((s) => s.kind !== "lsoftmax")) {
+    type R = { loss: number; gradX: Float32Array; gradW: Float32Array };
+    const one = loss(x, w, labels, { ...spec, backend: "cpu", workspace: 64 << 20 } as never) as R;
+    const blocks = loss(
+      x,
+      w,
+      labels,
+      { ...spec, backend: "cpu", workspace: n * 4 * 1024 } as never,
+    ) as R;
+    const what = name(spec);
+    assert.ok(Math.abs(one.loss - blocks.loss) <= 1e-5 * Math.abs(one.loss), `${what}: loss`);
+    assertClose(one.gradX, blocks.gradX, 1e-4, `${what} gradX`, maxAbs(blocks.gradX));
+    assertClose(one.gradW, blocks.gradW, 1e-4, `${what} gradW`, maxAbs(blocks.gradW));
+  }
 });
