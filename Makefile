@@ -72,7 +72,7 @@ setup: setup-host
 	NVCC="$(NVCC)" CUDA_HOME="$(CUDA_HOME)" scripts/setup.sh nvcc
 
 example: setup $(LIB)
-	$(DENO) run --allow-ffi --allow-env=LSOFTMAX_LIB examples/train.ts
+	LSOFTMAX_LIB=$(abspath $(LIB)) $(DENO) run --allow-ffi --allow-env=LSOFTMAX_LIB examples/train.ts
 
 # The demo writes its table and pictures into docs/ (at most 10 minutes on 2 cores).
 demo: setup $(LIB)
@@ -92,14 +92,14 @@ check: setup-host
 # The suite on the real library (its CUDA tests skip without a GPU), then again on the CPU
 # execution layer, where they run the CUDA kernels (mk/emu.mk).
 test: setup $(LIB) check
-	DENO=$(DENO) SUITE_LABEL=test scripts/test-suite.sh $(DENO_TEST_FLAGS) tests/
+	LSOFTMAX_LIB=$(abspath $(LIB)) DENO=$(DENO) SUITE_LABEL=test scripts/test-suite.sh $(DENO_TEST_FLAGS) tests/
 	$(MAKE) --no-print-directory test-emu
 
 bench: setup $(LIB)
-	$(DENO) bench --allow-ffi --allow-env --allow-read bench/
+	LSOFTMAX_LIB=$(abspath $(LIB)) $(DENO) bench --allow-ffi --allow-env --allow-read bench/
 
 perf-table: setup $(LIB)
-	LSOFTMAX_MACHINE="$$(sed -n 's/^model name[[:space:]]*: //p' /proc/cpuinfo | head -n 1)" \
+	LSOFTMAX_LIB=$(abspath $(LIB)) LSOFTMAX_MACHINE="$$(sed -n 's/^model name[[:space:]]*: //p' /proc/cpuinfo | head -n 1)" \
 	$(DENO) run --allow-ffi --allow-env --allow-read --allow-run bench/table.ts
 
 clean:
