@@ -18,6 +18,8 @@ CUDA_PTX   ?= 120
 DENO       ?= scripts/deno
 DENO_TEST_FLAGS := --allow-ffi --allow-env --allow-read --allow-net --allow-run --v8-flags=--expose-gc
 BUILD      ?= build
+# The Deno commands load the library this make built (so BUILD=... tests and measures that one).
+WITH_LIB    = LSOFTMAX_LIB=$(abspath $(LIB))
 
 comma    := ,
 empty    :=
@@ -72,12 +74,12 @@ setup: setup-host
 	NVCC="$(NVCC)" CUDA_HOME="$(CUDA_HOME)" scripts/setup.sh nvcc
 
 example: setup $(LIB)
-	LSOFTMAX_LIB=$(abspath $(LIB)) $(DENO) run --allow-ffi --allow-env=LSOFTMAX_LIB examples/train.ts
+	$(WITH_LIB) $(DENO) run --allow-ffi --allow-env=LSOFTMAX_LIB examples/train.ts
 
 # The demo writes its table and pictures into docs/ (at most 10 minutes on 2 cores).
 demo: setup $(LIB)
 	scripts/setup.sh dataset
-	LSOFTMAX_LIB=$(abspath $(LIB)) $(DENO) run --allow-ffi --allow-env --allow-read \
+	$(WITH_LIB) $(DENO) run --allow-ffi --allow-env --allow-read \
 	  --allow-write=docs examples/fashion_mnist.ts
 	$(DENO) fmt docs/fashion_mnist.md
 
@@ -92,14 +94,14 @@ check: setup-host
 # The suite on the real library (its CUDA tests skip without a GPU), then again on the CPU
 # execution layer, where they run the CUDA kernels (mk/emu.mk).
 test: setup $(LIB) check
-	LSOFTMAX_LIB=$(abspath $(LIB)) DENO=$(DENO) SUITE_LABEL=test scripts/test-suite.sh $(DENO_TEST_FLAGS) tests/
+	$(WITH_LIB) DENO=$(DENO) SUITE_LABEL=test scripts/test-suite.sh $(DENO_TEST_FLAGS) tests/
 	$(MAKE) --no-print-directory test-emu
 
 bench: setup $(LIB)
-	LSOFTMAX_LIB=$(abspath $(LIB)) $(DENO) bench --allow-ffi --allow-env --allow-read bench/
+	$(WITH_LIB) $(DENO) bench --allow-ffi --allow-env --allow-read bench/
 
 perf-table: setup $(LIB)
-	LSOFTMAX_LIB=$(abspath $(LIB)) LSOFTMAX_MACHINE="$$(sed -n 's/^model name[[:space:]]*: //p' /proc/cpuinfo | head -n 1)" \
+	$(WITH_LIB) LSOFTMAX_MACHINE="$$(sed -n 's/^model name[[:space:]]*: //p' /proc/cpuinfo | head -n 1)" \
 	$(DENO) run --allow-ffi --allow-env --allow-read --allow-run bench/table.ts
 
 clean:
