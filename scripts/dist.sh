@@ -10,8 +10,8 @@
 # LIB is build/liblsoftmax.so by default; PLATFORM is this machine's as Deno names it
 # (`${Deno.build.os}-${Deno.build.arch}`: linux-x86_64, linux-aarch64). The version is what the
 # library of this platform reports (lsm_version), read by loading it; with only libraries of
-# other platforms, --version gives it. DIR (dist by default) is replaced as a whole; an existing
-# DIR must be one this script wrote.
+# other platforms, --version gives it (given with one, it must agree). DIR (dist by default) is
+# replaced as a whole; an existing DIR must be one this script wrote.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 deno=${DENO:-scripts/deno}
@@ -82,13 +82,20 @@ rm "$tmp/.files"
 # The libraries: this platform's version first, then each file under its platform's name.
 for spec in "${libs[@]}"; do
   case "$spec" in *=*) plat=${spec%%=*} lib=${spec#*=} ;; *) plat=$host lib=$spec ;; esac
+  [[ "$plat" =~ ^[a-z0-9]+-[a-z0-9_]+$ ]] || { echo "dist.sh: $plat: not a platform (os-arch)" >&2; exit 1; }
   [ -f "$lib" ] || { echo "dist.sh: $lib: no such library" >&2; exit 1; }
-  if [ "$plat" = "$host" ] && [ -z "$version" ]; then
-    version=$(LSOFTMAX_LIB=$(realpath "$lib") "$deno" eval \
+  if [ "$plat" = "$host" ]; then
+    reported=$(LSOFTMAX_LIB=$(realpath "$lib") "$deno" eval \
       'import { loadLibrary } from "./ffi/library.ts"; console.log(loadLibrary().version);')
+    if [ -n "$version" ] && [ "$version" != "$reported" ]; then
+      echo "dist.sh: --version $version, but $lib reports $reported" >&2
+      exit 1
+    fi
+    version=$reported
   fi
 done
 [ -n "$version" ] || { echo "dist.sh: no library for $host to read the version from: give --version" >&2; exit 1; }
+[[ "$version" =~ ^[0-9A-Za-z.+_-]+$ ]] || { echo "dist.sh: $version: not a version" >&2; exit 1; }
 
 mkdir -p "$tmp/lib"
 entries=

@@ -12,7 +12,14 @@
 
 import assert from "node:assert/strict";
 import { info } from "./check.ts";
-import { type ChildResult, filesUnder, runClean, type Served, serveFolder } from "./serve.ts";
+import {
+  type ChildResult,
+  filesUnder,
+  onCpuWhenEmulated,
+  runClean,
+  type Served,
+  serveFolder,
+} from "./serve.ts";
 
 const ROOT = decodeURIComponent(new URL("../", import.meta.url).pathname).replace(/\/$/, "");
 /** Where the README's program imports the module from: replaced by the local server's URL. */
@@ -20,6 +27,7 @@ const PUBLISHED = "https://example.com/lsoftmax/";
 const PLATFORM = `${Deno.build.os}-${Deno.build.arch}`;
 const LIB = Deno.realPathSync(info.library);
 const FILE = `liblsoftmax-${info.version}-${PLATFORM}.so`;
+const EMULATED = info.cuda.devices.some((d) => d.name.startsWith("lsm-emu"));
 
 async function sha256(bytes: Uint8Array<ArrayBuffer>): Promise<string> {
   const digest = new Uint8Array(await crypto.subtle.digest("SHA-256", bytes));
@@ -65,16 +73,22 @@ interface RouteOptions {
   env?: Record<string, string>;
   /** A flag of the README's command to leave out (its name, e.g. "--allow-net"). */
   without?: string;
+  /** Flags added after `deno run`. */
+  extra?: string[];
+  /** The folder to run in (a new one by default). */
+  work?: string;
 }
 
 /** Runs a program importing the served module, with the README's command. */
 async function runRoute(served: Served, options: RouteOptions = {}): Promise<ChildResult> {
-  const work = `${TEMP}/run${++runs}`;
-  Deno.mkdirSync(work);
-  const program = (options.program ?? ROUTE.program).replaceAll(PUBLISHED, served.base);
+  const work = options.work ?? `${TEMP}/run${++runs}`;
+  Deno.mkdirSync(work, { recursive: true });
+  const program = onCpuWhenEmulated(options.program ?? ROUTE.program, EMULATED)
+    .replaceAll(PUBLISHED, served.base);
   Deno.writeTextFileSync(`${work}/main.ts`, program);
   let command = ROUTE.command.replaceAll("example.com", served.host);
   if (options.denoDir) command = command.replaceAll("$HOME/.cache/deno", "$DENO_DIR");
+  if (options.extra) command = command.replace("deno run", `deno run ${options.extra.join(" ")}`);
   if (options.without) {
     const flag = options.without;
     command = command.split(" ").filter((a) => a.split("=")[0] !== flag).join(" ");
@@ -157,6 +171,27 @@ Deno.test("dist: the README's program and command: the first run downloads, veri
   const second = await runRoute(served, { home });
   assertTrained(second, "second run, server stopped");
   assert.deepEqual(losses(second), losses(first!));
+});
+
+Deno.test("dist: a lock file pins the library's checksum: a changed pin fails the lock's check", async () => {
+  const served = serveFolder(DIST);
+  const denoDir = fresh("deno-dir"), work = fresh("locked");
+  try {
+    const lock = ["--lock=deno.lock"];
+    const first = await runRoute(served, { denoDir, work, program: PROBE, extra: lock });
+    assert.equal(first.code, 0, first.stderr);
+    const pinned = JSON.parse(Deno.readTextFileSync(`${work}/deno.lock`)).remote;
+    assert.ok(pinned[`${served.base}ffi/prebuilt.ts`], `not in the lock: ${Object.keys(pinned)}`);
+    // The server now pins another library: Deno refuses the module before any of it runs.
+    const text = Deno.readTextFileSync(`${DIST}/ffi/prebuilt.ts`).replace(SHA, "0".repeat(64));
+    served.overrides.set("/ffi/prebuilt.ts", text);
+    const extra = [...lock, "--reload"];
+    const r = await runRoute(served, { denoDir, work, program: PROBE, extra });
+    assert.notEqual(r.code, 0, `ran with a changed pin:\n${r.stdout}\n${r.stderr}`);
+    assert.match(r.stderr, /Integrity check failed[\s\S]*Specifier: \S+\/ffi\/prebuilt\.ts/);
+  } finally {
+    await served.close();
+  }
 });
 
 Deno.test("dist: a tampered library is refused with both checksums and leaves nothing cached", async () => {

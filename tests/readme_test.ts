@@ -8,10 +8,11 @@
 
 import assert from "node:assert/strict";
 import { info } from "./check.ts";
-import { runClean } from "./serve.ts";
+import { onCpuWhenEmulated, runClean } from "./serve.ts";
 
 const ROOT = decodeURIComponent(new URL("../", import.meta.url).pathname).replace(/\/$/, "");
 const LIB = Deno.realPathSync(info.library);
+const EMULATED = info.cuda.devices.some((d) => d.name.startsWith("lsm-emu"));
 
 interface Block {
   line: number;
@@ -51,7 +52,11 @@ for (const block of BLOCKS.filter((b) => !IGNORED.includes(b))) {
     const r = await runClean(
       ["deno", "run", "--no-prompt", "--allow-ffi", "--allow-env", "--allow-read", "--ext=ts", "-"],
       { LSOFTMAX_LIB: LIB },
-      { cwd: ROOT, keep: ["HOME", "DENO_DIR", "XDG_CACHE_HOME"], stdin: block.code },
+      {
+        cwd: ROOT,
+        keep: ["HOME", "DENO_DIR", "XDG_CACHE_HOME"],
+        stdin: onCpuWhenEmulated(block.code, EMULATED),
+      },
     );
     assert.equal(
       r.code,

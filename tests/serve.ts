@@ -17,6 +17,8 @@ export interface Served {
   readonly faults: Map<string, Fault>;
   /** Extra routes: a path prefix served from another folder (e.g. "/mirror/" -> dist/lib). */
   readonly aliases: Map<string, string>;
+  /** Bodies served instead of a path's file. */
+  readonly overrides: Map<string, string>;
   /** Stops the server; later requests find no one listening. */
   close(): Promise<void>;
 }
@@ -35,6 +37,7 @@ export function serveFolder(root: string): Served {
   const requests: string[] = [];
   const faults = new Map<string, Fault>();
   const aliases = new Map<string, string>();
+  const overrides = new Map<string, string>();
   const server = Deno.serve({ hostname: "127.0.0.1", port: 0, onListen() {} }, async (req) => {
     const path = decodeURIComponent(new URL(req.url).pathname);
     requests.push(path);
@@ -45,7 +48,8 @@ export function serveFolder(root: string): Served {
     }
     let bytes: Uint8Array;
     try {
-      bytes = await Deno.readFile(file);
+      const body = overrides.get(path);
+      bytes = body === undefined ? await Deno.readFile(file) : new TextEncoder().encode(body);
     } catch {
       return new Response("not found", { status: 404 });
     }
@@ -78,8 +82,18 @@ export function serveFolder(root: string): Served {
     requests,
     faults,
     aliases,
+    overrides,
     close: () => server.shutdown(),
   };
+}
+
+/**
+ * `code` with each `new MarginHead({` given `backend: "cpu"` when `emulated`: on the emulated CUDA
+ * device a step of the README's program takes about a second, and the tests that run it are
+ * about how the library is found and fetched, not about the CUDA path (the suite covers that).
+ */
+export function onCpuWhenEmulated(code: string, emulated: boolean): string {
+  return emulated ? code.replaceAll("new MarginHead({", 'new MarginHead({ backend: "cpu",') : code;
 }
 
 /** A child's exit code and output. */
