@@ -16,7 +16,7 @@ CXX        ?= g++
 CUDA_ARCHS ?= 75 80 86 89 90 100 120
 CUDA_PTX   ?= 120
 DENO       ?= scripts/deno
-DENO_TEST_FLAGS := --allow-ffi --allow-env --allow-read --allow-net --allow-run --v8-flags=--expose-gc
+DENO_TEST_FLAGS := --allow-ffi --allow-env --allow-read --allow-write --allow-net --allow-run --v8-flags=--expose-gc
 BUILD      ?= build
 # The Deno commands load the library this make built (so BUILD=... tests and measures that one).
 WITH_LIB    = LSOFTMAX_LIB=$(abspath $(LIB))
@@ -109,3 +109,8 @@ clean:
 
 # The CPU execution layer for the CUDA kernels (make test-emu) and the GPU check.
 -include mk/emu.mk
+
+# dist/: the module and this build's library, to be served as is (scripts/dist.sh).
+.PHONY: dist
+dist: $(LIB)
+	DENO=$(DENO) scripts/dist.sh --out dist $(LIB)

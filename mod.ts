@@ -106,9 +106,11 @@ const BACKWARD_KEYS = [...OP_KEYS, "outX", "outW"] as const;
 
 /**
  * Loads the native library explicitly (else it is found on first use: `LSOFTMAX_LIB`, then
- * `build/liblsoftmax.so` beside this module).
+ * `build/liblsoftmax.so` beside this module, or the prebuilt library fetched when this module was
+ * imported over http(s)). An explicit path wins over a fetched library, which is then not opened.
  *
- * @param path The library's path; by default `LSOFTMAX_LIB`, then the build beside mod.ts.
+ * @param path The library's path; by default `LSOFTMAX_LIB`, then the build beside mod.ts (or the
+ * fetched prebuilt library).
  * @returns What {@link backends} returns.
  *
  * @example

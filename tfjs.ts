@@ -26,7 +26,10 @@
  * @module
  */
 
-import * as tf from "@tensorflow/tfjs";
+// A versioned specifier, not the project's import map: the adapter is imported from URLs and from
+// files outside this project, and must resolve to the user's own TensorFlow.js.
+// deno-lint-ignore no-import-prefix
+import * as tf from "npm:@tensorflow/tfjs@^4.22.0";
 import {
   type FloatArray,
   LargeMarginSoftmax,

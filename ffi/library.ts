@@ -1,8 +1,12 @@
 // Finding and opening liblsoftmax, and the one function that turns a status into an Error. The
 // library is taken from, in order: an explicit path, the LSOFTMAX_LIB environment variable, then
-// build/liblsoftmax.so beside mod.ts when the module is a local file.
+// build/liblsoftmax.so beside mod.ts when the module is a local file, or the prebuilt library
+// pinned in prebuilt.ts (fetched and cached by fetch.ts) when it was imported over http(s).
 
+import { fetchPrebuilt, LIBRARY_ENV, remoteVariables } from "./fetch.ts";
 import { ABI_VERSION, Status, type Symbols, symbols } from "./symbols.ts";
+
+export { LIBRARY_ENV };
 
 /** The opened library. */
 export interface Library {
@@ -14,11 +18,12 @@ export interface Library {
   readonly symbols: Symbols;
 }
 
-/** The environment variable naming the library. */
-export const LIBRARY_ENV = "LSOFTMAX_LIB";
-
 const BUILD_HINT = "Build it with `make` in a checkout of the module " +
   `(it writes build/liblsoftmax.so), then point ${LIBRARY_ENV} at it.`;
+
+// The module's folder, and whether it came over the network.
+const ROOT = new URL("../", import.meta.url);
+const REMOTE = ROOT.protocol === "http:" || ROOT.protocol === "https:";
 
 let loaded: Library | undefined;
 
@@ -40,28 +45,54 @@ function readEnv(): string | undefined {
   try {
     return Deno.env.get(LIBRARY_ENV) || undefined;
   } catch (e) {
+    const allow = REMOTE ? remoteVariables().join(",") : LIBRARY_ENV;
     throw new Error(
       `liblsoftmax: cannot read ${LIBRARY_ENV} (${(e as Error).name}): run with ` +
-        `--allow-env=${LIBRARY_ENV}, or name the library with useLibrary(path)`,
+        `--allow-env=${allow}, or name the library with useLibrary(path)`,
     );
   }
 }
 
-/** Where the library is looked for, in order, with the first usable path. */
-export function locateLibrary(explicit?: string): { path?: string; looked: string[] } {
+// Imported over http(s), the prebuilt library is made ready here, at import: Deno.dlopen is
+// synchronous and so is the first call that needs the library, but a download is not. With
+// LSOFTMAX_LIB set nothing is fetched. A failure is kept rather than thrown, so that the import
+// succeeds and useLibrary(path) can still choose another library; the first call that needs the
+// prebuilt one throws it. Nothing fetched is opened before that call, and never when an explicit
+// path comes first.
+const prebuilt = REMOTE ? await prepare() : undefined;
+
+async function prepare(): Promise<{ path: string } | { error: Error } | undefined> {
+  try {
+    if (readEnv() !== undefined) return undefined;
+    return { path: await fetchPrebuilt(ROOT) };
+  } catch (e) {
+    return { error: e instanceof Error ? e : new Error(String(e)) };
+  }
+}
+
+/**
+ * Where the library is looked for, in order, with the first usable path; `error`, when there is
+ * none, is why the prebuilt library of an http(s) import is not there.
+ */
+export function locateLibrary(
+  explicit?: string,
+): { path?: string; looked: string[]; error?: Error } {
   if (explicit !== undefined) return { path: explicit, looked: [`path option: ${explicit}`] };
   const looked = ["path option (not given)"];
   const env = readEnv();
   looked.push(env ? `${LIBRARY_ENV}=${env}` : `${LIBRARY_ENV} (unset)`);
   if (env) return { path: env, looked };
-  const here = new URL("../build/liblsoftmax.so", import.meta.url);
-  if (here.protocol === "file:") {
-    const path = decodeURIComponent(here.pathname);
+  if (ROOT.protocol === "file:") {
+    const path = decodeURIComponent(new URL("build/liblsoftmax.so", ROOT).pathname);
     looked.push(`default: ${path}`);
     return { path, looked };
   }
-  looked.push(`default: none, since mod.ts was imported from ${new URL("../", import.meta.url)}`);
-  return { looked };
+  if (prebuilt && "path" in prebuilt) {
+    looked.push(`prebuilt: ${prebuilt.path}`);
+    return { path: prebuilt.path, looked };
+  }
+  looked.push(`default: none, since mod.ts was imported from ${ROOT}`);
+  return { looked, error: prebuilt && "error" in prebuilt ? prebuilt.error : undefined };
 }
 
 // Deno's message repeats its own prefix ("Could not open library: Could not open library: ...").
@@ -92,10 +123,10 @@ export function loadLibrary(path?: string): Library {
     }
     return loaded;
   }
-  const { path: found, looked } = locateLibrary(path);
+  const { path: found, looked, error } = locateLibrary(path);
   const where = `Looked at: ${looked.join("; ")}.`;
   if (found === undefined) {
-    throw new Error(`liblsoftmax: no library to load. ${where} ${BUILD_HINT}`);
+    throw error ?? new Error(`liblsoftmax: no library to load. ${where} ${BUILD_HINT}`);
   }
   let lib: Deno.DynamicLibrary<typeof symbols>;
   try {

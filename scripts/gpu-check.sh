@@ -125,7 +125,7 @@ head_md=$out/torch_head.md
 rm -f "$torch_md" "$loss_md" "$head_md"
 if step build 200 make -j"$(nproc)" BUILD="$build" CUDA_ARCHS="$arch" CUDA_PTX= "$build/liblsoftmax.so"; then
   if [ -n "$deno" ]; then
-    step deno-test 120 env LSOFTMAX_LIB="$lib" "$deno" test --allow-ffi --allow-env --allow-read --allow-net --allow-run tests/
+    step deno-test 120 env LSOFTMAX_LIB="$lib" "$deno" test --allow-ffi --allow-env --allow-read --allow-write --allow-net --allow-run tests/
   else
     skip deno-test "no Deno (\$DENO, .deno-xz/deno.xz, PATH, .tools/)"
     status=1

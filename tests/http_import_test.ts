@@ -1,7 +1,9 @@
 // http_import_test.ts: mod.ts imported over http, as users of a published module would: a
 // local server (127.0.0.1, port 0) serves mod.ts and ffi/*.ts, and a child Deno process imports
 // http://127.0.0.1:PORT/mod.ts. With LSOFTMAX_LIB naming the library, a forward works; without
-// it there is no local build/ to fall back on, and the error must say to set LSOFTMAX_LIB.
+// it there is no local build/ to fall back on, and a checkout served as it is carries no prebuilt
+// library (the folder `make dist` writes does: tests/dist_test.ts), so the error must say so and
+// name LSOFTMAX_LIB.
 //
 // Needs --allow-run (the child), --allow-net (the server), --allow-read, --allow-env.
 
@@ -113,7 +115,7 @@ Deno.test("http import: mod.ts from http://127.0.0.1 with LSOFTMAX_LIB set runs 
   }
 });
 
-Deno.test("http import: without LSOFTMAX_LIB the error says to set LSOFTMAX_LIB", async () => {
+Deno.test("http import: a checkout served as is, without LSOFTMAX_LIB: the error names make dist and LSOFTMAX_LIB", async () => {
   await permitted();
   const { server, base } = serve();
   try {
@@ -124,6 +126,7 @@ Deno.test("http import: without LSOFTMAX_LIB the error says to set LSOFTMAX_LIB"
       r.stderr.includes("LSOFTMAX_LIB"),
       `stderr does not mention LSOFTMAX_LIB:\n${r.stderr}`,
     );
+    assert.match(r.stderr, /carries no prebuilt library \(the folder `make dist` writes does\)/);
     // It fails for the library, not for the import itself.
     assert.ok(
       !/Module not found|Import .* not allowed|Requires import access/.test(r.stderr),
