@@ -109,7 +109,8 @@ export const symbols = {
     parameters: op("buffer", 6, true),
     result: "i32",
   },
-  // Resident training (issue 13). ctx, dtype, count, sgd (const lsm_sgd *), w, grad, velocity
+  // Training with W in context memory (MarginHead). ctx, dtype, count, sgd (const lsm_sgd *), w,
+  // grad, velocity
   lsm_sgd_update: { parameters: SGD, result: "i32" },
   // ctx, values (context), count, out (double *, host)
   lsm_sum: { parameters: SUM, result: "i32" },
@@ -120,6 +121,9 @@ export const symbols = {
   },
   // ctx, to_context (uint64_t *), from_context (uint64_t *)
   lsm_context_traffic: { parameters: ["pointer", "buffer", "buffer"], result: "i32" },
+  // type (const char *), field (const char *), offset (int64_t *), bytes (int64_t *): where a
+  // field of an ABI struct lies ("" for the struct itself: offset 0, its sizeof)
+  lsm_layout: { parameters: ["buffer", "buffer", "buffer", "buffer"], result: "i32" },
   // The same functions off the JavaScript thread (MarginHead.stepAsync): Deno runs a nonblocking
   // symbol on a thread of its pool and returns a promise of the status.
   lsm_memcpy_to_context_async: {
