@@ -23,23 +23,7 @@ export const PrecisionCode = { EXACT: 0, TF32: 1 } as const;
 /** Element types of `lsm_dtype`. */
 export const DType = { FLOAT32: 0, FLOAT64: 1 } as const;
 
-/** Margin kinds of `lsm_margin_kind`. */
-export const MarginKind = {
-  lsoftmax: 0,
-  asoftmax: 1,
-  cosface: 2,
-  arcface: 3,
-  combined: 4,
-} as const;
-
-/** lsm_margin.flags of ArcFace: the easy margin. */
-export const FLAG_EASY_MARGIN = 1;
-
-/** sizeof(lsm_margin) and sizeof(lsm_loss_args). */
-export const MARGIN_BYTES = 88;
-export const LOSS_ARGS_BYTES = 40;
-/** sizeof(lsm_sgd), and `LSM_MAX_TOPK`. */
-export const SGD_BYTES = 40;
+/** `LSM_MAX_TOPK`: the largest k of lsm_topk. */
 export const MAX_TOPK = 128;
 
 // The head every op shares: ctx, dtype, n, d, c, margin (const lsm_margin *); the fused loss's
