@@ -2,7 +2,7 @@
 // W, and its options: the name a caller gives, the lsm_margin field it fills and its check. A new
 // kind is a row here (and its math in the native library); nothing depends on the enum's order.
 
-import type { MarginStruct } from "../ffi/structs.ts";
+import { LSM_MARGIN, type MarginStruct } from "../ffi/structs.ts";
 import { checkInteger, checkNumber, describe } from "./checks.ts";
 
 /** The largest supported margin m (`LSM_MAX_MARGIN`). */
@@ -162,6 +162,11 @@ const PARSED = Object.fromEntries(NAMES.map((k) => {
   { code: number; own: string[]; foreign: string[]; options: [string, KindOption][] }
 >;
 
+// lsm_margin with every field 0, from its table: what a kind does not fill.
+const UNUSED = Object.fromEntries(
+  LSM_MARGIN.fields.flatMap((f) => (f.key === undefined ? [] : [[f.key, 0]])),
+) as MarginStruct;
+
 /** A checked margin: its kind and the lsm_margin it fills (fields the kind does not use are 0). */
 export interface Margin {
   readonly kind: MarginKind;
@@ -196,7 +201,7 @@ export function checkMargin(o: Partial<Record<string, unknown>>, without: string
       );
     }
   }
-  const struct = { kind: code, m: 0, lambda: 0, scale: 0, m1: 0, m2: 0, m3: 0, flags: 0 };
+  const struct: Record<keyof MarginStruct, number> = { ...UNUSED, kind: code };
   for (const [name, option] of options) {
     if (!without.includes(name)) struct[option.field] = option.check(o[name], name);
   }
