@@ -29,43 +29,34 @@
 import type { FloatArray } from "./ffi/arrays.ts";
 import type { Precision } from "./ffi/context.ts";
 import { loadLibrary } from "./ffi/library.ts";
-import { OPS } from "./ffi/ops.ts";
 import {
   type Backend,
   type BackendsInfo,
   backendsInfo,
   releaseSharedContexts,
-  sharedContext,
 } from "./src/backends.ts";
-import { checkNumber, readOptions } from "./src/checks.ts";
-import { checkPrecision, checkProblem, runOp } from "./src/op.ts";
-import { checkMargin, MARGIN_KEYS, type MarginOptions } from "./src/margins.ts";
+import { checkNumber } from "./src/checks.ts";
+import type { MarginOptions } from "./src/kinds.ts";
+import { runLoss } from "./src/loss.ts";
+import { type Reduction, resolveLoss, resolveOp } from "./src/resolve.ts";
 import { checkSchedule, lambdaOf, type LambdaSchedule } from "./src/schedule.ts";
-import {
-  checkGradients,
-  checkReduction,
-  checkWorkspace,
-  lossContexts,
-  type Reduction,
-  runLoss,
-} from "./src/loss.ts";
 
 export type { FloatArray, FloatDType } from "./ffi/arrays.ts";
 export type { Precision } from "./ffi/context.ts";
 export type { Backend, BackendsInfo } from "./src/backends.ts";
 export type { LambdaSchedule } from "./src/schedule.ts";
-export type { Reduction } from "./src/loss.ts";
+export type { Reduction } from "./src/resolve.ts";
 export { LargeMarginSoftmax, type LayerOptions } from "./src/layer.ts";
-export type { MarginKind, MarginOptions } from "./src/margins.ts";
+export type { MarginKind, MarginOptions } from "./src/kinds.ts";
 export {
   type HeadOptions,
   type HeadState,
   MarginHead,
   type SgdOptions,
   type StepResult,
-} from "./src/head.ts";
-export { MAX_ELEMENTS } from "./src/op.ts";
-export { MAX_MARGIN } from "./src/margins.ts";
+} from "./src/head/head.ts";
+export { MAX_ELEMENTS } from "./src/tensors.ts";
+export { MAX_MARGIN } from "./src/kinds.ts";
 
 /** Options of {@link forward} and {@link backward}: the margin, and where and how to compute. */
 export interface OpOptions extends MarginOptions {
@@ -98,11 +89,6 @@ export interface LossOptions extends Omit<OpOptions, "backend"> {
    */
   workspace?: number;
 }
-
-const OP_KEYS = [...MARGIN_KEYS, "backend", "features", "precision"] as const;
-const LOSS_KEYS = [...OP_KEYS, "reduction", "gradients", "workspace", "outX", "outW"] as const;
-const FORWARD_KEYS = [...OP_KEYS, "out"] as const;
-const BACKWARD_KEYS = [...OP_KEYS, "outX", "outW"] as const;
 
 /**
  * Loads the native library explicitly (else it is found on first use: `LSOFTMAX_LIB`, then
@@ -201,17 +187,7 @@ export function loss<T extends FloatArray>(
   labels: Int32Array,
   options: LossOptions & { outX?: T; outW?: T },
 ): { loss: number; gradX?: T; gradW?: T } {
-  const o = readOptions("options", options, LOSS_KEYS);
-  const margin = checkMargin(o);
-  const p = checkProblem(x, w, labels, o.features, margin, checkPrecision(o.precision));
-  p.workspace = checkWorkspace(o.workspace);
-  const request = {
-    reduction: checkReduction(o.reduction),
-    gradients: checkGradients(o.gradients),
-    outX: o.outX,
-    outW: o.outW,
-  };
-  return runLoss(p, lossContexts(o.backend), request) as { loss: number; gradX?: T; gradW?: T };
+  return runLoss(resolveLoss(x, w, labels, options)) as { loss: number; gradX?: T; gradW?: T };
 }
 
 /**
@@ -241,11 +217,9 @@ export function forward<T extends FloatArray>(
   labels: Int32Array,
   options: OpOptions & { out?: T },
 ): { logits: T } {
-  const o = readOptions("options", options, FORWARD_KEYS);
-  const margin = checkMargin(o);
-  const p = checkProblem(x, w, labels, o.features, margin, checkPrecision(o.precision));
-  const [logits] = runOp(sharedContext(o.backend), OPS.forward, p, { out: o.out });
-  return { logits: logits as T };
+  const { ctx, op, call, arrays } = resolveOp("forward", { x, w, labels }, options);
+  ctx.run(op, call, arrays);
+  return { logits: arrays[3] as T };
 }
 
 /**
@@ -276,15 +250,9 @@ export function backward<T extends FloatArray>(
   gradLogits: T,
   options: OpOptions & { outX?: T; outW?: T },
 ): { gradX: T; gradW: T } {
-  const o = readOptions("options", options, BACKWARD_KEYS);
-  const margin = checkMargin(o);
-  const p = checkProblem(x, w, labels, o.features, margin, checkPrecision(o.precision));
-  const [gradX, gradW] = runOp(sharedContext(o.backend), OPS.backward, p, {
-    gradLogits,
-    outX: o.outX,
-    outW: o.outW,
-  });
-  return { gradX: gradX as T, gradW: gradW as T };
+  const { ctx, op, call, arrays } = resolveOp("backward", { x, w, labels, gradLogits }, options);
+  ctx.run(op, call, arrays);
+  return { gradX: arrays[4] as T, gradW: arrays[5] as T };
 }
 
 /**

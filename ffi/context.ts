@@ -1,183 +1,59 @@
-// Native contexts: one backend device each. Every op goes through NativeContext.run: one check of
-// the arrays right before the native call, then the host symbol (CPU: the arrays themselves, no
-// copies) or device memory reused between calls (CUDA: inputs copied in, outputs copied out).
+// Native contexts: one backend device each, and the one way an op of the table (ops.ts) is
+// called: its arguments built from the call (sizes, dtype, the encoded structs) and its tensors,
+// in ABI order. The tensors are host arrays (`run`: a CPU context takes them as they are, a CUDA
+// context copies them through device buffers reused between calls) or context memory (`call`,
+// and `callAsync` off the JavaScript thread). Host arrays must have been checked by the caller
+// against the call's sizes (src/tensors.ts); context memory is the caller's to size.
 
 import {
-  bufferOfView,
-  byteOffsetOfView,
-  describe,
   elementBytes,
   elementCount,
-  floatArrayName,
   type FloatDType,
   typedArrayName,
   type ViewName,
 } from "./arrays.ts";
 import { cString, type Library, statusError } from "./library.ts";
-import type { OpSpec, TensorSpec } from "./ops.ts";
+import { OPS, type OpSpec } from "./ops.ts";
 import {
-  BackendCode,
-  DType,
-  LOSS_ARGS_BYTES,
-  MARGIN_BYTES,
-  MarginKind,
-  PrecisionCode,
-  Status,
-  type Symbols,
-} from "./symbols.ts";
-
-/** The ABI functions with a nonblocking twin (`<name>_async` in symbols.ts). */
-export type AsyncName = {
-  [K in keyof Symbols]: K extends `${infer B}_async` ? B & keyof Symbols : never;
-}[keyof Symbols];
+  encodeLossArgs,
+  encodeMargin,
+  encodeSgd,
+  type LossArgs,
+  LSM_LOSS_ARGS,
+  LSM_MARGIN,
+  LSM_SGD,
+  type MarginStruct,
+  type SgdStruct,
+} from "./structs.ts";
+import { BackendCode, DType, PrecisionCode, Status } from "./symbols.ts";
 
 /** Float32 matrix products: exact IEEE (default) or TF32 tensor cores (CUDA sm_80+). */
 export type Precision = "exact" | "tf32";
 
-/** A margin kind's name (lsm_margin_kind). */
-export type MarginKindName = keyof typeof MarginKind;
-
-/** A margin of the C ABI (lsm_margin), checked; fields the kind does not use are 0. */
-export interface Margin {
-  kind: MarginKindName;
-  m: number;
-  lambda: number;
-  scale: number;
-  m1: number;
-  m2: number;
-  m3: number;
-  flags: number;
-}
-
-/** The fused loss's lsm_loss_args: the shard's first class, all classes, the gradient scale. */
-export interface LossArgs {
-  classOffset: number;
-  totalClasses: number;
-  gradScale: number;
-}
-
-/** What an op call needs besides its arrays, already validated. */
+/** What an op call takes besides its tensors, already checked. Each op reads what it needs. */
 export interface Call {
   dtype: FloatDType;
   n: number;
   d: number;
   c: number;
-  margin: Margin;
-  precision: Precision;
-  /** The fused loss's ops only. */
+  /** The margin ops' lsm_margin. */
+  margin?: MarginStruct;
+  /** The fused loss's lsm_loss_args. */
   args?: LossArgs;
+  /** The float32 matrix-product precision (the context's setting), for the margin ops. */
+  precision?: Precision;
   /** The fused loss's scratch limit in bytes (the context's setting), when given. */
   workspace?: number;
+  /** lsm_topk's k. */
+  k?: number;
+  /** The element count of lsm_sgd_update and lsm_sum. */
+  count?: number;
+  /** lsm_sgd_update's settings. */
+  sgd?: SgdStruct;
 }
 
-// struct lsm_margin: kind, m (int32), lambda, scale, m1, m2, m3 (double), flags, reserved_flags
-// (uint32), reserved[4] (double, 0). One buffer for every synchronous call: the native side copies
-// the struct before it returns. A head's asynchronous calls encode into buffers of their own
-// (`into`); the shared buffer keeps its views, so the common call allocates nothing.
-const marginBytes = new Uint8Array(MARGIN_BYTES);
-const marginViews = [
-  new Int32Array(marginBytes.buffer),
-  new Float64Array(marginBytes.buffer),
-] as const;
-export function encodeMargin(m: Margin, into: Uint8Array = marginBytes): Uint8Array {
-  const [ints, floats] = into === marginBytes ? marginViews : [
-    new Int32Array(into.buffer, into.byteOffset, MARGIN_BYTES / 4),
-    new Float64Array(into.buffer, into.byteOffset, MARGIN_BYTES / 8),
-  ];
-  ints[0] = MarginKind[m.kind];
-  ints[1] = m.m;
-  floats[1] = m.lambda;
-  floats[2] = m.scale;
-  floats[3] = m.m1;
-  floats[4] = m.m2;
-  floats[5] = m.m3;
-  ints[12] = m.flags; // uint32 flags at byte 48; reserved_flags and reserved stay 0
-  return into;
-}
-
-// struct lsm_loss_args, likewise.
-const argsBytes = new Uint8Array(LOSS_ARGS_BYTES);
-const argsViews = [
-  new BigInt64Array(argsBytes.buffer),
-  new Float64Array(argsBytes.buffer),
-] as const;
-export function encodeArgs(a: LossArgs, into: Uint8Array = argsBytes): Uint8Array {
-  const [ints, floats] = into === argsBytes ? argsViews : [
-    new BigInt64Array(into.buffer, into.byteOffset, LOSS_ARGS_BYTES / 8),
-    new Float64Array(into.buffer, into.byteOffset, LOSS_ARGS_BYTES / 8),
-  ];
-  ints[0] = BigInt(a.classOffset);
-  ints[1] = BigInt(a.totalClasses);
-  floats[2] = a.gradScale;
-  return into;
-}
-
-const size = (call: Call, dim: TensorSpec["rows"]) => (dim === 1 ? 1 : call[dim]);
-
-function describeCount(call: Call, t: TensorSpec, count: number): string {
-  if (t.cols === 1) return `N = ${count}`;
-  const dims = `${String(t.rows).toUpperCase()}*${String(t.cols).toUpperCase()}`;
-  return `${dims} = ${size(call, t.rows)}*${size(call, t.cols)} = ${count}`;
-}
-
-// The one check before a native call: each array of the element type and exact length the call
-// reads or writes, and no output sharing a byte with another array of the call. Catches arrays
-// resized or transferred since they were measured (a layer's forward and its backward).
-function guard(op: OpSpec, call: Call, arrays: readonly (ArrayBufferView | null)[]): void {
-  const k = op.tensors.length;
-  const float = floatArrayName(call.dtype);
-  const buffers: (ArrayBufferLike | null)[] = [];
-  for (let i = 0; i < k; i++) {
-    const t = op.tensors[i], a = arrays[i];
-    if (a === null && t.optional) {
-      buffers.push(null);
-      continue;
-    }
-    const want: ViewName = t.type === "int32"
-      ? "Int32Array"
-      : t.type === "float64"
-      ? "Float64Array"
-      : float;
-    if (typedArrayName(a) !== want) {
-      throw new TypeError(
-        `${t.name}: expected a ${want}${t.type ? "" : " like x"}, got ${describe(a)}`,
-      );
-    }
-    const count = size(call, t.rows) * size(call, t.cols);
-    const got = elementCount(a!);
-    if (got !== count) {
-      throw new RangeError(
-        `${t.name}: expected ${describeCount(call, t, count)} elements, got ${got}` +
-          (t.output ? "" : " (resized or transferred since the last forward)"),
-      );
-    }
-    buffers.push(bufferOfView(a!));
-  }
-  for (let i = 0; i < k; i++) {
-    if (!op.tensors[i].output) continue;
-    for (let j = 0; j < k; j++) {
-      if (j === i || (op.tensors[j].output && j < i) || buffers[i] !== buffers[j]) continue;
-      if (buffers[i] !== null && overlap(arrays[i]!, arrays[j]!)) {
-        throw new RangeError(
-          `${op.tensors[i].name}: expected memory apart from ${op.tensors[j].name}, got an overlap`,
-        );
-      }
-    }
-  }
-}
-
-function byteEnd(a: ArrayBufferView): number {
-  return byteOffsetOfView(a) + elementCount(a) * elementBytes(typedArrayName(a) as ViewName);
-}
-
-function overlap(a: ArrayBufferView, b: ArrayBufferView): boolean {
-  return byteOffsetOfView(a) < byteEnd(b) && byteOffsetOfView(b) < byteEnd(a);
-}
-
-/** Whether two typed arrays share a byte of one buffer. */
-export function sharesMemory(a: ArrayBufferView, b: ArrayBufferView): boolean {
-  return bufferOfView(a) === bufferOfView(b) && overlap(a, b);
-}
+/** A tensor argument: a host array, context memory, or null for an optional output left out. */
+export type Tensor = ArrayBufferView | Deno.PointerValue;
 
 // A context dropped without close() is destroyed when collected; the library stays loaded for
 // the process, so the call is safe then.
@@ -188,14 +64,71 @@ const finalizer = new FinalizationRegistry<{ lib: Library; ptr: Deno.PointerValu
 type NativeFn = (...args: unknown[]) => number;
 
 // Calls with the arguments written out: a spread call would double the cost of a small call.
-function invoke(fn: NativeFn, h: unknown[], t: readonly unknown[]): number {
-  if (h.length === 6 && t.length === 4) {
-    return fn(h[0], h[1], h[2], h[3], h[4], h[5], t[0], t[1], t[2], t[3]);
+function invoke<R>(fn: (...args: unknown[]) => R, a: readonly unknown[]): R {
+  switch (a.length) {
+    case 4:
+      return fn(a[0], a[1], a[2], a[3]);
+    case 7:
+      return fn(a[0], a[1], a[2], a[3], a[4], a[5], a[6]);
+    case 10:
+      return fn(a[0], a[1], a[2], a[3], a[4], a[5], a[6], a[7], a[8], a[9]);
+    case 11:
+      return fn(a[0], a[1], a[2], a[3], a[4], a[5], a[6], a[7], a[8], a[9], a[10]);
+    case 12:
+      return fn(a[0], a[1], a[2], a[3], a[4], a[5], a[6], a[7], a[8], a[9], a[10], a[11]);
+    case 13:
+      return fn(a[0], a[1], a[2], a[3], a[4], a[5], a[6], a[7], a[8], a[9], a[10], a[11], a[12]);
   }
-  if (h.length === 6 && t.length === 6) {
-    return fn(h[0], h[1], h[2], h[3], h[4], h[5], t[0], t[1], t[2], t[3], t[4], t[5]);
+  return fn(...a);
+}
+
+const bytesOf = (a: ArrayBufferView) =>
+  elementCount(a) * elementBytes(typedArrayName(a) as ViewName);
+
+/**
+ * The arguments of an op, the context first. `own`: structs in buffers of their own, for a call
+ * still running when the next is encoded; else in the encoders' kept buffers.
+ */
+function argumentsOf(
+  ctx: Deno.PointerValue,
+  op: OpSpec,
+  call: Call,
+  tensors: readonly Tensor[],
+  own: boolean,
+): unknown[] {
+  const out: unknown[] = [ctx];
+  let t = 0;
+  for (const a of op.args) {
+    if (typeof a !== "string") {
+      out.push(tensors[t++]);
+      continue;
+    }
+    switch (a) {
+      case "dtype":
+        out.push(call.dtype === "float32" ? DType.FLOAT32 : DType.FLOAT64);
+        break;
+      case "n":
+      case "d":
+      case "c":
+      case "k":
+      case "count":
+        out.push(BigInt(call[a]!));
+        break;
+      case "bytes":
+        out.push(BigInt(bytesOf(tensors[op.counted] as ArrayBufferView)));
+        break;
+      case "margin":
+        out.push(encodeMargin(call.margin!, own ? new Uint8Array(LSM_MARGIN.bytes) : undefined));
+        break;
+      case "args":
+        out.push(encodeLossArgs(call.args!, own ? new Uint8Array(LSM_LOSS_ARGS.bytes) : undefined));
+        break;
+      case "sgd":
+        out.push(encodeSgd(call.sgd!, own ? new Uint8Array(LSM_SGD.bytes) : undefined));
+        break;
+    }
   }
-  return fn(...h, ...t);
+  return out;
 }
 
 /** A context on one backend device, owning device buffers reused between calls. */
@@ -203,6 +136,7 @@ export class NativeContext {
   readonly backend: "cpu" | "cuda";
   readonly device: number;
   #lib: Library;
+  #sym: Record<string, NativeFn>;
   #ptr: Deno.PointerValue;
   #buffers = new Map<string, { ptr: Deno.PointerValue; bytes: number }>();
   #precision: Precision = "exact";
@@ -210,6 +144,7 @@ export class NativeContext {
 
   constructor(lib: Library, backend: "cpu" | "cuda", device: number) {
     this.#lib = lib;
+    this.#sym = lib.symbols as unknown as Record<string, NativeFn>;
     this.backend = backend;
     this.device = device;
     const out = new BigUint64Array(1);
@@ -241,27 +176,11 @@ export class NativeContext {
     return this.#ptr;
   }
 
-  setPrecision(precision: Precision): void {
-    if (precision === this.#precision) return;
+  setPrecision(precision: Precision | undefined): void {
+    if (precision === undefined || precision === this.#precision) return;
     const code = precision === "tf32" ? PrecisionCode.TF32 : PrecisionCode.EXACT;
     this.#check(this.#lib.symbols.lsm_context_set_precision(this.#live(), code), this.#name());
     this.#precision = precision;
-  }
-
-  /** Context memory for a tensor, kept under its name and grown (contents lost) when needed. */
-  buffer(name: string, bytes: number): Deno.PointerValue {
-    const have = this.#buffers.get(name);
-    if (have && have.bytes >= bytes) return have.ptr;
-    const sym = this.#lib.symbols;
-    if (have) {
-      this.#buffers.delete(name);
-      this.#check(sym.lsm_free(this.#ptr, have.ptr), "lsm_free");
-    }
-    const out = new BigUint64Array(1);
-    this.#check(sym.lsm_malloc(this.#ptr, BigInt(bytes), out), "lsm_malloc");
-    const ptr = Deno.UnsafePointer.create(out[0]);
-    this.#buffers.set(name, { ptr, bytes });
-    return ptr;
   }
 
   setWorkspace(bytes: number | undefined): void {
@@ -271,89 +190,96 @@ export class NativeContext {
     this.#workspace = bytes;
   }
 
-  /**
-   * Runs an op on its arrays (in the op's tensor order; null for an optional output left out),
-   * after the one check of them.
-   */
-  run(op: OpSpec, call: Call, arrays: readonly (ArrayBufferView | null)[]): void {
-    const ctx = this.#live();
-    guard(op, call, arrays);
-    this.setPrecision(call.precision);
-    this.setWorkspace(call.workspace);
-    const dtype = call.dtype === "float32" ? DType.FLOAT32 : DType.FLOAT64;
-    const head: unknown[] = [
-      ctx,
-      dtype,
-      BigInt(call.n),
-      BigInt(call.d),
-      BigInt(call.c),
-      encodeMargin(call.margin),
-    ];
-    if (op.args) head.push(encodeArgs(call.args!));
-    const sym = this.#lib.symbols as unknown as Record<string, NativeFn>;
-    if (this.backend === "cpu") return this.#check(invoke(sym[op.host], head, arrays));
-    const bytes = arrays.map((a) =>
-      a === null ? 0 : elementCount(a) * elementBytes(typedArrayName(a) as ViewName)
-    );
-    const ptrs = op.tensors.map((
-      t,
-      i,
-    ) => (arrays[i] === null ? null : this.buffer(t.name, bytes[i])));
-    const s = this.#lib.symbols;
-    op.tensors.forEach((t, i) => {
-      if (t.output || arrays[i] === null) return;
-      const status = s.lsm_memcpy_to_context(ctx, ptrs[i], arrays[i], BigInt(bytes[i]));
-      this.#check(status, `copying ${t.name} to ${this.#name()}`);
-    });
-    this.#check(invoke(sym[op.device], head, ptrs));
-    op.tensors.forEach((t, i) => {
-      if (!t.output || arrays[i] === null) return;
-      const status = s.lsm_memcpy_from_context(ctx, arrays[i], ptrs[i], BigInt(bytes[i]));
-      this.#check(status, `copying ${t.name} from ${this.#name()}`);
-    });
-  }
-
-  // Tensors that already are context memory (a MarginHead's weights and optimizer state): raw
-  // calls of the ABI with the context prepended, sync or off the JavaScript thread.
-
-  /** Context memory of `bytes` owned by the caller until freed, or until the context closes. */
+  /** Context memory of `bytes` owned by the caller until the context closes. */
   allocate(bytes: number): Deno.PointerValue {
     const out = new BigUint64Array(1);
     this.#check(this.#lib.symbols.lsm_malloc(this.#live(), BigInt(bytes), out), "lsm_malloc");
     return Deno.UnsafePointer.create(out[0]);
   }
 
+  /** Context memory for a tensor, kept under its name and grown (contents lost) when needed. */
+  buffer(name: string, bytes: number): Deno.PointerValue {
+    const have = this.#buffers.get(name);
+    if (have && have.bytes >= bytes) return have.ptr;
+    if (have) {
+      this.#buffers.delete(name);
+      this.#check(this.#lib.symbols.lsm_free(this.#ptr, have.ptr), "lsm_free");
+    }
+    const ptr = this.allocate(bytes);
+    this.#buffers.set(name, { ptr, bytes });
+    return ptr;
+  }
+
+  /**
+   * Runs an op on host arrays (in the op's tensor order; null for an optional output left out),
+   * checked by the caller against `call`.
+   */
+  run(op: OpSpec, call: Call, arrays: readonly (ArrayBufferView | null)[]): void {
+    if (this.backend === "cpu" && op.host) {
+      const ctx = this.#live();
+      this.setPrecision(call.precision);
+      this.setWorkspace(call.workspace);
+      const args = argumentsOf(ctx, op, call, arrays, false);
+      return this.#check(invoke(this.#sym[op.host], args));
+    }
+    // Context memory for each tensor the op reads or writes there, inputs copied in first and
+    // outputs copied out after.
+    const ptrs = op.tensors.map((t, i) => {
+      const a = arrays[i];
+      return a === null || t.host ? a : this.buffer(t.name, bytesOf(a));
+    });
+    op.tensors.forEach((t, i) => {
+      if (t.output || t.host || arrays[i] === null) return;
+      this.call(OPS.toContext, call, [ptrs[i], arrays[i]], `copying ${t.name} to ${this.#name()}`);
+    });
+    this.call(op, call, ptrs);
+    op.tensors.forEach((t, i) => {
+      if (!t.output || t.host || arrays[i] === null) return;
+      this.call(
+        OPS.fromContext,
+        call,
+        [arrays[i], ptrs[i]],
+        `copying ${t.name} from ${this.#name()}`,
+      );
+    });
+  }
+
+  /**
+   * Calls an op on context memory (host arrays where the op's tensor is host memory); `what`
+   * prefixes a failure's message where the op's own does not name the argument.
+   */
+  call(op: OpSpec, call: Call, tensors: readonly Tensor[], what?: string): void {
+    const ctx = this.#live();
+    this.setPrecision(call.precision);
+    this.setWorkspace(call.workspace);
+    const args = argumentsOf(ctx, op, call, tensors, false);
+    this.#check(invoke(this.#sym[op.device], args), what);
+  }
+
+  /**
+   * The same call on a thread of Deno's pool (the op's nonblocking symbol): the event loop runs
+   * meanwhile. Buffers among the tensors must stay unchanged until the promise settles, and the
+   * caller must not use the context from another call in between.
+   */
+  async callAsync(op: OpSpec, call: Call, tensors: readonly Tensor[]): Promise<void> {
+    if (!op.async) throw new Error(`${op.device}: no nonblocking form`);
+    const ctx = this.#live();
+    this.setPrecision(call.precision);
+    this.setWorkspace(call.workspace);
+    const args = argumentsOf(ctx, op, call, tensors, true);
+    const fn = this.#sym[op.async] as unknown as (...a: unknown[]) => Promise<number>;
+    this.#check(await invoke(fn, args));
+  }
+
   /** Copies a host array into context memory at ptr (+ byte offset). */
   upload(ptr: Deno.PointerValue, src: ArrayBufferView, offset = 0): void {
-    const bytes = BigInt(elementCount(src) * elementBytes(typedArrayName(src) as ViewName));
     const dst = offset === 0 ? ptr : Deno.UnsafePointer.offset(ptr!, offset);
-    const status = this.#lib.symbols.lsm_memcpy_to_context(this.#live(), dst, src, bytes);
-    this.#check(status, `copying to ${this.#name()}`);
+    this.call(OPS.toContext, NO_CALL, [dst, src], `copying to ${this.#name()}`);
   }
 
   /** Copies context memory at ptr into a host array (its whole length). */
   download(dst: ArrayBufferView, ptr: Deno.PointerValue): void {
-    const bytes = BigInt(elementCount(dst) * elementBytes(typedArrayName(dst) as ViewName));
-    const status = this.#lib.symbols.lsm_memcpy_from_context(this.#live(), dst, ptr, bytes);
-    this.#check(status, `copying from ${this.#name()}`);
-  }
-
-  /** Calls an ABI function on this context: `name(ctx, ...args)`; a failed status throws. */
-  call(name: keyof Symbols, args: readonly unknown[]): void {
-    const fn = this.#lib.symbols[name] as unknown as NativeFn;
-    this.#check(fn(this.#live(), ...args));
-  }
-
-  /**
-   * The same call on a thread of Deno's pool (the nonblocking `_async` symbol): the event loop
-   * runs meanwhile. Buffers in args must stay unchanged until the promise settles, and the
-   * caller must not use the context from another call in between.
-   */
-  async callAsync(name: AsyncName, args: readonly unknown[]): Promise<void> {
-    const fn = this.#lib.symbols[`${name}_async`] as unknown as (
-      ...a: unknown[]
-    ) => Promise<number>;
-    this.#check(await fn(this.#live(), ...args));
+    this.call(OPS.fromContext, NO_CALL, [dst, ptr], `copying from ${this.#name()}`);
   }
 
   /** Bytes copied host -> context and context -> host since the context was created. */
@@ -372,3 +298,6 @@ export class NativeContext {
     this.#ptr = null;
   }
 }
+
+/** The call of an op that reads nothing from it (a byte copy). */
+export const NO_CALL: Call = { dtype: "float32", n: 0, d: 0, c: 0 };

@@ -1,8 +1,12 @@
-// The ops of the C ABI as data: each op's symbol and its tensors in ABI order, with the name a
-// caller knows each by and its size. Adding an op is one entry here and one in symbols.ts.
+// The ops of the C ABI as data: each op's symbols and its arguments after the context, in ABI
+// order: the call's scalars and structs by name, and its tensors with the name a caller knows
+// each by and its size. Every native op call goes through NativeContext (context.ts), which
+// builds the arguments from this table. Adding an op is one entry here and one in symbols.ts.
 
-/** A tensor's size in rows and columns of the problem's n, d and c. */
-type Dim = "n" | "d" | "c" | 1;
+import type { Symbols } from "./symbols.ts";
+
+/** A tensor's size in rows and columns of the call's sizes. */
+export type Dim = "n" | "d" | "c" | "k" | "count" | 1;
 
 /** One tensor of an op: the name errors use, whether the op writes it, its shape. */
 export interface TensorSpec {
@@ -12,85 +16,146 @@ export interface TensorSpec {
   readonly type?: "int32" | "float64";
   /** An output the caller may leave out by passing null (the native side then skips it). */
   readonly optional?: true;
+  /** Host memory whatever the context (an op's host-side result or source). */
+  readonly host?: true;
   readonly rows: Dim;
   readonly cols: Dim;
 }
 
 /**
- * An op: its device symbol (context memory), its host symbol (CPU arrays), whether it takes the
- * fused loss's args after the margin, its tensors.
+ * An argument that is not a tensor: the dtype code, a size of the call (as int64), the byte count
+ * of the op's host tensor, or an ABI struct encoded from the call.
+ */
+export type Scalar =
+  | "dtype"
+  | "n"
+  | "d"
+  | "c"
+  | "k"
+  | "count"
+  | "bytes"
+  | "margin"
+  | "args"
+  | "sgd";
+
+/**
+ * An op: its symbol on context memory, the symbol on host arrays where a CPU context takes them
+ * directly, the nonblocking twin where there is one, and its arguments after the context.
  */
 export interface OpSpec {
-  readonly device: string;
-  readonly host: string;
-  readonly args?: true;
+  readonly device: keyof Symbols;
+  readonly host?: keyof Symbols;
+  readonly async?: keyof Symbols;
+  readonly args: readonly (Scalar | TensorSpec)[];
+  /** The tensors of `args`, in order. */
   readonly tensors: readonly TensorSpec[];
+  /** The index among the tensors of the one whose bytes "bytes" counts (a host tensor), or -1. */
+  readonly counted: number;
 }
 
-const input = (name: string, rows: Dim, cols: Dim): TensorSpec => ({
-  name,
-  output: false,
-  rows,
-  cols,
-});
-const output = (name: string, rows: Dim, cols: Dim): TensorSpec => ({
-  name,
-  output: true,
-  rows,
-  cols,
-});
-const X = input("x", "n", "d");
-const W = input("w", "c", "d");
-const LABELS: TensorSpec = { name: "labels", output: false, type: "int32", rows: "n", cols: 1 };
-const rows = (name: string, output: boolean): TensorSpec => ({
-  name,
-  output,
-  type: "float64",
-  rows: "n",
-  cols: 1,
-});
-const GRAD_X: TensorSpec = { name: "outX", output: true, optional: true, rows: "n", cols: "d" };
-const GRAD_W: TensorSpec = { name: "outW", output: true, optional: true, rows: "c", cols: "d" };
+const tensor = (name: string, rows: Dim, cols: Dim, more: Partial<TensorSpec> = {}) =>
+  ({ name, output: false, rows, cols, ...more }) as TensorSpec;
+const out = (name: string, rows: Dim, cols: Dim, more: Partial<TensorSpec> = {}) =>
+  tensor(name, rows, cols, { output: true, ...more });
+const rows = (name: string, output: boolean) => tensor(name, "n", 1, { output, type: "float64" });
+
+function op(spec: Omit<OpSpec, "tensors" | "counted">): OpSpec {
+  const tensors = spec.args.filter((a): a is TensorSpec => typeof a !== "string");
+  return { ...spec, tensors, counted: tensors.findIndex((t) => t.host) };
+}
+
+const X = tensor("x", "n", "d");
+const W = tensor("w", "c", "d");
+const LABELS = tensor("labels", "n", 1, { type: "int32" });
+const GRAD_X = out("outX", "n", "d", { optional: true });
+const GRAD_W = out("outW", "c", "d", { optional: true });
+// What every margin op takes first: dtype, n, d, c, the margin; the fused loss adds its args.
+const HEAD = ["dtype", "n", "d", "c", "margin"] as const;
+const LOSS_HEAD = [...HEAD, "args", X, W, LABELS] as const;
 
 /** The ops, by the name the TypeScript side calls them. */
 export const OPS = {
-  forward: {
+  forward: op({
     device: "lsm_forward",
     host: "lsm_forward_host",
-    tensors: [X, W, LABELS, output("out", "n", "c")],
-  },
-  backward: {
+    args: [...HEAD, X, W, LABELS, out("out", "n", "c")],
+  }),
+  backward: op({
     device: "lsm_backward",
     host: "lsm_backward_host",
-    tensors: [
+    args: [
+      ...HEAD,
       X,
       W,
       LABELS,
-      input("gradLogits", "n", "c"),
-      output("outX", "n", "d"),
-      output(
+      tensor("gradLogits", "n", "c"),
+      out("outX", "n", "d"),
+      out(
         "outW",
         "c",
         "d",
       ),
     ],
-  },
-  loss: {
+  }),
+  loss: op({
     device: "lsm_loss",
     host: "lsm_loss_host",
-    args: true,
-    tensors: [X, W, LABELS, rows("rowLoss", true), GRAD_X, GRAD_W],
-  },
-  lossPartials: {
+    async: "lsm_loss_async",
+    args: [...LOSS_HEAD, rows("rowLoss", true), GRAD_X, GRAD_W],
+  }),
+  lossPartials: op({
     device: "lsm_loss_partials",
     host: "lsm_loss_partials_host",
-    args: true,
-    tensors: [X, W, LABELS, rows("rowMax", true), rows("rowSum", true), rows("target", true)],
-  },
-  lossGradients: {
+    async: "lsm_loss_partials_async",
+    args: [...LOSS_HEAD, rows("rowMax", true), rows("rowSum", true), rows("target", true)],
+  }),
+  lossGradients: op({
     device: "lsm_loss_gradients",
     host: "lsm_loss_gradients_host",
-    args: true,
-    tensors: [X, W, LABELS, rows("lse", false), GRAD_X, GRAD_W],
-  },
+    async: "lsm_loss_gradients_async",
+    args: [...LOSS_HEAD, rows("lse", false), GRAD_X, GRAD_W],
+  }),
+  topk: op({
+    device: "lsm_topk",
+    args: [
+      ...HEAD,
+      "k",
+      X,
+      W,
+      out("indices", "n", "k", { type: "int32" }),
+      out("scores", "n", "k"),
+    ],
+  }),
+  sgd: op({
+    device: "lsm_sgd_update",
+    async: "lsm_sgd_update_async",
+    args: [
+      "dtype",
+      "count",
+      "sgd",
+      out("w", "count", 1),
+      tensor("grad", "count", 1),
+      out("velocity", "count", 1, { optional: true }),
+    ],
+  }),
+  sum: op({
+    device: "lsm_sum",
+    async: "lsm_sum_async",
+    args: [
+      tensor("values", "count", 1, { type: "float64" }),
+      "count",
+      out("sum", 1, 1, { type: "float64", host: true }),
+    ],
+  }),
+  // Byte copies between a host array and context memory (the byte count is the host array's).
+  toContext: op({
+    device: "lsm_memcpy_to_context",
+    async: "lsm_memcpy_to_context_async",
+    args: [out("dst", "count", 1), tensor("src", "count", 1, { host: true }), "bytes"],
+  }),
+  fromContext: op({
+    device: "lsm_memcpy_from_context",
+    async: "lsm_memcpy_from_context_async",
+    args: [out("dst", "count", 1, { host: true }), tensor("src", "count", 1), "bytes"],
+  }),
 } as const satisfies Record<string, OpSpec>;

@@ -23,23 +23,7 @@ export const PrecisionCode = { EXACT: 0, TF32: 1 } as const;
 /** Element types of `lsm_dtype`. */
 export const DType = { FLOAT32: 0, FLOAT64: 1 } as const;
 
-/** Margin kinds of `lsm_margin_kind`. */
-export const MarginKind = {
-  lsoftmax: 0,
-  asoftmax: 1,
-  cosface: 2,
-  arcface: 3,
-  combined: 4,
-} as const;
-
-/** lsm_margin.flags of ArcFace: the easy margin. */
-export const FLAG_EASY_MARGIN = 1;
-
-/** sizeof(lsm_margin) and sizeof(lsm_loss_args). */
-export const MARGIN_BYTES = 88;
-export const LOSS_ARGS_BYTES = 40;
-/** sizeof(lsm_sgd), and `LSM_MAX_TOPK`. */
-export const SGD_BYTES = 40;
+/** `LSM_MAX_TOPK`: the largest k of lsm_topk. */
 export const MAX_TOPK = 128;
 
 // The head every op shares: ctx, dtype, n, d, c, margin (const lsm_margin *); the fused loss's
@@ -109,7 +93,8 @@ export const symbols = {
     parameters: op("buffer", 6, true),
     result: "i32",
   },
-  // Resident training (issue 13). ctx, dtype, count, sgd (const lsm_sgd *), w, grad, velocity
+  // Training with W in context memory (MarginHead). ctx, dtype, count, sgd (const lsm_sgd *), w,
+  // grad, velocity
   lsm_sgd_update: { parameters: SGD, result: "i32" },
   // ctx, values (context), count, out (double *, host)
   lsm_sum: { parameters: SUM, result: "i32" },
@@ -120,6 +105,9 @@ export const symbols = {
   },
   // ctx, to_context (uint64_t *), from_context (uint64_t *)
   lsm_context_traffic: { parameters: ["pointer", "buffer", "buffer"], result: "i32" },
+  // type (const char *), field (const char *), offset (int64_t *), bytes (int64_t *): where a
+  // field of an ABI struct lies ("" for the struct itself: offset 0, its sizeof)
+  lsm_layout: { parameters: ["buffer", "buffer", "buffer", "buffer"], result: "i32" },
   // The same functions off the JavaScript thread (MarginHead.stepAsync): Deno runs a nonblocking
   // symbol on a thread of its pool and returns a promise of the status.
   lsm_memcpy_to_context_async: {

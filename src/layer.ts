@@ -2,23 +2,15 @@
 // on a context of its own. It runs the same internal op as forward() and backward().
 
 import type { FloatArray } from "../ffi/arrays.ts";
-import type { Margin, NativeContext, Precision } from "../ffi/context.ts";
+import type { Call, NativeContext, Precision } from "../ffi/context.ts";
 import { OPS } from "../ffi/ops.ts";
-import { type Backend, openContext, resolveBackend } from "./backends.ts";
-import { checkInteger, readOptions } from "./checks.ts";
-import { checkPrecision, checkProblem, type Problem, runOp } from "./op.ts";
-import {
-  checkKind,
-  checkMargin,
-  checkOwnKeys,
-  hasLambda,
-  MARGIN_KEYS,
-  type MarginKind,
-  type MarginOptions,
-  marginOptions,
-} from "./margins.ts";
-import { checkSchedule, lambdaOf, type LambdaSchedule } from "./schedule.ts";
-import { checkReduction, type Reduction, runLoss } from "./loss.ts";
+import { type Backend, openContext } from "./backends.ts";
+import { readOptions } from "./checks.ts";
+import { type Margin, type MarginKind, type MarginOptions, marginOptions } from "./kinds.ts";
+import { runLoss } from "./loss.ts";
+import { bindArrays, type Shape } from "./tensors.ts";
+import { type LayerSettings, type Reduction, resolveLayer, resolveLayerCall } from "./resolve.ts";
+import { lambdaOf, type LambdaSchedule } from "./schedule.ts";
 
 /**
  * Options of {@link LargeMarginSoftmax}: the margin (as for `forward`, without `lambda`), the λ
@@ -33,23 +25,11 @@ export interface LayerOptions extends Omit<MarginOptions, "lambda">, Partial<Lam
   precision?: Precision;
 }
 
-const MARGIN_LAYER_KEYS = MARGIN_KEYS.filter((k) => k !== "lambda");
-const SCHEDULE_KEYS = ["base", "gamma", "power", "lambdaMin"] as const;
-const LAYER_KEYS = [
-  ...MARGIN_LAYER_KEYS,
-  "base",
-  "gamma",
-  "power",
-  "lambdaMin",
-  "iteration",
-  "backend",
-  "precision",
-] as const;
-
 /**
  * The margin layer (any kind, L-Softmax by default) with its λ annealing state. Without a step,
  * each forward first increments the iteration (as the Caffe layer does); with `{ step }` it uses
- * λ at that step (as the seed's TensorFlow op does with global_step). Kinds without λ (CosFace,
+ * λ at that step (as the TensorFlow L-Softmax op this module reimplements does with its
+ * global_step). Kinds without λ (CosFace,
  * ArcFace, combined) take no schedule; their λ reads 0. Backward uses the last forward's inputs
  * and λ: keep those arrays unchanged in between.
  *
@@ -83,7 +63,7 @@ export class LargeMarginSoftmax {
   #iteration: number;
   #lambda: number | undefined;
   #context: NativeContext | undefined;
-  #last: Problem | undefined;
+  #last: { call: Call; shape: Shape; x: unknown; w: unknown; labels: unknown } | undefined;
   #closed = false;
 
   /**
@@ -93,35 +73,14 @@ export class LargeMarginSoftmax {
    * optionally iteration, backend, precision.
    */
   constructor(options: LayerOptions) {
-    const o = readOptions("options", options, LAYER_KEYS);
-    this.kind = checkKind(o.kind);
-    checkOwnKeys(this.kind, o, MARGIN_LAYER_KEYS);
-    if (hasLambda(this.kind)) {
-      this.#margin = checkMargin({ ...o, lambda: 0 });
-      this.schedule = checkSchedule(o);
-    } else {
-      for (const key of SCHEDULE_KEYS) {
-        if (o[key] !== undefined) {
-          throw new TypeError(
-            `${key}: not an option of kind "${this.kind}", which has no λ schedule`,
-          );
-        }
-      }
-      this.#margin = checkMargin(o);
-      this.schedule = undefined;
-    }
+    const settings = resolveLayer(options);
+    this.kind = settings.margin.kind;
+    this.#margin = settings.margin;
+    this.schedule = settings.schedule;
     this.margin = marginOptions(this.#margin).margin as number | undefined;
-    this.#iteration = checkInteger("iteration", o.iteration ?? 0, 0, Number.MAX_SAFE_INTEGER);
-    this.backend = (o.backend ?? "auto") as Backend;
-    this.precision = checkPrecision(o.precision);
-    // Fail now, not at the first forward.
-    const { kind } = resolveBackend(this.backend);
-    if (this.precision === "tf32" && kind === "cpu") {
-      throw new RangeError(
-        `precision: "tf32" needs a CUDA device of compute capability 8.0+, got backend ` +
-          `${JSON.stringify(this.backend)}, which is the cpu here`,
-      );
-    }
+    this.#iteration = settings.iteration;
+    this.backend = settings.backend;
+    this.precision = settings.precision;
   }
 
   /** The iteration of the last forward (or the one the layer was created at). */
@@ -144,6 +103,18 @@ export class LargeMarginSoftmax {
     return this.#context;
   }
 
+  // The layer's settings as a call resolves them, at the current iteration.
+  #settings(): LayerSettings & { lambdaAt: (step: number) => number } {
+    return {
+      margin: this.#margin,
+      schedule: this.schedule,
+      iteration: this.#iteration,
+      backend: this.backend,
+      precision: this.precision,
+      lambdaAt: (step) => this.#lambdaAt(step),
+    };
+  }
+
   /**
    * Logits for x [N, D], w [C, D] and labels [N], and the λ used.
    *
@@ -162,33 +133,12 @@ export class LargeMarginSoftmax {
   ): { logits: T; lambda: number } {
     const ctx = this.#ctx();
     this.#last = undefined; // a failed forward leaves no stale inputs for backward
-    const o = readOptions("options", options, ["step", "features", "out"]);
-    const { step, p } = this.#problem(x, w, labels, o.step, o.features);
-    const [logits] = runOp(ctx, OPS.forward, p, { out: o.out });
-    this.#advance(step, p, true);
-    return { logits: logits as T, lambda: p.margin.lambda };
-  }
-
-  // The step a forward or loss runs at (Caffe: one past the iteration; or the given one) and
-  // its checked problem at λ of that step.
-  #problem(x: unknown, w: unknown, labels: unknown, given: unknown, features: unknown) {
-    let step: number;
-    if (given !== undefined) step = checkInteger("step", given, 0, Number.MAX_SAFE_INTEGER);
-    else if (this.#iteration < Number.MAX_SAFE_INTEGER) step = this.#iteration + 1;
-    else {
-      throw new RangeError(
-        `iteration: expected below Number.MAX_SAFE_INTEGER to count one more exactly, got ` +
-          `${this.#iteration}; pass { step } to choose the step`,
-      );
-    }
-    const margin = { ...this.#margin, lambda: this.#lambdaAt(step) };
-    return { step, p: checkProblem(x, w, labels, features, margin, this.precision) };
-  }
-
-  #advance(step: number, p: Problem, keep: boolean): void {
-    this.#iteration = step;
-    this.#lambda = p.margin.lambda;
-    this.#last = keep ? p : undefined;
+    const r = resolveLayerCall("forward", this.#settings(), { x, w, labels }, options);
+    ctx.run(OPS.forward, r.call, r.arrays);
+    this.#iteration = r.step;
+    this.#lambda = r.call.margin!.lambda;
+    this.#last = { call: r.call, shape: r.call, x, w, labels };
+    return { logits: r.arrays[3] as T, lambda: this.#lambda };
   }
 
   /**
@@ -210,17 +160,16 @@ export class LargeMarginSoftmax {
   ): { loss: number; lambda: number; gradX: T; gradW: T } {
     const ctx = this.#ctx();
     this.#last = undefined;
-    const o = readOptions("options", options, ["step", "features", "reduction", "outX", "outW"]);
-    const { step, p } = this.#problem(x, w, labels, o.step, o.features);
-    const request = {
-      reduction: checkReduction(o.reduction),
-      gradients: true,
-      outX: o.outX,
-      outW: o.outW,
-    };
-    const r = runLoss(p, ctx, request);
-    this.#advance(step, p, false);
-    return { loss: r.loss, lambda: p.margin.lambda, gradX: r.gradX as T, gradW: r.gradW as T };
+    const { step, call, arrays, reduction } = resolveLayerCall(
+      "loss",
+      this.#settings(),
+      { x, w, labels },
+      options,
+    );
+    const r = runLoss({ call, arrays, contexts: ctx, reduction, gradients: true });
+    this.#iteration = step;
+    this.#lambda = call.margin!.lambda;
+    return { loss: r.loss, lambda: this.#lambda, gradX: r.gradX as T, gradW: r.gradW as T };
   }
 
   /**
@@ -237,8 +186,11 @@ export class LargeMarginSoftmax {
     const ctx = this.#ctx();
     if (!this.#last) throw new Error("LargeMarginSoftmax: backward needs a forward first");
     const o = readOptions("options", options, ["outX", "outW"]);
-    const [gradX, gradW] = runOp(ctx, OPS.backward, this.#last, { gradLogits, ...o });
-    return { gradX: gradX as T, gradW: gradW as T };
+    const { x, w, labels, shape, call } = this.#last;
+    const given = { x, w, labels, gradLogits, outX: o.outX, outW: o.outW };
+    const { arrays } = bindArrays(OPS.backward, shape, given);
+    ctx.run(OPS.backward, call, arrays);
+    return { gradX: arrays[4] as T, gradW: arrays[5] as T };
   }
 
   /**

@@ -4,7 +4,9 @@ import { checkNumber, describe } from "./checks.ts";
 
 /** The λ schedule λ(t) = max(base·(1 + gamma·t)^(-power), lambdaMin). */
 export interface LambdaSchedule {
-  /** λ at step 0 (the seed's example: 1000). */
+  /**
+   * λ at step 0 (1000 in the example of the TensorFlow L-Softmax op this module reimplements).
+   */
   base: number;
   /** How fast λ decays (0.000025). */
   gamma: number;
@@ -13,6 +15,9 @@ export interface LambdaSchedule {
   /** The floor λ never goes below (0). */
   lambdaMin: number;
 }
+
+/** The schedule's options, as the layer and the head take them. */
+export const SCHEDULE_KEYS = ["base", "gamma", "power", "lambdaMin"] as const;
 
 export function checkSchedule(s: unknown): LambdaSchedule {
   if (typeof s !== "object" || s === null) {

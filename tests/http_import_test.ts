@@ -45,7 +45,7 @@ function serve(): { server: Deno.HttpServer<Deno.NetAddr>; base: string; request
     requests.push(path);
     const ts = { "content-type": "application/typescript; charset=utf-8" };
     if (path === "/child.ts") return new Response(childScript(base), { headers: ts });
-    if (path === "/mod.ts" || /^\/(ffi|src)\/[A-Za-z0-9_.-]+\.ts$/.test(path)) {
+    if (path === "/mod.ts" || /^\/(ffi|src)\/([A-Za-z0-9_-]+\/)?[A-Za-z0-9_.-]+\.ts$/.test(path)) {
       try {
         return new Response(Deno.readTextFileSync(new URL(`.${path}`, ROOT)), { headers: ts });
       } catch {

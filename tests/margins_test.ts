@@ -16,6 +16,7 @@ import {
   allFinite,
   assertClose,
   maxAbs,
+  maxRelErr,
   orthogonalUnit,
   randomArray,
   randomLabels,
@@ -26,6 +27,7 @@ import {
   Worst,
 } from "./helpers.ts";
 import { type MarginSpec, referenceMarginForward } from "./reference_margins.ts";
+import { KINDS } from "../src/kinds.ts";
 
 /** One or two parameter sets per kind, with the papers' typical values. */
 const SPECS: MarginSpec[] = [
@@ -632,5 +634,20 @@ Deno.test("margins cpu: the direct path split across threads agrees with class b
     assert.ok(Math.abs(one.loss - blocks.loss) <= 1e-5 * Math.abs(one.loss), `${what}: loss`);
     assertClose(one.gradX, blocks.gradX, 1e-4, `${what} gradX`, maxAbs(blocks.gradX));
     assertClose(one.gradW, blocks.gradW, 1e-4, `${what} gradW`, maxAbs(blocks.gradW));
+  }
+});
+
+Deno.test("margins: the kinds the kind table calls normalised do not see the scale of x", () => {
+  const p = randomProblem(new Rng(977), 6, 5, 7);
+  const x100 = p.x.map((v) => 100 * v);
+  for (const spec of SPECS) {
+    const row = KINDS[spec.kind as keyof typeof KINDS];
+    const { logits } = forward(p.x, p.w, p.labels, opts(spec, "cpu"));
+    const { logits: scaled } = forward(x100, p.w, p.labels, opts(spec, "cpu"));
+    const worst = maxRelErr(scaled, logits);
+    if (row.normalised) {
+      assert.ok(worst < 1e-9, `${name(spec)}: x scaled 100 moved logits ${worst}`);
+    } else assert.ok(worst > 1, `${name(spec)}: x scaled 100 should scale the logits, ${worst}`);
+    assert.equal(row.lambda, "lambda" in spec, `${name(spec)}: the table's λ matches its options`);
   }
 });

@@ -1,12 +1,19 @@
-// MarginHead's options and state: their types, the keys each accepts and the checks that turn
-// what the caller passed into validated values (named errors), plus the seeded initialisation.
+// MarginHead's options and state: their types, the keys each accepts, and the checks of the
+// head's own options (the optimizer, dtype, weights); src/resolve.ts reads them all.
 
-import { describe, type FloatArray, type FloatDType } from "../ffi/arrays.ts";
-import { checkNumber, readOptions } from "./checks.ts";
-import { MARGIN_KEYS, type MarginOptions } from "./margins.ts";
-import type { Backend } from "./backends.ts";
-import type { Precision } from "../ffi/context.ts";
-import { checkSchedule, type LambdaSchedule } from "./schedule.ts";
+import {
+  describe,
+  elementCount,
+  type FloatArray,
+  floatArrayName,
+  type FloatDType,
+  floatDType,
+} from "../../ffi/arrays.ts";
+import type { Precision } from "../../ffi/context.ts";
+import type { Backend } from "../backends.ts";
+import { checkNumber, readOptions } from "../checks.ts";
+import { MARGIN_KEYS, type MarginOptions } from "../kinds.ts";
+import { type LambdaSchedule, SCHEDULE_KEYS } from "../schedule.ts";
 
 /** SGD as PyTorch defines it (dampening 0). */
 export interface SgdOptions {
@@ -75,10 +82,7 @@ export const HEAD_KEYS = [
   "classes",
   "features",
   ...MARGIN_KEYS,
-  "base",
-  "gamma",
-  "power",
-  "lambdaMin",
+  ...SCHEDULE_KEYS,
   "dtype",
   "backend",
   "optimizer",
@@ -88,7 +92,7 @@ export const HEAD_KEYS = [
   "workspace",
   "iteration",
 ] as const;
-export const SGD_KEYS = ["lr", "momentum", "weightDecay", "nesterov"] as const;
+const SGD_KEYS = ["lr", "momentum", "weightDecay", "nesterov"] as const;
 
 export function checkSgd(v: unknown): Required<SgdOptions> {
   const o = readOptions("optimizer", v ?? { lr: 0.01 }, SGD_KEYS);
@@ -109,33 +113,40 @@ export function checkSgd(v: unknown): Required<SgdOptions> {
   return sgd as Required<SgdOptions>;
 }
 
-// The λ rule: fixed, or the schedule; not both, not neither.
-export function checkLambda(o: Partial<Record<string, unknown>>): number | LambdaSchedule {
-  const scheduled = ["base", "gamma", "power", "lambdaMin"].some((k) => o[k] !== undefined);
-  if (o.lambda !== undefined && scheduled) {
-    throw new TypeError(
-      "lambda: expected either lambda or the schedule (base, gamma, ...), got both",
-    );
-  }
-  if (o.lambda !== undefined || !scheduled) return checkNumber("lambda", o.lambda, 0);
-  return checkSchedule(o);
-}
-
 export function checkDType(v: unknown): FloatDType {
   if (v === undefined || v === "float32" || v === "float64") return v ?? "float32";
   throw new RangeError(`dtype: expected "float32" or "float64", got ${describe(v)}`);
 }
 
-// mulberry32: the default weights, uniform in [-b, b), the same for any split into shards.
-export function uniformStream(seed: number, bound: number): (out: FloatArray) => void {
-  let state = seed >>> 0;
-  return (out) => {
-    for (let i = 0; i < out.length; i++) {
-      state = (state + 0x6d2b79f5) >>> 0;
-      let t = state;
-      t = Math.imul(t ^ (t >>> 15), t | 1);
-      t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-      out[i] = bound * (2 * (((t ^ (t >>> 14)) >>> 0) / 4294967296) - 1);
-    }
-  };
+/** Initial weights: C·D elements of the head's dtype. */
+export function checkWeights(
+  v: unknown,
+  dtype: FloatDType,
+  classes: number,
+  features: number,
+): FloatArray | undefined {
+  if (v === undefined) return undefined;
+  if (floatDType(v) !== dtype) {
+    throw new TypeError(
+      `weights: expected a ${floatArrayName(dtype)} (dtype), got ${describe(v)}`,
+    );
+  }
+  const count = classes * features, got = elementCount(v as FloatArray);
+  if (got !== count) {
+    throw new RangeError(
+      `weights: expected classes * features = ${classes} * ${features} = ${count} ` +
+        `elements, got ${got}`,
+    );
+  }
+  return v as FloatArray;
+}
+
+/** A state's momentum buffer: C·D elements of the head's dtype. */
+export function checkVelocity(v: unknown, dtype: FloatDType, count: number): FloatArray {
+  if (floatDType(v) !== dtype || elementCount(v as FloatArray) !== count) {
+    throw new TypeError(
+      `velocity: expected a ${floatArrayName(dtype)} of ${count} elements, got ${describe(v)}`,
+    );
+  }
+  return v as FloatArray;
 }

@@ -1,0 +1,161 @@
+// The ABI's structs (cuda/lsoftmax.h) as one table of their fields: the C name, the type, the
+// byte offset, and the key of the value TypeScript writes there. The encoders are built from it,
+// and tests/abi_layout_test.ts holds every row against what the library reports (lsm_layout).
+// Fields without a key (reserved) stay 0.
+
+/** A field's C type. */
+export type FieldType = "int32" | "uint32" | "int64" | "float64";
+
+/** One field of an ABI struct. */
+export interface Field<K extends string = string> {
+  /** The C field name, as lsm_layout takes it. */
+  readonly c: string;
+  /** The key of the value the encoder writes; none for reserved fields (always 0). */
+  readonly key?: K;
+  readonly type: FieldType;
+  readonly offset: number;
+  /** The element count of an array field. */
+  readonly count?: number;
+}
+
+/** An ABI struct: its C name, sizeof, and its fields. */
+export interface Struct<K extends string = string> {
+  readonly name: string;
+  readonly bytes: number;
+  readonly fields: readonly Field<K>[];
+}
+
+/** The bytes of one element of a field type. */
+export const FIELD_BYTES: Readonly<Record<FieldType, number>> = {
+  int32: 4,
+  uint32: 4,
+  int64: 8,
+  float64: 8,
+};
+
+/**
+ * Every field of every ABI struct, in declaration order: the struct, the C field, its type
+ * (`type[count]` for an array), its offset, and the value's key (none for reserved fields).
+ */
+const FIELDS = [
+  ["lsm_margin", "kind", "int32", 0, "kind"], // lsm_margin_kind
+  ["lsm_margin", "m", "int32", 4, "m"],
+  ["lsm_margin", "lambda", "float64", 8, "lambda"],
+  ["lsm_margin", "scale", "float64", 16, "scale"],
+  ["lsm_margin", "m1", "float64", 24, "m1"],
+  ["lsm_margin", "m2", "float64", 32, "m2"],
+  ["lsm_margin", "m3", "float64", 40, "m3"],
+  ["lsm_margin", "flags", "uint32", 48, "flags"],
+  ["lsm_margin", "reserved_flags", "uint32", 52],
+  ["lsm_margin", "reserved", "float64[4]", 56],
+  ["lsm_loss_args", "class_offset", "int64", 0, "classOffset"],
+  ["lsm_loss_args", "total_classes", "int64", 8, "totalClasses"],
+  ["lsm_loss_args", "grad_scale", "float64", 16, "gradScale"],
+  ["lsm_loss_args", "reserved", "int64[2]", 24],
+  ["lsm_sgd", "lr", "float64", 0, "lr"],
+  ["lsm_sgd", "momentum", "float64", 8, "momentum"],
+  ["lsm_sgd", "weight_decay", "float64", 16, "weightDecay"],
+  ["lsm_sgd", "nesterov", "int32", 24, "nesterov"], // 0 or 1
+  ["lsm_sgd", "first", "int32", 28, "first"], // 1: the first step (v <- g)
+  ["lsm_sgd", "reserved", "int64", 32],
+] as const;
+
+/** sizeof of each ABI struct. */
+const SIZES = { lsm_margin: 88, lsm_loss_args: 40, lsm_sgd: 40 } as const;
+
+type StructName = keyof typeof SIZES;
+
+function struct<S extends StructName>(name: S): Struct<KeyOf<S>> {
+  const fields = FIELDS.filter((f) => f[0] === name).map((f) => {
+    const [, type, count] = /^(\w+)(?:\[(\d+)\])?$/.exec(f[2])!;
+    const field: Field<KeyOf<S>> = {
+      c: f[1],
+      type: type as FieldType,
+      offset: f[3],
+      ...(count === undefined ? {} : { count: Number(count) }),
+      ...(f.length === 5 ? { key: f[4] as KeyOf<S> } : {}),
+    };
+    return field;
+  });
+  return { name, bytes: SIZES[name], fields };
+}
+
+/** The value keys of a struct's fields. */
+type KeyOf<S extends StructName> = Extract<
+  typeof FIELDS[number],
+  readonly [S, string, string, number, string]
+>[4];
+
+/** struct lsm_margin: the kind and its parameters (fields a kind does not use are 0). */
+export const LSM_MARGIN: Struct<KeyOf<"lsm_margin">> = struct("lsm_margin");
+/** struct lsm_loss_args: the shard's first class, all classes, the gradient's scale. */
+export const LSM_LOSS_ARGS: Struct<KeyOf<"lsm_loss_args">> = struct("lsm_loss_args");
+/** struct lsm_sgd: one SGD step's settings. */
+export const LSM_SGD: Struct<KeyOf<"lsm_sgd">> = struct("lsm_sgd");
+
+/** Every ABI struct the bindings encode. */
+export const STRUCTS: readonly Struct[] = [LSM_MARGIN, LSM_LOSS_ARGS, LSM_SGD];
+
+/** The values of a struct, by the keys its table gives them. */
+export type StructValues<K extends string> = { readonly [Key in K]: number };
+
+/** The values of lsm_margin: `kind` is the lsm_margin_kind code. */
+export type MarginStruct = StructValues<KeyOf<"lsm_margin">>;
+/** The values of lsm_loss_args. */
+export type LossArgs = StructValues<KeyOf<"lsm_loss_args">>;
+/** The values of lsm_sgd. */
+export type SgdStruct = StructValues<KeyOf<"lsm_sgd">>;
+
+// Structs are written in the host's byte order, as the library reads them.
+const LITTLE_ENDIAN = new Uint8Array(new Uint16Array([1]).buffer)[0] === 1;
+
+/**
+ * An encoder of a struct: its values into `into` (a buffer of the struct's size, by default one
+ * the encoder keeps and reuses). A synchronous call may use the kept buffer, since the native
+ * side copies the struct before it returns; a call still running when the next is encoded (off
+ * the JavaScript thread) needs a buffer of its own.
+ */
+export function encoder<K extends string>(
+  struct: Struct<K>,
+): (values: StructValues<K>, into?: Uint8Array) => Uint8Array {
+  const kept = new Uint8Array(struct.bytes);
+  const keptView = new DataView(kept.buffer);
+  const written = struct.fields.filter((f) => f.key !== undefined);
+  return (values, into = kept) => {
+    if (into.byteLength !== struct.bytes) {
+      throw new RangeError(
+        `${struct.name}: expected a buffer of ${struct.bytes} bytes, got ${into.byteLength}`,
+      );
+    }
+    const view = into === kept
+      ? keptView
+      : new DataView(into.buffer, into.byteOffset, struct.bytes);
+    for (const f of written) {
+      const v = (values as Record<string, number>)[f.key!];
+      switch (f.type) {
+        case "int32":
+          view.setInt32(f.offset, v, LITTLE_ENDIAN);
+          break;
+        case "uint32":
+          view.setUint32(f.offset, v, LITTLE_ENDIAN);
+          break;
+        case "int64":
+          view.setBigInt64(f.offset, BigInt(v), LITTLE_ENDIAN);
+          break;
+        case "float64":
+          view.setFloat64(f.offset, v, LITTLE_ENDIAN);
+          break;
+      }
+    }
+    return into;
+  };
+}
+
+/** lsm_margin's encoder. */
+export const encodeMargin: (v: MarginStruct, into?: Uint8Array) => Uint8Array = encoder(LSM_MARGIN);
+/** lsm_loss_args's encoder. */
+export const encodeLossArgs: (v: LossArgs, into?: Uint8Array) => Uint8Array = encoder(
+  LSM_LOSS_ARGS,
+);
+/** lsm_sgd's encoder. */
+export const encodeSgd: (v: SgdStruct, into?: Uint8Array) => Uint8Array = encoder(LSM_SGD);

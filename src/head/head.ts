@@ -1,0 +1,361 @@
+// MarginHead: a classifier head whose weights W [C, D], their gradient and the SGD state live in
+// context memory of its backend (host memory on the CPU, device memory on CUDA). A step sends the
+// features and labels in and dL/dx out; W is updated where it lives. With a list of backends the
+// classes are split into shards, one context each (shards.ts), combined by the class-shard
+// algorithm of ../shards.ts. Its native sequences are in calls.ts; this file holds the state.
+
+import { type FloatArray, type FloatDType, newFloatArray } from "../../ffi/arrays.ts";
+import type { SgdStruct } from "../../ffi/structs.ts";
+import { MAX_TOPK } from "../../ffi/symbols.ts";
+import { runCalls, runCallsAsync } from "../calls.ts";
+import { checkInteger, checkNumber, readOptions } from "../checks.ts";
+import { type Margin, marginOptions } from "../kinds.ts";
+import { resolveHead } from "../resolve.ts";
+import { checkBatch } from "../tensors.ts";
+import { lambdaOf, type LambdaSchedule } from "../schedule.ts";
+import { evaluateCalls, stepCalls, topkCalls } from "./calls.ts";
+import { fillWeights } from "./init.ts";
+import {
+  checkVelocity,
+  type HeadOptions,
+  type HeadState,
+  type SgdOptions,
+  type StepResult,
+} from "./options.ts";
+import { type Batch, type HeadShard, openShards } from "./shards.ts";
+import { mergeTopK } from "./topk.ts";
+
+export type { HeadOptions, HeadState, SgdOptions, StepResult };
+
+/**
+ * A classifier head whose weights W [C, D], their gradient and the SGD state live in context
+ * memory of its backend: a step sends x [N, D] and the labels in, and dL/dx back; W is updated
+ * where it lives. The loss is the fused L-Softmax cross-entropy of {@link loss} (mean over the
+ * batch).
+ *
+ * @example
+ * ```ts
+ * import { MarginHead } from "./mod.ts";
+ * using head = new MarginHead({
+ *   classes: 10, features: 4, margin: 2, lambda: 1, backend: "cpu",
+ *   optimizer: { lr: 0.1, momentum: 0.9 },
+ * });
+ * const x = new Float32Array(8).fill(0.5), labels = new Int32Array([3, 7]);
+ * const { loss, gradX } = head.step(x, labels); // W updated in place
+ * const { indices } = head.predict(x, { k: 3 });
+ * ```
+ */
+export class MarginHead {
+  /** The class count C. */
+  readonly classes: number;
+  /** The feature count D. */
+  readonly features: number;
+  /** The element type of W, x and dL/dx. */
+  readonly dtype: FloatDType;
+  /** The optimizer's settings (lr is the default of each step). */
+  readonly optimizer: Readonly<Required<SgdOptions>>;
+  #options: HeadState["options"];
+  #lambda: number | LambdaSchedule;
+  #margin: Margin; // λ 0: #batch sets each call's
+  #shards: HeadShard[] = [];
+  #iteration = 0;
+  #hasVelocity = false;
+  #closed = false;
+  #tail: Promise<unknown> = Promise.resolve(); // the last queued asynchronous call
+  #inFlight = 0;
+
+  /**
+   * A head with weights from `options.weights` or drawn from `options.seed`.
+   *
+   * @param options classes, features, the margin and λ (or its schedule), and optionally dtype,
+   * backend (or a list), optimizer, weights, seed, precision, workspace, iteration.
+   */
+  constructor(options: HeadOptions) {
+    const h = resolveHead(options);
+    this.classes = h.classes;
+    this.features = h.features;
+    this.dtype = h.dtype;
+    this.#margin = h.margin;
+    this.#lambda = h.lambda ?? 0;
+    this.optimizer = Object.freeze(h.optimizer);
+    this.#iteration = h.iteration;
+    const { lambda: _, ...margin } = marginOptions(h.margin);
+    this.#options = {
+      classes: this.classes,
+      features: this.features,
+      ...margin,
+      ...(h.lambda === undefined
+        ? {}
+        : typeof h.lambda === "number"
+        ? { lambda: h.lambda }
+        : h.lambda),
+      dtype: this.dtype,
+      backend: h.backend,
+      optimizer: { ...this.optimizer },
+      precision: h.precision,
+      ...(h.workspace === undefined ? {} : { workspace: h.workspace }),
+    };
+    const shape = { ...h, dtype: this.dtype };
+    this.#shards = openShards(h.backends, shape, this.optimizer.momentum !== 0);
+    try {
+      fillWeights(this.#shards, h.weights, h.seed);
+    } catch (e) {
+      this.#release();
+      throw e;
+    }
+  }
+
+  /** Steps taken (0 for a new head). */
+  get iteration(): number {
+    return this.#iteration;
+  }
+
+  /** λ at the current iteration (that of the last step). */
+  get lambda(): number {
+    return this.#lambdaAt(this.#iteration);
+  }
+
+  /** Whether {@link MarginHead.close} was called. */
+  get closed(): boolean {
+    return this.#closed;
+  }
+
+  /** Bytes moved between the host and the head's contexts since it was made. */
+  get traffic(): { toDevice: number; fromDevice: number } {
+    this.#live();
+    this.#checkIdle(); // the counters are the running step's to write
+    let toDevice = 0, fromDevice = 0;
+    for (const s of this.#shards) {
+      const t = s.ctx.traffic();
+      toDevice += t.toDevice;
+      fromDevice += t.fromDevice;
+    }
+    return { toDevice, fromDevice };
+  }
+
+  #lambdaAt(step: number): number {
+    return typeof this.#lambda === "number" ? this.#lambda : lambdaOf(step, this.#lambda);
+  }
+
+  // A call's batch at λ of `step`: the one place the head's margin becomes the call's.
+  #batch(n: number, step: number): Batch {
+    return { n, margin: { ...this.#margin.struct, lambda: this.#lambdaAt(step) } };
+  }
+
+  #live(): void {
+    if (this.#closed) throw new Error("MarginHead: the head is closed");
+  }
+
+  #checkIdle(): void {
+    if (this.#inFlight > 0) {
+      throw new Error("MarginHead: a stepAsync is running; await it before a synchronous call");
+    }
+  }
+
+  // A step's SGD settings: lr from the options (the optimizer's by default).
+  #sgd(options: unknown): SgdStruct {
+    if (this.#iteration + this.#inFlight >= Number.MAX_SAFE_INTEGER) {
+      throw new RangeError(
+        `iteration: expected below Number.MAX_SAFE_INTEGER to count one more exactly, got ` +
+          `${this.#iteration}`,
+      );
+    }
+    const o = readOptions("options", options, ["lr"]);
+    const lr = o.lr === undefined ? this.optimizer.lr : checkNumber("lr", o.lr, 0);
+    const { momentum, weightDecay, nesterov } = this.optimizer;
+    return { lr, momentum, weightDecay, nesterov: nesterov ? 1 : 0, first: 0 };
+  }
+
+  // One training step's calls; the head's state advances only once every call succeeded.
+  *#step(x: FloatArray, labels: Int32Array, sgd: SgdStruct) {
+    const n = labels.length, step = this.#iteration + 1;
+    const b = this.#batch(n, step);
+    const gradX = newFloatArray(this.dtype, n * this.features);
+    const first = this.#hasVelocity ? 0 : 1; // PyTorch's fresh momentum buffer: v <- g
+    const loss = yield* stepCalls(this.#shards, b, x, labels, { ...sgd, first }, gradX);
+    this.#iteration = step;
+    if (this.optimizer.momentum !== 0) this.#hasVelocity = true;
+    return { loss, lambda: b.margin.lambda, gradX };
+  }
+
+  /**
+   * One training step: the fused loss of x [N, D] and labels, dL/dW applied to W by SGD where W
+   * lives, and dL/dx back for the layers below.
+   *
+   * @param x Features, N·D elements of the head's dtype.
+   * @param labels The N class indices, each in [0, C).
+   * @param options `lr`: this step's learning rate (the optimizer's by default).
+   * @returns The mean loss, λ of the step, and dL/dx.
+   */
+  step<T extends FloatArray>(
+    x: T,
+    labels: Int32Array,
+    options: { lr?: number } = {},
+  ): StepResult<T> {
+    this.#live();
+    this.#checkIdle();
+    checkBatch(x, labels, this.dtype, this.features);
+    const sgd = this.#sgd(options);
+    return runCalls(this.#step(x, labels, sgd)) as StepResult<T>;
+  }
+
+  /**
+   * The same step off the JavaScript thread: the event loop keeps running meanwhile. Calls on
+   * one head run in the order made; x and labels are copied before this returns, so the caller
+   * may reuse them at once.
+   *
+   * @param x Features, N·D elements of the head's dtype.
+   * @param labels The N class indices, each in [0, C).
+   * @param options `lr`: this step's learning rate.
+   * @returns A promise of the mean loss, λ of the step, and dL/dx.
+   */
+  stepAsync<T extends FloatArray>(
+    x: T,
+    labels: Int32Array,
+    options: { lr?: number } = {},
+  ): Promise<StepResult<T>> {
+    this.#live();
+    checkBatch(x, labels, this.dtype, this.features);
+    const sgd = this.#sgd(options);
+    const xs = x.slice() as FloatArray, ys = labels.slice();
+    this.#inFlight++;
+    const run = this.#tail.then(async () => {
+      try {
+        return await runCallsAsync(this.#step(xs, ys, sgd)) as StepResult<T>;
+      } finally {
+        if (--this.#inFlight === 0 && this.#closed) this.#release();
+      }
+    });
+    this.#tail = run.catch(() => {});
+    return run;
+  }
+
+  /**
+   * The loss (no update) and the accuracy of the best class by {@link MarginHead.predict}'s score.
+   *
+   * @param x Features, N·D elements of the head's dtype.
+   * @param labels The N class indices.
+   * @returns The mean loss at λ of the current iteration, and the fraction of rows whose best
+   * class is their label.
+   */
+  evaluate(x: FloatArray, labels: Int32Array): { loss: number; accuracy: number } {
+    this.#live();
+    this.#checkIdle();
+    const { n } = checkBatch(x, labels, this.dtype, this.features);
+    const loss = runCalls(evaluateCalls(this.#shards, this.#batch(n, this.#iteration), x, labels));
+    const { indices } = this.predict(x, { k: 1 });
+    let hits = 0;
+    for (let i = 0; i < n; i++) hits += indices[i] === labels[i] ? 1 : 0;
+    return { loss, accuracy: hits / n };
+  }
+
+  /**
+   * The k best classes of each sample, best first (equal scores by lower class), without an N×C
+   * buffer. The score is the logit without the margin: x·w_j (L-Softmax), |x| cos θ_j (A-Softmax),
+   * cos θ_j (CosFace, ArcFace, combined: a cosine whatever the scale).
+   *
+   * @param x Features, N·D elements of the head's dtype.
+   * @param options `k`: how many classes per sample, 1 to min(C, 128); 1 by default.
+   * @returns indices [N, k] (Int32Array) and their scores [N, k] (the head's dtype).
+   */
+  predict<T extends FloatArray>(
+    x: T,
+    options: { k?: number } = {},
+  ): { indices: Int32Array; scores: T } {
+    this.#live();
+    this.#checkIdle();
+    const { n } = checkBatch(x, null, this.dtype, this.features);
+    const o = readOptions("options", options, ["k"]);
+    const k = checkInteger("k", o.k ?? 1, 1, Math.min(this.classes, MAX_TOPK));
+    const results = runCalls(topkCalls(this.#shards, this.#batch(n, this.#iteration), x, k));
+    return mergeTopK<T>(results, n, k, this.dtype);
+  }
+
+  // A [C, D] tensor of every shard into one host array.
+  #gather(pick: (s: HeadShard) => Deno.PointerValue): FloatArray {
+    const d = this.features, out = newFloatArray(this.dtype, this.classes * d);
+    for (const s of this.#shards) {
+      s.ctx.download(out.subarray(s.c0 * d, (s.c0 + s.c) * d), pick(s));
+    }
+    return out;
+  }
+
+  /**
+   * A host copy of W [C, D].
+   *
+   * @returns The weights, row-major, of the head's dtype.
+   */
+  weights(): FloatArray {
+    this.#live();
+    this.#checkIdle();
+    return this.#gather((s) => s.w);
+  }
+
+  /**
+   * Everything needed to continue training bit for bit: the options, the iteration, W and the
+   * momentum buffer (host copies). `MarginHead.fromState(head.state())` rebuilds the head.
+   *
+   * @returns The head's state; structured-cloneable (JSON needs the arrays converted).
+   */
+  state(): HeadState {
+    this.#live();
+    this.#checkIdle();
+    return {
+      options: structuredClone(this.#options),
+      iteration: this.#iteration,
+      weights: this.#gather((s) => s.w),
+      velocity: this.#hasVelocity ? this.#gather((s) => s.v) : null,
+    };
+  }
+
+  /**
+   * A head from {@link MarginHead.state}, continuing where that one was.
+   *
+   * @param state What `state()` returned.
+   * @returns A new head.
+   */
+  static fromState(state: HeadState): MarginHead {
+    const o = readOptions("state", state, ["options", "iteration", "weights", "velocity"]);
+    const head = new MarginHead({
+      ...(o.options as HeadOptions),
+      weights: o.weights as FloatArray,
+    });
+    try {
+      head.#iteration = checkInteger("iteration", o.iteration, 0, Number.MAX_SAFE_INTEGER);
+      if (o.velocity !== null && o.velocity !== undefined) {
+        if (head.optimizer.momentum === 0) {
+          throw new RangeError("velocity: expected null for an optimizer without momentum");
+        }
+        const v = checkVelocity(o.velocity, head.dtype, head.classes * head.features);
+        const d = head.features;
+        for (const s of head.#shards) s.ctx.upload(s.v, v.subarray(s.c0 * d, (s.c0 + s.c) * d));
+        head.#hasVelocity = true;
+      }
+    } catch (e) {
+      head.close();
+      throw e;
+    }
+    return head;
+  }
+
+  #release(): void {
+    for (const s of this.#shards) s.ctx.close(); // frees W, its gradient, the velocity, scratch
+    this.#shards = [];
+  }
+
+  /**
+   * Releases the head's memory; later calls throw. Steps already asked of stepAsync finish
+   * first, and the memory goes after the last. Idempotent. A head dropped unclosed is released
+   * when garbage-collected.
+   */
+  close(): void {
+    if (this.#closed) return;
+    this.#closed = true;
+    if (this.#inFlight === 0) this.#release();
+  }
+
+  /** Closes the head (for `using`). */
+  [Symbol.dispose](): void {
+    this.close();
+  }
+}

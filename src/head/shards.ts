@@ -1,0 +1,162 @@
+// A head's shards: its classes split across its contexts, each shard's W, dL/dW and momentum
+// buffer in context memory there, and the native calls of one shard (the fused loss's, the SGD
+// update, the byte copies), as the class-shard algorithm (../shards.ts) and the head run them.
+
+import { type FloatArray, type FloatDType, newFloatArray } from "../../ffi/arrays.ts";
+import {
+  type Call,
+  type NativeContext,
+  NO_CALL,
+  type Precision,
+  type Tensor,
+} from "../../ffi/context.ts";
+import { OPS } from "../../ffi/ops.ts";
+import type { MarginStruct, SgdStruct } from "../../ffi/structs.ts";
+import { openContext } from "../backends.ts";
+import type { NativeCall } from "../calls.ts";
+import { type ContextShard, type Partials, shardBounds } from "../shards.ts";
+
+type Ptr = Deno.PointerValue;
+
+/** What every call of a head shares: the dtype, D, C, the contexts' settings. */
+export interface HeadShape {
+  dtype: FloatDType;
+  features: number;
+  classes: number;
+  precision: Precision;
+  workspace: number | undefined;
+}
+
+/** One batch's call settings: N and the margin at the step's λ. */
+export interface Batch {
+  n: number;
+  margin: MarginStruct;
+}
+
+/** A shard: classes [c0, c0 + c), and W, its gradient and the momentum buffer on its context. */
+export class HeadShard {
+  readonly w: Ptr;
+  readonly gw: Ptr;
+  readonly v: Ptr | null;
+
+  constructor(
+    readonly ctx: NativeContext,
+    readonly c0: number,
+    readonly c: number,
+    readonly head: HeadShape,
+    momentum: boolean,
+  ) {
+    ctx.setPrecision(head.precision);
+    ctx.setWorkspace(head.workspace);
+    this.w = ctx.allocate(this.bytes(c * head.features));
+    this.gw = ctx.allocate(this.bytes(c * head.features));
+    this.v = momentum ? ctx.allocate(this.bytes(c * head.features)) : null;
+  }
+
+  /** The bytes of count elements of the head's dtype. */
+  bytes(count: number): number {
+    return count * (this.head.dtype === "float32" ? 4 : 8);
+  }
+
+  /** A scratch tensor on the shard's context, kept under its name between calls. */
+  scratch(name: string, bytes: number): Ptr {
+    return this.ctx.buffer(`head.${name}`, bytes);
+  }
+
+  /** The call of a margin op on the shard's classes for a batch (the fused loss's args too). */
+  call(b: Batch): Call {
+    const { dtype, features: d, classes, precision, workspace } = this.head;
+    const args = { classOffset: this.c0, totalClasses: classes, gradScale: 1 / b.n };
+    return { dtype, n: b.n, d, c: this.c, margin: b.margin, args, precision, workspace };
+  }
+
+  /** A native call on the shard's context (context memory, host arrays where the op says). */
+  op(op: NativeCall["op"], call: Call, tensors: Tensor[]): NativeCall {
+    return { ctx: this.ctx, op, call, tensors };
+  }
+
+  /** A host array into the shard's context memory. */
+  upload(dst: Ptr, src: ArrayBufferView): NativeCall {
+    return this.op(OPS.toContext, NO_CALL, [dst, src]);
+  }
+
+  /** Context memory into a host array (its whole length). */
+  download(dst: ArrayBufferView, src: Ptr): NativeCall {
+    return this.op(OPS.fromContext, NO_CALL, [dst, src]);
+  }
+
+  /** One of the fused loss's ops on the batch uploaded as head.x, head.labels. */
+  loss(op: NativeCall["op"], b: Batch, outputs: Tensor[]): NativeCall {
+    const x = this.scratch("x", 0), labels = this.scratch("labels", 0);
+    return this.op(op, this.call(b), [x, this.w, labels, ...outputs]);
+  }
+
+  /** The sum of values [count] (float64, context memory) into out[0] (host). */
+  sum(values: Ptr, count: number, out: Float64Array): NativeCall {
+    return this.op(OPS.sum, { ...NO_CALL, count }, [values, out]);
+  }
+
+  /** The SGD update of the shard's W from its gradient. */
+  sgd(sgd: SgdStruct): NativeCall {
+    const { dtype, features } = this.head;
+    const call: Call = { dtype, n: 0, d: 0, c: 0, count: this.c * features, sgd };
+    return this.op(OPS.sgd, call, [this.w, this.gw, this.v]);
+  }
+}
+
+/** The head's shards on new contexts (its own, closed with it), one per backend. */
+export function openShards(backends: readonly unknown[], head: HeadShape, momentum: boolean) {
+  const bounds = shardBounds(head.classes, backends.length);
+  const shards: HeadShard[] = [];
+  try {
+    for (let s = 0; s < backends.length; s++) {
+      const ctx = openContext(backends[s]);
+      try {
+        shards.push(new HeadShard(ctx, bounds[s], bounds[s + 1] - bounds[s], head, momentum));
+      } catch (e) {
+        ctx.close();
+        throw e;
+      }
+    }
+  } catch (e) {
+    for (const s of shards) s.ctx.close();
+    throw e;
+  }
+  return shards;
+}
+
+/**
+ * A head shard in the class-shard algorithm: partials of the batch, then dL/dW and the SGD update
+ * of its W (with `sgd`; evaluation asks for no gradients), and its share of dx back on the host.
+ */
+export class ShardCalls implements ContextShard {
+  constructor(readonly s: HeadShard, readonly b: Batch, readonly sgd?: SgdStruct) {}
+
+  get c0(): number {
+    return this.s.c0;
+  }
+
+  get c(): number {
+    return this.s.c;
+  }
+
+  *partials(): Generator<NativeCall, Partials, void> {
+    const { s, b } = this, n = b.n;
+    const ptrs = ["rowMax", "rowSum", "target"].map((name) => s.scratch(name, n * 8));
+    yield s.loss(OPS.lossPartials, b, ptrs);
+    const host = ptrs.map(() => new Float64Array(n));
+    for (let k = 0; k < 3; k++) yield s.download(host[k], ptrs[k]);
+    return { rowMax: host[0], rowSum: host[1], target: host[2] };
+  }
+
+  *gradients(lse: Float64Array): Generator<NativeCall, FloatArray, void> {
+    const { s, b } = this, count = b.n * s.head.features;
+    const lp = s.scratch("lse", b.n * 8), gx = s.scratch("gradX", s.bytes(count));
+    yield s.upload(lp, lse);
+    yield s.loss(OPS.lossGradients, b, [lp, gx, s.gw]);
+    if (this.sgd) yield s.sgd(this.sgd);
+    const share = newFloatArray(s.head.dtype, count);
+    yield s.download(share, gx);
+    return share;
+  }
+}

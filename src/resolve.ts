@@ -1,0 +1,305 @@
+// Options to a resolved call: every public entry (forward, backward, loss, the layer, MarginHead,
+// and through them the TensorFlow.js adapter) reads its options here, once, into what the native
+// call takes: the kind and its lsm_margin, the dtype and sizes (from the arrays, checked once:
+// tensors.ts), the context or contexts, the outputs, precision, reduction, gradients and the
+// workspace. Each option's check is beside it: the call's options below, the margin's in its
+// kind's row (kinds.ts), λ's schedule in schedule.ts, the head's own in head/options.ts.
+
+import type { FloatArray, FloatDType } from "../ffi/arrays.ts";
+import type { Call, NativeContext, Precision } from "../ffi/context.ts";
+import { OPS, type OpSpec } from "../ffi/ops.ts";
+import { type Backend, resolveBackend, sharedContext } from "./backends.ts";
+import { checkInteger, describe, readOptions } from "./checks.ts";
+import {
+  checkMargin,
+  hasLambda,
+  KINDS,
+  type Margin,
+  MARGIN_KEYS,
+  type MarginKind,
+  withLambda,
+} from "./kinds.ts";
+import { checkSchedule, type LambdaSchedule, SCHEDULE_KEYS } from "./schedule.ts";
+import { bindArrays, checkFeatures, type Given, MAX_ELEMENTS } from "./tensors.ts";
+import { checkDType, checkSgd, checkWeights, HEAD_KEYS, type SgdOptions } from "./head/options.ts";
+
+/** How the row losses combine: their mean (the default) or their sum. */
+export type Reduction = "mean" | "sum";
+
+function checkPrecision(v: unknown): Precision {
+  if (v === undefined || v === "exact" || v === "tf32") return v ?? "exact";
+  throw new RangeError(`precision: expected "exact" or "tf32", got ${describe(v)}`);
+}
+
+function checkReduction(v: unknown): Reduction {
+  if (v === undefined || v === "mean" || v === "sum") return v ?? "mean";
+  throw new RangeError(`reduction: expected "mean" or "sum", got ${describe(v)}`);
+}
+
+function checkGradients(v: unknown): boolean {
+  if (v === undefined || typeof v === "boolean") return v ?? true;
+  throw new TypeError(`gradients: expected true or false, got ${describe(v)}`);
+}
+
+function checkWorkspace(v: unknown): number | undefined {
+  return v === undefined ? undefined : checkInteger("workspace", v, 1, Number.MAX_SAFE_INTEGER);
+}
+
+/** The `iteration` option of the layer and the head (0 by default). */
+function checkIteration(v: unknown): number {
+  return checkInteger("iteration", v ?? 0, 0, Number.MAX_SAFE_INTEGER);
+}
+
+/**
+ * λ of a kind with λ where it is set per step: a fixed λ (`fixed`: the head) or else the schedule;
+ * the layer takes the schedule alone. For the other kinds none of those options may be given.
+ */
+function resolveLambda(
+  kind: MarginKind,
+  o: Partial<Record<string, unknown>>,
+  fixed: boolean,
+): number | LambdaSchedule | undefined {
+  const scheduled = SCHEDULE_KEYS.some((k) => o[k] !== undefined);
+  if (!hasLambda(kind)) {
+    for (const key of fixed ? ["lambda", ...SCHEDULE_KEYS] : SCHEDULE_KEYS) {
+      if (o[key] !== undefined) {
+        throw new TypeError(
+          `${key}: not an option of kind "${kind}", which has no λ${fixed ? "" : " schedule"}`,
+        );
+      }
+    }
+    return undefined;
+  }
+  if (!fixed) return checkSchedule(o);
+  if (o.lambda !== undefined && scheduled) {
+    throw new TypeError(
+      "lambda: expected either lambda or the schedule (base, gamma, ...), got both",
+    );
+  }
+  if (o.lambda !== undefined || !scheduled) {
+    return KINDS[kind].options.lambda.check(o.lambda, "lambda");
+  }
+  return checkSchedule(o);
+}
+
+/** A call of one op on one context with its checked host arrays. */
+export interface OpCall {
+  ctx: NativeContext;
+  op: OpSpec;
+  call: Call;
+  arrays: (ArrayBufferView | null)[];
+}
+
+const OP_KEYS = [...MARGIN_KEYS, "backend", "features", "precision"] as const;
+const KEYS = {
+  forward: [...OP_KEYS, "out"],
+  backward: [...OP_KEYS, "outX", "outW"],
+  loss: [...OP_KEYS, "reduction", "gradients", "workspace", "outX", "outW"],
+} as const;
+
+/** The call of an op at a margin, its arrays bound and checked (the sizes measured from them). */
+function bindCall(
+  op: OpSpec,
+  margin: Margin,
+  precision: Precision,
+  given: Given,
+  features: number | undefined,
+): { call: Call; arrays: (ArrayBufferView | null)[] } {
+  const { shape: { dtype, n, d, c }, arrays } = bindArrays(op, undefined, given, features);
+  return { call: { dtype, n, d, c, margin: margin.struct, precision }, arrays };
+}
+
+/** forward() and backward(): their options and arrays (gradLogits for backward). */
+export function resolveOp(
+  name: "forward" | "backward",
+  arrays: Given,
+  options: unknown,
+): OpCall {
+  const o = readOptions("options", options, KEYS[name]);
+  const margin = checkMargin(o);
+  const precision = checkPrecision(o.precision);
+  const features = checkFeatures(o.features);
+  const given = name === "forward"
+    ? { x: arrays.x, w: arrays.w, labels: arrays.labels, out: o.out }
+    : { ...arrays, outX: o.outX, outW: o.outW };
+  const { call, arrays: bound } = bindCall(OPS[name], margin, precision, given, features);
+  return { ctx: sharedContext(o.backend), op: OPS[name], call, arrays: bound };
+}
+
+/** A fused loss call: one context, or one per class shard. */
+export interface LossCall {
+  call: Call;
+  /** x, w, labels, rowLoss, outX, outW (the gradients null with `gradients: false`). */
+  arrays: (ArrayBufferView | null)[];
+  contexts: NativeContext | NativeContext[];
+  reduction: Reduction;
+  gradients: boolean;
+}
+
+/** loss(): its options and arrays. */
+export function resolveLoss(x: unknown, w: unknown, labels: unknown, options: unknown): LossCall {
+  const o = readOptions("options", options, KEYS.loss);
+  const margin = checkMargin(o);
+  const precision = checkPrecision(o.precision);
+  const features = checkFeatures(o.features);
+  const workspace = checkWorkspace(o.workspace);
+  const reduction = checkReduction(o.reduction);
+  const gradients = checkGradients(o.gradients);
+  const outs = gradients ? { outX: o.outX, outW: o.outW } : { outX: null, outW: null };
+  const { call, arrays } = bindCall(
+    OPS.loss,
+    margin,
+    precision,
+    { x, w, labels, ...outs },
+    features,
+  );
+  call.workspace = workspace;
+  call.args = {
+    classOffset: 0,
+    totalClasses: call.c,
+    gradScale: reduction === "mean" ? 1 / call.n : 1,
+  };
+  return { call, arrays, contexts: lossContexts(o.backend, call.c), reduction, gradients };
+}
+
+// The contexts of a loss call's backend: one, or one per shard for a list (1 to C of them).
+function lossContexts(backend: unknown, c: number): NativeContext | NativeContext[] {
+  if (!Array.isArray(backend)) return sharedContext(backend);
+  if (backend.length < 1 || backend.length > c) {
+    throw new RangeError(
+      `backend: expected a list of 1 to C = ${c} backends, got ${backend.length}`,
+    );
+  }
+  return backend.map((b) => sharedContext(b));
+}
+
+/** A layer's settings: its margin (λ 0, set per step), λ's schedule, where it computes. */
+export interface LayerSettings {
+  margin: Margin;
+  schedule: LambdaSchedule | undefined;
+  iteration: number;
+  backend: Backend;
+  precision: Precision;
+}
+
+const LAYER_KEYS = [
+  ...MARGIN_KEYS.filter((k) => k !== "lambda"),
+  ...SCHEDULE_KEYS,
+  "iteration",
+  "backend",
+  "precision",
+] as const;
+
+/** The layer's options: the margin without λ, the schedule for the kinds with λ, and the rest. */
+export function resolveLayer(options: unknown): LayerSettings {
+  const o = readOptions("options", options, LAYER_KEYS);
+  const margin = checkMargin(o, ["lambda"]);
+  const schedule = resolveLambda(margin.kind, o, false) as LambdaSchedule | undefined;
+  const iteration = checkIteration(o.iteration);
+  const backend = (o.backend ?? "auto") as Backend;
+  const precision = checkPrecision(o.precision);
+  // Fail now, not at the first forward.
+  if (resolveBackend(backend).kind === "cpu" && precision === "tf32") {
+    throw new RangeError(
+      `precision: "tf32" needs a CUDA device of compute capability 8.0+, got backend ` +
+        `${JSON.stringify(backend)}, which is the cpu here`,
+    );
+  }
+  return { margin, schedule, iteration, backend, precision };
+}
+
+/**
+ * The step a layer's forward or loss runs at: the given one, or one past the iteration (as the
+ * Caffe layer counts).
+ */
+function checkStep(v: unknown, iteration: number): number {
+  if (v !== undefined) return checkInteger("step", v, 0, Number.MAX_SAFE_INTEGER);
+  if (iteration < Number.MAX_SAFE_INTEGER) return iteration + 1;
+  throw new RangeError(
+    `iteration: expected below Number.MAX_SAFE_INTEGER to count one more exactly, got ` +
+      `${iteration}; pass { step } to choose the step`,
+  );
+}
+
+const LAYER_CALL_KEYS = {
+  forward: ["step", "features", "out"],
+  loss: ["step", "features", "reduction", "outX", "outW"],
+} as const;
+
+/** A layer's forward or loss: its options and arrays, at λ of the step (`lambdaAt`). */
+export function resolveLayerCall(
+  name: "forward" | "loss",
+  layer: LayerSettings & { iteration: number; lambdaAt: (step: number) => number },
+  arrays: Given,
+  options: unknown,
+): { step: number; call: Call; arrays: (ArrayBufferView | null)[]; reduction: Reduction } {
+  const o: Partial<Record<string, unknown>> = readOptions(
+    "options",
+    options,
+    LAYER_CALL_KEYS[name],
+  );
+  const step = checkStep(o.step, layer.iteration);
+  const features = checkFeatures(o.features);
+  const reduction = checkReduction(o.reduction);
+  const margin = withLambda(layer.margin, layer.lambdaAt(step));
+  const given = name === "forward"
+    ? { ...arrays, out: o.out }
+    : { ...arrays, outX: o.outX, outW: o.outW };
+  const bound = bindCall(OPS[name], margin, layer.precision, given, features);
+  if (name === "loss") {
+    const gradScale = reduction === "mean" ? 1 / bound.call.n : 1;
+    bound.call.args = { classOffset: 0, totalClasses: bound.call.c, gradScale };
+  }
+  return { step, ...bound, reduction };
+}
+
+/** A head's settings from its options: sizes, dtype, margin (λ 0) and λ, optimizer, backends. */
+export interface HeadSettings {
+  classes: number;
+  features: number;
+  dtype: FloatDType;
+  margin: Margin;
+  /** A fixed λ or its schedule; undefined for the kinds without λ. */
+  lambda: number | LambdaSchedule | undefined;
+  optimizer: Required<SgdOptions>;
+  precision: Precision;
+  workspace: number | undefined;
+  seed: number;
+  iteration: number;
+  weights: FloatArray | undefined;
+  /** The backend as given, and one per shard. */
+  backend: Backend | Backend[];
+  backends: unknown[];
+}
+
+/** MarginHead's options. */
+export function resolveHead(options: unknown): HeadSettings {
+  const o = readOptions("options", options, HEAD_KEYS);
+  const classes = checkInteger("classes", o.classes, 1, MAX_ELEMENTS);
+  const features = checkInteger("features", o.features, 1, MAX_ELEMENTS);
+  if (classes * features > MAX_ELEMENTS) {
+    throw new RangeError(
+      `classes * features: expected at most ${MAX_ELEMENTS} elements, got ${classes * features}`,
+    );
+  }
+  const dtype = checkDType(o.dtype);
+  const margin = checkMargin(o, ["lambda"]);
+  const lambda = resolveLambda(margin.kind, o, true);
+  const optimizer = checkSgd(o.optimizer);
+  const precision = checkPrecision(o.precision);
+  const workspace = checkWorkspace(o.workspace);
+  const seed = o.seed === undefined ? 0 : checkInteger("seed", o.seed, 0, 2 ** 32 - 1);
+  const iteration = checkIteration(o.iteration);
+  const weights = checkWeights(o.weights, dtype, classes, features);
+  const backends = Array.isArray(o.backend) ? o.backend : [o.backend ?? "auto"];
+  if (backends.length < 1 || backends.length > classes) {
+    throw new RangeError(
+      `backend: expected a list of 1 to classes = ${classes} backends, got ${backends.length}`,
+    );
+  }
+  const backend = (o.backend ?? "auto") as Backend | Backend[];
+  return {
+    ...{ classes, features, dtype, margin, lambda, optimizer, precision, workspace, seed },
+    ...{ iteration, weights, backend, backends },
+  };
+}
