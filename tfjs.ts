@@ -13,7 +13,7 @@
  *
  * @example
  * ```ts
- * import * as tf from "@tensorflow/tfjs";
+ * import * as tf from "npm:@tensorflow/tfjs@^4.22.0";
  * import { marginLoss } from "./tfjs.ts";
  * const net = tf.sequential({ layers: [tf.layers.dense({ inputShape: [4], units: 2 })] });
  * const w = tf.variable(tf.randomNormal([3, 2])); // C = 3 classes of D = 2
@@ -95,7 +95,7 @@ export type Labels = Int32Array | Tensor1D;
  *
  * @example
  * ```ts
- * import * as tf from "@tensorflow/tfjs";
+ * import * as tf from "npm:@tensorflow/tfjs@^4.22.0";
  * import { marginLoss } from "./tfjs.ts";
  * const x = tf.tensor2d([[0.5, 1], [-1, 2]]); // N = 2, D = 2
  * const w = tf.variable(tf.tensor2d([[1, 0], [0, 1], [-1, 1]])); // C = 3
@@ -123,7 +123,7 @@ export function marginLoss(
  *
  * @example
  * ```ts
- * import * as tf from "@tensorflow/tfjs";
+ * import * as tf from "npm:@tensorflow/tfjs@^4.22.0";
  * import { MarginLoss } from "./tfjs.ts";
  * using head = new MarginLoss({ margin: 4, base: 1000, gamma: 0.01, power: 2, lambdaMin: 0 });
  * const x = tf.variable(tf.randomNormal([8, 2]));
@@ -214,7 +214,7 @@ export class MarginLoss implements Disposable {
  *
  * @example
  * ```ts
- * import * as tf from "@tensorflow/tfjs";
+ * import * as tf from "npm:@tensorflow/tfjs@^4.22.0";
  * import { MarginHead } from "./mod.ts";
  * import { headLoss } from "./tfjs.ts";
  * using head = new MarginHead({ classes: 3, features: 2, margin: 2, lambda: 1, backend: "cpu" });
