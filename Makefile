@@ -35,7 +35,7 @@ LDLIBS   := -L$(CUDA_HOME)/lib64 -l:libcudart_static.a -lopenblas -ldl -lpthread
 HEADERS  := $(wildcard cuda/*.h cuda/*.cuh)
 LIB      := $(BUILD)/liblsoftmax.so
 # The library's sources: host C++ (g++) and CUDA (nvcc, or g++ on the emulator: mk/emu.mk).
-HOST_OBJ := $(addprefix $(BUILD)/obj/,api.o cpu_backend.o cpu_loss.o cpu_optim.o cpu_rows.o)
+HOST_OBJ := $(addprefix $(BUILD)/obj/,api.o layout.o cpu_backend.o cpu_loss.o cpu_optim.o cpu_rows.o)
 # The fused loss's row kernels again for AVX2 + FMA on x86-64, picked at run time (cpu_rows.h).
 ifeq ($(shell uname -m),x86_64)
 HOST_OBJ += $(BUILD)/obj/cpu_rows_avx2.o
@@ -52,6 +52,9 @@ all: $(LIB)
 # Only the nvcc-compiled object needs nvcc: the emulated library (mk/emu.mk) builds without it.
 $(BUILD)/obj/%.o: cuda/%.cpp $(HEADERS) | $(BUILD)/obj setup-host
 	$(CXX) $(CXXFLAGS) -c $< -o $@
+
+$(BUILD)/obj/%.o: cuda/api/%.cpp $(HEADERS) | $(BUILD)/obj setup-host
+	$(CXX) $(CXXFLAGS) -Icuda -c $< -o $@
 
 # The row kernels vectorize only where FP selects may be if-converted (cpu_rows.h).
 $(BUILD)/obj/cpu_rows.o $(BUILD)/obj/cpu_rows_avx2.o: CXXFLAGS += -fno-trapping-math -fno-math-errno

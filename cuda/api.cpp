@@ -16,8 +16,6 @@
 #define LSM_VERSION_STRING "0.1.0"
 #endif
 
-static_assert(sizeof(lsm_margin) == 88, "lsm_margin is 88 bytes in the ABI");
-
 namespace {
 
 thread_local std::string g_last_error;

@@ -321,6 +321,17 @@ LSM_API int32_t lsm_topk(lsm_context *ctx, int32_t dtype, int64_t n, int64_t d, 
  */
 LSM_API int32_t lsm_context_traffic(const lsm_context *ctx, uint64_t *to_context, uint64_t *from_context);
 
+/**
+ * The layout of an ABI struct as this library was built. type is "lsm_margin", "lsm_loss_args" or
+ * "lsm_sgd". With field "" : *offset = 0 and *bytes = sizeof(type). With a field's name as this
+ * header spells it ("kind", "m", "lambda", "scale", "m1", "m2", "m3", "flags", "reserved_flags",
+ * "reserved"; "class_offset", "total_classes", "grad_scale", "reserved"; "lr", "momentum",
+ * "weight_decay", "nesterov", "first", "reserved"): *offset = offsetof, *bytes = sizeof of the
+ * field (the whole array for an array field). Anything else: LSM_ERR_INVALID_ARGUMENT naming it.
+ * Bindings compare their struct encoders with it.
+ */
+LSM_API int32_t lsm_layout(const char *type, const char *field, int64_t *offset, int64_t *bytes);
+
 #ifdef __cplusplus
 }
 #endif

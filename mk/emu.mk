@@ -26,7 +26,7 @@ SAN_ENV     := ASAN_OPTIONS=detect_stack_use_after_return=0:detect_leaks=1:abort
 # The Deno flags of the suite: the Makefile's DENO_TEST_FLAGS where it defines them.
 EMU_TEST_FLAGS ?= $(or $(DENO_TEST_FLAGS),--allow-ffi --allow-env --allow-read --allow-net --allow-run --v8-flags=--expose-gc)
 EMU_CUDA_OBJ := $(addprefix $(EMU_BUILD)/,$(addsuffix .o,$(CUDA_SRC)))
-EMU_SAN_OBJ := $(addprefix $(EMU_BUILD)/san/,api.o cpu_backend.o cpu_loss.o cpu_optim.o cpu_rows.o $(addsuffix .o,$(CUDA_SRC)) emu_runtime.o)
+EMU_SAN_OBJ := $(addprefix $(EMU_BUILD)/san/,api.o layout.o cpu_backend.o cpu_loss.o cpu_optim.o cpu_rows.o $(addsuffix .o,$(CUDA_SRC)) emu_runtime.o)
 
 .PHONY: test-emu planted-emu sanitize-emu mutants-emu
 
@@ -53,6 +53,9 @@ planted-emu: $(EMU_BUILD)/planted
 
 # The sanitizer build: every source of the library, the emulator and the driver under ASan+UBSan.
 $(EMU_BUILD)/san/%.o: cuda/%.cpp $(EMU_HEADERS) | $(EMU_BUILD)/san
+	$(CXX) $(SAN_FLAGS) -Icuda -c $< -o $@
+
+$(EMU_BUILD)/san/%.o: cuda/api/%.cpp $(EMU_HEADERS) | $(EMU_BUILD)/san
 	$(CXX) $(SAN_FLAGS) -Icuda -c $< -o $@
 
 $(EMU_BUILD)/san/%.o: cuda/%.cu $(EMU_HEADERS) | $(EMU_BUILD)/san
