@@ -12,7 +12,7 @@
 #include <string>
 #include <vector>
 
-#include "launch.cuh"
+#include "gpu/launch.cuh"
 
 namespace {
 
