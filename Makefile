@@ -4,11 +4,13 @@
 #   make example    build, then run examples/train.ts
 #   make demo       build, set up Fashion-MNIST, then train the TensorFlow.js demo
 #                   (examples/fashion_mnist.ts): docs/fashion_mnist.md and its SVGs
-#   make test       set up what is missing, build, then fmt/lint/type checks, the Deno tests, and
-#                   the same tests with the CUDA kernels on the CPU execution layer (test-emu)
+#   make test       set up what is missing, build, then fmt/lint/type checks, the linkage check,
+#                   the Deno tests, the build without the CUDA toolkit (test-nocuda), and the same
+#                   tests with the CUDA kernels on the CPU execution layer (test-emu)
 #   make bench      the benchmarks (deno bench); make perf-table: the README's table
 #
 # The GPU targets: CUDA_ARCHS (real code) and CUDA_PTX (PTX, JIT-compiled by newer drivers).
+# Without nvcc (NVCC pointing nowhere) every target builds the library without the CUDA backend.
 
 CUDA_HOME  ?= /usr/local/cuda
 NVCC       ?= $(CUDA_HOME)/bin/nvcc
@@ -37,13 +39,15 @@ HAVE_NVCC := $(if $(shell command -v "$(NVCC)" 2>/dev/null),yes,)
 # The library is self-contained: OpenBLAS, the CUDA runtime, libstdc++ and libgcc linked in, only
 # the lsm_ ABI exported (cuda/api/exports.map), so that ldd shows the C library's parts alone
 # (scripts/check-linkage.sh) and the copies inside cannot clash with a host process's.
+# OPENBLAS_A and the lists below are expanded when the link runs, after set-up has installed
+# OpenBLAS; without its static archive (set-up could not install it) the shared one is linked.
 MULTIARCH  := $(or $(shell $(CXX) -print-multiarch 2>/dev/null),$(shell uname -m)-linux-gnu)
 OPENBLAS_A ?= $(firstword $(wildcard /usr/lib/$(MULTIARCH)/openblas-pthread/libopenblas.a \
-                /usr/lib/$(MULTIARCH)/libopenblas.a) /usr/lib/$(MULTIARCH)/openblas-pthread/libopenblas.a)
+                /usr/lib/$(MULTIARCH)/libopenblas.a))
 LINK_FLAGS := -shared -static-libstdc++ -static-libgcc -Wl,--exclude-libs,ALL \
               -Wl,--version-script=cuda/api/exports.map -Wl,--no-undefined
-BLAS_LIBS  := $(OPENBLAS_A) -lm -lpthread
-LDLIBS     := $(if $(HAVE_NVCC),-L$(CUDA_HOME)/lib64 -l:libcudart_static.a) $(BLAS_LIBS) -ldl -lrt
+BLAS_LIBS   = $(or $(OPENBLAS_A),-lopenblas) -lm -lpthread
+LDLIBS      = $(if $(HAVE_NVCC),-L$(CUDA_HOME)/lib64 -l:libcudart_static.a) $(BLAS_LIBS) -ldl -lrt
 
 HEADERS  := $(wildcard cuda/*.h cuda/*/*.h cuda/*/*.cuh)
 LIB      := $(BUILD)/liblsoftmax.so
@@ -60,7 +64,7 @@ endif
 CUDA_SRC := gpu/backend gpu/op gpu/loss gpu/optim
 CUDA_OBJ := $(if $(HAVE_NVCC),$(patsubst %,$(BUILD)/obj/%.o,$(CUDA_SRC)),$(BUILD)/obj/gpu/none.o)
 
-.PHONY: all example demo test check bench perf-table clean setup setup-host
+.PHONY: all example demo test check check-linkage test-nocuda bench perf-table clean setup setup-host
 
 all: $(LIB)
 
@@ -103,14 +107,30 @@ check: setup-host
 	$(DENO) lint
 	$(DENO) doc --lint mod.ts
 	$(DENO) doc --lint tfjs.ts
-	$(DENO) check --doc mod.ts tfjs.ts ffi/*.ts tests/*.ts tests/fixtures/*.ts bench/*.ts examples/*.ts
+	$(DENO) check --doc mod.ts tfjs.ts ffi/*.ts tests/*.ts tests/native/*.ts tests/fixtures/*.ts bench/*.ts \
+	  examples/*.ts
 	$(DENO) check --doc-only README.md
 
 # The suite on the real library (its CUDA tests skip without a GPU), then again on the CPU
 # execution layer, where they run the CUDA kernels (mk/emu.mk).
-test: setup $(LIB) check
+test: setup $(LIB) check check-linkage
 	$(WITH_LIB) DENO=$(DENO) SUITE_LABEL=test scripts/test-suite.sh $(DENO_TEST_FLAGS) tests/
+	$(MAKE) --no-print-directory test-nocuda
 	$(MAKE) --no-print-directory test-emu
+
+# The library that ships is self-contained: ldd shows the C library only, only lsm_* exported.
+check-linkage: $(LIB)
+	scripts/check-linkage.sh $(LIB)
+
+# The build without the CUDA toolkit (NVCC pointing nowhere: the host objects and the stand-in
+# CUDA backend) into $(NOCUDA_BUILD), and the checks that it reports "built without CUDA" and
+# that its CPU loss works.
+NOCUDA_BUILD ?= $(BUILD)/nocuda
+test-nocuda: setup-host
+	$(MAKE) --no-print-directory BUILD=$(NOCUDA_BUILD) NVCC=/nonexistent $(NOCUDA_BUILD)/liblsoftmax.so
+	scripts/check-linkage.sh $(NOCUDA_BUILD)/liblsoftmax.so
+	LSOFTMAX_LIB=$(abspath $(NOCUDA_BUILD))/liblsoftmax.so $(DENO) test $(DENO_TEST_FLAGS) \
+	  tests/native/nocuda_test.ts tests/loss_test.ts
 
 bench: setup $(LIB)
 	$(WITH_LIB) $(DENO) bench --allow-ffi --allow-env --allow-read bench/

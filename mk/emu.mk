@@ -1,8 +1,9 @@
 # mk/emu.mk: the CUDA backend on the CPU execution layer (emulator/), included by the Makefile.
 #
 #   make test-emu       the emulator's self-test, the sanitizer run, then the whole Deno suite
-#                       against build/liblsoftmax_emu.so (CUDA-path tests included), and a count
-#                       of the kernel launches it made
+#                       against build/liblsoftmax_emu.so (CUDA-path tests included; linked as
+#                       liblsoftmax.so is, self-contained), and a count of the kernel launches
+#                       it made
 #   make planted-emu    kernels with a planted missing barrier must fail under the emulator
 #   make mutants-emu    the real kernels with any one barrier removed must fail the tests
 #   make sanitize-emu   forward/backward through the C ABI under ASan + UBSan, against the CPU
@@ -18,7 +19,7 @@ EMU_FLAGS   := -x c++ -DLSM_EMU -I$(EMU_DIR) -Icuda
 EMU_HEADERS := $(HEADERS) $(wildcard $(EMU_DIR)/*.h)
 # The library links as liblsoftmax.so does (the Makefile's LINK_FLAGS, OpenBLAS inside); the
 # sanitizer's programs link the shared OpenBLAS.
-EMU_LDLIBS  := $(or $(BLAS_LIBS),-lopenblas -lpthread)
+EMU_LDLIBS   = $(or $(BLAS_LIBS),-lopenblas -lpthread)
 SAN_LDLIBS  := -lopenblas -lpthread
 SAN_FLAGS   := -std=c++17 -O1 -g -fno-omit-frame-pointer -fsanitize=address,undefined \
                -fno-sanitize-recover=all $(WARN)
@@ -68,7 +69,8 @@ $(EMU_BUILD)/san/%.o: cuda/%.cu $(EMU_HEADERS) | $(EMU_BUILD)/san
 $(EMU_BUILD)/san/emu_runtime.o: $(EMU_DIR)/emu_runtime.cpp $(EMU_HEADERS) | $(EMU_BUILD)/san
 	$(CXX) $(SAN_FLAGS) $(EMU_FLAGS) -c $< -o $@
 
-$(EMU_BUILD)/san/sanitize_driver: tests/native/sanitize_driver.cpp $(EMU_SAN_OBJ) cuda/lsoftmax.h
+$(EMU_BUILD)/san/sanitize_driver: tests/native/sanitize_driver.cpp tests/native/sanitize_support.h $(EMU_SAN_OBJ) \
+  cuda/lsoftmax.h
 	$(CXX) $(SAN_FLAGS) -Icuda $< $(EMU_SAN_OBJ) -o $@ $(SAN_LDLIBS)
 
 $(EMU_BUILD)/san/planted: tests/native/planted.cu $(EMU_BUILD)/san/emu_runtime.o $(EMU_HEADERS)
@@ -94,6 +96,7 @@ sanitize-emu: $(EMU_BUILD)/san/sanitize_driver $(EMU_BUILD)/san/planted $(EMU_BU
 # The Deno suite against the emulated CUDA backend; scripts/test-suite.sh ends with the kernel
 # launches the library logged at exit (none at all means the CUDA path was never reached).
 test-emu: planted-emu sanitize-emu $(EMU_LIB)
+	scripts/check-linkage.sh $(EMU_LIB)
 	LSM_EMU_LAUNCH_LOG=$(abspath $(EMU_BUILD))/launches.log LSOFTMAX_LIB=$(abspath $(EMU_LIB)) \
 	  DENO=$(DENO) SUITE_LABEL=test-emu scripts/test-suite.sh $(EMU_TEST_FLAGS) tests/
 	$(MAKE) --no-print-directory mutants-emu

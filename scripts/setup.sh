@@ -44,15 +44,20 @@ fi
 # OpenBLAS counts as present when a program including cblas.h links against -lopenblas (the
 # header alone may come from another BLAS) and the static archive the library links is there.
 multiarch=$("${CC:-cc}" -print-multiarch 2>/dev/null || echo "$(uname -m)-linux-gnu")
-have_openblas() {
+have_shared_openblas() {
   printf '#include <cblas.h>\nint main(void) { return 0; }\n' |
-    "${CC:-cc}" -x c - -lopenblas -o /dev/null >/dev/null 2>&1 &&
-    [ -e "/usr/lib/$multiarch/openblas-pthread/libopenblas.a" ]
+    "${CC:-cc}" -x c - -lopenblas -o /dev/null >/dev/null 2>&1
 }
+have_openblas() { have_shared_openblas && [ -e "/usr/lib/$multiarch/openblas-pthread/libopenblas.a" ]; }
 if ! have_openblas; then
   echo "setup: installing libopenblas-pthread-dev (OpenBLAS, with its static archive)" >&2
   sudo=""; [ "$(id -u)" = 0 ] || sudo="sudo"
-  $sudo apt-get update -qq >&2
-  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq libopenblas-pthread-dev >&2
+  if ! { $sudo apt-get update -qq && DEBIAN_FRONTEND=noninteractive \
+    $sudo apt-get install -y -qq libopenblas-pthread-dev; } >&2; then
+    # No package manager to be had (an offline machine): a shared OpenBLAS still builds a library,
+    # one that needs OpenBLAS installed where it runs (scripts/check-linkage.sh then fails).
+    have_shared_openblas || exit 1
+    echo "setup: could not install libopenblas-pthread-dev; linking the shared OpenBLAS" >&2
+  fi
 fi
 "$here/scripts/deno" --version >/dev/null

@@ -101,8 +101,10 @@ int32_t lsm_cpu_workspace(lsm_context *ctx, size_t bytes, void **out) {
   return LSM_OK;
 }
 
+// In the order of lsm_backend_ops's fields.
 extern const lsm_backend_ops lsm_cpu_backend = {
-    true,           device_count,   device_name, context_init,   context_release, check_precision,
-    trim_workspace, allocate,       deallocate,  copy,           synchronize,     lsm_cpu_forward,
-    lsm_cpu_backward, lsm_cpu_loss, lsm_cpu_sgd, sum,            lsm_cpu_topk,
+    true,  // any host memory is context memory
+    device_count,     device_name,      context_init, context_release, check_precision, trim_workspace,
+    allocate,         deallocate,       copy,         synchronize,     lsm_cpu_forward, lsm_cpu_backward,
+    lsm_cpu_loss,     lsm_cpu_sgd,      sum,          lsm_cpu_topk,
 };

@@ -149,8 +149,9 @@ void trim_workspace(lsm_context *) {}  // the device workspace is kept until the
 
 }  // namespace
 
+// In the order of lsm_backend_ops's fields.
 extern const lsm_backend_ops lsm_cuda_backend = {
-    false,                                           // tensors: memory lsm_malloc gave
+    false,  // tensors: memory lsm_malloc gave on the context
     lsm_cuda_device_count,    lsm_cuda_device_name,  lsm_cuda_context_init, lsm_cuda_context_release,
     lsm_cuda_check_precision, trim_workspace,        lsm_cuda_malloc,       lsm_cuda_free,
     lsm_cuda_copy,            lsm_cuda_synchronize,  lsm_cuda_forward,      lsm_cuda_backward,

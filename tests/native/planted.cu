@@ -7,7 +7,6 @@
 #include <mma.h>
 #include <stdio.h>
 #include <string.h>
-#include <stdlib.h>
 
 #include <string>
 #include <vector>
