@@ -83,6 +83,7 @@ $(BUILD)/obj/%.o: cuda/%.cu $(HEADERS) | setup
 
 $(LIB): $(HOST_OBJ) $(CUDA_OBJ) cuda/api/exports.map
 	$(CXX) $(LINK_FLAGS) -o $@ $(HOST_OBJ) $(CUDA_OBJ) $(LDLIBS)
+	@$(if $(HAVE_NVCC),:,echo "make: no nvcc at $(NVCC): $@ has no CUDA backend (CPU only)")
 
 # Installs what is missing on this machine (OpenBLAS from apt, Deno from npm); setup also
 # checks that nvcc is there.
@@ -130,7 +131,7 @@ test-nocuda: setup-host
 	$(MAKE) --no-print-directory BUILD=$(NOCUDA_BUILD) NVCC=/nonexistent $(NOCUDA_BUILD)/liblsoftmax.so
 	scripts/check-linkage.sh $(NOCUDA_BUILD)/liblsoftmax.so
 	LSOFTMAX_LIB=$(abspath $(NOCUDA_BUILD))/liblsoftmax.so $(DENO) test $(DENO_TEST_FLAGS) \
-	  tests/native/nocuda_test.ts tests/loss_test.ts
+	  tests/native/nocuda_check.ts tests/loss_test.ts
 
 bench: setup $(LIB)
 	$(WITH_LIB) $(DENO) bench --allow-ffi --allow-env --allow-read bench/

@@ -1,7 +1,8 @@
-// nocuda_test.ts: the library built without the CUDA toolkit (make test-nocuda: NVCC pointing
+// nocuda_check.ts: the library built without the CUDA toolkit (make test-nocuda: NVCC pointing
 // nowhere): the CUDA backend is there but reports "built without CUDA", every call on it is an
 // Error saying so, and the CPU backend serves, auto included. Run with LSOFTMAX_LIB naming that
-// build; tests/loss_test.ts checks its CPU loss in depth.
+// build; not a *_test.ts file, so that the suite (deno test tests/) leaves it out; loss_test.ts
+// checks that build's CPU loss in depth.
 
 import assert from "node:assert/strict";
 import { backends, forward, loss } from "../../mod.ts";
