@@ -4,11 +4,13 @@
 #   make example    build, then run examples/train.ts
 #   make demo       build, set up Fashion-MNIST, then train the TensorFlow.js demo
 #                   (examples/fashion_mnist.ts): docs/fashion_mnist.md and its SVGs
-#   make test       set up what is missing, build, then fmt/lint/type checks, the Deno tests, and
-#                   the same tests with the CUDA kernels on the CPU execution layer (test-emu)
+#   make test       set up what is missing, build, then fmt/lint/type checks, the linkage check,
+#                   the Deno tests, the build without the CUDA toolkit (test-nocuda), and the same
+#                   tests with the CUDA kernels on the CPU execution layer (test-emu)
 #   make bench      the benchmarks (deno bench); make perf-table: the README's table
 #
 # The GPU targets: CUDA_ARCHS (real code) and CUDA_PTX (PTX, JIT-compiled by newer drivers).
+# Without nvcc (NVCC pointing nowhere) every target builds the library without the CUDA backend.
 
 CUDA_HOME  ?= /usr/local/cuda
 NVCC       ?= $(CUDA_HOME)/bin/nvcc
@@ -30,43 +32,58 @@ WARN     := -Wall -Wextra -Wshadow -Werror
 CXXFLAGS += -std=c++17 -O3 -fPIC -fvisibility=hidden $(WARN)
 NVFLAGS  := -std=c++17 -O3 $(GENCODE) -Werror all-warnings \
             -Xcompiler -fPIC,-fvisibility=hidden,$(subst $(space),$(comma),$(WARN))
-LDLIBS   := -L$(CUDA_HOME)/lib64 -l:libcudart_static.a -lopenblas -ldl -lpthread -lrt
+# Where nvcc is missing (NVCC pointing nowhere), the library is built without the CUDA backend:
+# a stand-in (cuda/gpu/none.cpp) reports "built without CUDA" and the CPU backend serves.
+HAVE_NVCC := $(if $(shell command -v "$(NVCC)" 2>/dev/null),yes,)
 
-HEADERS  := $(wildcard cuda/*.h cuda/*.cuh)
+# The library is self-contained: OpenBLAS, the CUDA runtime, libstdc++ and libgcc linked in, only
+# the lsm_ ABI exported (cuda/api/exports.map), so that ldd shows the C library's parts alone
+# (scripts/check-linkage.sh) and the copies inside cannot clash with a host process's.
+# OPENBLAS_A and the lists below are expanded when the link runs, after set-up has installed
+# OpenBLAS; without its static archive (set-up could not install it) the shared one is linked.
+MULTIARCH  := $(or $(shell $(CXX) -print-multiarch 2>/dev/null),$(shell uname -m)-linux-gnu)
+OPENBLAS_A ?= $(firstword $(wildcard /usr/lib/$(MULTIARCH)/openblas-pthread/libopenblas.a \
+                /usr/lib/$(MULTIARCH)/libopenblas.a))
+LINK_FLAGS := -shared -static-libstdc++ -static-libgcc -Wl,--exclude-libs,ALL \
+              -Wl,--version-script=cuda/api/exports.map -Wl,--no-undefined
+BLAS_LIBS   = $(or $(OPENBLAS_A),-lopenblas) -lm -lpthread
+LDLIBS      = $(if $(HAVE_NVCC),-L$(CUDA_HOME)/lib64 -l:libcudart_static.a) $(BLAS_LIBS) -ldl -lrt
+
+HEADERS  := $(wildcard cuda/*.h cuda/*/*.h cuda/*/*.cuh)
 LIB      := $(BUILD)/liblsoftmax.so
-# The library's sources: host C++ (g++) and CUDA (nvcc, or g++ on the emulator: mk/emu.mk).
-HOST_OBJ := $(addprefix $(BUILD)/obj/,api.o layout.o cpu_backend.o cpu_loss.o cpu_optim.o cpu_rows.o)
-# The fused loss's row kernels again for AVX2 + FMA on x86-64, picked at run time (cpu_rows.h).
+# The library's sources (under cuda/, objects under $(BUILD)/obj/): host C++ by g++, and the CUDA
+# backend by nvcc (or by g++ on the emulator: mk/emu.mk).
+HOST_SRC := api/checks api/context api/layout api/ops cpu/backend cpu/loss cpu/op cpu/optim cpu/rows
+HOST_OBJ := $(patsubst %,$(BUILD)/obj/%.o,$(HOST_SRC))
+# The fused loss's row kernels again for AVX2 + FMA on x86-64, picked at run time (cpu/rows.h).
 ifeq ($(shell uname -m),x86_64)
-HOST_OBJ += $(BUILD)/obj/cpu_rows_avx2.o
-$(BUILD)/obj/cpu_rows.o: CXXFLAGS += -DLSM_ROWS_AVX2
-$(BUILD)/obj/cpu_rows_avx2.o: CXXFLAGS += -mavx2 -mfma
+HOST_OBJ += $(BUILD)/obj/cpu/rows_avx2.o
+$(BUILD)/obj/cpu/rows.o: CXXFLAGS += -DLSM_ROWS_AVX2
+$(BUILD)/obj/cpu/rows_avx2.o: CXXFLAGS += -mavx2 -mfma
 endif
-CUDA_SRC := cuda_backend cuda_loss cuda_optim
+CUDA_SRC := gpu/backend gpu/op gpu/loss gpu/optim
+CUDA_OBJ := $(if $(HAVE_NVCC),$(patsubst %,$(BUILD)/obj/%.o,$(CUDA_SRC)),$(BUILD)/obj/gpu/none.o)
 
-.PHONY: all example demo test check bench perf-table clean setup setup-host
+.PHONY: all example demo test check check-linkage test-nocuda bench perf-table clean setup setup-host
 
 all: $(LIB)
 
 # Set-up is order-only: a plain `make` on a fresh machine installs what the build needs first.
-# Only the nvcc-compiled object needs nvcc: the emulated library (mk/emu.mk) builds without it.
-$(BUILD)/obj/%.o: cuda/%.cpp $(HEADERS) | $(BUILD)/obj setup-host
-	$(CXX) $(CXXFLAGS) -c $< -o $@
-
-$(BUILD)/obj/%.o: cuda/api/%.cpp $(HEADERS) | $(BUILD)/obj setup-host
+# Only the nvcc-compiled objects need nvcc: the emulated library (mk/emu.mk) builds without it.
+$(BUILD)/obj/%.o: cuda/%.cpp $(HEADERS) | setup-host
+	@mkdir -p $(@D)
 	$(CXX) $(CXXFLAGS) -Icuda -c $< -o $@
 
-# The row kernels vectorize only where FP selects may be if-converted (cpu_rows.h).
-$(BUILD)/obj/cpu_rows.o $(BUILD)/obj/cpu_rows_avx2.o: CXXFLAGS += -fno-trapping-math -fno-math-errno
+# The row kernels vectorize only where FP selects may be if-converted (cpu/rows.h).
+$(BUILD)/obj/cpu/rows.o $(BUILD)/obj/cpu/rows_avx2.o: CXXFLAGS += -fno-trapping-math -fno-math-errno
 
-$(BUILD)/obj/%.o: cuda/%.cu $(HEADERS) | $(BUILD)/obj setup
-	$(NVCC) $(NVFLAGS) -c $< -o $@
+$(BUILD)/obj/%.o: cuda/%.cu $(HEADERS) | setup
+	@mkdir -p $(@D)
+	$(NVCC) $(NVFLAGS) -Icuda -c $< -o $@
 
-$(LIB): $(HOST_OBJ) $(addprefix $(BUILD)/obj/,$(addsuffix .o,$(CUDA_SRC)))
-	$(CXX) -shared -o $@ $^ $(LDLIBS) -Wl,--no-undefined
-
-$(BUILD)/obj:
-	mkdir -p $@
+$(LIB): $(HOST_OBJ) $(CUDA_OBJ) cuda/api/exports.map
+	$(CXX) $(LINK_FLAGS) -o $@ $(HOST_OBJ) $(CUDA_OBJ) $(LDLIBS)
+	@$(if $(HAVE_NVCC),:,echo "make: no nvcc at $(NVCC): $@ has no CUDA backend (CPU only)")
 
 # Installs what is missing on this machine (OpenBLAS from apt, Deno from npm); setup also
 # checks that nvcc is there.
@@ -91,14 +108,30 @@ check: setup-host
 	$(DENO) lint
 	$(DENO) doc --lint mod.ts
 	$(DENO) doc --lint tfjs.ts
-	$(DENO) check --doc mod.ts tfjs.ts ffi/*.ts tests/*.ts tests/fixtures/*.ts bench/*.ts examples/*.ts
+	$(DENO) check --doc mod.ts tfjs.ts ffi/*.ts tests/*.ts tests/native/*.ts tests/fixtures/*.ts bench/*.ts \
+	  examples/*.ts
 	$(DENO) check --doc-only README.md
 
 # The suite on the real library (its CUDA tests skip without a GPU), then again on the CPU
 # execution layer, where they run the CUDA kernels (mk/emu.mk).
-test: setup $(LIB) check
+test: setup $(LIB) check check-linkage
 	$(WITH_LIB) DENO=$(DENO) SUITE_LABEL=test scripts/test-suite.sh $(DENO_TEST_FLAGS) tests/
+	$(MAKE) --no-print-directory test-nocuda
 	$(MAKE) --no-print-directory test-emu
+
+# The library that ships is self-contained: ldd shows the C library only, only lsm_* exported.
+check-linkage: $(LIB)
+	scripts/check-linkage.sh $(LIB)
+
+# The build without the CUDA toolkit (NVCC pointing nowhere: the host objects and the stand-in
+# CUDA backend) into $(NOCUDA_BUILD), and the checks that it reports "built without CUDA" and
+# that its CPU loss works.
+NOCUDA_BUILD ?= $(BUILD)/nocuda
+test-nocuda: setup-host
+	$(MAKE) --no-print-directory BUILD=$(NOCUDA_BUILD) NVCC=/nonexistent $(NOCUDA_BUILD)/liblsoftmax.so
+	scripts/check-linkage.sh $(NOCUDA_BUILD)/liblsoftmax.so
+	LSOFTMAX_LIB=$(abspath $(NOCUDA_BUILD))/liblsoftmax.so $(DENO) test $(DENO_TEST_FLAGS) \
+	  tests/native/nocuda_check.ts tests/loss_test.ts
 
 bench: setup $(LIB)
 	$(WITH_LIB) $(DENO) bench --allow-ffi --allow-env --allow-read bench/

@@ -4,7 +4,9 @@
  * Math (docs/math.md in the project): for sample i with label y, L-Softmax (the default kind)
  *   non-target logits  f_ij = W_j . x_i
  *   target logit       f_iy = (lambda * W_y . x_i + |W_y| |x_i| psi(cos)) / (1 + lambda)
- * with psi(c) = (-1)^k T_m(c) - 2k, the paper's (not the seed TensorFlow op's) semantics; the
+ * with psi(c) = (-1)^k T_m(c) - 2k: the paper's semantics, not those of the TensorFlow C++ op
+ * this library reimplements (which also scales the non-target logits by lambda / (1 + lambda);
+ * docs/math.md lists the differences); the
  * other kinds of the margin family (A-Softmax, CosFace, ArcFace, combined): see lsm_margin.
  *
  * Conventions
@@ -270,7 +272,7 @@ LSM_API int32_t lsm_loss_gradients(lsm_context *ctx, int32_t dtype, int64_t n, i
                                    void *grad_w);
 
 /*
- * Resident training (issue 13): what a classifier head whose weights live in context memory
+ * Resident training: what a classifier head whose weights live in context memory
  * needs besides the fused loss: the optimizer update over W's memory, a device-side sum of the
  * row losses, the top-k classes of each row without an n x c buffer, and the bytes a context
  * has moved to and from the host.

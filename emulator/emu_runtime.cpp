@@ -135,6 +135,29 @@ CUevent_data *event_data(cudaEvent_t e) {
   return g.events.count(e) != 0 ? reinterpret_cast<CUevent_data *>(e) : nullptr;
 }
 
+// The registries of live handles (streams, events): a handle is added once made and removed once
+// destroyed, so that a stale or foreign one is refused.
+using handle_set = std::set<const void *> global_state::*;
+
+bool register_handle(handle_set set, const void *h) {
+  global_state &g = G();
+  try {
+    std::lock_guard<std::mutex> lock(g.mu);
+    (g.*set).insert(h);
+    return true;
+  } catch (...) {
+    return false;  // out of memory: the caller frees the handle
+  }
+}
+
+// False when h is not a live handle of that registry.
+bool unregister_handle(handle_set set, const void *h) {
+  if (h == nullptr) return false;
+  global_state &g = G();
+  std::lock_guard<std::mutex> lock(g.mu);
+  return (g.*set).erase(h) != 0;
+}
+
 // Appends "name count" lines to $LSM_EMU_LAUNCH_LOG; runs at exit (or when the library unloads).
 struct launch_log_writer {
   ~launch_log_writer() {
@@ -740,11 +763,7 @@ cudaError_t cudaStreamCreateWithFlags(cudaStream_t *stream, unsigned int flags) 
   // A stream is only a handle here; a heap byte gives it a unique address ASan can track.
   char *handle = new (std::nothrow) char(0);
   if (handle == nullptr) return fail(cudaErrorMemoryAllocation);
-  global_state &g = G();
-  try {
-    std::lock_guard<std::mutex> lock(g.mu);
-    g.streams.insert(handle);
-  } catch (...) {
+  if (!register_handle(&global_state::streams, handle)) {
     delete handle;
     return fail(cudaErrorMemoryAllocation);
   }
@@ -753,12 +772,7 @@ cudaError_t cudaStreamCreateWithFlags(cudaStream_t *stream, unsigned int flags) 
 }
 
 cudaError_t cudaStreamDestroy(cudaStream_t stream) {
-  if (stream == nullptr) return fail(cudaErrorInvalidResourceHandle);
-  global_state &g = G();
-  {
-    std::lock_guard<std::mutex> lock(g.mu);
-    if (g.streams.erase(stream) == 0) return fail(cudaErrorInvalidResourceHandle);
-  }
+  if (!unregister_handle(&global_state::streams, stream)) return fail(cudaErrorInvalidResourceHandle);
   delete reinterpret_cast<char *>(stream);
   return cudaSuccess;
 }
@@ -880,11 +894,7 @@ cudaError_t cudaEventCreateWithFlags(cudaEvent_t *event, unsigned int flags) {
   CUevent_data *e = new (std::nothrow) CUevent_data();
   if (e == nullptr) return fail(cudaErrorMemoryAllocation);
   e->flags = flags;
-  global_state &g = G();
-  try {
-    std::lock_guard<std::mutex> lock(g.mu);
-    g.events.insert(e);
-  } catch (...) {
+  if (!register_handle(&global_state::events, e)) {
     delete e;
     return fail(cudaErrorMemoryAllocation);
   }
@@ -920,12 +930,7 @@ cudaError_t cudaEventElapsedTime(float *ms, cudaEvent_t start, cudaEvent_t end) 
 }
 
 cudaError_t cudaEventDestroy(cudaEvent_t event) {
-  if (event == nullptr) return fail(cudaErrorInvalidResourceHandle);
-  global_state &g = G();
-  {
-    std::lock_guard<std::mutex> lock(g.mu);
-    if (g.events.erase(event) == 0) return fail(cudaErrorInvalidResourceHandle);
-  }
+  if (!unregister_handle(&global_state::events, event)) return fail(cudaErrorInvalidResourceHandle);
   delete reinterpret_cast<CUevent_data *>(event);
   return cudaSuccess;
 }

@@ -1,8 +1,9 @@
 # mk/emu.mk: the CUDA backend on the CPU execution layer (emulator/), included by the Makefile.
 #
 #   make test-emu       the emulator's self-test, the sanitizer run, then the whole Deno suite
-#                       against build/liblsoftmax_emu.so (CUDA-path tests included), and a count
-#                       of the kernel launches it made
+#                       against build/liblsoftmax_emu.so (CUDA-path tests included; linked as
+#                       liblsoftmax.so is, self-contained), and a count of the kernel launches
+#                       it made
 #   make planted-emu    kernels with a planted missing barrier must fail under the emulator
 #   make mutants-emu    the real kernels with any one barrier removed must fail the tests
 #   make sanitize-emu   forward/backward through the C ABI under ASan + UBSan, against the CPU
@@ -16,7 +17,10 @@ EMU_BUILD   := $(BUILD)/emu
 EMU_LIB     := $(BUILD)/liblsoftmax_emu.so
 EMU_FLAGS   := -x c++ -DLSM_EMU -I$(EMU_DIR) -Icuda
 EMU_HEADERS := $(HEADERS) $(wildcard $(EMU_DIR)/*.h)
-EMU_LDLIBS  := -lopenblas -lpthread
+# The library links as liblsoftmax.so does (the Makefile's LINK_FLAGS, OpenBLAS inside); the
+# sanitizer's programs link the shared OpenBLAS.
+EMU_LDLIBS   = $(or $(BLAS_LIBS),-lopenblas -lpthread)
+SAN_LDLIBS  := -lopenblas -lpthread
 SAN_FLAGS   := -std=c++17 -O1 -g -fno-omit-frame-pointer -fsanitize=address,undefined \
                -fno-sanitize-recover=all $(WARN)
 # The fibers are annotated for ASan, so detect_stack_use_after_return=1 works too; it is off only
@@ -24,9 +28,9 @@ SAN_FLAGS   := -std=c++17 -O1 -g -fno-omit-frame-pointer -fsanitize=address,unde
 SAN_ENV     := ASAN_OPTIONS=detect_stack_use_after_return=0:detect_leaks=1:abort_on_error=0 \
                UBSAN_OPTIONS=print_stacktrace=1 OPENBLAS_NUM_THREADS=1
 # The Deno flags of the suite: the Makefile's DENO_TEST_FLAGS where it defines them.
-EMU_TEST_FLAGS ?= $(or $(DENO_TEST_FLAGS),--allow-ffi --allow-env --allow-read --allow-net --allow-run --v8-flags=--expose-gc)
+EMU_TEST_FLAGS ?= $(or $(DENO_TEST_FLAGS),--allow-ffi --allow-env --allow-read --allow-write --allow-net --allow-run --v8-flags=--expose-gc)
 EMU_CUDA_OBJ := $(addprefix $(EMU_BUILD)/,$(addsuffix .o,$(CUDA_SRC)))
-EMU_SAN_OBJ := $(addprefix $(EMU_BUILD)/san/,api.o layout.o cpu_backend.o cpu_loss.o cpu_optim.o cpu_rows.o $(addsuffix .o,$(CUDA_SRC)) emu_runtime.o)
+EMU_SAN_OBJ := $(patsubst %,$(EMU_BUILD)/san/%.o,$(HOST_SRC) $(CUDA_SRC) emu_runtime)
 
 .PHONY: test-emu planted-emu sanitize-emu mutants-emu
 
@@ -35,13 +39,15 @@ $(EMU_BUILD) $(EMU_BUILD)/san:
 
 # The library: the host objects as for liblsoftmax.so; the CUDA sources by g++.
 $(EMU_BUILD)/%.o: cuda/%.cu $(EMU_HEADERS) | $(EMU_BUILD)
+	@mkdir -p $(@D)
 	$(CXX) $(CXXFLAGS) $(EMU_FLAGS) -c $< -o $@
 
 $(EMU_BUILD)/emu_runtime.o: $(EMU_DIR)/emu_runtime.cpp $(EMU_HEADERS) | $(EMU_BUILD)
 	$(CXX) $(CXXFLAGS) $(EMU_FLAGS) -c $< -o $@
 
-$(EMU_LIB): $(HOST_OBJ) $(EMU_CUDA_OBJ) $(EMU_BUILD)/emu_runtime.o
-	$(CXX) -shared -o $@ $^ $(EMU_LDLIBS) -Wl,--no-undefined
+$(EMU_LIB): $(HOST_OBJ) $(EMU_CUDA_OBJ) $(EMU_BUILD)/emu_runtime.o cuda/api/exports.map
+	$(CXX) $(or $(LINK_FLAGS),-shared -Wl,--no-undefined) -o $@ $(HOST_OBJ) $(EMU_CUDA_OBJ) $(EMU_BUILD)/emu_runtime.o \
+	  $(EMU_LDLIBS)
 
 # The self-test and the planted-barrier kernels.
 $(EMU_BUILD)/planted: tests/native/planted.cu $(EMU_BUILD)/emu_runtime.o $(EMU_HEADERS)
@@ -53,19 +59,19 @@ planted-emu: $(EMU_BUILD)/planted
 
 # The sanitizer build: every source of the library, the emulator and the driver under ASan+UBSan.
 $(EMU_BUILD)/san/%.o: cuda/%.cpp $(EMU_HEADERS) | $(EMU_BUILD)/san
-	$(CXX) $(SAN_FLAGS) -Icuda -c $< -o $@
-
-$(EMU_BUILD)/san/%.o: cuda/api/%.cpp $(EMU_HEADERS) | $(EMU_BUILD)/san
+	@mkdir -p $(@D)
 	$(CXX) $(SAN_FLAGS) -Icuda -c $< -o $@
 
 $(EMU_BUILD)/san/%.o: cuda/%.cu $(EMU_HEADERS) | $(EMU_BUILD)/san
+	@mkdir -p $(@D)
 	$(CXX) $(SAN_FLAGS) $(EMU_FLAGS) -c $< -o $@
 
 $(EMU_BUILD)/san/emu_runtime.o: $(EMU_DIR)/emu_runtime.cpp $(EMU_HEADERS) | $(EMU_BUILD)/san
 	$(CXX) $(SAN_FLAGS) $(EMU_FLAGS) -c $< -o $@
 
-$(EMU_BUILD)/san/sanitize_driver: tests/native/sanitize_driver.cpp $(EMU_SAN_OBJ) cuda/lsoftmax.h
-	$(CXX) $(SAN_FLAGS) -Icuda $< $(EMU_SAN_OBJ) -o $@ $(EMU_LDLIBS)
+$(EMU_BUILD)/san/sanitize_driver: tests/native/sanitize_driver.cpp tests/native/sanitize_support.h $(EMU_SAN_OBJ) \
+  cuda/lsoftmax.h
+	$(CXX) $(SAN_FLAGS) -Icuda $< $(EMU_SAN_OBJ) -o $@ $(SAN_LDLIBS)
 
 $(EMU_BUILD)/san/planted: tests/native/planted.cu $(EMU_BUILD)/san/emu_runtime.o $(EMU_HEADERS)
 	$(CXX) $(SAN_FLAGS) $(EMU_FLAGS) $< -x none $(EMU_BUILD)/san/emu_runtime.o -o $@ -lpthread
@@ -90,6 +96,7 @@ sanitize-emu: $(EMU_BUILD)/san/sanitize_driver $(EMU_BUILD)/san/planted $(EMU_BU
 # The Deno suite against the emulated CUDA backend; scripts/test-suite.sh ends with the kernel
 # launches the library logged at exit (none at all means the CUDA path was never reached).
 test-emu: planted-emu sanitize-emu $(EMU_LIB)
+	scripts/check-linkage.sh $(EMU_LIB)
 	LSM_EMU_LAUNCH_LOG=$(abspath $(EMU_BUILD))/launches.log LSOFTMAX_LIB=$(abspath $(EMU_LIB)) \
 	  DENO=$(DENO) SUITE_LABEL=test-emu scripts/test-suite.sh $(EMU_TEST_FLAGS) tests/
 	$(MAKE) --no-print-directory mutants-emu

@@ -14,8 +14,8 @@ cd "$(dirname "$0")/.."
 CXX=${CXX:-g++}
 DENO=${DENO:-scripts/deno}
 BUILD=${BUILD:-build}
-HOST_OBJ=${HOST_OBJ:-$BUILD/obj/api.o $BUILD/obj/cpu_backend.o $BUILD/obj/cpu_loss.o $BUILD/obj/cpu_optim.o $BUILD/obj/cpu_rows.o $BUILD/obj/cpu_rows_avx2.o}
-CUDA_SRC=${CUDA_SRC:-cuda_backend cuda_loss cuda_optim}
+HOST_OBJ=${HOST_OBJ:-$(for s in api/checks api/context api/layout api/ops cpu/backend cpu/loss cpu/op cpu/optim cpu/rows cpu/rows_avx2; do echo "$BUILD/obj/$s.o"; done)}
+CUDA_SRC=${CUDA_SRC:-gpu/backend gpu/op gpu/loss gpu/optim}
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
 # The CUDA-path tests: all of them for the unmutated kernels, and for a mutant those of its header
@@ -24,9 +24,9 @@ all_tests="tests/cuda_test.ts tests/tf32_test.ts tests/gradient_test.ts tests/lo
 tests_of() {
   if [ -n "${MUTANT_TESTS:-}" ]; then echo "$MUTANT_TESTS"; return; fi
   case $1 in
-    cuda/gemm_kernels.cuh) echo "tests/cuda_test.ts tests/tf32_test.ts tests/loss_test.ts" ;;
-    cuda/loss_kernels.cuh) echo "tests/loss_test.ts tests/margins_test.ts" ;;
-    cuda/optim_kernels.cuh) echo "tests/head_test.ts" ;;
+    cuda/gpu/gemm_kernels.cuh) echo "tests/cuda_test.ts tests/tf32_test.ts tests/loss_test.ts" ;;
+    cuda/gpu/loss_kernels.cuh) echo "tests/loss_test.ts tests/margins_test.ts" ;;
+    cuda/gpu/optim_kernels.cuh) echo "tests/head_test.ts" ;;
     *) echo "tests/cuda_test.ts tests/gradient_test.ts tests/margins_test.ts tests/loss_test.ts" ;;
   esac
 }
@@ -36,9 +36,9 @@ tests_of() {
 build_and_test() {
   local objs=()
   for src in $CUDA_SRC; do
-    objs+=("$work/$src.o")
+    objs+=("$work/${src//\//_}.o")
     if ! $CXX -std=c++17 -O2 -fPIC -x c++ -DLSM_EMU -Iemulator -I"$work/cuda" \
-      -c "$work/cuda/$src.cu" -o "$work/$src.o"; then
+      -c "$work/cuda/$src.cu" -o "$work/${src//\//_}.o"; then
       echo "barrier mutants: the build failed (${what:-unmutated kernels})" >&2
       exit 1
     fi
@@ -63,12 +63,12 @@ if ! build_and_test ${MUTANT_TESTS:-$all_tests}; then
 fi
 echo "baseline  unmutated kernels pass the tests"
 survived=0 total=0
-for header in ${MUTANT_HEADERS:-cuda/target_kernels.cuh cuda/loss_kernels.cuh cuda/gemm_kernels.cuh cuda/optim_kernels.cuh}; do
+for header in ${MUTANT_HEADERS:-cuda/gpu/target_kernels.cuh cuda/gpu/loss_kernels.cuh cuda/gpu/gemm_kernels.cuh cuda/gpu/optim_kernels.cuh}; do
   while IFS=: read -r line _; do
     total=$((total + 1))
     rm -rf "$work/cuda" && cp -r cuda "$work/cuda"
     # The barrier call becomes an empty statement; the rest of the line stays.
-    sed -i "${line}s/__sync\(threads\|warp\)()/(void)0/" "$work/cuda/$(basename "$header")"
+    sed -i "${line}s/__sync\(threads\|warp\)()/(void)0/" "$work/$header"
     what="$header:$line: $(sed -n "${line}p" "$header" | sed 's/^ *//' | cut -c1-60)"
     # A barrier the comment above it marks as one the emulator cannot tell from a no-op (its
     # need rests on GPU memory ordering) is listed, not mutated.

@@ -5,7 +5,7 @@
 
 #include <string>
 
-#include "internal.h"
+#include "api/backend.h"
 
 // Every field of every ABI struct: X(struct, field, offset, bytes), in declaration order.
 #define LSM_ABI_FIELDS(X)                       \

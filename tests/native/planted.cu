@@ -7,12 +7,11 @@
 #include <mma.h>
 #include <stdio.h>
 #include <string.h>
-#include <stdlib.h>
 
 #include <string>
 #include <vector>
 
-#include "launch.cuh"
+#include "gpu/launch.cuh"
 
 namespace {
 

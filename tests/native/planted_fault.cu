@@ -6,7 +6,7 @@
 #include <stdio.h>
 #include <string.h>
 
-#include "launch.cuh"
+#include "gpu/launch.cuh"
 
 __global__ void read_past_end(const float *in, float *out, int n) {
   const int i = (int)(blockIdx.x * blockDim.x + threadIdx.x);

@@ -1,12 +1,12 @@
-// cuda_optim.cu: resident training on a CUDA device: the SGD update (one element-wise kernel over
+// gpu/optim.cu: resident training on a CUDA device: the SGD update (one element-wise kernel over
 // W's memory), the sum of the row losses (one block, 8 bytes back), and top-k by blocks of
 // classes (x W_b^T into the workspace, then each row's k best kept in the outputs).
 #include <cuda_runtime.h>
 
 #include <algorithm>
 
-#include "cuda_common.cuh"
-#include "optim_kernels.cuh"
+#include "gpu/common.cuh"
+#include "gpu/optim_kernels.cuh"
 
 namespace {
 

@@ -1,10 +1,10 @@
-// cpu_backend.cpp: the CPU backend's forward and backward. The matrix products go through CBLAS
+// cpu/op.cpp: the CPU backend's forward and backward. The matrix products go through CBLAS
 // (OpenBLAS), on normalised copies of the rows for the kinds that normalise; the margin on the n
 // target entries goes through margin.cuh, the same code the CUDA kernels run, by way of the
-// helpers the CPU ops share (cpu_common.h).
+// helpers the CPU ops share (cpu/common.h).
 #include <vector>
 
-#include "cpu_common.h"
+#include "cpu/common.h"
 
 namespace {
 
@@ -21,7 +21,7 @@ int32_t forward(lsm_context *ctx, const lsm_problem &p) {
   if (s != LSM_OK) return s;
   const product_inputs<T> in(ctx, x, w, n, c, d, p.margin);
   gemm(CblasNoTrans, CblasTrans, (int)n, (int)c, (int)d, in.x, (int)d, in.w, (int)d, logits, (int)c);
-  if (plain_margin(p.margin)) return LSM_OK;  // psi(c) = c: the target logit is the plain product
+  if (lsm_plain_margin(p.margin)) return LSM_OK;  // psi(c) = c: the target logit is the plain product
   parallel_for(n, 3 * d, [&](int64_t begin, int64_t end) {  // two or three passes over d per sample
     for (int64_t i = begin; i < end; ++i) {
       const int64_t y = labels[i];
@@ -48,7 +48,7 @@ int32_t backward(lsm_context *ctx, const lsm_problem &p) {
   gemm(CblasNoTrans, CblasNoTrans, (int)n, (int)d, (int)c, g, (int)c, in.w, (int)d, gx, (int)d);
   gemm(CblasTrans, CblasNoTrans, (int)c, (int)d, (int)n, g, (int)c, in.x, (int)d, gw, (int)d);
   project_gradients(x, w, n, c, d, p.margin, gx, gw);
-  if (plain_margin(p.margin)) return LSM_OK;
+  if (lsm_plain_margin(p.margin)) return LSM_OK;
   // Per sample, the correction coefficients (label -1 for a zero vector: the plain gradients
   // stand); then the corrections, each element formed in double and added with one rounding to T
   // (the CUDA backend does the same, element for element, in the same order).

@@ -18,15 +18,7 @@
 #include <math.h>
 #include <stdint.h>
 
-#include "lsoftmax.h"
-
-#if defined(__CUDACC__)
-#define LSM_HD __host__ __device__ __forceinline__
-#else
-#define LSM_HD inline
-#endif
-
-#define LSM_PI 3.14159265358979323846
+#include "math/kinds.h"
 
 // The part of the circle sample i falls in: the k in [0, m-1] with
 // cos(k pi/m) >= c > cos((k+1) pi/m). Counted by comparisons rather than floor(m acos(c)/pi), so
@@ -68,14 +60,6 @@ LSM_HD double lsm_absmax(double m, double v) {
   const double a = fabs(v);
   return (a > m || a != a) ? a : m;
 }
-
-// The kinds' shapes: which vectors the op normalises, and the factor on the normalised x.
-LSM_HD bool lsm_normalises_w(int kind) { return kind != LSM_MARGIN_LSOFTMAX; }
-LSM_HD bool lsm_normalises_x(int kind) { return kind >= LSM_MARGIN_COSFACE; }
-// ArcFace and the combined margin take the angle itself, from sin t = |r| (below).
-LSM_HD bool lsm_needs_residual(int kind) { return kind == LSM_MARGIN_ARCFACE || kind == LSM_MARGIN_COMBINED; }
-// x_i enters the products as lsm_x_factor x_i / |x_i| for the normalised kinds (the scale s).
-LSM_HD double lsm_x_factor(const lsm_margin &mg) { return lsm_normalises_x(mg.kind) ? mg.scale : 1.0; }
 
 // One sample's statistics: x_i and W_y as 2^ex xs and 2^ew ws, and the sums over the scaled
 // vectors. Filled in two passes over d: the largest magnitudes (lsm_absmax), lsm_stats_begin,
@@ -198,10 +182,10 @@ LSM_HD lsm_phi_value lsm_phi(const lsm_stats &s, const lsm_margin &mg) {
 // case give the plain inner product. A-Softmax is the same with |w| = 1:
 // 2^ex |xs| [c lambda/(1+lambda) + psi/(1+lambda)]. The normalised kinds: scale phi(c).
 LSM_HD double lsm_target_logit(const lsm_stats &s, const lsm_margin &mg) {
-  if (mg.kind >= LSM_MARGIN_COSFACE) return mg.scale * lsm_phi(s, mg).phi;
-  const bool a = mg.kind == LSM_MARGIN_ASOFTMAX;
+  if (lsm_normalises_x(mg.kind)) return mg.scale * lsm_phi(s, mg).phi;
+  const bool a = lsm_normalises_w(mg.kind);  // A-Softmax
   if (lsm_degenerate(s)) return a ? 0.0 * s.c : ldexp(s.dot, s.ex + s.ew);
-  if (mg.m == 1 && !a) return ldexp(s.dot, s.ex + s.ew);
+  if (lsm_plain_margin(mg)) return ldexp(s.dot, s.ex + s.ew);
   const double norms = s.nx * s.nw;
   double psi, dpsi;
   lsm_psi(lsm_cosine(s.dot, norms), mg.m, &psi, &dpsi);
@@ -259,7 +243,7 @@ LSM_HD lsm_correction lsm_target_correction(double g, const lsm_stats &s, const 
   if (lsm_degenerate(s)) return r;
   const double c = s.c, nx = s.nx, nw = s.nw;
   int ox, ow;
-  if (mg.kind >= LSM_MARGIN_COSFACE) {
+  if (lsm_normalises_x(mg.kind)) {
     const lsm_phi_value v = lsm_phi(s, mg);
     if (!v.angular) return r;  // phi' = 1: the plain cosine's gradient is the target's
     const double sin_t = sqrt(s.rr);
@@ -269,12 +253,12 @@ LSM_HD lsm_correction lsm_target_correction(double g, const lsm_stats &s, const 
     r.bw = -a * c * (s.uw * s.uw);
     ox = -s.ex, ow = -s.ew;
   } else {
-    if (mg.kind == LSM_MARGIN_LSOFTMAX && mg.m == 1) return r;
+    if (lsm_plain_margin(mg)) return r;
     double psi, dpsi;
     lsm_psi(c, mg.m, &psi, &dpsi);
     const double scale = g / (1.0 + mg.lambda);
     const double a = scale * (dpsi - 1.0), b = scale * (psi - c * dpsi);
-    if (mg.kind == LSM_MARGIN_LSOFTMAX) {
+    if (!lsm_normalises_w(mg.kind)) {  // L-Softmax
       r.ax = r.aw = a;
       r.bx = b * (nw / nx);
       r.bw = b * (nx / nw);

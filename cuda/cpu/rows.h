@@ -1,8 +1,8 @@
-// cpu_rows.h: the fused loss's row kernels over float logits: the row max, exp(f - shift) with
-// the row's sum, the sums of squares of W's rows and the direct path's column sums (cpu_loss.cpp).
+// cpu/rows.h: the fused loss's row kernels over float logits: the row max, exp(f - shift) with
+// the row's sum, the sums of squares of W's rows and the direct path's column sums (cpu/loss.cpp).
 // These touch all n x c logits or all of W, so they are written for the vectorizer (a
-// branch-free exp, sums in lanes) and built twice: cpu_rows.cpp for the baseline instruction set
-// and, on x86-64, cpu_rows_avx2.cpp for AVX2 + FMA; lsm_rows() picks one at run time. Both are
+// branch-free exp, sums in lanes) and built twice: cpu/rows.cpp for the baseline instruction set
+// and, on x86-64, cpu/rows_avx2.cpp for AVX2 + FMA; lsm_rows() picks one at run time. Both are
 // built with -fno-trapping-math, without which the compiler does not vectorize the selects.
 #ifndef LSOFTMAX_CPU_ROWS_H
 #define LSOFTMAX_CPU_ROWS_H
@@ -17,14 +17,14 @@ struct lsm_row_kernels {
   // The sum of v[j]^2 in double, over 8 lanes in a fixed order.
   double (*sum_squares)(const float *v, int64_t count);
   // For j < count: acc[j] += k (e[j] row[j]) (the product in float, then double), and
-  // row[j] = e[j] b[j]; the direct path's row pass (cpu_loss.cpp, fold_direct).
+  // row[j] = e[j] b[j]; the direct path's row pass (cpu/loss.cpp, fold_direct).
   void (*accumulate_columns)(double *acc, const float *e, float *row, const float *b, double k, int64_t count);
 };
 
 // The kernels for this processor.
 const lsm_row_kernels &lsm_rows();
 
-// The definitions, in a namespace of the including file's choosing (cpu_rows*.cpp).
+// The definitions, in a namespace of the including file's choosing (cpu/rows*.cpp).
 #ifdef LSM_ROWS_NAMESPACE
 #include <math.h>
 #include <string.h>

@@ -1,14 +1,14 @@
-// optim_kernels.cuh: the kernels of resident training (cuda_optim.cu): the SGD update over W's
+// optim_kernels.cuh: the kernels of resident training (gpu/optim.cu): the SGD update over W's
 // memory, the sum of the row losses, and top-k over a block of scores. The CPU twins are in
-// cpu_optim.cpp; the element math is optim.cuh's.
+// cpu/optim.cpp; the element math is optim.cuh's.
 #ifndef LSOFTMAX_OPTIM_KERNELS_CUH
 #define LSOFTMAX_OPTIM_KERNELS_CUH
 
 #include <limits.h>
 #include <stdint.h>
 
-#include "optim.cuh"
-#include "target_kernels.cuh"  // next_index
+#include "math/optim.cuh"
+#include "gpu/target_kernels.cuh"  // next_index
 
 namespace lsm_kernels {
 

@@ -1,10 +1,10 @@
-// cpu_optim.cpp: the CPU side of resident training: the SGD update over W's memory, the sum of
+// cpu/optim.cpp: the CPU side of resident training: the SGD update over W's memory, the sum of
 // the row losses, and top-k by blocks of classes (the CPU twins of optim_kernels.cuh).
 #include <math.h>
 #include <stdlib.h>
 
-#include "cpu_common.h"
-#include "optim.cuh"
+#include "cpu/common.h"
+#include "math/optim.cuh"
 
 namespace {
 

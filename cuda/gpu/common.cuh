@@ -1,6 +1,7 @@
-// cuda_common.cuh: what the CUDA backend's host code shares (cuda_backend.cu: the op and the
-// context; cuda_loss.cu: the fused loss): the per-context state, the error path, the workspace
-// and the product launches. Not installed, not ABI.
+// common.cuh: what the CUDA backend's host code shares (backend.cu: devices, contexts, memory;
+// op.cu: forward and backward; loss.cu: the fused loss; optim.cu: resident training): the
+// per-context state, the error path, the workspace and the product launches. Not installed, not
+// ABI.
 #ifndef LSOFTMAX_CUDA_COMMON_CUH
 #define LSOFTMAX_CUDA_COMMON_CUH
 
@@ -10,10 +11,30 @@
 #include <string>
 #include <type_traits>
 
-#include "gemm_kernels.cuh"
-#include "internal.h"
-#include "launch.cuh"
-#include "target_kernels.cuh"
+#include "gpu/gemm_kernels.cuh"
+#include "api/backend.h"
+#include "gpu/launch.cuh"
+#include "gpu/target_kernels.cuh"
+
+// The CUDA backend's functions, which backend.cu puts in its table (api/backend.h says what each
+// does): devices, contexts and memory (backend.cu), the op (op.cu), the fused loss (loss.cu), the
+// optimizer, the sum and top-k (optim.cu).
+int32_t lsm_cuda_device_count(int32_t *count, std::string *why);
+int32_t lsm_cuda_device_name(int32_t device, std::string *name, std::string *why);
+int32_t lsm_cuda_context_init(lsm_context *ctx);
+void lsm_cuda_context_release(lsm_context *ctx);
+int32_t lsm_cuda_check_precision(lsm_context *ctx, int32_t precision);
+int32_t lsm_cuda_malloc(lsm_context *ctx, size_t bytes, void **out);
+int32_t lsm_cuda_free(lsm_context *ctx, void *ptr);
+int32_t lsm_cuda_copy(lsm_context *ctx, void *dst, const void *src, size_t bytes, bool to_device);
+int32_t lsm_cuda_synchronize(lsm_context *ctx);
+int32_t lsm_cuda_forward(lsm_context *ctx, const lsm_problem &p);
+int32_t lsm_cuda_backward(lsm_context *ctx, const lsm_problem &p);
+int32_t lsm_cuda_loss(lsm_context *ctx, const lsm_loss_problem &p);
+int32_t lsm_cuda_sgd(lsm_context *ctx, int32_t dtype, int64_t count, const lsm_sgd &o, void *w, const void *g, void *v);
+int32_t lsm_cuda_sum(lsm_context *ctx, const double *values, int64_t count, double *out);
+int32_t lsm_cuda_topk(lsm_context *ctx, int32_t dtype, int64_t n, int64_t d, int64_t c, const lsm_margin &mg, int64_t k,
+                      const void *x, const void *w, int32_t *indices, void *scores);
 
 struct lsm_cuda_state {
   cudaStream_t stream = nullptr;
@@ -142,7 +163,7 @@ inline int32_t reset_bad_label(lsm_context *ctx, int *bad_slot, int n) {
 // Bytes rounded up to the workspace's alignment of its parts.
 inline size_t aligned(size_t bytes) { return (bytes + 255) / 256 * 256; }
 
-// The products' inputs (CPU: product_inputs in cpu_common.h): x and W themselves, or copies with
+// The products' inputs (CPU: product_inputs in cpu/common.h): x and W themselves, or copies with
 // normalised rows, W^ for every kind but L-Softmax and scale x^ for the normalised kinds, in the
 // workspace from `at` (inputs_bytes of it), one warp per row.
 template <typename T>

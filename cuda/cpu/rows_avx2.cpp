@@ -1,6 +1,6 @@
-// cpu_rows_avx2.cpp: the row kernels of cpu_rows.h built for AVX2 + FMA (x86-64 only).
+// cpu/rows_avx2.cpp: the row kernels of cpu/rows.h built for AVX2 + FMA (x86-64 only).
 #define LSM_ROWS_NAMESPACE lsm_rows_avx2
-#include "cpu_rows.h"
+#include "cpu/rows.h"
 
 namespace lsm_rows_avx2 {
 extern const lsm_row_kernels kernels = {row_max, exp_sum, sum_squares, accumulate_columns};

@@ -1,5 +1,5 @@
-// cuda_loss.cu: the fused loss on a CUDA device (lsm_loss, lsm_loss_partials, lsm_loss_gradients),
-// the CPU backend's cpu_loss.cpp step for step, without an n x c buffer:
+// gpu/loss.cu: the fused loss on a CUDA device (lsm_loss, lsm_loss_partials, lsm_loss_gradients),
+// the CPU backend's cpu/loss.cpp step for step, without an n x c buffer:
 //
 //   per class block b (n x cb logits within the context's workspace limit):
 //     z = x W_b^T                         gemm NT into the workspace
@@ -22,8 +22,8 @@
 
 #include <algorithm>
 
-#include "cuda_common.cuh"
-#include "loss_kernels.cuh"
+#include "gpu/common.cuh"
+#include "gpu/loss_kernels.cuh"
 
 namespace {
 
@@ -140,7 +140,7 @@ int32_t loss(lsm_context *ctx, const lsm_loss_problem &p) {
       launch_gemm<T, kTN>(ctx, a);
     }
     project_gradients<T>(ctx, p.margin, x, w, n, d, c, gx, gw);
-    if (!(p.margin.kind == LSM_MARGIN_LSOFTMAX && p.margin.m == 1)) {
+    if (!lsm_plain_margin(p.margin)) {
       LSM_LAUNCH(loss_target_x<T>, sample_blocks, kSampleBlock, s, x, w, local, g_target, n, d, p.margin, gx, coef);
       launch_target_w<T>(ctx, x, w, coef, n, d, c, gw);
     }

@@ -1,9 +1,9 @@
 // optim.cuh: the element math of the optimizer update and of top-k, written once for the CUDA
-// kernels (optim_kernels.cuh) and the CPU loops (cpu_optim.cpp).
+// kernels (optim_kernels.cuh) and the CPU loops (cpu/optim.cpp).
 #ifndef LSOFTMAX_OPTIM_CUH
 #define LSOFTMAX_OPTIM_CUH
 
-#include "margin.cuh"  // LSM_HD
+#include "math/margin.cuh"  // LSM_HD
 
 // One element of PyTorch's SGD (dampening 0), in double, each stored value rounded to T once:
 // g = grad + wd w; v = first ? g : mu v + g; w -= lr (nesterov ? g + mu v : v) (without momentum:

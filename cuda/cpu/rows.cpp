@@ -1,7 +1,7 @@
-// cpu_rows.cpp: the row kernels of cpu_rows.h for the baseline instruction set, and the choice
-// between them and the AVX2 build (cpu_rows_avx2.cpp, where the Makefile builds it).
+// cpu/rows.cpp: the row kernels of cpu/rows.h for the baseline instruction set, and the choice
+// between them and the AVX2 build (cpu/rows_avx2.cpp, where the Makefile builds it).
 #define LSM_ROWS_NAMESPACE lsm_rows_base
-#include "cpu_rows.h"
+#include "cpu/rows.h"
 
 #if defined(LSM_ROWS_AVX2)
 namespace lsm_rows_avx2 {

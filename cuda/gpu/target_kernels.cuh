@@ -2,7 +2,7 @@
 // logits and the rows of the gradients they feed (the matrix products are in gemm_kernels.cuh).
 // Plain CUDA C++: static shared memory, __syncthreads, warp shuffles and atomics only, so that
 // the CPU execution layer (LSM_EMU) can run this same source. Every kernel has a CPU twin in
-// cpu_backend.cpp, and both take their margin math from margin.cuh, element for element.
+// cpu/op.cpp, and both take their margin math from margin.cuh, element for element.
 //
 // Indexing is 32-bit: the C ABI guarantees n*c, n*d and c*d fit in int32.
 #ifndef LSOFTMAX_KERNELS_CUH
@@ -10,8 +10,8 @@
 
 #include <stdint.h>
 
-#include "gemm_kernels.cuh"
-#include "margin.cuh"
+#include "gpu/gemm_kernels.cuh"
+#include "math/margin.cuh"
 
 namespace lsm_kernels {
 
@@ -49,11 +49,6 @@ __device__ lsm_stats warp_stats(const T *x, const T *w, int d, int lane, int kin
     for (int off = kWarp / 2; off > 0; off /= 2) s.rr += __shfl_xor_sync(0xffffffffu, s.rr, off);
   }
   return s;
-}
-
-// Whether the margin leaves every logit the plain inner product (L-Softmax at m = 1).
-__device__ __forceinline__ bool plain_margin(const lsm_margin &mg) {
-  return mg.kind == LSM_MARGIN_LSOFTMAX && mg.m == 1;
 }
 
 // The warp's sum of v across its lanes (a butterfly: every lane gets the same total).
@@ -113,7 +108,7 @@ __global__ void forward_target(const T *x, const T *w, const int32_t *labels, in
   // never forms i + warps past n: n may be 2^31 - 1, and int overflow would wrap i negative.
   for (int i = (int)((blockIdx.x * blockDim.x + threadIdx.x) / kWarp); i < n; i = next_index(i, warps, n)) {
     const int y = checked_label(labels, i, c, lane, bad_label);
-    if (y < 0 || plain_margin(margin)) continue;  // the plain inner product is already there
+    if (y < 0 || lsm_plain_margin(margin)) continue;  // the plain inner product is already there
     const lsm_stats s = warp_stats(x + (int64_t)i * d, w + (int64_t)y * d, d, lane, margin.kind);
     if (lane == 0) logits[(int64_t)i * c + y] = (T)lsm_target_logit(s, margin);
   }
@@ -134,7 +129,7 @@ __global__ void backward_target_x(const T *x, const T *w, const int32_t *labels,
     lsm_correction r = lsm_no_correction();
     const T *xi = x + (int64_t)i * d;
     const T *wy = w + (int64_t)(y < 0 ? 0 : y) * d;
-    if (y >= 0 && !plain_margin(margin)) {
+    if (y >= 0 && !lsm_plain_margin(margin)) {
       const lsm_stats s = warp_stats(xi, wy, d, lane, margin.kind);
       r = lsm_target_correction((double)grad_logits[(int64_t)i * c + y], s, margin, y);
     }

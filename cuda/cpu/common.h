@@ -1,4 +1,4 @@
-// cpu_common.h: what the CPU backend's ops share: BLAS products, a thread split, the checked copy
+// cpu/common.h: what the CPU backend's ops share: BLAS products, a thread split, the checked copy
 // of the labels, the per-sample statistics and the margin's corrections to the plain gradients.
 // Not installed, not ABI.
 #ifndef LSOFTMAX_CPU_COMMON_H
@@ -13,8 +13,19 @@
 #include <thread>
 #include <vector>
 
-#include "internal.h"
-#include "margin.cuh"
+#include "api/backend.h"
+#include "math/margin.cuh"
+
+// The CPU backend's parts (cpu/backend.cpp puts them in its table): the op (op.cpp), the fused
+// loss (loss.cpp), the optimizer and top-k (optim.cpp); arguments checked by the api.
+int32_t lsm_cpu_forward(lsm_context *ctx, const lsm_problem &p);
+int32_t lsm_cpu_backward(lsm_context *ctx, const lsm_problem &p);
+int32_t lsm_cpu_loss(lsm_context *ctx, const lsm_loss_problem &p);
+int32_t lsm_cpu_sgd(lsm_context *ctx, int32_t dtype, int64_t count, const lsm_sgd &o, void *w, const void *g, void *v);
+int32_t lsm_cpu_topk(lsm_context *ctx, int32_t dtype, int64_t n, int64_t d, int64_t c, const lsm_margin &mg, int64_t k,
+                     const void *x, const void *w, int32_t *indices, void *scores);
+// The context's host scratch, grown to at least `bytes` and kept (backend.cpp).
+int32_t lsm_cpu_workspace(lsm_context *ctx, size_t bytes, void **out);
 
 namespace lsm_cpu {
 
@@ -82,17 +93,23 @@ inline int32_t copy_labels(lsm_context *ctx, const int32_t *labels, int64_t n, i
 // OpenBLAS's spinning workers, so only passes over c x d (not n x d) split across threads.
 constexpr int64_t kRowPassWork = 16;
 
+// Grows a scratch buffer of the context (*buf, *have bytes) to at least `bytes`, 64-byte aligned,
+// and keeps it for later calls. False when the allocation fails (the buffer is then empty).
+inline bool grow_scratch(void **buf, size_t *have, size_t bytes) {
+  if (*have >= bytes) return true;
+  free(*buf);
+  *have = 0;
+  const size_t rounded = (bytes + 63) / 64 * 64;
+  *buf = aligned_alloc(64, rounded);
+  if (*buf == nullptr) return false;
+  *have = rounded;
+  return true;
+}
+
 // The context's scratch for normalised inputs, grown to `bytes` and kept for later calls; throws
 // std::bad_alloc (which the C ABI layer turns into LSM_ERR_OUT_OF_MEMORY) when it cannot grow.
 inline void *input_scratch(lsm_context *ctx, size_t bytes) {
-  if (ctx->host_inputs_bytes < bytes) {
-    free(ctx->host_inputs);
-    ctx->host_inputs_bytes = 0;
-    const size_t rounded = (bytes + 63) / 64 * 64;
-    ctx->host_inputs = aligned_alloc(64, rounded);
-    if (ctx->host_inputs == nullptr) throw std::bad_alloc();
-    ctx->host_inputs_bytes = rounded;
-  }
+  if (!grow_scratch(&ctx->host_inputs, &ctx->host_inputs_bytes, bytes)) throw std::bad_alloc();
   return ctx->host_inputs;
 }
 
@@ -201,9 +218,6 @@ void project_gradients(const T *x, const T *w, int64_t n, int64_t c, int64_t d, 
   if (lsm_normalises_x(mg.kind)) project_rows(x, n, d, mg.scale, gx);
   if (lsm_normalises_w(mg.kind)) project_rows(w, c, d, 1.0, gw);
 }
-
-// Whether the margin leaves every logit the plain inner product (L-Softmax at m = 1).
-inline bool plain_margin(const lsm_margin &mg) { return mg.kind == LSM_MARGIN_LSOFTMAX && mg.m == 1; }
 
 // Adds the margin's corrections (one lsm_correction per sample, label -1 where none applies) to
 // the plain products' gradients: grad_x row by row, grad_w split by columns, so that each thread

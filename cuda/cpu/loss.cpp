@@ -1,4 +1,4 @@
-// cpu_loss.cpp: the fused loss on the CPU: softmax cross-entropy over the margin logits without
+// cpu/loss.cpp: the fused loss on the CPU: softmax cross-entropy over the margin logits without
 // the n x c logits. Classes go in blocks of B (all n rows at a time, n*B elements within the
 // context's workspace limit): a block's logits are one product x W_b^T, their target entries are
 // replaced by the margin logits, and a running max and sum of exponentials per row (float64)
@@ -10,7 +10,7 @@
 // - several blocks (of equal size): the last block's exponentials are still in the buffer and
 //   become G in place; every other block's logits are made again (one more product).
 // Then the margin's corrections on the target rows, as in the backward. The kinds that normalise
-// run all of this on normalised copies of the rows (cpu_common.h, product_inputs) and project the
+// run all of this on normalised copies of the rows (cpu/common.h, product_inputs) and project the
 // gradients back at the end; but with one block, gradients asked for and W rows of moderate norm,
 // the direct path leaves W as it is, which saves three passes over c x d of the four: the logits
 // are (s x^_i . w_j) b_j with b_j = 1/|w_j| (columns scaled in the row pass, in cache), G's
@@ -23,14 +23,14 @@
 
 #include <limits>
 
-#include "cpu_common.h"
-#include "cpu_rows.h"
+#include "cpu/common.h"
+#include "cpu/rows.h"
 
 namespace {
 
 using namespace lsm_cpu;
 
-// The row kernels by element type: float through cpu_rows.h (vectorized), double through libm.
+// The row kernels by element type: float through cpu/rows.h (vectorized), double through libm.
 float row_max(const float *row, int64_t count) { return lsm_rows().max(row, count); }
 double exp_sum(const float *in, float *out, int64_t count, float shift) {
   return lsm_rows().exp_sum(in, out, count, shift);
@@ -265,7 +265,7 @@ struct loss_run {
     } else if (lsm_normalises_x(p.margin.kind)) {
       project_rows(x, n, d, p.margin.scale, gx);  // W's projection is in products_direct
     }
-    if (plain_margin(p.margin)) return;
+    if (lsm_plain_margin(p.margin)) return;
     std::vector<lsm_correction> coef((size_t)n);
     for (int64_t i = 0; i < n; ++i) {
       coef[i] = local[i] < 0 ? lsm_no_correction()
@@ -356,21 +356,6 @@ struct loss_run {
 };
 
 }  // namespace
-
-// The context's scratch, grown to `bytes` and kept for later calls (the fused loss, top-k).
-int32_t lsm_cpu_workspace(lsm_context *ctx, size_t bytes, void **out) {
-  if (ctx->host_workspace_bytes < bytes) {
-    free(ctx->host_workspace);
-    ctx->host_workspace_bytes = 0;
-    const size_t rounded = (bytes + 63) / 64 * 64;
-    ctx->host_workspace = aligned_alloc(64, rounded);
-    if (ctx->host_workspace == nullptr)
-      return lsm_fail(ctx, LSM_ERR_OUT_OF_MEMORY, "workspace: host allocation of " + std::to_string(bytes) + " bytes failed");
-    ctx->host_workspace_bytes = rounded;
-  }
-  *out = ctx->host_workspace;
-  return LSM_OK;
-}
 
 int32_t lsm_cpu_loss(lsm_context *ctx, const lsm_loss_problem &p) {
   if (p.dtype == LSM_FLOAT32) return loss_run<float>(ctx, p).run(ctx);

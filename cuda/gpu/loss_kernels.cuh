@@ -1,6 +1,6 @@
-// loss_kernels.cuh: the kernels of the fused loss (cuda_loss.cu) besides the products: softmax
+// loss_kernels.cuh: the kernels of the fused loss (gpu/loss.cu) besides the products: softmax
 // cross-entropy over the margin logits, one class block of logits at a time, without an n x c
-// buffer. The CPU twin of every kernel is in cpu_loss.cpp; the margin math is margin.cuh's.
+// buffer. The CPU twin of every kernel is in cpu/loss.cpp; the margin math is margin.cuh's.
 //
 // A block's logits z = x W_b^T (gemm NT) sit in the workspace, row stride cb. The target entry
 // of a row whose label the block holds is read as the margin logit target[i] wherever it is used
@@ -14,8 +14,8 @@
 #include <math.h>
 #include <stdint.h>
 
-#include "margin.cuh"
-#include "target_kernels.cuh"
+#include "math/margin.cuh"
+#include "gpu/target_kernels.cuh"
 
 namespace lsm_kernels {
 
@@ -143,7 +143,7 @@ __global__ void loss_shifts(const double *lse, int n, double scale, T *shift, do
 
 // A block's logits in z to G = scale (softmax - onehot), element-wise (grid-strided). The target
 // entry is scale expm1(f_iy - lse_i) in float64, kept in g_target[i] for the corrections:
-// (T)(scale softmax) - scale would cancel to a few bits where softmax_iy is near 1 (cpu_loss.cpp
+// (T)(scale softmax) - scale would cancel to a few bits where softmax_iy is near 1 (cpu/loss.cpp
 // target_gradient).
 template <typename T>
 __global__ void loss_gradient(T *z, int n, int cb, int c0, const int32_t *local, const double *target,
@@ -175,7 +175,7 @@ __global__ void loss_target_x(const T *x, const T *w, const int32_t *local, cons
     lsm_correction r = lsm_no_correction();
     const T *xi = x + (int64_t)i * d;
     const T *wy = w + (int64_t)(y < 0 ? 0 : y) * d;
-    if (y >= 0 && !plain_margin(margin))
+    if (y >= 0 && !lsm_plain_margin(margin))
       r = lsm_target_correction(g_target[i], warp_stats(xi, wy, d, lane, margin.kind), margin, y);
     if (lane == 0) coef[i] = r;
     if (r.label >= 0) correct_row_x(r, xi, wy, d, lane, grad_x + (int64_t)i * d);

@@ -3,7 +3,7 @@
 //   forward   logits = x W^T     (NT)
 //   backward  grad_x = G W       (NN)
 //             grad_w = G^T x     (TN)
-//   fused loss the same three, per class block (cuda_loss.cu), grad_x accumulated over blocks
+//   fused loss the same three, per class block (gpu/loss.cu), grad_x accumulated over blocks
 //
 // The margin's target corrections are not fused in here: they are added afterwards, per element
 // in double, by target_kernels.cuh (as the CPU backend adds them). Fusing them into the tiles in

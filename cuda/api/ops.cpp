@@ -1,0 +1,127 @@
+// ops.cpp: the C ABI's ops: forward, backward, the fused loss, and resident training (the SGD
+// update, the sum of the row losses, top-k). Each checks every argument (checks.cpp), then calls
+// the context's backend. The margin and the option structs are copied before the checks, so the
+// backends see exactly what was checked.
+#include "api/checks.h"
+
+using namespace lsm_api;
+
+namespace {
+
+// The three fused-loss entry points share one check and one call.
+int32_t run_loss(lsm_context *ctx, const lsm_margin *margin, const lsm_loss_args *args, lsm_loss_problem p) {
+  return guarded(ctx, [&]() -> int32_t {
+    int32_t s;
+    if ((s = check_context(ctx)) || (s = check_pointer(ctx, margin, "margin")) ||
+        (s = check_pointer(ctx, args, "args")))
+      return s;
+    p.margin = *margin;
+    p.args = *args;
+    if ((s = check_loss(ctx, p))) return s;
+    return ctx->ops->loss(ctx, p);
+  });
+}
+
+// The forward and the backward share one check and differ in the backend's op.
+int32_t run_op(lsm_context *ctx, const lsm_margin *margin, lsm_problem p, bool backward) {
+  return guarded(ctx, [&]() -> int32_t {
+    int32_t s;
+    if ((s = check_context(ctx)) || (s = check_pointer(ctx, margin, "margin"))) return s;
+    p.margin = *margin;
+    if ((s = check_problem(ctx, p, backward))) return s;
+    return backward ? ctx->ops->backward(ctx, p) : ctx->ops->forward(ctx, p);
+  });
+}
+
+}  // namespace
+
+extern "C" {
+
+int32_t lsm_forward(lsm_context *ctx, int32_t dtype, int64_t n, int64_t d, int64_t c, const lsm_margin *margin,
+                    const void *x, const void *w, const int32_t *labels, void *logits) {
+  const lsm_problem p = {dtype, x, w, labels, nullptr, n, d, c, {}, logits, nullptr, nullptr};
+  return run_op(ctx, margin, p, false);
+}
+
+int32_t lsm_backward(lsm_context *ctx, int32_t dtype, int64_t n, int64_t d, int64_t c, const lsm_margin *margin,
+                     const void *x, const void *w, const int32_t *labels, const void *grad_logits, void *grad_x,
+                     void *grad_w) {
+  const lsm_problem p = {dtype, x, w, labels, grad_logits, n, d, c, {}, nullptr, grad_x, grad_w};
+  return run_op(ctx, margin, p, true);
+}
+
+int32_t lsm_loss(lsm_context *ctx, int32_t dtype, int64_t n, int64_t d, int64_t c, const lsm_margin *margin,
+                 const lsm_loss_args *args, const void *x, const void *w, const int32_t *labels, double *row_loss,
+                 void *grad_x, void *grad_w) {
+  lsm_loss_problem p = {};
+  p.stage = LSM_LOSS_FULL, p.dtype = dtype, p.n = n, p.d = d, p.c = c;
+  p.x = x, p.w = w, p.labels = labels, p.row_loss = row_loss, p.grad_x = grad_x, p.grad_w = grad_w;
+  return run_loss(ctx, margin, args, p);
+}
+
+int32_t lsm_loss_partials(lsm_context *ctx, int32_t dtype, int64_t n, int64_t d, int64_t c, const lsm_margin *margin,
+                          const lsm_loss_args *args, const void *x, const void *w, const int32_t *labels,
+                          double *row_max, double *row_sum, double *target) {
+  lsm_loss_problem p = {};
+  p.stage = LSM_LOSS_PARTIALS, p.dtype = dtype, p.n = n, p.d = d, p.c = c;
+  p.x = x, p.w = w, p.labels = labels, p.row_max = row_max, p.row_sum = row_sum, p.target = target;
+  return run_loss(ctx, margin, args, p);
+}
+
+int32_t lsm_loss_gradients(lsm_context *ctx, int32_t dtype, int64_t n, int64_t d, int64_t c,
+                           const lsm_margin *margin, const lsm_loss_args *args, const void *x, const void *w,
+                           const int32_t *labels, const double *lse, void *grad_x, void *grad_w) {
+  lsm_loss_problem p = {};
+  p.stage = LSM_LOSS_GRADIENTS, p.dtype = dtype, p.n = n, p.d = d, p.c = c;
+  p.x = x, p.w = w, p.labels = labels, p.lse = lse, p.grad_x = grad_x, p.grad_w = grad_w;
+  return run_loss(ctx, margin, args, p);
+}
+
+int32_t lsm_sgd_update(lsm_context *ctx, int32_t dtype, int64_t count, const lsm_sgd *sgd, void *w, const void *grad,
+                       void *velocity) {
+  return guarded(ctx, [&]() -> int32_t {
+    int32_t s;
+    if ((s = check_context(ctx)) || (s = check_pointer(ctx, sgd, "sgd"))) return s;
+    const lsm_sgd o = *sgd;
+    if ((s = check_sgd(ctx, dtype, count, o, w, grad, velocity))) return s;
+    return ctx->ops->sgd(ctx, dtype, count, o, w, grad, velocity);
+  });
+}
+
+int32_t lsm_sum(lsm_context *ctx, const double *values, int64_t count, double *out) {
+  return guarded(ctx, [&]() -> int32_t {
+    int32_t s;
+    if ((s = check_context(ctx)) || (s = check_pointer(ctx, out, "out")) || (s = check_size(ctx, count, "count")) ||
+        (s = check_tensor(ctx, values, count, sizeof(double), "values")))
+      return s;
+    return ctx->ops->sum(ctx, values, count, out);
+  });
+}
+
+int32_t lsm_topk(lsm_context *ctx, int32_t dtype, int64_t n, int64_t d, int64_t c, const lsm_margin *margin,
+                 int64_t k, const void *x, const void *w, int32_t *indices, void *scores) {
+  return guarded(ctx, [&]() -> int32_t {
+    int32_t s;
+    if ((s = check_context(ctx)) || (s = check_pointer(ctx, margin, "margin"))) return s;
+    const lsm_margin m = *margin;
+    if ((s = check_head(ctx, dtype, n, d, c, m, x, w))) return s;  // no labels: prediction has none
+    if (k < 1 || k > c || k > LSM_MAX_TOPK)
+      return lsm_fail(ctx, LSM_ERR_INVALID_ARGUMENT,
+                      "k: expected an integer in [1, min(c, " + str(LSM_MAX_TOPK) + ")] = [1, " +
+                          str(c < LSM_MAX_TOPK ? c : LSM_MAX_TOPK) + "], got " + str(k));
+    if ((s = check_product(ctx, n, k, "n*k")) ||
+        (s = check_tensor(ctx, indices, n * k, sizeof(int32_t), "indices")) ||
+        (s = check_tensor(ctx, scores, n * k, element_bytes(dtype), "scores")))
+      return s;
+    if ((const void *)indices == scores)
+      return lsm_fail(ctx, LSM_ERR_INVALID_ARGUMENT, "scores: expected memory apart from indices, got the same pointer");
+    // The score of a class is its plain logit with the kind's normalisations and no margin: x.w_j
+    // for L-Softmax, |x| cos t_j for A-Softmax, cos t_j for the normalised kinds (scale 1, so a
+    // score is a cosine whatever s is).
+    lsm_margin unit = m;
+    unit.scale = 1.0;
+    return ctx->ops->topk(ctx, dtype, n, d, c, unit, k, x, w, indices, scores);
+  });
+}
+
+}  // extern "C"
