@@ -21,7 +21,15 @@ import {
 } from "./kinds.ts";
 import { checkSchedule, type LambdaSchedule, SCHEDULE_KEYS } from "./schedule.ts";
 import { bindArrays, checkFeatures, type Given, MAX_ELEMENTS } from "./tensors.ts";
-import { checkDType, checkSgd, checkWeights, HEAD_KEYS, type SgdOptions } from "./head/options.ts";
+import {
+  checkDType,
+  checkNonFinite,
+  checkSgd,
+  checkWeights,
+  HEAD_KEYS,
+  type NonFinitePolicy,
+  type SgdOptions,
+} from "./head/options.ts";
 
 /** How the row losses combine: their mean (the default) or their sum. */
 export type Reduction = "mean" | "sum";
@@ -267,6 +275,7 @@ export interface HeadSettings {
   seed: number;
   iteration: number;
   weights: FloatArray | undefined;
+  nonFinite: NonFinitePolicy;
   /** The backend as given, and one per shard. */
   backend: Backend | Backend[];
   backends: unknown[];
@@ -291,6 +300,7 @@ export function resolveHead(options: unknown): HeadSettings {
   const seed = o.seed === undefined ? 0 : checkInteger("seed", o.seed, 0, 2 ** 32 - 1);
   const iteration = checkIteration(o.iteration);
   const weights = checkWeights(o.weights, dtype, classes, features);
+  const nonFinite = checkNonFinite(o.nonFinite);
   const backends = Array.isArray(o.backend) ? o.backend : [o.backend ?? "auto"];
   if (backends.length < 1 || backends.length > classes) {
     throw new RangeError(
@@ -300,6 +310,6 @@ export function resolveHead(options: unknown): HeadSettings {
   const backend = (o.backend ?? "auto") as Backend | Backend[];
   return {
     ...{ classes, features, dtype, margin, lambda, optimizer, precision, workspace, seed },
-    ...{ iteration, weights, backend, backends },
+    ...{ iteration, weights, nonFinite, backend, backends },
   };
 }
