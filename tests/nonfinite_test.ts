@@ -90,7 +90,9 @@ for (const { name, backend, ignore } of SETUPS) {
         assert.deepEqual(bytes(head.weights()), bytes(twin.weights()));
         assert.deepEqual(bytes(head.state().velocity), bytes(twin.state().velocity));
         assert.equal(head.skippedSteps, 1);
-        if (row >= 0) assert.ok(Number.isNaN(r.loss) || r.loss === Infinity, "its loss is reported");
+        if (row >= 0) {
+          assert.ok(Number.isNaN(r.loss) || r.loss === Infinity, "its loss is reported");
+        }
       },
     });
 
@@ -110,7 +112,10 @@ for (const { name, backend, ignore } of SETUPS) {
             assert.ok(e instanceof RangeError, String(e));
             // The huge row's loss is finite in float64 (the CPU) or overflows (CUDA's float32).
             if (row >= 0) assert.match(e.message, new RegExp(`^x: row ${row}: expected finite`));
-            else assert.match(e.message, /^x: (row 0: expected finite loss|expected a finite dL\/dW)/);
+            else {assert.match(
+                e.message,
+                /^x: (row 0: expected finite loss|expected a finite dL\/dW)/,
+              );}
             assert.match(e.message, /nonFinite: "throw"/);
             return true;
           },

@@ -59,7 +59,9 @@ function nonFiniteError(
       ? "dL/dx"
       : null;
     if (what !== null) {
-      return new RangeError(`x: row ${i}: expected finite ${what}, got a NaN or an infinity ${tail}`);
+      return new RangeError(
+        `x: row ${i}: expected finite ${what}, got a NaN or an infinity ${tail}`,
+      );
     }
   }
   return new RangeError(

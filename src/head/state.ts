@@ -41,7 +41,8 @@ export function withJSON<T extends FloatArray>(a: T, shape: number[]): T {
   Object.defineProperty(a, "toJSON", {
     enumerable: false,
     value: (): ArrayJSON => {
-      const bytes = new Uint8Array(a.length * a.BYTES_PER_ELEMENT), view = new DataView(bytes.buffer);
+      const bytes = new Uint8Array(a.length * a.BYTES_PER_ELEMENT),
+        view = new DataView(bytes.buffer);
       for (let e = 0; e < a.length; e++) {
         if (dtype === "float32") view.setFloat32(e * 4, a[e], true);
         else view.setFloat64(e * 8, a[e], true);
@@ -63,7 +64,9 @@ function readArray(
   const expected = `a ${floatArrayName(dtype)} of classes * features = ${count} elements or ` +
     `its JSON form { dtype, shape, base64 }`;
   if (floatDType(v) !== undefined) {
-    if (floatDType(v) !== dtype) throw new TypeError(`${name}: expected ${expected}, got ${describe(v)}`);
+    if (floatDType(v) !== dtype) {
+      throw new TypeError(`${name}: expected ${expected}, got ${describe(v)}`);
+    }
     const got = elementCount(v as FloatArray);
     if (got !== count) {
       throw new RangeError(`${name}: expected ${count} elements (${expected}), got ${got}`);
@@ -75,7 +78,9 @@ function readArray(
   }
   const j = v as Record<string, unknown>;
   if (j.dtype !== dtype) {
-    throw new TypeError(`${name}.dtype: expected ${JSON.stringify(dtype)}, got ${describe(j.dtype)}`);
+    throw new TypeError(
+      `${name}.dtype: expected ${JSON.stringify(dtype)}, got ${describe(j.dtype)}`,
+    );
   }
   if (j.shape !== undefined) {
     const ok = Array.isArray(j.shape) && j.shape.length === 2 && j.shape[0] === shape[0] &&
@@ -168,7 +173,9 @@ export function checkState(state: unknown): CheckedState {
       "state.velocity: expected the momentum buffer or null (none yet), got no such field",
     );
   }
-  const velocity = s.velocity === null ? null : readArray("state.velocity", s.velocity, dtype, shape);
+  const velocity = s.velocity === null
+    ? null
+    : readArray("state.velocity", s.velocity, dtype, shape);
   return { options: options as unknown as HeadOptions, iteration, skippedSteps, weights, velocity };
 }
 
