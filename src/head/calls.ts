@@ -125,23 +125,30 @@ export function* stepCalls(
   return { loss, skipped: bad };
 }
 
-/** The mean loss alone: the row losses summed on the context (one shard) or from the partials. */
+/**
+ * The mean loss alone: the row losses summed on the context (one shard) or from the partials; the
+ * row losses themselves come back (N·8 bytes) only when the mean is NaN, to tell which rows are.
+ */
 export function* evaluateCalls(
   shards: readonly HeadShard[],
   b: Batch,
   x: FloatArray,
   labels: Int32Array,
-): Generator<NativeCall, number, void> {
+): Generator<NativeCall, { loss: number; rowLoss: Float64Array | null }, void> {
   yield* upload(shards, x, labels);
   if (shards.length > 1) {
     const parts = shards.map((s) => new ShardCalls(s, b));
-    return reduce(yield* shardedLossCalls(parts, labels, null), "mean");
+    const rowLoss = yield* shardedLossCalls(parts, labels, null);
+    return { loss: reduce(rowLoss, "mean"), rowLoss };
   }
-  const s = shards[0], rowLoss = s.scratch("rowLoss", b.n * 8);
-  yield s.loss(OPS.loss, b, [rowLoss, null, null]);
+  const s = shards[0], rows = s.scratch("rowLoss", b.n * 8);
+  yield s.loss(OPS.loss, b, [rows, null, null]);
   const sum = new Float64Array(1);
-  yield s.sum(rowLoss, b.n, sum);
-  return sum[0] / b.n;
+  yield s.sum(rows, b.n, sum);
+  if (!Number.isNaN(sum[0])) return { loss: sum[0] / b.n, rowLoss: null };
+  const rowLoss = new Float64Array(b.n);
+  yield s.download(rowLoss, rows);
+  return { loss: sum[0] / b.n, rowLoss };
 }
 
 /** Each shard's k best classes of every row (global class indices), to merge. */

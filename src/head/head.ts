@@ -261,20 +261,33 @@ export class MarginHead {
 
   /**
    * The loss (no update) and the accuracy of the best class by {@link MarginHead.predict}'s score.
+   * Row i is correct when its best class (predict's order: higher score, then lower class) is its
+   * label, that score is not NaN, and the row's loss is not NaN, that is no logit of the row is
+   * NaN (nor +Inf against +Inf): a row whose scores cannot all be compared is never correct.
    *
    * @param x Features, N·D elements of the head's dtype.
    * @param labels The N class indices.
-   * @returns The mean loss at λ of the current iteration, and the fraction of rows whose best
-   * class is their label.
+   * @returns The mean loss at λ of the current iteration, and the fraction of rows correct.
+   * @example
+   * ```ts
+   * import { MarginHead } from "./mod.ts";
+   * using head = new MarginHead({ classes: 3, features: 2, margin: 2, lambda: 0, backend: "cpu" });
+   * const { loss, accuracy } = head.evaluate(new Float32Array([1, 0, 0, 1]), new Int32Array([0, 1]));
+   * ```
    */
   evaluate(x: FloatArray, labels: Int32Array): { loss: number; accuracy: number } {
     this.#live();
     this.#checkIdle();
     const { n } = checkBatch(x, labels, this.dtype, this.features);
-    const loss = runCalls(evaluateCalls(this.#shards, this.#batch(n, this.#iteration), x, labels));
-    const { indices } = this.predict(x, { k: 1 });
+    const b = this.#batch(n, this.#iteration);
+    const { loss, rowLoss } = runCalls(evaluateCalls(this.#shards, b, x, labels));
+    const { indices, scores } = this.predict(x, { k: 1 });
     let hits = 0;
-    for (let i = 0; i < n; i++) hits += indices[i] === labels[i] ? 1 : 0;
+    for (let i = 0; i < n; i++) {
+      const comparable = !Number.isNaN(scores[i]) &&
+        (rowLoss === null || !Number.isNaN(rowLoss[i]));
+      hits += comparable && indices[i] === labels[i] ? 1 : 0;
+    }
     return { loss, accuracy: hits / n };
   }
 
