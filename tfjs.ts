@@ -308,6 +308,7 @@ function checkLabels(labels: Labels, n: number): Int32Array {
   let y: Int32Array;
   if (labels instanceof Int32Array) y = labels;
   else if (labels instanceof tf.Tensor) {
+    checkLive("labels", labels);
     if (labels.dtype !== "int32" || labels.rank !== 1) {
       throw new TypeError(
         `labels: expected an Int32Array or an int32 tensor of rank 1, got a ${labels.dtype} ` +
@@ -326,10 +327,18 @@ function checkLabels(labels: Labels, n: number): Int32Array {
   return y;
 }
 
+// A disposed tensor has no data: refused by the argument's name, not tfjs's bare message.
+function checkLive(name: string, t: tf.Tensor): void {
+  if (t.isDisposed) {
+    throw new TypeError(`${name}: expected a live tensor, got a disposed one (tensor.dispose())`);
+  }
+}
+
 function checkFloat2d(name: string, t: unknown): void {
   if (!(t instanceof tf.Tensor)) {
     throw new TypeError(`${name}: expected a float32 tf.Tensor of rank 2, got ${describe(t)}`);
   }
+  checkLive(name, t);
   if (t.dtype !== "float32" || t.rank !== 2) {
     throw new TypeError(
       `${name}: expected a float32 tensor of rank 2, got a ${t.dtype} tensor of shape ` +

@@ -111,16 +111,28 @@ Deno.test("state: every field is required and checked by name, expected and actu
   const cases: [string, (s: Record<string, unknown>) => void, RegExp][] = [
     ["format missing", (s) => delete s.format, /Error: state\.format: expected 1, got undefined$/],
     ["format 2", (s) => (s.format = 2), /Error: state\.format: expected 1, got 2$/],
-    ["options missing", (s) => delete s.options, /Error: state\.options: expected the head's options/],
+    [
+      "options missing",
+      (s) => delete s.options,
+      /Error: state\.options: expected the head's options/,
+    ],
     ["options null", (s) => (s.options = null), /Error: state\.options: .* got null$/],
     [
       "classes missing",
       (s) => delete (s.options as Record<string, unknown>).classes,
       /state\.options\.classes/,
     ],
-    ["iteration missing", (s) => delete s.iteration, /Error: state\.iteration: expected an integer/],
+    [
+      "iteration missing",
+      (s) => delete s.iteration,
+      /Error: state\.iteration: expected an integer/,
+    ],
     ["iteration -1", (s) => (s.iteration = -1), /Error: state\.iteration: .* got -1$/],
-    ["skippedSteps missing", (s) => delete s.skippedSteps, /Error: state\.skippedSteps: .*undefined/],
+    [
+      "skippedSteps missing",
+      (s) => delete s.skippedSteps,
+      /Error: state\.skippedSteps: .*undefined/,
+    ],
     [
       "skippedSteps > iteration",
       (s) => (s.skippedSteps = 2),
@@ -167,7 +179,11 @@ Deno.test("state: every field is required and checked by name, expected and actu
       (s) => delete s.velocity,
       /Error: state\.velocity: expected the momentum buffer or null/,
     ],
-    ["velocity undefined", (s) => (s.velocity = undefined), /Error: state\.velocity: .*got undefined/],
+    [
+      "velocity undefined",
+      (s) => (s.velocity = undefined),
+      /Error: state\.velocity: .*got undefined/,
+    ],
     [
       "velocity short",
       (s) => (s.velocity = new Float32Array(3)),
@@ -188,5 +204,8 @@ Deno.test("state: every field is required and checked by name, expected and actu
   const noMomentum = { ...s, options: { ...s.options, optimizer: { lr: 0.1 } } };
   assert.throws(() => MarginHead.fromState(noMomentum), /Error: state\.velocity: expected null/);
   // Not an object at all.
-  assert.throws(() => MarginHead.fromState(undefined as unknown as HeadState), /Error: state: expected/);
+  assert.throws(
+    () => MarginHead.fromState(undefined as unknown as HeadState),
+    /Error: state: expected/,
+  );
 });
