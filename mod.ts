@@ -52,6 +52,7 @@ export {
   type HeadOptions,
   type HeadState,
   MarginHead,
+  type NonFinitePolicy,
   type SgdOptions,
   type StepResult,
 } from "./src/head/head.ts";

@@ -55,6 +55,7 @@ export type {
   MarginHead,
   MarginKind,
   MarginOptions,
+  NonFinitePolicy,
   OpOptions,
   Precision,
   Reduction,

@@ -184,7 +184,7 @@ Deno.test("edges: 3 labels for 4 feature rows blame labels, not w", () => {
 });
 
 Deno.test("edges: tfjs: a disposed tensor is named", async () => {
-  const tf = await import("npm:@tensorflow/tfjs@^4.22.0");
+  const tf = await import("@tensorflow/tfjs");
   const { headLoss, marginLoss } = await import("../tfjs.ts");
   const f = tf.tensor2d(Float32Array.from(x), [N, D]),
     wt = tf.tensor2d(Float32Array.from(w), [C, D]);
