@@ -52,6 +52,7 @@ export {
   type HeadOptions,
   type HeadState,
   MarginHead,
+  type NonFinitePolicy,
   type SgdOptions,
   type StepResult,
 } from "./src/head/head.ts";
@@ -76,7 +77,8 @@ export interface OpOptions extends MarginOptions {
 export interface LossOptions extends Omit<OpOptions, "backend"> {
   /**
    * Where to compute: a backend, or a list of them to split the classes across (contiguous
-   * shards, one per entry; the same backend may repeat). "auto" by default.
+   * shards, one per entry; the same backend may repeat; any non-empty list: entries past the
+   * C-th get no classes). "auto" by default.
    */
   backend?: Backend | Backend[];
   /** "mean" (the default) or "sum" of the row losses. */
@@ -138,7 +140,8 @@ export function backends(): BackendsInfo {
  * @param options The margin (`kind` and its parameters; L-Softmax's `margin` and `lambda` by
  * default); optionally backend (or a list of backends to shard the
  * classes across), features, precision, reduction, gradients, workspace, and `outX` (N·D),
- * `outW` (C·D) arrays to write the gradients into.
+ * `outW` (C·D) arrays to write the gradients into (null or left out: new arrays; none may be
+ * given with `gradients: false`).
  * @returns The loss (float64), and dL/dx, dL/dw unless `gradients` is false.
  *
  * @example

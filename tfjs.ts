@@ -55,6 +55,7 @@ export type {
   MarginHead,
   MarginKind,
   MarginOptions,
+  NonFinitePolicy,
   OpOptions,
   Precision,
   Reduction,
@@ -204,9 +205,12 @@ export class MarginLoss implements Disposable {
  * The loss of a {@link MarginHead} as a scalar tensor: the class weights stay in the head (on its
  * device) and each call is one training step of it (the fused loss, then SGD on W where W lives);
  * the gradient flows back to `features` alone, so the network that made them trains with any tfjs
- * optimizer while W trains on the device. The head must be float32 (tfjs tensors are).
+ * optimizer while W trains on the device. The head must be float32 (tfjs tensors are). A batch
+ * whose loss or gradients are not finite follows the head's `nonFinite` policy: "skip" leaves W
+ * as it was and gives `features` a zero gradient (the loss returned is the non-finite one),
+ * "throw" throws the head's RangeError, "apply" passes the values on.
  *
- * @param head The head: its classes, features, margin and optimizer.
+ * @param head The head: its classes, features, margin, optimizer and non-finite policy.
  * @param features The features, a float32 tensor [N, D] with D = `head.features`.
  * @param labels The N class indices, each in [0, head.classes).
  * @param options `lr`: this step's learning rate instead of the head's.
@@ -251,7 +255,10 @@ export function headLoss(
     const r = head.step(x.dataSync() as Float32Array, y, options);
     return {
       value: tf.scalar(r.loss, "float32"),
-      gradFunc: (dy: tf.Tensor) => [tf.mul(tf.tensor(r.gradX, x.shape, "float32"), dy)],
+      // A skipped step's dL/dx must not reach the layers below either.
+      gradFunc: (dy: tf.Tensor) => [
+        r.skipped ? tf.zerosLike(x) : tf.mul(tf.tensor(r.gradX, x.shape, "float32"), dy),
+      ],
     };
   });
   return f(features) as tf.Scalar;
@@ -302,6 +309,7 @@ function checkLabels(labels: Labels, n: number): Int32Array {
   let y: Int32Array;
   if (labels instanceof Int32Array) y = labels;
   else if (labels instanceof tf.Tensor) {
+    checkLive("labels", labels);
     if (labels.dtype !== "int32" || labels.rank !== 1) {
       throw new TypeError(
         `labels: expected an Int32Array or an int32 tensor of rank 1, got a ${labels.dtype} ` +
@@ -320,10 +328,18 @@ function checkLabels(labels: Labels, n: number): Int32Array {
   return y;
 }
 
+// A disposed tensor has no data: refused by the argument's name, not tfjs's bare message.
+function checkLive(name: string, t: tf.Tensor): void {
+  if (t.isDisposed) {
+    throw new TypeError(`${name}: expected a live tensor, got a disposed one (tensor.dispose())`);
+  }
+}
+
 function checkFloat2d(name: string, t: unknown): void {
   if (!(t instanceof tf.Tensor)) {
     throw new TypeError(`${name}: expected a float32 tf.Tensor of rank 2, got ${describe(t)}`);
   }
+  checkLive(name, t);
   if (t.dtype !== "float32" || t.rank !== 2) {
     throw new TypeError(
       `${name}: expected a float32 tensor of rank 2, got a ${t.dtype} tensor of shape ` +

@@ -290,15 +290,25 @@ typedef struct lsm_sgd {
   double weight_decay; /* finite, >= 0 */
   int32_t nesterov;    /* 0 or 1 (1 needs momentum > 0) */
   int32_t first;       /* 1: the first step, v <- g (PyTorch's fresh momentum buffer) */
-  int64_t reserved;    /* 0 */
+  int32_t nonfinite;   /* LSM_SGD_APPLY, LSM_SGD_SKIP or LSM_SGD_CHECK */
+  int32_t reserved;    /* 0 */
 } lsm_sgd;
+
+/* lsm_sgd.nonfinite: what the update does with a gradient that holds a NaN or an infinity. */
+#define LSM_SGD_APPLY 0 /* update whatever the gradient holds (not checked) */
+#define LSM_SGD_SKIP 1  /* check the gradient; update only when every element is finite */
+#define LSM_SGD_CHECK 2 /* check the gradient only; w and velocity are not written */
 
 /**
  * One SGD step over count elements of context memory: w and velocity [count] updated in place
- * from grad [count] (all of dtype; velocity NULL when momentum is 0).
+ * from grad [count] (all of dtype; velocity NULL when momentum is 0). With sgd->nonfinite
+ * LSM_SGD_SKIP or LSM_SGD_CHECK, *nonfinite (host memory, required then) is set to 1 when grad
+ * holds a non-finite value (and then nothing is written), else 0; on CUDA the check is a
+ * reduction into a device flag that the update kernel reads there. With LSM_SGD_APPLY nonfinite
+ * may be NULL (else *nonfinite = 0).
  */
 LSM_API int32_t lsm_sgd_update(lsm_context *ctx, int32_t dtype, int64_t count, const lsm_sgd *sgd, void *w,
-                               const void *grad, void *velocity);
+                               const void *grad, void *velocity, int32_t *nonfinite);
 
 /** The sum of values [count] (float64, context memory) into *out (host memory), in float64. */
 LSM_API int32_t lsm_sum(lsm_context *ctx, const double *values, int64_t count, double *out);
@@ -328,7 +338,7 @@ LSM_API int32_t lsm_context_traffic(const lsm_context *ctx, uint64_t *to_context
  * "lsm_sgd". With field "" : *offset = 0 and *bytes = sizeof(type). With a field's name as this
  * header spells it ("kind", "m", "lambda", "scale", "m1", "m2", "m3", "flags", "reserved_flags",
  * "reserved"; "class_offset", "total_classes", "grad_scale", "reserved"; "lr", "momentum",
- * "weight_decay", "nesterov", "first", "reserved"): *offset = offsetof, *bytes = sizeof of the
+ * "weight_decay", "nesterov", "first", "nonfinite", "reserved"): *offset = offsetof, *bytes = sizeof of the
  * field (the whole array for an array field). Anything else: LSM_ERR_INVALID_ARGUMENT naming it.
  * Bindings compare their struct encoders with it.
  */

@@ -70,6 +70,8 @@ function invoke<R>(fn: (...args: unknown[]) => R, a: readonly unknown[]): R {
       return fn(a[0], a[1], a[2], a[3]);
     case 7:
       return fn(a[0], a[1], a[2], a[3], a[4], a[5], a[6]);
+    case 8:
+      return fn(a[0], a[1], a[2], a[3], a[4], a[5], a[6], a[7]);
     case 10:
       return fn(a[0], a[1], a[2], a[3], a[4], a[5], a[6], a[7], a[8], a[9]);
     case 11:

@@ -136,6 +136,7 @@ export const OPS = {
       out("w", "count", 1),
       tensor("grad", "count", 1),
       out("velocity", "count", 1, { optional: true }),
+      out("nonfinite", 1, 1, { type: "int32", host: true, optional: true }),
     ],
   }),
   sum: op({

@@ -57,7 +57,8 @@ const FIELDS = [
   ["lsm_sgd", "weight_decay", "float64", 16, "weightDecay"],
   ["lsm_sgd", "nesterov", "int32", 24, "nesterov"], // 0 or 1
   ["lsm_sgd", "first", "int32", 28, "first"], // 1: the first step (v <- g)
-  ["lsm_sgd", "reserved", "int64", 32],
+  ["lsm_sgd", "nonfinite", "int32", 32, "nonfinite"], // SgdNonFinite: apply, skip or check
+  ["lsm_sgd", "reserved", "int32", 36],
 ] as const;
 
 /** sizeof of each ABI struct. */

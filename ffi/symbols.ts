@@ -20,6 +20,9 @@ export const BackendCode = { CPU: 0, CUDA: 1 } as const;
 /** Matrix-product precisions of `lsm_precision`. */
 export const PrecisionCode = { EXACT: 0, TF32: 1 } as const;
 
+/** lsm_sgd.nonfinite: update as is, update only a finite gradient, or only check it. */
+export const SgdNonFinite = { APPLY: 0, SKIP: 1, CHECK: 2 } as const;
+
 /** Element types of `lsm_dtype`. */
 export const DType = { FLOAT32: 0, FLOAT64: 1 } as const;
 
@@ -38,7 +41,7 @@ const op = <T extends "pointer" | "buffer">(t: T, tensors: number, args = false)
     ...Array.from({ length: tensors }, () => t),
   ] as Deno.NativeType[];
 
-const SGD = ["pointer", "i32", "i64", "buffer", "pointer", "pointer", "pointer"] as const;
+const SGD = ["pointer", "i32", "i64", "buffer", "pointer", "pointer", "pointer", "buffer"] as const;
 const SUM = ["pointer", "pointer", "i64", "buffer"] as const;
 
 /** The symbols of `cuda/lsoftmax.h`, in `Deno.dlopen` form. */
@@ -94,7 +97,7 @@ export const symbols = {
     result: "i32",
   },
   // Training with W in context memory (MarginHead). ctx, dtype, count, sgd (const lsm_sgd *), w,
-  // grad, velocity
+  // grad, velocity, nonfinite (int32_t *, host)
   lsm_sgd_update: { parameters: SGD, result: "i32" },
   // ctx, values (context), count, out (double *, host)
   lsm_sum: { parameters: SUM, result: "i32" },

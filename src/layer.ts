@@ -187,7 +187,14 @@ export class LargeMarginSoftmax {
     if (!this.#last) throw new Error("LargeMarginSoftmax: backward needs a forward first");
     const o = readOptions("options", options, ["outX", "outW"]);
     const { x, w, labels, shape, call } = this.#last;
-    const given = { x, w, labels, gradLogits, outX: o.outX, outW: o.outW };
+    const given = {
+      x,
+      w,
+      labels,
+      gradLogits,
+      outX: o.outX ?? undefined,
+      outW: o.outW ?? undefined,
+    };
     const { arrays } = bindArrays(OPS.backward, shape, given);
     ctx.run(OPS.backward, call, arrays);
     return { gradX: arrays[4] as T, gradW: arrays[5] as T };

@@ -21,7 +21,15 @@ import {
 } from "./kinds.ts";
 import { checkSchedule, type LambdaSchedule, SCHEDULE_KEYS } from "./schedule.ts";
 import { bindArrays, checkFeatures, type Given, MAX_ELEMENTS } from "./tensors.ts";
-import { checkDType, checkSgd, checkWeights, HEAD_KEYS, type SgdOptions } from "./head/options.ts";
+import {
+  checkDType,
+  checkNonFinite,
+  checkSgd,
+  checkWeights,
+  HEAD_KEYS,
+  type NonFinitePolicy,
+  type SgdOptions,
+} from "./head/options.ts";
 
 /** How the row losses combine: their mean (the default) or their sum. */
 export type Reduction = "mean" | "sum";
@@ -30,6 +38,25 @@ function checkPrecision(v: unknown): Precision {
   if (v === undefined || v === "exact" || v === "tf32") return v ?? "exact";
   throw new RangeError(`precision: expected "exact" or "tf32", got ${describe(v)}`);
 }
+
+/**
+ * "tf32" where a backend is the CPU: the same RangeError from every entry (loss, the ops, the
+ * layer, the head), before any context is opened.
+ */
+function checkPrecisionOn(precision: Precision, backend: unknown): void {
+  if (precision !== "tf32") return;
+  for (const b of Array.isArray(backend) ? backend : [backend]) {
+    if (resolveBackend(b).kind !== "cpu") continue;
+    throw new RangeError(
+      `precision: expected "exact" on the cpu ("tf32" needs a CUDA device of compute ` +
+        `capability 8.0+), got "tf32" with backend ${JSON.stringify(b ?? "auto")}, which is ` +
+        `the cpu here`,
+    );
+  }
+}
+
+// An output option: null or undefined both mean "a new array" (given arrays are checked after).
+const output = (v: unknown) => (v === null ? undefined : v);
 
 function checkReduction(v: unknown): Reduction {
   if (v === undefined || v === "mean" || v === "sum") return v ?? "mean";
@@ -120,9 +147,10 @@ export function resolveOp(
   const precision = checkPrecision(o.precision);
   const features = checkFeatures(o.features);
   const given = name === "forward"
-    ? { x: arrays.x, w: arrays.w, labels: arrays.labels, out: o.out }
-    : { ...arrays, outX: o.outX, outW: o.outW };
+    ? { x: arrays.x, w: arrays.w, labels: arrays.labels, out: output(o.out) }
+    : { ...arrays, outX: output(o.outX), outW: output(o.outW) };
   const { call, arrays: bound } = bindCall(OPS[name], margin, precision, given, features);
+  checkPrecisionOn(precision, o.backend);
   return { ctx: sharedContext(o.backend), op: OPS[name], call, arrays: bound };
 }
 
@@ -145,7 +173,18 @@ export function resolveLoss(x: unknown, w: unknown, labels: unknown, options: un
   const workspace = checkWorkspace(o.workspace);
   const reduction = checkReduction(o.reduction);
   const gradients = checkGradients(o.gradients);
-  const outs = gradients ? { outX: o.outX, outW: o.outW } : { outX: null, outW: null };
+  if (!gradients) {
+    for (const key of ["outX", "outW"] as const) {
+      if (o[key] === undefined || o[key] === null) continue;
+      throw new TypeError(
+        `${key}: expected none with gradients: false (no gradient is computed), got ` +
+          describe(o[key]),
+      );
+    }
+  }
+  const outs = gradients
+    ? { outX: output(o.outX), outW: output(o.outW) }
+    : { outX: null, outW: null };
   const { call, arrays } = bindCall(
     OPS.loss,
     margin,
@@ -159,18 +198,26 @@ export function resolveLoss(x: unknown, w: unknown, labels: unknown, options: un
     totalClasses: call.c,
     gradScale: reduction === "mean" ? 1 / call.n : 1,
   };
+  checkPrecisionOn(precision, o.backend);
   return { call, arrays, contexts: lossContexts(o.backend, call.c), reduction, gradients };
 }
 
-// The contexts of a loss call's backend: one, or one per shard for a list (1 to C of them).
+/**
+ * The shards of a list of backends: any non-empty list; entries past the C-th get no classes
+ * (each is still checked), so that one list fits every class count.
+ */
+function shardBackends(backend: unknown[], c: number): unknown[] {
+  if (backend.length === 0) {
+    throw new RangeError("backend: expected a list of at least 1 backend, got an empty list");
+  }
+  for (const b of backend.slice(c)) resolveBackend(b);
+  return backend.slice(0, c);
+}
+
+// The contexts of a loss call's backend: one, or one per shard for a list.
 function lossContexts(backend: unknown, c: number): NativeContext | NativeContext[] {
   if (!Array.isArray(backend)) return sharedContext(backend);
-  if (backend.length < 1 || backend.length > c) {
-    throw new RangeError(
-      `backend: expected a list of 1 to C = ${c} backends, got ${backend.length}`,
-    );
-  }
-  return backend.map((b) => sharedContext(b));
+  return shardBackends(backend, c).map((b) => sharedContext(b));
 }
 
 /** A layer's settings: its margin (λ 0, set per step), λ's schedule, where it computes. */
@@ -198,13 +245,7 @@ export function resolveLayer(options: unknown): LayerSettings {
   const iteration = checkIteration(o.iteration);
   const backend = (o.backend ?? "auto") as Backend;
   const precision = checkPrecision(o.precision);
-  // Fail now, not at the first forward.
-  if (resolveBackend(backend).kind === "cpu" && precision === "tf32") {
-    throw new RangeError(
-      `precision: "tf32" needs a CUDA device of compute capability 8.0+, got backend ` +
-        `${JSON.stringify(backend)}, which is the cpu here`,
-    );
-  }
+  checkPrecisionOn(precision, backend); // now, not at the first forward
   return { margin, schedule, iteration, backend, precision };
 }
 
@@ -243,8 +284,8 @@ export function resolveLayerCall(
   const reduction = checkReduction(o.reduction);
   const margin = withLambda(layer.margin, layer.lambdaAt(step));
   const given = name === "forward"
-    ? { ...arrays, out: o.out }
-    : { ...arrays, outX: o.outX, outW: o.outW };
+    ? { ...arrays, out: output(o.out) }
+    : { ...arrays, outX: output(o.outX), outW: output(o.outW) };
   const bound = bindCall(OPS[name], margin, layer.precision, given, features);
   if (name === "loss") {
     const gradScale = reduction === "mean" ? 1 / bound.call.n : 1;
@@ -267,6 +308,7 @@ export interface HeadSettings {
   seed: number;
   iteration: number;
   weights: FloatArray | undefined;
+  nonFinite: NonFinitePolicy;
   /** The backend as given, and one per shard. */
   backend: Backend | Backend[];
   backends: unknown[];
@@ -291,15 +333,14 @@ export function resolveHead(options: unknown): HeadSettings {
   const seed = o.seed === undefined ? 0 : checkInteger("seed", o.seed, 0, 2 ** 32 - 1);
   const iteration = checkIteration(o.iteration);
   const weights = checkWeights(o.weights, dtype, classes, features);
-  const backends = Array.isArray(o.backend) ? o.backend : [o.backend ?? "auto"];
-  if (backends.length < 1 || backends.length > classes) {
-    throw new RangeError(
-      `backend: expected a list of 1 to classes = ${classes} backends, got ${backends.length}`,
-    );
-  }
+  const nonFinite = checkNonFinite(o.nonFinite);
+  const backends = Array.isArray(o.backend)
+    ? shardBackends(o.backend, classes)
+    : [o.backend ?? "auto"];
+  checkPrecisionOn(precision, backends);
   const backend = (o.backend ?? "auto") as Backend | Backend[];
   return {
     ...{ classes, features, dtype, margin, lambda, optimizer, precision, workspace, seed },
-    ...{ iteration, weights, backend, backends },
+    ...{ iteration, weights, nonFinite, backend, backends },
   };
 }

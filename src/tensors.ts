@@ -36,6 +36,19 @@ export type Given = Readonly<Record<string, unknown>>;
 // The arrays the sizes are measured from, checked as they are measured.
 const MEASURED = new Set(["x", "w", "labels"]);
 
+function gcd(a: number, b: number): number {
+  while (b !== 0) [a, b] = [b, a % b];
+  return a;
+}
+
+// x holds whole rows of D but not as many as there are labels: the labels' count is wrong.
+function labelCount(xLength: number, d: number, n: number): RangeError {
+  return new RangeError(
+    `labels: expected N = x.length / features = ${xLength} / ${d} = ${xLength / d} labels ` +
+      `(one per row of x), got ${n}`,
+  );
+}
+
 /** The sizes of a call from its arrays: N from labels, D from x (or `features`), C from w. */
 function measure(x: unknown, w: unknown, labels: unknown, features: number | undefined): Shape {
   const dtype = floatDType(x);
@@ -55,6 +68,7 @@ function measure(x: unknown, w: unknown, labels: unknown, features: number | und
   let d: number;
   if (features !== undefined) {
     d = features;
+    if (xLength !== n * d && xLength > 0 && xLength % d === 0) throw labelCount(xLength, d, n);
     if (xLength !== n * d) {
       throw new RangeError(
         `x: expected labels.length * features = ${n} * ${d} = ${n * d} elements, got ${xLength}`,
@@ -67,6 +81,15 @@ function measure(x: unknown, w: unknown, labels: unknown, features: number | und
       );
     }
     d = xLength / n;
+  }
+  if (wLength !== 0 && wLength % d !== 0 && features === undefined) {
+    // D came from the label count: the labels are as likely wrong as w.
+    const g = gcd(xLength, wLength);
+    throw new RangeError(
+      `labels: expected N = x.length / D labels for a D that w's ${wLength} elements are a ` +
+        `multiple of (D = ${g}, the largest, makes N = ${xLength / g}), got ${n}, which makes ` +
+        `D = ${xLength} / ${n} = ${d}; pass { features: D } to state D`,
+    );
   }
   if (wLength === 0 || wLength % d !== 0) {
     throw new RangeError(
@@ -203,6 +226,7 @@ export function checkBatch(
   if (n === 0) {
     throw new RangeError("labels: expected at least one label, got an empty Int32Array");
   }
+  if (length !== n * d && length > 0 && length % d === 0) throw labelCount(length, d, n);
   if (length !== n * d) {
     throw new RangeError(
       `x: expected labels.length * features = ${n} * ${d} = ${n * d} elements, got ${length}`,

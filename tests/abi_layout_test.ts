@@ -89,7 +89,14 @@ Deno.test("abi layout: the encoders write each value at its field's offset, rese
       flags: 1,
     }],
     [LSM_LOSS_ARGS, encodeLossArgs, { classOffset: 12, totalClasses: 2 ** 40, gradScale: 1 / 3 }],
-    [LSM_SGD, encodeSgd, { lr: 0.1, momentum: 0.9, weightDecay: 1e-4, nesterov: 1, first: 0 }],
+    [LSM_SGD, encodeSgd, {
+      lr: 0.1,
+      momentum: 0.9,
+      weightDecay: 1e-4,
+      nesterov: 1,
+      first: 0,
+      nonfinite: 2,
+    }],
   ] as const;
   for (const [struct, encode, values] of cases) {
     const into = new Uint8Array(struct.bytes).fill(0);

@@ -422,7 +422,11 @@ for (const backend of ["cpu", "cuda"] as TestBackend[]) {
     const x = new Float32Array(4), labels = new Int32Array([0, 4]);
     assert.throws(() => head.step(new Float64Array(4), labels), /x: expected a Float32Array/);
     assert.throws(() => head.step(x, [0, 1] as unknown as Int32Array), /labels: expected an Int32/);
-    assert.throws(() => head.step(new Float32Array(6), labels), /x: expected labels.length/);
+    assert.throws(() => head.step(new Float32Array(5), labels), /x: expected labels.length/);
+    assert.throws(
+      () => head.step(new Float32Array(6), labels), // 3 rows of D = 2, 2 labels
+      /RangeError: labels: expected N = x.length \/ features = 6 \/ 2 = 3 labels .*got 2$/,
+    );
     assert.throws(() => head.step(x, new Int32Array([0, 5])), /labels\[1\].*\[0, 5\).*5/);
     assert.throws(() => head.step(x, labels, { lr: -1 }), /lr: expected a finite number >= 0/);
     assert.throws(() => head.step(x, labels, { rl: 1 } as never), /unknown option "rl"/);

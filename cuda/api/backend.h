@@ -91,7 +91,10 @@ struct lsm_backend_ops {
   int32_t (*forward)(lsm_context *ctx, const lsm_problem &p);
   int32_t (*backward)(lsm_context *ctx, const lsm_problem &p);
   int32_t (*loss)(lsm_context *ctx, const lsm_loss_problem &p);
-  int32_t (*sgd)(lsm_context *ctx, int32_t dtype, int64_t count, const lsm_sgd &o, void *w, const void *g, void *v);
+  // *nonfinite: 1 when o.nonfinite asked for the check and g holds a non-finite value (nothing
+  // written then), else 0.
+  int32_t (*sgd)(lsm_context *ctx, int32_t dtype, int64_t count, const lsm_sgd &o, void *w, const void *g, void *v,
+                 int32_t *nonfinite);
   int32_t (*sum)(lsm_context *ctx, const double *values, int64_t count, double *out);
   // The scores of top-k: the plain logits with the kind's normalisations (scale 1).
   int32_t (*topk)(lsm_context *ctx, int32_t dtype, int64_t n, int64_t d, int64_t c, const lsm_margin &unit,

@@ -212,7 +212,7 @@ static int32_t check_finite_nonnegative(lsm_context *ctx, double v, const char *
 }
 
 int32_t check_sgd(lsm_context *ctx, int32_t dtype, int64_t count, const lsm_sgd &o, const void *w, const void *grad,
-                  const void *velocity) {
+                  const void *velocity, const int32_t *nonfinite) {
   int32_t s;
   if ((s = check_dtype(ctx, dtype)) || (s = check_size(ctx, count, "count")) ||
       (s = check_finite_nonnegative(ctx, o.lr, "sgd.lr")) ||
@@ -223,6 +223,13 @@ int32_t check_sgd(lsm_context *ctx, int32_t dtype, int64_t count, const lsm_sgd 
     return lsm_fail(ctx, LSM_ERR_INVALID_ARGUMENT, "sgd: expected nesterov and first 0 or 1, reserved 0");
   if (o.nesterov && o.momentum == 0.0)
     return lsm_fail(ctx, LSM_ERR_INVALID_ARGUMENT, "sgd.nesterov: expected momentum > 0 with Nesterov momentum, got 0");
+  if (o.nonfinite != LSM_SGD_APPLY && o.nonfinite != LSM_SGD_SKIP && o.nonfinite != LSM_SGD_CHECK)
+    return lsm_fail(ctx, LSM_ERR_INVALID_ARGUMENT,
+                    "sgd.nonfinite: expected LSM_SGD_APPLY, LSM_SGD_SKIP or LSM_SGD_CHECK (0, 1, 2), got " +
+                        std::to_string(o.nonfinite));
+  if (o.nonfinite != LSM_SGD_APPLY && nonfinite == nullptr)
+    return lsm_fail(ctx, LSM_ERR_INVALID_ARGUMENT,
+                    "nonfinite: expected a flag (int32_t *) with sgd.nonfinite LSM_SGD_SKIP or LSM_SGD_CHECK, got NULL");
   const size_t e = element_bytes(dtype);
   if ((s = check_tensor(ctx, w, count, e, "w")) || (s = check_tensor(ctx, grad, count, e, "grad"))) return s;
   if (o.momentum != 0.0 && (s = check_tensor(ctx, velocity, count, e, "velocity"))) return s;

@@ -28,7 +28,8 @@
   X(lsm_sgd, weight_decay, 16, 8)               \
   X(lsm_sgd, nesterov, 24, 4)                   \
   X(lsm_sgd, first, 28, 4)                      \
-  X(lsm_sgd, reserved, 32, 8)
+  X(lsm_sgd, nonfinite, 32, 4)                  \
+  X(lsm_sgd, reserved, 36, 4)
 
 // The structs themselves: X(struct, bytes).
 #define LSM_ABI_STRUCTS(X) \

@@ -78,13 +78,16 @@ int32_t lsm_loss_gradients(lsm_context *ctx, int32_t dtype, int64_t n, int64_t d
 }
 
 int32_t lsm_sgd_update(lsm_context *ctx, int32_t dtype, int64_t count, const lsm_sgd *sgd, void *w, const void *grad,
-                       void *velocity) {
+                       void *velocity, int32_t *nonfinite) {
   return guarded(ctx, [&]() -> int32_t {
     int32_t s;
     if ((s = check_context(ctx)) || (s = check_pointer(ctx, sgd, "sgd"))) return s;
     const lsm_sgd o = *sgd;
-    if ((s = check_sgd(ctx, dtype, count, o, w, grad, velocity))) return s;
-    return ctx->ops->sgd(ctx, dtype, count, o, w, grad, velocity);
+    if ((s = check_sgd(ctx, dtype, count, o, w, grad, velocity, nonfinite))) return s;
+    int32_t flag = 0;
+    if ((s = ctx->ops->sgd(ctx, dtype, count, o, w, grad, velocity, &flag))) return s;
+    if (nonfinite != nullptr) *nonfinite = flag;
+    return LSM_OK;
   });
 }
 

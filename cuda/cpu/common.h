@@ -21,7 +21,8 @@
 int32_t lsm_cpu_forward(lsm_context *ctx, const lsm_problem &p);
 int32_t lsm_cpu_backward(lsm_context *ctx, const lsm_problem &p);
 int32_t lsm_cpu_loss(lsm_context *ctx, const lsm_loss_problem &p);
-int32_t lsm_cpu_sgd(lsm_context *ctx, int32_t dtype, int64_t count, const lsm_sgd &o, void *w, const void *g, void *v);
+int32_t lsm_cpu_sgd(lsm_context *ctx, int32_t dtype, int64_t count, const lsm_sgd &o, void *w, const void *g, void *v,
+                    int32_t *nonfinite);
 int32_t lsm_cpu_topk(lsm_context *ctx, int32_t dtype, int64_t n, int64_t d, int64_t c, const lsm_margin &mg, int64_t k,
                      const void *x, const void *w, int32_t *indices, void *scores);
 // The context's host scratch, grown to at least `bytes` and kept (backend.cpp).

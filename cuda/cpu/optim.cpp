@@ -3,6 +3,8 @@
 #include <math.h>
 #include <stdlib.h>
 
+#include <atomic>
+
 #include "cpu/common.h"
 #include "math/optim.cuh"
 
@@ -18,8 +20,26 @@ void sgd_loop(int64_t b, int64_t e, const lsm_sgd &o, T *__restrict w, const T *
     lsm_sgd_element(o, kMomentum, kNesterov, kFirst, w + j, g[j], kMomentum ? v + j : &unused);
 }
 
+// Whether g [count] holds a non-finite value: one pass over the gradient (not over W), split
+// across cores like the update, the parts' answers OR-ed into one flag.
 template <typename T>
-void sgd(int64_t count, const lsm_sgd &o, T *w, const T *g, T *v) {
+bool has_nonfinite(int64_t count, const T *g) {
+  std::atomic<bool> bad{false};
+  parallel_for(count, 4, [&](int64_t b, int64_t e) {
+    bool found = false;
+    for (int64_t j = b; j < e; ++j) found |= !lsm_finite(g[j]);  // no early exit: it vectorises
+    if (found) bad.store(true, std::memory_order_relaxed);
+  });
+  return bad.load();
+}
+
+template <typename T>
+void sgd(int64_t count, const lsm_sgd &o, T *w, const T *g, T *v, int32_t *nonfinite) {
+  *nonfinite = 0;
+  if (o.nonfinite != LSM_SGD_APPLY) {
+    *nonfinite = has_nonfinite(count, g) ? 1 : 0;
+    if (*nonfinite || o.nonfinite == LSM_SGD_CHECK) return;
+  }
   // Element-wise and independent: a split across cores changes nothing in the results.
   parallel_for(count, 4, [&](int64_t b, int64_t e) {
     if (o.momentum == 0.0) return sgd_loop<T, false, false, false>(b, e, o, w, g, v);
@@ -60,11 +80,13 @@ int32_t topk(lsm_context *ctx, int64_t n, int64_t d, int64_t c, const lsm_margin
 
 }  // namespace
 
-int32_t lsm_cpu_sgd(lsm_context *, int32_t dtype, int64_t count, const lsm_sgd &o, void *w, const void *g, void *v) {
+int32_t lsm_cpu_sgd(lsm_context *, int32_t dtype, int64_t count, const lsm_sgd &o, void *w, const void *g, void *v,
+                    int32_t *nonfinite) {
   if (dtype == LSM_FLOAT32) {
-    sgd<float>(count, o, static_cast<float *>(w), static_cast<const float *>(g), static_cast<float *>(v));
+    sgd<float>(count, o, static_cast<float *>(w), static_cast<const float *>(g), static_cast<float *>(v), nonfinite);
   } else {
-    sgd<double>(count, o, static_cast<double *>(w), static_cast<const double *>(g), static_cast<double *>(v));
+    sgd<double>(count, o, static_cast<double *>(w), static_cast<const double *>(g), static_cast<double *>(v),
+                nonfinite);
   }
   return LSM_OK;
 }

@@ -39,7 +39,9 @@ extern const lsm_backend_ops lsm_cuda_backend = {
     [](lsm_context *ctx, const lsm_problem &) { return unavailable(ctx); },
     [](lsm_context *ctx, const lsm_problem &) { return unavailable(ctx); },
     [](lsm_context *ctx, const lsm_loss_problem &) { return unavailable(ctx); },
-    [](lsm_context *ctx, int32_t, int64_t, const lsm_sgd &, void *, const void *, void *) { return unavailable(ctx); },
+    [](lsm_context *ctx, int32_t, int64_t, const lsm_sgd &, void *, const void *, void *, int32_t *) {
+      return unavailable(ctx);
+    },
     [](lsm_context *ctx, const double *, int64_t, double *) { return unavailable(ctx); },
     [](lsm_context *ctx, int32_t, int64_t, int64_t, int64_t, const lsm_margin &, int64_t, const void *, const void *,
        int32_t *, void *) { return unavailable(ctx); },

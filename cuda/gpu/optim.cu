@@ -12,13 +12,32 @@ namespace {
 
 using namespace lsm_cuda;
 
+// With the check asked for: the flag zeroed, the reduction into it, then the update kernel that
+// reads it on the device (no host round trip in between), and the 4 bytes of the flag back.
 template <typename T>
-int32_t sgd(lsm_context *ctx, int64_t count, const lsm_sgd &o, void *w, const void *g, void *v) {
+int32_t sgd(lsm_context *ctx, int64_t count, const lsm_sgd &o, void *w, const void *g, void *v, int32_t *nonfinite) {
   constexpr int threads = 256;
-  LSM_LAUNCH(lsm_kernels::sgd_update<T>, blocks_for(count, threads), threads, ctx->cuda->stream, o, (int)count,
-             static_cast<T *>(w), static_cast<const T *>(g), o.momentum == 0.0 ? nullptr : static_cast<T *>(v));
+  cudaStream_t stream = ctx->cuda->stream;
+  const unsigned int blocks = blocks_for(count, threads);
+  int32_t *flag = nullptr;
+  *nonfinite = 0;
+  if (o.nonfinite != LSM_SGD_APPLY) {
+    void *mem = nullptr;
+    const int32_t s = workspace(ctx, sizeof(int32_t), &mem);
+    if (s != LSM_OK) return s;
+    flag = static_cast<int32_t *>(mem);
+    LSM_CUDA_TRY(ctx, cudaMemsetAsync(flag, 0, sizeof(int32_t), stream));
+    LSM_LAUNCH(lsm_kernels::nonfinite_flag<T>, blocks, threads, stream, static_cast<const T *>(g), (int)count, flag);
+  }
+  if (o.nonfinite != LSM_SGD_CHECK)
+    LSM_LAUNCH(lsm_kernels::sgd_update<T>, blocks, threads, stream, o, (int)count, static_cast<T *>(w),
+               static_cast<const T *>(g), o.momentum == 0.0 ? nullptr : static_cast<T *>(v), flag);
   LSM_CUDA_TRY(ctx, cudaGetLastError());
-  LSM_CUDA_TRY(ctx, cudaStreamSynchronize(ctx->cuda->stream));
+  if (flag != nullptr) {
+    LSM_CUDA_TRY(ctx, cudaMemcpyAsync(nonfinite, flag, sizeof(int32_t), cudaMemcpyDeviceToHost, stream));
+    ctx->traffic_from += sizeof(int32_t);
+  }
+  LSM_CUDA_TRY(ctx, cudaStreamSynchronize(stream));
   return LSM_OK;
 }
 
@@ -54,10 +73,11 @@ int32_t topk(lsm_context *ctx, int n, int d, int c, const lsm_margin &mg, int k,
 }  // namespace
 
 int32_t lsm_cuda_sgd(lsm_context *ctx, int32_t dtype, int64_t count, const lsm_sgd &o, void *w, const void *g,
-                     void *v) {
+                     void *v, int32_t *nonfinite) {
   const int32_t s = activate(ctx);
   if (s != LSM_OK) return s;
-  return dtype == LSM_FLOAT32 ? sgd<float>(ctx, count, o, w, g, v) : sgd<double>(ctx, count, o, w, g, v);
+  return dtype == LSM_FLOAT32 ? sgd<float>(ctx, count, o, w, g, v, nonfinite)
+                              : sgd<double>(ctx, count, o, w, g, v, nonfinite);
 }
 
 int32_t lsm_cuda_sum(lsm_context *ctx, const double *values, int64_t count, double *out) {

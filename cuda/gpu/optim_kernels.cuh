@@ -12,9 +12,22 @@
 
 namespace lsm_kernels {
 
-// One SGD step, element-wise and grid-strided: each element read and written once.
+// Sets *flag when grad [count] holds a non-finite value: the check of lsm_sgd.nonfinite, a
+// reduction into a device flag that sgd_update then reads on the device.
 template <typename T>
-__global__ void sgd_update(lsm_sgd o, int count, T *w, const T *grad, T *v) {
+__global__ void nonfinite_flag(const T *grad, int count, int32_t *flag) {
+  const int step = (int)(gridDim.x * blockDim.x);
+  bool found = false;
+  for (int j = (int)(blockIdx.x * blockDim.x + threadIdx.x); j < count; j = next_index(j, step, count))
+    found |= !lsm_finite(grad[j]);
+  if (found) atomicOr(flag, 1);
+}
+
+// One SGD step, element-wise and grid-strided: each element read and written once. With a flag
+// (the check of nonfinite_flag) set, nothing is written.
+template <typename T>
+__global__ void sgd_update(lsm_sgd o, int count, T *w, const T *grad, T *v, const int32_t *skip) {
+  if (skip != nullptr && *skip != 0) return;
   const int step = (int)(gridDim.x * blockDim.x);
   for (int j = (int)(blockIdx.x * blockDim.x + threadIdx.x); j < count; j = next_index(j, step, count)) {
     T unused = T(0);

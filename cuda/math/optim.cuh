@@ -21,6 +21,13 @@ LSM_HD void lsm_sgd_element(const lsm_sgd &o, bool momentum, bool nesterov, bool
   *w = (T)((double)*w - o.lr * step);
 }
 
+// Whether a gradient element is finite (neither NaN nor an infinity): v - v is exactly 0 then and
+// NaN otherwise. The non-finite policy of the update (lsm_sgd.nonfinite) reduces this over grad.
+template <typename T>
+LSM_HD bool lsm_finite(T v) {
+  return v - v == T(0);
+}
+
 // The top-k order: a before b when its score is higher, or equal with a lower class index; NaN
 // after every number (and among NaNs, by index). A total order, so every backend and every split
 // of the classes gives the same list.

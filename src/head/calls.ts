@@ -4,10 +4,12 @@
 import { type FloatArray, newFloatArray } from "../../ffi/arrays.ts";
 import { OPS } from "../../ffi/ops.ts";
 import type { SgdStruct } from "../../ffi/structs.ts";
+import { SgdNonFinite } from "../../ffi/symbols.ts";
 import type { NativeCall } from "../calls.ts";
 import { reduce } from "../loss.ts";
 import { shardedLossCalls } from "../shards.ts";
 import { type Batch, type HeadShard, ShardCalls } from "./shards.ts";
+import type { NonFinitePolicy } from "./options.ts";
 import type { TopK } from "./topk.ts";
 
 // The batch's inputs onto every shard's context (labels null: prediction).
@@ -22,9 +24,57 @@ function* upload(
   }
 }
 
+/** What a step's non-finite check found: nothing, or that the update was skipped. */
+export interface StepOutcome {
+  loss: number;
+  skipped: boolean;
+}
+
+// Whether every element is finite (one pass over an array already on the host).
+function allFinite(a: ArrayLike<number>): boolean {
+  for (let e = 0; e < a.length; e++) if (!Number.isFinite(a[e])) return false;
+  return true;
+}
+
+// The error of nonFinite "throw": the first row whose x, loss or dL/dx is not finite, else the
+// sum that made dL/dW overflow.
+function nonFiniteError(
+  x: FloatArray,
+  rowLoss: Float64Array | null,
+  gradX: FloatArray,
+  d: number,
+): RangeError {
+  const n = gradX.length / d;
+  const rowFinite = (a: ArrayLike<number>, i: number) => {
+    for (let k = i * d; k < (i + 1) * d; k++) if (!Number.isFinite(a[k])) return false;
+    return true;
+  };
+  const tail = '(nonFinite: "throw"; the head is unchanged, its iteration too)';
+  for (let i = 0; i < n; i++) {
+    const what = !rowFinite(x, i)
+      ? "features"
+      : rowLoss !== null && !Number.isFinite(rowLoss[i])
+      ? "loss"
+      : !rowFinite(gradX, i)
+      ? "dL/dx"
+      : null;
+    if (what !== null) {
+      return new RangeError(
+        `x: row ${i}: expected finite ${what}, got a NaN or an infinity ${tail}`,
+      );
+    }
+  }
+  return new RangeError(
+    `x: expected a finite dL/dW, got a NaN or an infinity from the sum over the batch's rows, ` +
+      `whose losses and dL/dx are finite ${tail}`,
+  );
+}
+
 /**
- * One training step: the fused loss and dL/dW on each shard, the SGD update of W where it lives,
- * dL/dx back into gradX. Returns the mean loss.
+ * One training step: the fused loss and dL/dW on each shard, dL/dx back into gradX, then the SGD
+ * update of W where it lives under the non-finite policy. The loss and dL/dx reach the host anyway
+ * and are checked there; dL/dW is checked where it lives by the update itself (SKIP: a flag of
+ * 4 bytes back), or with shards by every shard first (CHECK) so that all skip together.
  */
 export function* stepCalls(
   shards: readonly HeadShard[],
@@ -33,39 +83,72 @@ export function* stepCalls(
   labels: Int32Array,
   sgd: SgdStruct,
   gradX: FloatArray,
-): Generator<NativeCall, number, void> {
+  policy: NonFinitePolicy,
+): Generator<NativeCall, StepOutcome, void> {
   yield* upload(shards, x, labels);
+  const n = b.n, d = gradX.length / n;
+  let loss: number, rowLoss: Float64Array | null = null;
   if (shards.length > 1) {
-    const parts = shards.map((s) => new ShardCalls(s, b, sgd));
-    return reduce(yield* shardedLossCalls(parts, labels, gradX), "mean");
+    rowLoss = yield* shardedLossCalls(shards.map((s) => new ShardCalls(s, b)), labels, gradX);
+    loss = reduce(rowLoss, "mean");
+  } else {
+    const s = shards[0];
+    const rows = s.scratch("rowLoss", n * 8), gx = s.scratch("gradX", s.bytes(gradX.length));
+    yield s.loss(OPS.loss, b, [rows, gx, s.gw]);
+    const sum = new Float64Array(1);
+    yield s.sum(rows, n, sum);
+    yield s.download(gradX, gx);
+    loss = sum[0] / n;
+    if (policy === "throw" && !Number.isFinite(loss)) { // the row losses, to name the row
+      rowLoss = new Float64Array(n);
+      yield s.download(rowLoss, rows);
+    }
   }
-  const s = shards[0], n = b.n;
-  const rowLoss = s.scratch("rowLoss", n * 8), gx = s.scratch("gradX", s.bytes(gradX.length));
-  yield s.loss(OPS.loss, b, [rowLoss, gx, s.gw]);
-  yield s.sgd(sgd);
-  const sum = new Float64Array(1);
-  yield s.sum(rowLoss, n, sum);
-  yield s.download(gradX, gx);
-  return sum[0] / n;
+  if (policy === "apply") {
+    for (const s of shards) yield s.sgd({ ...sgd, nonfinite: SgdNonFinite.APPLY });
+    return { loss, skipped: false };
+  }
+  let bad = !Number.isFinite(loss) || !allFinite(gradX);
+  if (!bad) {
+    const one = shards.length === 1;
+    const flags = shards.map(() => new Int32Array(1));
+    const mode = one ? SgdNonFinite.SKIP : SgdNonFinite.CHECK;
+    for (let k = 0; k < shards.length; k++) {
+      yield shards[k].sgd({ ...sgd, nonfinite: mode }, flags[k]);
+    }
+    bad = flags.some((f) => f[0] !== 0);
+    if (!bad && !one) {
+      for (const s of shards) yield s.sgd({ ...sgd, nonfinite: SgdNonFinite.APPLY });
+    }
+  }
+  if (bad && policy === "throw") throw nonFiniteError(x, rowLoss, gradX, d);
+  return { loss, skipped: bad };
 }
 
-/** The mean loss alone: the row losses summed on the context (one shard) or from the partials. */
+/**
+ * The mean loss alone: the row losses summed on the context (one shard) or from the partials; the
+ * row losses themselves come back (N·8 bytes) only when the mean is NaN, to tell which rows are.
+ */
 export function* evaluateCalls(
   shards: readonly HeadShard[],
   b: Batch,
   x: FloatArray,
   labels: Int32Array,
-): Generator<NativeCall, number, void> {
+): Generator<NativeCall, { loss: number; rowLoss: Float64Array | null }, void> {
   yield* upload(shards, x, labels);
   if (shards.length > 1) {
     const parts = shards.map((s) => new ShardCalls(s, b));
-    return reduce(yield* shardedLossCalls(parts, labels, null), "mean");
+    const rowLoss = yield* shardedLossCalls(parts, labels, null);
+    return { loss: reduce(rowLoss, "mean"), rowLoss };
   }
-  const s = shards[0], rowLoss = s.scratch("rowLoss", b.n * 8);
-  yield s.loss(OPS.loss, b, [rowLoss, null, null]);
+  const s = shards[0], rows = s.scratch("rowLoss", b.n * 8);
+  yield s.loss(OPS.loss, b, [rows, null, null]);
   const sum = new Float64Array(1);
-  yield s.sum(rowLoss, b.n, sum);
-  return sum[0] / b.n;
+  yield s.sum(rows, b.n, sum);
+  if (!Number.isNaN(sum[0])) return { loss: sum[0] / b.n, rowLoss: null };
+  const rowLoss = new Float64Array(b.n);
+  yield s.download(rowLoss, rows);
+  return { loss: sum[0] / b.n, rowLoss };
 }
 
 /** Each shard's k best classes of every row (global class indices), to merge. */

@@ -8,7 +8,7 @@ import { type FloatArray, type FloatDType, newFloatArray } from "../../ffi/array
 import type { SgdStruct } from "../../ffi/structs.ts";
 import { MAX_TOPK } from "../../ffi/symbols.ts";
 import { runCalls, runCallsAsync } from "../calls.ts";
-import { checkInteger, checkNumber, readOptions } from "../checks.ts";
+import { checkInteger, checkNumber, describe, readOptions } from "../checks.ts";
 import { type Margin, marginOptions } from "../kinds.ts";
 import { resolveHead } from "../resolve.ts";
 import { checkBatch } from "../tensors.ts";
@@ -16,16 +16,18 @@ import { lambdaOf, type LambdaSchedule } from "../schedule.ts";
 import { evaluateCalls, stepCalls, topkCalls } from "./calls.ts";
 import { fillWeights } from "./init.ts";
 import {
-  checkVelocity,
+  checkSgd,
   type HeadOptions,
   type HeadState,
+  type NonFinitePolicy,
   type SgdOptions,
   type StepResult,
 } from "./options.ts";
 import { type Batch, type HeadShard, openShards } from "./shards.ts";
+import { checkState, makeState } from "./state.ts";
 import { mergeTopK } from "./topk.ts";
 
-export type { HeadOptions, HeadState, SgdOptions, StepResult };
+export type { HeadOptions, HeadState, NonFinitePolicy, SgdOptions, StepResult };
 
 /**
  * A classifier head whose weights W [C, D], their gradient and the SGD state live in context
@@ -59,6 +61,8 @@ export class MarginHead {
   #margin: Margin; // λ 0: #batch sets each call's
   #shards: HeadShard[] = [];
   #iteration = 0;
+  #skippedSteps = 0;
+  #nonFinite: NonFinitePolicy;
   #hasVelocity = false;
   #closed = false;
   #tail: Promise<unknown> = Promise.resolve(); // the last queued asynchronous call
@@ -79,6 +83,7 @@ export class MarginHead {
     this.#lambda = h.lambda ?? 0;
     this.optimizer = Object.freeze(h.optimizer);
     this.#iteration = h.iteration;
+    this.#nonFinite = h.nonFinite;
     const { lambda: _, ...margin } = marginOptions(h.margin);
     this.#options = {
       classes: this.classes,
@@ -94,6 +99,7 @@ export class MarginHead {
       optimizer: { ...this.optimizer },
       precision: h.precision,
       ...(h.workspace === undefined ? {} : { workspace: h.workspace }),
+      nonFinite: h.nonFinite,
     };
     const shape = { ...h, dtype: this.dtype };
     this.#shards = openShards(h.backends, shape, this.optimizer.momentum !== 0);
@@ -108,6 +114,16 @@ export class MarginHead {
   /** Steps taken (0 for a new head). */
   get iteration(): number {
     return this.#iteration;
+  }
+
+  /** Steps whose update was skipped for a non-finite loss or gradient (`nonFinite: "skip"`). */
+  get skippedSteps(): number {
+    return this.#skippedSteps;
+  }
+
+  /** What a step does with a non-finite loss or gradient: "skip", "throw" or "apply". */
+  get nonFinite(): NonFinitePolicy {
+    return this.#nonFinite;
   }
 
   /** λ at the current iteration (that of the last step). */
@@ -163,19 +179,31 @@ export class MarginHead {
     const o = readOptions("options", options, ["lr"]);
     const lr = o.lr === undefined ? this.optimizer.lr : checkNumber("lr", o.lr, 0);
     const { momentum, weightDecay, nesterov } = this.optimizer;
-    return { lr, momentum, weightDecay, nesterov: nesterov ? 1 : 0, first: 0 };
+    return { lr, momentum, weightDecay, nesterov: nesterov ? 1 : 0, first: 0, nonfinite: 0 };
   }
 
-  // One training step's calls; the head's state advances only once every call succeeded.
+  // One training step's calls; the head's state advances only once every call succeeded. A
+  // skipped step counts as a step (the iteration and λ's schedule advance) but leaves W and the
+  // momentum as they were.
   *#step(x: FloatArray, labels: Int32Array, sgd: SgdStruct) {
     const n = labels.length, step = this.#iteration + 1;
     const b = this.#batch(n, step);
     const gradX = newFloatArray(this.dtype, n * this.features);
     const first = this.#hasVelocity ? 0 : 1; // PyTorch's fresh momentum buffer: v <- g
-    const loss = yield* stepCalls(this.#shards, b, x, labels, { ...sgd, first }, gradX);
+    const policy = this.#nonFinite;
+    const { loss, skipped } = yield* stepCalls(
+      this.#shards,
+      b,
+      x,
+      labels,
+      { ...sgd, first },
+      gradX,
+      policy,
+    );
     this.#iteration = step;
-    if (this.optimizer.momentum !== 0) this.#hasVelocity = true;
-    return { loss, lambda: b.margin.lambda, gradX };
+    if (skipped) this.#skippedSteps++;
+    else if (this.optimizer.momentum !== 0) this.#hasVelocity = true;
+    return { loss, lambda: b.margin.lambda, gradX, skipped };
   }
 
   /**
@@ -185,7 +213,8 @@ export class MarginHead {
    * @param x Features, N·D elements of the head's dtype.
    * @param labels The N class indices, each in [0, C).
    * @param options `lr`: this step's learning rate (the optimizer's by default).
-   * @returns The mean loss, λ of the step, and dL/dx.
+   * @returns The mean loss, λ of the step, dL/dx, and whether the update was skipped (see
+   * `nonFinite`).
    */
   step<T extends FloatArray>(
     x: T,
@@ -232,20 +261,33 @@ export class MarginHead {
 
   /**
    * The loss (no update) and the accuracy of the best class by {@link MarginHead.predict}'s score.
+   * Row i is correct when its best class (predict's order: higher score, then lower class) is its
+   * label, that score is not NaN, and the row's loss is not NaN, that is no logit of the row is
+   * NaN (nor +Inf against +Inf): a row whose scores cannot all be compared is never correct.
    *
    * @param x Features, N·D elements of the head's dtype.
    * @param labels The N class indices.
-   * @returns The mean loss at λ of the current iteration, and the fraction of rows whose best
-   * class is their label.
+   * @returns The mean loss at λ of the current iteration, and the fraction of rows correct.
+   * @example
+   * ```ts
+   * import { MarginHead } from "./mod.ts";
+   * using head = new MarginHead({ classes: 3, features: 2, margin: 2, lambda: 0, backend: "cpu" });
+   * const { loss, accuracy } = head.evaluate(new Float32Array([1, 0, 0, 1]), new Int32Array([0, 1]));
+   * ```
    */
   evaluate(x: FloatArray, labels: Int32Array): { loss: number; accuracy: number } {
     this.#live();
     this.#checkIdle();
     const { n } = checkBatch(x, labels, this.dtype, this.features);
-    const loss = runCalls(evaluateCalls(this.#shards, this.#batch(n, this.#iteration), x, labels));
-    const { indices } = this.predict(x, { k: 1 });
+    const b = this.#batch(n, this.#iteration);
+    const { loss, rowLoss } = runCalls(evaluateCalls(this.#shards, b, x, labels));
+    const { indices, scores } = this.predict(x, { k: 1 });
     let hits = 0;
-    for (let i = 0; i < n; i++) hits += indices[i] === labels[i] ? 1 : 0;
+    for (let i = 0; i < n; i++) {
+      const comparable = !Number.isNaN(scores[i]) &&
+        (rowLoss === null || !Number.isNaN(rowLoss[i]));
+      hits += comparable && indices[i] === labels[i] ? 1 : 0;
+    }
     return { loss, accuracy: hits / n };
   }
 
@@ -292,42 +334,63 @@ export class MarginHead {
   }
 
   /**
-   * Everything needed to continue training bit for bit: the options, the iteration, W and the
-   * momentum buffer (host copies). `MarginHead.fromState(head.state())` rebuilds the head.
+   * Everything needed to continue training bit for bit: the format (1), the options, the
+   * iteration, the skipped steps, W and the momentum buffer (host copies).
+   * `MarginHead.fromState(head.state())` rebuilds the head; so does
+   * `MarginHead.fromState(JSON.parse(JSON.stringify(head.state())))`: each array carries a
+   * non-enumerable `toJSON` that writes `{ dtype, shape, base64 }` (its bytes, little-endian).
    *
-   * @returns The head's state; structured-cloneable (JSON needs the arrays converted).
+   * @returns The head's state; structured-cloneable and JSON-safe.
+   * @example
+   * ```ts
+   * import { MarginHead } from "./mod.ts";
+   * using head = new MarginHead({ classes: 3, features: 2, margin: 2, lambda: 0, backend: "cpu" });
+   * const json = JSON.stringify(head.state());
+   * using again = MarginHead.fromState(JSON.parse(json));
+   * ```
    */
   state(): HeadState {
     this.#live();
     this.#checkIdle();
-    return {
-      options: structuredClone(this.#options),
-      iteration: this.#iteration,
-      weights: this.#gather((s) => s.w),
-      velocity: this.#hasVelocity ? this.#gather((s) => s.v) : null,
-    };
+    return makeState(
+      structuredClone(this.#options),
+      this.#iteration,
+      this.#skippedSteps,
+      this.#gather((s) => s.w),
+      this.#hasVelocity ? this.#gather((s) => s.v) : null,
+      [this.classes, this.features],
+    );
   }
 
   /**
-   * A head from {@link MarginHead.state}, continuing where that one was.
+   * A head from {@link MarginHead.state}, continuing where that one was. Every field is required
+   * and checked by name before anything is built; the arrays may be typed arrays or their JSON
+   * form `{ dtype, shape, base64 }`.
    *
-   * @param state What `state()` returned.
+   * @param state What `state()` returned, or that through JSON.
    * @returns A new head.
+   * @example
+   * ```ts
+   * import { MarginHead } from "./mod.ts";
+   * using head = new MarginHead({ classes: 3, features: 2, margin: 2, lambda: 0, backend: "cpu" });
+   * using copy = MarginHead.fromState(head.state());
+   * ```
    */
   static fromState(state: HeadState): MarginHead {
-    const o = readOptions("state", state, ["options", "iteration", "weights", "velocity"]);
-    const head = new MarginHead({
-      ...(o.options as HeadOptions),
-      weights: o.weights as FloatArray,
-    });
+    const st = checkState(state);
+    const momentum = checkSgd(st.options.optimizer).momentum;
+    if (st.velocity !== null && momentum === 0) {
+      throw new TypeError(
+        "state.velocity: expected null for an optimizer without momentum, got " +
+          describe(st.velocity),
+      );
+    }
+    const head = new MarginHead({ ...st.options, weights: st.weights });
     try {
-      head.#iteration = checkInteger("iteration", o.iteration, 0, Number.MAX_SAFE_INTEGER);
-      if (o.velocity !== null && o.velocity !== undefined) {
-        if (head.optimizer.momentum === 0) {
-          throw new RangeError("velocity: expected null for an optimizer without momentum");
-        }
-        const v = checkVelocity(o.velocity, head.dtype, head.classes * head.features);
-        const d = head.features;
+      head.#iteration = st.iteration;
+      head.#skippedSteps = st.skippedSteps;
+      if (st.velocity !== null) {
+        const v = st.velocity, d = head.features;
         for (const s of head.#shards) s.ctx.upload(s.v, v.subarray(s.c0 * d, (s.c0 + s.c) * d));
         head.#hasVelocity = true;
       }

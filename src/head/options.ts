@@ -27,6 +27,12 @@ export interface SgdOptions {
   nesterov?: boolean;
 }
 
+/**
+ * What a step does when its loss or a gradient is not finite: skip the update (the default),
+ * throw a RangeError, or apply it as computed.
+ */
+export type NonFinitePolicy = "skip" | "throw" | "apply";
+
 /** Options of {@link MarginHead}. */
 export interface HeadOptions extends MarginOptions, Partial<LambdaSchedule> {
   /** The class count C. */
@@ -54,14 +60,24 @@ export interface HeadOptions extends MarginOptions, Partial<LambdaSchedule> {
   workspace?: number;
   /** The iteration to resume the λ schedule from (0 by default; steps count on from it). */
   iteration?: number;
+  /**
+   * A step whose loss or gradients are not finite: "skip" (the default) leaves W and the momentum
+   * unchanged, "throw" throws a RangeError naming the row and changes nothing, "apply" updates W
+   * with them.
+   */
+  nonFinite?: NonFinitePolicy;
 }
 
 /** What {@link MarginHead.state} returns and {@link MarginHead.fromState} takes. */
 export interface HeadState {
+  /** The layout of this object: 1. */
+  format: 1;
   /** The options the head was made with (weights, seed, iteration left out). */
   options: Omit<HeadOptions, "weights" | "seed" | "iteration">;
   /** Steps taken. */
   iteration: number;
+  /** Steps skipped for a non-finite loss or gradient (counted in `iteration` too). */
+  skippedSteps: number;
   /** W [C, D], a host copy. */
   weights: FloatArray;
   /** The momentum buffer [C, D], or null before the first step or without momentum. */
@@ -76,6 +92,8 @@ export interface StepResult<T extends FloatArray = FloatArray> {
   lambda: number;
   /** dL/dx [N, D]. */
   gradX: T;
+  /** Whether W and the momentum were left unchanged for a non-finite loss or gradient. */
+  skipped: boolean;
 }
 
 export const HEAD_KEYS = [
@@ -91,6 +109,7 @@ export const HEAD_KEYS = [
   "precision",
   "workspace",
   "iteration",
+  "nonFinite",
 ] as const;
 const SGD_KEYS = ["lr", "momentum", "weightDecay", "nesterov"] as const;
 
@@ -111,6 +130,11 @@ export function checkSgd(v: unknown): Required<SgdOptions> {
     throw new RangeError("optimizer.nesterov: expected momentum > 0 with Nesterov momentum, got 0");
   }
   return sgd as Required<SgdOptions>;
+}
+
+export function checkNonFinite(v: unknown): NonFinitePolicy {
+  if (v === undefined || v === "skip" || v === "throw" || v === "apply") return v ?? "skip";
+  throw new RangeError(`nonFinite: expected "skip", "throw" or "apply", got ${describe(v)}`);
 }
 
 export function checkDType(v: unknown): FloatDType {
@@ -136,16 +160,6 @@ export function checkWeights(
     throw new RangeError(
       `weights: expected classes * features = ${classes} * ${features} = ${count} ` +
         `elements, got ${got}`,
-    );
-  }
-  return v as FloatArray;
-}
-
-/** A state's momentum buffer: C·D elements of the head's dtype. */
-export function checkVelocity(v: unknown, dtype: FloatDType, count: number): FloatArray {
-  if (floatDType(v) !== dtype || elementCount(v as FloatArray) !== count) {
-    throw new TypeError(
-      `velocity: expected a ${floatArrayName(dtype)} of ${count} elements, got ${describe(v)}`,
     );
   }
   return v as FloatArray;

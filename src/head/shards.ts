@@ -96,11 +96,14 @@ export class HeadShard {
     return this.op(OPS.sum, { ...NO_CALL, count }, [values, out]);
   }
 
-  /** The SGD update of the shard's W from its gradient. */
-  sgd(sgd: SgdStruct): NativeCall {
+  /**
+   * The SGD update of the shard's W from its gradient; `flag[0]` set to 1 where sgd.nonfinite
+   * asks for the gradient's check and it holds a non-finite value.
+   */
+  sgd(sgd: SgdStruct, flag: Int32Array | null = null): NativeCall {
     const { dtype, features } = this.head;
     const call: Call = { dtype, n: 0, d: 0, c: 0, count: this.c * features, sgd };
-    return this.op(OPS.sgd, call, [this.w, this.gw, this.v]);
+    return this.op(OPS.sgd, call, [this.w, this.gw, this.v, flag]);
   }
 }
 
@@ -126,11 +129,12 @@ export function openShards(backends: readonly unknown[], head: HeadShape, moment
 }
 
 /**
- * A head shard in the class-shard algorithm: partials of the batch, then dL/dW and the SGD update
- * of its W (with `sgd`; evaluation asks for no gradients), and its share of dx back on the host.
+ * A head shard in the class-shard algorithm: partials of the batch, then dL/dW of its classes
+ * (kept where W lives, for the step's update once every shard's gradient is known to be finite),
+ * and its share of dx back on the host.
  */
 export class ShardCalls implements ContextShard {
-  constructor(readonly s: HeadShard, readonly b: Batch, readonly sgd?: SgdStruct) {}
+  constructor(readonly s: HeadShard, readonly b: Batch) {}
 
   get c0(): number {
     return this.s.c0;
@@ -154,7 +158,6 @@ export class ShardCalls implements ContextShard {
     const lp = s.scratch("lse", b.n * 8), gx = s.scratch("gradX", s.bytes(count));
     yield s.upload(lp, lse);
     yield s.loss(OPS.lossGradients, b, [lp, gx, s.gw]);
-    if (this.sgd) yield s.sgd(this.sgd);
     const share = newFloatArray(s.head.dtype, count);
     yield s.download(share, gx);
     return share;

@@ -207,9 +207,9 @@ void resident_case(lsm_context *cpu, lsm_context *gpu, const shape &s, int64_t k
     lsm_sgd o = {};
     o.lr = 0.1, o.momentum = 0.9, o.weight_decay = 0.01, o.nesterov = nesterov ? 1 : 0, o.first = 1;
     ok = dx && dw && dg && dv && dvals && di && ds &&
-         lsm_sgd_update(ctx, dtype, (int64_t)cd, &o, dw, dg, dv) == LSM_OK;
+         lsm_sgd_update(ctx, dtype, (int64_t)cd, &o, dw, dg, dv, nullptr) == LSM_OK;
     o.first = 0;
-    ok = ok && lsm_sgd_update(ctx, dtype, (int64_t)cd, &o, dw, dg, dv) == LSM_OK &&
+    ok = ok && lsm_sgd_update(ctx, dtype, (int64_t)cd, &o, dw, dg, dv, nullptr) == LSM_OK &&
          lsm_memcpy_from_context(ctx, w_out[b].data(), dw, cd * e) == LSM_OK &&
          lsm_memcpy_from_context(ctx, v_out[b].data(), dv, cd * e) == LSM_OK &&
          lsm_sum(ctx, static_cast<const double *>(dvals), (int64_t)nd, &sums[b]) == LSM_OK &&

@@ -1,0 +1,199 @@
+// A head's state as data: the check of every field of what MarginHead.state() wrote, by name,
+// before anything is built, and the JSON-safe form of its arrays: each typed array of a state
+// carries a non-enumerable toJSON writing { dtype, shape, base64 } (the bytes little-endian),
+// which fromState takes beside the typed array itself.
+
+import {
+  describe,
+  elementCount,
+  type FloatArray,
+  floatArrayName,
+  type FloatDType,
+  floatDType,
+  newFloatArray,
+} from "../../ffi/arrays.ts";
+import { checkInteger } from "../checks.ts";
+import type { HeadOptions, HeadState } from "./options.ts";
+
+/** The state layout this library writes and reads. */
+export const STATE_FORMAT = 1;
+
+const STATE_KEYS = ["format", "options", "iteration", "skippedSteps", "weights", "velocity"];
+
+/** A typed array as JSON: its element type, its shape and its bytes (little-endian) in base64. */
+export interface ArrayJSON {
+  dtype: FloatDType;
+  shape?: number[];
+  base64: string;
+}
+
+function toBase64(bytes: Uint8Array): string {
+  let s = "";
+  for (let i = 0; i < bytes.length; i += 0x8000) {
+    s += String.fromCharCode(...bytes.subarray(i, i + 0x8000));
+  }
+  return btoa(s);
+}
+
+/** A state's array with the non-enumerable toJSON of its JSON-safe form. */
+export function withJSON<T extends FloatArray>(a: T, shape: number[]): T {
+  const dtype = floatDType(a)!;
+  Object.defineProperty(a, "toJSON", {
+    enumerable: false,
+    value: (): ArrayJSON => {
+      const bytes = new Uint8Array(a.length * a.BYTES_PER_ELEMENT),
+        view = new DataView(bytes.buffer);
+      for (let e = 0; e < a.length; e++) {
+        if (dtype === "float32") view.setFloat32(e * 4, a[e], true);
+        else view.setFloat64(e * 8, a[e], true);
+      }
+      return { dtype, shape, base64: toBase64(bytes) };
+    },
+  });
+  return a;
+}
+
+// A state's array: a typed array of the dtype, or its JSON form; `count` elements either way.
+function readArray(
+  name: string,
+  v: unknown,
+  dtype: FloatDType,
+  shape: [number, number],
+): FloatArray {
+  const count = shape[0] * shape[1];
+  const expected = `a ${floatArrayName(dtype)} of classes * features = ${count} elements or ` +
+    `its JSON form { dtype, shape, base64 }`;
+  if (floatDType(v) !== undefined) {
+    if (floatDType(v) !== dtype) {
+      throw new TypeError(`${name}: expected ${expected}, got ${describe(v)}`);
+    }
+    const got = elementCount(v as FloatArray);
+    if (got !== count) {
+      throw new RangeError(`${name}: expected ${count} elements (${expected}), got ${got}`);
+    }
+    return v as FloatArray;
+  }
+  if (typeof v !== "object" || v === null || Array.isArray(v)) {
+    throw new TypeError(`${name}: expected ${expected}, got ${describe(v)}`);
+  }
+  const j = v as Record<string, unknown>;
+  if (j.dtype !== dtype) {
+    throw new TypeError(
+      `${name}.dtype: expected ${JSON.stringify(dtype)}, got ${describe(j.dtype)}`,
+    );
+  }
+  if (j.shape !== undefined) {
+    const ok = Array.isArray(j.shape) && j.shape.length === 2 && j.shape[0] === shape[0] &&
+      j.shape[1] === shape[1];
+    if (!ok) {
+      throw new RangeError(
+        `${name}.shape: expected [${shape.join(", ")}], got ${
+          Array.isArray(j.shape) ? `[${j.shape.join(", ")}]` : describe(j.shape)
+        }`,
+      );
+    }
+  }
+  if (typeof j.base64 !== "string") {
+    throw new TypeError(`${name}.base64: expected a base64 string, got ${describe(j.base64)}`);
+  }
+  let raw: string;
+  try {
+    raw = atob(j.base64);
+  } catch {
+    throw new TypeError(`${name}.base64: expected a base64 string, got one that is not`);
+  }
+  const size = dtype === "float32" ? 4 : 8;
+  if (raw.length !== count * size) {
+    throw new RangeError(
+      `${name}.base64: expected ${count * size} bytes (${count} elements), got ${raw.length}`,
+    );
+  }
+  const bytes = new Uint8Array(raw.length);
+  for (let i = 0; i < raw.length; i++) bytes[i] = raw.charCodeAt(i);
+  const view = new DataView(bytes.buffer), out = newFloatArray(dtype, count);
+  for (let e = 0; e < count; e++) {
+    out[e] = dtype === "float32" ? view.getFloat32(e * 4, true) : view.getFloat64(e * 8, true);
+  }
+  return out;
+}
+
+/** A state's fields, checked by name. */
+export interface CheckedState {
+  options: HeadOptions;
+  iteration: number;
+  skippedSteps: number;
+  weights: FloatArray;
+  velocity: FloatArray | null;
+}
+
+/**
+ * Every field of a state checked by name, its arrays decoded: a missing field, one of the wrong
+ * type or size is an error naming it (`state.weights`), what was expected and what came.
+ */
+export function checkState(state: unknown): CheckedState {
+  if (typeof state !== "object" || state === null) {
+    throw new TypeError(`state: expected what MarginHead.state() returns, got ${describe(state)}`);
+  }
+  const s = state as Record<string, unknown>;
+  for (const key of Object.keys(s)) {
+    if (!STATE_KEYS.includes(key)) {
+      throw new TypeError(`state: unknown field "${key}"; expected ${STATE_KEYS.join(", ")}`);
+    }
+  }
+  if (s.format !== STATE_FORMAT) {
+    throw new TypeError(`state.format: expected ${STATE_FORMAT}, got ${describe(s.format)}`);
+  }
+  const o = s.options;
+  if (typeof o !== "object" || o === null || Array.isArray(o)) {
+    throw new TypeError(
+      `state.options: expected the head's options (an object with classes, features, ...), got ` +
+        describe(o),
+    );
+  }
+  const options = o as Record<string, unknown>;
+  for (const key of ["weights", "seed", "iteration"]) {
+    if (options[key] !== undefined) {
+      throw new TypeError(`state.options.${key}: expected none (a state holds its own), got one`);
+    }
+  }
+  const classes = checkInteger("state.options.classes", options.classes, 1, 2 ** 31 - 1);
+  const features = checkInteger("state.options.features", options.features, 1, 2 ** 31 - 1);
+  const dtype = options.dtype ?? "float32";
+  if (dtype !== "float32" && dtype !== "float64") {
+    throw new RangeError(
+      `state.options.dtype: expected "float32" or "float64", got ${describe(dtype)}`,
+    );
+  }
+  const iteration = checkInteger("state.iteration", s.iteration, 0, Number.MAX_SAFE_INTEGER);
+  const skippedSteps = checkInteger("state.skippedSteps", s.skippedSteps, 0, iteration);
+  const shape: [number, number] = [classes, features];
+  const weights = readArray("state.weights", s.weights, dtype, shape);
+  if (!("velocity" in s)) {
+    throw new TypeError(
+      "state.velocity: expected the momentum buffer or null (none yet), got no such field",
+    );
+  }
+  const velocity = s.velocity === null
+    ? null
+    : readArray("state.velocity", s.velocity, dtype, shape);
+  return { options: options as unknown as HeadOptions, iteration, skippedSteps, weights, velocity };
+}
+
+/** A state as state() writes it. */
+export function makeState(
+  options: HeadState["options"],
+  iteration: number,
+  skippedSteps: number,
+  weights: FloatArray,
+  velocity: FloatArray | null,
+  shape: number[],
+): HeadState {
+  return {
+    format: STATE_FORMAT,
+    options,
+    iteration,
+    skippedSteps,
+    weights: withJSON(weights, shape),
+    velocity: velocity === null ? null : withJSON(velocity, shape),
+  };
+}
