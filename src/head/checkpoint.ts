@@ -42,7 +42,7 @@ function encode(v: unknown, path: string, hoist: (path: string, data: TensorData
   if (v === null || typeof v === "boolean") return String(v);
   if (typeof v === "number") {
     if (!Number.isFinite(v)) {
-      throw new RangeError(`${path}: expected a finite number (JSON has no ${v}), got ${v}`);
+      throw new RangeError(`state.${path}: expected a finite number (JSON has no ${v}), got ${v}`);
     }
     return Object.is(v, -0) ? "-0" : String(v); // String: the shortest exact decimal
   }
@@ -56,21 +56,25 @@ function encode(v: unknown, path: string, hoist: (path: string, data: TensorData
       return `[${
         v.map((e, i) => {
           if (e === undefined) {
-            throw new TypeError(`${path}[${i}]: expected a value, got undefined`);
+            throw new TypeError(`state.${path}[${i}]: expected a value, got undefined`);
           }
           return encode(e, `${path}[${i}]`, hoist);
         })
       }]`;
     }
     if (isPlainObject(v)) {
-      if (Object.hasOwn(v, REF)) throw new TypeError(`${path}: the key "${REF}" is reserved`);
+      if (Object.hasOwn(v, REF)) {
+        throw new TypeError(
+          `state.${path}: expected no key "${REF}" (the file's tensor reference)`,
+        );
+      }
       const parts = Object.entries(v).filter(([, e]) => e !== undefined)
         .map(([k, e]) => `${JSON.stringify(k)}:${encode(e, `${path}.${k}`, hoist)}`);
       return `{${parts}}`;
     }
   }
   throw new TypeError(
-    `${path}: expected null, a boolean, number, string, array, plain object or typed array, ` +
+    `state.${path}: expected null, a boolean, number, string, array, plain object or typed array, ` +
       `got ${describe(v)}`,
   );
 }
@@ -157,7 +161,7 @@ export async function saveHeadState(path: string, state: HeadState): Promise<voi
   for (const [field, v] of Object.entries(s)) {
     if (field.startsWith(RESERVED)) {
       throw new TypeError(
-        `state.${field}: expected a field not named "${RESERVED}..." (the file's)`,
+        `state.${field}: expected a name not starting "${RESERVED}" (the file format's keys)`,
       );
     }
     if (v === undefined || (v === null && TENSOR_NAMES.has(field))) continue;
