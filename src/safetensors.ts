@@ -68,6 +68,8 @@ export const CHECKSUM_KEY = "lsoftmax.sha256";
 /** An error in a safetensors file, or in what was given to write one: the message says which. */
 export class SafetensorsError extends Error {
   /**
+   * An error with its message.
+   *
    * @param message What is wrong, with the expected and the actual value.
    */
   constructor(message: string) {
@@ -105,7 +107,14 @@ const BY_ARRAY = new Map<string, SafetensorsDType>(
 // The byte order of the typed arrays, whose bytes are written and read as they are.
 const LITTLE_ENDIAN = new Uint8Array(new Uint16Array([1]).buffer)[0] === 1;
 
-// An own property even for the key "__proto__", which plain assignment would take as the prototype.
+/**
+ * Sets an own enumerable property, even for the key `__proto__`, which plain assignment would
+ * take as the prototype (a file may name a tensor or a metadata key so).
+ *
+ * @param o The object.
+ * @param key The key.
+ * @param value The value.
+ */
 export function put<T>(o: Record<string, T>, key: string, value: T): void {
   Object.defineProperty(o, key, { value, enumerable: true, writable: true, configurable: true });
 }
