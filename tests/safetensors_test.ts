@@ -359,6 +359,14 @@ Deno.test("safetensors: a header length beyond the file or absurd is refused", (
       altered(2n ** 64n - 1n),
       /header length: expected at most 100000000 bytes, got 18446744073709551615$/,
     );
+    // Just over the limit, within a (sparse) file large enough to hold it.
+    const large = `${dir}/large.safetensors`;
+    await Deno.writeFile(large, altered(100_000_001n).subarray(0, 8));
+    await Deno.truncate(large, 100_000_100);
+    await assert.rejects(
+      readSafetensors(large),
+      /header length: expected at most 100000000 bytes, got 100000001$/,
+    );
     // Shorter: the header's JSON cut, or the JSON ending and the data starting elsewhere.
     const { n } = split(bytes);
     await refuses(dir, altered(BigInt(n - 40)), /header: expected JSON, got text that does not/);
@@ -708,6 +716,11 @@ for (const torch of [false, true]) {
           // Integer dtypes, an empty tensor, names and metadata beyond ASCII.
           const mixed = await mixedFile(dir);
           assert.deepEqual(await pythonView(mixed), await ourView(mixed));
+          // Several checksum blocks.
+          const big = `${dir}/big.safetensors`;
+          const data = new Float64Array((1 << 21) + 3).map((_, i) => i * 0.5 - 7);
+          await writeSafetensors(big, { big: { shape: [data.length], data } });
+          assert.deepEqual(await pythonView(big), await ourView(big));
           // The Python checksum can fail: a flipped byte is a mismatch there too.
           const b = await Deno.readFile(path);
           b[b.length - 1] ^= 0x01;
