@@ -6,7 +6,13 @@
 // Reading checks every field before it allocates a tensor, and a SHA-256 over the header's
 // entries and the data (CHECKSUM_KEY in __metadata__) refuses a file altered after it was written.
 
-import { describe } from "../ffi/arrays.ts";
+import {
+  bufferOfView,
+  byteOffsetOfView,
+  describe,
+  elementCount,
+  typedArrayName,
+} from "../ffi/arrays.ts";
 
 /** The element types this module reads and writes, by their safetensors names. */
 export type SafetensorsDType =
@@ -129,8 +135,8 @@ function hostOrder(path: string): void {
 
 /** The safetensors dtype of a typed array, or undefined for anything else. */
 export function dtypeOf(data: unknown): SafetensorsDType | undefined {
-  if (!ArrayBuffer.isView(data) || data instanceof DataView) return undefined;
-  return BY_ARRAY.get(Object.prototype.toString.call(data).slice(8, -1));
+  const name = typedArrayName(data);
+  return name === undefined ? undefined : BY_ARRAY.get(name);
 }
 
 // Order by code point (as UTF-8 bytes and Python's str compare), not by UTF-16 unit.
@@ -143,8 +149,10 @@ function byCodePoint(a: string, b: string): number {
   return x.length - y.length;
 }
 
+// The bytes of a typed array, as the engine measures it (ffi/arrays.ts).
 function bytesOf(data: TensorData): Uint8Array {
-  return new Uint8Array(data.buffer, data.byteOffset, data.byteLength);
+  const size = DTYPES[dtypeOf(data)!].size;
+  return new Uint8Array(bufferOfView(data), byteOffsetOfView(data), elementCount(data) * size);
 }
 
 async function sha256(bytes: Uint8Array): Promise<Uint8Array> {
@@ -235,7 +243,7 @@ export async function writeSafetensors(
   metadata: Record<string, string> = {},
 ): Promise<void> {
   hostOrder(path);
-  const entries: [string, { dtype: SafetensorsDType; shape: number[]; data: TensorData }][] = [];
+  const entries: [string, { dtype: SafetensorsDType; shape: number[]; bytes: Uint8Array }][] = [];
   for (const [name, t] of Object.entries(tensors)) {
     checkText(path, "tensor name", name);
     if (name === "__metadata__" || name === "") {
@@ -251,14 +259,15 @@ export async function writeSafetensors(
     }
     const shape = checkShape(path, `tensor "${name}": shape`, t.shape);
     const count = shape.reduce((a, b) => a * b, 1);
-    if (count !== t.data.length) {
+    const length = elementCount(t.data);
+    if (count !== length) {
       fail(
         path,
         `tensor "${name}": data: expected the shape's product [${shape}] = ${count} elements, ` +
-          `got ${t.data.length}`,
+          `got ${length}`,
       );
     }
-    entries.push([name, { dtype, shape, data: t.data }]);
+    entries.push([name, { dtype, shape, bytes: bytesOf(t.data) }]);
   }
   const meta: Record<string, string> = Object.create(null);
   for (const [k, v] of Object.entries(metadata)) {
@@ -272,9 +281,9 @@ export async function writeSafetensors(
     header[name] = {
       dtype: t.dtype,
       shape: t.shape,
-      data_offsets: [offset, offset + t.data.byteLength],
+      data_offsets: [offset, offset + t.bytes.length],
     };
-    offset += t.data.byteLength;
+    offset += t.bytes.length;
   }
   // The checksum's 64 digits are known after the data; the header is written with a placeholder
   // of the same length first and rewritten in place at the end.
@@ -293,7 +302,7 @@ export async function writeSafetensors(
     writeAll(file, placeholder);
     const digests = new Map<string, Uint8Array[]>();
     for (const [name, t] of entries) {
-      const bytes = bytesOf(t.data), list: Uint8Array[] = [];
+      const { bytes } = t, list: Uint8Array[] = [];
       for (let p = 0; p < bytes.length; p += BLOCK) {
         const block = bytes.subarray(p, Math.min(p + BLOCK, bytes.length));
         list.push(await sha256(block));

@@ -184,6 +184,22 @@ for (const c of CASES) {
     }));
 }
 
+Deno.test("safetensors: a checkpoint of class shards loads onto one context and back", () =>
+  withDir(async (dir) => {
+    using sharded = newHead("float32", true, ["cpu", "cpu"]);
+    for (const b of batches(new Rng(77), "float32", 2)) sharded.step(b.x, b.labels);
+    const path = `${dir}/sharded.safetensors`;
+    await saveHeadState(path, sharded.state());
+    const state = await loadHeadState(path);
+    using single = MarginHead.fromState({
+      ...state,
+      options: { ...state.options, backend: "cpu" },
+    });
+    assert.equal(single.iteration, 2);
+    assertSameBits(single.weights(), sharded.weights(), "weights");
+    assertSameBits(single.state().velocity, sharded.state().velocity, "velocity");
+  }));
+
 Deno.test("safetensors: every other state field flows through, numbers exact", () =>
   withDir(async (dir) => {
     // A state with fields the head may gain: each must come back as it went, bit for bit.
@@ -259,6 +275,10 @@ Deno.test("safetensors: saving refuses what would not read back, naming the fiel
     [{ weights: new Float64Array(4) }, /weight.*dtype: expected F32 \(options.dtype "float32"\)/],
     [{ weights: new Float32Array(5) }, /tensor "weight": shape: expected \[2,2\].*got \[5\]/],
     [{ weights: null }, /^state\.weights: expected a Float32Array or Float64Array, got null/],
+    [
+      { weights: { [Symbol.toStringTag]: "Float32Array", length: 4 } }, // not one, as the engine sees
+      /^state\.weights: expected a Float32Array or Float64Array, got Object/,
+    ],
     [{ velocity: new Float32Array(3) }, /"momentum_buffer": shape: expected \[2,2\]/],
     [{ weight: new Float32Array(4) }, /^state\.weight: expected a tensor field's name/],
     [{ options: undefined }, /^state: options: expected the head's options/],
