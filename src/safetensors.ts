@@ -175,11 +175,22 @@ function checksumHead(
   return new TextEncoder().encode(JSON.stringify([meta, list]));
 }
 
-async function blockDigests(bytes: Uint8Array): Promise<Uint8Array[]> {
+// Each block's write or read here, while the previous block's digest runs off this thread: the
+// SHA-256 of the checksum, when `hash`, in the blocks of its definition.
+async function blockwise(
+  bytes: Uint8Array,
+  io: (block: Uint8Array) => void,
+  hash: boolean,
+): Promise<Uint8Array[]> {
   const out: Uint8Array[] = [];
+  let pending: Promise<Uint8Array> | undefined;
   for (let p = 0; p < bytes.length; p += BLOCK) {
-    out.push(await sha256(bytes.subarray(p, Math.min(p + BLOCK, bytes.length))));
+    const block = bytes.subarray(p, Math.min(p + BLOCK, bytes.length));
+    io(block);
+    if (pending) out.push(await pending);
+    pending = hash ? sha256(block) : undefined;
   }
+  if (pending) out.push(await pending);
   return out;
 }
 
@@ -302,13 +313,7 @@ export async function writeSafetensors(
     writeAll(file, placeholder);
     const digests = new Map<string, Uint8Array[]>();
     for (const [name, t] of entries) {
-      const { bytes } = t, list: Uint8Array[] = [];
-      for (let p = 0; p < bytes.length; p += BLOCK) {
-        const block = bytes.subarray(p, Math.min(p + BLOCK, bytes.length));
-        list.push(await sha256(block));
-        writeAll(file, block);
-      }
-      digests.set(name, list);
+      digests.set(name, await blockwise(t.bytes, (block) => writeAll(file, block), true));
     }
     header.__metadata__ = { ...meta, [CHECKSUM_KEY]: await checksum(head, digests) };
     const final = headerBytes(header);
@@ -550,9 +555,11 @@ export async function readSafetensors(path: string): Promise<SafetensorsFile> {
   for (const e of order) {
     const { array, size: bytesPer } = DTYPES[e.dtype];
     const t = new array((e.end - e.begin) / bytesPer);
-    const bytes = bytesOf(t);
-    if (readFully(file, bytes) !== bytes.length) fail(path, "the file shrank while read");
-    if (stored !== undefined) digests.set(e.name, await blockDigests(bytes));
+    const read = (block: Uint8Array) => {
+      if (readFully(file, block) !== block.length) fail(path, "the file shrank while read");
+    };
+    const list = await blockwise(bytesOf(t), read, stored !== undefined);
+    if (stored !== undefined) digests.set(e.name, list);
     tensors.set(e.name, { dtype: e.dtype, shape: e.shape, data: t });
   }
   if (stored !== undefined) {
