@@ -50,12 +50,14 @@ export { LargeMarginSoftmax, type LayerOptions } from "./src/layer.ts";
 export type { MarginKind, MarginOptions } from "./src/kinds.ts";
 export {
   type HeadOptions,
+  type HeadPlacement,
   type HeadState,
   MarginHead,
   type NonFinitePolicy,
   type SgdOptions,
   type StepResult,
 } from "./src/head/head.ts";
+export { SafetensorsError } from "./src/safetensors.ts";
 export { MAX_ELEMENTS } from "./src/tensors.ts";
 export { MAX_MARGIN } from "./src/kinds.ts";
 

@@ -39,3 +39,26 @@ export async function runCallsAsync<R>(calls: Generator<NativeCall, R, void>): P
   }
   return r.value;
 }
+
+/** Asynchronous jobs run one after another, in the order they were queued. */
+export class CallQueue {
+  #tail: Promise<unknown> = Promise.resolve();
+  /** Jobs queued and not finished. */
+  pending = 0;
+
+  /** Runs `job` once every job queued before it has finished; then `done`, whatever the outcome. */
+  push<T>(job: () => Promise<T>, done: () => void): Promise<T> {
+    this.pending++;
+    const run = this.#tail.then(job).finally(() => {
+      this.pending--;
+      done();
+    });
+    this.#tail = run.catch(() => {});
+    return run;
+  }
+
+  /** Resolves once every job queued so far has finished. */
+  async drained(): Promise<void> {
+    while (this.pending > 0) await this.#tail;
+  }
+}

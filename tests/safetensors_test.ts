@@ -569,7 +569,12 @@ Deno.test("safetensors: a file without the checksum (another tool's) loads", () 
     const file = craft(
       {
         weight: { dtype: "F64", shape: [C, D], data_offsets: [0, w.byteLength] },
-        __metadata__: { options: JSON.stringify(options), iteration: "7" },
+        __metadata__: {
+          format: "1",
+          options: JSON.stringify(options),
+          iteration: "7",
+          skippedSteps: "0",
+        },
       },
       bytesOf(w),
     );
@@ -658,8 +663,10 @@ Deno.test("safetensors: what loads becomes a head only through fromState's check
     const path = `${dir}/head.safetensors`;
     const options = JSON.stringify({ classes: 3, features: 2, dtype: "float32", margn: 2 });
     await writeSafetensors(path, { weight: { shape: [3, 2], data: new Float32Array(6) } }, {
+      format: "1",
       options,
       iteration: "0",
+      skippedSteps: "0",
     });
     const state = await loadHeadState(path);
     assert.throws(() => MarginHead.fromState(state), /unknown option "margn"/);
@@ -771,3 +778,49 @@ for (const torch of [false, true]) {
       }),
   });
 }
+
+Deno.test("safetensors: head.save and MarginHead.load continue bit for bit, elsewhere too", () =>
+  withDir(async (dir) => {
+    const rng = new Rng(41);
+    const x = toF32(randomArray(rng, N * D)), labels = randomLabels(rng, N, C);
+    const options = { classes: C, features: D, margin: 2, lambda: 0.5, backend: "cpu" as const };
+    using head = new MarginHead({ ...options, optimizer: { lr: 0.1, momentum: 0.9 }, seed: 3 });
+    head.step(x, labels);
+    const pending = head.stepAsync(x, labels); // save waits for the steps asked before it
+    const path = `${dir}/head.safetensors`;
+    await head.save(path);
+    await pending;
+    assert.equal(head.iteration, 2);
+    using one = await MarginHead.load(path);
+    using split = await MarginHead.load(path, { backend: ["cpu", "cpu", "cpu"] });
+    assert.equal(one.iteration, 2);
+    assertSameState(one.state(), head.state());
+    const next = head.step(x, labels), r = one.step(x, labels);
+    assert.ok(Object.is(r.loss, next.loss), `${r.loss} ${next.loss}`);
+    assertSameBits(r.gradX, next.gradX, "gradX");
+    assertSameBits(one.weights(), head.weights(), "weights");
+    // Split again, the rows' partials combine in another order: the same step within rounding.
+    const s = split.step(x, labels), w = split.weights(), w0 = head.weights();
+    assert.ok(Math.abs(s.loss - next.loss) < 1e-6, `${s.loss} ${next.loss}`);
+    for (let i = 0; i < w.length; i++) assert.ok(Math.abs(w[i] - w0[i]) < 1e-6, `W[${i}]`);
+    await assert.rejects(
+      () => MarginHead.load(path, { seed: 1 } as never),
+      /unknown option "seed"/,
+    );
+  }));
+
+Deno.test("safetensors: MarginHead.load refuses a cut file by name and builds no head", () =>
+  withDir(async (dir) => {
+    using head = new MarginHead({ classes: C, features: D, margin: 2, lambda: 0, backend: "cpu" });
+    const path = `${dir}/head.safetensors`;
+    await head.save(path);
+    const bytes = await Deno.readFile(path);
+    await Deno.writeFile(path, bytes.subarray(0, bytes.length - 5));
+    await assert.rejects(() => MarginHead.load(path), (e: Error) => {
+      assert.ok(e instanceof SafetensorsError, String(e));
+      assert.match(e.message, /head\.safetensors/);
+      return true;
+    });
+    head.close();
+    await assert.rejects(() => head.save(path), /closed/);
+  }));

@@ -7,27 +7,23 @@
 import { type FloatArray, type FloatDType, newFloatArray } from "../../ffi/arrays.ts";
 import type { SgdStruct } from "../../ffi/structs.ts";
 import { MAX_TOPK } from "../../ffi/symbols.ts";
-import { runCalls, runCallsAsync } from "../calls.ts";
-import { checkInteger, checkNumber, describe, readOptions } from "../checks.ts";
-import { type Margin, marginOptions } from "../kinds.ts";
+import { CallQueue, runCalls, runCallsAsync } from "../calls.ts";
+import { checkInteger, readOptions } from "../checks.ts";
+import type { Margin } from "../kinds.ts";
 import { resolveHead } from "../resolve.ts";
 import { checkBatch } from "../tensors.ts";
 import { lambdaOf, type LambdaSchedule } from "../schedule.ts";
 import { evaluateCalls, stepCalls, topkCalls } from "./calls.ts";
 import { fillWeights } from "./init.ts";
-import {
-  checkSgd,
-  type HeadOptions,
-  type HeadState,
-  type NonFinitePolicy,
-  type SgdOptions,
-  type StepResult,
-} from "./options.ts";
-import { type Batch, type HeadShard, openShards } from "./shards.ts";
-import { checkState, makeState } from "./state.ts";
-import { mergeTopK } from "./topk.ts";
+import type { HeadOptions, HeadPlacement, HeadState, NonFinitePolicy } from "./options.ts";
+import { type SgdOptions, sgdStruct, type StepResult } from "./options.ts";
+import type { Batch, HeadShard } from "./shards.ts";
+import { gatherShards, openShards, scatterShards, shardTraffic } from "./shards.ts";
+import { checkState, makeState, stateOptions } from "./state.ts";
+import { countCorrect, mergeTopK } from "./topk.ts";
+import { loadHeadState, saveHeadState } from "./checkpoint.ts";
 
-export type { HeadOptions, HeadState, NonFinitePolicy, SgdOptions, StepResult };
+export type { HeadOptions, HeadPlacement, HeadState, NonFinitePolicy, SgdOptions, StepResult };
 
 /**
  * A classifier head whose weights W [C, D], their gradient and the SGD state live in context
@@ -65,8 +61,7 @@ export class MarginHead {
   #nonFinite: NonFinitePolicy;
   #hasVelocity = false;
   #closed = false;
-  #tail: Promise<unknown> = Promise.resolve(); // the last queued asynchronous call
-  #inFlight = 0;
+  #queue = new CallQueue(); // the steps asked of stepAsync
 
   /**
    * A head with weights from `options.weights` or drawn from `options.seed`.
@@ -84,23 +79,7 @@ export class MarginHead {
     this.optimizer = Object.freeze(h.optimizer);
     this.#iteration = h.iteration;
     this.#nonFinite = h.nonFinite;
-    const { lambda: _, ...margin } = marginOptions(h.margin);
-    this.#options = {
-      classes: this.classes,
-      features: this.features,
-      ...margin,
-      ...(h.lambda === undefined
-        ? {}
-        : typeof h.lambda === "number"
-        ? { lambda: h.lambda }
-        : h.lambda),
-      dtype: this.dtype,
-      backend: h.backend,
-      optimizer: { ...this.optimizer },
-      precision: h.precision,
-      ...(h.workspace === undefined ? {} : { workspace: h.workspace }),
-      nonFinite: h.nonFinite,
-    };
+    this.#options = stateOptions(h);
     const shape = { ...h, dtype: this.dtype };
     this.#shards = openShards(h.backends, shape, this.optimizer.momentum !== 0);
     try {
@@ -140,13 +119,7 @@ export class MarginHead {
   get traffic(): { toDevice: number; fromDevice: number } {
     this.#live();
     this.#checkIdle(); // the counters are the running step's to write
-    let toDevice = 0, fromDevice = 0;
-    for (const s of this.#shards) {
-      const t = s.ctx.traffic();
-      toDevice += t.toDevice;
-      fromDevice += t.fromDevice;
-    }
-    return { toDevice, fromDevice };
+    return shardTraffic(this.#shards);
   }
 
   #lambdaAt(step: number): number {
@@ -163,23 +136,20 @@ export class MarginHead {
   }
 
   #checkIdle(): void {
-    if (this.#inFlight > 0) {
+    if (this.#queue.pending > 0) {
       throw new Error("MarginHead: a stepAsync is running; await it before a synchronous call");
     }
   }
 
   // A step's SGD settings: lr from the options (the optimizer's by default).
   #sgd(options: unknown): SgdStruct {
-    if (this.#iteration + this.#inFlight >= Number.MAX_SAFE_INTEGER) {
+    if (this.#iteration + this.#queue.pending >= Number.MAX_SAFE_INTEGER) {
       throw new RangeError(
         `iteration: expected below Number.MAX_SAFE_INTEGER to count one more exactly, got ` +
           `${this.#iteration}`,
       );
     }
-    const o = readOptions("options", options, ["lr"]);
-    const lr = o.lr === undefined ? this.optimizer.lr : checkNumber("lr", o.lr, 0);
-    const { momentum, weightDecay, nesterov } = this.optimizer;
-    return { lr, momentum, weightDecay, nesterov: nesterov ? 1 : 0, first: 0, nonfinite: 0 };
+    return sgdStruct(this.optimizer, options);
   }
 
   // One training step's calls; the head's state advances only once every call succeeded. A
@@ -190,16 +160,8 @@ export class MarginHead {
     const b = this.#batch(n, step);
     const gradX = newFloatArray(this.dtype, n * this.features);
     const first = this.#hasVelocity ? 0 : 1; // PyTorch's fresh momentum buffer: v <- g
-    const policy = this.#nonFinite;
-    const { loss, skipped } = yield* stepCalls(
-      this.#shards,
-      b,
-      x,
-      labels,
-      { ...sgd, first },
-      gradX,
-      policy,
-    );
+    const sgdFirst = { ...sgd, first }, policy = this.#nonFinite;
+    const { loss, skipped } = yield* stepCalls(this.#shards, b, x, labels, sgdFirst, gradX, policy);
     this.#iteration = step;
     if (skipped) this.#skippedSteps++;
     else if (this.optimizer.momentum !== 0) this.#hasVelocity = true;
@@ -247,16 +209,10 @@ export class MarginHead {
     checkBatch(x, labels, this.dtype, this.features);
     const sgd = this.#sgd(options);
     const xs = x.slice() as FloatArray, ys = labels.slice();
-    this.#inFlight++;
-    const run = this.#tail.then(async () => {
-      try {
-        return await runCallsAsync(this.#step(xs, ys, sgd)) as StepResult<T>;
-      } finally {
-        if (--this.#inFlight === 0 && this.#closed) this.#release();
-      }
-    });
-    this.#tail = run.catch(() => {});
-    return run;
+    return this.#queue.push(
+      () => runCallsAsync(this.#step(xs, ys, sgd)) as Promise<StepResult<T>>,
+      () => this.#queue.pending === 0 && this.#closed && this.#release(),
+    );
   }
 
   /**
@@ -282,13 +238,7 @@ export class MarginHead {
     const b = this.#batch(n, this.#iteration);
     const { loss, rowLoss } = runCalls(evaluateCalls(this.#shards, b, x, labels));
     const { indices, scores } = this.predict(x, { k: 1 });
-    let hits = 0;
-    for (let i = 0; i < n; i++) {
-      const comparable = !Number.isNaN(scores[i]) &&
-        (rowLoss === null || !Number.isNaN(rowLoss[i]));
-      hits += comparable && indices[i] === labels[i] ? 1 : 0;
-    }
-    return { loss, accuracy: hits / n };
+    return { loss, accuracy: countCorrect(indices, scores, rowLoss, labels) / n };
   }
 
   /**
@@ -313,15 +263,6 @@ export class MarginHead {
     return mergeTopK<T>(results, n, k, this.dtype);
   }
 
-  // A [C, D] tensor of every shard into one host array.
-  #gather(pick: (s: HeadShard) => Deno.PointerValue): FloatArray {
-    const d = this.features, out = newFloatArray(this.dtype, this.classes * d);
-    for (const s of this.#shards) {
-      s.ctx.download(out.subarray(s.c0 * d, (s.c0 + s.c) * d), pick(s));
-    }
-    return out;
-  }
-
   /**
    * A host copy of W [C, D].
    *
@@ -330,7 +271,7 @@ export class MarginHead {
   weights(): FloatArray {
     this.#live();
     this.#checkIdle();
-    return this.#gather((s) => s.w);
+    return gatherShards(this.#shards, (s) => s.w);
   }
 
   /**
@@ -356,8 +297,8 @@ export class MarginHead {
       structuredClone(this.#options),
       this.#iteration,
       this.#skippedSteps,
-      this.#gather((s) => s.w),
-      this.#hasVelocity ? this.#gather((s) => s.v) : null,
+      gatherShards(this.#shards, (s) => s.w),
+      this.#hasVelocity ? gatherShards(this.#shards, (s) => s.v) : null,
       [this.classes, this.features],
     );
   }
@@ -378,27 +319,56 @@ export class MarginHead {
    */
   static fromState(state: HeadState): MarginHead {
     const st = checkState(state);
-    const momentum = checkSgd(st.options.optimizer).momentum;
-    if (st.velocity !== null && momentum === 0) {
-      throw new TypeError(
-        "state.velocity: expected null for an optimizer without momentum, got " +
-          describe(st.velocity),
-      );
-    }
     const head = new MarginHead({ ...st.options, weights: st.weights });
     try {
       head.#iteration = st.iteration;
       head.#skippedSteps = st.skippedSteps;
-      if (st.velocity !== null) {
-        const v = st.velocity, d = head.features;
-        for (const s of head.#shards) s.ctx.upload(s.v, v.subarray(s.c0 * d, (s.c0 + s.c) * d));
-        head.#hasVelocity = true;
-      }
+      if (st.velocity !== null) scatterShards(head.#shards, (s) => s.v, st.velocity);
+      head.#hasVelocity = st.velocity !== null;
     } catch (e) {
       head.close();
       throw e;
     }
     return head;
+  }
+
+  /**
+   * Writes the head to a safetensors file, which PyTorch reads (`safetensors.torch.load_file`):
+   * W as `weight` [C, D] in the head's dtype, the momentum buffer as `momentum_buffer`, the options
+   * and the iteration in `__metadata__`, with a checksum of it all. The file appears whole or not
+   * at all (a temporary name, then a rename); steps asked of stepAsync before the call are in it.
+   *
+   * @param path The file to write (replaced when it exists).
+   * @returns When the file is in place.
+   * @example
+   * ```ts
+   * import { MarginHead } from "./mod.ts";
+   * using head = new MarginHead({ classes: 10, features: 4, margin: 2, lambda: 1, backend: "cpu" });
+   * await head.save("head.safetensors");
+   * using again = await MarginHead.load("head.safetensors", { backend: "cpu" });
+   * ```
+   */
+  async save(path: string): Promise<void> {
+    this.#live();
+    await this.#queue.drained();
+    await saveHeadState(path, this.state());
+  }
+
+  /**
+   * A head from a file of {@link MarginHead.save}, continuing where that one was. The whole file
+   * is checked first (header, dtypes, shapes, checksum, every field): a truncated or altered file
+   * is an error naming what is wrong, never a half-loaded head.
+   *
+   * @param path The file to read.
+   * @param options Where the head goes instead of where the saved one was: `backend` (one or a
+   * list: the classes are split again), `precision`, `workspace`.
+   * @returns A new head.
+   */
+  static async load(path: string, options: HeadPlacement = {}): Promise<MarginHead> {
+    const o = readOptions("options", options, ["backend", "precision", "workspace"]);
+    const place = Object.fromEntries(Object.entries(o).filter(([, v]) => v !== undefined));
+    const state = await loadHeadState(path);
+    return MarginHead.fromState({ ...state, options: { ...state.options, ...place } });
   }
 
   #release(): void {
@@ -414,7 +384,7 @@ export class MarginHead {
   close(): void {
     if (this.#closed) return;
     this.#closed = true;
-    if (this.#inFlight === 0) this.#release();
+    if (this.#queue.pending === 0) this.#release();
   }
 
   /** Closes the head (for `using`). */

@@ -10,6 +10,7 @@ import {
   floatDType,
 } from "../../ffi/arrays.ts";
 import type { Precision } from "../../ffi/context.ts";
+import type { SgdStruct } from "../../ffi/structs.ts";
 import type { Backend } from "../backends.ts";
 import { checkNumber, readOptions } from "../checks.ts";
 import { MARGIN_KEYS, type MarginOptions } from "../kinds.ts";
@@ -67,6 +68,17 @@ export interface HeadOptions extends MarginOptions, Partial<LambdaSchedule> {
    */
   nonFinite?: NonFinitePolicy;
 }
+
+/** A step's SGD struct: its `lr` option (the optimizer's by default) and the optimizer's settings. */
+export function sgdStruct(optimizer: Required<SgdOptions>, options: unknown): SgdStruct {
+  const o = readOptions("options", options, ["lr"]);
+  const lr = o.lr === undefined ? optimizer.lr : checkNumber("lr", o.lr, 0);
+  const { momentum, weightDecay, nesterov } = optimizer;
+  return { lr, momentum, weightDecay, nesterov: nesterov ? 1 : 0, first: 0, nonfinite: 0 };
+}
+
+/** Where {@link MarginHead.load} puts a saved head, instead of where it was. */
+export type HeadPlacement = Pick<HeadOptions, "backend" | "precision" | "workspace">;
 
 /** What {@link MarginHead.state} returns and {@link MarginHead.fromState} takes. */
 export interface HeadState {

@@ -163,3 +163,37 @@ export class ShardCalls implements ContextShard {
     return share;
   }
 }
+
+/** A [C, D] tensor of every shard (W or the momentum buffer) into one host array. */
+export function gatherShards(
+  shards: readonly HeadShard[],
+  pick: (s: HeadShard) => Ptr,
+): FloatArray {
+  const { dtype, features: d, classes } = shards[0].head;
+  const out = newFloatArray(dtype, classes * d);
+  for (const s of shards) s.ctx.download(out.subarray(s.c0 * d, (s.c0 + s.c) * d), pick(s));
+  return out;
+}
+
+/** A host [C, D] array into every shard's rows of a tensor (W or the momentum buffer). */
+export function scatterShards(
+  shards: readonly HeadShard[],
+  pick: (s: HeadShard) => Ptr,
+  a: FloatArray,
+) {
+  const d = shards[0].head.features;
+  for (const s of shards) s.ctx.upload(pick(s), a.subarray(s.c0 * d, (s.c0 + s.c) * d));
+}
+
+/** Bytes moved between the host and the shards' contexts since they were opened. */
+export function shardTraffic(
+  shards: readonly HeadShard[],
+): { toDevice: number; fromDevice: number } {
+  let toDevice = 0, fromDevice = 0;
+  for (const s of shards) {
+    const t = s.ctx.traffic();
+    toDevice += t.toDevice;
+    fromDevice += t.fromDevice;
+  }
+  return { toDevice, fromDevice };
+}

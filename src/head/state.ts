@@ -13,7 +13,9 @@ import {
   newFloatArray,
 } from "../../ffi/arrays.ts";
 import { checkInteger } from "../checks.ts";
-import type { HeadOptions, HeadState } from "./options.ts";
+import { marginOptions } from "../kinds.ts";
+import type { HeadSettings } from "../resolve.ts";
+import { checkSgd, type HeadOptions, type HeadState } from "./options.ts";
 
 /** The state layout this library writes and reads. */
 export const STATE_FORMAT = 1;
@@ -176,7 +178,33 @@ export function checkState(state: unknown): CheckedState {
   const velocity = s.velocity === null
     ? null
     : readArray("state.velocity", s.velocity, dtype, shape);
+  if (velocity !== null && checkSgd(options.optimizer).momentum === 0) {
+    throw new TypeError(
+      `state.velocity: expected null for an optimizer without momentum, got ${describe(velocity)}`,
+    );
+  }
   return { options: options as unknown as HeadOptions, iteration, skippedSteps, weights, velocity };
+}
+
+/** The options a head's state records: its resolved settings, without weights, seed, iteration. */
+export function stateOptions(h: HeadSettings): HeadState["options"] {
+  const { lambda: _, ...margin } = marginOptions(h.margin);
+  return {
+    classes: h.classes,
+    features: h.features,
+    ...margin,
+    ...(h.lambda === undefined
+      ? {}
+      : typeof h.lambda === "number"
+      ? { lambda: h.lambda }
+      : h.lambda),
+    dtype: h.dtype,
+    backend: h.backend,
+    optimizer: { ...h.optimizer },
+    precision: h.precision,
+    ...(h.workspace === undefined ? {} : { workspace: h.workspace }),
+    nonFinite: h.nonFinite,
+  };
 }
 
 /** A state as state() writes it. */

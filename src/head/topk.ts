@@ -38,3 +38,21 @@ export function mergeTopK<T extends FloatArray>(
   }
   return { indices, scores };
 }
+
+/**
+ * The rows whose best class (k = 1 of the top-k) is their label, with a comparable score: a NaN
+ * score, or a NaN row loss (a NaN logit somewhere in the row), is never correct.
+ */
+export function countCorrect(
+  indices: Int32Array,
+  scores: FloatArray,
+  rowLoss: Float64Array | null,
+  labels: Int32Array,
+): number {
+  let hits = 0;
+  for (let i = 0; i < labels.length; i++) {
+    const comparable = !Number.isNaN(scores[i]) && (rowLoss === null || !Number.isNaN(rowLoss[i]));
+    hits += comparable && indices[i] === labels[i] ? 1 : 0;
+  }
+  return hits;
+}
