@@ -43,7 +43,8 @@ __device__ __forceinline__ void lse_merge(double &m, double &s, double mo, doubl
 
 // Per sample: the label check against the whole W, the label within this shard (local[i], -1
 // when another shard holds it) and the margin target logit (target[i], float64). Bad labels are
-// recorded and never used as an index. One warp per sample, as forward_target.
+// recorded and never used as an index. One warp per sample, as forward_target. The target is
+// rounded to T (lsm_softmax_target): the value the log-sum-exp, the loss and dL/df_iy all use.
 template <typename T>
 __global__ void loss_targets(const T *x, const T *w, const int32_t *labels, int n, int d, int c, int64_t offset,
                              int64_t total, lsm_margin margin, int32_t *local, double *target, int *bad_label) {
@@ -59,7 +60,7 @@ __global__ void loss_targets(const T *x, const T *w, const int32_t *labels, int 
       continue;
     }
     const lsm_stats s = warp_stats(x + (int64_t)i * d, w + y * d, d, lane, margin.kind);
-    if (lane == 0) local[i] = (int32_t)y, target[i] = lsm_target_logit(s, margin);
+    if (lane == 0) local[i] = (int32_t)y, target[i] = lsm_softmax_target<T>(lsm_target_logit(s, margin));
   }
 }
 
@@ -110,7 +111,7 @@ __global__ void loss_fold(const double *part_m, const double *part_s, int n, int
   }
 }
 
-// After the last block: each row's lse (into lse[]) and its loss lse - target (FULL), or the
+// After the last block: each row's lse (into lse[]) and its loss (lsm_row_loss: FULL), or the
 // shard's partials (PARTIALS: target 0 where another shard holds the label).
 __global__ void loss_rows(const double *maxes, const double *sums, const int32_t *local, const double *target, int n,
                           double *lse, double *row_loss, double *row_max, double *row_sum, double *row_target) {
@@ -118,7 +119,7 @@ __global__ void loss_rows(const double *maxes, const double *sums, const int32_t
   for (int i = (int)(blockIdx.x * blockDim.x + threadIdx.x); i < n; i = next_index(i, step, n)) {
     if (row_loss != nullptr) {
       lse[i] = maxes[i] + log(sums[i]);
-      row_loss[i] = lse[i] - target[i];
+      row_loss[i] = lsm_row_loss(maxes[i], sums[i], target[i]);
     } else {
       row_max[i] = maxes[i];
       row_sum[i] = sums[i];
@@ -156,7 +157,7 @@ __global__ void loss_gradient(T *z, int n, int cb, int c0, const int32_t *local,
     if (local[i] - c0 != j) {
       z[e] = (T)(factor[i] * (double)exp(z[e] - shift[i]));
     } else {
-      g_target[i] = scale * expm1((double)(T)target[i] - lse[i]);
+      g_target[i] = scale * expm1(target[i] - lse[i]);
       z[e] = (T)g_target[i];
     }
   }

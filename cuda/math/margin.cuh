@@ -194,6 +194,26 @@ LSM_HD double lsm_target_logit(const lsm_stats &s, const lsm_margin &mg) {
   return ldexp(s.dot * (mg.lambda * inv) + norms * psi * inv, s.ex + s.ew);
 }
 
+// The target logit as the softmax sees it: rounded to the dtype T of the logits, the value that
+// enters the log-sum-exp, the loss and dL/df_iy alike. A loss of lse - f_iy with the unrounded
+// f_iy would disagree with its own gradient by the rounding of f_iy (and be negative where the
+// row is fitted to within it).
+template <typename T>
+LSM_HD double lsm_softmax_target(double f) { return (double)(T)f; }
+
+// A row's loss lse - t, with lse = M + log S (M the row's largest logit, S its sum of
+// exp(f - M)) and t the target logit as the softmax saw it (lsm_softmax_target), evaluated as
+// (M - t) + log S: the log-sum-exp runs over values that include t, so M >= t, and the term of
+// the largest value is exp(0) = 1 exactly, so S >= 1 and log S >= 0; both terms are >= 0 in
+// floating point too (roundings are monotone), so the loss is never negative. Without forming
+// M + log S, a fitted row's loss (M = t, S = 1 + eps) keeps the digits of log S rather than
+// those of an absolute rounding of lse. The clamp keeps the guarantee from resting on each
+// backend's exp at 0; NaN stays NaN (fmax would drop it).
+LSM_HD double lsm_row_loss(double m, double s, double t) {
+  const double l = (m - t) + log(s);
+  return l < 0.0 ? 0.0 : l;
+}
+
 // 2^e as a product f1 f2 of two doubles (2^e itself where it is one): a result of that scale is
 // then finite wherever it is representable.
 LSM_HD void lsm_pow2_pair(int e, double *f1, double *f2) {
