@@ -123,7 +123,7 @@ lsm_stats target_stats(const T *x, const T *w, int64_t d, int kind) {
     amax_x = lsm_absmax(amax_x, x[k]);
     amax_w = lsm_absmax(amax_w, w[k]);
   }
-  lsm_stats s = lsm_stats_begin(amax_x, amax_w);
+  lsm_stats s = lsm_stats_begin<T>(amax_x, amax_w, kind);
   for (int64_t k = 0; k < d; ++k) lsm_stats_add(s, x[k], w[k]);
   lsm_stats_finish(s, d);
   if (lsm_needs_residual(kind) && !lsm_degenerate(s))
@@ -152,10 +152,10 @@ double lane_dot(const T *a, const T *b, int64_t d, double p = 1.0, double q = 1.
 template <typename T>
 lsm_norm row_norm(const T *v, int64_t d) {
   lsm_norm r;
-  if (lsm_norm_direct(lane_dot(v, v, d), &r)) return r;
+  if (lsm_norm_direct<T>(lane_dot(v, v, d), d, &r)) return r;
   double amax = 0.0;
   for (int64_t k = 0; k < d; ++k) amax = lsm_absmax(amax, v[k]);
-  r = lsm_norm_begin(amax);
+  r = lsm_norm_begin<T>(amax);
   double ss = 0.0;
   for (int64_t k = 0; k < d; ++k) {
     const double a = v[k] * r.p;

@@ -36,7 +36,7 @@ __device__ lsm_stats warp_stats(const T *x, const T *w, int d, int lane, int kin
     amax_x = lsm_absmax(amax_x, __shfl_xor_sync(0xffffffffu, amax_x, off));
     amax_w = lsm_absmax(amax_w, __shfl_xor_sync(0xffffffffu, amax_w, off));
   }
-  lsm_stats s = lsm_stats_begin(amax_x, amax_w);
+  lsm_stats s = lsm_stats_begin<T>(amax_x, amax_w, kind);
   for (int k = lane; k < d; k += kWarp) lsm_stats_add(s, x[k], w[k]);
   for (int off = kWarp / 2; off > 0; off /= 2) {
     s.dot += __shfl_xor_sync(0xffffffffu, s.dot, off);
@@ -64,11 +64,11 @@ __device__ lsm_norm warp_norm(const T *v, int d, int lane) {
   double ss = 0.0;
   for (int k = lane; k < d; k += kWarp) ss += (double)v[k] * (double)v[k];
   lsm_norm r;
-  if (lsm_norm_direct(warp_sum(ss), &r)) return r;  // uniform across the warp
+  if (lsm_norm_direct<T>(warp_sum(ss), d, &r)) return r;  // uniform across the warp
   double amax = 0.0;
   for (int k = lane; k < d; k += kWarp) amax = lsm_absmax(amax, v[k]);
   for (int off = kWarp / 2; off > 0; off /= 2) amax = lsm_absmax(amax, __shfl_xor_sync(0xffffffffu, amax, off));
-  r = lsm_norm_begin(amax);
+  r = lsm_norm_begin<T>(amax);
   ss = 0.0;
   for (int k = lane; k < d; k += kWarp) {
     const double a = v[k] * r.p;

@@ -96,8 +96,25 @@ LSM_HD void lsm_scale(double amax, int *e, double *s, double *p) {
   *p = ldexp(1.0, -k);
 }
 
-// Starts the statistics from the largest magnitudes of x_i and W_y: scales set, sums zero.
-LSM_HD lsm_stats lsm_stats_begin(double amax_x, double amax_w) {
+// The zero-vector rule of the rows an op normalises (x_i for the normalised kinds, the rows of W
+// for every kind but L-Softmax; docs/math.md, Finite results): a row whose largest magnitude is
+// below 2^-64 (float32) or 2^-512 (float64), half the dtype's exponent range, counts as the zero
+// vector: its unit vector is 0, no gradient flows through its normalisation, and its cosines are
+// 0 (lsm_degenerate). Above it, 1/|v| <= 2^64 (2^512), so that s/|v| and every gradient
+// (bounded by a few s |dL/df| / |v|) stays finite for any scale s up to 2^60 (2^500): the true
+// gradient of a smaller row overflows the dtype, or nearly does. A NaN row stays NaN.
+template <typename T>
+LSM_HD double lsm_zero_below() {
+  return sizeof(T) == 4 ? 0x1p-64 : 0x1p-512;
+}
+
+// Starts the statistics from the largest magnitudes of x_i and W_y (of dtype T, for a kind):
+// scales set, sums zero; a normalised vector under the zero-vector rule taken as zero.
+template <typename T>
+LSM_HD lsm_stats lsm_stats_begin(double amax_x, double amax_w, int kind) {
+  const double z = lsm_zero_below<T>();
+  if (lsm_normalises_x(kind) && amax_x < z) amax_x = 0.0;
+  if (lsm_normalises_w(kind) && amax_w < z) amax_w = 0.0;
   lsm_stats s;
   lsm_scale(amax_x, &s.ex, &s.sx, &s.px);
   lsm_scale(amax_w, &s.ew, &s.sw, &s.pw);
@@ -114,8 +131,8 @@ LSM_HD void lsm_stats_add(lsm_stats &s, double xk, double wk) {
   s.ww += b * b;
 }
 
-// True where the cosine is undefined: x_i or W_y is the zero vector (and only then: a vector of
-// tiny elements has a nonzero scale). L-Softmax and A-Softmax then take the plain inner product,
+// True where the cosine is undefined: x_i or W_y is the zero vector, or counts as one under the
+// zero-vector rule (lsm_zero_below; otherwise a vector of tiny elements has a nonzero scale). L-Softmax and A-Softmax then take the plain inner product,
 // the normalised kinds a cosine of 0, for the logit and for its gradients.
 LSM_HD bool lsm_degenerate(const lsm_stats &s) { return s.sx == 0.0 || s.sw == 0.0; }
 
@@ -318,8 +335,11 @@ struct lsm_norm {
 };
 
 // From the row's largest magnitude and the sum of squares of v_k p (computed by the caller
-// between lsm_norm_begin and lsm_norm_finish).
+// between lsm_norm_begin and lsm_norm_finish); a row of dtype T under the zero-vector rule
+// (lsm_zero_below) is the zero row.
+template <typename T>
 LSM_HD lsm_norm lsm_norm_begin(double amax) {
+  if (amax < lsm_zero_below<T>()) amax = 0.0;
   int e;
   double s;
   lsm_norm r;
@@ -333,9 +353,12 @@ LSM_HD void lsm_norm_finish(lsm_norm &r, double sum_squares) { r.inv = lsm_inver
 // any of its terms that matter can have overflowed or underflowed (then p = 1 gives the same
 // results as the scaled row: the scaling is by a power of two, which commutes with rounding).
 // False (r untouched) where the caller must take the scaled path: a zero, tiny, huge or
-// non-finite row. Float32 rows always qualify unless zero or non-finite.
-LSM_HD bool lsm_norm_direct(double ss, lsm_norm *r) {
-  if (!(ss >= 0x1p-960 && ss <= 0x1p960)) return false;
+// non-finite row, or one that may fall under the zero-vector rule (ss >= d z^2 says that its
+// largest magnitude is at least z).
+template <typename T>
+LSM_HD bool lsm_norm_direct(double ss, int64_t d, lsm_norm *r) {
+  const double z = lsm_zero_below<T>();
+  if (!(ss >= 0x1p-960 && ss >= (double)d * z * z && ss <= 0x1p960)) return false;
   r->p = 1.0;
   r->inv = 1.0 / sqrt(ss);
   return true;
