@@ -1,6 +1,6 @@
 // finite_test.ts: finite inputs give finite results, by the rule of docs/math.md (Finite results):
-// a row the op normalises whose largest magnitude is below 2^-64 (float32) or 2^-512 (float64)
-// counts as the zero vector. Sweeps the scale of x and of W from the smallest subnormal to the
+// a row the op normalises whose largest magnitude is below f 2^-112 (float32) or f 2^-1008
+// (float64), f = scale for x and 1 for the rows of W, counts as the zero vector. Sweeps the scale of x and of W from the smallest subnormal to the
 // largest finite value, both signs, every kind, float32 and float64, the CPU and (where backends()
 // reports one: the emulator) the CUDA backend: the fused loss and both gradients finite, the loss
 // >= 0; then the rule's boundary on both sides.
@@ -21,7 +21,9 @@ const KINDS: { m: Margin; normalisesX: boolean; normalisesW: boolean }[] = [
   { m: { kind: "combined", scale: 32, m1: 1.2, m2: 0.3, m3: 0.1 }, normalisesX: true, normalisesW: true },
 ];
 
-const ZERO_BELOW = { float32: 2 ** -64, float64: 2 ** -512 };
+const ZERO_BELOW = { float32: 2 ** -112, float64: 2 ** -1008 };
+// The factor f of a side: the kind's scale for x, 1 for W.
+const factor = (m: Margin, side: "x" | "w") => side === "x" ? (m.scale ?? 1) : 1;
 const RANGE = {
   float32: { min: -149, max: 127, largest: 3.4028234663852886e38 },
   float64: { min: -1074, max: 1023, largest: Number.MAX_VALUE },
@@ -38,7 +40,7 @@ function scales(dtype: DType): number[] {
   const out: number[] = [];
   for (let e = r.min; e <= r.max; e += step) out.push(2 ** e);
   const z = ZERO_BELOW[dtype];
-  out.push(z / 2, z, 2 * z, 2 ** r.max, r.largest);
+  out.push(z / 2, z, 2 * z, 64 * z / 2, 64 * z, 2 ** r.max, r.largest);
   return out;
 }
 
@@ -92,7 +94,6 @@ Deno.test("the zero-vector rule's boundary: below it a row is 0, at it a row is 
   const labels = new Int32Array([1, 2]);
   for (const b of BACKENDS) {
     for (const dtype of ["float32", "float64"] as const) {
-      const z = ZERO_BELOW[dtype];
       for (const { m, normalisesX, normalisesW } of KINDS) {
         const o = { ...m, backend: b, workspace: 1 << 24 };
         const x1 = scaled(rng, n * d, 1, 1), w1 = scaled(rng, c * d, 1, 1);
@@ -102,6 +103,7 @@ Deno.test("the zero-vector rule's boundary: below it a row is 0, at it a row is 
           // Row 0 (of x, or W's row of label 1) scaled so that its largest magnitude is z (kept:
           // the results are those of the unscaled row) or z/2 (the zero vector).
           const row = side === "x" ? 0 : 1, v = side === "x" ? x1 : w1;
+          const z = ZERO_BELOW[dtype] * factor(m, side);
           const top = Math.max(...v.slice(row * d, row * d + d).map(Math.abs));
           const at = (f: number) => v.map((e, k) => (Math.floor(k / d) === row ? (e / top) * f : e));
           const zero = v.map((e, k) => (Math.floor(k / d) === row ? 0 : e));

@@ -287,7 +287,7 @@ struct loss_run {
         const int64_t y = labels[i] - a.class_offset;
         if (y < 0 || y >= c) continue;
         local[i] = y;
-        stats[i] = target_stats(x + i * d, w + y * d, d, p.margin.kind);
+        stats[i] = target_stats(x + i * d, w + y * d, d, p.margin);
         target[i] = lsm_softmax_target<T>(lsm_target_logit(stats[i], p.margin));
       }
     });

@@ -59,7 +59,7 @@ __global__ void loss_targets(const T *x, const T *w, const int32_t *labels, int 
       if (lane == 0) local[i] = -1, target[i] = 0.0;
       continue;
     }
-    const lsm_stats s = warp_stats(x + (int64_t)i * d, w + y * d, d, lane, margin.kind);
+    const lsm_stats s = warp_stats(x + (int64_t)i * d, w + y * d, d, lane, margin);
     if (lane == 0) local[i] = (int32_t)y, target[i] = lsm_softmax_target<T>(lsm_target_logit(s, margin));
   }
 }
@@ -177,7 +177,7 @@ __global__ void loss_target_x(const T *x, const T *w, const int32_t *local, cons
     const T *xi = x + (int64_t)i * d;
     const T *wy = w + (int64_t)(y < 0 ? 0 : y) * d;
     if (y >= 0 && !lsm_plain_margin(margin))
-      r = lsm_target_correction(g_target[i], warp_stats(xi, wy, d, lane, margin.kind), margin, y);
+      r = lsm_target_correction(g_target[i], warp_stats(xi, wy, d, lane, margin), margin, y);
     if (lane == 0) coef[i] = r;
     if (r.label >= 0) correct_row_x(r, xi, wy, d, lane, grad_x + (int64_t)i * d);
   }

@@ -96,25 +96,25 @@ LSM_HD void lsm_scale(double amax, int *e, double *s, double *p) {
   *p = ldexp(1.0, -k);
 }
 
-// The zero-vector rule of the rows an op normalises (x_i for the normalised kinds, the rows of W
-// for every kind but L-Softmax; docs/math.md, Finite results): a row whose largest magnitude is
-// below 2^-64 (float32) or 2^-512 (float64), half the dtype's exponent range, counts as the zero
-// vector: its unit vector is 0, no gradient flows through its normalisation, and its cosines are
-// 0 (lsm_degenerate). Above it, 1/|v| <= 2^64 (2^512), so that s/|v| and every gradient
-// (bounded by a few s |dL/df| / |v|) stays finite for any scale s up to 2^60 (2^500): the true
-// gradient of a smaller row overflows the dtype, or nearly does. A NaN row stays NaN.
+// The zero-vector rule of the rows an op normalises (x_i for the normalised kinds, entering the
+// products as f x^_i with f = scale; the rows of W for every kind but L-Softmax, with f = 1;
+// docs/math.md, Finite results): a row of dtype T whose largest magnitude is below
+// f 2^-(E - 16), E = 128 for float32 and 1024 for float64, counts as the zero vector: its unit
+// vector is 0, no gradient flows through its normalisation, and its cosines are 0
+// (lsm_degenerate). Above it f/|v| < 2^(E - 16), so that the gradients, a few f |dL/df| / |v|,
+// keep 2^15 of headroom below the dtype's largest value; below it they overflow, or nearly do.
+// A NaN row stays NaN.
 template <typename T>
-LSM_HD double lsm_zero_below() {
-  return sizeof(T) == 4 ? 0x1p-64 : 0x1p-512;
+LSM_HD double lsm_zero_below(double f) {
+  return f * (sizeof(T) == 4 ? 0x1p-112 : 0x1p-1008);
 }
 
-// Starts the statistics from the largest magnitudes of x_i and W_y (of dtype T, for a kind):
+// Starts the statistics from the largest magnitudes of x_i and W_y (of dtype T, for a margin):
 // scales set, sums zero; a normalised vector under the zero-vector rule taken as zero.
 template <typename T>
-LSM_HD lsm_stats lsm_stats_begin(double amax_x, double amax_w, int kind) {
-  const double z = lsm_zero_below<T>();
-  if (lsm_normalises_x(kind) && amax_x < z) amax_x = 0.0;
-  if (lsm_normalises_w(kind) && amax_w < z) amax_w = 0.0;
+LSM_HD lsm_stats lsm_stats_begin(double amax_x, double amax_w, const lsm_margin &mg) {
+  if (lsm_normalises_x(mg.kind) && amax_x < lsm_zero_below<T>(mg.scale)) amax_x = 0.0;
+  if (lsm_normalises_w(mg.kind) && amax_w < lsm_zero_below<T>(1.0)) amax_w = 0.0;
   lsm_stats s;
   lsm_scale(amax_x, &s.ex, &s.sx, &s.px);
   lsm_scale(amax_w, &s.ew, &s.sw, &s.pw);
@@ -335,11 +335,11 @@ struct lsm_norm {
 };
 
 // From the row's largest magnitude and the sum of squares of v_k p (computed by the caller
-// between lsm_norm_begin and lsm_norm_finish); a row of dtype T under the zero-vector rule
-// (lsm_zero_below) is the zero row.
+// between lsm_norm_begin and lsm_norm_finish); a row of dtype T, entering the products times f,
+// under the zero-vector rule (lsm_zero_below) is the zero row.
 template <typename T>
-LSM_HD lsm_norm lsm_norm_begin(double amax) {
-  if (amax < lsm_zero_below<T>()) amax = 0.0;
+LSM_HD lsm_norm lsm_norm_begin(double amax, double f) {
+  if (amax < lsm_zero_below<T>(f)) amax = 0.0;
   int e;
   double s;
   lsm_norm r;
@@ -356,8 +356,8 @@ LSM_HD void lsm_norm_finish(lsm_norm &r, double sum_squares) { r.inv = lsm_inver
 // non-finite row, or one that may fall under the zero-vector rule (ss >= d z^2 says that its
 // largest magnitude is at least z).
 template <typename T>
-LSM_HD bool lsm_norm_direct(double ss, int64_t d, lsm_norm *r) {
-  const double z = lsm_zero_below<T>();
+LSM_HD bool lsm_norm_direct(double ss, int64_t d, double f, lsm_norm *r) {
+  const double z = lsm_zero_below<T>(f);
   if (!(ss >= 0x1p-960 && ss >= (double)d * z * z && ss <= 0x1p960)) return false;
   r->p = 1.0;
   r->inv = 1.0 / sqrt(ss);
