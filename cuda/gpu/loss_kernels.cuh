@@ -6,7 +6,8 @@
 // of a row whose label the block holds is read as the margin logit target[i] wherever it is used
 // (the product's value there is the plain inner product).
 //
-// Indexing is 32-bit: n * cb <= n * c, which the C ABI keeps within int32.
+// Sizes n, d, c and a block's cb are int32 (the C ABI's bound); offsets into a block of n x cb
+// logits, and n * c itself, are 64-bit: the loss takes n * c past int32.
 #ifndef LSOFTMAX_LOSS_KERNELS_CUH
 #define LSOFTMAX_LOSS_KERNELS_CUH
 
@@ -150,10 +151,10 @@ template <typename T>
 __global__ void loss_gradient(T *z, int n, int cb, int c0, const int32_t *local, const double *target,
                               const double *lse, const T *shift, const double *factor, double scale,
                               double *g_target) {
-  const int total = n * cb;  // within int32 (see the top)
-  const int step = (int)(gridDim.x * blockDim.x);
-  for (int e = (int)(blockIdx.x * blockDim.x + threadIdx.x); e < total; e = next_index(e, step, total)) {
-    const int i = e / cb, j = e % cb;
+  const int64_t total = (int64_t)n * cb;  // the block's elements: past int32 with a large workspace
+  const int64_t step = (int64_t)gridDim.x * blockDim.x;
+  for (int64_t e = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; e < total; e += step) {
+    const int i = (int)(e / cb), j = (int)(e % cb);
     if (local[i] - c0 != j) {
       z[e] = (T)(factor[i] * (double)exp(z[e] - shift[i]));
     } else {
