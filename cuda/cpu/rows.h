@@ -42,7 +42,8 @@ constexpr int kLanes = 8;
 // sqrt 2 of FLT_MAX, and the fused loss's arguments are <= 0.
 inline float exp_approx(float x) {
   const float lo = -87.33654f, hi = 88.7f, magic = 12582912.0f;  // exp(lo) is the smallest normal float
-  const float xc = x >= lo ? (x <= hi ? x : hi) : lo;
+  float xc = x > lo ? x : lo;  // NaN takes lo (one max instruction)
+  xc = xc < hi ? xc : hi;
   const float k = (xc * 1.44269504088896341f + magic) - magic;  // round(x / ln 2), in [-126, 128]
   const float r = (xc - k * 0.693359375f) - k * -2.12194440e-4f;
   float q = 1.9875691500e-4f;
