@@ -132,8 +132,9 @@ LSM_HD void lsm_stats_add(lsm_stats &s, double xk, double wk) {
 }
 
 // True where the cosine is undefined: x_i or W_y is the zero vector, or counts as one under the
-// zero-vector rule (lsm_zero_below; otherwise a vector of tiny elements has a nonzero scale). L-Softmax and A-Softmax then take the plain inner product,
-// the normalised kinds a cosine of 0, for the logit and for its gradients.
+// zero-vector rule (lsm_zero_below; otherwise a vector of tiny elements has a nonzero scale).
+// L-Softmax and A-Softmax then take the plain inner product, the normalised kinds a cosine of 0,
+// for the logit and for its gradients.
 LSM_HD bool lsm_degenerate(const lsm_stats &s) { return s.sx == 0.0 || s.sw == 0.0; }
 
 // 1/v for a norm v > 0; 0 for 0; NaN stays NaN.
