@@ -17,8 +17,9 @@
  *   grad_logits [n, c], grad_x [n, d], grad_w [c, d]. Elements are float or double (lsm_dtype).
  * - Tensor pointers are "context memory": for a CPU context any host memory; for a CUDA context
  *   memory from lsm_malloc on that context (device memory). lsm_memcpy_* moves bytes in and out.
- * - Sizes: n, d, c >= 1, and n*c, n*d, c*d each at most LSM_MAX_ELEMENTS, so that kernels can
- *   index with 32-bit integers.
+ * - Sizes: n, d, c >= 1 and n*d, c*d each at most LSM_MAX_ELEMENTS; n*c too for lsm_forward and
+ *   lsm_backward, which hold logits [n, c]. The fused loss and top-k hold no n x c tensor (class
+ *   blocks within the workspace, 64-bit offsets): n*c may exceed it there.
  * - The margin is an lsm_margin, passed by pointer: its kind selects the formula and its fields
  *   the parameters (see lsm_margin below).
  * - Zero vectors: where x_i or W_y is the zero vector the cosine is undefined; for L-Softmax and
@@ -55,7 +56,7 @@ extern "C" {
 /** The default scratch limit of a context's fused loss calls: 64 MiB. */
 #define LSM_DEFAULT_WORKSPACE_LIMIT ((size_t)64 << 20)
 
-/** Largest element count of any one tensor (and of n*c, n*d, c*d): 2^31 - 1. */
+/** Largest element count of any one tensor (and of n*d, c*d): 2^31 - 1. */
 #define LSM_MAX_ELEMENTS 2147483647LL
 
 typedef enum lsm_status {

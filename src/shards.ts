@@ -19,7 +19,7 @@ export function shardBounds(c: number, k: number): number[] {
 export interface Partials {
   rowMax: Float64Array;
   rowSum: Float64Array;
-  /** f_iy where the shard owns label y_i (0 elsewhere). */
+  /** f_iy, rounded to the dtype, where the shard owns label y_i (0 elsewhere). */
   target: Float64Array;
 }
 
@@ -50,8 +50,8 @@ export type ContextShard = Shard<
 
 /**
  * The shards' partials combined: M = max m_s, S = sum s_s exp(m_s - M), lse = M + log S, and each
- * row's loss lse - f_iy from the shard owning its label (`bounds`: the shards' first classes and
- * then C).
+ * row's loss (M - f_iy) + log S from the shard owning its label (`bounds`: the shards' first
+ * classes and then C).
  */
 export function combinePartials(
   parts: readonly Partials[],
@@ -59,13 +59,14 @@ export function combinePartials(
   bounds: readonly number[],
 ): { lse: Float64Array; rowLoss: Float64Array } {
   const n = labels.length;
-  const lse = new Float64Array(n);
+  const lse = new Float64Array(n), top = new Float64Array(n), total = new Float64Array(n);
   for (let i = 0; i < n; i++) {
     let m = -Infinity;
     for (const { rowMax } of parts) m = rowMax[i] > m || rowMax[i] !== rowMax[i] ? rowMax[i] : m;
-    let total = 0;
-    for (const { rowMax, rowSum } of parts) total += rowSum[i] * Math.exp(rowMax[i] - m);
-    lse[i] = m + Math.log(total);
+    let t = 0;
+    for (const { rowMax, rowSum } of parts) t += rowSum[i] * Math.exp(rowMax[i] - m);
+    top[i] = m, total[i] = t;
+    lse[i] = m + Math.log(t);
   }
   const target = new Float64Array(n);
   for (let s = 0; s < parts.length; s++) {
@@ -75,8 +76,12 @@ export function combinePartials(
       if (y >= bounds[s] && y < bounds[s + 1]) target[i] = owned[i];
     }
   }
+  // The loss (M - f_iy) + log S, as the native lsm_row_loss forms it: M >= f_iy (the owning
+  // shard's max is at least its target, which its sum saw rounded to the dtype, as the partials
+  // report it) and S >= 1 (the shard of the largest max holds a term exp(0) = 1), so both terms
+  // are >= 0; the clamp keeps that from resting on the rounding of exp, and Math.max keeps a NaN.
   const rowLoss = new Float64Array(n);
-  for (let i = 0; i < n; i++) rowLoss[i] = lse[i] - target[i];
+  for (let i = 0; i < n; i++) rowLoss[i] = Math.max(0, top[i] - target[i] + Math.log(total[i]));
   return { lse, rowLoss };
 }
 

@@ -19,7 +19,7 @@ import {
 import type { Dim, OpSpec, TensorSpec } from "../ffi/ops.ts";
 import { checkInteger } from "./checks.ts";
 
-/** The most elements any tensor (and N·C, N·D, C·D) may have: kernels index with int32. */
+/** The most elements any tensor (N·D, C·D, and N·C where an op holds logits) may have. */
 export const MAX_ELEMENTS = 2 ** 31 - 1;
 
 /** A call's float dtype and sizes. */
@@ -97,7 +97,8 @@ function measure(x: unknown, w: unknown, labels: unknown, features: number | und
     );
   }
   const c = wLength / d;
-  for (const [name, value] of [["N*C (logits)", n * c], ["N*D (x)", n * d], ["C*D (w)", c * d]]) {
+  // N·C is checked by bindArrays where the op holds an [N, C] tensor: the fused loss holds none.
+  for (const [name, value] of [["N*D (x)", n * d], ["C*D (w)", c * d]]) {
     if ((value as number) > MAX_ELEMENTS) {
       throw new RangeError(`${name}: expected at most ${MAX_ELEMENTS} elements, got ${value}`);
     }
@@ -141,6 +142,13 @@ export function bindArrays(
 ): { shape: Shape; arrays: (ArrayBufferView | null)[] } {
   const measured = shape === undefined;
   const s = shape ?? measure(given.x, given.w, given.labels, features);
+  const logits = op.tensors.find((t) => t.rows === "n" && t.cols === "c");
+  if (logits !== undefined && s.n * s.c > MAX_ELEMENTS) {
+    throw new RangeError(
+      `N*C (${logits.name}): expected at most ${MAX_ELEMENTS} elements (this op holds ` +
+        `${logits.name} [N, C] = ${s.n}*${s.c}; the fused loss does not), got ${s.n * s.c}`,
+    );
+  }
   const float = floatArrayName(s.dtype);
   const arrays: (ArrayBufferView | null)[] = [];
   // Each array's buffer, null where it cannot overlap another (left out, or new here).

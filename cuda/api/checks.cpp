@@ -136,9 +136,10 @@ int32_t check_head(lsm_context *ctx, int32_t dtype, int64_t n, int64_t d, int64_
                    const void *x, const void *w) {
   int32_t s;
   if ((s = check_context(ctx)) || (s = check_dtype(ctx, dtype))) return s;
+  // No n*c check here: the fused loss and top-k hold no n x c tensor (class blocks within the
+  // workspace, 64-bit offsets); the op's logits are checked in check_problem.
   if ((s = check_size(ctx, n, "n")) || (s = check_size(ctx, d, "d")) || (s = check_size(ctx, c, "c")) ||
-      (s = check_product(ctx, n, c, "n*c")) || (s = check_product(ctx, n, d, "n*d")) ||
-      (s = check_product(ctx, c, d, "c*d")))
+      (s = check_product(ctx, n, d, "n*d")) || (s = check_product(ctx, c, d, "c*d")))
     return s;
   if ((s = check_margin(ctx, margin))) return s;
   const size_t e = element_bytes(dtype);
@@ -167,6 +168,10 @@ static int32_t check_gradients(lsm_context *ctx, int32_t dtype, int64_t n, int64
 int32_t check_problem(lsm_context *ctx, const lsm_problem &p, bool backward) {
   int32_t s;
   if ((s = check_inputs(ctx, p.dtype, p.n, p.d, p.c, p.margin, p.x, p.w, p.labels))) return s;
+  if (p.n * p.c > LSM_MAX_ELEMENTS)  // n, c <= 2^31 - 1: the product fits in int64
+    return lsm_fail(ctx, LSM_ERR_INVALID_ARGUMENT,
+                    std::string(backward ? "grad_logits" : "logits") + ": expected at most " + str(LSM_MAX_ELEMENTS) +
+                        " elements (n*c: the op's [n, c] tensor; lsm_loss holds none), got " + str(p.n * p.c));
   if (!backward) return check_tensor(ctx, p.logits, p.n * p.c, element_bytes(p.dtype), "logits");
   if ((s = check_tensor(ctx, p.grad_logits, p.n * p.c, element_bytes(p.dtype), "grad_logits"))) return s;
   return check_gradients(ctx, p.dtype, p.n, p.d, p.c, p.grad_x, p.grad_w);

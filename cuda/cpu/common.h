@@ -118,16 +118,16 @@ inline void *input_scratch(lsm_context *ctx, size_t bytes) {
 // of the vectors scaled by powers of two near them, in double; for ArcFace and the combined margin
 // a third pass for sin t.
 template <typename T>
-lsm_stats target_stats(const T *x, const T *w, int64_t d, int kind) {
+lsm_stats target_stats(const T *x, const T *w, int64_t d, const lsm_margin &mg) {
   double amax_x = 0.0, amax_w = 0.0;
   for (int64_t k = 0; k < d; ++k) {
     amax_x = lsm_absmax(amax_x, x[k]);
     amax_w = lsm_absmax(amax_w, w[k]);
   }
-  lsm_stats s = lsm_stats_begin(amax_x, amax_w);
+  lsm_stats s = lsm_stats_begin<T>(amax_x, amax_w, mg);
   for (int64_t k = 0; k < d; ++k) lsm_stats_add(s, x[k], w[k]);
   lsm_stats_finish(s, d);
-  if (lsm_needs_residual(kind) && !lsm_degenerate(s))
+  if (lsm_needs_residual(mg.kind) && !lsm_degenerate(s))
     for (int64_t k = 0; k < d; ++k) lsm_stats_add_residual(s, x[k], w[k]);
   return s;
 }
@@ -148,15 +148,16 @@ double lane_dot(const T *a, const T *b, int64_t d, double p = 1.0, double q = 1.
   return total;
 }
 
-// A row's normalisation (margin.cuh, lsm_norm): the plain sum of squares where it is safe
-// (lsm_norm_direct), else the largest magnitude and the scaled sum of squares.
+// A row's normalisation (margin.cuh, lsm_norm) for a row entering the products times f: the
+// plain sum of squares where it is safe (lsm_norm_direct), else the largest magnitude and the
+// scaled sum of squares.
 template <typename T>
-lsm_norm row_norm(const T *v, int64_t d) {
+lsm_norm row_norm(const T *v, int64_t d, double f) {
   lsm_norm r;
-  if (lsm_norm_direct(lane_dot(v, v, d), &r)) return r;
+  if (lsm_norm_direct<T>(lane_dot(v, v, d), d, f, &r)) return r;
   double amax = 0.0;
   for (int64_t k = 0; k < d; ++k) amax = lsm_absmax(amax, v[k]);
-  r = lsm_norm_begin(amax);
+  r = lsm_norm_begin<T>(amax, f);
   double ss = 0.0;
   for (int64_t k = 0; k < d; ++k) {
     const double a = v[k] * r.p;
@@ -189,7 +190,7 @@ struct product_inputs {
     parallel_for(rows, d / kRowPassWork, [&](int64_t r0, int64_t r1) {
       for (int64_t r = r0; r < r1; ++r) {
         const T *vr = v + r * d;
-        const lsm_norm nr = row_norm(vr, d);
+        const lsm_norm nr = row_norm(vr, d, f);
         for (int64_t k = 0; k < d; ++k) out[r * d + k] = (T)lsm_unit(nr, vr[k], f);
       }
     });
@@ -205,7 +206,7 @@ void project_rows(const T *v, int64_t rows, int64_t d, double f, T *g) {
     for (int64_t r = r0; r < r1; ++r) {
       const T *vr = v + r * d;
       T *gr = g + r * d;
-      const lsm_norm nr = row_norm(vr, d);
+      const lsm_norm nr = row_norm(vr, d, f);
       const double dot = lane_dot(vr, gr, d, nr.p, nr.inv);  // v^ . g
       for (int64_t k = 0; k < d; ++k) gr[k] = (T)lsm_project(nr, gr[k], vr[k], dot, f);
     }

@@ -69,7 +69,7 @@ struct loss_run {
   std::vector<int32_t> labels;
   std::vector<int64_t> local;  // y_i - class_offset where this shard owns the label, else -1
   std::vector<lsm_stats> stats;
-  std::vector<double> target;    // the margin target logit of each owned row
+  std::vector<double> target;    // the margin target logit of each owned row, rounded to T
   std::vector<double> g_target;  // dL/df_iy of each owned row
   T *buf = nullptr;              // n x block logits, then their exponentials or gradients
 
@@ -133,7 +133,7 @@ struct loss_run {
   // bits when softmax_iy is near 1, as it is for a trained model. f_iy is the logit as the
   // log-sum-exp saw it, rounded to T.
   T target_gradient(int64_t i, double lse_i) {
-    g_target[i] = scale * expm1((double)(T)target[i] - lse_i);
+    g_target[i] = scale * expm1(target[i] - lse_i);
     return (T)g_target[i];
   }
 
@@ -287,8 +287,8 @@ struct loss_run {
         const int64_t y = labels[i] - a.class_offset;
         if (y < 0 || y >= c) continue;
         local[i] = y;
-        stats[i] = target_stats(x + i * d, w + y * d, d, p.margin.kind);
-        target[i] = lsm_target_logit(stats[i], p.margin);
+        stats[i] = target_stats(x + i * d, w + y * d, d, p.margin);
+        target[i] = lsm_softmax_target<T>(lsm_target_logit(stats[i], p.margin));
       }
     });
     // Blocks of equal size within the limit: the last one, whose exponentials the gradients
@@ -306,7 +306,7 @@ struct loss_run {
       std::vector<double> beta;
       gemm(CblasNoTrans, CblasTrans, (int)n, (int)c, (int)d, in.x, (int)d, w, (int)d, buf, (int)c);
       fold_direct(maxes.data(), sums.data(), &beta);
-      for (int64_t i = 0; i < n; ++i) p.row_loss[i] = maxes[i] + log(sums[i]) - target[i];
+      for (int64_t i = 0; i < n; ++i) p.row_loss[i] = lsm_row_loss(maxes[i], sums[i], target[i]);
       products_direct(sums.data(), beta);
       corrections();
       return LSM_OK;
@@ -327,7 +327,7 @@ struct loss_run {
       }
       for (int64_t i = 0; i < n; ++i) {
         lse[i] = maxes[i] + log(sums[i]);
-        p.row_loss[i] = lse[i] - target[i];
+        p.row_loss[i] = lsm_row_loss(maxes[i], sums[i], target[i]);
       }
       if (gx == nullptr) return LSM_OK;  // the loss alone
       if (block == c) {

@@ -25,7 +25,7 @@ int32_t forward(lsm_context *ctx, const lsm_problem &p) {
   parallel_for(n, 3 * d, [&](int64_t begin, int64_t end) {  // two or three passes over d per sample
     for (int64_t i = begin; i < end; ++i) {
       const int64_t y = labels[i];
-      logits[i * c + y] = (T)lsm_target_logit(target_stats(x + i * d, w + y * d, d, p.margin.kind), p.margin);
+      logits[i * c + y] = (T)lsm_target_logit(target_stats(x + i * d, w + y * d, d, p.margin), p.margin);
     }
   });
   return LSM_OK;
@@ -56,7 +56,7 @@ int32_t backward(lsm_context *ctx, const lsm_problem &p) {
   parallel_for(n, 3 * d, [&](int64_t begin, int64_t end) {
     for (int64_t i = begin; i < end; ++i) {
       const int64_t y = labels[i];
-      coef[i] = lsm_target_correction((double)g[i * c + y], target_stats(x + i * d, w + y * d, d, p.margin.kind),
+      coef[i] = lsm_target_correction((double)g[i * c + y], target_stats(x + i * d, w + y * d, d, p.margin),
                                       p.margin, (int32_t)y);
     }
   });

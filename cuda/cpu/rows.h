@@ -34,11 +34,17 @@ namespace LSM_ROWS_NAMESPACE {
 constexpr int kLanes = 8;
 
 // exp(x) to within 8e-8 relative: Cody-Waite reduction by ln 2, a degree-6 polynomial, the
-// exponent put in by bits. exp(x < -87.3) = 0; NaN stays NaN. No calls, no branches.
+// exponent put in by bits. Defined for every float, without calls or branches: the argument is
+// clamped into [lo, hi] before the float-to-int conversion (written so that NaN takes lo: a NaN
+// or infinite k would be undefined), so the exponent k + 127 lies in [1, 255] and the shift is
+// of a positive value; then exp(x < lo) = 0 (-inf included), NaN stays NaN, and x >= 127.5 ln 2
+// (k = 128, the infinity's exponent; +inf included) gives +inf: exp there is within a factor
+// sqrt 2 of FLT_MAX, and the fused loss's arguments are <= 0.
 inline float exp_approx(float x) {
-  const float lo = -87.33654f, magic = 12582912.0f;  // exp(lo) is the smallest normal float
-  const float xc = x < lo ? lo : x;
-  const float k = (xc * 1.44269504088896341f + magic) - magic;  // round(x / ln 2)
+  const float lo = -87.33654f, hi = 88.7f, magic = 12582912.0f;  // exp(lo) is the smallest normal float
+  float xc = x > lo ? x : lo;  // NaN takes lo (one max instruction)
+  xc = xc < hi ? xc : hi;
+  const float k = (xc * 1.44269504088896341f + magic) - magic;  // round(x / ln 2), in [-126, 128]
   const float r = (xc - k * 0.693359375f) - k * -2.12194440e-4f;
   float q = 1.9875691500e-4f;
   q = q * r + 1.3981999507e-3f;

@@ -6,7 +6,8 @@
 // of a row whose label the block holds is read as the margin logit target[i] wherever it is used
 // (the product's value there is the plain inner product).
 //
-// Indexing is 32-bit: n * cb <= n * c, which the C ABI keeps within int32.
+// Sizes n, d, c and a block's cb are int32 (the C ABI's bound); offsets into a block of n x cb
+// logits, and n * c itself, are 64-bit: the loss takes n * c past int32.
 #ifndef LSOFTMAX_LOSS_KERNELS_CUH
 #define LSOFTMAX_LOSS_KERNELS_CUH
 
@@ -43,7 +44,8 @@ __device__ __forceinline__ void lse_merge(double &m, double &s, double mo, doubl
 
 // Per sample: the label check against the whole W, the label within this shard (local[i], -1
 // when another shard holds it) and the margin target logit (target[i], float64). Bad labels are
-// recorded and never used as an index. One warp per sample, as forward_target.
+// recorded and never used as an index. One warp per sample, as forward_target. The target is
+// rounded to T (lsm_softmax_target): the value the log-sum-exp, the loss and dL/df_iy all use.
 template <typename T>
 __global__ void loss_targets(const T *x, const T *w, const int32_t *labels, int n, int d, int c, int64_t offset,
                              int64_t total, lsm_margin margin, int32_t *local, double *target, int *bad_label) {
@@ -58,8 +60,8 @@ __global__ void loss_targets(const T *x, const T *w, const int32_t *labels, int 
       if (lane == 0) local[i] = -1, target[i] = 0.0;
       continue;
     }
-    const lsm_stats s = warp_stats(x + (int64_t)i * d, w + y * d, d, lane, margin.kind);
-    if (lane == 0) local[i] = (int32_t)y, target[i] = lsm_target_logit(s, margin);
+    const lsm_stats s = warp_stats(x + (int64_t)i * d, w + y * d, d, lane, margin);
+    if (lane == 0) local[i] = (int32_t)y, target[i] = lsm_softmax_target<T>(lsm_target_logit(s, margin));
   }
 }
 
@@ -110,7 +112,7 @@ __global__ void loss_fold(const double *part_m, const double *part_s, int n, int
   }
 }
 
-// After the last block: each row's lse (into lse[]) and its loss lse - target (FULL), or the
+// After the last block: each row's lse (into lse[]) and its loss (lsm_row_loss: FULL), or the
 // shard's partials (PARTIALS: target 0 where another shard holds the label).
 __global__ void loss_rows(const double *maxes, const double *sums, const int32_t *local, const double *target, int n,
                           double *lse, double *row_loss, double *row_max, double *row_sum, double *row_target) {
@@ -118,7 +120,7 @@ __global__ void loss_rows(const double *maxes, const double *sums, const int32_t
   for (int i = (int)(blockIdx.x * blockDim.x + threadIdx.x); i < n; i = next_index(i, step, n)) {
     if (row_loss != nullptr) {
       lse[i] = maxes[i] + log(sums[i]);
-      row_loss[i] = lse[i] - target[i];
+      row_loss[i] = lsm_row_loss(maxes[i], sums[i], target[i]);
     } else {
       row_max[i] = maxes[i];
       row_sum[i] = sums[i];
@@ -149,14 +151,14 @@ template <typename T>
 __global__ void loss_gradient(T *z, int n, int cb, int c0, const int32_t *local, const double *target,
                               const double *lse, const T *shift, const double *factor, double scale,
                               double *g_target) {
-  const int total = n * cb;  // within int32 (see the top)
-  const int step = (int)(gridDim.x * blockDim.x);
-  for (int e = (int)(blockIdx.x * blockDim.x + threadIdx.x); e < total; e = next_index(e, step, total)) {
-    const int i = e / cb, j = e % cb;
+  const int64_t total = (int64_t)n * cb;  // the block's elements: past int32 with a large workspace
+  const int64_t step = (int64_t)gridDim.x * blockDim.x;
+  for (int64_t e = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; e < total; e += step) {
+    const int i = (int)(e / cb), j = (int)(e % cb);
     if (local[i] - c0 != j) {
       z[e] = (T)(factor[i] * (double)exp(z[e] - shift[i]));
     } else {
-      g_target[i] = scale * expm1((double)(T)target[i] - lse[i]);
+      g_target[i] = scale * expm1(target[i] - lse[i]);
       z[e] = (T)g_target[i];
     }
   }
@@ -176,7 +178,7 @@ __global__ void loss_target_x(const T *x, const T *w, const int32_t *local, cons
     const T *xi = x + (int64_t)i * d;
     const T *wy = w + (int64_t)(y < 0 ? 0 : y) * d;
     if (y >= 0 && !lsm_plain_margin(margin))
-      r = lsm_target_correction(g_target[i], warp_stats(xi, wy, d, lane, margin.kind), margin, y);
+      r = lsm_target_correction(g_target[i], warp_stats(xi, wy, d, lane, margin), margin, y);
     if (lane == 0) coef[i] = r;
     if (r.label >= 0) correct_row_x(r, xi, wy, d, lane, grad_x + (int64_t)i * d);
   }

@@ -26,7 +26,7 @@ constexpr int kSampleBlock = 256;  // threads per block: 8 samples
 // passes: the largest magnitudes, reduced with shuffles (NaN-keeping), then the scaled sums.
 // Every lane gets the same totals (a butterfly: lane l and l^off add the same two numbers).
 template <typename T>
-__device__ lsm_stats warp_stats(const T *x, const T *w, int d, int lane, int kind) {
+__device__ lsm_stats warp_stats(const T *x, const T *w, int d, int lane, const lsm_margin &mg) {
   double amax_x = 0.0, amax_w = 0.0;
   for (int k = lane; k < d; k += kWarp) {
     amax_x = lsm_absmax(amax_x, x[k]);
@@ -36,7 +36,7 @@ __device__ lsm_stats warp_stats(const T *x, const T *w, int d, int lane, int kin
     amax_x = lsm_absmax(amax_x, __shfl_xor_sync(0xffffffffu, amax_x, off));
     amax_w = lsm_absmax(amax_w, __shfl_xor_sync(0xffffffffu, amax_w, off));
   }
-  lsm_stats s = lsm_stats_begin(amax_x, amax_w);
+  lsm_stats s = lsm_stats_begin<T>(amax_x, amax_w, mg);
   for (int k = lane; k < d; k += kWarp) lsm_stats_add(s, x[k], w[k]);
   for (int off = kWarp / 2; off > 0; off /= 2) {
     s.dot += __shfl_xor_sync(0xffffffffu, s.dot, off);
@@ -44,7 +44,7 @@ __device__ lsm_stats warp_stats(const T *x, const T *w, int d, int lane, int kin
     s.ww += __shfl_xor_sync(0xffffffffu, s.ww, off);
   }
   lsm_stats_finish(s, d);
-  if (lsm_needs_residual(kind) && !lsm_degenerate(s)) {  // uniform across the warp
+  if (lsm_needs_residual(mg.kind) && !lsm_degenerate(s)) {  // uniform across the warp
     for (int k = lane; k < d; k += kWarp) lsm_stats_add_residual(s, x[k], w[k]);
     for (int off = kWarp / 2; off > 0; off /= 2) s.rr += __shfl_xor_sync(0xffffffffu, s.rr, off);
   }
@@ -60,15 +60,15 @@ __device__ __forceinline__ double warp_sum(double v) {
 // A row's normalisation (margin.cuh, lsm_norm) across the warp, as the CPU backend's row_norm:
 // the plain sum of squares where safe, else the largest magnitude and the scaled sum.
 template <typename T>
-__device__ lsm_norm warp_norm(const T *v, int d, int lane) {
+__device__ lsm_norm warp_norm(const T *v, int d, int lane, double f) {
   double ss = 0.0;
   for (int k = lane; k < d; k += kWarp) ss += (double)v[k] * (double)v[k];
   lsm_norm r;
-  if (lsm_norm_direct(warp_sum(ss), &r)) return r;  // uniform across the warp
+  if (lsm_norm_direct<T>(warp_sum(ss), d, f, &r)) return r;  // uniform across the warp
   double amax = 0.0;
   for (int k = lane; k < d; k += kWarp) amax = lsm_absmax(amax, v[k]);
   for (int off = kWarp / 2; off > 0; off /= 2) amax = lsm_absmax(amax, __shfl_xor_sync(0xffffffffu, amax, off));
-  r = lsm_norm_begin(amax);
+  r = lsm_norm_begin<T>(amax, f);
   ss = 0.0;
   for (int k = lane; k < d; k += kWarp) {
     const double a = v[k] * r.p;
@@ -109,7 +109,7 @@ __global__ void forward_target(const T *x, const T *w, const int32_t *labels, in
   for (int i = (int)((blockIdx.x * blockDim.x + threadIdx.x) / kWarp); i < n; i = next_index(i, warps, n)) {
     const int y = checked_label(labels, i, c, lane, bad_label);
     if (y < 0 || lsm_plain_margin(margin)) continue;  // the plain inner product is already there
-    const lsm_stats s = warp_stats(x + (int64_t)i * d, w + (int64_t)y * d, d, lane, margin.kind);
+    const lsm_stats s = warp_stats(x + (int64_t)i * d, w + (int64_t)y * d, d, lane, margin);
     if (lane == 0) logits[(int64_t)i * c + y] = (T)lsm_target_logit(s, margin);
   }
 }
@@ -130,7 +130,7 @@ __global__ void backward_target_x(const T *x, const T *w, const int32_t *labels,
     const T *xi = x + (int64_t)i * d;
     const T *wy = w + (int64_t)(y < 0 ? 0 : y) * d;
     if (y >= 0 && !lsm_plain_margin(margin)) {
-      const lsm_stats s = warp_stats(xi, wy, d, lane, margin.kind);
+      const lsm_stats s = warp_stats(xi, wy, d, lane, margin);
       r = lsm_target_correction((double)grad_logits[(int64_t)i * c + y], s, margin, y);
     }
     if (lane == 0) coef[i] = r;
@@ -171,7 +171,7 @@ __global__ void normalise_rows(const T *v, int rows, int d, double f, T *out) {
   const int warps = (int)(gridDim.x * blockDim.x / kWarp);
   for (int r = (int)((blockIdx.x * blockDim.x + threadIdx.x) / kWarp); r < rows; r = next_index(r, warps, rows)) {
     const T *vr = v + (int64_t)r * d;
-    const lsm_norm nr = warp_norm(vr, d, lane);
+    const lsm_norm nr = warp_norm(vr, d, lane, f);
     for (int k = lane; k < d; k += kWarp) out[(int64_t)r * d + k] = (T)lsm_unit(nr, vr[k], f);
   }
 }
@@ -185,7 +185,7 @@ __global__ void project_rows(const T *v, int rows, int d, double f, T *g) {
   for (int r = (int)((blockIdx.x * blockDim.x + threadIdx.x) / kWarp); r < rows; r = next_index(r, warps, rows)) {
     const T *vr = v + (int64_t)r * d;
     T *gr = g + (int64_t)r * d;
-    const lsm_norm nr = warp_norm(vr, d, lane);
+    const lsm_norm nr = warp_norm(vr, d, lane, f);
     double dot = 0.0;
     for (int k = lane; k < d; k += kWarp) dot += lsm_unit(nr, vr[k], 1.0) * gr[k];
     dot = warp_sum(dot);

@@ -96,8 +96,25 @@ LSM_HD void lsm_scale(double amax, int *e, double *s, double *p) {
   *p = ldexp(1.0, -k);
 }
 
-// Starts the statistics from the largest magnitudes of x_i and W_y: scales set, sums zero.
-LSM_HD lsm_stats lsm_stats_begin(double amax_x, double amax_w) {
+// The zero-vector rule of the rows an op normalises (x_i for the normalised kinds, entering the
+// products as f x^_i with f = scale; the rows of W for every kind but L-Softmax, with f = 1;
+// docs/math.md, Finite results): a row of dtype T whose largest magnitude is below
+// f 2^-(E - 16), E = 128 for float32 and 1024 for float64, counts as the zero vector: its unit
+// vector is 0, no gradient flows through its normalisation, and its cosines are 0
+// (lsm_degenerate). Above it f/|v| < 2^(E - 16), so that the gradients, a few f |dL/df| / |v|,
+// keep 2^15 of headroom below the dtype's largest value; below it they overflow, or nearly do.
+// A NaN row stays NaN.
+template <typename T>
+LSM_HD double lsm_zero_below(double f) {
+  return f * (sizeof(T) == 4 ? 0x1p-112 : 0x1p-1008);
+}
+
+// Starts the statistics from the largest magnitudes of x_i and W_y (of dtype T, for a margin):
+// scales set, sums zero; a normalised vector under the zero-vector rule taken as zero.
+template <typename T>
+LSM_HD lsm_stats lsm_stats_begin(double amax_x, double amax_w, const lsm_margin &mg) {
+  if (lsm_normalises_x(mg.kind) && amax_x < lsm_zero_below<T>(mg.scale)) amax_x = 0.0;
+  if (lsm_normalises_w(mg.kind) && amax_w < lsm_zero_below<T>(1.0)) amax_w = 0.0;
   lsm_stats s;
   lsm_scale(amax_x, &s.ex, &s.sx, &s.px);
   lsm_scale(amax_w, &s.ew, &s.sw, &s.pw);
@@ -114,9 +131,10 @@ LSM_HD void lsm_stats_add(lsm_stats &s, double xk, double wk) {
   s.ww += b * b;
 }
 
-// True where the cosine is undefined: x_i or W_y is the zero vector (and only then: a vector of
-// tiny elements has a nonzero scale). L-Softmax and A-Softmax then take the plain inner product,
-// the normalised kinds a cosine of 0, for the logit and for its gradients.
+// True where the cosine is undefined: x_i or W_y is the zero vector, or counts as one under the
+// zero-vector rule (lsm_zero_below; otherwise a vector of tiny elements has a nonzero scale).
+// L-Softmax and A-Softmax then take the plain inner product, the normalised kinds a cosine of 0,
+// for the logit and for its gradients.
 LSM_HD bool lsm_degenerate(const lsm_stats &s) { return s.sx == 0.0 || s.sw == 0.0; }
 
 // 1/v for a norm v > 0; 0 for 0; NaN stays NaN.
@@ -192,6 +210,26 @@ LSM_HD double lsm_target_logit(const lsm_stats &s, const lsm_margin &mg) {
   const double inv = 1.0 / (1.0 + mg.lambda);
   if (a) return ldexp(s.nx * (s.c * (mg.lambda * inv) + psi * inv), s.ex);
   return ldexp(s.dot * (mg.lambda * inv) + norms * psi * inv, s.ex + s.ew);
+}
+
+// The target logit as the softmax sees it: rounded to the dtype T of the logits, the value that
+// enters the log-sum-exp, the loss and dL/df_iy alike. A loss of lse - f_iy with the unrounded
+// f_iy would disagree with its own gradient by the rounding of f_iy (and be negative where the
+// row is fitted to within it).
+template <typename T>
+LSM_HD double lsm_softmax_target(double f) { return (double)(T)f; }
+
+// A row's loss lse - t, with lse = M + log S (M the row's largest logit, S its sum of
+// exp(f - M)) and t the target logit as the softmax saw it (lsm_softmax_target), evaluated as
+// (M - t) + log S: the log-sum-exp runs over values that include t, so M >= t, and the term of
+// the largest value is exp(0) = 1 exactly, so S >= 1 and log S >= 0; both terms are >= 0 in
+// floating point too (roundings are monotone), so the loss is never negative. Without forming
+// M + log S, a fitted row's loss (M = t, S = 1 + eps) keeps the digits of log S rather than
+// those of an absolute rounding of lse. The clamp keeps the guarantee from resting on each
+// backend's exp at 0; NaN stays NaN (fmax would drop it).
+LSM_HD double lsm_row_loss(double m, double s, double t) {
+  const double l = (m - t) + log(s);
+  return l < 0.0 ? 0.0 : l;
 }
 
 // 2^e as a product f1 f2 of two doubles (2^e itself where it is one): a result of that scale is
@@ -298,8 +336,11 @@ struct lsm_norm {
 };
 
 // From the row's largest magnitude and the sum of squares of v_k p (computed by the caller
-// between lsm_norm_begin and lsm_norm_finish).
-LSM_HD lsm_norm lsm_norm_begin(double amax) {
+// between lsm_norm_begin and lsm_norm_finish); a row of dtype T, entering the products times f,
+// under the zero-vector rule (lsm_zero_below) is the zero row.
+template <typename T>
+LSM_HD lsm_norm lsm_norm_begin(double amax, double f) {
+  if (amax < lsm_zero_below<T>(f)) amax = 0.0;
   int e;
   double s;
   lsm_norm r;
@@ -313,9 +354,12 @@ LSM_HD void lsm_norm_finish(lsm_norm &r, double sum_squares) { r.inv = lsm_inver
 // any of its terms that matter can have overflowed or underflowed (then p = 1 gives the same
 // results as the scaled row: the scaling is by a power of two, which commutes with rounding).
 // False (r untouched) where the caller must take the scaled path: a zero, tiny, huge or
-// non-finite row. Float32 rows always qualify unless zero or non-finite.
-LSM_HD bool lsm_norm_direct(double ss, lsm_norm *r) {
-  if (!(ss >= 0x1p-960 && ss <= 0x1p960)) return false;
+// non-finite row, or one that may fall under the zero-vector rule (ss >= d z^2 says that its
+// largest magnitude is at least z).
+template <typename T>
+LSM_HD bool lsm_norm_direct(double ss, int64_t d, double f, lsm_norm *r) {
+  const double z = lsm_zero_below<T>(f);
+  if (!(ss >= 0x1p-960 && ss >= (double)d * z * z && ss <= 0x1p960)) return false;
   r->p = 1.0;
   r->inv = 1.0 / sqrt(ss);
   return true;

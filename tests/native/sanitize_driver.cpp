@@ -7,7 +7,7 @@
 // (loose tolerance), and bitwise-repeatable backward results; then the numerics at the ends of
 // the range (exact power-of-two homogeneity in float64 on both backends, float32 subnormal
 // inputs on CUDA against the CPU), the fused loss (one call and the shard calls, in class
-// blocks and row chunks), and resident training (the SGD update, the sum, top-k). Built against the CPU execution layer with -fsanitize=address,undefined, so an
+// blocks and row chunks; NaN and infinite rows), and resident training (the SGD update, the sum, top-k). Built against the CPU execution layer with -fsanitize=address,undefined, so an
 // out-of-bounds access or undefined behaviour in a kernel stops it; built with nvcc it is the
 // compute-sanitizer target of scripts/gpu-check.sh. Device buffers have exactly the tensors'
 // sizes, so any overrun is past an allocation. Exit status 0 when everything matches.
@@ -298,6 +298,51 @@ void numerics(lsm_context *cpu, lsm_context *gpu) {
   }
 }
 
+// The fused loss with a NaN row and an infinite row of x (float32, one block and blocks of 2
+// classes, gradients on): the row kernels' exp must be defined for NaN and infinite arguments
+// (UBSan stops here otherwise); those rows' losses are NaN, the other rows' finite and >= 0.
+void nonfinite_loss(lsm_context *cpu, lsm_context *gpu) {
+  const int64_t n = 4, d = 3, c = 5;
+  std::vector<float> x((size_t)(n * d)), w((size_t)(c * d));
+  for (auto &v : x) v = (float)uniform();
+  for (auto &v : w) v = (float)uniform();
+  x[1 * d + 1] = NAN;
+  x[2 * d + 0] = INFINITY;
+  const std::vector<int32_t> labels = {0, 1, 2, 4};
+  for (int device = 0; device < 2; ++device) {
+    lsm_context *ctx = device ? gpu : cpu;
+    for (int code : {4, -3}) {
+      for (int64_t block : {c, (int64_t)2}) {
+        ++g_cases;
+        const lsm_margin mg = margin_of(code, 0.5);
+        lsm_loss_args a = {};
+        a.total_classes = c, a.grad_scale = 1.0;
+        std::vector<double> rows((size_t)n);
+        void *dx = upload(ctx, x.data(), x.size() * 4), *dw = upload(ctx, w.data(), w.size() * 4);
+        void *dl = upload(ctx, labels.data(), labels.size() * 4), *dr = upload(ctx, nullptr, (size_t)n * 8);
+        void *dgx = upload(ctx, nullptr, x.size() * 4), *dgw = upload(ctx, nullptr, w.size() * 4);
+        bool ok = dx && dw && dl && dr && dgx && dgw &&
+                  lsm_context_set_workspace_limit(ctx, (size_t)(block * n) * 4) == LSM_OK &&
+                  lsm_loss(ctx, LSM_FLOAT32, n, d, c, &mg, &a, dx, dw, static_cast<const int32_t *>(dl),
+                           static_cast<double *>(dr), dgx, dgw) == LSM_OK &&
+                  lsm_memcpy_from_context(ctx, rows.data(), dr, (size_t)n * 8) == LSM_OK &&
+                  lsm_context_set_workspace_limit(ctx, LSM_DEFAULT_WORKSPACE_LIMIT) == LSM_OK;
+        if (!ok) printf("FAIL non-finite loss: %s\n", lsm_last_error());
+        for (int64_t i = 0; i < n && ok; ++i) {
+          const bool bad = i == 1 || i == 2;
+          if (bad ? !isnan(rows[(size_t)i]) : !(rows[(size_t)i] >= 0.0 && isfinite(rows[(size_t)i]))) {
+            printf("FAIL non-finite loss %s code=%d block=%lld: row %lld loss %g\n", device ? "cuda" : "cpu", code,
+                   (long long)block, (long long)i, rows[(size_t)i]);
+            ok = false;
+          }
+        }
+        for (void *p : {dx, dw, dl, dr, dgx, dgw}) lsm_free(ctx, p);
+        if (!ok) ++g_failures;
+      }
+    }
+  }
+}
+
 }  // namespace
 
 // `sanitize_driver quick`: margins 1 and 4 only, for the slower compute-sanitizer tools.
@@ -384,6 +429,7 @@ int main(int argc, char **argv) {
     resident_case<double>(cpu, gpu, c.s, c.k, c.block, (r++ % 2) == 1);
   }
   bad_label(gpu);
+  nonfinite_loss(cpu, gpu);
   numerics(cpu, gpu);
   lsm_context_destroy(gpu);
   lsm_context_destroy(cpu);
