@@ -245,7 +245,8 @@ export function resolveLayer(options: unknown): LayerSettings {
   const iteration = checkIteration(o.iteration);
   const backend = (o.backend ?? "auto") as Backend;
   const precision = checkPrecision(o.precision);
-  checkPrecisionOn(precision, backend); // now, not at the first forward
+  resolveBackend(backend); // a bad backend or "tf32" on the cpu fails now, not at the first forward
+  checkPrecisionOn(precision, backend);
   return { margin, schedule, iteration, backend, precision };
 }
 

@@ -116,9 +116,14 @@ export function denoBinDir(): string {
   return binDir;
 }
 
+// The machine's certificate settings, which a clean child keeps so that it reaches a registry as
+// the test suite does (not its proxies: the children's own traffic is to 127.0.0.1).
+const TLS_ENV = ["DENO_CERT", "DENO_TLS_CA_STORE"];
+
 /**
  * Runs `command` (argv) with a clean environment: PATH (with this Deno first, as `deno`), the
- * variables of `env`, and nothing of this process's but what `keep` names; `stdin` is its input.
+ * variables of `env`, the certificate settings (TLS_ENV), and nothing else of this process's but
+ * what `keep` names; `stdin` is its input.
  */
 export async function runClean(
   command: string[],
@@ -126,10 +131,13 @@ export async function runClean(
   options: { cwd?: string; keep?: string[]; stdin?: string } = {},
 ): Promise<ChildResult> {
   const vars: Record<string, string> = { NO_COLOR: "1", DENO_NO_UPDATE_CHECK: "1" };
-  for (const k of ["PATH", "TMPDIR", ...(options.keep ?? [])]) {
+  for (const k of ["PATH", "TMPDIR", ...TLS_ENV, ...(options.keep ?? [])]) {
     const v = Deno.env.get(k);
     if (v !== undefined) vars[k] = v;
   }
+  // Deno trusts its own roots unless told otherwise; a machine whose registry traffic passes a
+  // proxy with its own CA (trusted in the system store) needs the system store too.
+  vars.DENO_TLS_CA_STORE ??= "mozilla,system";
   vars.PATH = `${denoBinDir()}:${vars.PATH ?? "/usr/bin:/bin"}`;
   const child = new Deno.Command(command[0], {
     args: command.slice(1),
