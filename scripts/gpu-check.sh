@@ -32,8 +32,13 @@
 #   run(command: "GPU_CHECK_LOGS=/tmp/gpu-check-logs scripts/gpu-check.sh $OUT",
 #       carry: [".deno-xz"], timeout_s: 540)
 # The build happens there (build/gpu-check, for that GPU only); nothing built here needs to travel.
+#
+# --quick: steps 1-3 only (build, the suite on the device, the driver), within 240 s, so that a
+# session with little device time learns first whether the CUDA paths pass; then the full check.
 set -uo pipefail
-[ $# -eq 1 ] || { echo "usage: scripts/gpu-check.sh OUT_DIR" >&2; exit 2; }
+quick=0
+if [ "${1:-}" = --quick ]; then quick=1; shift; fi
+[ $# -eq 1 ] || { echo "usage: scripts/gpu-check.sh [--quick] OUT_DIR" >&2; exit 2; }
 here=$(cd "$(dirname "$0")/.." && pwd) || exit 2
 mkdir -p "$1" && out=$(cd "$1" && pwd) || exit 2
 logs=${GPU_CHECK_LOGS:-$out/logs}
@@ -43,6 +48,7 @@ CUDA_HOME=${CUDA_HOME:-/usr/local/cuda}
 export PATH="$CUDA_HOME/bin:$PATH" DENO_NO_UPDATE_CHECK=1 PYTHONUNBUFFERED=1 PYTHONDONTWRITEBYTECODE=1
 build=${GPU_CHECK_BUILD:-build/gpu-check}
 budget=${GPU_CHECK_BUDGET_S:-450}
+((quick)) && budget=${GPU_CHECK_BUDGET_S:-240}
 python=${PYTHON:-python3}
 start=$(date +%s)
 summary=$out/summary.md
@@ -140,7 +146,9 @@ if step build 200 make -j"$(nproc)" BUILD="$build" CUDA_ARCHS="$arch" CUDA_PTX= 
     skip driver "the driver did not build"
   fi
 
-  if ! command -v "$python" >/dev/null 2>&1; then
+  if ((quick)); then
+    for s in torch-compare deno-bench "${sanitizer_steps[@]}"; do skip "$s" "--quick"; done
+  elif ! command -v "$python" >/dev/null 2>&1; then
     skip torch-compare "no $python"
   elif ! timeout 90 "$python" -c "import torch" >"$logs/torch-import.log" 2>&1; then
     skip torch-compare "$python cannot import torch ($(tail -1 "$logs/torch-import.log" | cut -c1-120))"
@@ -150,14 +158,18 @@ if step build 200 make -j"$(nproc)" BUILD="$build" CUDA_ARCHS="$arch" CUDA_PTX= 
     step torch-head 120 "$python" bench/torch_head.py --lib "$lib" --out "$head_md"
   fi
 
-  if [ -n "$deno" ]; then
+  if ((quick)); then
+    :
+  elif [ -n "$deno" ]; then
     step deno-bench 90 env LSOFTMAX_LIB="$lib" LSOFTMAX_BACKEND=cuda LSOFTMAX_BENCH_TFJS=0 \
       "$deno" bench --allow-ffi --allow-env --allow-read bench/lsoftmax_bench.ts
   else
     skip deno-bench "no Deno"
   fi
 
-  if ((driver_ok)); then
+  if ((quick)); then
+    :
+  elif ((driver_ok)); then
     sanitizer=$(command -v compute-sanitizer || echo "$CUDA_HOME/compute-sanitizer/compute-sanitizer")
     step memcheck 90 "$sanitizer" --tool memcheck --leak-check full --error-exitcode 1 "$driver"
     step racecheck 90 "$sanitizer" --tool racecheck --racecheck-report hazard --error-exitcode 1 "$driver" quick
