@@ -6,7 +6,9 @@
 // no counted row, and the options' errors.
 
 import assert from "node:assert/strict";
-import { backward, loss } from "../mod.ts";
+import * as tf from "@tensorflow/tfjs";
+import { backward, LargeMarginSoftmax, loss } from "../mod.ts";
+import { MarginLoss, marginLoss } from "../tfjs.ts";
 import { cudaAvailable, type TestBackend } from "./check.ts";
 import { assertClose, maxAbs, randomProblem, Rng, toF32 } from "./helpers.ts";
 import { type MarginSpec, referenceMarginForward } from "./reference_margins.ts";
@@ -349,3 +351,44 @@ for (const backend of ["cpu", "cuda"] as TestBackend[]) {
     );
   });
 }
+
+Deno.test("ce options: the layer and the tfjs adapter pass them on (value and gradients)", async () => {
+  await tf.setBackend("cpu");
+  const rng = new Rng(2107);
+  const [n, d, c] = [6, 3, 5];
+  const p = randomProblem(rng, n, d, c);
+  const x = toF32(p.x), w = toF32(p.w);
+  const labels = p.labels.slice();
+  labels[2] = -100;
+  const o = {
+    labelSmoothing: 0.15,
+    classWeights: Float32Array.from({ length: c }, (_, j) => 0.5 + j),
+    ignoreIndex: -100,
+  };
+  const margin = { kind: "cosface", scale: 8, margin: 0.2 } as const;
+  const direct = loss(x, w, labels, { ...margin, ...o, backend: "cpu" });
+  using layer = new LargeMarginSoftmax({ ...margin, backend: "cpu" });
+  const viaLayer = layer.loss(x, w, labels, o);
+  assert.equal(viaLayer.loss, direct.loss);
+  assert.deepEqual(viaLayer.gradX, direct.gradX);
+  const none = layer.loss(x, w, labels, { ...o, reduction: "none" });
+  assert.equal(none.losses!.length, n);
+  assert.equal(none.losses![2], 0);
+  const xt = tf.tensor2d(x, [n, d]), wt = tf.tensor2d(w, [c, d]);
+  const grads = tf.grads((a: tf.Tensor, b: tf.Tensor) =>
+    marginLoss(a, b, labels, { ...margin, ...o, backend: "cpu" })
+  );
+  const [gx, gw] = grads([xt, wt]);
+  assertClose(gx.dataSync(), direct.gradX, 1e-6, "tfjs gradX", maxAbs(direct.gradX));
+  assertClose(gw.dataSync(), direct.gradW, 1e-6, "tfjs gradW", maxAbs(direct.gradW));
+  const value = marginLoss(xt, wt, labels, { ...margin, ...o, backend: "cpu" });
+  assert.ok(Math.abs(value.dataSync()[0] - direct.loss) <= 1e-6 * Math.abs(direct.loss));
+  using stateful = new MarginLoss({ ...margin, backend: "cpu" });
+  const s = stateful.loss(xt, wt, labels, o);
+  assert.ok(Math.abs(s.dataSync()[0] - direct.loss) <= 1e-6 * Math.abs(direct.loss));
+  assert.throws(
+    () => marginLoss(xt, wt, labels, { ...margin, reduction: "none", backend: "cpu" }),
+    /^RangeError: reduction: expected "mean" or "sum" \(the tfjs losses are scalars\), got "none"$/,
+  );
+  tf.dispose([xt, wt, gx, gw, value, s]);
+});
