@@ -124,8 +124,10 @@ __global__ void loss_chunk_lse(const T *z, int cb, int c0, int chunk, const int3
   double m = (double)tm, s = (double)ts;
   for (int off = kWarp / 2; off > 0; off /= 2) {
     const double mo = __shfl_xor_sync(0xffffffffu, m, off), so = __shfl_xor_sync(0xffffffffu, s, off);
-    const double ao = __shfl_xor_sync(0xffffffffu, ta, off), wo = __shfl_xor_sync(0xffffffffu, tw, off);
-    if (smoothing) smooth_merge(m, ta, tw, mo, ao, wo, mo > m ? mo : m);
+    if (smoothing) {  // the same for every thread of the block
+      const double ao = __shfl_xor_sync(0xffffffffu, ta, off), wo = __shfl_xor_sync(0xffffffffu, tw, off);
+      smooth_merge(m, ta, tw, mo, ao, wo, mo > m ? mo : m);
+    }
     lse_merge(m, s, mo, so);
   }
   if (lane == 0) sm_m[warp] = m, sm_s[warp] = s, sm_a[warp] = ta, sm_w[warp] = tw;
