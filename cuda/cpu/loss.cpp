@@ -20,8 +20,9 @@
 // grad_w filled with -b_j^2 (w^_j . V_j) w_j before the product adds b_j V_j to it.
 // The cross-entropy options (math/ce.cuh): weights and the ignored label only change each row's
 // factor (a_i in place of the scale; 0 for an ignored row, whose gradient row is then exactly 0,
-// whatever its logits hold); label smoothing adds -u_i w_j to every entry, written element by
-// element, so it takes the block path (one block or several), and folds A beside the max.
+// whatever its logits hold); label smoothing adds -u_i w_j to every entry: written element by
+// element on the block path (one block or several; L-Softmax then takes it), a rank-one term of
+// its own on the direct path; and A folds beside the max.
 #include <math.h>
 #include <stdlib.h>
 
@@ -92,14 +93,14 @@ struct loss_run {
   double weight(int64_t j) const { return cw == nullptr ? 1.0 : cw[j]; }
 
   // The direct path's column scales b_j = 1/|w_j| (see the top), or none where it does not apply:
-  // not one block, no gradients, label smoothing, L-Softmax, or a row of W (of x, for A-Softmax) whose norm is
+  // not one block, no gradients, L-Softmax, or a row of W (of x, for A-Softmax) whose norm is
   // outside [2^-50, 2^50] (or a scale past 2^40), where the products of unnormalised rows could
   // lose range.
   static std::vector<double> direct_scales(lsm_context *ctx, const lsm_loss_problem &q) {
     std::vector<double> b;
     const bool one_block = (size_t)q.c <= ctx->workspace_limit / ((size_t)q.n * sizeof(T));
     if (q.stage != LSM_LOSS_FULL || q.grad_x == nullptr || !lsm_normalises_w(q.margin.kind) || !one_block ||
-        q.args.label_smoothing > 0.0 || lsm_x_factor(q.margin) > 0x1p40)
+        lsm_x_factor(q.margin) > 0x1p40)
       return b;
     auto in_range = [](double ss) { return ss >= 0x1p-100 && ss <= 0x1p100; };
     const T *xv = static_cast<const T *>(q.x), *wv = static_cast<const T *>(q.w);
@@ -264,6 +265,11 @@ struct loss_run {
           double plain_y = 0.0;
           if (y >= 0) plain_y = (double)row[y], row[y] = (T)target[i];
           const T bm = row_max(row, c);
+          if (!smooth.empty()) {
+            double sa = 0.0;
+            for (int64_t j = 0; j < c; ++j) sa += weight(j) * ((double)bm - (double)row[j]);
+            smooth[i] = sa;
+          }
           const double sum = exp_sum(row, tmp.data(), c, bm);
           maxes[i] = (double)bm, sums[i] = sum;
           const double ki = factors[i].a / sum;
@@ -275,8 +281,10 @@ struct loss_run {
           if (y >= 0) {  // G_iy in float64 as target_gradient forms it; G_iy times the plain logit
             const double e = (double)tmp[y], margin_y = (double)(T)target[i];
             g_target[i] = lsm_ce_target_gradient(ce, factors[i], margin_y, (double)bm + log(sum));
-            a[y] += g_target[i] * plain_y - ki * e * margin_y;
-            row[y] = (T)(g_target[i] / ki * b[y]);
+            // The smoothing's -u_i w_y is the rank-one term's (products_direct), not buf's.
+            const double g0 = g_target[i] + factors[i].u * weight(y);
+            a[y] += g0 * plain_y - ki * e * margin_y;
+            row[y] = (T)(g0 / ki * b[y]);
           }
         }
       }
@@ -287,13 +295,36 @@ struct loss_run {
   }
 
   // The direct path's gradients: grad_w filled with -b_j^2 beta_j w_j, then the products of
-  // E' diag(b) in buf as in products_from_exps, adding to it.
+  // E' diag(b) in buf as in products_from_exps, adding to it. Label smoothing's term of G,
+  // R = -u v^T (u_i the rows' factor, v_j = w_j), is rank one: R W^ = -u q^T with q = sum_j v_j
+  // w^_j, and R^T x~ = -v r^T with r = sum_i u_i x~_i, which enters V_j and beta_j
+  // (-v_j w^_j . r): a pass over c x d that grad_w's fill makes anyway, and one more for q.
   void products_direct(const double *sums, const std::vector<double> &beta) {
     const double *b = colscale.data();
+    const bool smoothing = !smooth.empty();
+    std::vector<double> r(smoothing ? (size_t)d : 0, 0.0), qv(smoothing ? (size_t)d : 0, 0.0);
+    if (smoothing) {
+      for (int64_t i = 0; i < n; ++i)
+        for (int64_t e = 0; e < d; ++e) r[e] += factors[i].u * (double)in.x[i * d + e];
+      for (int64_t j = 0; j < c; ++j) {
+        const double vb = weight(j) * b[j];
+        if (vb != 0.0)
+          for (int64_t e = 0; e < d; ++e) qv[e] += vb * (double)w[j * d + e];
+      }
+    }
     parallel_for(c, d / kRowPassWork, [&](int64_t j0, int64_t j1) {
       for (int64_t j = j0; j < j1; ++j) {
-        const T f = (T)(-b[j] * b[j] * beta[j]);
-        for (int64_t q = 0; q < d; ++q) gw[j * d + q] = f * w[j * d + q];
+        const T *wj = w + j * d;
+        if (!smoothing) {
+          const T f = (T)(-b[j] * b[j] * beta[j]);
+          for (int64_t q = 0; q < d; ++q) gw[j * d + q] = f * wj[q];
+          continue;
+        }
+        const double vb = weight(j) * b[j];
+        double wr = 0.0;
+        for (int64_t q = 0; q < d; ++q) wr += (double)wj[q] * r[q];
+        const double f = -b[j] * b[j] * (beta[j] - vb * wr);
+        for (int64_t q = 0; q < d; ++q) gw[j * d + q] = (T)(f * (double)wj[q] - vb * r[q]);
       }
     });
     std::vector<double> k((size_t)n);
@@ -304,8 +335,11 @@ struct loss_run {
     }
     gemm(CblasNoTrans, CblasNoTrans, (int)n, (int)d, (int)c, buf, (int)c, w, (int)d, gx, (int)d);
     gemm(CblasTrans, CblasNoTrans, (int)c, (int)d, (int)n, buf, (int)c, kx.data(), (int)d, gw, (int)d, T(1));
-    for (int64_t i = 0; i < n; ++i)
-      for (int64_t q = 0; q < d; ++q) gx[i * d + q] = (T)(k[i] * (double)gx[i * d + q]);
+    for (int64_t i = 0; i < n; ++i) {
+      const double u = smoothing ? factors[i].u : 0.0;
+      for (int64_t q = 0; q < d; ++q)
+        gx[i * d + q] = (T)(k[i] * (double)gx[i * d + q] - (u == 0.0 ? 0.0 : u * qv[q]));
+    }
   }
 
   // The products' gradients projected back to x and W (normalised kinds), then the margin's
