@@ -9,6 +9,10 @@ import assert from "node:assert/strict";
 import * as tf from "@tensorflow/tfjs";
 import { backward, LargeMarginSoftmax, loss } from "../mod.ts";
 import { MarginLoss, marginLoss } from "../tfjs.ts";
+import { OPS } from "../ffi/ops.ts";
+import type { LossArgs } from "../ffi/structs.ts";
+import { openContext } from "../src/backends.ts";
+import { withClassWeights } from "../src/loss.ts";
 import { cudaAvailable, type TestBackend } from "./check.ts";
 import { assertClose, maxAbs, randomProblem, Rng, toF32 } from "./helpers.ts";
 import { type MarginSpec, referenceMarginForward } from "./reference_margins.ts";
@@ -343,6 +347,77 @@ for (const backend of ["cpu", "cuda"] as TestBackend[]) {
       () => loss(p.x, p.w, bad, { ...m, ignoreIndex: -100 }),
       /labels\[1\]: expected an integer in \[0, 4\).*got -7/,
     );
+    // The native checks, past the TypeScript ones: each names the field.
+    const ctx = openContext(backend);
+    const x = new Float64Array(4), w = new Float64Array(6);
+    const margin = { kind: 0, m: 1, lambda: 0, scale: 0, m1: 0, m2: 0, m3: 0, flags: 0 };
+    const base: LossArgs = { classOffset: 0, totalClasses: 3, gradScale: 1 };
+    const native: [LossArgs, Float64Array | undefined, Int32Array, RegExp][] = [
+      [
+        { ...base, labelSmoothing: 1 },
+        undefined,
+        new Int32Array(2),
+        /^args\.label_smoothing: .*got 1$/,
+      ],
+      [
+        base,
+        new Float64Array([1, -1, 1]),
+        new Int32Array(2),
+        /class_weights\[1\]: .*>= 0, got -1$/,
+      ],
+      [
+        { ...base, weightSum: 2 },
+        undefined,
+        new Int32Array(2),
+        /^args\.weight_sum: expected 0 without/,
+      ],
+      [{ ...base, flags: 2 }, undefined, new Int32Array(2), /^args\.flags: .*got 2$/],
+      [{ ...base, ignoreIndex: 5 }, undefined, new Int32Array(2), /^args\.ignore_index: .*got 5$/],
+      [
+        base,
+        undefined,
+        new Int32Array([0, 5]),
+        /labels\[1\]: expected an integer in \[0, 3\).*got 5/,
+      ],
+    ];
+    for (const [args, weights, labels, message] of native) {
+      const call = { dtype: "float64" as const, n: 2, d: 2, c: 3, margin, args };
+      const a = withClassWeights(
+        ctx,
+        { ...args, weightSum: args.weightSum ?? (weights ? 3 : 0) },
+        weights,
+      );
+      assert.throws(
+        () =>
+          ctx.run(OPS.loss, { ...call, args: a }, [x, w, labels, new Float64Array(2), null, null]),
+        (e: Error) => (assert.match(e.message, message), true),
+      );
+    }
+    const smoothing = { dtype: "float64" as const, n: 2, d: 2, c: 3, margin };
+    const args = { ...base, labelSmoothing: 0.1 };
+    assert.throws(
+      () =>
+        ctx.run(OPS.lossPartials, { ...smoothing, args }, [
+          x,
+          w,
+          new Int32Array(2),
+          ...[1, 2, 3].map(() => new Float64Array(2)),
+          null,
+        ]),
+      /row_smooth: expected a pointer, got NULL/,
+    );
+    const ignoring = { ...base, ignoreIndex: 5, flags: 1 };
+    const rows = new Float64Array(2);
+    ctx.run(OPS.loss, { ...smoothing, args: ignoring }, [
+      x,
+      w,
+      new Int32Array([0, 5]),
+      rows,
+      null,
+      null,
+    ]);
+    assert.equal(rows[1], 0);
+    ctx.close();
     // The library stays usable, and the ignored label passes.
     assert.ok(
       Number.isFinite(

@@ -121,7 +121,6 @@ int32_t loss(lsm_context *ctx, const lsm_loss_problem &p) {
   if (ce.weights != nullptr) {
     if ((st = reset_bad_label(ctx, bad_weight, total)) != LSM_OK) return st;
     LSM_LAUNCH(loss_check_weights, blocks_for(total, kSampleBlock), kSampleBlock, s, ce.weights, total, bad_weight);
-    if ((st = check_bad_weight(ctx, ce.weights, total, bad_weight)) != LSM_OK) return st;
   }
   const unsigned int sample_blocks = blocks_for((int64_t)n * kWarp, kSampleBlock);
   const unsigned int row_blocks = blocks_for(n, kSampleBlock);
@@ -184,6 +183,8 @@ int32_t loss(lsm_context *ctx, const lsm_loss_problem &p) {
     }
   }
   LSM_CUDA_TRY(ctx, cudaGetLastError());
+  // Read after the work, as the labels are: a bad weight only ever changes values, never an index.
+  if (ce.weights != nullptr && (st = check_bad_weight(ctx, ce.weights, total, bad_weight)) != LSM_OK) return st;
   return check_bad_label(ctx, p.labels, p.n, p.args.total_classes, bad);
 }
 
