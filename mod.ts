@@ -38,14 +38,14 @@ import {
 import { checkNumber } from "./src/checks.ts";
 import type { MarginOptions } from "./src/kinds.ts";
 import { runLoss } from "./src/loss.ts";
-import { type Reduction, resolveLoss, resolveOp } from "./src/resolve.ts";
+import { type CrossEntropyOptions, type Reduction, resolveLoss, resolveOp } from "./src/resolve.ts";
 import { checkSchedule, lambdaOf, type LambdaSchedule } from "./src/schedule.ts";
 
 export type { FloatArray, FloatDType } from "./ffi/arrays.ts";
 export type { Precision } from "./ffi/context.ts";
 export type { Backend, BackendsInfo } from "./src/backends.ts";
 export type { LambdaSchedule } from "./src/schedule.ts";
-export type { Reduction } from "./src/resolve.ts";
+export type { CrossEntropyOptions, Reduction } from "./src/resolve.ts";
 export { LargeMarginSoftmax, type LayerOptions } from "./src/layer.ts";
 export type { MarginKind, MarginOptions } from "./src/kinds.ts";
 export {
@@ -75,15 +75,23 @@ export interface OpOptions extends MarginOptions {
   precision?: Precision;
 }
 
-/** Options of {@link loss}. */
-export interface LossOptions extends Omit<OpOptions, "backend"> {
+/**
+ * Options of {@link loss}: besides the margin and where to compute, the cross-entropy options
+ * of torch's `F.cross_entropy` (`labelSmoothing`, `classWeights`, `ignoreIndex`; see
+ * {@link CrossEntropyOptions}) and `reduction` ("none" included).
+ */
+export interface LossOptions extends Omit<OpOptions, "backend">, CrossEntropyOptions {
   /**
    * Where to compute: a backend, or a list of them to split the classes across (contiguous
    * shards, one per entry; the same backend may repeat; any non-empty list: entries past the
    * C-th get no classes). "auto" by default.
    */
   backend?: Backend | Backend[];
-  /** "mean" (the default) or "sum" of the row losses. */
+  /**
+   * "mean" (the default: the sum over the counted rows divided by their total target weight),
+   * "sum", or "none": the row losses as `losses` (0 for ignored rows), `loss` their sum and the
+   * gradients those of their sum.
+   */
   reduction?: Reduction;
   /** false: the loss alone, no gradients computed (evaluation). true by default. */
   gradients?: boolean;
@@ -141,10 +149,12 @@ export function backends(): BackendsInfo {
  * @param labels The N class indices, each in [0, C).
  * @param options The margin (`kind` and its parameters; L-Softmax's `margin` and `lambda` by
  * default); optionally backend (or a list of backends to shard the
- * classes across), features, precision, reduction, gradients, workspace, and `outX` (N·D),
- * `outW` (C·D) arrays to write the gradients into (null or left out: new arrays; none may be
- * given with `gradients: false`).
- * @returns The loss (float64), and dL/dx, dL/dw unless `gradients` is false.
+ * classes across), features, precision, reduction, the cross-entropy options (labelSmoothing,
+ * classWeights, ignoreIndex), gradients, workspace, and `outX` (N·D), `outW` (C·D) arrays to
+ * write the gradients into (null or left out: new arrays; none may be given with
+ * `gradients: false`).
+ * @returns The loss (float64), the row losses as `losses` with reduction "none", and dL/dx,
+ * dL/dw unless `gradients` is false.
  *
  * @example
  * ```ts
@@ -155,6 +165,13 @@ export function backends(): BackendsInfo {
  * console.log(r.loss, r.gradX.length, r.gradW.length);
  * const arc = loss(x, w, new Int32Array([1, 2]), { kind: "arcface", scale: 64, margin: 0.5 });
  * console.log(arc.loss);
+ * const smooth = loss(x, w, new Int32Array([1, -100]), {
+ *   labelSmoothing: 0.1,
+ *   classWeights: new Float32Array([1, 2, 0.5]),
+ *   ignoreIndex: -100,
+ *   reduction: "none",
+ * });
+ * console.log(smooth.losses);
  * ```
  */
 export function loss<T extends FloatArray>(
@@ -162,7 +179,7 @@ export function loss<T extends FloatArray>(
   w: T,
   labels: Int32Array,
   options: LossOptions & { gradients?: true; outX?: T; outW?: T },
-): { loss: number; gradX: T; gradW: T };
+): { loss: number; losses?: Float64Array; gradX: T; gradW: T };
 /**
  * The loss alone, for evaluation: with `gradients: false` no gradient is computed.
  *
@@ -185,14 +202,19 @@ export function loss<T extends FloatArray>(
   w: T,
   labels: Int32Array,
   options: LossOptions & { gradients: false },
-): { loss: number };
+): { loss: number; losses?: Float64Array };
 export function loss<T extends FloatArray>(
   x: T,
   w: T,
   labels: Int32Array,
   options: LossOptions & { outX?: T; outW?: T },
-): { loss: number; gradX?: T; gradW?: T } {
-  return runLoss(resolveLoss(x, w, labels, options)) as { loss: number; gradX?: T; gradW?: T };
+): { loss: number; losses?: Float64Array; gradX?: T; gradW?: T } {
+  return runLoss(resolveLoss(x, w, labels, options)) as {
+    loss: number;
+    losses?: Float64Array;
+    gradX?: T;
+    gradW?: T;
+  };
 }
 
 /**

@@ -31,6 +31,7 @@
 // deno-lint-ignore no-import-prefix
 import * as tf from "npm:@tensorflow/tfjs@^4.22.0";
 import {
+  type CrossEntropyOptions,
   type FloatArray,
   LargeMarginSoftmax,
   type LayerOptions,
@@ -44,6 +45,7 @@ import { describe } from "./ffi/arrays.ts";
 // The library's types this module's signatures use, so that it documents on its own.
 export type {
   Backend,
+  CrossEntropyOptions,
   FloatArray,
   FloatDType,
   HeadOptions,
@@ -72,8 +74,9 @@ export type Scalar = tf.Scalar;
 
 /**
  * Options of {@link marginLoss}: those of the library's {@link loss} (margin kind and
- * parameters, backend, reduction, precision, workspace), less what the adapter sets itself
- * (the feature count and `gradients`).
+ * parameters, backend, reduction "mean" or "sum", the cross-entropy options labelSmoothing,
+ * classWeights and ignoreIndex, precision, workspace), less what the adapter sets itself (the
+ * feature count and `gradients`).
  */
 export type MarginLossOptions = LossOptions extends infer T
   // Distributed over a union (one option type per margin kind), so each keeps its own keys.
@@ -90,9 +93,10 @@ export type Labels = Int32Array | Tensor1D;
  * @param features The features, a float32 tensor [N, D]: the output of any tfjs network.
  * @param weights The class weights, a float32 tensor [C, D], usually a `tf.Variable`.
  * @param labels The N class indices, each in [0, C): an Int32Array or an int32 tensor.
- * @param options The library's loss options (`margin`, `lambda`, `backend`, `reduction`, ...),
- * passed to {@link loss} unchanged.
- * @returns The loss (mean over samples unless `reduction: "sum"`), a float32 scalar.
+ * @param options The library's loss options (`margin`, `lambda`, `backend`, `reduction`,
+ * `labelSmoothing`, `classWeights`, `ignoreIndex`, ...), passed to {@link loss} unchanged but
+ * for reduction "none", which a scalar loss cannot take (a RangeError).
+ * @returns The loss (the mean over the counted rows unless `reduction: "sum"`), a float32 scalar.
  *
  * @example
  * ```ts
@@ -114,7 +118,17 @@ export function marginLoss(
   options: MarginLossOptions,
 ): Scalar {
   const { d, y } = checkTensors(features, weights, labels);
+  scalarReduction((options as { reduction?: unknown }).reduction);
   return fused(features, weights, (x, w) => loss(x, w, y, { ...options, features: d }));
+}
+
+// The adapter's losses are scalars: "none" (a vector with the gradients of its sum) has no
+// place there.
+function scalarReduction(v: unknown): void {
+  if (v !== "none") return;
+  throw new RangeError(
+    `reduction: expected "mean" or "sum" (the tfjs losses are scalars), got "none"`,
+  );
 }
 
 /**
@@ -164,16 +178,18 @@ export class MarginLoss implements Disposable {
    * @param features The features, a float32 tensor [N, D].
    * @param weights The class weights, a float32 tensor [C, D].
    * @param labels The N class indices: an Int32Array or an int32 tensor.
-   * @param options `step` (use λ at this step and set the iteration to it), `reduction`.
+   * @param options `step` (use λ at this step and set the iteration to it), `reduction` ("mean"
+   * or "sum"), and the cross-entropy options (`labelSmoothing`, `classWeights`, `ignoreIndex`).
    * @returns The loss, a float32 scalar.
    */
   loss(
     features: Tensor,
     weights: Tensor,
     labels: Labels,
-    options: { step?: number; reduction?: Reduction } = {},
+    options: CrossEntropyOptions & { step?: number; reduction?: Reduction } = {},
   ): Scalar {
     const { d, y } = checkTensors(features, weights, labels);
+    scalarReduction(options.reduction);
     return fused(
       features,
       weights,

@@ -48,7 +48,7 @@ extern "C" {
 #endif
 
 /** Version of the C ABI: bumped on any incompatible change of this header. */
-#define LSM_ABI_VERSION 2
+#define LSM_ABI_VERSION 3
 
 /** Largest supported margin m. */
 #define LSM_MAX_MARGIN 16
@@ -236,16 +236,33 @@ LSM_API int32_t lsm_backward(lsm_context *ctx, int32_t dtype, int64_t n, int64_t
  * s_k exp(m_k - M), lse = M + log S) and hands lse to lsm_loss_gradients, which writes the shard's
  * share of grad_x (summed over shards by the caller) and its rows of grad_w.
  */
+/*
+ * The cross-entropy options (torch.nn.functional.cross_entropy), docs/math.md: with p = softmax(f),
+ * eps = label_smoothing, w_j the class weights (1 without class_weights), S_w = sum_j w_j over all
+ * total_classes classes, the row loss is
+ *   l_i = (1 - eps) w_{y_i} (-log p_{i y_i}) + (eps / total_classes) sum_j w_j (-log p_ij)
+ * and dL/df_ij = grad_scale dl_i/df_ij. With LSM_LOSS_IGNORE, rows whose label is ignore_index
+ * (any int32) have l_i = 0 and no gradient. The caller reduces (grad_scale: 1 / sum of the
+ * counted rows' w_{y_i} for a mean, 1 for a sum).
+ */
+#define LSM_LOSS_IGNORE 1u /* lsm_loss_args.flags: rows labelled ignore_index are left out */
+
 typedef struct lsm_loss_args {
   int64_t class_offset;  /* first class of w in the whole W: 0 unless sharded */
   int64_t total_classes; /* classes of the whole W (labels lie in [0, total_classes)): c unless sharded */
-  double grad_scale;     /* dL/df_ij = grad_scale (softmax_ij - [j = y_i]): 1/N for a mean, 1 for a sum */
-  int64_t reserved[2];   /* 0 */
+  double grad_scale;     /* the factor of every row's gradient: 1/N for an unweighted mean, 1 for a sum */
+  double label_smoothing;      /* eps in [0, 1) */
+  double weight_sum;           /* S_w, the sum of class_weights (0 when class_weights is NULL) */
+  const double *class_weights; /* [total_classes] float64 context memory (finite, >= 0), all of
+                                  the whole W's classes even for a shard; NULL: every weight 1 */
+  int32_t ignore_index;        /* the label of rows left out, with LSM_LOSS_IGNORE (else 0) */
+  uint32_t flags;              /* 0 or LSM_LOSS_IGNORE */
+  int64_t reserved[2];         /* 0 */
 } lsm_loss_args;
 
 /**
- * The loss of every row into row_loss [n] (float64), and, unless grad_x and grad_w are both NULL,
- * its gradients grad_x [n, d] and grad_w [c, d] (overwritten). Unsharded: class_offset 0,
+ * The loss of every row into row_loss [n] (float64; 0 for ignored rows), and, unless grad_x and
+ * grad_w are both NULL, its gradients grad_x [n, d] and grad_w [c, d] (overwritten). Unsharded: class_offset 0,
  * total_classes c.
  */
 LSM_API int32_t lsm_loss(lsm_context *ctx, int32_t dtype, int64_t n, int64_t d, int64_t c,
@@ -255,12 +272,16 @@ LSM_API int32_t lsm_loss(lsm_context *ctx, int32_t dtype, int64_t n, int64_t d, 
 
 /**
  * One shard's per-row partials (float64, [n] each): row_max, row_sum = sum over the shard's
- * classes of exp(f_ij - row_max), and target = f_iy where the shard owns label y_i (0 elsewhere).
+ * classes of exp(f_ij - row_max), target = f_iy where the shard owns label y_i (0 elsewhere),
+ * and, with label smoothing (required then, else NULL), row_smooth = sum over the shard's classes
+ * of w_j (row_max - f_ij) (>= 0). The caller combines them with M = max row_max:
+ * sum_k row_smooth_k + W_k (M - row_max_k), W_k the shard's sum of weights.
  */
 LSM_API int32_t lsm_loss_partials(lsm_context *ctx, int32_t dtype, int64_t n, int64_t d, int64_t c,
                                   const lsm_margin *margin, const lsm_loss_args *args,
                                   const void *x, const void *w, const int32_t *labels,
-                                  double *row_max, double *row_sum, double *target);
+                                  double *row_max, double *row_sum, double *target,
+                                  double *row_smooth);
 
 /**
  * One shard's gradients given every row's global log-sum-exp lse [n] (float64): grad_x [n, d] is
@@ -338,7 +359,8 @@ LSM_API int32_t lsm_context_traffic(const lsm_context *ctx, uint64_t *to_context
  * The layout of an ABI struct as this library was built. type is "lsm_margin", "lsm_loss_args" or
  * "lsm_sgd". With field "" : *offset = 0 and *bytes = sizeof(type). With a field's name as this
  * header spells it ("kind", "m", "lambda", "scale", "m1", "m2", "m3", "flags", "reserved_flags",
- * "reserved"; "class_offset", "total_classes", "grad_scale", "reserved"; "lr", "momentum",
+ * "reserved"; "class_offset", "total_classes", "grad_scale", "label_smoothing", "weight_sum",
+ * "class_weights", "ignore_index", "flags", "reserved"; "lr", "momentum",
  * "weight_decay", "nesterov", "first", "nonfinite", "reserved"): *offset = offsetof, *bytes = sizeof of the
  * field (the whole array for an array field). Anything else: LSM_ERR_INVALID_ARGUMENT naming it.
  * Bindings compare their struct encoders with it.

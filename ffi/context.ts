@@ -102,7 +102,9 @@ function argumentsOf(
   let t = 0;
   for (const a of op.args) {
     if (typeof a !== "string") {
-      out.push(tensors[t++]);
+      // An optional tensor past the end of the list is left out (null).
+      out.push(t < tensors.length || !a.optional ? tensors[t] : null);
+      t++;
       continue;
     }
     switch (a) {
@@ -216,7 +218,8 @@ export class NativeContext {
    * Runs an op on host arrays (in the op's tensor order; null for an optional output left out),
    * checked by the caller against `call`.
    */
-  run(op: OpSpec, call: Call, arrays: readonly (ArrayBufferView | null)[]): void {
+  run(op: OpSpec, call: Call, given: readonly (ArrayBufferView | null)[]): void {
+    const arrays = op.tensors.map((_, i) => given[i] ?? null); // optional ones left out: null
     if (this.backend === "cpu" && op.host) {
       const ctx = this.#live();
       this.setPrecision(call.precision);

@@ -107,7 +107,14 @@ export const OPS = {
     device: "lsm_loss_partials",
     host: "lsm_loss_partials_host",
     async: "lsm_loss_partials_async",
-    args: [...LOSS_HEAD, rows("rowMax", true), rows("rowSum", true), rows("target", true)],
+    args: [
+      ...LOSS_HEAD,
+      rows("rowMax", true),
+      rows("rowSum", true),
+      rows("target", true),
+      // With label smoothing only (left out, or null, otherwise).
+      tensor("rowSmooth", "n", 1, { output: true, type: "float64", optional: true }),
+    ],
   }),
   lossGradients: op({
     device: "lsm_loss_gradients",

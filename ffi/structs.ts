@@ -51,7 +51,12 @@ const FIELDS = [
   ["lsm_loss_args", "class_offset", "int64", 0, "classOffset"],
   ["lsm_loss_args", "total_classes", "int64", 8, "totalClasses"],
   ["lsm_loss_args", "grad_scale", "float64", 16, "gradScale"],
-  ["lsm_loss_args", "reserved", "int64[2]", 24],
+  ["lsm_loss_args", "label_smoothing", "float64", 24, "labelSmoothing"],
+  ["lsm_loss_args", "weight_sum", "float64", 32, "weightSum"], // 0 without class weights
+  ["lsm_loss_args", "class_weights", "int64", 40, "classWeights"], // the address, or 0 (none)
+  ["lsm_loss_args", "ignore_index", "int32", 48, "ignoreIndex"],
+  ["lsm_loss_args", "flags", "uint32", 52, "flags"], // LOSS_IGNORE with ignoreIndex
+  ["lsm_loss_args", "reserved", "int64[2]", 56],
   ["lsm_sgd", "lr", "float64", 0, "lr"],
   ["lsm_sgd", "momentum", "float64", 8, "momentum"],
   ["lsm_sgd", "weight_decay", "float64", 16, "weightDecay"],
@@ -62,7 +67,7 @@ const FIELDS = [
 ] as const;
 
 /** sizeof of each ABI struct. */
-const SIZES = { lsm_margin: 88, lsm_loss_args: 40, lsm_sgd: 40 } as const;
+const SIZES = { lsm_margin: 88, lsm_loss_args: 72, lsm_sgd: 40 } as const;
 
 type StructName = keyof typeof SIZES;
 
@@ -89,7 +94,10 @@ type KeyOf<S extends StructName> = Extract<
 
 /** struct lsm_margin: the kind and its parameters (fields a kind does not use are 0). */
 export const LSM_MARGIN: Struct<KeyOf<"lsm_margin">> = struct("lsm_margin");
-/** struct lsm_loss_args: the shard's first class, all classes, the gradient's scale. */
+/**
+ * struct lsm_loss_args: the shard's first class, all classes, the gradient's scale and the
+ * cross-entropy options.
+ */
 export const LSM_LOSS_ARGS: Struct<KeyOf<"lsm_loss_args">> = struct("lsm_loss_args");
 /** struct lsm_sgd: one SGD step's settings. */
 export const LSM_SGD: Struct<KeyOf<"lsm_sgd">> = struct("lsm_sgd");
@@ -102,8 +110,16 @@ export type StructValues<K extends string> = { readonly [Key in K]: number };
 
 /** The values of lsm_margin: `kind` is the lsm_margin_kind code. */
 export type MarginStruct = StructValues<KeyOf<"lsm_margin">>;
-/** The values of lsm_loss_args. */
-export type LossArgs = StructValues<KeyOf<"lsm_loss_args">>;
+/**
+ * The values of lsm_loss_args: the cross-entropy options may be left out (0: none); classWeights
+ * is the address of the weights (host memory on a CPU context, context memory otherwise).
+ */
+export type LossArgs =
+  & StructValues<"classOffset" | "totalClasses" | "gradScale">
+  & Partial<StructValues<KeyOf<"lsm_loss_args">>>;
+
+/** lsm_loss_args.flags: rows labelled ignoreIndex are left out (LSM_LOSS_IGNORE). */
+export const LOSS_IGNORE = 1;
 /** The values of lsm_sgd. */
 export type SgdStruct = StructValues<KeyOf<"lsm_sgd">>;
 
@@ -111,7 +127,7 @@ export type SgdStruct = StructValues<KeyOf<"lsm_sgd">>;
 const LITTLE_ENDIAN = new Uint8Array(new Uint16Array([1]).buffer)[0] === 1;
 
 /**
- * An encoder of a struct: its values into `into` (a buffer of the struct's size, by default one
+ * An encoder of a struct: its values into `into` (a value left out is written 0) (a buffer of the struct's size, by default one
  * the encoder keeps and reuses). A synchronous call may use the kept buffer, since the native
  * side copies the struct before it returns; a call still running when the next is encoded (off
  * the JavaScript thread) needs a buffer of its own.
@@ -132,7 +148,7 @@ export function encoder<K extends string>(
       ? keptView
       : new DataView(into.buffer, into.byteOffset, struct.bytes);
     for (const f of written) {
-      const v = (values as Record<string, number>)[f.key!];
+      const v = (values as Record<string, number | undefined>)[f.key!] ?? 0;
       switch (f.type) {
         case "int32":
           view.setInt32(f.offset, v, LITTLE_ENDIAN);
@@ -154,9 +170,9 @@ export function encoder<K extends string>(
 
 /** lsm_margin's encoder. */
 export const encodeMargin: (v: MarginStruct, into?: Uint8Array) => Uint8Array = encoder(LSM_MARGIN);
-/** lsm_loss_args's encoder. */
+/** lsm_loss_args's encoder (options left out are written 0). */
 export const encodeLossArgs: (v: LossArgs, into?: Uint8Array) => Uint8Array = encoder(
   LSM_LOSS_ARGS,
-);
+) as (v: LossArgs, into?: Uint8Array) => Uint8Array;
 /** lsm_sgd's encoder. */
 export const encodeSgd: (v: SgdStruct, into?: Uint8Array) => Uint8Array = encoder(LSM_SGD);

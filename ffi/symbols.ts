@@ -2,7 +2,7 @@
 // parameter names beside the types, and the ABI's constants.
 
 /** The C ABI version (`LSM_ABI_VERSION`) these bindings were written for. */
-export const ABI_VERSION = 2;
+export const ABI_VERSION = 3;
 
 /** Status codes of `lsm_status`. */
 export const Status = {
@@ -82,11 +82,11 @@ export const symbols = {
   // HEAD, args, x, w, labels, row_loss, grad_x, grad_w
   lsm_loss: { parameters: op("pointer", 6, true), result: "i32" },
   lsm_loss_host: { name: "lsm_loss", parameters: op("buffer", 6, true), result: "i32" },
-  // HEAD, args, x, w, labels, row_max, row_sum, target
-  lsm_loss_partials: { parameters: op("pointer", 6, true), result: "i32" },
+  // HEAD, args, x, w, labels, row_max, row_sum, target, row_smooth
+  lsm_loss_partials: { parameters: op("pointer", 7, true), result: "i32" },
   lsm_loss_partials_host: {
     name: "lsm_loss_partials",
-    parameters: op("buffer", 6, true),
+    parameters: op("buffer", 7, true),
     result: "i32",
   },
   // HEAD, args, x, w, labels, lse, grad_x, grad_w
@@ -133,7 +133,7 @@ export const symbols = {
   },
   lsm_loss_partials_async: {
     name: "lsm_loss_partials",
-    parameters: op("pointer", 6, true),
+    parameters: op("pointer", 7, true),
     result: "i32",
     nonblocking: true,
   },

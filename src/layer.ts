@@ -9,7 +9,13 @@ import { readOptions } from "./checks.ts";
 import { type Margin, type MarginKind, type MarginOptions, marginOptions } from "./kinds.ts";
 import { runLoss } from "./loss.ts";
 import { bindArrays, type Shape } from "./tensors.ts";
-import { type LayerSettings, type Reduction, resolveLayer, resolveLayerCall } from "./resolve.ts";
+import {
+  type CrossEntropyOptions,
+  type LayerSettings,
+  type Reduction,
+  resolveLayer,
+  resolveLayerCall,
+} from "./resolve.ts";
 import { lambdaOf, type LambdaSchedule } from "./schedule.ts";
 
 /**
@@ -149,27 +155,39 @@ export class LargeMarginSoftmax {
    * @param w Class weights, row-major, the dtype of x.
    * @param labels N class indices.
    * @param options `step`, `features` as for {@link LargeMarginSoftmax.forward}; `reduction`
-   * ("mean" or "sum"); `outX`, `outW` arrays to write the gradients into.
-   * @returns The loss, the λ used, dL/dx and dL/dw.
+   * ("mean", "sum" or "none": the row losses as `losses`, with the gradients of their sum); the
+   * cross-entropy options (`labelSmoothing`, `classWeights`, `ignoreIndex`) as for `loss()`;
+   * `outX`, `outW` arrays to write the gradients into.
+   * @returns The loss, the λ used, dL/dx and dL/dw (and `losses` with reduction "none").
    */
   loss<T extends FloatArray>(
     x: T,
     w: T,
     labels: Int32Array,
-    options: { step?: number; features?: number; reduction?: Reduction; outX?: T; outW?: T } = {},
-  ): { loss: number; lambda: number; gradX: T; gradW: T } {
+    options: CrossEntropyOptions & {
+      step?: number;
+      features?: number;
+      reduction?: Reduction;
+      outX?: T;
+      outW?: T;
+    } = {},
+  ): { loss: number; losses?: Float64Array; lambda: number; gradX: T; gradW: T } {
     const ctx = this.#ctx();
     this.#last = undefined;
-    const { step, call, arrays, reduction } = resolveLayerCall(
+    const { step, call, arrays, reduction, crossEntropy, denominator } = resolveLayerCall(
       "loss",
       this.#settings(),
       { x, w, labels },
       options,
     );
-    const r = runLoss({ call, arrays, contexts: ctx, reduction, gradients: true });
+    const r = runLoss({
+      ...{ call, arrays, contexts: ctx, reduction, crossEntropy, denominator },
+      gradients: true,
+    });
     this.#iteration = step;
     this.#lambda = call.margin!.lambda;
-    return { loss: r.loss, lambda: this.#lambda, gradX: r.gradX as T, gradW: r.gradW as T };
+    const out = { loss: r.loss, lambda: this.#lambda, gradX: r.gradX as T, gradW: r.gradW as T };
+    return r.losses === undefined ? out : { ...out, losses: r.losses };
   }
 
   /**

@@ -1,40 +1,96 @@
 // The fused loss on host arrays: softmax cross-entropy over the margin logits, with its
 // gradients, on one context (one native call) or with the classes split across several (the
-// class-shard algorithm of shards.ts, each shard a view of the caller's arrays).
+// class-shard algorithm of shards.ts, each shard a view of the caller's arrays). The
+// cross-entropy options travel in the call's lsm_loss_args; the class weights' address is each
+// context's (host memory on the CPU, a copy in context memory on CUDA).
 
 import { type FloatArray, newFloatArray } from "../ffi/arrays.ts";
 import type { Call, NativeContext } from "../ffi/context.ts";
 import { OPS } from "../ffi/ops.ts";
+import type { LossArgs } from "../ffi/structs.ts";
 import type { LossCall, Reduction } from "./resolve.ts";
 import { type HostShard, type Partials, shardBounds, shardedLoss } from "./shards.ts";
 
-/** Row losses to the reduced loss, in float64. */
-export function reduce(rowLoss: Float64Array, reduction: Reduction): number {
+/**
+ * Row losses to the reduced loss, in float64: their sum, divided by `denominator` for a mean
+ * (the number of rows by default; 0 when it is 0: a mean over no counted row); "none" sums.
+ */
+export function reduce(
+  rowLoss: Float64Array,
+  reduction: Reduction,
+  denominator: number = rowLoss.length,
+): number {
   let sum = 0;
   for (let i = 0; i < rowLoss.length; i++) sum += rowLoss[i];
-  return reduction === "mean" ? sum / rowLoss.length : sum;
+  if (reduction !== "mean") return sum;
+  return denominator === 0 ? 0 : sum / denominator;
+}
+
+/**
+ * A call's lsm_loss_args with the class weights' address on a context: the array itself on a
+ * CPU context (it must stay alive and unchanged for the call), a copy in the context's memory
+ * (kept under "classWeights") elsewhere.
+ */
+export function withClassWeights(
+  ctx: NativeContext,
+  args: LossArgs,
+  weights: Float64Array | undefined,
+): LossArgs {
+  if (weights === undefined) return args;
+  let ptr: Deno.PointerValue;
+  if (ctx.backend === "cpu") {
+    ptr = Deno.UnsafePointer.of(weights);
+  } else {
+    ptr = ctx.buffer("classWeights", weights.byteLength);
+    ctx.upload(ptr, weights);
+  }
+  return { ...args, classWeights: Number(Deno.UnsafePointer.value(ptr)) };
 }
 
 /** The loss and, when asked, its gradients (into the call's outX and outW arrays). */
-export function runLoss(l: LossCall): { loss: number; gradX?: FloatArray; gradW?: FloatArray } {
+export function runLoss(
+  l: LossCall,
+): { loss: number; losses?: Float64Array; gradX?: FloatArray; gradW?: FloatArray } {
   const [x, w, labels, rowLoss, gradX, gradW] = l.arrays;
+  const weights = l.crossEntropy.classWeights;
+  const result = (rows: Float64Array) => {
+    const loss = reduce(rows, l.reduction, l.denominator);
+    const r: { loss: number; losses?: Float64Array; gradX?: FloatArray; gradW?: FloatArray } = {
+      loss,
+    };
+    if (l.reduction === "none") r.losses = rows;
+    if (l.gradients) r.gradX = gradX as FloatArray, r.gradW = gradW as FloatArray;
+    return r;
+  };
   if (!Array.isArray(l.contexts)) {
-    l.contexts.run(OPS.loss, l.call, l.arrays);
-    const loss = reduce(rowLoss as Float64Array, l.reduction);
-    return l.gradients
-      ? { loss, gradX: gradX as FloatArray, gradW: gradW as FloatArray }
-      : { loss };
+    const call = { ...l.call, args: withClassWeights(l.contexts, l.call.args!, weights) };
+    l.contexts.run(OPS.loss, call, l.arrays);
+    return result(rowLoss as Float64Array);
   }
   const { n, d, c } = l.call;
   const bounds = shardBounds(c, l.contexts.length);
   const share = l.gradients ? newFloatArray(l.call.dtype, n * d) : null;
   const out = { gradW: gradW as FloatArray | null, share };
   const shards = l.contexts.map((ctx, s) =>
-    new HostArrays(ctx, l.call, bounds[s], bounds[s + 1], out, x!, w as FloatArray, labels!)
+    new HostArrays(
+      ctx,
+      l.call,
+      bounds[s],
+      bounds[s + 1],
+      out,
+      x!,
+      w as FloatArray,
+      labels!,
+      weights,
+    )
   );
-  const rows = shardedLoss(shards, labels as Int32Array, gradX as FloatArray | null);
-  const loss = reduce(rows, l.reduction);
-  return l.gradients ? { loss, gradX: gradX as FloatArray, gradW: gradW as FloatArray } : { loss };
+  const rows = shardedLoss(
+    shards,
+    labels as Int32Array,
+    gradX as FloatArray | null,
+    l.crossEntropy,
+  );
+  return result(rows);
 }
 
 // A shard of host arrays: views of w and dW for classes [c0, c0 + c), its share of dx in `share`.
@@ -42,6 +98,7 @@ class HostArrays implements HostShard {
   readonly c: number;
   readonly #call: Call;
   readonly #inputs: ArrayBufferView[];
+  readonly #smoothing: boolean;
 
   constructor(
     readonly ctx: NativeContext,
@@ -52,20 +109,30 @@ class HostArrays implements HostShard {
     x: ArrayBufferView,
     w: FloatArray,
     labels: ArrayBufferView,
+    weights: Float64Array | undefined,
   ) {
     this.c = c1 - c0;
-    this.#call = { ...whole, c: this.c, args: { ...whole.args!, classOffset: c0 } };
+    const args = withClassWeights(ctx, { ...whole.args!, classOffset: c0 }, weights);
+    this.#call = { ...whole, c: this.c, args };
     this.#inputs = [x, w.subarray(c0 * whole.d, c1 * whole.d), labels];
+    this.#smoothing = (args.labelSmoothing ?? 0) > 0;
   }
 
   partials(): Partials {
     const n = this.#call.n;
-    const p = {
+    const p: Partials = {
       rowMax: new Float64Array(n),
       rowSum: new Float64Array(n),
       target: new Float64Array(n),
     };
-    this.ctx.run(OPS.lossPartials, this.#call, [...this.#inputs, p.rowMax, p.rowSum, p.target]);
+    if (this.#smoothing) p.rowSmooth = new Float64Array(n);
+    this.ctx.run(OPS.lossPartials, this.#call, [
+      ...this.#inputs,
+      p.rowMax,
+      p.rowSum,
+      p.target,
+      p.rowSmooth ?? null,
+    ]);
     return p;
   }
 

@@ -20,7 +20,14 @@ import {
   withLambda,
 } from "./kinds.ts";
 import { checkSchedule, type LambdaSchedule, SCHEDULE_KEYS } from "./schedule.ts";
-import { bindArrays, checkFeatures, type Given, MAX_ELEMENTS } from "./tensors.ts";
+import {
+  bindArrays,
+  checkClassWeights,
+  checkFeatures,
+  type Given,
+  MAX_ELEMENTS,
+} from "./tensors.ts";
+import { LOSS_IGNORE, type LossArgs } from "../ffi/structs.ts";
 import {
   checkDType,
   checkNonFinite,
@@ -31,8 +38,11 @@ import {
   type SgdOptions,
 } from "./head/options.ts";
 
-/** How the row losses combine: their mean (the default) or their sum. */
-export type Reduction = "mean" | "sum";
+/**
+ * How the row losses combine: their (weighted) mean (the default), their sum, or none (the row
+ * losses themselves, with the gradients of their sum).
+ */
+export type Reduction = "mean" | "sum" | "none";
 
 function checkPrecision(v: unknown): Precision {
   if (v === undefined || v === "exact" || v === "tf32") return v ?? "exact";
@@ -59,8 +69,127 @@ function checkPrecisionOn(precision: Precision, backend: unknown): void {
 const output = (v: unknown) => (v === null ? undefined : v);
 
 function checkReduction(v: unknown): Reduction {
-  if (v === undefined || v === "mean" || v === "sum") return v ?? "mean";
-  throw new RangeError(`reduction: expected "mean" or "sum", got ${describe(v)}`);
+  if (v === undefined || v === "mean" || v === "sum" || v === "none") return v ?? "mean";
+  throw new RangeError(`reduction: expected "mean", "sum" or "none", got ${describe(v)}`);
+}
+
+/**
+ * The cross-entropy options of the fused loss, as torch's `F.cross_entropy` defines them
+ * (docs/math.md): with p = softmax of the margin logits, row i's loss is
+ * (1 − ε) w_{y_i} (−log p_{i y_i}) + (ε / C) Σ_j w_j (−log p_ij).
+ */
+export interface CrossEntropyOptions {
+  /** ε in [0, 1): torch's `label_smoothing` (0 by default). */
+  labelSmoothing?: number;
+  /**
+   * C class weights w_j, finite and >= 0 (torch's `weight`), as a Float32Array or Float64Array
+   * whatever the call's dtype (read in float64). The mean divides by the sum of the counted
+   * rows' target weights.
+   */
+  classWeights?: Float32Array | Float64Array;
+  /**
+   * Rows with this label (any integer, e.g. torch's −100) contribute no loss and no gradient and
+   * are not counted in the mean; a mean over no counted row (or rows of total weight 0) is 0
+   * with zero gradients (torch gives NaN there).
+   */
+  ignoreIndex?: number;
+}
+
+/** The cross-entropy options of a loss call (torch's F.cross_entropy), checked. */
+export interface CrossEntropy {
+  /** ε in [0, 1); 0 without smoothing. */
+  labelSmoothing: number;
+  /** The C class weights as float64 (a copy, checked), or undefined (every weight 1). */
+  classWeights: Float64Array | undefined;
+  /** S_w: the sum of the class weights (C without them). */
+  weightSum: number;
+  /** The label of rows left out, or undefined (none). */
+  ignoreIndex: number | undefined;
+}
+
+/** The options keys of the cross-entropy options. */
+export const CROSS_ENTROPY_KEYS = ["labelSmoothing", "classWeights", "ignoreIndex"] as const;
+
+/**
+ * The cross-entropy options from a call's options (`labelSmoothing`, `classWeights`,
+ * `ignoreIndex`), for C classes.
+ *
+ * @param o The call's options, read.
+ * @param c The number of classes (the length classWeights must have).
+ * @returns The checked options.
+ */
+export function checkCrossEntropy(o: Partial<Record<string, unknown>>, c: number): CrossEntropy {
+  let labelSmoothing = 0;
+  if (o.labelSmoothing !== undefined) {
+    const v = o.labelSmoothing;
+    if (typeof v !== "number") {
+      throw new TypeError(`labelSmoothing: expected a number in [0, 1), got ${describe(v)}`);
+    }
+    if (!(v >= 0 && v < 1)) {
+      throw new RangeError(`labelSmoothing: expected a number in [0, 1), got ${v}`);
+    }
+    labelSmoothing = v;
+  }
+  const classWeights = o.classWeights === undefined
+    ? undefined
+    : checkClassWeights(o.classWeights, c);
+  let weightSum = c;
+  if (classWeights !== undefined) {
+    weightSum = 0;
+    for (let j = 0; j < c; j++) weightSum += classWeights[j];
+    if (!Number.isFinite(weightSum)) {
+      throw new RangeError(`classWeights: expected a finite sum, got ${weightSum}`);
+    }
+  }
+  const ignoreIndex = o.ignoreIndex === undefined
+    ? undefined
+    : checkInteger("ignoreIndex", o.ignoreIndex, -(2 ** 31), 2 ** 31 - 1);
+  return { labelSmoothing, classWeights, weightSum, ignoreIndex };
+}
+
+/**
+ * The weight the mean divides by: the sum of the counted rows' target weights (their count
+ * without weights). Labels outside [0, C) count 0 here (the native call names them).
+ */
+function meanDenominator(ce: CrossEntropy, labels: Int32Array, c: number): number {
+  let total = 0;
+  for (let i = 0; i < labels.length; i++) {
+    const y = labels[i];
+    if (y === ce.ignoreIndex || !(y >= 0 && y < c)) continue;
+    total += ce.classWeights === undefined ? 1 : ce.classWeights[y];
+  }
+  return total;
+}
+
+/**
+ * The lsm_loss_args of an unsharded loss call with cross-entropy options (the weights' address
+ * is the run's: `classWeights` 0 here), and the denominator of its mean (1 for "sum" and
+ * "none"). A mean over rows of total weight 0 (every row ignored) is 0 with zero gradients.
+ *
+ * @param ce The checked options.
+ * @param labels The call's labels.
+ * @param c The number of classes.
+ * @param reduction The reduction.
+ * @returns The args (gradScale 1/denominator for a mean, 0 where the denominator is 0) and the
+ *   denominator.
+ */
+export function crossEntropyArgs(
+  ce: CrossEntropy,
+  labels: Int32Array,
+  c: number,
+  reduction: Reduction,
+): { args: LossArgs; denominator: number } {
+  const denominator = reduction === "mean" ? meanDenominator(ce, labels, c) : 1;
+  const args: LossArgs = {
+    classOffset: 0,
+    totalClasses: c,
+    gradScale: denominator === 0 ? 0 : 1 / denominator,
+    labelSmoothing: ce.labelSmoothing,
+    weightSum: ce.classWeights === undefined ? 0 : ce.weightSum,
+    ignoreIndex: ce.ignoreIndex ?? 0,
+    flags: ce.ignoreIndex === undefined ? 0 : LOSS_IGNORE,
+  };
+  return { args, denominator };
 }
 
 function checkGradients(v: unknown): boolean {
@@ -121,7 +250,15 @@ const OP_KEYS = [...MARGIN_KEYS, "backend", "features", "precision"] as const;
 const KEYS = {
   forward: [...OP_KEYS, "out"],
   backward: [...OP_KEYS, "outX", "outW"],
-  loss: [...OP_KEYS, "reduction", "gradients", "workspace", "outX", "outW"],
+  loss: [
+    ...OP_KEYS,
+    "reduction",
+    ...CROSS_ENTROPY_KEYS,
+    "gradients",
+    "workspace",
+    "outX",
+    "outW",
+  ],
 } as const;
 
 /** The call of an op at a margin, its arrays bound and checked (the sizes measured from them). */
@@ -161,6 +298,10 @@ export interface LossCall {
   arrays: (ArrayBufferView | null)[];
   contexts: NativeContext | NativeContext[];
   reduction: Reduction;
+  /** The cross-entropy options; `call.args` holds them but for the weights' address. */
+  crossEntropy: CrossEntropy;
+  /** What the sum of the row losses is divided by (1 unless a mean). */
+  denominator: number;
   gradients: boolean;
 }
 
@@ -193,13 +334,17 @@ export function resolveLoss(x: unknown, w: unknown, labels: unknown, options: un
     features,
   );
   call.workspace = workspace;
-  call.args = {
-    classOffset: 0,
-    totalClasses: call.c,
-    gradScale: reduction === "mean" ? 1 / call.n : 1,
-  };
+  const crossEntropy = checkCrossEntropy(o, call.c);
+  const { args, denominator } = crossEntropyArgs(
+    crossEntropy,
+    arrays[2] as Int32Array,
+    call.c,
+    reduction,
+  );
+  call.args = args;
   checkPrecisionOn(precision, o.backend);
-  return { call, arrays, contexts: lossContexts(o.backend, call.c), reduction, gradients };
+  const contexts = lossContexts(o.backend, call.c);
+  return { call, arrays, contexts, reduction, crossEntropy, denominator, gradients };
 }
 
 /**
@@ -265,7 +410,7 @@ function checkStep(v: unknown, iteration: number): number {
 
 const LAYER_CALL_KEYS = {
   forward: ["step", "features", "out"],
-  loss: ["step", "features", "reduction", "outX", "outW"],
+  loss: ["step", "features", "reduction", ...CROSS_ENTROPY_KEYS, "outX", "outW"],
 } as const;
 
 /** A layer's forward or loss: its options and arrays, at λ of the step (`lambdaAt`). */
@@ -274,7 +419,14 @@ export function resolveLayerCall(
   layer: LayerSettings & { iteration: number; lambdaAt: (step: number) => number },
   arrays: Given,
   options: unknown,
-): { step: number; call: Call; arrays: (ArrayBufferView | null)[]; reduction: Reduction } {
+): {
+  step: number;
+  call: Call;
+  arrays: (ArrayBufferView | null)[];
+  reduction: Reduction;
+  crossEntropy: CrossEntropy;
+  denominator: number;
+} {
   const o: Partial<Record<string, unknown>> = readOptions(
     "options",
     options,
@@ -288,11 +440,15 @@ export function resolveLayerCall(
     ? { ...arrays, out: output(o.out) }
     : { ...arrays, outX: output(o.outX), outW: output(o.outW) };
   const bound = bindCall(OPS[name], margin, layer.precision, given, features);
+  const crossEntropy = checkCrossEntropy(name === "loss" ? o : {}, bound.call.c);
+  let denominator = 1;
   if (name === "loss") {
-    const gradScale = reduction === "mean" ? 1 / bound.call.n : 1;
-    bound.call.args = { classOffset: 0, totalClasses: bound.call.c, gradScale };
+    const labels = bound.arrays[2] as Int32Array;
+    const r = crossEntropyArgs(crossEntropy, labels, bound.call.c, reduction);
+    bound.call.args = r.args;
+    denominator = r.denominator;
   }
-  return { step, ...bound, reduction };
+  return { step, ...bound, reduction, crossEntropy, denominator };
 }
 
 /** A head's settings from its options: sizes, dtype, margin (λ 0) and λ, optimizer, backends. */

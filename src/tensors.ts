@@ -242,3 +242,34 @@ export function checkBatch(
   }
   return { n };
 }
+
+/**
+ * The `classWeights` option: a Float32Array or Float64Array of C weights (whatever the call's
+ * dtype: the loss reads them in float64), each finite and >= 0. Returns a float64 copy, so that
+ * what the native call reads is what was checked.
+ *
+ * @param v The option's value.
+ * @param c The number of classes.
+ * @returns The weights as a new Float64Array.
+ */
+export function checkClassWeights(v: unknown, c: number): Float64Array {
+  const name = typedArrayName(v);
+  if (name !== "Float32Array" && name !== "Float64Array") {
+    throw new TypeError(
+      `classWeights: expected a Float32Array or Float64Array of C = ${c} weights, got ${
+        describe(v)
+      }`,
+    );
+  }
+  const a = v as FloatArray;
+  if (elementCount(a) !== c) {
+    throw new RangeError(`classWeights: expected C = ${c} elements, got ${elementCount(a)}`);
+  }
+  const out = Float64Array.from(a);
+  for (let j = 0; j < c; j++) {
+    if (!(out[j] >= 0 && Number.isFinite(out[j]))) {
+      throw new RangeError(`classWeights[${j}]: expected a finite number >= 0, got ${out[j]}`);
+    }
+  }
+  return out;
+}

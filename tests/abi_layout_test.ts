@@ -88,7 +88,16 @@ Deno.test("abi layout: the encoders write each value at its field's offset, rese
       m3: 0.125,
       flags: 1,
     }],
-    [LSM_LOSS_ARGS, encodeLossArgs, { classOffset: 12, totalClasses: 2 ** 40, gradScale: 1 / 3 }],
+    [LSM_LOSS_ARGS, encodeLossArgs, {
+      classOffset: 12,
+      totalClasses: 2 ** 40,
+      gradScale: 1 / 3,
+      labelSmoothing: 0.25,
+      weightSum: 7.5,
+      classWeights: 2 ** 44 + 64,
+      ignoreIndex: -100,
+      flags: 1,
+    }],
     [LSM_SGD, encodeSgd, {
       lr: 0.1,
       momentum: 0.9,
@@ -112,5 +121,19 @@ Deno.test("abi layout: the encoders write each value at its field's offset, rese
         assert.ok(bytes.every((b) => b === 0), `${struct.name}.${f.c}: reserved bytes are 0`);
       }
     }
+  }
+});
+
+Deno.test("abi layout: cross-entropy options left out of lsm_loss_args are written 0", () => {
+  const into = encodeLossArgs(
+    { classOffset: 3, totalClasses: 9, gradScale: 0.5 },
+    new Uint8Array(LSM_LOSS_ARGS.bytes).fill(7),
+  );
+  for (const f of LSM_LOSS_ARGS.fields) {
+    if (f.key === undefined || ["classOffset", "totalClasses", "gradScale"].includes(f.key)) {
+      continue;
+    }
+    const bytes = into.subarray(f.offset, f.offset + FIELD_BYTES[f.type] * (f.count ?? 1));
+    assert.ok(bytes.every((b) => b === 0), `lsm_loss_args.${f.c}: 0`);
   }
 });

@@ -38,6 +38,7 @@ struct lsm_loss_problem {
   const int32_t *labels;
   double *row_loss;                     // FULL
   double *row_max, *row_sum, *target;   // PARTIALS
+  double *row_smooth;                   // PARTIALS with label smoothing
   const double *lse;                    // GRADIENTS
   void *grad_x, *grad_w;                // GRADIENTS, and FULL unless both are null
 };

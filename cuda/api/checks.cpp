@@ -191,6 +191,24 @@ int32_t check_loss(lsm_context *ctx, const lsm_loss_problem &p) {
     return lsm_fail(ctx, LSM_ERR_INVALID_ARGUMENT, "args.grad_scale: expected a finite number, got " + num(a.grad_scale));
   if (a.reserved[0] != 0 || a.reserved[1] != 0)
     return lsm_fail(ctx, LSM_ERR_INVALID_ARGUMENT, "args.reserved: expected 0");
+  // The cross-entropy options; the weights' values are the backends' to check (they read them).
+  if (!(a.label_smoothing >= 0.0 && a.label_smoothing < 1.0))
+    return lsm_fail(ctx, LSM_ERR_INVALID_ARGUMENT,
+                    "args.label_smoothing: expected a number in [0, 1), got " + num(a.label_smoothing));
+  if (a.class_weights == nullptr ? a.weight_sum != 0.0 : !(a.weight_sum >= 0.0 && isfinite(a.weight_sum)))
+    return lsm_fail(ctx, LSM_ERR_INVALID_ARGUMENT,
+                    std::string("args.weight_sum: expected ") +
+                        (a.class_weights == nullptr ? "0 without class_weights" : "a finite number >= 0") + ", got " +
+                        num(a.weight_sum));
+  if (a.class_weights != nullptr &&
+      (s = check_tensor(ctx, a.class_weights, a.total_classes, sizeof(double), "args.class_weights")))
+    return s;
+  if (a.flags != 0 && a.flags != LSM_LOSS_IGNORE)
+    return lsm_fail(ctx, LSM_ERR_INVALID_ARGUMENT,
+                    "args.flags: expected 0 or LSM_LOSS_IGNORE (1), got " + str(a.flags));
+  if (a.flags == 0 && a.ignore_index != 0)
+    return lsm_fail(ctx, LSM_ERR_INVALID_ARGUMENT,
+                    "args.ignore_index: expected 0 without LSM_LOSS_IGNORE, got " + str(a.ignore_index));
   const size_t rows = (size_t)p.n * sizeof(double);
   struct named {
     const void *p;
@@ -206,6 +224,14 @@ int32_t check_loss(lsm_context *ctx, const lsm_loss_problem &p) {
   }
   if (p.stage == LSM_LOSS_PARTIALS && (p.row_max == p.row_sum || p.row_max == p.target || p.row_sum == p.target))
     return lsm_fail(ctx, LSM_ERR_INVALID_ARGUMENT, "row_max, row_sum, target: expected three separate arrays");
+  if (p.stage == LSM_LOSS_PARTIALS) {
+    if (a.label_smoothing > 0.0 && (s = check_tensor(ctx, p.row_smooth, (int64_t)rows, 1, "row_smooth"))) return s;
+    if (a.label_smoothing == 0.0 && p.row_smooth != nullptr)
+      return lsm_fail(ctx, LSM_ERR_INVALID_ARGUMENT, "row_smooth: expected NULL without label smoothing");
+    if (p.row_smooth != nullptr &&
+        (p.row_smooth == p.row_max || p.row_smooth == p.row_sum || p.row_smooth == p.target))
+      return lsm_fail(ctx, LSM_ERR_INVALID_ARGUMENT, "row_smooth: expected an array of its own");
+  }
   if (p.stage == LSM_LOSS_FULL && p.grad_x == nullptr && p.grad_w == nullptr) return LSM_OK;  // the loss alone
   if (p.stage != LSM_LOSS_PARTIALS) return check_gradients(ctx, p.dtype, p.n, p.d, p.c, p.grad_x, p.grad_w);
   return LSM_OK;

@@ -22,7 +22,12 @@
   X(lsm_loss_args, class_offset, 0, 8)          \
   X(lsm_loss_args, total_classes, 8, 8)         \
   X(lsm_loss_args, grad_scale, 16, 8)           \
-  X(lsm_loss_args, reserved, 24, 16)            \
+  X(lsm_loss_args, label_smoothing, 24, 8)      \
+  X(lsm_loss_args, weight_sum, 32, 8)           \
+  X(lsm_loss_args, class_weights, 40, 8)        \
+  X(lsm_loss_args, ignore_index, 48, 4)         \
+  X(lsm_loss_args, flags, 52, 4)                \
+  X(lsm_loss_args, reserved, 56, 16)            \
   X(lsm_sgd, lr, 0, 8)                          \
   X(lsm_sgd, momentum, 8, 8)                    \
   X(lsm_sgd, weight_decay, 16, 8)               \
@@ -34,7 +39,7 @@
 // The structs themselves: X(struct, bytes).
 #define LSM_ABI_STRUCTS(X) \
   X(lsm_margin, 88)        \
-  X(lsm_loss_args, 40)     \
+  X(lsm_loss_args, 72)     \
   X(lsm_sgd, 40)
 
 #define LSM_ASSERT_FIELD(type, field, offset, bytes)                                    \

@@ -61,10 +61,11 @@ int32_t lsm_loss(lsm_context *ctx, int32_t dtype, int64_t n, int64_t d, int64_t 
 
 int32_t lsm_loss_partials(lsm_context *ctx, int32_t dtype, int64_t n, int64_t d, int64_t c, const lsm_margin *margin,
                           const lsm_loss_args *args, const void *x, const void *w, const int32_t *labels,
-                          double *row_max, double *row_sum, double *target) {
+                          double *row_max, double *row_sum, double *target, double *row_smooth) {
   lsm_loss_problem p = {};
   p.stage = LSM_LOSS_PARTIALS, p.dtype = dtype, p.n = n, p.d = d, p.c = c;
   p.x = x, p.w = w, p.labels = labels, p.row_max = row_max, p.row_sum = row_sum, p.target = target;
+  p.row_smooth = row_smooth;
   return run_loss(ctx, margin, args, p);
 }
 

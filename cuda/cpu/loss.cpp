@@ -18,6 +18,11 @@
 // V_j = dL/dw^_j; and the projection dL/dw_j = b_j (V_j - w^_j (w^_j . V_j)) comes from
 // w^_j . V_j = sum_i G_ij f_ij (f the plain normalised logits, summed in the row pass), with
 // grad_w filled with -b_j^2 (w^_j . V_j) w_j before the product adds b_j V_j to it.
+// The cross-entropy options (math/ce.cuh): weights and the ignored label only change each row's
+// factor (a_i in place of the scale; 0 for an ignored row, whose gradient row is then exactly 0,
+// whatever its logits hold); label smoothing adds -u_i w_j to every entry: written element by
+// element on the block path (one block or several; L-Softmax then takes it), a rank-one term of
+// its own on the direct path; and A folds beside the max.
 #include <math.h>
 #include <stdlib.h>
 
@@ -25,6 +30,7 @@
 
 #include "cpu/common.h"
 #include "cpu/rows.h"
+#include "math/ce.cuh"
 
 namespace {
 
@@ -71,12 +77,20 @@ struct loss_run {
   std::vector<lsm_stats> stats;
   std::vector<double> target;    // the margin target logit of each owned row, rounded to T
   std::vector<double> g_target;  // dL/df_iy of each owned row
+  lsm_ce ce;
+  std::vector<lsm_ce_row> factors;  // each row's gradient coefficients
+  std::vector<double> smooth;    // each row's A = sum_j w_j (max - f_ij), with smoothing
+  const double *cw = nullptr;    // the shard's class weights (null: all 1)
   T *buf = nullptr;              // n x block logits, then their exponentials or gradients
 
   loss_run(lsm_context *ctx, const lsm_loss_problem &q)
       : p(q), x(static_cast<const T *>(q.x)), w(static_cast<const T *>(q.w)), colscale(direct_scales(ctx, q)),
         in(ctx, x, w, q.n, q.c, q.d, q.margin, colscale.empty()), gx(static_cast<T *>(q.grad_x)),
-        gw(static_cast<T *>(q.grad_w)), n(q.n), d(q.d), c(q.c), scale(q.args.grad_scale) {}
+        gw(static_cast<T *>(q.grad_w)), n(q.n), d(q.d), c(q.c), scale(q.args.grad_scale), ce(lsm_ce_of(q.args)) {
+    if (ce.weights != nullptr) cw = ce.weights + q.args.class_offset;
+  }
+
+  double weight(int64_t j) const { return cw == nullptr ? 1.0 : cw[j]; }
 
   // The direct path's column scales b_j = 1/|w_j| (see the top), or none where it does not apply:
   // not one block, no gradients, L-Softmax, or a row of W (of x, for A-Softmax) whose norm is
@@ -113,14 +127,21 @@ struct loss_run {
     }
   }
 
-  // Folds a block into each row's running max and sum of exponentials; the block's
-  // exponentials exp(f - max) replace its logits.
-  void fold(int64_t cb, double *maxes, double *sums) {
-    parallel_for(n, 4 * cb, [&](int64_t i0, int64_t i1) {
+  // Folds a block into each row's running max and sum of exponentials (and A, with smoothing;
+  // `seen`: the weight of the classes before the block); the block's exponentials exp(f - max)
+  // replace its logits.
+  void fold(int64_t c0, int64_t cb, double seen, double *maxes, double *sums) {
+    const bool smoothing = lsm_ce_smoothing(ce);
+    parallel_for(n, (smoothing ? 6 : 4) * cb, [&](int64_t i0, int64_t i1) {
       for (int64_t i = i0; i < i1; ++i) {
         T *row = buf + i * cb;
         const T bm = row_max(row, cb);  // one of the row's values: exact in T
         const T b = (double)bm > maxes[i] ? bm : (T)maxes[i];
+        if (smoothing) {
+          double a = lsm_ce_shift(smooth[i], seen, maxes[i], (double)b);
+          for (int64_t j = 0; j < cb; ++j) a += weight(c0 + j) * ((double)b - (double)row[j]);
+          smooth[i] = a;
+        }
         const double carried = sums[i] == 0.0 ? 0.0 : sums[i] * exp(maxes[i] - (double)b);
         sums[i] = carried + exp_sum(row, row, cb, b);
         maxes[i] = (double)b;
@@ -133,8 +154,21 @@ struct loss_run {
   // bits when softmax_iy is near 1, as it is for a trained model. f_iy is the logit as the
   // log-sum-exp saw it, rounded to T.
   T target_gradient(int64_t i, double lse_i) {
-    g_target[i] = scale * expm1(target[i] - lse_i);
+    g_target[i] = lsm_ce_target_gradient(ce, factors[i], target[i], lse_i);
     return (T)g_target[i];
+  }
+
+  // An ignored row's gradient row: exactly 0 (whatever its logits hold).
+  bool zero_row(int64_t i, T *row, int64_t cb) {
+    if (local[i] != LSM_CE_IGNORED) return false;
+    std::fill(row, row + cb, T(0));
+    return true;
+  }
+
+  // -u_i w_j on a row of gradients (label smoothing), before the target's entry is written.
+  void smoothing_terms(int64_t i, int64_t c0, T *row, double k, int64_t cb) {
+    const double u = factors[i].u;
+    for (int64_t j = 0; j < cb; ++j) row[j] = (T)(k * (double)row[j] - u * weight(c0 + j));
   }
 
   // A block's logits in buf to G = scale (softmax - onehot), given each row's lse. With t_i =
@@ -144,11 +178,16 @@ struct loss_run {
     parallel_for(n, 4 * cb, [&](int64_t i0, int64_t i1) {
       for (int64_t i = i0; i < i1; ++i) {
         T *row = buf + i * cb;
+        if (zero_row(i, row, cb)) continue;
         T t = (T)lse[i];
         if (!isfinite((double)t) && isfinite(lse[i])) t = std::numeric_limits<T>::max();  // lse past T
-        const double k = scale / exp(lse[i] - (double)t);
+        const double k = factors[i].a / exp(lse[i] - (double)t);
         exp_sum(row, row, cb, t);
-        for (int64_t j = 0; j < cb; ++j) row[j] = (T)(k * (double)row[j]);
+        if (factors[i].u != 0.0) {
+          smoothing_terms(i, c0, row, k, cb);
+        } else {
+          for (int64_t j = 0; j < cb; ++j) row[j] = (T)(k * (double)row[j]);
+        }
         const int64_t y = local[i] - c0;
         if (y >= 0 && y < cb) row[y] = target_gradient(i, lse[i]);
       }
@@ -161,8 +200,13 @@ struct loss_run {
     parallel_for(n, 2 * cb, [&](int64_t i0, int64_t i1) {
       for (int64_t i = i0; i < i1; ++i) {
         T *row = buf + i * cb;
-        const double k = scale / sums[i];
-        for (int64_t j = 0; j < cb; ++j) row[j] = (T)(k * (double)row[j]);
+        if (zero_row(i, row, cb)) continue;
+        const double k = factors[i].a / sums[i];
+        if (factors[i].u != 0.0) {
+          smoothing_terms(i, c0, row, k, cb);
+        } else {
+          for (int64_t j = 0; j < cb; ++j) row[j] = (T)(k * (double)row[j]);
+        }
         const int64_t y = local[i] - c0;
         if (y >= 0 && y < cb) row[y] = target_gradient(i, lse[i]);
       }
@@ -181,9 +225,13 @@ struct loss_run {
     std::vector<double> k((size_t)n);
     std::vector<T> kx((size_t)(n * d));
     for (int64_t i = 0; i < n; ++i) {
-      k[i] = scale / sums[i];
+      k[i] = factors[i].a / sums[i];
+      if (factors[i].a == 0.0) {  // an ignored row, or a target of weight 0: no gradient
+        std::fill(buf + i * c, buf + (i + 1) * c, T(0));
+        k[i] = 0.0;
+      }
       const int64_t y = local[i];
-      if (y >= 0) {
+      if (y >= 0 && k[i] != 0.0) {
         T &e = buf[i * c + y];
         e = (T)(target_gradient(i, lse[i]) / k[i]);
       }
@@ -217,15 +265,26 @@ struct loss_run {
           double plain_y = 0.0;
           if (y >= 0) plain_y = (double)row[y], row[y] = (T)target[i];
           const T bm = row_max(row, c);
+          if (!smooth.empty()) {
+            double sa = 0.0;
+            for (int64_t j = 0; j < c; ++j) sa += weight(j) * ((double)bm - (double)row[j]);
+            smooth[i] = sa;
+          }
           const double sum = exp_sum(row, tmp.data(), c, bm);
           maxes[i] = (double)bm, sums[i] = sum;
-          const double ki = scale / sum;
+          const double ki = factors[i].a / sum;
+          if (factors[i].a == 0.0) {  // an ignored row, or a target of weight 0: no gradient
+            std::fill(row, row + c, T(0));
+            continue;
+          }
           accumulate_columns(a.data(), tmp.data(), row, bt.data(), ki, c);
           if (y >= 0) {  // G_iy in float64 as target_gradient forms it; G_iy times the plain logit
             const double e = (double)tmp[y], margin_y = (double)(T)target[i];
-            g_target[i] = scale * expm1(margin_y - ((double)bm + log(sum)));
-            a[y] += g_target[i] * plain_y - ki * e * margin_y;
-            row[y] = (T)(g_target[i] / ki * b[y]);
+            g_target[i] = lsm_ce_target_gradient(ce, factors[i], margin_y, (double)bm + log(sum));
+            // The smoothing's -u_i w_y is the rank-one term's (products_direct), not buf's.
+            const double g0 = g_target[i] + factors[i].u * weight(y);
+            a[y] += g0 * plain_y - ki * e * margin_y;
+            row[y] = (T)(g0 / ki * b[y]);
           }
         }
       }
@@ -236,25 +295,51 @@ struct loss_run {
   }
 
   // The direct path's gradients: grad_w filled with -b_j^2 beta_j w_j, then the products of
-  // E' diag(b) in buf as in products_from_exps, adding to it.
+  // E' diag(b) in buf as in products_from_exps, adding to it. Label smoothing's term of G,
+  // R = -u v^T (u_i the rows' factor, v_j = w_j), is rank one: R W^ = -u q^T with q = sum_j v_j
+  // w^_j, and R^T x~ = -v r^T with r = sum_i u_i x~_i, which enters V_j and beta_j
+  // (-v_j w^_j . r): a pass over c x d that grad_w's fill makes anyway, and one more for q.
   void products_direct(const double *sums, const std::vector<double> &beta) {
     const double *b = colscale.data();
+    const bool smoothing = !smooth.empty();
+    std::vector<double> r(smoothing ? (size_t)d : 0, 0.0), qv(smoothing ? (size_t)d : 0, 0.0);
+    if (smoothing) {
+      for (int64_t i = 0; i < n; ++i)
+        for (int64_t e = 0; e < d; ++e) r[e] += factors[i].u * (double)in.x[i * d + e];
+      for (int64_t j = 0; j < c; ++j) {
+        const double vb = weight(j) * b[j];
+        if (vb != 0.0)
+          for (int64_t e = 0; e < d; ++e) qv[e] += vb * (double)w[j * d + e];
+      }
+    }
     parallel_for(c, d / kRowPassWork, [&](int64_t j0, int64_t j1) {
       for (int64_t j = j0; j < j1; ++j) {
-        const T f = (T)(-b[j] * b[j] * beta[j]);
-        for (int64_t q = 0; q < d; ++q) gw[j * d + q] = f * w[j * d + q];
+        const T *wj = w + j * d;
+        if (!smoothing) {
+          const T f = (T)(-b[j] * b[j] * beta[j]);
+          for (int64_t q = 0; q < d; ++q) gw[j * d + q] = f * wj[q];
+          continue;
+        }
+        const double vb = weight(j) * b[j];
+        double wr = 0.0;
+        for (int64_t q = 0; q < d; ++q) wr += (double)wj[q] * r[q];
+        const double f = -b[j] * b[j] * (beta[j] - vb * wr);
+        for (int64_t q = 0; q < d; ++q) gw[j * d + q] = (T)(f * (double)wj[q] - vb * r[q]);
       }
     });
     std::vector<double> k((size_t)n);
     std::vector<T> kx((size_t)(n * d));
     for (int64_t i = 0; i < n; ++i) {
-      k[i] = scale / sums[i];
+      k[i] = factors[i].a / sums[i];
       for (int64_t q = 0; q < d; ++q) kx[i * d + q] = (T)(k[i] * (double)in.x[i * d + q]);
     }
     gemm(CblasNoTrans, CblasNoTrans, (int)n, (int)d, (int)c, buf, (int)c, w, (int)d, gx, (int)d);
     gemm(CblasTrans, CblasNoTrans, (int)c, (int)d, (int)n, buf, (int)c, kx.data(), (int)d, gw, (int)d, T(1));
-    for (int64_t i = 0; i < n; ++i)
-      for (int64_t q = 0; q < d; ++q) gx[i * d + q] = (T)(k[i] * (double)gx[i * d + q]);
+    for (int64_t i = 0; i < n; ++i) {
+      const double u = smoothing ? factors[i].u : 0.0;
+      for (int64_t q = 0; q < d; ++q)
+        gx[i * d + q] = (T)(k[i] * (double)gx[i * d + q] - (u == 0.0 ? 0.0 : u * qv[q]));
+    }
   }
 
   // The products' gradients projected back to x and W (normalised kinds), then the margin's
@@ -274,18 +359,59 @@ struct loss_run {
     add_corrections(x, w, n, d, coef, gx, gw);
   }
 
+  double row_loss(int64_t i, double m, double s) const {
+    return lsm_ce_row_loss(ce, local[i] == LSM_CE_IGNORED, factors[i].wy, m, s, target[i],
+                           smooth.empty() ? 0.0 : smooth[i]);
+  }
+
+  // The labels, copied first (memory another thread writes meanwhile cannot slip an unchecked
+  // index past the check): each in [0, total_classes), or the ignored label.
+  int32_t read_labels(lsm_context *ctx) {
+    labels.assign(p.labels, p.labels + n);
+    const int64_t total = p.args.total_classes;
+    for (int64_t i = 0; i < n; ++i) {
+      const int32_t y = labels[i];
+      if ((y >= 0 && y < total) || lsm_ce_ignored(ce, y)) continue;
+      return lsm_fail(ctx, LSM_ERR_INVALID_ARGUMENT,
+                      "labels[" + std::to_string(i) + "]: expected an integer in [0, " + std::to_string(total) + ")" +
+                          (ce.ignoring ? " or the ignore index " + std::to_string(ce.ignore) : std::string()) +
+                          ", got " + std::to_string(y));
+    }
+    return LSM_OK;
+  }
+
+  // Every class weight finite and >= 0.
+  int32_t check_weights(lsm_context *ctx) const {
+    if (ce.weights == nullptr) return LSM_OK;
+    for (int64_t j = 0; j < p.args.total_classes; ++j) {
+      const double v = ce.weights[j];
+      if (v >= 0.0 && isfinite(v)) continue;
+      char text[32];
+      snprintf(text, sizeof text, "%.17g", v);
+      return lsm_fail(ctx, LSM_ERR_INVALID_ARGUMENT,
+                      "class_weights[" + std::to_string(j) + "]: expected a finite number >= 0, got " + text);
+    }
+    return LSM_OK;
+  }
+
   int32_t run(lsm_context *ctx) {
     const lsm_loss_args &a = p.args;
-    int32_t s = copy_labels(ctx, p.labels, n, a.total_classes, &labels);
-    if (s != LSM_OK) return s;
+    int32_t s = read_labels(ctx);
+    if (s != LSM_OK || (s = check_weights(ctx)) != LSM_OK) return s;
     local.assign((size_t)n, -1);
+    factors.resize((size_t)n);
+    for (int64_t i = 0; i < n; ++i) {
+      factors[i] = lsm_ce_row_of(ce, labels[i]);
+      if (lsm_ce_ignored(ce, labels[i])) local[i] = LSM_CE_IGNORED;
+    }
+    if (lsm_ce_smoothing(ce)) smooth.assign((size_t)n, 0.0);
     stats.resize((size_t)n);
     target.assign((size_t)n, 0.0);
     g_target.assign((size_t)n, 0.0);
     parallel_for(n, 3 * d, [&](int64_t i0, int64_t i1) {
       for (int64_t i = i0; i < i1; ++i) {
         const int64_t y = labels[i] - a.class_offset;
-        if (y < 0 || y >= c) continue;
+        if (local[i] == LSM_CE_IGNORED || y < 0 || y >= c) continue;
         local[i] = y;
         stats[i] = target_stats(x + i * d, w + y * d, d, p.margin);
         target[i] = lsm_softmax_target<T>(lsm_target_logit(stats[i], p.margin));
@@ -306,31 +432,35 @@ struct loss_run {
       std::vector<double> beta;
       gemm(CblasNoTrans, CblasTrans, (int)n, (int)c, (int)d, in.x, (int)d, w, (int)d, buf, (int)c);
       fold_direct(maxes.data(), sums.data(), &beta);
-      for (int64_t i = 0; i < n; ++i) p.row_loss[i] = lsm_row_loss(maxes[i], sums[i], target[i]);
+      for (int64_t i = 0; i < n; ++i) p.row_loss[i] = row_loss(i, maxes[i], sums[i]);
       products_direct(sums.data(), beta);
       corrections();
       return LSM_OK;
     }
     if (p.stage != LSM_LOSS_GRADIENTS) {
+      double seen = 0.0;  // the weight of the classes folded so far
       for (int64_t c0 = 0; c0 < c; c0 += block) {
         const int64_t cb = std::min(block, c - c0);
         logits(c0, cb);
-        fold(cb, maxes.data(), sums.data());
+        fold(c0, cb, seen, maxes.data(), sums.data());
+        if (lsm_ce_smoothing(ce))
+          for (int64_t j = c0; j < c0 + cb; ++j) seen += weight(j);
       }
       if (p.stage == LSM_LOSS_PARTIALS) {
         for (int64_t i = 0; i < n; ++i) {
           p.row_max[i] = maxes[i];
           p.row_sum[i] = sums[i];
           p.target[i] = local[i] >= 0 ? target[i] : 0.0;
+          if (p.row_smooth != nullptr) p.row_smooth[i] = smooth[i];
         }
         return LSM_OK;
       }
       for (int64_t i = 0; i < n; ++i) {
         lse[i] = maxes[i] + log(sums[i]);
-        p.row_loss[i] = lsm_row_loss(maxes[i], sums[i], target[i]);
+        p.row_loss[i] = row_loss(i, maxes[i], sums[i]);
       }
       if (gx == nullptr) return LSM_OK;  // the loss alone
-      if (block == c) {
+      if (block == c && !lsm_ce_smoothing(ce)) {
         products_from_exps(sums.data(), lse.data());
         corrections();
         return LSM_OK;

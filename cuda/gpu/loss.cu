@@ -12,6 +12,9 @@
 //     grad_x (+)= G W_b, grad_w_b = G^T x gemm NN (accumulating after the first), gemm TN
 //   the margin's corrections              loss_target_x, backward_target_w
 //
+// The cross-entropy options (math/ce.cuh): each row's coefficients from loss_targets, the class
+// weights checked by loss_check_weights, A folded beside the max with label smoothing.
+//
 // The kinds that normalise run the products on normalised copies of the rows (normalise_rows
 // into the workspace: W^, and scale x^ for the normalised kinds) and project the gradients back
 // (project_rows) before the corrections, as the op does: O(n d + c d) more, nothing over n x c.
@@ -19,6 +22,8 @@
 // Blocks of whole rows (all n rows, cb classes) keep the products as large as the op's own; the
 // chunked reduction keeps every SM busy whatever n is.
 #include <cuda_runtime.h>
+
+#include <stdio.h>
 
 #include <algorithm>
 
@@ -28,6 +33,22 @@
 namespace {
 
 using namespace lsm_cuda;
+
+// The first class weight that is not a finite number >= 0 (bad_slot: total when none), named.
+int32_t check_bad_weight(lsm_context *ctx, const double *weights, int total, const int *bad_slot) {
+  int bad = 0;
+  LSM_CUDA_TRY(ctx, cudaMemcpyAsync(&bad, bad_slot, sizeof bad, cudaMemcpyDeviceToHost, ctx->cuda->stream));
+  LSM_CUDA_TRY(ctx, cudaStreamSynchronize(ctx->cuda->stream));
+  ctx->traffic_from += sizeof bad;
+  if (bad >= total) return LSM_OK;
+  double v = 0.0;
+  LSM_CUDA_TRY(ctx, cudaMemcpyAsync(&v, weights + bad, sizeof v, cudaMemcpyDeviceToHost, ctx->cuda->stream));
+  LSM_CUDA_TRY(ctx, cudaStreamSynchronize(ctx->cuda->stream));
+  char buf[32];
+  snprintf(buf, sizeof buf, "%.17g", v);
+  return lsm_fail(ctx, LSM_ERR_INVALID_ARGUMENT,
+                  "class_weights[" + std::to_string(bad) + "]: expected a finite number >= 0, got " + buf);
+}
 
 // Places 256-byte aligned regions one after the other from base (0: only sizes them).
 struct carver {
@@ -62,10 +83,14 @@ int32_t loss(lsm_context *ctx, const lsm_loss_problem &p) {
   // The workspace: per-row arrays, the chunk pairs, the bad-label slot, then the logits block.
   int32_t *local;
   char *inputs;
-  double *target, *g_target, *maxes, *sums, *lse, *factor, *part_m, *part_s;
+  double *target, *g_target, *maxes, *sums, *lse, *factor, *part_m, *part_s, *smooth, *seen, *part_a, *part_w;
   T *shift, *z;
   lsm_correction *coef;
-  int *bad;
+  lsm_ce_row *factors;
+  int *bad, *bad_weight;
+  const lsm_ce ce = lsm_ce_of(p.args);
+  const bool smoothing = lsm_ce_smoothing(ce) && p.stage != LSM_LOSS_GRADIENTS;
+  const double *weights = ce.weights == nullptr ? nullptr : ce.weights + p.args.class_offset;
   auto place = [&](uintptr_t base) {
     carver r{base};
     inputs = r.take<char>((int64_t)inputs_bytes<T>(p.margin, n, d, c));
@@ -74,8 +99,15 @@ int32_t loss(lsm_context *ctx, const lsm_loss_problem &p) {
     sums = r.take<double>(n), lse = r.take<double>(n), factor = r.take<double>(n);
     shift = r.take<T>(n);
     coef = r.take<lsm_correction>(n);
+    factors = r.take<lsm_ce_row>(n);
     part_m = r.take<double>((int64_t)n * max_chunks), part_s = r.take<double>((int64_t)n * max_chunks);
+    smooth = seen = part_a = part_w = nullptr;
+    if (smoothing) {
+      smooth = r.take<double>(n), seen = r.take<double>(n);
+      part_a = r.take<double>((int64_t)n * max_chunks), part_w = r.take<double>((int64_t)n * max_chunks);
+    }
     bad = r.take<int>(1);
+    bad_weight = r.take<int>(1);
     z = r.take<T>((int64_t)n * block);
     return r.used;
   };
@@ -85,10 +117,15 @@ int32_t loss(lsm_context *ctx, const lsm_loss_problem &p) {
   place(reinterpret_cast<uintptr_t>(mem));
 
   if ((st = reset_bad_label(ctx, bad, n)) != LSM_OK) return st;
+  const int total = (int)p.args.total_classes;
+  if (ce.weights != nullptr) {
+    if ((st = reset_bad_label(ctx, bad_weight, total)) != LSM_OK) return st;
+    LSM_LAUNCH(loss_check_weights, blocks_for(total, kSampleBlock), kSampleBlock, s, ce.weights, total, bad_weight);
+  }
   const unsigned int sample_blocks = blocks_for((int64_t)n * kWarp, kSampleBlock);
   const unsigned int row_blocks = blocks_for(n, kSampleBlock);
   LSM_LAUNCH(loss_targets<T>, sample_blocks, kSampleBlock, s, x, w, p.labels, n, d, c, p.args.class_offset,
-             p.args.total_classes, p.margin, local, target, bad);
+             p.args.total_classes, p.margin, ce, local, target, factors, bad);
   const device_inputs<T> in = normalise_inputs<T>(ctx, p.margin, x, w, n, d, c, inputs);
 
   gemm_args<T> logits = {};  // z = x W_b^T for the block at c0 (B and N set per block)
@@ -110,22 +147,22 @@ int32_t loss(lsm_context *ctx, const lsm_loss_problem &p) {
       const int chunks = ceil_div(cb, chunk);
       make_logits(c0, cb);
       LSM_LAUNCH(loss_chunk_lse<T>, dim3((unsigned int)n, (unsigned int)chunks), kRowBlock, s, z, cb, c0, chunk,
-                 local, target, part_m, part_s);
-      LSM_LAUNCH(loss_fold, row_blocks, kSampleBlock, s, part_m, part_s, n, chunks, c0 == 0, maxes, sums);
+                 local, target, weights, part_m, part_s, part_a, part_w);
+      LSM_LAUNCH(loss_fold, row_blocks, kSampleBlock, s, part_m, part_s, part_a, part_w, n, chunks, c0 == 0, maxes,
+                 sums, smooth, seen);
     }
-    LSM_LAUNCH(loss_rows, row_blocks, kSampleBlock, s, maxes, sums, local, target, n, lse, p.row_loss, p.row_max,
-               p.row_sum, p.target);
+    LSM_LAUNCH(loss_rows, row_blocks, kSampleBlock, s, maxes, sums, smooth, local, target, factors, ce, n, lse,
+               p.row_loss, p.row_max, p.row_sum, p.target, p.row_smooth);
     row_lse = lse;
   }
   if (gradients) {
-    const double scale = p.args.grad_scale;
-    LSM_LAUNCH(loss_shifts<T>, row_blocks, kSampleBlock, s, row_lse, n, scale, shift, factor);
+    LSM_LAUNCH(loss_shifts<T>, row_blocks, kSampleBlock, s, row_lse, n, factors, shift, factor);
     const int last = (c - 1) / block * block;
     for (int c0 = last; c0 >= 0; c0 -= block) {
       const int cb = std::min(block, c - c0);
       if (p.stage == LSM_LOSS_GRADIENTS || c0 != last) make_logits(c0, cb);
       LSM_LAUNCH(loss_gradient<T>, blocks_for((int64_t)n * cb, kSampleBlock), kSampleBlock, s, z, n, cb, c0, local,
-                 target, row_lse, shift, factor, scale, g_target);
+                 target, row_lse, shift, factor, factors, ce, weights, g_target);
       gemm_args<T> a = {};  // grad_x (+)= G_b W_b
       a.M = n, a.N = d, a.K = cb;
       a.A = z, a.lda = cb, a.vec_a = vectorizable<T>(z, cb);
@@ -146,6 +183,8 @@ int32_t loss(lsm_context *ctx, const lsm_loss_problem &p) {
     }
   }
   LSM_CUDA_TRY(ctx, cudaGetLastError());
+  // Read after the work, as the labels are: a bad weight only ever changes values, never an index.
+  if (ce.weights != nullptr && (st = check_bad_weight(ctx, ce.weights, total, bad_weight)) != LSM_OK) return st;
   return check_bad_label(ctx, p.labels, p.n, p.args.total_classes, bad);
 }
 

@@ -112,14 +112,17 @@ void run_case(lsm_context *cpu, lsm_context *gpu, const shape &s, int margin, do
 // The fused loss on both backends, in one call (lsm_loss) and in the shard calls (partials, then
 // gradients given an lse), with the workspace limited to `block` classes: class blocks, chunks
 // of a row (4096 classes) and their edges. The shard holds classes [offset, offset + c) of c + 3.
+// With `ce`: the cross-entropy options (label smoothing, class weights, every fifth row ignored).
 template <typename T>
-void loss_case(lsm_context *cpu, lsm_context *gpu, const shape &s, int margin, int64_t block, int64_t offset) {
+void loss_case(lsm_context *cpu, lsm_context *gpu, const shape &s, int margin, int64_t block, int64_t offset,
+               bool ce = false) {
   const int32_t dtype = sizeof(T) == 4 ? LSM_FLOAT32 : LSM_FLOAT64;
   const double tol = sizeof(T) == 4 ? 2e-4 : 1e-9;
   const size_t e = sizeof(T), nd = (size_t)(s.n * s.d), cd = (size_t)(s.c * s.d), n = (size_t)s.n;
   const std::string name = std::string("loss ") + (sizeof(T) == 4 ? "f32" : "f64") + " n=" + std::to_string(s.n) +
                            " d=" + std::to_string(s.d) + " c=" + std::to_string(s.c) + " m=" + std::to_string(margin) +
-                           " block=" + std::to_string(block) + " offset=" + std::to_string(offset);
+                           " block=" + std::to_string(block) + " offset=" + std::to_string(offset) +
+                           (ce ? " ce" : "");
   ++g_cases;
   std::vector<T> x(nd), w(cd);
   std::vector<int32_t> labels(n);
@@ -130,10 +133,19 @@ void loss_case(lsm_context *cpu, lsm_context *gpu, const shape &s, int margin, i
   lsm_loss_args whole = {}, shard = {};
   whole.total_classes = s.c, whole.grad_scale = 1.0 / (double)s.n;
   shard.class_offset = offset, shard.total_classes = s.c + 3, shard.grad_scale = 1.0;
+  std::vector<double> weights((size_t)s.c + 3);
+  for (auto &v : weights) v = 1.0 + uniform();
+  if (ce) {
+    for (size_t i = 0; i < n; i += 5) labels[i] = -1;
+    for (lsm_loss_args *a : {&whole, &shard}) {
+      a->label_smoothing = 0.1, a->ignore_index = -1, a->flags = LSM_LOSS_IGNORE;
+      for (int64_t j = 0; j < a->total_classes; ++j) a->weight_sum += weights[(size_t)j];
+    }
+  }
   std::vector<int32_t> within(labels);  // the one-call loss needs labels in [0, c)
   for (auto &y : within) y %= (int32_t)s.c;
-  // [0] row_loss, [1..3] row_max, row_sum, target; then grad_x, grad_w of each call.
-  std::vector<double> rows[2][4], lse(n);
+  // [0] row_loss, [1..4] row_max, row_sum, target, row_smooth; then grad_x, grad_w of each call.
+  std::vector<double> rows[2][5], lse(n);
   std::vector<T> gx[2][2], gw[2][2];
   bool ok = true;
   for (int b = 0; b < 2 && ok; ++b) {
@@ -143,18 +155,21 @@ void loss_case(lsm_context *cpu, lsm_context *gpu, const shape &s, int margin, i
     const size_t rb = n * 8;
     void *dx = upload(ctx, x.data(), nd * e), *dw = upload(ctx, w.data(), cd * e);
     void *dl = upload(ctx, within.data(), n * 4), *ds = upload(ctx, labels.data(), n * 4);
-    void *dr[4], *dlse = upload(ctx, nullptr, rb), *dgx = upload(ctx, nullptr, nd * e), *dgw = upload(ctx, nullptr, cd * e);
+    void *dcw = ce ? upload(ctx, weights.data(), weights.size() * 8) : nullptr;
+    whole.class_weights = shard.class_weights = static_cast<const double *>(dcw);
+    void *dr[5], *dlse = upload(ctx, nullptr, rb), *dgx = upload(ctx, nullptr, nd * e), *dgw = upload(ctx, nullptr, cd * e);
     for (auto &r : dr) r = upload(ctx, nullptr, rb);
     const int32_t *yl = static_cast<const int32_t *>(dl), *ys = static_cast<const int32_t *>(ds);
     double *r0 = static_cast<double *>(dr[0]), *r1 = static_cast<double *>(dr[1]);
     double *r2 = static_cast<double *>(dr[2]), *r3 = static_cast<double *>(dr[3]);
-    ok = dx && dw && dl && ds && dr[0] && dr[1] && dr[2] && dr[3] && dlse && dgx && dgw &&
+    double *r4 = ce ? static_cast<double *>(dr[4]) : nullptr;
+    ok = dx && dw && dl && ds && dr[0] && dr[1] && dr[2] && dr[3] && dr[4] && (dcw || !ce) && dlse && dgx && dgw &&
          lsm_context_set_workspace_limit(ctx, (size_t)(block * s.n) * e) == LSM_OK &&
          lsm_loss(ctx, dtype, s.n, s.d, s.c, &mg, &whole, dx, dw, yl, r0, dgx, dgw) == LSM_OK &&
          lsm_memcpy_from_context(ctx, gx[b][0].data(), dgx, nd * e) == LSM_OK &&
          lsm_memcpy_from_context(ctx, gw[b][0].data(), dgw, cd * e) == LSM_OK &&
-         lsm_loss_partials(ctx, dtype, s.n, s.d, s.c, &mg, &shard, dx, dw, ys, r1, r2, r3) == LSM_OK;
-    for (int k = 0; k < 4 && ok; ++k) ok = lsm_memcpy_from_context(ctx, rows[b][k].data(), dr[k], rb) == LSM_OK;
+         lsm_loss_partials(ctx, dtype, s.n, s.d, s.c, &mg, &shard, dx, dw, ys, r1, r2, r3, r4) == LSM_OK;
+    for (int k = 0; k < 5 && ok; ++k) ok = lsm_memcpy_from_context(ctx, rows[b][k].data(), dr[k], rb) == LSM_OK;
     // Both backends get the CPU's lse of this shard, raised as if other shards held more.
     if (b == 0)
       for (size_t i = 0; i < n; ++i) lse[i] = rows[0][1][i] + log(rows[0][2][i]) + 0.25;
@@ -165,10 +180,10 @@ void loss_case(lsm_context *cpu, lsm_context *gpu, const shape &s, int margin, i
          lsm_memcpy_from_context(ctx, gw[b][1].data(), dgw, cd * e) == LSM_OK &&
          lsm_context_set_workspace_limit(ctx, LSM_DEFAULT_WORKSPACE_LIMIT) == LSM_OK;
     if (!ok) printf("FAIL %s: %s backend: %s\n", name.c_str(), b == 0 ? "CPU" : "CUDA", lsm_last_error());
-    for (void *p : {dx, dw, dl, ds, dr[0], dr[1], dr[2], dr[3], dlse, dgx, dgw}) lsm_free(ctx, p);
+    for (void *p : {dx, dw, dl, ds, dr[0], dr[1], dr[2], dr[3], dr[4], dlse, dgx, dgw, dcw}) lsm_free(ctx, p);
   }
-  static const char *const row_names[] = {" row_loss", " row_max", " row_sum", " target"};
-  for (int k = 0; k < 4 && ok; ++k) ok = close(rows[1][k], rows[0][k], tol, name + row_names[k]);
+  static const char *const row_names[] = {" row_loss", " row_max", " row_sum", " target", " row_smooth"};
+  for (int k = 0; k < (ce ? 5 : 4) && ok; ++k) ok = close(rows[1][k], rows[0][k], tol, name + row_names[k]);
   for (int k = 0; k < 2 && ok; ++k)
     ok = close(gx[1][k], gx[0][k], tol, name + " grad_x") && close(gw[1][k], gw[0][k], tol, name + " grad_w");
   if (!ok) ++g_failures;
@@ -413,6 +428,7 @@ int main(int argc, char **argv) {
         if (block == 0 || (quick && m != 4 && m != -3)) continue;
         loss_case<float>(cpu, gpu, l.s, m, block, 2);
         loss_case<double>(cpu, gpu, l.s, m, block, 0);
+        loss_case<double>(cpu, gpu, l.s, m, block, 1, true);
       }
     }
   }
