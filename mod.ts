@@ -49,11 +49,14 @@ export type { Reduction } from "./src/resolve.ts";
 export { LargeMarginSoftmax, type LayerOptions } from "./src/layer.ts";
 export type { MarginKind, MarginOptions } from "./src/kinds.ts";
 export {
+  type AdamOptions,
   type HeadOptions,
   type HeadPlacement,
   type HeadState,
   MarginHead,
   type NonFinitePolicy,
+  type OptimizerOptions,
+  type OptimizerSettings,
   type SgdOptions,
   type StepResult,
 } from "./src/head/head.ts";

@@ -91,6 +91,30 @@ int32_t lsm_sgd_update(lsm_context *ctx, int32_t dtype, int64_t count, const lsm
   });
 }
 
+int32_t lsm_adam_update(lsm_context *ctx, int32_t dtype, int64_t count, const lsm_adam *adam, void *w,
+                        const void *grad, void *exp_avg, void *exp_avg_sq, void *max_exp_avg_sq, int32_t *nonfinite) {
+  return guarded(ctx, [&]() -> int32_t {
+    int32_t s;
+    if ((s = check_context(ctx)) || (s = check_pointer(ctx, adam, "adam"))) return s;
+    const lsm_adam o = *adam;
+    if ((s = check_adam(ctx, dtype, count, o, w, grad, exp_avg, exp_avg_sq, max_exp_avg_sq, nonfinite))) return s;
+    int32_t flag = 0;
+    if ((s = ctx->ops->adam(ctx, dtype, count, o, w, grad, exp_avg, exp_avg_sq, max_exp_avg_sq, &flag))) return s;
+    if (nonfinite != nullptr) *nonfinite = flag;
+    return LSM_OK;
+  });
+}
+
+int32_t lsm_sum_squares(lsm_context *ctx, int32_t dtype, const void *values, int64_t count, double *out) {
+  return guarded(ctx, [&]() -> int32_t {
+    int32_t s;
+    if ((s = check_context(ctx)) || (s = check_pointer(ctx, out, "out")) || (s = check_dtype(ctx, dtype)) ||
+        (s = check_size(ctx, count, "count")) || (s = check_tensor(ctx, values, count, element_bytes(dtype), "values")))
+      return s;
+    return ctx->ops->sum_squares(ctx, dtype, values, count, out);
+  });
+}
+
 int32_t lsm_sum(lsm_context *ctx, const double *values, int64_t count, double *out) {
   return guarded(ctx, [&]() -> int32_t {
     int32_t s;

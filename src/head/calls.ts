@@ -3,7 +3,6 @@
 
 import { type FloatArray, newFloatArray } from "../../ffi/arrays.ts";
 import { OPS } from "../../ffi/ops.ts";
-import type { SgdStruct } from "../../ffi/structs.ts";
 import { SgdNonFinite } from "../../ffi/symbols.ts";
 import type { NativeCall } from "../calls.ts";
 import { reduce } from "../loss.ts";
@@ -22,6 +21,33 @@ function* upload(
     yield s.upload(s.scratch("x", s.bytes(x.length)), x);
     if (labels !== null) yield s.upload(s.scratch("labels", labels.length * 4), labels);
   }
+}
+
+/**
+ * A step's optimizer update of one shard: its call with the gradient's factor (clipping's, 1
+ * without), the non-finite mode (SgdNonFinite) and the flag that mode writes; `clipNorm` when
+ * the gradient is clipped first.
+ */
+export interface Update {
+  clipNorm?: number;
+  call(s: HeadShard, gradScale: number, nonfinite: number, flag: Int32Array | null): NativeCall;
+}
+
+// clip_grad_norm_'s factor: the total 2-norm over every shard's dL/dW from each shard's sum of
+// squares (8 bytes back each); 1 when the norm is within maxNorm or not finite (the update's
+// non-finite check then decides).
+function* clipScale(
+  shards: readonly HeadShard[],
+  maxNorm: number,
+): Generator<NativeCall, number, void> {
+  let total = 0;
+  for (const s of shards) {
+    const part = new Float64Array(1);
+    yield s.gradSquares(part);
+    total += part[0];
+  }
+  const norm = Math.sqrt(total), c = maxNorm / (norm + 1e-6);
+  return Number.isFinite(norm) && c < 1 ? c : 1;
 }
 
 /** What a step's non-finite check found: nothing, or that the update was skipped. */
@@ -71,8 +97,8 @@ function nonFiniteError(
 }
 
 /**
- * One training step: the fused loss and dL/dW on each shard, dL/dx back into gradX, then the SGD
- * update of W where it lives under the non-finite policy. The loss and dL/dx reach the host anyway
+ * One training step: the fused loss and dL/dW on each shard, dL/dx back into gradX, then the
+ * optimizer's update of W where it lives (after clipping, when asked) under the non-finite policy. The loss and dL/dx reach the host anyway
  * and are checked there; dL/dW is checked where it lives by the update itself (SKIP: a flag of
  * 4 bytes back), or with shards by every shard first (CHECK) so that all skip together.
  */
@@ -81,7 +107,7 @@ export function* stepCalls(
   b: Batch,
   x: FloatArray,
   labels: Int32Array,
-  sgd: SgdStruct,
+  update: Update,
   gradX: FloatArray,
   policy: NonFinitePolicy,
 ): Generator<NativeCall, StepOutcome, void> {
@@ -104,8 +130,9 @@ export function* stepCalls(
       yield s.download(rowLoss, rows);
     }
   }
+  const scale = update.clipNorm === undefined ? 1 : yield* clipScale(shards, update.clipNorm);
   if (policy === "apply") {
-    for (const s of shards) yield s.sgd({ ...sgd, nonfinite: SgdNonFinite.APPLY });
+    for (const s of shards) yield update.call(s, scale, SgdNonFinite.APPLY, null);
     return { loss, skipped: false };
   }
   let bad = !Number.isFinite(loss) || !allFinite(gradX);
@@ -113,12 +140,10 @@ export function* stepCalls(
     const one = shards.length === 1;
     const flags = shards.map(() => new Int32Array(1));
     const mode = one ? SgdNonFinite.SKIP : SgdNonFinite.CHECK;
-    for (let k = 0; k < shards.length; k++) {
-      yield shards[k].sgd({ ...sgd, nonfinite: mode }, flags[k]);
-    }
+    for (let k = 0; k < shards.length; k++) yield update.call(shards[k], scale, mode, flags[k]);
     bad = flags.some((f) => f[0] !== 0);
     if (!bad && !one) {
-      for (const s of shards) yield s.sgd({ ...sgd, nonfinite: SgdNonFinite.APPLY });
+      for (const s of shards) yield update.call(s, scale, SgdNonFinite.APPLY, null);
     }
   }
   if (bad && policy === "throw") throw nonFiniteError(x, rowLoss, gradX, d);

@@ -5,7 +5,6 @@
 // algorithm of ../shards.ts. Its native sequences are in calls.ts; this file holds the state.
 
 import { type FloatArray, type FloatDType, newFloatArray } from "../../ffi/arrays.ts";
-import type { SgdStruct } from "../../ffi/structs.ts";
 import { MAX_TOPK } from "../../ffi/symbols.ts";
 import { CallQueue, runCalls, runCallsAsync } from "../calls.ts";
 import { checkInteger, readOptions } from "../checks.ts";
@@ -13,10 +12,12 @@ import type { Margin } from "../kinds.ts";
 import { resolveHead } from "../resolve.ts";
 import { checkBatch } from "../tensors.ts";
 import { lambdaOf, type LambdaSchedule } from "../schedule.ts";
-import { evaluateCalls, stepCalls, topkCalls } from "./calls.ts";
+import { evaluateCalls, stepCalls, topkCalls, type Update } from "./calls.ts";
 import { fillWeights } from "./init.ts";
 import type { HeadOptions, HeadPlacement, HeadState, NonFinitePolicy } from "./options.ts";
-import { type SgdOptions, sgdStruct, type StepResult } from "./options.ts";
+import type { AdamOptions, OptimizerOptions, OptimizerSettings, SgdOptions } from "./options.ts";
+import { adamStruct, sgdStruct, type StepResult, stepSettings } from "./options.ts";
+import type { StepSettings } from "./options.ts";
 import type { Batch, HeadShard } from "./shards.ts";
 import { gatherShards, openShards, scatterShards, shardTraffic } from "./shards.ts";
 import { checkState, makeState, stateOptions } from "./state.ts";
@@ -24,6 +25,7 @@ import { countCorrect, mergeTopK } from "./topk.ts";
 import { loadHeadState, saveHeadState } from "./checkpoint.ts";
 
 export type { HeadOptions, HeadPlacement, HeadState, NonFinitePolicy, SgdOptions, StepResult };
+export type { AdamOptions, OptimizerOptions, OptimizerSettings };
 
 /**
  * A classifier head whose weights W [C, D], their gradient and the SGD state live in context
@@ -50,8 +52,8 @@ export class MarginHead {
   readonly features: number;
   /** The element type of W, x and dL/dx. */
   readonly dtype: FloatDType;
-  /** The optimizer's settings (lr is the default of each step). */
-  readonly optimizer: Readonly<Required<SgdOptions>>;
+  /** The optimizer's settings, defaults filled in (lr is the default of each step). */
+  readonly optimizer: Readonly<OptimizerSettings>;
   #options: HeadState["options"];
   #lambda: number | LambdaSchedule;
   #margin: Margin; // λ 0: #batch sets each call's
@@ -60,6 +62,7 @@ export class MarginHead {
   #skippedSteps = 0;
   #nonFinite: NonFinitePolicy;
   #hasVelocity = false;
+  #optimizerStep = 0; // Adam's updates applied (its t before the next)
   #closed = false;
   #queue = new CallQueue(); // the steps asked of stepAsync
 
@@ -81,7 +84,12 @@ export class MarginHead {
     this.#nonFinite = h.nonFinite;
     this.#options = stateOptions(h);
     const shape = { ...h, dtype: this.dtype };
-    this.#shards = openShards(h.backends, shape, this.optimizer.momentum !== 0);
+    const o = h.optimizer, adam = o.type !== "sgd";
+    this.#shards = openShards(h.backends, shape, {
+      velocity: o.type === "sgd" && o.momentum !== 0,
+      adam,
+      amsgrad: adam && o.amsgrad,
+    });
     try {
       fillWeights(this.#shards, h.weights, h.seed);
     } catch (e) {
@@ -141,30 +149,46 @@ export class MarginHead {
     }
   }
 
-  // A step's SGD settings: lr from the options (the optimizer's by default).
-  #sgd(options: unknown): SgdStruct {
+  // A step's settings: lr from the options (the optimizer's by default).
+  #settings(options: unknown): StepSettings {
     if (this.#iteration + this.#queue.pending >= Number.MAX_SAFE_INTEGER) {
       throw new RangeError(
         `iteration: expected below Number.MAX_SAFE_INTEGER to count one more exactly, got ` +
           `${this.#iteration}`,
       );
     }
-    return sgdStruct(this.optimizer, options);
+    return stepSettings(this.optimizer, options);
+  }
+
+  // The step's update of each shard, read when the step runs (after the steps queued before it).
+  #update(st: StepSettings): Update {
+    const o = this.optimizer;
+    if (o.type === "sgd") {
+      const sgd = { ...sgdStruct(o, st.lr), first: this.#hasVelocity ? 0 : 1 }; // torch's fresh buffer: v <- g
+      return { call: (s, _scale, nonfinite, flag) => s.sgd({ ...sgd, nonfinite }, flag) };
+    }
+    const t = this.#optimizerStep + 1,
+      clip = o.clipNorm === undefined ? {} : { clipNorm: o.clipNorm };
+    return {
+      ...clip,
+      call: (s, scale, nonfinite, flag) =>
+        s.adam({ ...adamStruct(o, st.lr, t, scale), nonfinite }, flag),
+    };
   }
 
   // One training step's calls; the head's state advances only once every call succeeded. A
   // skipped step counts as a step (the iteration and λ's schedule advance) but leaves W and the
   // momentum as they were.
-  *#step(x: FloatArray, labels: Int32Array, sgd: SgdStruct) {
+  *#step(x: FloatArray, labels: Int32Array, st: StepSettings) {
     const n = labels.length, step = this.#iteration + 1;
     const b = this.#batch(n, step);
     const gradX = newFloatArray(this.dtype, n * this.features);
-    const first = this.#hasVelocity ? 0 : 1; // PyTorch's fresh momentum buffer: v <- g
-    const sgdFirst = { ...sgd, first }, policy = this.#nonFinite;
-    const { loss, skipped } = yield* stepCalls(this.#shards, b, x, labels, sgdFirst, gradX, policy);
+    const update = this.#update(st), policy = this.#nonFinite, o = this.optimizer;
+    const { loss, skipped } = yield* stepCalls(this.#shards, b, x, labels, update, gradX, policy);
     this.#iteration = step;
     if (skipped) this.#skippedSteps++;
-    else if (this.optimizer.momentum !== 0) this.#hasVelocity = true;
+    else if (o.type !== "sgd") this.#optimizerStep++;
+    else if (o.momentum !== 0) this.#hasVelocity = true;
     return { loss, lambda: b.margin.lambda, gradX, skipped };
   }
 
@@ -186,8 +210,8 @@ export class MarginHead {
     this.#live();
     this.#checkIdle();
     checkBatch(x, labels, this.dtype, this.features);
-    const sgd = this.#sgd(options);
-    return runCalls(this.#step(x, labels, sgd)) as StepResult<T>;
+    const st = this.#settings(options);
+    return runCalls(this.#step(x, labels, st)) as StepResult<T>;
   }
 
   /**
@@ -207,10 +231,10 @@ export class MarginHead {
   ): Promise<StepResult<T>> {
     this.#live();
     checkBatch(x, labels, this.dtype, this.features);
-    const sgd = this.#sgd(options);
+    const st = this.#settings(options);
     const xs = x.slice() as FloatArray, ys = labels.slice();
     return this.#queue.push(
-      () => runCallsAsync(this.#step(xs, ys, sgd)) as Promise<StepResult<T>>,
+      () => runCallsAsync(this.#step(xs, ys, st)) as Promise<StepResult<T>>,
       () => this.#queue.pending === 0 && this.#closed && this.#release(),
     );
   }
@@ -293,6 +317,9 @@ export class MarginHead {
   state(): HeadState {
     this.#live();
     this.#checkIdle();
+    const adam = this.optimizer.type !== "sgd", t = this.#optimizerStep;
+    const moments = (pick: (s: HeadShard) => Deno.PointerValue | null) =>
+      pick(this.#shards[0]) !== null ? gatherShards(this.#shards, (s) => pick(s)!) : null;
     return makeState(
       structuredClone(this.#options),
       this.#iteration,
@@ -300,6 +327,14 @@ export class MarginHead {
       gatherShards(this.#shards, (s) => s.w),
       this.#hasVelocity ? gatherShards(this.#shards, (s) => s.v) : null,
       [this.classes, this.features],
+      adam
+        ? {
+          optimizerStep: t,
+          expAvg: moments((s) => s.expAvg)!,
+          expAvgSq: moments((s) => s.expAvgSq)!,
+          maxExpAvgSq: moments((s) => s.maxExpAvgSq),
+        }
+        : null,
     );
   }
 
@@ -325,6 +360,15 @@ export class MarginHead {
       head.#skippedSteps = st.skippedSteps;
       if (st.velocity !== null) scatterShards(head.#shards, (s) => s.v, st.velocity);
       head.#hasVelocity = st.velocity !== null;
+      if (st.adam !== null) {
+        const a = st.adam;
+        head.#optimizerStep = a.optimizerStep;
+        scatterShards(head.#shards, (s) => s.expAvg!, a.expAvg);
+        scatterShards(head.#shards, (s) => s.expAvgSq!, a.expAvgSq);
+        if (a.maxExpAvgSq !== null) {
+          scatterShards(head.#shards, (s) => s.maxExpAvgSq!, a.maxExpAvgSq);
+        }
+      }
     } catch (e) {
       head.close();
       throw e;
