@@ -58,6 +58,7 @@ export {
   type OptimizerOptions,
   type OptimizerSettings,
   type SgdOptions,
+  type StepOptions,
   type StepResult,
 } from "./src/head/head.ts";
 export { SafetensorsError } from "./src/safetensors.ts";

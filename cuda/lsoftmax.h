@@ -345,6 +345,14 @@ LSM_API int32_t lsm_adam_update(lsm_context *ctx, int32_t dtype, int64_t count, 
                                 int32_t *nonfinite);
 
 /**
+ * y <- a x + b y over count elements of context memory (dtype), in double with one rounding per
+ * element: gradient accumulation and clipping's scale in place. With b = 0, y is not read (so
+ * NaN in it goes); with a = 0, x is not read and may be NULL. a and b finite.
+ */
+LSM_API int32_t lsm_axpby(lsm_context *ctx, int32_t dtype, int64_t count, double a, const void *x, double b,
+                          void *y);
+
+/**
  * The sum of the squares of values [count] (dtype, context memory) into *out (host memory), in
  * float64: a shard's part of the squared 2-norm that gradient clipping needs (8 bytes back).
  */

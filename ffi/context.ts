@@ -55,6 +55,9 @@ export interface Call {
   sgd?: SgdStruct;
   /** lsm_adam_update's settings. */
   adam?: AdamStruct;
+  /** lsm_axpby's a and b. */
+  alpha?: number;
+  beta?: number;
 }
 
 /** A tensor argument: a host array, context memory, or null for an optional output left out. */
@@ -132,6 +135,10 @@ function argumentsOf(
         break;
       case "sgd":
         out.push(encodeSgd(call.sgd!, own ? new Uint8Array(LSM_SGD.bytes) : undefined));
+        break;
+      case "alpha":
+      case "beta":
+        out.push(call[a]!);
         break;
       case "adam":
         out.push(encodeAdam(call.adam!, own ? new Uint8Array(LSM_ADAM.bytes) : undefined));

@@ -37,7 +37,9 @@ export type Scalar =
   | "margin"
   | "args"
   | "sgd"
-  | "adam";
+  | "adam"
+  | "alpha"
+  | "beta";
 
 /**
  * An op: its symbol on context memory, the symbol on host arrays where a CPU context takes them
@@ -154,6 +156,12 @@ export const OPS = {
       out("maxExpAvgSq", "count", 1, { optional: true }),
       out("nonfinite", 1, 1, { type: "int32", host: true, optional: true }),
     ],
+  }),
+  // y = alpha x + beta y (x may be null when alpha is 0).
+  axpby: op({
+    device: "lsm_axpby",
+    async: "lsm_axpby_async",
+    args: ["dtype", "count", "alpha", tensor("x", "count", 1), "beta", out("y", "count", 1)],
   }),
   sumSquares: op({
     device: "lsm_sum_squares",

@@ -55,6 +55,7 @@ const ADAM = [
   "pointer",
   "buffer",
 ] as const;
+const AXPBY = ["pointer", "i32", "i64", "f64", "pointer", "f64", "pointer"] as const;
 const SQUARES = ["pointer", "i32", "pointer", "i64", "buffer"] as const;
 
 /** The symbols of `cuda/lsoftmax.h`, in `Deno.dlopen` form. */
@@ -119,6 +120,8 @@ export const symbols = {
   lsm_sum: { parameters: SUM, result: "i32" },
   // ctx, dtype, values (context), count, out (double *, host)
   lsm_sum_squares: { parameters: SQUARES, result: "i32" },
+  // ctx, dtype, count, a, x (context, NULL when a is 0), b, y (context): y = a x + b y
+  lsm_axpby: { parameters: AXPBY, result: "i32" },
   // HEAD, k, x, w, indices, scores
   lsm_topk: {
     parameters: [...HEAD, "i64", "pointer", "pointer", "pointer", "pointer"],
@@ -174,6 +177,7 @@ export const symbols = {
     nonblocking: true,
   },
   lsm_sum_async: { name: "lsm_sum", parameters: SUM, result: "i32", nonblocking: true },
+  lsm_axpby_async: { name: "lsm_axpby", parameters: AXPBY, result: "i32", nonblocking: true },
   lsm_sum_squares_async: {
     name: "lsm_sum_squares",
     parameters: SQUARES,

@@ -102,6 +102,8 @@ struct lsm_backend_ops {
   // As sgd; vmax null unless o.amsgrad.
   int32_t (*adam)(lsm_context *ctx, int32_t dtype, int64_t count, const lsm_adam &o, void *w, const void *g, void *m,
                   void *v, void *vmax, int32_t *nonfinite);
+  // y = a x + b y; a term with a zero factor is not read.
+  int32_t (*axpby)(lsm_context *ctx, int32_t dtype, int64_t count, double a, const void *x, double b, void *y);
   int32_t (*sum_squares)(lsm_context *ctx, int32_t dtype, const void *values, int64_t count, double *out);
 };
 

@@ -83,6 +83,20 @@ void adam(int64_t count, const lsm_adam &o, T *w, const T *g, T *m, T *v, T *vma
   });
 }
 
+template <typename T, bool kX, bool kY>
+void axpby_loop(int64_t b0, int64_t e, double a, const T *__restrict x, double b, T *__restrict y) {
+  for (int64_t j = b0; j < e; ++j) lsm_axpby_element(a, kX, kX ? x + j : y + j, b, kY, y + j);
+}
+
+template <typename T>
+void axpby(int64_t count, double a, const T *x, double b, T *y) {
+  parallel_for(count, 4, [&](int64_t b0, int64_t e) {
+    if (a == 0.0) return axpby_loop<T, false, true>(b0, e, a, x, b, y);
+    if (b == 0.0) return axpby_loop<T, true, false>(b0, e, a, x, b, y);
+    axpby_loop<T, true, true>(b0, e, a, x, b, y);
+  });
+}
+
 // The sum of squares in double: per part, then the parts in their order (the same sum every run).
 template <typename T>
 double sum_squares(int64_t count, const T *x) {
@@ -150,6 +164,14 @@ int32_t lsm_cpu_adam(lsm_context *, int32_t dtype, int64_t count, const lsm_adam
     adam<double>(count, o, static_cast<double *>(w), static_cast<const double *>(g), static_cast<double *>(m),
                  static_cast<double *>(v), static_cast<double *>(vmax), nonfinite);
   }
+  return LSM_OK;
+}
+
+int32_t lsm_cpu_axpby(lsm_context *, int32_t dtype, int64_t count, double a, const void *x, double b, void *y) {
+  if (dtype == LSM_FLOAT32)
+    axpby(count, a, static_cast<const float *>(x), b, static_cast<float *>(y));
+  else
+    axpby(count, a, static_cast<const double *>(x), b, static_cast<double *>(y));
   return LSM_OK;
 }
 

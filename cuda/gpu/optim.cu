@@ -140,6 +140,24 @@ int32_t lsm_cuda_adam(lsm_context *ctx, int32_t dtype, int64_t count, const lsm_
                               : adam<double>(ctx, count, o, w, g, m, v, vmax, nonfinite);
 }
 
+int32_t lsm_cuda_axpby(lsm_context *ctx, int32_t dtype, int64_t count, double a, const void *x, double b, void *y) {
+  const int32_t s = activate(ctx);
+  if (s != LSM_OK) return s;
+  constexpr int threads = 256;
+  cudaStream_t stream = ctx->cuda->stream;
+  const unsigned int blocks = blocks_for(count, threads);
+  if (dtype == LSM_FLOAT32) {
+    LSM_LAUNCH(lsm_kernels::axpby_update<float>, blocks, threads, stream, (int)count, a,
+               a == 0.0 ? nullptr : static_cast<const float *>(x), b, b != 0.0, static_cast<float *>(y));
+  } else {
+    LSM_LAUNCH(lsm_kernels::axpby_update<double>, blocks, threads, stream, (int)count, a,
+               a == 0.0 ? nullptr : static_cast<const double *>(x), b, b != 0.0, static_cast<double *>(y));
+  }
+  LSM_CUDA_TRY(ctx, cudaGetLastError());
+  LSM_CUDA_TRY(ctx, cudaStreamSynchronize(stream));
+  return LSM_OK;
+}
+
 int32_t lsm_cuda_sum_squares(lsm_context *ctx, int32_t dtype, const void *values, int64_t count, double *out) {
   const int32_t s = activate(ctx);
   if (s != LSM_OK) return s;

@@ -47,6 +47,14 @@ __global__ void adam_update(lsm_adam_coefs k, int mode, int count, T *w, const T
   }
 }
 
+// y = a x + b y, element-wise and grid-strided (x null: a is 0; read_y false: b is 0).
+template <typename T>
+__global__ void axpby_update(int count, double a, const T *x, double b, bool read_y, T *y) {
+  const int step = (int)(gridDim.x * blockDim.x);
+  for (int j = (int)(blockIdx.x * blockDim.x + threadIdx.x); j < count; j = next_index(j, step, count))
+    lsm_axpby_element(a, x != nullptr, x == nullptr ? y + j : x + j, b, read_y, y + j);
+}
+
 // Each thread's strided sum of squares (in double) into part[its index]; sum_values then adds
 // the parts in their order (the same sum every run, no barrier here).
 constexpr int kSquaresThreads = 256;

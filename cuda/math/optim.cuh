@@ -70,6 +70,16 @@ LSM_HD void lsm_adam_element(const lsm_adam_coefs &k, int mode, bool amsgrad, T 
   *w = (T)(theta - k.step_size * (mn / denom));
 }
 
+// One element of y <- a x + b y in double, rounded once; the flags say which terms are read (a
+// term with a zero factor is left out, so that 0 * NaN does not bring a NaN in).
+template <typename T>
+LSM_HD void lsm_axpby_element(double a, bool read_x, const T *x, double b, bool read_y, T *y) {
+  double r = 0.0;
+  if (read_x) r = a * (double)*x;
+  if (read_y) r += b * (double)*y;
+  *y = (T)r;
+}
+
 // Whether a gradient element is finite (neither NaN nor an infinity): v - v is exactly 0 then and
 // NaN otherwise. The non-finite policy of the update (lsm_sgd.nonfinite) reduces this over grad.
 template <typename T>

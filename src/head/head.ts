@@ -12,12 +12,13 @@ import type { Margin } from "../kinds.ts";
 import { resolveHead } from "../resolve.ts";
 import { checkBatch } from "../tensors.ts";
 import { lambdaOf, type LambdaSchedule } from "../schedule.ts";
-import { evaluateCalls, stepCalls, topkCalls, type Update } from "./calls.ts";
+import { accumulateCalls, type Accumulated, evaluateCalls, stepCalls } from "./calls.ts";
+import { topkCalls, type Update } from "./calls.ts";
 import { fillWeights } from "./init.ts";
 import type { HeadOptions, HeadPlacement, HeadState, NonFinitePolicy } from "./options.ts";
 import type { AdamOptions, OptimizerOptions, OptimizerSettings, SgdOptions } from "./options.ts";
 import { adamStruct, sgdStruct, type StepResult, stepSettings } from "./options.ts";
-import type { StepSettings } from "./options.ts";
+import type { StepOptions, StepSettings } from "./options.ts";
 import type { Batch, HeadShard } from "./shards.ts";
 import { gatherShards, openShards, scatterShards, shardTraffic } from "./shards.ts";
 import { checkState, makeState, stateOptions } from "./state.ts";
@@ -25,7 +26,7 @@ import { countCorrect, mergeTopK } from "./topk.ts";
 import { loadHeadState, saveHeadState } from "./checkpoint.ts";
 
 export type { HeadOptions, HeadPlacement, HeadState, NonFinitePolicy, SgdOptions, StepResult };
-export type { AdamOptions, OptimizerOptions, OptimizerSettings };
+export type { AdamOptions, OptimizerOptions, OptimizerSettings, StepOptions };
 
 /**
  * A classifier head whose weights W [C, D], their gradient and the SGD state live in context
@@ -63,6 +64,7 @@ export class MarginHead {
   #nonFinite: NonFinitePolicy;
   #hasVelocity = false;
   #optimizerStep = 0; // Adam's updates applied (its t before the next)
+  #accumulated: Accumulated | null = null; // micro-batches since the last applying step
   #closed = false;
   #queue = new CallQueue(); // the steps asked of stepAsync
 
@@ -162,13 +164,16 @@ export class MarginHead {
 
   // The step's update of each shard, read when the step runs (after the steps queued before it).
   #update(st: StepSettings): Update {
-    const o = this.optimizer;
+    const o = this.optimizer, clip = o.clipNorm === undefined ? {} : { clipNorm: o.clipNorm };
     if (o.type === "sgd") {
       const sgd = { ...sgdStruct(o, st.lr), first: this.#hasVelocity ? 0 : 1 }; // torch's fresh buffer: v <- g
-      return { call: (s, _scale, nonfinite, flag) => s.sgd({ ...sgd, nonfinite }, flag) };
+      return {
+        ...clip,
+        scalesInPlace: true,
+        call: (s, _scale, nonfinite, flag) => s.sgd({ ...sgd, nonfinite }, flag),
+      };
     }
-    const t = this.#optimizerStep + 1,
-      clip = o.clipNorm === undefined ? {} : { clipNorm: o.clipNorm };
+    const t = this.#optimizerStep + 1;
     return {
       ...clip,
       call: (s, scale, nonfinite, flag) =>
@@ -183,8 +188,24 @@ export class MarginHead {
     const n = labels.length, step = this.#iteration + 1;
     const b = this.#batch(n, step);
     const gradX = newFloatArray(this.dtype, n * this.features);
-    const update = this.#update(st), policy = this.#nonFinite, o = this.optimizer;
-    const { loss, skipped } = yield* stepCalls(this.#shards, b, x, labels, update, gradX, policy);
+    const policy = this.#nonFinite, o = this.optimizer, before = this.#accumulated;
+    if (st.accumulate) {
+      const r = yield* accumulateCalls(this.#shards, b, x, labels, gradX, policy, before);
+      this.#accumulated = r.accumulated;
+      return { loss: r.loss, lambda: b.margin.lambda, gradX, skipped: false };
+    }
+    const update = this.#update(st);
+    const { loss, skipped } = yield* stepCalls(
+      this.#shards,
+      b,
+      x,
+      labels,
+      update,
+      gradX,
+      policy,
+      before,
+    );
+    this.#accumulated = null;
     this.#iteration = step;
     if (skipped) this.#skippedSteps++;
     else if (o.type !== "sgd") this.#optimizerStep++;
@@ -198,14 +219,18 @@ export class MarginHead {
    *
    * @param x Features, N·D elements of the head's dtype.
    * @param labels The N class indices, each in [0, C).
-   * @param options `lr`: this step's learning rate (the optimizer's by default).
+   * @param options `lr`: this step's learning rate (the optimizer's by default); `accumulate`:
+   * add this micro-batch's dL/dW (as its rows' share of the mean over every micro-batch's rows)
+   * and leave W as it is, for the next step without it to apply the sum: the result equals one
+   * step on the concatenated batch. The micro-batches belong to that step: its λ, one iteration
+   * in all (counted when applied). A micro-batch returns its own mean loss and the dL/dx of it.
    * @returns The mean loss, λ of the step, dL/dx, and whether the update was skipped (see
    * `nonFinite`).
    */
   step<T extends FloatArray>(
     x: T,
     labels: Int32Array,
-    options: { lr?: number } = {},
+    options: StepOptions = {},
   ): StepResult<T> {
     this.#live();
     this.#checkIdle();
@@ -221,13 +246,13 @@ export class MarginHead {
    *
    * @param x Features, N·D elements of the head's dtype.
    * @param labels The N class indices, each in [0, C).
-   * @param options `lr`: this step's learning rate.
+   * @param options `lr`: this step's learning rate; `accumulate` as {@link MarginHead.step}'s.
    * @returns A promise of the mean loss, λ of the step, and dL/dx.
    */
   stepAsync<T extends FloatArray>(
     x: T,
     labels: Int32Array,
-    options: { lr?: number } = {},
+    options: StepOptions = {},
   ): Promise<StepResult<T>> {
     this.#live();
     checkBatch(x, labels, this.dtype, this.features);
@@ -317,6 +342,12 @@ export class MarginHead {
   state(): HeadState {
     this.#live();
     this.#checkIdle();
+    if (this.#accumulated !== null) {
+      throw new Error(
+        `MarginHead: state() during an accumulation (${this.#accumulated.rows} rows of ` +
+          `micro-batches not yet applied): finish it with a step without accumulate first`,
+      );
+    }
     const adam = this.optimizer.type !== "sgd", t = this.#optimizerStep;
     const moments = (pick: (s: HeadShard) => Deno.PointerValue | null) =>
       pick(this.#shards[0]) !== null ? gatherShards(this.#shards, (s) => pick(s)!) : null;

@@ -28,6 +28,8 @@ export interface SgdOptions {
   weightDecay?: number;
   /** Nesterov momentum (needs momentum > 0); false by default. */
   nesterov?: boolean;
+  /** torch's clip_grad_norm_ on dL/dW before the update: the largest total 2-norm, > 0. */
+  clipNorm?: number;
 }
 
 /**
@@ -61,6 +63,8 @@ export interface SgdSettings {
   momentum: number;
   weightDecay: number;
   nesterov: boolean;
+  /** Present when clipping. */
+  clipNorm?: number;
 }
 
 /** Adam's or AdamW's settings, resolved. */
@@ -119,15 +123,29 @@ export interface HeadOptions extends MarginOptions, Partial<LambdaSchedule> {
   nonFinite?: NonFinitePolicy;
 }
 
-/** A step's options, checked. */
-export interface StepSettings {
-  lr: number;
+/** What a step takes besides its batch. */
+export interface StepOptions {
+  /** This step's learning rate (the optimizer's by default). */
+  lr?: number;
+  /** Add this micro-batch's dL/dW without updating W; the next step without it applies the sum. */
+  accumulate?: boolean;
 }
 
-/** A step's options: `lr` (the optimizer's by default). */
+/** A step's options, checked: its learning rate and whether it only accumulates dL/dW. */
+export interface StepSettings {
+  lr: number;
+  accumulate: boolean;
+}
+
+/** A step's options: `lr` (the optimizer's by default) and `accumulate` (false by default). */
 export function stepSettings(optimizer: OptimizerSettings, options: unknown): StepSettings {
-  const o = readOptions("options", options, ["lr"]);
-  return { lr: o.lr === undefined ? optimizer.lr : checkNumber("lr", o.lr, 0) };
+  const o = readOptions("options", options, ["lr", "accumulate"]);
+  const lr = o.lr === undefined ? optimizer.lr : checkNumber("lr", o.lr, 0);
+  const accumulate = o.accumulate ?? false;
+  if (typeof accumulate !== "boolean") {
+    throw new TypeError(`accumulate: expected true or false, got ${describe(accumulate)}`);
+  }
+  return { lr, accumulate };
 }
 
 /** A step's SGD struct from the settings and the step's learning rate. */
@@ -219,7 +237,7 @@ export const HEAD_KEYS = [
   "iteration",
   "nonFinite",
 ] as const;
-const SGD_KEYS = ["type", "lr", "momentum", "weightDecay", "nesterov", "clipNorm"] as const; // clipNorm: refused by name
+const SGD_KEYS = ["type", "lr", "momentum", "weightDecay", "nesterov", "clipNorm"] as const;
 const ADAM_KEYS = ["type", "lr", "betas", "eps", "weightDecay", "amsgrad", "clipNorm"] as const;
 
 function checkClip(v: unknown): { clipNorm?: number } {
@@ -291,13 +309,7 @@ function checkSgd(v: unknown): SgdSettings {
   if (sgd.nesterov && sgd.momentum === 0) {
     throw new RangeError("optimizer.nesterov: expected momentum > 0 with Nesterov momentum, got 0");
   }
-  if (o.clipNorm !== undefined) {
-    throw new TypeError(
-      `optimizer.clipNorm: expected none with SGD (clipping is Adam's and AdamW's), got ` +
-        describe(o.clipNorm),
-    );
-  }
-  return sgd as SgdSettings;
+  return { ...sgd, ...checkClip(o.clipNorm) } as SgdSettings;
 }
 
 export function checkNonFinite(v: unknown): NonFinitePolicy {

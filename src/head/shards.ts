@@ -137,6 +137,18 @@ export class HeadShard {
     return this.op(OPS.adam, call, tensors);
   }
 
+  /** The shard's dL/dW accumulator (context memory kept between calls), for micro-batches. */
+  accumulator(): Ptr {
+    return this.scratch("accumulator", this.bytes(this.c * this.head.features));
+  }
+
+  /** y = alpha x + beta y over the shard's C·D elements (x null when alpha is 0). */
+  axpby(alpha: number, x: Ptr | null, beta: number, y: Ptr): NativeCall {
+    const { dtype, features } = this.head;
+    const call: Call = { dtype, n: 0, d: 0, c: 0, count: this.c * features, alpha, beta };
+    return this.op(OPS.axpby, call, [x, y]);
+  }
+
   /** The sum of squares of the shard's dL/dW into out[0] (float64, host): 8 bytes back. */
   gradSquares(out: Float64Array): NativeCall {
     const { dtype, features } = this.head;
