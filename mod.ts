@@ -50,6 +50,7 @@ export { LargeMarginSoftmax, type LayerOptions } from "./src/layer.ts";
 export type { MarginKind, MarginOptions } from "./src/kinds.ts";
 export {
   type AdamOptions,
+  type AdamSettings,
   type HeadOptions,
   type HeadPlacement,
   type HeadState,
@@ -58,6 +59,7 @@ export {
   type OptimizerOptions,
   type OptimizerSettings,
   type SgdOptions,
+  type SgdSettings,
   type StepOptions,
   type StepResult,
 } from "./src/head/head.ts";

@@ -19,7 +19,14 @@
  * @module
  */
 
-import { type Backend, backward, forward, loss, MarginHead, type OptimizerOptions } from "../mod.ts";
+import {
+  type Backend,
+  backward,
+  forward,
+  loss,
+  MarginHead,
+  type OptimizerOptions,
+} from "../mod.ts";
 import { handWrittenCrossEntropy, KINDS, problem, random, SHAPES } from "./problems.ts";
 
 const env = (name: string) => Deno.env.get(name);

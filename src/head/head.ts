@@ -16,7 +16,8 @@ import { accumulateCalls, type Accumulated, evaluateCalls, stepCalls } from "./c
 import { topkCalls, type Update } from "./calls.ts";
 import { fillWeights } from "./init.ts";
 import type { HeadOptions, HeadPlacement, HeadState, NonFinitePolicy } from "./options.ts";
-import type { AdamOptions, OptimizerOptions, OptimizerSettings, SgdOptions } from "./options.ts";
+import type { AdamOptions, AdamSettings, OptimizerOptions } from "./options.ts";
+import type { OptimizerSettings, SgdOptions, SgdSettings } from "./options.ts";
 import { adamStruct, sgdStruct, type StepResult, stepSettings } from "./options.ts";
 import type { StepOptions, StepSettings } from "./options.ts";
 import type { Batch, HeadShard } from "./shards.ts";
@@ -26,7 +27,14 @@ import { countCorrect, mergeTopK } from "./topk.ts";
 import { loadHeadState, saveHeadState } from "./checkpoint.ts";
 
 export type { HeadOptions, HeadPlacement, HeadState, NonFinitePolicy, SgdOptions, StepResult };
-export type { AdamOptions, OptimizerOptions, OptimizerSettings, StepOptions };
+export type {
+  AdamOptions,
+  AdamSettings,
+  OptimizerOptions,
+  OptimizerSettings,
+  SgdSettings,
+  StepOptions,
+};
 
 /**
  * A classifier head whose weights W [C, D], their gradient and the SGD state live in context

@@ -58,24 +58,35 @@ export type OptimizerOptions = SgdOptions | AdamOptions;
 
 /** SGD's settings, resolved. */
 export interface SgdSettings {
+  /** "sgd". */
   type: "sgd";
+  /** The learning rate of a step without its own. */
   lr: number;
+  /** Momentum (0: plain SGD). */
   momentum: number;
+  /** L2 weight decay added to the gradient. */
   weightDecay: number;
+  /** Nesterov momentum. */
   nesterov: boolean;
-  /** Present when clipping. */
+  /** The largest total 2-norm of dL/dW; present when clipping. */
   clipNorm?: number;
 }
 
 /** Adam's or AdamW's settings, resolved. */
 export interface AdamSettings {
+  /** "adam" (L2 into the gradient) or "adamw" (decoupled decay). */
   type: "adam" | "adamw";
+  /** The learning rate of a step without its own. */
   lr: number;
+  /** β1 and β2. */
   betas: [number, number];
+  /** Added to the denominator. */
   eps: number;
+  /** The weight decay. */
   weightDecay: number;
+  /** The AMSGrad variant. */
   amsgrad: boolean;
-  /** Present when clipping. */
+  /** The largest total 2-norm of dL/dW; present when clipping. */
   clipNorm?: number;
 }
 

@@ -215,7 +215,10 @@ void resident_case(lsm_context *cpu, lsm_context *gpu, const shape &s, int64_t k
     int32_t flag = -1;
     for (a.step = 1; a.step <= 2 && aw && am && av && avmax; ++a.step)
       if (lsm_adam_update(ctx, dtype, (int64_t)cd, &a, aw, dg, am, av, avmax, &flag) != LSM_OK || flag != 0) break;
-    const bool adam_ok = a.step == 3 && lsm_sum_squares(ctx, dtype, dg, (int64_t)cd, &squares[b]) == LSM_OK &&
+    // Then the accumulation's y = a x + b y, and y = b y (clipping in place), over Adam's W.
+    const bool adam_ok = a.step == 3 && lsm_axpby(ctx, dtype, (int64_t)cd, 0.5, dg, 2.0, aw) == LSM_OK &&
+                         lsm_axpby(ctx, dtype, (int64_t)cd, 0.0, nullptr, 0.25, aw) == LSM_OK &&
+                         lsm_sum_squares(ctx, dtype, dg, (int64_t)cd, &squares[b]) == LSM_OK &&
                          lsm_memcpy_from_context(ctx, aw_out[b].data(), aw, cd * e) == LSM_OK &&
                          lsm_memcpy_from_context(ctx, am_out[b].data(), am, cd * e) == LSM_OK &&
                          lsm_memcpy_from_context(ctx, avmax_out[b].data(), avmax, cd * e) == LSM_OK;
