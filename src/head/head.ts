@@ -1,4 +1,4 @@
-// MarginHead: a classifier head whose weights W [C, D], their gradient and the SGD state live in
+// MarginHead: a classifier head whose weights W [C, D], their gradient and the optimizer state live in
 // context memory of its backend (host memory on the CPU, device memory on CUDA). A step sends the
 // features and labels in and dL/dx out; W is updated where it lives. With a list of backends the
 // classes are split into shards, one context each (shards.ts), combined by the class-shard
@@ -37,7 +37,7 @@ export type {
 };
 
 /**
- * A classifier head whose weights W [C, D], their gradient and the SGD state live in context
+ * A classifier head whose weights W [C, D], their gradient and the optimizer state live in context
  * memory of its backend: a step sends x [N, D] and the labels in, and dL/dx back; W is updated
  * where it lives. The loss is the fused L-Softmax cross-entropy of {@link loss} (mean over the
  * batch).
@@ -222,7 +222,7 @@ export class MarginHead {
   }
 
   /**
-   * One training step: the fused loss of x [N, D] and labels, dL/dW applied to W by SGD where W
+   * One training step: the fused loss of x [N, D] and labels, dL/dW applied to W by the optimizer where W
    * lives, and dL/dx back for the layers below.
    *
    * @param x Features, N·D elements of the head's dtype.
