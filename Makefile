@@ -76,6 +76,8 @@ $(BUILD)/obj/%.o: cuda/%.cpp $(HEADERS) | setup-host
 
 # The row kernels vectorize only where FP selects may be if-converted (cpu/rows.h).
 $(BUILD)/obj/cpu/rows.o $(BUILD)/obj/cpu/rows_avx2.o: CXXFLAGS += -fno-trapping-math -fno-math-errno
+# The optimizer's loops too: Adam's sqrt sets no errno then, and amsgrad's max is a select.
+$(BUILD)/obj/cpu/optim.o: CXXFLAGS += -fno-trapping-math -fno-math-errno
 
 $(BUILD)/obj/%.o: cuda/%.cu $(HEADERS) | setup
 	@mkdir -p $(@D)

@@ -49,12 +49,18 @@ export type { CrossEntropyOptions, Reduction } from "./src/resolve.ts";
 export { LargeMarginSoftmax, type LayerOptions } from "./src/layer.ts";
 export type { MarginKind, MarginOptions } from "./src/kinds.ts";
 export {
+  type AdamOptions,
+  type AdamSettings,
   type HeadOptions,
   type HeadPlacement,
   type HeadState,
   MarginHead,
   type NonFinitePolicy,
+  type OptimizerOptions,
+  type OptimizerSettings,
   type SgdOptions,
+  type SgdSettings,
+  type StepOptions,
   type StepResult,
 } from "./src/head/head.ts";
 export { SafetensorsError } from "./src/safetensors.ts";

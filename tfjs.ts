@@ -44,6 +44,8 @@ import { describe } from "./ffi/arrays.ts";
 
 // The library's types this module's signatures use, so that it documents on its own.
 export type {
+  AdamOptions,
+  AdamSettings,
   Backend,
   CrossEntropyOptions,
   FloatArray,
@@ -59,9 +61,13 @@ export type {
   MarginOptions,
   NonFinitePolicy,
   OpOptions,
+  OptimizerOptions,
+  OptimizerSettings,
   Precision,
   Reduction,
   SgdOptions,
+  SgdSettings,
+  StepOptions,
   StepResult,
 } from "./mod.ts";
 

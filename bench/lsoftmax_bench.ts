@@ -19,7 +19,14 @@
  * @module
  */
 
-import { type Backend, backward, forward, loss, MarginHead } from "../mod.ts";
+import {
+  type Backend,
+  backward,
+  forward,
+  loss,
+  MarginHead,
+  type OptimizerOptions,
+} from "../mod.ts";
 import { handWrittenCrossEntropy, KINDS, problem, random, SHAPES } from "./problems.ts";
 
 const env = (name: string) => Deno.env.get(name);
@@ -109,6 +116,17 @@ for (const [n, d, c] of shapes) {
       head.step(x, labels);
     }),
   });
+  // The same step with AdamW (exp_avg, exp_avg_sq beside W): the update reads and writes W, m, v
+  // and reads dW, a memory-bound pass of 7 C·D elements against the products' 6 N·C·D flops.
+  const adamw = benchHead(c, d, { weights: w }, { type: "adamw", lr: 1e-3 });
+  Deno.bench({
+    name: `MarginHead step AdamW [${group}]`,
+    group,
+    ...big,
+    fn: timed(`${group} MarginHead step AdamW`, flops, () => {
+      adamw.step(x, labels);
+    }),
+  });
   Deno.bench({
     name: `forward + TypeScript cross-entropy + backward [${group}]`,
     group,
@@ -154,11 +172,13 @@ function precision(): "exact" | "tf32" {
   return env("LSOFTMAX_PRECISION") === "tf32" ? "tf32" : "exact";
 }
 
-// The benchmarks' head: the bench's margin and backend, SGD with momentum, W given or seeded.
+// The benchmarks' head: the bench's margin and backend, SGD with momentum (or the optimizer
+// given), W given or seeded.
 function benchHead(
   c: number,
   d: number,
   init: { weights: Float32Array } | { seed: number },
+  optimizer: OptimizerOptions = { lr: 1e-3, momentum: 0.9 },
 ): MarginHead {
   return new MarginHead({
     classes: c,
@@ -167,7 +187,7 @@ function benchHead(
     lambda: LAMBDA,
     backend,
     precision: precision(),
-    optimizer: { lr: 1e-3, momentum: 0.9 },
+    optimizer,
     ...init,
   });
 }

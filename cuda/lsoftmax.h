@@ -332,6 +332,53 @@ typedef struct lsm_sgd {
 LSM_API int32_t lsm_sgd_update(lsm_context *ctx, int32_t dtype, int64_t count, const lsm_sgd *sgd, void *w,
                                const void *grad, void *velocity, int32_t *nonfinite);
 
+/**
+ * Adam and AdamW as PyTorch defines them (torch.optim.Adam, torch.optim.AdamW), t = step:
+ *   g = grad_scale * grad      (clip_grad_norm_'s factor, 1 without clipping)
+ *   Adam:  g <- g + weight_decay * w (when weight_decay != 0);  AdamW: w <- w (1 - lr weight_decay)
+ *   m <- beta1 m + (1 - beta1) g;  v <- beta2 v + (1 - beta2) g^2   (m = exp_avg, v = exp_avg_sq)
+ *   amsgrad: vmax <- max(vmax, v), used below in place of v          (vmax = max_exp_avg_sq)
+ *   w <- w - (lr / (1 - beta1^t)) m / (sqrt(v) / sqrt(1 - beta2^t) + eps)
+ * Each element is formed in double and each stored value rounded once to the dtype. 72 bytes.
+ */
+typedef struct lsm_adam {
+  double lr;           /* finite, >= 0 */
+  double beta1;        /* in [0, 1) */
+  double beta2;        /* in [0, 1) */
+  double eps;          /* finite, >= 0 */
+  double weight_decay; /* finite, >= 0 */
+  double grad_scale;   /* finite, >= 0: the gradient's factor (clipping), 1 without */
+  int64_t step;        /* t >= 1: the count of this update (PyTorch's step after its increment) */
+  int32_t decoupled;   /* 0: Adam (L2 into the gradient), 1: AdamW (decoupled decay) */
+  int32_t amsgrad;     /* 0 or 1 */
+  int32_t nonfinite;   /* LSM_SGD_APPLY, LSM_SGD_SKIP or LSM_SGD_CHECK (of grad) */
+  int32_t reserved;    /* 0 */
+} lsm_adam;
+
+/**
+ * One Adam or AdamW step over count elements of context memory: w, exp_avg, exp_avg_sq and
+ * max_exp_avg_sq [count] (NULL unless amsgrad) updated in place from grad [count], all of dtype.
+ * nonfinite as lsm_sgd_update's: with LSM_SGD_SKIP or LSM_SGD_CHECK a gradient holding a NaN or an
+ * infinity leaves every array unwritten and sets *nonfinite to 1.
+ */
+LSM_API int32_t lsm_adam_update(lsm_context *ctx, int32_t dtype, int64_t count, const lsm_adam *adam, void *w,
+                                const void *grad, void *exp_avg, void *exp_avg_sq, void *max_exp_avg_sq,
+                                int32_t *nonfinite);
+
+/**
+ * y <- a x + b y over count elements of context memory (dtype), in double with one rounding per
+ * element: gradient accumulation and clipping's scale in place. With b = 0, y is not read (so
+ * NaN in it goes); with a = 0, x is not read and may be NULL. a and b finite.
+ */
+LSM_API int32_t lsm_axpby(lsm_context *ctx, int32_t dtype, int64_t count, double a, const void *x, double b,
+                          void *y);
+
+/**
+ * The sum of the squares of values [count] (dtype, context memory) into *out (host memory), in
+ * float64: a shard's part of the squared 2-norm that gradient clipping needs (8 bytes back).
+ */
+LSM_API int32_t lsm_sum_squares(lsm_context *ctx, int32_t dtype, const void *values, int64_t count, double *out);
+
 /** The sum of values [count] (float64, context memory) into *out (host memory), in float64. */
 LSM_API int32_t lsm_sum(lsm_context *ctx, const double *values, int64_t count, double *out);
 
@@ -356,12 +403,14 @@ LSM_API int32_t lsm_topk(lsm_context *ctx, int32_t dtype, int64_t n, int64_t d, 
 LSM_API int32_t lsm_context_traffic(const lsm_context *ctx, uint64_t *to_context, uint64_t *from_context);
 
 /**
- * The layout of an ABI struct as this library was built. type is "lsm_margin", "lsm_loss_args" or
- * "lsm_sgd". With field "" : *offset = 0 and *bytes = sizeof(type). With a field's name as this
+ * The layout of an ABI struct as this library was built. type is "lsm_margin", "lsm_loss_args",
+ * "lsm_sgd" or "lsm_adam". With field "" : *offset = 0 and *bytes = sizeof(type). With a field's name as this
  * header spells it ("kind", "m", "lambda", "scale", "m1", "m2", "m3", "flags", "reserved_flags",
  * "reserved"; "class_offset", "total_classes", "grad_scale", "label_smoothing", "weight_sum",
- * "class_weights", "ignore_index", "flags", "reserved"; "lr", "momentum",
- * "weight_decay", "nesterov", "first", "nonfinite", "reserved"): *offset = offsetof, *bytes = sizeof of the
+ * "class_weights", "ignore_index", "flags", "reserved"; "lr", "momentum", "weight_decay",
+ * "nesterov", "first", "nonfinite", "reserved"; "lr", "beta1", "beta2", "eps", "weight_decay",
+ * "grad_scale", "step", "decoupled", "amsgrad", "nonfinite", "reserved"): *offset = offsetof,
+ * *bytes = sizeof of the
  * field (the whole array for an array field). Anything else: LSM_ERR_INVALID_ARGUMENT naming it.
  * Bindings compare their struct encoders with it.
  */

@@ -15,10 +15,13 @@ import {
 import { cString, type Library, statusError } from "./library.ts";
 import { OPS, type OpSpec } from "./ops.ts";
 import {
+  type AdamStruct,
+  encodeAdam,
   encodeLossArgs,
   encodeMargin,
   encodeSgd,
   type LossArgs,
+  LSM_ADAM,
   LSM_LOSS_ARGS,
   LSM_MARGIN,
   LSM_SGD,
@@ -46,10 +49,15 @@ export interface Call {
   workspace?: number;
   /** lsm_topk's k. */
   k?: number;
-  /** The element count of lsm_sgd_update and lsm_sum. */
+  /** The element count of lsm_sgd_update, lsm_adam_update, lsm_sum and lsm_sum_squares. */
   count?: number;
   /** lsm_sgd_update's settings. */
   sgd?: SgdStruct;
+  /** lsm_adam_update's settings. */
+  adam?: AdamStruct;
+  /** lsm_axpby's a and b. */
+  alpha?: number;
+  beta?: number;
 }
 
 /** A tensor argument: a host array, context memory, or null for an optional output left out. */
@@ -129,6 +137,13 @@ function argumentsOf(
         break;
       case "sgd":
         out.push(encodeSgd(call.sgd!, own ? new Uint8Array(LSM_SGD.bytes) : undefined));
+        break;
+      case "alpha":
+      case "beta":
+        out.push(call[a]!);
+        break;
+      case "adam":
+        out.push(encodeAdam(call.adam!, own ? new Uint8Array(LSM_ADAM.bytes) : undefined));
         break;
     }
   }

@@ -36,7 +36,10 @@ export type Scalar =
   | "bytes"
   | "margin"
   | "args"
-  | "sgd";
+  | "sgd"
+  | "adam"
+  | "alpha"
+  | "beta";
 
 /**
  * An op: its symbol on context memory, the symbol on host arrays where a CPU context takes them
@@ -144,6 +147,37 @@ export const OPS = {
       tensor("grad", "count", 1),
       out("velocity", "count", 1, { optional: true }),
       out("nonfinite", 1, 1, { type: "int32", host: true, optional: true }),
+    ],
+  }),
+  adam: op({
+    device: "lsm_adam_update",
+    async: "lsm_adam_update_async",
+    args: [
+      "dtype",
+      "count",
+      "adam",
+      out("w", "count", 1),
+      tensor("grad", "count", 1),
+      out("expAvg", "count", 1),
+      out("expAvgSq", "count", 1),
+      out("maxExpAvgSq", "count", 1, { optional: true }),
+      out("nonfinite", 1, 1, { type: "int32", host: true, optional: true }),
+    ],
+  }),
+  // y = alpha x + beta y (x may be null when alpha is 0).
+  axpby: op({
+    device: "lsm_axpby",
+    async: "lsm_axpby_async",
+    args: ["dtype", "count", "alpha", tensor("x", "count", 1), "beta", out("y", "count", 1)],
+  }),
+  sumSquares: op({
+    device: "lsm_sum_squares",
+    async: "lsm_sum_squares_async",
+    args: [
+      "dtype",
+      tensor("values", "count", 1),
+      "count",
+      out("sum", 1, 1, { type: "float64", host: true }),
     ],
   }),
   sum: op({

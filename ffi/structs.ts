@@ -64,10 +64,21 @@ const FIELDS = [
   ["lsm_sgd", "first", "int32", 28, "first"], // 1: the first step (v <- g)
   ["lsm_sgd", "nonfinite", "int32", 32, "nonfinite"], // SgdNonFinite: apply, skip or check
   ["lsm_sgd", "reserved", "int32", 36],
+  ["lsm_adam", "lr", "float64", 0, "lr"],
+  ["lsm_adam", "beta1", "float64", 8, "beta1"],
+  ["lsm_adam", "beta2", "float64", 16, "beta2"],
+  ["lsm_adam", "eps", "float64", 24, "eps"],
+  ["lsm_adam", "weight_decay", "float64", 32, "weightDecay"],
+  ["lsm_adam", "grad_scale", "float64", 40, "gradScale"], // clipping's factor, 1 without
+  ["lsm_adam", "step", "int64", 48, "step"], // t >= 1
+  ["lsm_adam", "decoupled", "int32", 56, "decoupled"], // 0 Adam, 1 AdamW
+  ["lsm_adam", "amsgrad", "int32", 60, "amsgrad"],
+  ["lsm_adam", "nonfinite", "int32", 64, "nonfinite"], // SgdNonFinite
+  ["lsm_adam", "reserved", "int32", 68],
 ] as const;
 
 /** sizeof of each ABI struct. */
-const SIZES = { lsm_margin: 88, lsm_loss_args: 72, lsm_sgd: 40 } as const;
+const SIZES = { lsm_margin: 88, lsm_loss_args: 72, lsm_sgd: 40, lsm_adam: 72 } as const;
 
 type StructName = keyof typeof SIZES;
 
@@ -101,9 +112,11 @@ export const LSM_MARGIN: Struct<KeyOf<"lsm_margin">> = struct("lsm_margin");
 export const LSM_LOSS_ARGS: Struct<KeyOf<"lsm_loss_args">> = struct("lsm_loss_args");
 /** struct lsm_sgd: one SGD step's settings. */
 export const LSM_SGD: Struct<KeyOf<"lsm_sgd">> = struct("lsm_sgd");
+/** struct lsm_adam: one Adam or AdamW step's settings. */
+export const LSM_ADAM: Struct<KeyOf<"lsm_adam">> = struct("lsm_adam");
 
 /** Every ABI struct the bindings encode. */
-export const STRUCTS: readonly Struct[] = [LSM_MARGIN, LSM_LOSS_ARGS, LSM_SGD];
+export const STRUCTS: readonly Struct[] = [LSM_MARGIN, LSM_LOSS_ARGS, LSM_SGD, LSM_ADAM];
 
 /** The values of a struct, by the keys its table gives them. */
 export type StructValues<K extends string> = { readonly [Key in K]: number };
@@ -122,6 +135,8 @@ export type LossArgs =
 export const LOSS_IGNORE = 1;
 /** The values of lsm_sgd. */
 export type SgdStruct = StructValues<KeyOf<"lsm_sgd">>;
+/** The values of lsm_adam. */
+export type AdamStruct = StructValues<KeyOf<"lsm_adam">>;
 
 // Structs are written in the host's byte order, as the library reads them.
 const LITTLE_ENDIAN = new Uint8Array(new Uint16Array([1]).buffer)[0] === 1;
@@ -176,3 +191,5 @@ export const encodeLossArgs: (v: LossArgs, into?: Uint8Array) => Uint8Array = en
 ) as (v: LossArgs, into?: Uint8Array) => Uint8Array;
 /** lsm_sgd's encoder. */
 export const encodeSgd: (v: SgdStruct, into?: Uint8Array) => Uint8Array = encoder(LSM_SGD);
+/** lsm_adam's encoder. */
+export const encodeAdam: (v: AdamStruct, into?: Uint8Array) => Uint8Array = encoder(LSM_ADAM);

@@ -43,6 +43,20 @@ const op = <T extends "pointer" | "buffer">(t: T, tensors: number, args = false)
 
 const SGD = ["pointer", "i32", "i64", "buffer", "pointer", "pointer", "pointer", "buffer"] as const;
 const SUM = ["pointer", "pointer", "i64", "buffer"] as const;
+const ADAM = [
+  "pointer",
+  "i32",
+  "i64",
+  "buffer",
+  "pointer",
+  "pointer",
+  "pointer",
+  "pointer",
+  "pointer",
+  "buffer",
+] as const;
+const AXPBY = ["pointer", "i32", "i64", "f64", "pointer", "f64", "pointer"] as const;
+const SQUARES = ["pointer", "i32", "pointer", "i64", "buffer"] as const;
 
 /** The symbols of `cuda/lsoftmax.h`, in `Deno.dlopen` form. */
 export const symbols = {
@@ -99,8 +113,15 @@ export const symbols = {
   // Training with W in context memory (MarginHead). ctx, dtype, count, sgd (const lsm_sgd *), w,
   // grad, velocity, nonfinite (int32_t *, host)
   lsm_sgd_update: { parameters: SGD, result: "i32" },
+  // ctx, dtype, count, adam (const lsm_adam *), w, grad, exp_avg, exp_avg_sq, max_exp_avg_sq,
+  // nonfinite (int32_t *, host)
+  lsm_adam_update: { parameters: ADAM, result: "i32" },
   // ctx, values (context), count, out (double *, host)
   lsm_sum: { parameters: SUM, result: "i32" },
+  // ctx, dtype, values (context), count, out (double *, host)
+  lsm_sum_squares: { parameters: SQUARES, result: "i32" },
+  // ctx, dtype, count, a, x (context, NULL when a is 0), b, y (context): y = a x + b y
+  lsm_axpby: { parameters: AXPBY, result: "i32" },
   // HEAD, k, x, w, indices, scores
   lsm_topk: {
     parameters: [...HEAD, "i64", "pointer", "pointer", "pointer", "pointer"],
@@ -149,7 +170,20 @@ export const symbols = {
     result: "i32",
     nonblocking: true,
   },
+  lsm_adam_update_async: {
+    name: "lsm_adam_update",
+    parameters: ADAM,
+    result: "i32",
+    nonblocking: true,
+  },
   lsm_sum_async: { name: "lsm_sum", parameters: SUM, result: "i32", nonblocking: true },
+  lsm_axpby_async: { name: "lsm_axpby", parameters: AXPBY, result: "i32", nonblocking: true },
+  lsm_sum_squares_async: {
+    name: "lsm_sum_squares",
+    parameters: SQUARES,
+    result: "i32",
+    nonblocking: true,
+  },
 } as const satisfies Deno.ForeignLibraryInterface;
 
 /** The opened library's symbol functions. */

@@ -30,11 +30,11 @@ import {
 import {
   checkDType,
   checkNonFinite,
-  checkSgd,
+  checkOptimizer,
   checkWeights,
   HEAD_KEYS,
   type NonFinitePolicy,
-  type SgdOptions,
+  type OptimizerSettings,
 } from "./head/options.ts";
 
 export type { CrossEntropy, CrossEntropyOptions } from "./cross_entropy.ts";
@@ -341,7 +341,7 @@ export interface HeadSettings {
   margin: Margin;
   /** A fixed λ or its schedule; undefined for the kinds without λ. */
   lambda: number | LambdaSchedule | undefined;
-  optimizer: Required<SgdOptions>;
+  optimizer: OptimizerSettings;
   precision: Precision;
   workspace: number | undefined;
   seed: number;
@@ -366,7 +366,7 @@ export function resolveHead(options: unknown): HeadSettings {
   const dtype = checkDType(o.dtype);
   const margin = checkMargin(o, ["lambda"]);
   const lambda = resolveLambda(margin.kind, o, true);
-  const optimizer = checkSgd(o.optimizer);
+  const optimizer = checkOptimizer(o.optimizer);
   const precision = checkPrecision(o.precision);
   const workspace = checkWorkspace(o.workspace);
   const seed = o.seed === undefined ? 0 : checkInteger("seed", o.seed, 0, 2 ** 32 - 1);

@@ -6,10 +6,12 @@
 import assert from "node:assert/strict";
 import { loadLibrary } from "../ffi/library.ts";
 import {
+  encodeAdam,
   encodeLossArgs,
   encodeMargin,
   encodeSgd,
   FIELD_BYTES,
+  LSM_ADAM,
   LSM_LOSS_ARGS,
   LSM_MARGIN,
   LSM_SGD,
@@ -53,7 +55,13 @@ for (const struct of STRUCTS) {
 
 Deno.test("abi layout: an unknown struct or field is refused (LSM_ERR_INVALID_ARGUMENT)", () => {
   for (
-    const [type, field] of [["lsm_margin", "lamda"], ["lsm_sgd", "class_offset"], ["lsm_nope", ""]]
+    const [type, field] of [["lsm_margin", "lamda"], ["lsm_sgd", "class_offset"], [
+      "lsm_adam",
+      "momentum",
+    ], [
+      "lsm_nope",
+      "",
+    ]]
   ) {
     const r = layout(type, field);
     assert.equal(r.status, Status.INVALID_ARGUMENT, `${type}.${field}`);
@@ -105,6 +113,18 @@ Deno.test("abi layout: the encoders write each value at its field's offset, rese
       nesterov: 1,
       first: 0,
       nonfinite: 2,
+    }],
+    [LSM_ADAM, encodeAdam, {
+      lr: 1e-3,
+      beta1: 0.9,
+      beta2: 0.999,
+      eps: 1e-8,
+      weightDecay: 0.01,
+      gradScale: 0.5,
+      step: 2 ** 40 + 3,
+      decoupled: 1,
+      amsgrad: 1,
+      nonfinite: 1,
     }],
   ] as const;
   for (const [struct, encode, values] of cases) {

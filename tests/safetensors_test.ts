@@ -758,7 +758,7 @@ for (const torch of [false, true]) {
           assertSameBits(state.velocity, w.map((v) => -v), "velocity");
           using head = MarginHead.fromState(state);
           assert.equal(head.iteration, 5);
-          assert.equal(head.optimizer.momentum, 0.9);
+          assert.equal(head.optimizer.type === "sgd" && head.optimizer.momentum, 0.9);
         }
         if (!torch) {
           // Integer dtypes, an empty tensor, names and metadata beyond ASCII.

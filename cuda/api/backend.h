@@ -100,6 +100,12 @@ struct lsm_backend_ops {
   // The scores of top-k: the plain logits with the kind's normalisations (scale 1).
   int32_t (*topk)(lsm_context *ctx, int32_t dtype, int64_t n, int64_t d, int64_t c, const lsm_margin &unit,
                   int64_t k, const void *x, const void *w, int32_t *indices, void *scores);
+  // As sgd; vmax null unless o.amsgrad.
+  int32_t (*adam)(lsm_context *ctx, int32_t dtype, int64_t count, const lsm_adam &o, void *w, const void *g, void *m,
+                  void *v, void *vmax, int32_t *nonfinite);
+  // y = a x + b y; a term with a zero factor is not read.
+  int32_t (*axpby)(lsm_context *ctx, int32_t dtype, int64_t count, double a, const void *x, double b, void *y);
+  int32_t (*sum_squares)(lsm_context *ctx, int32_t dtype, const void *values, int64_t count, double *out);
 };
 
 // The backends: cpu/backend.cpp; gpu/backend.cu, or gpu/none.cpp where the library is built

@@ -269,4 +269,43 @@ int32_t check_sgd(lsm_context *ctx, int32_t dtype, int64_t count, const lsm_sgd 
   return LSM_OK;
 }
 
+static int32_t check_beta(lsm_context *ctx, double v, const char *name) {
+  if (v >= 0.0 && v < 1.0) return LSM_OK;
+  return lsm_fail(ctx, LSM_ERR_INVALID_ARGUMENT, std::string(name) + ": expected a number in [0, 1), got " + num(v));
+}
+
+int32_t check_adam(lsm_context *ctx, int32_t dtype, int64_t count, const lsm_adam &o, const void *w, const void *grad,
+                   const void *m, const void *v, const void *vmax, const int32_t *nonfinite) {
+  int32_t s;
+  if ((s = check_dtype(ctx, dtype)) || (s = check_size(ctx, count, "count")) ||
+      (s = check_finite_nonnegative(ctx, o.lr, "adam.lr")) || (s = check_beta(ctx, o.beta1, "adam.beta1")) ||
+      (s = check_beta(ctx, o.beta2, "adam.beta2")) || (s = check_finite_nonnegative(ctx, o.eps, "adam.eps")) ||
+      (s = check_finite_nonnegative(ctx, o.weight_decay, "adam.weight_decay")) ||
+      (s = check_finite_nonnegative(ctx, o.grad_scale, "adam.grad_scale")))
+    return s;
+  if (o.step < 1)
+    return lsm_fail(ctx, LSM_ERR_INVALID_ARGUMENT, "adam.step: expected an integer >= 1, got " + std::to_string(o.step));
+  if ((o.decoupled != 0 && o.decoupled != 1) || (o.amsgrad != 0 && o.amsgrad != 1) || o.reserved != 0)
+    return lsm_fail(ctx, LSM_ERR_INVALID_ARGUMENT, "adam: expected decoupled and amsgrad 0 or 1, reserved 0");
+  if (o.nonfinite != LSM_SGD_APPLY && o.nonfinite != LSM_SGD_SKIP && o.nonfinite != LSM_SGD_CHECK)
+    return lsm_fail(ctx, LSM_ERR_INVALID_ARGUMENT,
+                    "adam.nonfinite: expected LSM_SGD_APPLY, LSM_SGD_SKIP or LSM_SGD_CHECK (0, 1, 2), got " +
+                        std::to_string(o.nonfinite));
+  if (o.nonfinite != LSM_SGD_APPLY && nonfinite == nullptr)
+    return lsm_fail(ctx, LSM_ERR_INVALID_ARGUMENT,
+                    "nonfinite: expected a flag (int32_t *) with adam.nonfinite LSM_SGD_SKIP or LSM_SGD_CHECK, got NULL");
+  const size_t e = element_bytes(dtype);
+  if ((s = check_tensor(ctx, w, count, e, "w")) || (s = check_tensor(ctx, grad, count, e, "grad")) ||
+      (s = check_tensor(ctx, m, count, e, "exp_avg")) || (s = check_tensor(ctx, v, count, e, "exp_avg_sq")))
+    return s;
+  if (o.amsgrad && (s = check_tensor(ctx, vmax, count, e, "max_exp_avg_sq"))) return s;
+  const void *arrays[] = {w, grad, m, v, o.amsgrad ? vmax : nullptr};
+  for (int a = 0; a < 5; ++a)
+    for (int b = a + 1; b < 5; ++b)
+      if (arrays[a] != nullptr && arrays[a] == arrays[b])
+        return lsm_fail(ctx, LSM_ERR_INVALID_ARGUMENT,
+                        "w, grad, exp_avg, exp_avg_sq, max_exp_avg_sq: expected separate arrays");
+  return LSM_OK;
+}
+
 }  // namespace lsm_api

@@ -53,6 +53,9 @@ int32_t check_loss(lsm_context *ctx, const lsm_loss_problem &p);
 // An SGD step's options and arrays.
 int32_t check_sgd(lsm_context *ctx, int32_t dtype, int64_t count, const lsm_sgd &o, const void *w, const void *grad,
                   const void *velocity, const int32_t *nonfinite);
+// An Adam step's options and arrays.
+int32_t check_adam(lsm_context *ctx, int32_t dtype, int64_t count, const lsm_adam &o, const void *w, const void *grad,
+                   const void *m, const void *v, const void *vmax, const int32_t *nonfinite);
 
 }  // namespace lsm_api
 

@@ -34,13 +34,25 @@
   X(lsm_sgd, nesterov, 24, 4)                   \
   X(lsm_sgd, first, 28, 4)                      \
   X(lsm_sgd, nonfinite, 32, 4)                  \
-  X(lsm_sgd, reserved, 36, 4)
+  X(lsm_sgd, reserved, 36, 4)                   \
+  X(lsm_adam, lr, 0, 8)                         \
+  X(lsm_adam, beta1, 8, 8)                      \
+  X(lsm_adam, beta2, 16, 8)                     \
+  X(lsm_adam, eps, 24, 8)                       \
+  X(lsm_adam, weight_decay, 32, 8)              \
+  X(lsm_adam, grad_scale, 40, 8)                \
+  X(lsm_adam, step, 48, 8)                      \
+  X(lsm_adam, decoupled, 56, 4)                 \
+  X(lsm_adam, amsgrad, 60, 4)                   \
+  X(lsm_adam, nonfinite, 64, 4)                 \
+  X(lsm_adam, reserved, 68, 4)
 
 // The structs themselves: X(struct, bytes).
 #define LSM_ABI_STRUCTS(X) \
   X(lsm_margin, 88)        \
   X(lsm_loss_args, 72)     \
-  X(lsm_sgd, 40)
+  X(lsm_sgd, 40)           \
+  X(lsm_adam, 72)
 
 #define LSM_ASSERT_FIELD(type, field, offset, bytes)                                    \
   static_assert(offsetof(type, field) == (offset), #type "." #field " is at " #offset); \
@@ -81,7 +93,7 @@ extern "C" int32_t lsm_layout(const char *type, const char *field, int64_t *offs
   try {
     if (!known_type)
       return lsm_fail(nullptr, LSM_ERR_INVALID_ARGUMENT,
-                      std::string("type: expected \"lsm_margin\", \"lsm_loss_args\" or \"lsm_sgd\", got \"") + type +
+                      std::string("type: expected \"lsm_margin\", \"lsm_loss_args\", \"lsm_sgd\" or \"lsm_adam\", got \"") + type +
                           "\"");
     return lsm_fail(nullptr, LSM_ERR_INVALID_ARGUMENT,
                     std::string("field: expected \"\" or a field of ") + type + ", got \"" + field + "\"");

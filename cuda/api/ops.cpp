@@ -2,6 +2,8 @@
 // update, the sum of the row losses, top-k). Each checks every argument (checks.cpp), then calls
 // the context's backend. The margin and the option structs are copied before the checks, so the
 // backends see exactly what was checked.
+#include <math.h>
+
 #include "api/checks.h"
 
 using namespace lsm_api;
@@ -89,6 +91,47 @@ int32_t lsm_sgd_update(lsm_context *ctx, int32_t dtype, int64_t count, const lsm
     if ((s = ctx->ops->sgd(ctx, dtype, count, o, w, grad, velocity, &flag))) return s;
     if (nonfinite != nullptr) *nonfinite = flag;
     return LSM_OK;
+  });
+}
+
+int32_t lsm_adam_update(lsm_context *ctx, int32_t dtype, int64_t count, const lsm_adam *adam, void *w,
+                        const void *grad, void *exp_avg, void *exp_avg_sq, void *max_exp_avg_sq, int32_t *nonfinite) {
+  return guarded(ctx, [&]() -> int32_t {
+    int32_t s;
+    if ((s = check_context(ctx)) || (s = check_pointer(ctx, adam, "adam"))) return s;
+    const lsm_adam o = *adam;
+    if ((s = check_adam(ctx, dtype, count, o, w, grad, exp_avg, exp_avg_sq, max_exp_avg_sq, nonfinite))) return s;
+    int32_t flag = 0;
+    if ((s = ctx->ops->adam(ctx, dtype, count, o, w, grad, exp_avg, exp_avg_sq, max_exp_avg_sq, &flag))) return s;
+    if (nonfinite != nullptr) *nonfinite = flag;
+    return LSM_OK;
+  });
+}
+
+int32_t lsm_axpby(lsm_context *ctx, int32_t dtype, int64_t count, double a, const void *x, double b, void *y) {
+  return guarded(ctx, [&]() -> int32_t {
+    int32_t s;
+    if ((s = check_context(ctx)) || (s = check_dtype(ctx, dtype)) || (s = check_size(ctx, count, "count")))
+      return s;
+    if (!isfinite(a) || !isfinite(b))
+      return lsm_fail(ctx, LSM_ERR_INVALID_ARGUMENT,
+                      "a, b: expected finite numbers, got " + std::to_string(a) + ", " + std::to_string(b));
+    const size_t e = element_bytes(dtype);
+    if ((s = check_tensor(ctx, y, count, e, "y"))) return s;
+    if (a != 0.0 && ((s = check_tensor(ctx, x, count, e, "x")))) return s;
+    if (a != 0.0 && x == y)
+      return lsm_fail(ctx, LSM_ERR_INVALID_ARGUMENT, "x, y: expected separate arrays, got the same pointer");
+    return ctx->ops->axpby(ctx, dtype, count, a, x, b, y);
+  });
+}
+
+int32_t lsm_sum_squares(lsm_context *ctx, int32_t dtype, const void *values, int64_t count, double *out) {
+  return guarded(ctx, [&]() -> int32_t {
+    int32_t s;
+    if ((s = check_context(ctx)) || (s = check_pointer(ctx, out, "out")) || (s = check_dtype(ctx, dtype)) ||
+        (s = check_size(ctx, count, "count")) || (s = check_tensor(ctx, values, count, element_bytes(dtype), "values")))
+      return s;
+    return ctx->ops->sum_squares(ctx, dtype, values, count, out);
   });
 }
 

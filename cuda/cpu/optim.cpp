@@ -1,5 +1,5 @@
-// cpu/optim.cpp: the CPU side of resident training: the SGD update over W's memory, the sum of
-// the row losses, and top-k by blocks of classes (the CPU twins of optim_kernels.cuh).
+// cpu/optim.cpp: the CPU side of resident training: the SGD and Adam updates over W's memory,
+// the sum of squares for clipping, the sum of the row losses, and top-k by blocks of classes (the CPU twins of optim_kernels.cuh).
 #include <math.h>
 #include <stdlib.h>
 
@@ -52,6 +52,77 @@ void sgd(int64_t count, const lsm_sgd &o, T *w, const T *g, T *v, int32_t *nonfi
   });
 }
 
+// Adam's loop with the mode and amsgrad as constants (no branch inside), cloned for AVX2 where
+// the CPU has it (4 doubles a vector for the divisions and the square root; no FMA contraction
+// in ISO C++, so the results are those of the baseline clone).
+#if defined(__x86_64__) && !defined(__SANITIZE_ADDRESS__)
+#define LSM_CLONES __attribute__((target_clones("avx2", "default")))
+#else
+#define LSM_CLONES
+#endif
+template <typename T, int kMode, bool kAmsgrad>
+LSM_CLONES void adam_loop(int64_t b, int64_t e, const lsm_adam_coefs &k, T *__restrict w, const T *__restrict g,
+               T *__restrict m, T *__restrict v, T *__restrict vmax) {
+  T unused = T(0);
+  for (int64_t j = b; j < e; ++j)
+    lsm_adam_element(k, kMode, kAmsgrad, w + j, g[j], m + j, v + j, kAmsgrad ? vmax + j : &unused);
+}
+
+template <typename T, int kMode>
+void adam_loop(bool amsgrad, int64_t b, int64_t e, const lsm_adam_coefs &k, T *w, const T *g, T *m, T *v, T *vmax) {
+  if (amsgrad) return adam_loop<T, kMode, true>(b, e, k, w, g, m, v, vmax);
+  adam_loop<T, kMode, false>(b, e, k, w, g, m, v, vmax);
+}
+
+template <typename T>
+void adam(int64_t count, const lsm_adam &o, T *w, const T *g, T *m, T *v, T *vmax, int32_t *nonfinite) {
+  *nonfinite = 0;
+  if (o.nonfinite != LSM_SGD_APPLY) {
+    *nonfinite = has_nonfinite(count, g) ? 1 : 0;
+    if (*nonfinite || o.nonfinite == LSM_SGD_CHECK) return;
+  }
+  const lsm_adam_coefs k = lsm_adam_coefs_of(o);
+  const bool ams = o.amsgrad != 0;
+  parallel_for(count, 4, [&](int64_t b, int64_t e) {
+    if (o.decoupled) return adam_loop<T, LSM_ADAM_DECOUPLED>(ams, b, e, k, w, g, m, v, vmax);
+    if (o.weight_decay != 0.0) return adam_loop<T, LSM_ADAM_L2>(ams, b, e, k, w, g, m, v, vmax);
+    adam_loop<T, LSM_ADAM_PLAIN>(ams, b, e, k, w, g, m, v, vmax);
+  });
+}
+
+template <typename T, bool kX, bool kY>
+void axpby_loop(int64_t b0, int64_t e, double a, const T *__restrict x, double b, T *__restrict y) {
+  for (int64_t j = b0; j < e; ++j) lsm_axpby_element(a, kX, kX ? x + j : y + j, b, kY, y + j);
+}
+
+template <typename T>
+void axpby(int64_t count, double a, const T *x, double b, T *y) {
+  parallel_for(count, 4, [&](int64_t b0, int64_t e) {
+    if (a == 0.0) return axpby_loop<T, false, true>(b0, e, a, x, b, y);
+    if (b == 0.0) return axpby_loop<T, true, false>(b0, e, a, x, b, y);
+    axpby_loop<T, true, true>(b0, e, a, x, b, y);
+  });
+}
+
+// The sum of squares in double: per part, then the parts in their order (the same sum every run).
+template <typename T>
+double sum_squares(int64_t count, const T *x) {
+  constexpr int64_t kParts = 64;
+  double part[kParts] = {};
+  const int64_t per = (count + kParts - 1) / kParts;
+  parallel_for(kParts, per, [&](int64_t p0, int64_t p1) {
+    for (int64_t p = p0; p < p1; ++p) {
+      const int64_t b = p * per, e = std::min(count, b + per);
+      double s = 0.0;
+      for (int64_t j = b; j < e; ++j) s += (double)x[j] * (double)x[j];
+      part[p] = s;
+    }
+  });
+  double total = 0.0;
+  for (int64_t p = 0; p < kParts; ++p) total += part[p];
+  return total;
+}
+
 // Scores of classes in blocks of the workspace, each row's k best kept in indices/scores.
 template <typename T>
 int32_t topk(lsm_context *ctx, int64_t n, int64_t d, int64_t c, const lsm_margin &mg, int64_t k, const T *x,
@@ -88,6 +159,32 @@ int32_t lsm_cpu_sgd(lsm_context *, int32_t dtype, int64_t count, const lsm_sgd &
     sgd<double>(count, o, static_cast<double *>(w), static_cast<const double *>(g), static_cast<double *>(v),
                 nonfinite);
   }
+  return LSM_OK;
+}
+
+int32_t lsm_cpu_adam(lsm_context *, int32_t dtype, int64_t count, const lsm_adam &o, void *w, const void *g, void *m,
+                     void *v, void *vmax, int32_t *nonfinite) {
+  if (dtype == LSM_FLOAT32) {
+    adam<float>(count, o, static_cast<float *>(w), static_cast<const float *>(g), static_cast<float *>(m),
+                static_cast<float *>(v), static_cast<float *>(vmax), nonfinite);
+  } else {
+    adam<double>(count, o, static_cast<double *>(w), static_cast<const double *>(g), static_cast<double *>(m),
+                 static_cast<double *>(v), static_cast<double *>(vmax), nonfinite);
+  }
+  return LSM_OK;
+}
+
+int32_t lsm_cpu_axpby(lsm_context *, int32_t dtype, int64_t count, double a, const void *x, double b, void *y) {
+  if (dtype == LSM_FLOAT32)
+    axpby(count, a, static_cast<const float *>(x), b, static_cast<float *>(y));
+  else
+    axpby(count, a, static_cast<const double *>(x), b, static_cast<double *>(y));
+  return LSM_OK;
+}
+
+int32_t lsm_cpu_sum_squares(lsm_context *, int32_t dtype, const void *values, int64_t count, double *out) {
+  *out = dtype == LSM_FLOAT32 ? sum_squares(count, static_cast<const float *>(values))
+                              : sum_squares(count, static_cast<const double *>(values));
   return LSM_OK;
 }
 

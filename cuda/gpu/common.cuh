@@ -34,6 +34,10 @@ int32_t lsm_cuda_loss(lsm_context *ctx, const lsm_loss_problem &p);
 int32_t lsm_cuda_sgd(lsm_context *ctx, int32_t dtype, int64_t count, const lsm_sgd &o, void *w, const void *g, void *v,
                      int32_t *nonfinite);
 int32_t lsm_cuda_sum(lsm_context *ctx, const double *values, int64_t count, double *out);
+int32_t lsm_cuda_adam(lsm_context *ctx, int32_t dtype, int64_t count, const lsm_adam &o, void *w, const void *g,
+                      void *m, void *v, void *vmax, int32_t *nonfinite);
+int32_t lsm_cuda_axpby(lsm_context *ctx, int32_t dtype, int64_t count, double a, const void *x, double b, void *y);
+int32_t lsm_cuda_sum_squares(lsm_context *ctx, int32_t dtype, const void *values, int64_t count, double *out);
 int32_t lsm_cuda_topk(lsm_context *ctx, int32_t dtype, int64_t n, int64_t d, int64_t c, const lsm_margin &mg, int64_t k,
                       const void *x, const void *w, int32_t *indices, void *scores);
 

@@ -45,4 +45,9 @@ extern const lsm_backend_ops lsm_cuda_backend = {
     [](lsm_context *ctx, const double *, int64_t, double *) { return unavailable(ctx); },
     [](lsm_context *ctx, int32_t, int64_t, int64_t, int64_t, const lsm_margin &, int64_t, const void *, const void *,
        int32_t *, void *) { return unavailable(ctx); },
+    [](lsm_context *ctx, int32_t, int64_t, const lsm_adam &, void *, const void *, void *, void *, void *, int32_t *) {
+      return unavailable(ctx);
+    },
+    [](lsm_context *ctx, int32_t, int64_t, double, const void *, double, void *) { return unavailable(ctx); },
+    [](lsm_context *ctx, int32_t, const void *, int64_t, double *) { return unavailable(ctx); },
 };

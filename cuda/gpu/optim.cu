@@ -1,5 +1,5 @@
-// gpu/optim.cu: resident training on a CUDA device: the SGD update (one element-wise kernel over
-// W's memory), the sum of the row losses (one block, 8 bytes back), and top-k by blocks of
+// gpu/optim.cu: resident training on a CUDA device: the SGD and Adam updates (one element-wise
+// kernel over W's memory each), the sum of squares for clipping, the sum of the row losses (one block, 8 bytes back), and top-k by blocks of
 // classes (x W_b^T into the workspace, then each row's k best kept in the outputs).
 #include <cuda_runtime.h>
 
@@ -41,6 +41,58 @@ int32_t sgd(lsm_context *ctx, int64_t count, const lsm_sgd &o, void *w, const vo
   return LSM_OK;
 }
 
+// As sgd: the check into a device flag that the update kernel reads there.
+template <typename T>
+int32_t adam(lsm_context *ctx, int64_t count, const lsm_adam &o, void *w, const void *g, void *m, void *v, void *vmax,
+             int32_t *nonfinite) {
+  constexpr int threads = 256;
+  cudaStream_t stream = ctx->cuda->stream;
+  const unsigned int blocks = blocks_for(count, threads);
+  int32_t *flag = nullptr;
+  *nonfinite = 0;
+  if (o.nonfinite != LSM_SGD_APPLY) {
+    void *mem = nullptr;
+    const int32_t s = workspace(ctx, sizeof(int32_t), &mem);
+    if (s != LSM_OK) return s;
+    flag = static_cast<int32_t *>(mem);
+    LSM_CUDA_TRY(ctx, cudaMemsetAsync(flag, 0, sizeof(int32_t), stream));
+    LSM_LAUNCH(lsm_kernels::nonfinite_flag<T>, blocks, threads, stream, static_cast<const T *>(g), (int)count, flag);
+  }
+  if (o.nonfinite != LSM_SGD_CHECK) {
+    const int mode = o.decoupled ? LSM_ADAM_DECOUPLED : o.weight_decay != 0.0 ? LSM_ADAM_L2 : LSM_ADAM_PLAIN;
+    LSM_LAUNCH(lsm_kernels::adam_update<T>, blocks, threads, stream, lsm_adam_coefs_of(o), mode, (int)count,
+               static_cast<T *>(w), static_cast<const T *>(g), static_cast<T *>(m), static_cast<T *>(v),
+               o.amsgrad ? static_cast<T *>(vmax) : nullptr, flag);
+  }
+  LSM_CUDA_TRY(ctx, cudaGetLastError());
+  if (flag != nullptr) {
+    LSM_CUDA_TRY(ctx, cudaMemcpyAsync(nonfinite, flag, sizeof(int32_t), cudaMemcpyDeviceToHost, stream));
+    ctx->traffic_from += sizeof(int32_t);
+  }
+  LSM_CUDA_TRY(ctx, cudaStreamSynchronize(stream));
+  return LSM_OK;
+}
+
+// Threads' sums of squares into the workspace, added by one block (sum_values), 8 bytes back.
+template <typename T>
+int32_t sum_squares(lsm_context *ctx, const void *values, int64_t count, double *out) {
+  using namespace lsm_kernels;
+  const unsigned int blocks = std::min(blocks_for(count, kSquaresThreads), 64u);
+  const int parts = (int)blocks * kSquaresThreads;
+  void *mem = nullptr;
+  const int32_t s = workspace(ctx, (size_t)(parts + 1) * sizeof(double), &mem);
+  if (s != LSM_OK) return s;
+  double *part = static_cast<double *>(mem), *slot = part + parts;
+  cudaStream_t stream = ctx->cuda->stream;
+  LSM_LAUNCH(sum_squares_parts<T>, blocks, kSquaresThreads, stream, static_cast<const T *>(values), (int)count, part);
+  LSM_LAUNCH(sum_values, 1, kSumThreads, stream, part, parts, slot);
+  LSM_CUDA_TRY(ctx, cudaGetLastError());
+  LSM_CUDA_TRY(ctx, cudaMemcpyAsync(out, slot, sizeof(double), cudaMemcpyDeviceToHost, stream));
+  LSM_CUDA_TRY(ctx, cudaStreamSynchronize(stream));
+  ctx->traffic_from += sizeof(double);
+  return LSM_OK;
+}
+
 template <typename T>
 int32_t topk(lsm_context *ctx, int n, int d, int c, const lsm_margin &mg, int k, const T *x, const T *w,
              int32_t *indices, T *scores) {
@@ -78,6 +130,39 @@ int32_t lsm_cuda_sgd(lsm_context *ctx, int32_t dtype, int64_t count, const lsm_s
   if (s != LSM_OK) return s;
   return dtype == LSM_FLOAT32 ? sgd<float>(ctx, count, o, w, g, v, nonfinite)
                               : sgd<double>(ctx, count, o, w, g, v, nonfinite);
+}
+
+int32_t lsm_cuda_adam(lsm_context *ctx, int32_t dtype, int64_t count, const lsm_adam &o, void *w, const void *g,
+                      void *m, void *v, void *vmax, int32_t *nonfinite) {
+  const int32_t s = activate(ctx);
+  if (s != LSM_OK) return s;
+  return dtype == LSM_FLOAT32 ? adam<float>(ctx, count, o, w, g, m, v, vmax, nonfinite)
+                              : adam<double>(ctx, count, o, w, g, m, v, vmax, nonfinite);
+}
+
+int32_t lsm_cuda_axpby(lsm_context *ctx, int32_t dtype, int64_t count, double a, const void *x, double b, void *y) {
+  const int32_t s = activate(ctx);
+  if (s != LSM_OK) return s;
+  constexpr int threads = 256;
+  cudaStream_t stream = ctx->cuda->stream;
+  const unsigned int blocks = blocks_for(count, threads);
+  if (dtype == LSM_FLOAT32) {
+    LSM_LAUNCH(lsm_kernels::axpby_update<float>, blocks, threads, stream, (int)count, a,
+               a == 0.0 ? nullptr : static_cast<const float *>(x), b, b != 0.0, static_cast<float *>(y));
+  } else {
+    LSM_LAUNCH(lsm_kernels::axpby_update<double>, blocks, threads, stream, (int)count, a,
+               a == 0.0 ? nullptr : static_cast<const double *>(x), b, b != 0.0, static_cast<double *>(y));
+  }
+  LSM_CUDA_TRY(ctx, cudaGetLastError());
+  LSM_CUDA_TRY(ctx, cudaStreamSynchronize(stream));
+  return LSM_OK;
+}
+
+int32_t lsm_cuda_sum_squares(lsm_context *ctx, int32_t dtype, const void *values, int64_t count, double *out) {
+  const int32_t s = activate(ctx);
+  if (s != LSM_OK) return s;
+  return dtype == LSM_FLOAT32 ? sum_squares<float>(ctx, values, count, out)
+                              : sum_squares<double>(ctx, values, count, out);
 }
 
 int32_t lsm_cuda_sum(lsm_context *ctx, const double *values, int64_t count, double *out) {

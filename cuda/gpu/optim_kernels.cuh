@@ -1,5 +1,5 @@
-// optim_kernels.cuh: the kernels of resident training (gpu/optim.cu): the SGD update over W's
-// memory, the sum of the row losses, and top-k over a block of scores. The CPU twins are in
+// optim_kernels.cuh: the kernels of resident training (gpu/optim.cu): the SGD and Adam updates
+// over W's memory, the sum of squares (clipping), the sum of the row losses, and top-k over a block of scores. The CPU twins are in
 // cpu/optim.cpp; the element math is optim.cuh's.
 #ifndef LSOFTMAX_OPTIM_KERNELS_CUH
 #define LSOFTMAX_OPTIM_KERNELS_CUH
@@ -33,6 +33,37 @@ __global__ void sgd_update(lsm_sgd o, int count, T *w, const T *grad, T *v, cons
     T unused = T(0);
     lsm_sgd_element(o, v != nullptr, o.nesterov != 0, o.first != 0, w + j, grad[j], v == nullptr ? &unused : v + j);
   }
+}
+
+// One Adam/AdamW step, element-wise and grid-strided, as sgd_update (vmax null unless amsgrad).
+template <typename T>
+__global__ void adam_update(lsm_adam_coefs k, int mode, int count, T *w, const T *grad, T *m, T *v, T *vmax,
+                            const int32_t *skip) {
+  if (skip != nullptr && *skip != 0) return;
+  const int step = (int)(gridDim.x * blockDim.x);
+  for (int j = (int)(blockIdx.x * blockDim.x + threadIdx.x); j < count; j = next_index(j, step, count)) {
+    T unused = T(0);
+    lsm_adam_element(k, mode, vmax != nullptr, w + j, grad[j], m + j, v + j, vmax == nullptr ? &unused : vmax + j);
+  }
+}
+
+// y = a x + b y, element-wise and grid-strided (x null: a is 0; read_y false: b is 0).
+template <typename T>
+__global__ void axpby_update(int count, double a, const T *x, double b, bool read_y, T *y) {
+  const int step = (int)(gridDim.x * blockDim.x);
+  for (int j = (int)(blockIdx.x * blockDim.x + threadIdx.x); j < count; j = next_index(j, step, count))
+    lsm_axpby_element(a, x != nullptr, x == nullptr ? y + j : x + j, b, read_y, y + j);
+}
+
+// Each thread's strided sum of squares (in double) into part[its index]; sum_values then adds
+// the parts in their order (the same sum every run, no barrier here).
+constexpr int kSquaresThreads = 256;
+template <typename T>
+__global__ void sum_squares_parts(const T *x, int count, double *part) {
+  const int step = (int)(gridDim.x * blockDim.x), first = (int)(blockIdx.x * blockDim.x + threadIdx.x);
+  double s = 0.0;
+  for (int j = first; j < count; j = next_index(j, step, count)) s += (double)x[j] * (double)x[j];
+  part[first] = s;
 }
 
 // The sum of count doubles by one block: strided partial sums, a butterfly within each warp, then

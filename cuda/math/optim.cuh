@@ -3,6 +3,8 @@
 #ifndef LSOFTMAX_OPTIM_CUH
 #define LSOFTMAX_OPTIM_CUH
 
+#include <math.h>
+
 #include "math/margin.cuh"  // LSM_HD
 
 // One element of PyTorch's SGD (dampening 0), in double, each stored value rounded to T once:
@@ -19,6 +21,63 @@ LSM_HD void lsm_sgd_element(const lsm_sgd &o, bool momentum, bool nesterov, bool
     step = nesterov ? g + o.momentum * vn : vn;
   }
   *w = (T)((double)*w - o.lr * step);
+}
+
+// Adam's per-step constants, formed once on the host from lsm_adam in double as PyTorch forms them
+// (bias_correction1 = 1 - beta1^t, step_size = lr / bias_correction1, sqrt(bias_correction2)).
+struct lsm_adam_coefs {
+  double scale, weight_decay, decay, beta1, beta2, step_size, bias2_sqrt, eps;
+};
+
+inline lsm_adam_coefs lsm_adam_coefs_of(const lsm_adam &o) {
+  lsm_adam_coefs k;
+  k.scale = o.grad_scale;
+  k.weight_decay = o.weight_decay;
+  k.decay = 1.0 - o.lr * o.weight_decay;
+  k.beta1 = o.beta1;
+  k.beta2 = o.beta2;
+  k.step_size = o.lr / (1.0 - pow(o.beta1, (double)o.step));
+  k.bias2_sqrt = sqrt(1.0 - pow(o.beta2, (double)o.step));
+  k.eps = o.eps;
+  return k;
+}
+
+// lsm_adam's element modes: Adam without weight decay (none added: 0 * Inf would be NaN), Adam
+// with L2 folded into the gradient, AdamW's decoupled decay.
+enum lsm_adam_mode { LSM_ADAM_PLAIN = 0, LSM_ADAM_L2 = 1, LSM_ADAM_DECOUPLED = 2 };
+
+// One element of PyTorch's Adam/AdamW, in double, each stored value (w, m, v, vmax) rounded to T
+// once: g = scale grad (+ wd w: L2) or w (1 - lr wd) (decoupled); m = b1 m + (1 - b1) g; v = b2 v +
+// (1 - b2) g^2; amsgrad: vmax = max(vmax, v); w -= step_size m / (sqrt(vmax or v) / bias2_sqrt +
+// eps). The mode and amsgrad come as arguments so that the CPU's specialised loops lose the branches.
+template <typename T>
+LSM_HD void lsm_adam_element(const lsm_adam_coefs &k, int mode, bool amsgrad, T *w, T grad, T *m, T *v, T *vmax) {
+  double theta = (double)*w;
+  double g = k.scale * (double)grad;
+  if (mode == LSM_ADAM_L2) g += k.weight_decay * theta;
+  if (mode == LSM_ADAM_DECOUPLED) theta *= k.decay;
+  const double mn = k.beta1 * (double)*m + (1.0 - k.beta1) * g;
+  const double vn = k.beta2 * (double)*v + (1.0 - k.beta2) * (g * g);
+  *m = (T)mn;
+  *v = (T)vn;
+  double second = vn;
+  if (amsgrad) {
+    const double prev = (double)*vmax;
+    second = prev > vn ? prev : vn;
+    *vmax = (T)second;
+  }
+  const double denom = sqrt(second) / k.bias2_sqrt + k.eps;
+  *w = (T)(theta - k.step_size * (mn / denom));
+}
+
+// One element of y <- a x + b y in double, rounded once; the flags say which terms are read (a
+// term with a zero factor is left out, so that 0 * NaN does not bring a NaN in).
+template <typename T>
+LSM_HD void lsm_axpby_element(double a, bool read_x, const T *x, double b, bool read_y, T *y) {
+  double r = 0.0;
+  if (read_x) r = a * (double)*x;
+  if (read_y) r += b * (double)*y;
+  *y = (T)r;
 }
 
 // Whether a gradient element is finite (neither NaN nor an infinity): v - v is exactly 0 then and

@@ -3,7 +3,6 @@
 
 import { type FloatArray, newFloatArray } from "../../ffi/arrays.ts";
 import { OPS } from "../../ffi/ops.ts";
-import type { SgdStruct } from "../../ffi/structs.ts";
 import { SgdNonFinite } from "../../ffi/symbols.ts";
 import type { NativeCall } from "../calls.ts";
 import { reduce } from "../loss.ts";
@@ -22,6 +21,35 @@ function* upload(
     yield s.upload(s.scratch("x", s.bytes(x.length)), x);
     if (labels !== null) yield s.upload(s.scratch("labels", labels.length * 4), labels);
   }
+}
+
+/**
+ * A step's optimizer update of one shard: its call with the gradient's factor (clipping's, 1
+ * without), the non-finite mode (SgdNonFinite) and the flag that mode writes; `clipNorm` when
+ * the gradient is clipped first.
+ */
+export interface Update {
+  clipNorm?: number;
+  /** Whether clipping scales dL/dW in place first (SGD) rather than through `call`'s factor. */
+  scalesInPlace?: boolean;
+  call(s: HeadShard, gradScale: number, nonfinite: number, flag: Int32Array | null): NativeCall;
+}
+
+// clip_grad_norm_'s factor: the total 2-norm over every shard's dL/dW from each shard's sum of
+// squares (8 bytes back each); 1 when the norm is within maxNorm or not finite (the update's
+// non-finite check then decides).
+function* clipScale(
+  shards: readonly HeadShard[],
+  maxNorm: number,
+): Generator<NativeCall, number, void> {
+  let total = 0;
+  for (const s of shards) {
+    const part = new Float64Array(1);
+    yield s.gradSquares(part);
+    total += part[0];
+  }
+  const norm = Math.sqrt(total), c = maxNorm / (norm + 1e-6);
+  return Number.isFinite(norm) && c < 1 ? c : 1;
 }
 
 /** What a step's non-finite check found: nothing, or that the update was skipped. */
@@ -70,55 +98,107 @@ function nonFiniteError(
   );
 }
 
+// The fused loss and dL/dW of a batch on every shard (dL/dW into each shard's gw), dL/dx back
+// into gradX; the row losses come back only with shards, or to name a row for "throw".
+function* lossCalls(
+  shards: readonly HeadShard[],
+  b: Batch,
+  x: FloatArray,
+  labels: Int32Array,
+  gradX: FloatArray,
+  policy: NonFinitePolicy,
+): Generator<NativeCall, { loss: number; rowLoss: Float64Array | null }, void> {
+  yield* upload(shards, x, labels);
+  const n = b.n;
+  if (shards.length > 1) {
+    const rowLoss = yield* shardedLossCalls(shards.map((s) => new ShardCalls(s, b)), labels, gradX);
+    return { loss: reduce(rowLoss, "mean"), rowLoss };
+  }
+  const s = shards[0];
+  const rows = s.scratch("rowLoss", n * 8), gx = s.scratch("gradX", s.bytes(gradX.length));
+  yield s.loss(OPS.loss, b, [rows, gx, s.gw]);
+  const sum = new Float64Array(1);
+  yield s.sum(rows, n, sum);
+  yield s.download(gradX, gx);
+  const loss = sum[0] / n;
+  let rowLoss: Float64Array | null = null;
+  if (policy === "throw" && !Number.isFinite(loss)) { // the row losses, to name the row
+    rowLoss = new Float64Array(n);
+    yield s.download(rowLoss, rows);
+  }
+  return { loss, rowLoss };
+}
+
+/** The micro-batches accumulated so far: their rows, and whether one had a non-finite loss or dL/dx. */
+export interface Accumulated {
+  rows: number;
+  bad: boolean;
+}
+
 /**
- * One training step: the fused loss and dL/dW on each shard, dL/dx back into gradX, then the SGD
- * update of W where it lives under the non-finite policy. The loss and dL/dx reach the host anyway
- * and are checked there; dL/dW is checked where it lives by the update itself (SKIP: a flag of
- * 4 bytes back), or with shards by every shard first (CHECK) so that all skip together.
+ * One micro-batch of an accumulation: its loss and dL/dW on every shard, added (n times its
+ * mean-loss gradient, so the sum of the rows' gradients) into each shard's accumulator; W is not
+ * touched. A non-finite loss or dL/dx throws at once under "throw" (nothing added), and is
+ * remembered for the applying step otherwise.
+ */
+export function* accumulateCalls(
+  shards: readonly HeadShard[],
+  b: Batch,
+  x: FloatArray,
+  labels: Int32Array,
+  gradX: FloatArray,
+  policy: NonFinitePolicy,
+  before: Accumulated | null,
+): Generator<NativeCall, { loss: number; accumulated: Accumulated }, void> {
+  const { loss, rowLoss } = yield* lossCalls(shards, b, x, labels, gradX, policy);
+  const bad = !Number.isFinite(loss) || !allFinite(gradX);
+  if (bad && policy === "throw") throw nonFiniteError(x, rowLoss, gradX, gradX.length / b.n);
+  for (const s of shards) yield s.axpby(b.n, s.gw, before === null ? 0 : 1, s.accumulator());
+  const accumulated = { rows: (before?.rows ?? 0) + b.n, bad: (before?.bad ?? false) || bad };
+  return { loss, accumulated: policy === "apply" ? { ...accumulated, bad: false } : accumulated };
+}
+
+/**
+ * One training step: the fused loss and dL/dW on each shard, dL/dx back into gradX, then the
+ * optimizer's update of W where it lives under the non-finite policy. After micro-batches
+ * (`before`), each shard's dL/dW becomes the mean over all their rows and this batch's
+ * ((sum + n g) / total) first; with clipNorm it is clipped next. The loss and dL/dx reach the host
+ * anyway and are checked there; dL/dW is checked where it lives by the update itself (SKIP: a
+ * flag of 4 bytes back), or with shards by every shard first (CHECK) so that all skip together.
  */
 export function* stepCalls(
   shards: readonly HeadShard[],
   b: Batch,
   x: FloatArray,
   labels: Int32Array,
-  sgd: SgdStruct,
+  update: Update,
   gradX: FloatArray,
   policy: NonFinitePolicy,
+  before: Accumulated | null = null,
 ): Generator<NativeCall, StepOutcome, void> {
-  yield* upload(shards, x, labels);
-  const n = b.n, d = gradX.length / n;
-  let loss: number, rowLoss: Float64Array | null = null;
-  if (shards.length > 1) {
-    rowLoss = yield* shardedLossCalls(shards.map((s) => new ShardCalls(s, b)), labels, gradX);
-    loss = reduce(rowLoss, "mean");
-  } else {
-    const s = shards[0];
-    const rows = s.scratch("rowLoss", n * 8), gx = s.scratch("gradX", s.bytes(gradX.length));
-    yield s.loss(OPS.loss, b, [rows, gx, s.gw]);
-    const sum = new Float64Array(1);
-    yield s.sum(rows, n, sum);
-    yield s.download(gradX, gx);
-    loss = sum[0] / n;
-    if (policy === "throw" && !Number.isFinite(loss)) { // the row losses, to name the row
-      rowLoss = new Float64Array(n);
-      yield s.download(rowLoss, rows);
-    }
+  const { loss, rowLoss } = yield* lossCalls(shards, b, x, labels, gradX, policy);
+  const d = gradX.length / b.n;
+  if (before !== null) {
+    const total = before.rows + b.n;
+    for (const s of shards) yield s.axpby(1 / total, s.accumulator(), b.n / total, s.gw);
+  }
+  const scale = update.clipNorm === undefined ? 1 : yield* clipScale(shards, update.clipNorm);
+  if (scale !== 1 && update.scalesInPlace) {
+    for (const s of shards) yield s.axpby(0, null, scale, s.gw);
   }
   if (policy === "apply") {
-    for (const s of shards) yield s.sgd({ ...sgd, nonfinite: SgdNonFinite.APPLY });
+    for (const s of shards) yield update.call(s, scale, SgdNonFinite.APPLY, null);
     return { loss, skipped: false };
   }
-  let bad = !Number.isFinite(loss) || !allFinite(gradX);
+  let bad = !Number.isFinite(loss) || !allFinite(gradX) || (before?.bad ?? false);
   if (!bad) {
     const one = shards.length === 1;
     const flags = shards.map(() => new Int32Array(1));
     const mode = one ? SgdNonFinite.SKIP : SgdNonFinite.CHECK;
-    for (let k = 0; k < shards.length; k++) {
-      yield shards[k].sgd({ ...sgd, nonfinite: mode }, flags[k]);
-    }
+    for (let k = 0; k < shards.length; k++) yield update.call(shards[k], scale, mode, flags[k]);
     bad = flags.some((f) => f[0] !== 0);
     if (!bad && !one) {
-      for (const s of shards) yield s.sgd({ ...sgd, nonfinite: SgdNonFinite.APPLY });
+      for (const s of shards) yield update.call(s, scale, SgdNonFinite.APPLY, null);
     }
   }
   if (bad && policy === "throw") throw nonFiniteError(x, rowLoss, gradX, d);

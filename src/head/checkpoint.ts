@@ -19,8 +19,16 @@ import {
 import type { HeadState } from "./options.ts";
 
 // The state's tensor fields under torch's names; a field absent from the file loads as null.
-const TENSOR_NAMES = new Map([["weights", "weight"], ["velocity", "momentum_buffer"]]);
+const TENSOR_NAMES = new Map([
+  ["weights", "weight"],
+  ["velocity", "momentum_buffer"],
+  ["expAvg", "exp_avg"],
+  ["expAvgSq", "exp_avg_sq"],
+  ["maxExpAvgSq", "max_exp_avg_sq"],
+]);
 const FIELD_NAMES = new Map([...TENSOR_NAMES].map(([f, t]) => [t, f]));
+// The fields every state has, null where the file has no tensor (Adam's appear with Adam only).
+const NULL_WHEN_ABSENT = ["weights", "velocity"];
 // torch's per-parameter optimizer buffers (SGD's, then Adam's and AdamW's): W's dtype and shape.
 const PARAM_BUFFERS = ["momentum_buffer", "exp_avg", "exp_avg_sq", "max_exp_avg_sq"];
 // The metadata keys of the file format itself (its checksum), not state fields.
@@ -253,7 +261,7 @@ export async function loadHeadState(path: string): Promise<HeadState> {
     }
     put(state, field, t.data);
   }
-  for (const field of TENSOR_NAMES.keys()) if (!Object.hasOwn(state, field)) state[field] = null;
+  for (const field of NULL_WHEN_ABSENT) if (!Object.hasOwn(state, field)) state[field] = null;
   const wrong = disagreement(file.tensors, state.options);
   if (wrong !== undefined) fail(wrong);
   return state as unknown as HeadState;

@@ -1,11 +1,10 @@
-// MarginHead: a classifier head whose weights W [C, D], their gradient and the SGD state live in
+// MarginHead: a classifier head whose weights W [C, D], their gradient and the optimizer state live in
 // context memory of its backend (host memory on the CPU, device memory on CUDA). A step sends the
 // features and labels in and dL/dx out; W is updated where it lives. With a list of backends the
 // classes are split into shards, one context each (shards.ts), combined by the class-shard
 // algorithm of ../shards.ts. Its native sequences are in calls.ts; this file holds the state.
 
 import { type FloatArray, type FloatDType, newFloatArray } from "../../ffi/arrays.ts";
-import type { SgdStruct } from "../../ffi/structs.ts";
 import { MAX_TOPK } from "../../ffi/symbols.ts";
 import { CallQueue, runCalls, runCallsAsync } from "../calls.ts";
 import { checkInteger, readOptions } from "../checks.ts";
@@ -13,10 +12,14 @@ import type { Margin } from "../kinds.ts";
 import { resolveHead } from "../resolve.ts";
 import { checkBatch } from "../tensors.ts";
 import { lambdaOf, type LambdaSchedule } from "../schedule.ts";
-import { evaluateCalls, stepCalls, topkCalls } from "./calls.ts";
+import { accumulateCalls, type Accumulated, evaluateCalls, stepCalls } from "./calls.ts";
+import { topkCalls, type Update } from "./calls.ts";
 import { fillWeights } from "./init.ts";
 import type { HeadOptions, HeadPlacement, HeadState, NonFinitePolicy } from "./options.ts";
-import { type SgdOptions, sgdStruct, type StepResult } from "./options.ts";
+import type { AdamOptions, AdamSettings, OptimizerOptions } from "./options.ts";
+import type { OptimizerSettings, SgdOptions, SgdSettings } from "./options.ts";
+import { adamStruct, sgdStruct, type StepResult, stepSettings } from "./options.ts";
+import type { StepOptions, StepSettings } from "./options.ts";
 import type { Batch, HeadShard } from "./shards.ts";
 import { gatherShards, openShards, scatterShards, shardTraffic } from "./shards.ts";
 import { checkState, makeState, stateOptions } from "./state.ts";
@@ -24,9 +27,17 @@ import { countCorrect, mergeTopK } from "./topk.ts";
 import { loadHeadState, saveHeadState } from "./checkpoint.ts";
 
 export type { HeadOptions, HeadPlacement, HeadState, NonFinitePolicy, SgdOptions, StepResult };
+export type {
+  AdamOptions,
+  AdamSettings,
+  OptimizerOptions,
+  OptimizerSettings,
+  SgdSettings,
+  StepOptions,
+};
 
 /**
- * A classifier head whose weights W [C, D], their gradient and the SGD state live in context
+ * A classifier head whose weights W [C, D], their gradient and the optimizer state live in context
  * memory of its backend: a step sends x [N, D] and the labels in, and dL/dx back; W is updated
  * where it lives. The loss is the fused L-Softmax cross-entropy of {@link loss} (mean over the
  * batch).
@@ -50,8 +61,8 @@ export class MarginHead {
   readonly features: number;
   /** The element type of W, x and dL/dx. */
   readonly dtype: FloatDType;
-  /** The optimizer's settings (lr is the default of each step). */
-  readonly optimizer: Readonly<Required<SgdOptions>>;
+  /** The optimizer's settings, defaults filled in (lr is the default of each step). */
+  readonly optimizer: Readonly<OptimizerSettings>;
   #options: HeadState["options"];
   #lambda: number | LambdaSchedule;
   #margin: Margin; // λ 0: #batch sets each call's
@@ -60,6 +71,8 @@ export class MarginHead {
   #skippedSteps = 0;
   #nonFinite: NonFinitePolicy;
   #hasVelocity = false;
+  #optimizerStep = 0; // Adam's updates applied (its t before the next)
+  #accumulated: Accumulated | null = null; // micro-batches since the last applying step
   #closed = false;
   #queue = new CallQueue(); // the steps asked of stepAsync
 
@@ -81,7 +94,12 @@ export class MarginHead {
     this.#nonFinite = h.nonFinite;
     this.#options = stateOptions(h);
     const shape = { ...h, dtype: this.dtype };
-    this.#shards = openShards(h.backends, shape, this.optimizer.momentum !== 0);
+    const o = h.optimizer, adam = o.type !== "sgd";
+    this.#shards = openShards(h.backends, shape, {
+      velocity: o.type === "sgd" && o.momentum !== 0,
+      adam,
+      amsgrad: adam && o.amsgrad,
+    });
     try {
       fillWeights(this.#shards, h.weights, h.seed);
     } catch (e) {
@@ -141,53 +159,92 @@ export class MarginHead {
     }
   }
 
-  // A step's SGD settings: lr from the options (the optimizer's by default).
-  #sgd(options: unknown): SgdStruct {
+  // A step's settings: lr from the options (the optimizer's by default).
+  #settings(options: unknown): StepSettings {
     if (this.#iteration + this.#queue.pending >= Number.MAX_SAFE_INTEGER) {
       throw new RangeError(
         `iteration: expected below Number.MAX_SAFE_INTEGER to count one more exactly, got ` +
           `${this.#iteration}`,
       );
     }
-    return sgdStruct(this.optimizer, options);
+    return stepSettings(this.optimizer, options);
+  }
+
+  // The step's update of each shard, read when the step runs (after the steps queued before it).
+  #update(st: StepSettings): Update {
+    const o = this.optimizer, clip = o.clipNorm === undefined ? {} : { clipNorm: o.clipNorm };
+    if (o.type === "sgd") {
+      const sgd = { ...sgdStruct(o, st.lr), first: this.#hasVelocity ? 0 : 1 }; // torch's fresh buffer: v <- g
+      return {
+        ...clip,
+        scalesInPlace: true,
+        call: (s, _scale, nonfinite, flag) => s.sgd({ ...sgd, nonfinite }, flag),
+      };
+    }
+    const t = this.#optimizerStep + 1;
+    return {
+      ...clip,
+      call: (s, scale, nonfinite, flag) =>
+        s.adam({ ...adamStruct(o, st.lr, t, scale), nonfinite }, flag),
+    };
   }
 
   // One training step's calls; the head's state advances only once every call succeeded. A
   // skipped step counts as a step (the iteration and λ's schedule advance) but leaves W and the
   // momentum as they were.
-  *#step(x: FloatArray, labels: Int32Array, sgd: SgdStruct) {
+  *#step(x: FloatArray, labels: Int32Array, st: StepSettings) {
     const n = labels.length, step = this.#iteration + 1;
     const b = this.#batch(n, step);
     const gradX = newFloatArray(this.dtype, n * this.features);
-    const first = this.#hasVelocity ? 0 : 1; // PyTorch's fresh momentum buffer: v <- g
-    const sgdFirst = { ...sgd, first }, policy = this.#nonFinite;
-    const { loss, skipped } = yield* stepCalls(this.#shards, b, x, labels, sgdFirst, gradX, policy);
+    const policy = this.#nonFinite, o = this.optimizer, before = this.#accumulated;
+    if (st.accumulate) {
+      const r = yield* accumulateCalls(this.#shards, b, x, labels, gradX, policy, before);
+      this.#accumulated = r.accumulated;
+      return { loss: r.loss, lambda: b.margin.lambda, gradX, skipped: false };
+    }
+    const update = this.#update(st);
+    const { loss, skipped } = yield* stepCalls(
+      this.#shards,
+      b,
+      x,
+      labels,
+      update,
+      gradX,
+      policy,
+      before,
+    );
+    this.#accumulated = null;
     this.#iteration = step;
     if (skipped) this.#skippedSteps++;
-    else if (this.optimizer.momentum !== 0) this.#hasVelocity = true;
+    else if (o.type !== "sgd") this.#optimizerStep++;
+    else if (o.momentum !== 0) this.#hasVelocity = true;
     return { loss, lambda: b.margin.lambda, gradX, skipped };
   }
 
   /**
-   * One training step: the fused loss of x [N, D] and labels, dL/dW applied to W by SGD where W
+   * One training step: the fused loss of x [N, D] and labels, dL/dW applied to W by the optimizer where W
    * lives, and dL/dx back for the layers below.
    *
    * @param x Features, N·D elements of the head's dtype.
    * @param labels The N class indices, each in [0, C).
-   * @param options `lr`: this step's learning rate (the optimizer's by default).
+   * @param options `lr`: this step's learning rate (the optimizer's by default); `accumulate`:
+   * add this micro-batch's dL/dW (as its rows' share of the mean over every micro-batch's rows)
+   * and leave W as it is, for the next step without it to apply the sum: the result equals one
+   * step on the concatenated batch. The micro-batches belong to that step: its λ, one iteration
+   * in all (counted when applied). A micro-batch returns its own mean loss and the dL/dx of it.
    * @returns The mean loss, λ of the step, dL/dx, and whether the update was skipped (see
    * `nonFinite`).
    */
   step<T extends FloatArray>(
     x: T,
     labels: Int32Array,
-    options: { lr?: number } = {},
+    options: StepOptions = {},
   ): StepResult<T> {
     this.#live();
     this.#checkIdle();
     checkBatch(x, labels, this.dtype, this.features);
-    const sgd = this.#sgd(options);
-    return runCalls(this.#step(x, labels, sgd)) as StepResult<T>;
+    const st = this.#settings(options);
+    return runCalls(this.#step(x, labels, st)) as StepResult<T>;
   }
 
   /**
@@ -197,20 +254,20 @@ export class MarginHead {
    *
    * @param x Features, N·D elements of the head's dtype.
    * @param labels The N class indices, each in [0, C).
-   * @param options `lr`: this step's learning rate.
+   * @param options `lr`: this step's learning rate; `accumulate` as {@link MarginHead.step}'s.
    * @returns A promise of the mean loss, λ of the step, and dL/dx.
    */
   stepAsync<T extends FloatArray>(
     x: T,
     labels: Int32Array,
-    options: { lr?: number } = {},
+    options: StepOptions = {},
   ): Promise<StepResult<T>> {
     this.#live();
     checkBatch(x, labels, this.dtype, this.features);
-    const sgd = this.#sgd(options);
+    const st = this.#settings(options);
     const xs = x.slice() as FloatArray, ys = labels.slice();
     return this.#queue.push(
-      () => runCallsAsync(this.#step(xs, ys, sgd)) as Promise<StepResult<T>>,
+      () => runCallsAsync(this.#step(xs, ys, st)) as Promise<StepResult<T>>,
       () => this.#queue.pending === 0 && this.#closed && this.#release(),
     );
   }
@@ -293,6 +350,15 @@ export class MarginHead {
   state(): HeadState {
     this.#live();
     this.#checkIdle();
+    if (this.#accumulated !== null) {
+      throw new Error(
+        `MarginHead: state() during an accumulation (${this.#accumulated.rows} rows of ` +
+          `micro-batches not yet applied): finish it with a step without accumulate first`,
+      );
+    }
+    const adam = this.optimizer.type !== "sgd", t = this.#optimizerStep;
+    const moments = (pick: (s: HeadShard) => Deno.PointerValue | null) =>
+      pick(this.#shards[0]) !== null ? gatherShards(this.#shards, (s) => pick(s)!) : null;
     return makeState(
       structuredClone(this.#options),
       this.#iteration,
@@ -300,6 +366,14 @@ export class MarginHead {
       gatherShards(this.#shards, (s) => s.w),
       this.#hasVelocity ? gatherShards(this.#shards, (s) => s.v) : null,
       [this.classes, this.features],
+      adam
+        ? {
+          optimizerStep: t,
+          expAvg: moments((s) => s.expAvg)!,
+          expAvgSq: moments((s) => s.expAvgSq)!,
+          maxExpAvgSq: moments((s) => s.maxExpAvgSq),
+        }
+        : null,
     );
   }
 
@@ -325,6 +399,15 @@ export class MarginHead {
       head.#skippedSteps = st.skippedSteps;
       if (st.velocity !== null) scatterShards(head.#shards, (s) => s.v, st.velocity);
       head.#hasVelocity = st.velocity !== null;
+      if (st.adam !== null) {
+        const a = st.adam;
+        head.#optimizerStep = a.optimizerStep;
+        scatterShards(head.#shards, (s) => s.expAvg!, a.expAvg);
+        scatterShards(head.#shards, (s) => s.expAvgSq!, a.expAvgSq);
+        if (a.maxExpAvgSq !== null) {
+          scatterShards(head.#shards, (s) => s.maxExpAvgSq!, a.maxExpAvgSq);
+        }
+      }
     } catch (e) {
       head.close();
       throw e;

@@ -10,7 +10,7 @@ import {
   floatDType,
 } from "../../ffi/arrays.ts";
 import type { Precision } from "../../ffi/context.ts";
-import type { SgdStruct } from "../../ffi/structs.ts";
+import type { AdamStruct, SgdStruct } from "../../ffi/structs.ts";
 import type { Backend } from "../backends.ts";
 import { checkNumber, readOptions } from "../checks.ts";
 import { MARGIN_KEYS, type MarginOptions } from "../kinds.ts";
@@ -18,6 +18,8 @@ import { type LambdaSchedule, SCHEDULE_KEYS } from "../schedule.ts";
 
 /** SGD as PyTorch defines it (dampening 0). */
 export interface SgdOptions {
+  /** "sgd" (the default). */
+  type?: "sgd";
   /** The learning rate, >= 0. */
   lr: number;
   /** Momentum, >= 0 (0 by default: plain SGD). */
@@ -26,7 +28,70 @@ export interface SgdOptions {
   weightDecay?: number;
   /** Nesterov momentum (needs momentum > 0); false by default. */
   nesterov?: boolean;
+  /** torch's clip_grad_norm_ on dL/dW before the update: the largest total 2-norm, > 0. */
+  clipNorm?: number;
 }
+
+/**
+ * Adam or AdamW as PyTorch defines them (torch.optim.Adam, torch.optim.AdamW): L2 weight decay
+ * added to the gradient for "adam", decoupled (W scaled by 1 - lr·weightDecay) for "adamw".
+ */
+export interface AdamOptions {
+  /** "adam" or "adamw". */
+  type: "adam" | "adamw";
+  /** The learning rate, >= 0 (1e-3 by default). */
+  lr?: number;
+  /** β1 and β2, each in [0, 1) ([0.9, 0.999] by default). */
+  betas?: [number, number];
+  /** Added to the denominator, >= 0 (1e-8 by default). */
+  eps?: number;
+  /** >= 0: 0 by default for "adam", 0.01 for "adamw". */
+  weightDecay?: number;
+  /** The AMSGrad variant (false by default). */
+  amsgrad?: boolean;
+  /** torch's clip_grad_norm_ on dL/dW before the update: the largest total 2-norm, > 0. */
+  clipNorm?: number;
+}
+
+/** A head's optimizer: SGD (the default), Adam or AdamW. */
+export type OptimizerOptions = SgdOptions | AdamOptions;
+
+/** SGD's settings, resolved. */
+export interface SgdSettings {
+  /** "sgd". */
+  type: "sgd";
+  /** The learning rate of a step without its own. */
+  lr: number;
+  /** Momentum (0: plain SGD). */
+  momentum: number;
+  /** L2 weight decay added to the gradient. */
+  weightDecay: number;
+  /** Nesterov momentum. */
+  nesterov: boolean;
+  /** The largest total 2-norm of dL/dW; present when clipping. */
+  clipNorm?: number;
+}
+
+/** Adam's or AdamW's settings, resolved. */
+export interface AdamSettings {
+  /** "adam" (L2 into the gradient) or "adamw" (decoupled decay). */
+  type: "adam" | "adamw";
+  /** The learning rate of a step without its own. */
+  lr: number;
+  /** β1 and β2. */
+  betas: [number, number];
+  /** Added to the denominator. */
+  eps: number;
+  /** The weight decay. */
+  weightDecay: number;
+  /** The AMSGrad variant. */
+  amsgrad: boolean;
+  /** The largest total 2-norm of dL/dW; present when clipping. */
+  clipNorm?: number;
+}
+
+/** A head's optimizer settings, resolved: every option with its default. */
+export type OptimizerSettings = SgdSettings | AdamSettings;
 
 /**
  * What a step does when its loss or a gradient is not finite: skip the update (the default),
@@ -49,8 +114,8 @@ export interface HeadOptions extends MarginOptions, Partial<LambdaSchedule> {
   dtype?: FloatDType;
   /** Where W lives: a backend, or a list of them to split the classes across. "auto" by default. */
   backend?: Backend | Backend[];
-  /** SGD; by default { lr: 0.01 }. */
-  optimizer?: SgdOptions;
+  /** SGD (by default { lr: 0.01 }), Adam or AdamW. */
+  optimizer?: OptimizerOptions;
   /** Initial weights, C·D elements of the dtype (copied in); else drawn from `seed`. */
   weights?: FloatArray;
   /** The seed of the initial weights, uniform in ±1/√D (0 by default). */
@@ -69,12 +134,56 @@ export interface HeadOptions extends MarginOptions, Partial<LambdaSchedule> {
   nonFinite?: NonFinitePolicy;
 }
 
-/** A step's SGD struct: its `lr` option (the optimizer's by default) and the optimizer's settings. */
-export function sgdStruct(optimizer: Required<SgdOptions>, options: unknown): SgdStruct {
-  const o = readOptions("options", options, ["lr"]);
+/** What a step takes besides its batch. */
+export interface StepOptions {
+  /** This step's learning rate (the optimizer's by default). */
+  lr?: number;
+  /** Add this micro-batch's dL/dW without updating W; the next step without it applies the sum. */
+  accumulate?: boolean;
+}
+
+/** A step's options, checked: its learning rate and whether it only accumulates dL/dW. */
+export interface StepSettings {
+  lr: number;
+  accumulate: boolean;
+}
+
+/** A step's options: `lr` (the optimizer's by default) and `accumulate` (false by default). */
+export function stepSettings(optimizer: OptimizerSettings, options: unknown): StepSettings {
+  const o = readOptions("options", options, ["lr", "accumulate"]);
   const lr = o.lr === undefined ? optimizer.lr : checkNumber("lr", o.lr, 0);
+  const accumulate = o.accumulate ?? false;
+  if (typeof accumulate !== "boolean") {
+    throw new TypeError(`accumulate: expected true or false, got ${describe(accumulate)}`);
+  }
+  return { lr, accumulate };
+}
+
+/** A step's SGD struct from the settings and the step's learning rate. */
+export function sgdStruct(optimizer: SgdSettings, lr: number): SgdStruct {
   const { momentum, weightDecay, nesterov } = optimizer;
   return { lr, momentum, weightDecay, nesterov: nesterov ? 1 : 0, first: 0, nonfinite: 0 };
+}
+
+/** A step's Adam struct: update number `step` (1 first), the gradient's factor `gradScale`. */
+export function adamStruct(
+  optimizer: AdamSettings,
+  lr: number,
+  step: number,
+  gradScale: number,
+): AdamStruct {
+  return {
+    lr,
+    beta1: optimizer.betas[0],
+    beta2: optimizer.betas[1],
+    eps: optimizer.eps,
+    weightDecay: optimizer.weightDecay,
+    gradScale,
+    step,
+    decoupled: optimizer.type === "adamw" ? 1 : 0,
+    amsgrad: optimizer.amsgrad ? 1 : 0,
+    nonfinite: 0,
+  };
 }
 
 /** Where {@link MarginHead.load} puts a saved head, instead of where it was. */
@@ -94,6 +203,22 @@ export interface HeadState {
   weights: FloatArray;
   /** The momentum buffer [C, D], or null before the first step or without momentum. */
   velocity: FloatArray | null;
+  /** Adam and AdamW only: the updates applied (torch's `step`; skipped steps not counted). */
+  optimizerStep?: number;
+  /** Adam and AdamW only: torch's `exp_avg` [C, D] (zeros before the first update). */
+  expAvg?: FloatArray | null;
+  /** Adam and AdamW only: torch's `exp_avg_sq` [C, D]. */
+  expAvgSq?: FloatArray | null;
+  /** Adam and AdamW with amsgrad only: torch's `max_exp_avg_sq` [C, D]; else null. */
+  maxExpAvgSq?: FloatArray | null;
+}
+
+/** Adam's state in a {@link HeadState}. */
+export interface AdamState {
+  optimizerStep: number;
+  expAvg: FloatArray;
+  expAvgSq: FloatArray;
+  maxExpAvgSq: FloatArray | null;
 }
 
 /** What a step returns. */
@@ -123,11 +248,65 @@ export const HEAD_KEYS = [
   "iteration",
   "nonFinite",
 ] as const;
-const SGD_KEYS = ["lr", "momentum", "weightDecay", "nesterov"] as const;
+const SGD_KEYS = ["type", "lr", "momentum", "weightDecay", "nesterov", "clipNorm"] as const;
+const ADAM_KEYS = ["type", "lr", "betas", "eps", "weightDecay", "amsgrad", "clipNorm"] as const;
 
-export function checkSgd(v: unknown): Required<SgdOptions> {
+function checkClip(v: unknown): { clipNorm?: number } {
+  if (v === undefined) return {};
+  const clipNorm = checkNumber("optimizer.clipNorm", v, 0);
+  if (clipNorm === 0) {
+    throw new RangeError("optimizer.clipNorm: expected a number > 0 (or none: no clipping), got 0");
+  }
+  return { clipNorm };
+}
+
+function checkBeta(name: string, v: unknown): number {
+  const b = checkNumber(name, v, 0);
+  if (b >= 1) throw new RangeError(`${name}: expected a number in [0, 1), got ${b}`);
+  return b;
+}
+
+function checkAdam(type: "adam" | "adamw", v: object): AdamSettings {
+  const o = readOptions("optimizer", v, ADAM_KEYS);
+  const betas = o.betas ?? [0.9, 0.999];
+  if (!Array.isArray(betas) || betas.length !== 2) {
+    throw new TypeError(`optimizer.betas: expected [beta1, beta2], got ${describe(betas)}`);
+  }
+  const amsgrad = o.amsgrad ?? false;
+  if (typeof amsgrad !== "boolean") {
+    throw new TypeError(`optimizer.amsgrad: expected true or false, got ${describe(amsgrad)}`);
+  }
+  return {
+    type,
+    lr: checkNumber("optimizer.lr", o.lr ?? 1e-3, 0),
+    betas: [checkBeta("optimizer.betas[0]", betas[0]), checkBeta("optimizer.betas[1]", betas[1])],
+    eps: checkNumber("optimizer.eps", o.eps ?? 1e-8, 0),
+    weightDecay: checkNumber(
+      "optimizer.weightDecay",
+      o.weightDecay ?? (type === "adamw" ? 0.01 : 0),
+      0,
+    ),
+    amsgrad,
+    ...checkClip(o.clipNorm),
+  };
+}
+
+/** The optimizer's options with their defaults, each checked by name. */
+export function checkOptimizer(v: unknown): OptimizerSettings {
+  const type = typeof v === "object" && v !== null ? (v as { type?: unknown }).type : undefined;
+  if (type === "adam" || type === "adamw") return checkAdam(type, v as object);
+  if (type !== undefined && type !== "sgd") {
+    throw new RangeError(
+      `optimizer.type: expected "sgd", "adam" or "adamw", got ${describe(type)}`,
+    );
+  }
+  return checkSgd(v);
+}
+
+function checkSgd(v: unknown): SgdSettings {
   const o = readOptions("optimizer", v ?? { lr: 0.01 }, SGD_KEYS);
   const sgd = {
+    type: "sgd" as const,
     lr: checkNumber("optimizer.lr", o.lr, 0),
     momentum: checkNumber("optimizer.momentum", o.momentum ?? 0, 0),
     weightDecay: checkNumber("optimizer.weightDecay", o.weightDecay ?? 0, 0),
@@ -141,7 +320,7 @@ export function checkSgd(v: unknown): Required<SgdOptions> {
   if (sgd.nesterov && sgd.momentum === 0) {
     throw new RangeError("optimizer.nesterov: expected momentum > 0 with Nesterov momentum, got 0");
   }
-  return sgd as Required<SgdOptions>;
+  return { ...sgd, ...checkClip(o.clipNorm) } as SgdSettings;
 }
 
 export function checkNonFinite(v: unknown): NonFinitePolicy {

@@ -11,7 +11,7 @@ import {
   type Tensor,
 } from "../../ffi/context.ts";
 import { OPS } from "../../ffi/ops.ts";
-import type { MarginStruct, SgdStruct } from "../../ffi/structs.ts";
+import type { AdamStruct, MarginStruct, SgdStruct } from "../../ffi/structs.ts";
 import { openContext } from "../backends.ts";
 import type { NativeCall } from "../calls.ts";
 import { type ContextShard, type Partials, shardBounds } from "../shards.ts";
@@ -33,24 +33,47 @@ export interface Batch {
   margin: MarginStruct;
 }
 
-/** A shard: classes [c0, c0 + c), and W, its gradient and the momentum buffer on its context. */
+/** The optimizer buffers a shard holds beside W: SGD's momentum, or Adam's moments. */
+export interface ShardBuffers {
+  velocity: boolean;
+  adam: boolean;
+  amsgrad: boolean;
+}
+
+/**
+ * A shard: classes [c0, c0 + c), and W, its gradient and the optimizer's buffers on its context
+ * (SGD's momentum buffer, or Adam's exp_avg, exp_avg_sq and max_exp_avg_sq), zeroed.
+ */
 export class HeadShard {
   readonly w: Ptr;
   readonly gw: Ptr;
   readonly v: Ptr | null;
+  readonly expAvg: Ptr | null;
+  readonly expAvgSq: Ptr | null;
+  readonly maxExpAvgSq: Ptr | null;
 
   constructor(
     readonly ctx: NativeContext,
     readonly c0: number,
     readonly c: number,
     readonly head: HeadShape,
-    momentum: boolean,
+    buffers: ShardBuffers,
   ) {
     ctx.setPrecision(head.precision);
     ctx.setWorkspace(head.workspace);
-    this.w = ctx.allocate(this.bytes(c * head.features));
-    this.gw = ctx.allocate(this.bytes(c * head.features));
-    this.v = momentum ? ctx.allocate(this.bytes(c * head.features)) : null;
+    const count = c * head.features;
+    const zeroed = (on: boolean) => {
+      if (!on) return null;
+      const p = ctx.allocate(this.bytes(count));
+      ctx.upload(p, newFloatArray(head.dtype, count));
+      return p;
+    };
+    this.w = ctx.allocate(this.bytes(count));
+    this.gw = ctx.allocate(this.bytes(count));
+    this.v = buffers.velocity ? ctx.allocate(this.bytes(count)) : null;
+    this.expAvg = zeroed(buffers.adam);
+    this.expAvgSq = zeroed(buffers.adam);
+    this.maxExpAvgSq = zeroed(buffers.amsgrad);
   }
 
   /** The bytes of count elements of the head's dtype. */
@@ -105,17 +128,44 @@ export class HeadShard {
     const call: Call = { dtype, n: 0, d: 0, c: 0, count: this.c * features, sgd };
     return this.op(OPS.sgd, call, [this.w, this.gw, this.v, flag]);
   }
+
+  /** The Adam update of the shard's W from its gradient; `flag` as {@link HeadShard.sgd}'s. */
+  adam(adam: AdamStruct, flag: Int32Array | null = null): NativeCall {
+    const { dtype, features } = this.head;
+    const call: Call = { dtype, n: 0, d: 0, c: 0, count: this.c * features, adam };
+    const tensors = [this.w, this.gw, this.expAvg, this.expAvgSq, this.maxExpAvgSq, flag];
+    return this.op(OPS.adam, call, tensors);
+  }
+
+  /** The shard's dL/dW accumulator (context memory kept between calls), for micro-batches. */
+  accumulator(): Ptr {
+    return this.scratch("accumulator", this.bytes(this.c * this.head.features));
+  }
+
+  /** y = alpha x + beta y over the shard's C·D elements (x null when alpha is 0). */
+  axpby(alpha: number, x: Ptr | null, beta: number, y: Ptr): NativeCall {
+    const { dtype, features } = this.head;
+    const call: Call = { dtype, n: 0, d: 0, c: 0, count: this.c * features, alpha, beta };
+    return this.op(OPS.axpby, call, [x, y]);
+  }
+
+  /** The sum of squares of the shard's dL/dW into out[0] (float64, host): 8 bytes back. */
+  gradSquares(out: Float64Array): NativeCall {
+    const { dtype, features } = this.head;
+    const call: Call = { dtype, n: 0, d: 0, c: 0, count: this.c * features };
+    return this.op(OPS.sumSquares, call, [this.gw, out]);
+  }
 }
 
 /** The head's shards on new contexts (its own, closed with it), one per backend. */
-export function openShards(backends: readonly unknown[], head: HeadShape, momentum: boolean) {
+export function openShards(backends: readonly unknown[], head: HeadShape, buffers: ShardBuffers) {
   const bounds = shardBounds(head.classes, backends.length);
   const shards: HeadShard[] = [];
   try {
     for (let s = 0; s < backends.length; s++) {
       const ctx = openContext(backends[s]);
       try {
-        shards.push(new HeadShard(ctx, bounds[s], bounds[s + 1] - bounds[s], head, momentum));
+        shards.push(new HeadShard(ctx, bounds[s], bounds[s + 1] - bounds[s], head, buffers));
       } catch (e) {
         ctx.close();
         throw e;

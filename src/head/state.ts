@@ -15,12 +15,24 @@ import {
 import { checkInteger } from "../checks.ts";
 import { marginOptions } from "../kinds.ts";
 import type { HeadSettings } from "../resolve.ts";
-import { checkSgd, type HeadOptions, type HeadState } from "./options.ts";
+import { type AdamState, checkOptimizer, type HeadOptions, type HeadState } from "./options.ts";
 
 /** The state layout this library writes and reads. */
 export const STATE_FORMAT = 1;
 
-const STATE_KEYS = ["format", "options", "iteration", "skippedSteps", "weights", "velocity"];
+const STATE_KEYS = [
+  "format",
+  "options",
+  "iteration",
+  "skippedSteps",
+  "weights",
+  "velocity",
+  "optimizerStep",
+  "expAvg",
+  "expAvgSq",
+  "maxExpAvgSq",
+];
+const ADAM_KEYS = ["optimizerStep", "expAvg", "expAvgSq", "maxExpAvgSq"];
 
 /** A typed array as JSON: its element type, its shape and its bytes (little-endian) in base64. */
 export interface ArrayJSON {
@@ -126,6 +138,8 @@ export interface CheckedState {
   skippedSteps: number;
   weights: FloatArray;
   velocity: FloatArray | null;
+  /** Adam's and AdamW's state; null for SGD. */
+  adam: AdamState | null;
 }
 
 /**
@@ -178,12 +192,37 @@ export function checkState(state: unknown): CheckedState {
   const velocity = s.velocity === null
     ? null
     : readArray("state.velocity", s.velocity, dtype, shape);
-  if (velocity !== null && checkSgd(options.optimizer).momentum === 0) {
+  const optimizer = checkOptimizer(options.optimizer);
+  if (velocity !== null && (optimizer.type !== "sgd" || optimizer.momentum === 0)) {
     throw new TypeError(
       `state.velocity: expected null for an optimizer without momentum, got ${describe(velocity)}`,
     );
   }
-  return { options: options as unknown as HeadOptions, iteration, skippedSteps, weights, velocity };
+  let adam: AdamState | null = null;
+  if (optimizer.type === "sgd") {
+    for (const key of ADAM_KEYS) {
+      if (s[key] !== undefined && s[key] !== null) {
+        throw new TypeError(`state.${key}: expected none for SGD (Adam's state), got one`);
+      }
+    }
+  } else {
+    const step = checkInteger("state.optimizerStep", s.optimizerStep, 0, iteration);
+    const expAvg = readArray("state.expAvg", s.expAvg, dtype, shape);
+    const expAvgSq = readArray("state.expAvgSq", s.expAvgSq, dtype, shape);
+    let maxExpAvgSq: FloatArray | null = null;
+    if (optimizer.amsgrad) {
+      maxExpAvgSq = readArray("state.maxExpAvgSq", s.maxExpAvgSq, dtype, shape);
+    } else if (s.maxExpAvgSq !== undefined && s.maxExpAvgSq !== null) {
+      throw new TypeError(
+        "state.maxExpAvgSq: expected null without amsgrad, got " + describe(s.maxExpAvgSq),
+      );
+    }
+    adam = { optimizerStep: step, expAvg, expAvgSq, maxExpAvgSq };
+  }
+  return {
+    options: options as unknown as HeadOptions,
+    ...{ iteration, skippedSteps, weights, velocity, adam },
+  };
 }
 
 /** The options a head's state records: its resolved settings, without weights, seed, iteration. */
@@ -215,13 +254,22 @@ export function makeState(
   weights: FloatArray,
   velocity: FloatArray | null,
   shape: number[],
+  adam: AdamState | null = null,
 ): HeadState {
-  return {
+  const state: HeadState = {
     format: STATE_FORMAT,
     options,
     iteration,
     skippedSteps,
     weights: withJSON(weights, shape),
     velocity: velocity === null ? null : withJSON(velocity, shape),
+  };
+  if (adam === null) return state;
+  return {
+    ...state,
+    optimizerStep: adam.optimizerStep,
+    expAvg: withJSON(adam.expAvg, shape),
+    expAvgSq: withJSON(adam.expAvgSq, shape),
+    maxExpAvgSq: adam.maxExpAvgSq === null ? null : withJSON(adam.maxExpAvgSq, shape),
   };
 }

@@ -209,7 +209,8 @@ void resident_case(lsm_context *cpu, lsm_context *gpu, const shape &s, int64_t k
   for (auto &v : vals) v = uniform();
   lsm_margin mg = {};
   mg.kind = LSM_MARGIN_LSOFTMAX, mg.m = 4, mg.lambda = 0.5;
-  std::vector<T> w_out[2], v_out[2], scores[2];
+  std::vector<T> w_out[2], v_out[2], scores[2], aw_out[2], am_out[2], avmax_out[2];
+  double squares[2] = {0.0, 0.0};
   std::vector<int32_t> idx[2];
   double sums[2] = {0.0, 0.0};
   bool ok = true;
@@ -219,9 +220,29 @@ void resident_case(lsm_context *cpu, lsm_context *gpu, const shape &s, int64_t k
     void *dx = upload(ctx, x.data(), nd * e), *dw = upload(ctx, w.data(), cd * e), *dg = upload(ctx, g.data(), cd * e);
     void *dv = upload(ctx, nullptr, cd * e), *dvals = upload(ctx, vals.data(), nd * 8);
     void *di = upload(ctx, nullptr, nk * 4), *ds = upload(ctx, nullptr, nk * e);
+    // Adam (AdamW with amsgrad and clipping's factor) over zeroed moments, two steps.
+    aw_out[b].assign(cd, T(0)), am_out[b].assign(cd, T(0)), avmax_out[b].assign(cd, T(0));
+    void *aw = upload(ctx, w.data(), cd * e), *am = upload(ctx, am_out[b].data(), cd * e);
+    void *av = upload(ctx, am_out[b].data(), cd * e), *avmax = upload(ctx, am_out[b].data(), cd * e);
+    lsm_adam a = {};
+    a.lr = 0.01, a.beta1 = 0.9, a.beta2 = 0.999, a.eps = 1e-8, a.weight_decay = 0.01, a.grad_scale = 0.5;
+    a.decoupled = nesterov ? 1 : 0, a.amsgrad = 1, a.nonfinite = LSM_SGD_SKIP;
+    int32_t flag = -1;
+    for (a.step = 1; a.step <= 2 && aw && am && av && avmax; ++a.step)
+      if (lsm_adam_update(ctx, dtype, (int64_t)cd, &a, aw, dg, am, av, avmax, &flag) != LSM_OK || flag != 0) break;
+    // Then the accumulation's y = a x + b y, and y = b y (clipping in place), over Adam's W.
+    const bool adam_ok = a.step == 3 && lsm_axpby(ctx, dtype, (int64_t)cd, 0.5, dg, 2.0, aw) == LSM_OK &&
+                         lsm_axpby(ctx, dtype, (int64_t)cd, 0.0, nullptr, 0.25, aw) == LSM_OK &&
+                         lsm_sum_squares(ctx, dtype, dg, (int64_t)cd, &squares[b]) == LSM_OK &&
+                         lsm_memcpy_from_context(ctx, aw_out[b].data(), aw, cd * e) == LSM_OK &&
+                         lsm_memcpy_from_context(ctx, am_out[b].data(), am, cd * e) == LSM_OK &&
+                         lsm_memcpy_from_context(ctx, avmax_out[b].data(), avmax, cd * e) == LSM_OK;
+    for (void *p : {aw, am, av, avmax}) lsm_free(ctx, p);
+    if (!adam_ok) printf("FAIL %s: %s backend: adam: %s\n", name.c_str(), b == 0 ? "CPU" : "CUDA", lsm_last_error());
+    ok = adam_ok;
     lsm_sgd o = {};
     o.lr = 0.1, o.momentum = 0.9, o.weight_decay = 0.01, o.nesterov = nesterov ? 1 : 0, o.first = 1;
-    ok = dx && dw && dg && dv && dvals && di && ds &&
+    ok = ok && dx && dw && dg && dv && dvals && di && ds &&
          lsm_sgd_update(ctx, dtype, (int64_t)cd, &o, dw, dg, dv, nullptr) == LSM_OK;
     o.first = 0;
     ok = ok && lsm_sgd_update(ctx, dtype, (int64_t)cd, &o, dw, dg, dv, nullptr) == LSM_OK &&
@@ -237,7 +258,12 @@ void resident_case(lsm_context *cpu, lsm_context *gpu, const shape &s, int64_t k
     for (void *p : {dx, dw, dg, dv, dvals, di, ds}) lsm_free(ctx, p);
   }
   ok = ok && close(w_out[1], w_out[0], tol, name + " w") && close(v_out[1], v_out[0], tol, name + " velocity") &&
-       close(scores[1], scores[0], tol, name + " scores");
+       close(scores[1], scores[0], tol, name + " scores") && close(aw_out[1], aw_out[0], tol, name + " adam w") &&
+       close(am_out[1], am_out[0], tol, name + " exp_avg") && close(avmax_out[1], avmax_out[0], tol, name + " vmax");
+  if (ok && fabs(squares[1] - squares[0]) > 1e-12 * (double)cd) {
+    printf("FAIL %s sum of squares: %.17g, CPU %.17g\n", name.c_str(), squares[1], squares[0]);
+    ok = false;
+  }
   if (ok && fabs(sums[1] - sums[0]) > 1e-12 * (double)nd) {
     printf("FAIL %s sum: %.17g, CPU %.17g\n", name.c_str(), sums[1], sums[0]);
     ok = false;
