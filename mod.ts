@@ -48,21 +48,21 @@ export type { LambdaSchedule } from "./src/schedule.ts";
 export type { CrossEntropyOptions, Reduction } from "./src/resolve.ts";
 export { LargeMarginSoftmax, type LayerOptions } from "./src/layer.ts";
 export type { MarginKind, MarginOptions } from "./src/kinds.ts";
-export {
-  type AdamOptions,
-  type AdamSettings,
-  type HeadOptions,
-  type HeadPlacement,
-  type HeadState,
-  MarginHead,
-  type NonFinitePolicy,
-  type OptimizerOptions,
-  type OptimizerSettings,
-  type SgdOptions,
-  type SgdSettings,
-  type StepOptions,
-  type StepResult,
-} from "./src/head/head.ts";
+export { MarginHead } from "./src/head/head.ts";
+export type {
+  AdamOptions,
+  AdamSettings,
+  HeadOptions,
+  HeadPlacement,
+  HeadState,
+  NonFinitePolicy,
+  OptimizerOptions,
+  OptimizerSettings,
+  SgdOptions,
+  SgdSettings,
+  StepOptions,
+  StepResult,
+} from "./src/head/options.ts";
 export { SafetensorsError } from "./src/safetensors.ts";
 export { MAX_ELEMENTS } from "./src/tensors.ts";
 export { MAX_MARGIN } from "./src/kinds.ts";

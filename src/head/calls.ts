@@ -252,3 +252,12 @@ export function* topkCalls(
   }
   return out;
 }
+
+/** state() needs every micro-batch applied: an accumulation in progress is refused by name. */
+export function checkApplied(accumulated: Accumulated | null): void {
+  if (accumulated === null) return;
+  throw new Error(
+    `MarginHead: state() during an accumulation (${accumulated.rows} rows of micro-batches not ` +
+      `yet applied): finish it with a step without accumulate first`,
+  );
+}

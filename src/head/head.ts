@@ -12,29 +12,18 @@ import type { Margin } from "../kinds.ts";
 import { resolveHead } from "../resolve.ts";
 import { checkBatch } from "../tensors.ts";
 import { lambdaOf, type LambdaSchedule } from "../schedule.ts";
-import { accumulateCalls, type Accumulated, evaluateCalls, stepCalls } from "./calls.ts";
-import { topkCalls, type Update } from "./calls.ts";
+import { accumulateCalls, type Accumulated, checkApplied, evaluateCalls } from "./calls.ts";
+import { stepCalls, topkCalls } from "./calls.ts";
 import { fillWeights } from "./init.ts";
 import type { HeadOptions, HeadPlacement, HeadState, NonFinitePolicy } from "./options.ts";
-import type { AdamOptions, AdamSettings, OptimizerOptions } from "./options.ts";
-import type { OptimizerSettings, SgdOptions, SgdSettings } from "./options.ts";
-import { adamStruct, sgdStruct, type StepResult, stepSettings } from "./options.ts";
-import type { StepOptions, StepSettings } from "./options.ts";
+import type { OptimizerSettings, StepOptions, StepSettings } from "./options.ts";
+import { type StepResult, stepSettings } from "./options.ts";
+import { HeadOptimizer } from "./optimizer.ts";
 import type { Batch, HeadShard } from "./shards.ts";
-import { gatherShards, openShards, scatterShards, shardTraffic } from "./shards.ts";
+import { gatherShards, openShards, shardTraffic } from "./shards.ts";
 import { checkState, makeState, stateOptions } from "./state.ts";
 import { countCorrect, mergeTopK } from "./topk.ts";
 import { loadHeadState, saveHeadState } from "./checkpoint.ts";
-
-export type { HeadOptions, HeadPlacement, HeadState, NonFinitePolicy, SgdOptions, StepResult };
-export type {
-  AdamOptions,
-  AdamSettings,
-  OptimizerOptions,
-  OptimizerSettings,
-  SgdSettings,
-  StepOptions,
-};
 
 /**
  * A classifier head whose weights W [C, D], their gradient and the optimizer state live in context
@@ -70,8 +59,7 @@ export class MarginHead {
   #iteration = 0;
   #skippedSteps = 0;
   #nonFinite: NonFinitePolicy;
-  #hasVelocity = false;
-  #optimizerStep = 0; // Adam's updates applied (its t before the next)
+  #optimizer: HeadOptimizer;
   #accumulated: Accumulated | null = null; // micro-batches since the last applying step
   #closed = false;
   #queue = new CallQueue(); // the steps asked of stepAsync
@@ -90,6 +78,7 @@ export class MarginHead {
     this.#margin = h.margin;
     this.#lambda = h.lambda ?? 0;
     this.optimizer = Object.freeze(h.optimizer);
+    this.#optimizer = new HeadOptimizer(this.optimizer);
     this.#iteration = h.iteration;
     this.#nonFinite = h.nonFinite;
     this.#options = stateOptions(h);
@@ -159,36 +148,6 @@ export class MarginHead {
     }
   }
 
-  // A step's settings: lr from the options (the optimizer's by default).
-  #settings(options: unknown): StepSettings {
-    if (this.#iteration + this.#queue.pending >= Number.MAX_SAFE_INTEGER) {
-      throw new RangeError(
-        `iteration: expected below Number.MAX_SAFE_INTEGER to count one more exactly, got ` +
-          `${this.#iteration}`,
-      );
-    }
-    return stepSettings(this.optimizer, options);
-  }
-
-  // The step's update of each shard, read when the step runs (after the steps queued before it).
-  #update(st: StepSettings): Update {
-    const o = this.optimizer, clip = o.clipNorm === undefined ? {} : { clipNorm: o.clipNorm };
-    if (o.type === "sgd") {
-      const sgd = { ...sgdStruct(o, st.lr), first: this.#hasVelocity ? 0 : 1 }; // torch's fresh buffer: v <- g
-      return {
-        ...clip,
-        scalesInPlace: true,
-        call: (s, _scale, nonfinite, flag) => s.sgd({ ...sgd, nonfinite }, flag),
-      };
-    }
-    const t = this.#optimizerStep + 1;
-    return {
-      ...clip,
-      call: (s, scale, nonfinite, flag) =>
-        s.adam({ ...adamStruct(o, st.lr, t, scale), nonfinite }, flag),
-    };
-  }
-
   // One training step's calls; the head's state advances only once every call succeeded. A
   // skipped step counts as a step (the iteration and λ's schedule advance) but leaves W and the
   // momentum as they were.
@@ -196,28 +155,20 @@ export class MarginHead {
     const n = labels.length, step = this.#iteration + 1;
     const b = this.#batch(n, step);
     const gradX = newFloatArray(this.dtype, n * this.features);
-    const policy = this.#nonFinite, o = this.optimizer, before = this.#accumulated;
+    const policy = this.#nonFinite, before = this.#accumulated;
     if (st.accumulate) {
       const r = yield* accumulateCalls(this.#shards, b, x, labels, gradX, policy, before);
       this.#accumulated = r.accumulated;
       return { loss: r.loss, lambda: b.margin.lambda, gradX, skipped: false };
     }
-    const update = this.#update(st);
-    const { loss, skipped } = yield* stepCalls(
-      this.#shards,
-      b,
-      x,
-      labels,
-      update,
-      gradX,
-      policy,
-      before,
-    );
+    const update = this.#optimizer.update(st.lr);
+    const shards = this.#shards;
+    const r = yield* stepCalls(shards, b, x, labels, update, gradX, policy, before);
+    const { loss, skipped } = r;
     this.#accumulated = null;
     this.#iteration = step;
     if (skipped) this.#skippedSteps++;
-    else if (o.type !== "sgd") this.#optimizerStep++;
-    else if (o.momentum !== 0) this.#hasVelocity = true;
+    this.#optimizer.applied(skipped);
     return { loss, lambda: b.margin.lambda, gradX, skipped };
   }
 
@@ -227,23 +178,15 @@ export class MarginHead {
    *
    * @param x Features, N·D elements of the head's dtype.
    * @param labels The N class indices, each in [0, C).
-   * @param options `lr`: this step's learning rate (the optimizer's by default); `accumulate`:
-   * add this micro-batch's dL/dW (as its rows' share of the mean over every micro-batch's rows)
-   * and leave W as it is, for the next step without it to apply the sum: the result equals one
-   * step on the concatenated batch. The micro-batches belong to that step: its λ, one iteration
-   * in all (counted when applied). A micro-batch returns its own mean loss and the dL/dx of it.
+   * @param options `lr`, this step's learning rate, and `accumulate` ({@link StepOptions}).
    * @returns The mean loss, λ of the step, dL/dx, and whether the update was skipped (see
    * `nonFinite`).
    */
-  step<T extends FloatArray>(
-    x: T,
-    labels: Int32Array,
-    options: StepOptions = {},
-  ): StepResult<T> {
+  step<T extends FloatArray>(x: T, labels: Int32Array, options: StepOptions = {}): StepResult<T> {
     this.#live();
     this.#checkIdle();
     checkBatch(x, labels, this.dtype, this.features);
-    const st = this.#settings(options);
+    const st = stepSettings(this.optimizer, options, this.#iteration + this.#queue.pending);
     return runCalls(this.#step(x, labels, st)) as StepResult<T>;
   }
 
@@ -264,7 +207,7 @@ export class MarginHead {
   ): Promise<StepResult<T>> {
     this.#live();
     checkBatch(x, labels, this.dtype, this.features);
-    const st = this.#settings(options);
+    const st = stepSettings(this.optimizer, options, this.#iteration + this.#queue.pending);
     const xs = x.slice() as FloatArray, ys = labels.slice();
     return this.#queue.push(
       () => runCallsAsync(this.#step(xs, ys, st)) as Promise<StepResult<T>>,
@@ -350,30 +293,16 @@ export class MarginHead {
   state(): HeadState {
     this.#live();
     this.#checkIdle();
-    if (this.#accumulated !== null) {
-      throw new Error(
-        `MarginHead: state() during an accumulation (${this.#accumulated.rows} rows of ` +
-          `micro-batches not yet applied): finish it with a step without accumulate first`,
-      );
-    }
-    const adam = this.optimizer.type !== "sgd", t = this.#optimizerStep;
-    const moments = (pick: (s: HeadShard) => Deno.PointerValue | null) =>
-      pick(this.#shards[0]) !== null ? gatherShards(this.#shards, (s) => pick(s)!) : null;
+    checkApplied(this.#accumulated);
+    const { velocity, adam } = this.#optimizer.state(this.#shards);
     return makeState(
       structuredClone(this.#options),
       this.#iteration,
       this.#skippedSteps,
       gatherShards(this.#shards, (s) => s.w),
-      this.#hasVelocity ? gatherShards(this.#shards, (s) => s.v) : null,
+      velocity,
       [this.classes, this.features],
-      adam
-        ? {
-          optimizerStep: t,
-          expAvg: moments((s) => s.expAvg)!,
-          expAvgSq: moments((s) => s.expAvgSq)!,
-          maxExpAvgSq: moments((s) => s.maxExpAvgSq),
-        }
-        : null,
+      adam,
     );
   }
 
@@ -397,17 +326,7 @@ export class MarginHead {
     try {
       head.#iteration = st.iteration;
       head.#skippedSteps = st.skippedSteps;
-      if (st.velocity !== null) scatterShards(head.#shards, (s) => s.v, st.velocity);
-      head.#hasVelocity = st.velocity !== null;
-      if (st.adam !== null) {
-        const a = st.adam;
-        head.#optimizerStep = a.optimizerStep;
-        scatterShards(head.#shards, (s) => s.expAvg!, a.expAvg);
-        scatterShards(head.#shards, (s) => s.expAvgSq!, a.expAvgSq);
-        if (a.maxExpAvgSq !== null) {
-          scatterShards(head.#shards, (s) => s.maxExpAvgSq!, a.maxExpAvgSq);
-        }
-      }
+      head.#optimizer.restore(head.#shards, st.velocity, st.adam);
     } catch (e) {
       head.close();
       throw e;

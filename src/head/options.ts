@@ -138,7 +138,12 @@ export interface HeadOptions extends MarginOptions, Partial<LambdaSchedule> {
 export interface StepOptions {
   /** This step's learning rate (the optimizer's by default). */
   lr?: number;
-  /** Add this micro-batch's dL/dW without updating W; the next step without it applies the sum. */
+  /**
+   * Add this micro-batch's dL/dW (as its rows' share of the mean over every micro-batch's rows)
+   * and leave W as it is, for the next step without it to apply the sum: the result equals one
+   * step on the concatenated batch. The micro-batches belong to that step: its λ, one iteration
+   * in all (counted when applied). A micro-batch returns its own mean loss and the dL/dx of it.
+   */
   accumulate?: boolean;
 }
 
@@ -149,7 +154,17 @@ export interface StepSettings {
 }
 
 /** A step's options: `lr` (the optimizer's by default) and `accumulate` (false by default). */
-export function stepSettings(optimizer: OptimizerSettings, options: unknown): StepSettings {
+export function stepSettings(
+  optimizer: OptimizerSettings,
+  options: unknown,
+  iteration: number,
+): StepSettings {
+  if (iteration >= Number.MAX_SAFE_INTEGER) {
+    throw new RangeError(
+      `iteration: expected below Number.MAX_SAFE_INTEGER to count one more exactly, got ` +
+        `${iteration}`,
+    );
+  }
   const o = readOptions("options", options, ["lr", "accumulate"]);
   const lr = o.lr === undefined ? optimizer.lr : checkNumber("lr", o.lr, 0);
   const accumulate = o.accumulate ?? false;
