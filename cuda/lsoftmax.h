@@ -1,13 +1,8 @@
 /*
  * lsoftmax.h: the C ABI of liblsoftmax, the Large-Margin Softmax (L-Softmax) op.
  *
- * Math (docs/math.md in the project): for sample i with label y, L-Softmax (the default kind)
- *   non-target logits  f_ij = W_j . x_i
- *   target logit       f_iy = (lambda * W_y . x_i + |W_y| |x_i| psi(cos)) / (1 + lambda)
- * with psi(c) = (-1)^k T_m(c) - 2k: the paper's semantics, not those of the TensorFlow C++ op
- * this library reimplements (which also scales the non-target logits by lambda / (1 + lambda);
- * docs/math.md lists the differences); the
- * other kinds of the margin family (A-Softmax, CosFace, ArcFace, combined): see lsm_margin.
+ * The kinds and their formulas: lsm_margin below; the math, and where it departs from the
+ * TensorFlow C++ op this library reimplements: docs/math.md in the project.
  *
  * Conventions
  * - Every function returns an lsm_status; LSM_OK is 0. On failure, lsm_last_error() (this thread)
@@ -23,13 +18,11 @@
  * - The margin is an lsm_margin, passed by pointer: its kind selects the formula and its fields
  *   the parameters (see lsm_margin below).
  * - Zero vectors: where x_i or W_y is the zero vector the cosine is undefined; for L-Softmax and
- *   A-Softmax the target logit is then the plain inner product (0) and its gradients are those of
- *   the plain inner product (W_y for x_i, x_i for W_y); the normalised kinds: see lsm_margin. Outputs stay finite. Norms are computed scaled by the largest
- *   element, so any vector with a nonzero element has its true norm.
+ *   A-Softmax the target logit is then the plain inner product (0) with its gradients; the
+ *   normalised kinds: see lsm_margin. Norms are computed scaled by the largest element.
  * - NaN or Inf in a feature row propagates into that row of logits and grad_x (and, through the
  *   sum over samples, into grad_w), never into other rows of logits or grad_x.
- * - Calls on one context are not thread-safe; use one context per thread. Contexts are
- *   independent of each other.
+ * - Calls on one context are not thread-safe: one context per thread (contexts are independent).
  */
 #ifndef LSOFTMAX_H
 #define LSOFTMAX_H
@@ -237,13 +230,11 @@ LSM_API int32_t lsm_backward(lsm_context *ctx, int32_t dtype, int64_t n, int64_t
  * share of grad_x (summed over shards by the caller) and its rows of grad_w.
  */
 /*
- * The cross-entropy options (torch.nn.functional.cross_entropy), docs/math.md: with p = softmax(f),
- * eps = label_smoothing, w_j the class weights (1 without class_weights), S_w = sum_j w_j over all
- * total_classes classes, the row loss is
- *   l_i = (1 - eps) w_{y_i} (-log p_{i y_i}) + (eps / total_classes) sum_j w_j (-log p_ij)
- * and dL/df_ij = grad_scale dl_i/df_ij. With LSM_LOSS_IGNORE, rows whose label is ignore_index
- * (any int32) have l_i = 0 and no gradient. The caller reduces (grad_scale: 1 / sum of the
- * counted rows' w_{y_i} for a mean, 1 for a sum).
+ * The cross-entropy options (torch.nn.functional.cross_entropy; docs/math.md): with p = softmax(f),
+ * eps = label_smoothing, w_j the class weights (1 without), S_w = sum_j w_j over all classes C,
+ *   l_i = (1 - eps) w_{y_i} (-log p_{i y_i}) + (eps / C) sum_j w_j (-log p_ij),
+ * dL/df_ij = grad_scale dl_i/df_ij (1 / the counted rows' sum of w_{y_i} for a mean, 1 for a sum).
+ * With LSM_LOSS_IGNORE, rows labelled ignore_index (any int32) have l_i = 0 and no gradient.
  */
 #define LSM_LOSS_IGNORE 1u /* lsm_loss_args.flags: rows labelled ignore_index are left out */
 
@@ -262,8 +253,8 @@ typedef struct lsm_loss_args {
 
 /**
  * The loss of every row into row_loss [n] (float64; 0 for ignored rows), and, unless grad_x and
- * grad_w are both NULL, its gradients grad_x [n, d] and grad_w [c, d] (overwritten). Unsharded: class_offset 0,
- * total_classes c.
+ * grad_w are both NULL, its gradients grad_x [n, d] and grad_w [c, d] (overwritten); unsharded:
+ * class_offset 0, total_classes c.
  */
 LSM_API int32_t lsm_loss(lsm_context *ctx, int32_t dtype, int64_t n, int64_t d, int64_t c,
                          const lsm_margin *margin, const lsm_loss_args *args, const void *x,
@@ -293,12 +284,7 @@ LSM_API int32_t lsm_loss_gradients(lsm_context *ctx, int32_t dtype, int64_t n, i
                                    const int32_t *labels, const double *lse, void *grad_x,
                                    void *grad_w);
 
-/*
- * Resident training: what a classifier head whose weights live in context memory
- * needs besides the fused loss: the optimizer update over W's memory, a device-side sum of the
- * row losses, the top-k classes of each row without an n x c buffer, and the bytes a context
- * has moved to and from the host.
- */
+/* Resident training: what a head whose W lives in context memory needs besides the fused loss. */
 
 /**
  * SGD as PyTorch defines it (dampening 0). With g = grad + weight_decay * w:
@@ -322,12 +308,10 @@ typedef struct lsm_sgd {
 #define LSM_SGD_CHECK 2 /* check the gradient only; w and velocity are not written */
 
 /**
- * One SGD step over count elements of context memory: w and velocity [count] updated in place
- * from grad [count] (all of dtype; velocity NULL when momentum is 0). With sgd->nonfinite
- * LSM_SGD_SKIP or LSM_SGD_CHECK, *nonfinite (host memory, required then) is set to 1 when grad
- * holds a non-finite value (and then nothing is written), else 0; on CUDA the check is a
- * reduction into a device flag that the update kernel reads there. With LSM_SGD_APPLY nonfinite
- * may be NULL (else *nonfinite = 0).
+ * One SGD step over count elements of context memory: w and velocity [count] (NULL when momentum
+ * is 0) updated in place from grad [count], all of dtype. With LSM_SGD_SKIP or LSM_SGD_CHECK,
+ * *nonfinite (host memory, required then; NULL allowed with LSM_SGD_APPLY) is 1 when grad holds a
+ * NaN or an infinity, and then nothing is written, else 0 (on CUDA a device flag the kernel reads).
  */
 LSM_API int32_t lsm_sgd_update(lsm_context *ctx, int32_t dtype, int64_t count, const lsm_sgd *sgd, void *w,
                                const void *grad, void *velocity, int32_t *nonfinite);
@@ -373,10 +357,7 @@ LSM_API int32_t lsm_adam_update(lsm_context *ctx, int32_t dtype, int64_t count, 
 LSM_API int32_t lsm_axpby(lsm_context *ctx, int32_t dtype, int64_t count, double a, const void *x, double b,
                           void *y);
 
-/**
- * The sum of the squares of values [count] (dtype, context memory) into *out (host memory), in
- * float64: a shard's part of the squared 2-norm that gradient clipping needs (8 bytes back).
- */
+/** The float64 sum of squares of values [count] (dtype, context memory) into *out (host). */
 LSM_API int32_t lsm_sum_squares(lsm_context *ctx, int32_t dtype, const void *values, int64_t count, double *out);
 
 /** The sum of values [count] (float64, context memory) into *out (host memory), in float64. */
@@ -403,16 +384,10 @@ LSM_API int32_t lsm_topk(lsm_context *ctx, int32_t dtype, int64_t n, int64_t d, 
 LSM_API int32_t lsm_context_traffic(const lsm_context *ctx, uint64_t *to_context, uint64_t *from_context);
 
 /**
- * The layout of an ABI struct as this library was built. type is "lsm_margin", "lsm_loss_args",
- * "lsm_sgd" or "lsm_adam". With field "" : *offset = 0 and *bytes = sizeof(type). With a field's name as this
- * header spells it ("kind", "m", "lambda", "scale", "m1", "m2", "m3", "flags", "reserved_flags",
- * "reserved"; "class_offset", "total_classes", "grad_scale", "label_smoothing", "weight_sum",
- * "class_weights", "ignore_index", "flags", "reserved"; "lr", "momentum", "weight_decay",
- * "nesterov", "first", "nonfinite", "reserved"; "lr", "beta1", "beta2", "eps", "weight_decay",
- * "grad_scale", "step", "decoupled", "amsgrad", "nonfinite", "reserved"): *offset = offsetof,
- * *bytes = sizeof of the
- * field (the whole array for an array field). Anything else: LSM_ERR_INVALID_ARGUMENT naming it.
- * Bindings compare their struct encoders with it.
+ * The layout of an ABI struct (lsm_margin, lsm_loss_args, lsm_sgd, lsm_adam) as this library was
+ * built, for bindings to compare their encoders with: field "" gives *offset 0 and *bytes sizeof;
+ * a field named as this header spells it gives its offsetof and sizeof (a whole array for an
+ * array field); anything else is LSM_ERR_INVALID_ARGUMENT naming it.
  */
 LSM_API int32_t lsm_layout(const char *type, const char *field, int64_t *offset, int64_t *bytes);
 
