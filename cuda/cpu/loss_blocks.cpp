@@ -1,0 +1,133 @@
+// cpu/loss_blocks.cpp: the fused loss's class-block path (cpu/loss.h): each block's logits, the
+// fold into the running max and sum, the gradients from the last block's exponentials or from the
+// logits made again, and the products.
+#include <limits>
+
+#include "cpu/loss.h"
+
+namespace lsm_cpu_fused {
+
+// Logits of classes [c0, c0 + cb) into buf (row stride cb), target entries replaced.
+template <typename T>
+void loss_run<T>::logits(int64_t c0, int64_t cb) {
+  gemm(CblasNoTrans, CblasTrans, (int)n, (int)cb, (int)d, in.x, (int)d, in.w + c0 * d, (int)d, buf, (int)cb);
+  for (int64_t i = 0; i < n; ++i) {
+    const int64_t y = local[i] - c0;
+    if (y >= 0 && y < cb) buf[i * cb + y] = (T)target[i];
+  }
+}
+
+// Folds a block into each row's running max and sum of exponentials (and A, with smoothing;
+// `seen`: the weight of the classes before the block); the block's exponentials exp(f - max)
+// replace its logits.
+template <typename T>
+void loss_run<T>::fold(int64_t c0, int64_t cb, double seen, double *maxes, double *sums) {
+  const bool smoothing = lsm_ce_smoothing(ce);
+  parallel_for(n, (smoothing ? 6 : 4) * cb, [&](int64_t i0, int64_t i1) {
+    for (int64_t i = i0; i < i1; ++i) {
+      T *row = buf + i * cb;
+      const T bm = row_max(row, cb);  // one of the row's values: exact in T
+      const T b = (double)bm > maxes[i] ? bm : (T)maxes[i];
+      if (smoothing) {
+        double a = lsm_ce_shift(smooth[i], seen, maxes[i], (double)b);
+        for (int64_t j = 0; j < cb; ++j) a += weight(c0 + j) * ((double)b - (double)row[j]);
+        smooth[i] = a;
+      }
+      const double carried = sums[i] == 0.0 ? 0.0 : sums[i] * exp(maxes[i] - (double)b);
+      sums[i] = carried + exp_sum(row, row, cb, b);
+      maxes[i] = (double)b;
+    }
+  });
+}
+
+// A block's logits in buf to G = scale (softmax - onehot), given each row's lse. With t_i =
+// lse_i rounded to T, softmax = exp(f - t_i) / exp(lse_i - t_i): f - t_i is formed in T
+// without losing the float64 lse's digits.
+template <typename T>
+void loss_run<T>::gradient(int64_t c0, int64_t cb, const double *lse) {
+  parallel_for(n, 4 * cb, [&](int64_t i0, int64_t i1) {
+    for (int64_t i = i0; i < i1; ++i) {
+      T *row = buf + i * cb;
+      if (zero_row(i, row, cb)) continue;
+      T t = (T)lse[i];
+      if (!isfinite((double)t) && isfinite(lse[i])) t = std::numeric_limits<T>::max();  // lse past T
+      const double k = factors[i].a / exp(lse[i] - (double)t);
+      exp_sum(row, row, cb, t);
+      if (factors[i].u != 0.0) {
+        smoothing_terms(i, c0, row, k, cb);
+      } else {
+        for (int64_t j = 0; j < cb; ++j) row[j] = (T)(k * (double)row[j]);
+      }
+      const int64_t y = local[i] - c0;
+      if (y >= 0 && y < cb) row[y] = target_gradient(i, lse[i]);
+    }
+  });
+}
+
+// The last block's exponentials E = exp(f - max_i) still in buf (max_i is the row's final max)
+// to G = scale (softmax - onehot) = k_i E - scale onehot, k_i = scale / sum_i: no product again.
+template <typename T>
+void loss_run<T>::gradient_from_exps(int64_t c0, int64_t cb, const double *sums, const double *lse) {
+  parallel_for(n, 2 * cb, [&](int64_t i0, int64_t i1) {
+    for (int64_t i = i0; i < i1; ++i) {
+      T *row = buf + i * cb;
+      if (zero_row(i, row, cb)) continue;
+      const double k = factors[i].a / sums[i];
+      if (factors[i].u != 0.0) {
+        smoothing_terms(i, c0, row, k, cb);
+      } else {
+        for (int64_t j = 0; j < cb; ++j) row[j] = (T)(k * (double)row[j]);
+      }
+      const int64_t y = local[i] - c0;
+      if (y >= 0 && y < cb) row[y] = target_gradient(i, lse[i]);
+    }
+  });
+}
+
+// dx (+)= G_b W_b and dW_b = G_b^T x for the block of gradients in buf.
+template <typename T>
+void loss_run<T>::products(int64_t c0, int64_t cb, bool first) {
+  gemm(CblasNoTrans, CblasNoTrans, (int)n, (int)d, (int)cb, buf, (int)cb, in.w + c0 * d, (int)d, gx, (int)d,
+       first ? T(0) : T(1));
+  gemm(CblasTrans, CblasNoTrans, (int)cb, (int)d, (int)n, buf, (int)cb, in.x, (int)d, gw + c0 * d, (int)d);
+}
+
+// The gradients from the one block's exponentials E in buf and their row sums (see cpu/loss.h).
+template <typename T>
+void loss_run<T>::products_from_exps(const double *sums, const double *lse) {
+  std::vector<double> k((size_t)n);
+  std::vector<T> kx((size_t)(n * d));
+  for (int64_t i = 0; i < n; ++i) {
+    k[i] = factors[i].a / sums[i];
+    if (factors[i].a == 0.0) {  // an ignored row, or a target of weight 0: no gradient
+      std::fill(buf + i * c, buf + (i + 1) * c, T(0));
+      k[i] = 0.0;
+    }
+    const int64_t y = local[i];
+    if (y >= 0 && k[i] != 0.0) {
+      T &e = buf[i * c + y];
+      e = (T)(target_gradient(i, lse[i]) / k[i]);
+    }
+    for (int64_t q = 0; q < d; ++q) kx[i * d + q] = (T)(k[i] * (double)in.x[i * d + q]);
+  }
+  gemm(CblasNoTrans, CblasNoTrans, (int)n, (int)d, (int)c, buf, (int)c, in.w, (int)d, gx, (int)d);
+  gemm(CblasTrans, CblasNoTrans, (int)c, (int)d, (int)n, buf, (int)c, kx.data(), (int)d, gw, (int)d);
+  for (int64_t i = 0; i < n; ++i)
+    for (int64_t q = 0; q < d; ++q) gx[i * d + q] = (T)(k[i] * (double)gx[i * d + q]);
+}
+
+// The members run() calls from cpu/loss.cpp.
+template void loss_run<float>::logits(int64_t c0, int64_t cb);
+template void loss_run<float>::fold(int64_t c0, int64_t cb, double seen, double *maxes, double *sums);
+template void loss_run<float>::gradient(int64_t c0, int64_t cb, const double *lse);
+template void loss_run<float>::gradient_from_exps(int64_t c0, int64_t cb, const double *sums, const double *lse);
+template void loss_run<float>::products(int64_t c0, int64_t cb, bool first);
+template void loss_run<float>::products_from_exps(const double *sums, const double *lse);
+template void loss_run<double>::logits(int64_t c0, int64_t cb);
+template void loss_run<double>::fold(int64_t c0, int64_t cb, double seen, double *maxes, double *sums);
+template void loss_run<double>::gradient(int64_t c0, int64_t cb, const double *lse);
+template void loss_run<double>::gradient_from_exps(int64_t c0, int64_t cb, const double *sums, const double *lse);
+template void loss_run<double>::products(int64_t c0, int64_t cb, bool first);
+template void loss_run<double>::products_from_exps(const double *sums, const double *lse);
+
+}  // namespace lsm_cpu_fused
