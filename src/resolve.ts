@@ -348,6 +348,8 @@ export interface HeadSettings {
   iteration: number;
   weights: FloatArray | undefined;
   nonFinite: NonFinitePolicy;
+  /** The cross-entropy options of the head's loss. */
+  crossEntropy: CrossEntropy;
   /** The backend as given, and one per shard. */
   backend: Backend | Backend[];
   backends: unknown[];
@@ -373,6 +375,7 @@ export function resolveHead(options: unknown): HeadSettings {
   const iteration = checkIteration(o.iteration);
   const weights = checkWeights(o.weights, dtype, classes, features);
   const nonFinite = checkNonFinite(o.nonFinite);
+  const crossEntropy = checkCrossEntropy(o, classes);
   const backends = Array.isArray(o.backend)
     ? shardBackends(o.backend, classes)
     : [o.backend ?? "auto"];
@@ -380,6 +383,6 @@ export function resolveHead(options: unknown): HeadSettings {
   const backend = (o.backend ?? "auto") as Backend | Backend[];
   return {
     ...{ classes, features, dtype, margin, lambda, optimizer, precision, workspace, seed },
-    ...{ iteration, weights, nonFinite, backend, backends },
+    ...{ iteration, weights, nonFinite, crossEntropy, backend, backends },
   };
 }

@@ -5,6 +5,7 @@ import { type FloatArray, newFloatArray } from "../../ffi/arrays.ts";
 import { OPS } from "../../ffi/ops.ts";
 import { SgdNonFinite } from "../../ffi/symbols.ts";
 import type { NativeCall } from "../calls.ts";
+import { crossEntropyArgs } from "../cross_entropy.ts";
 import { reduce } from "../loss.ts";
 import { shardedLossCalls } from "../shards.ts";
 import { type Batch, type HeadShard, ShardCalls } from "./shards.ts";
@@ -22,6 +23,19 @@ function* upload(
     if (labels !== null) yield s.upload(s.scratch("labels", labels.length * 4), labels);
   }
 }
+
+// The batch with its labels' loss args: the head's cross-entropy options, the mean's
+// denominator (the counted rows' target weights; N without options).
+function labelled(shards: readonly HeadShard[], b: Batch, labels: Int32Array): Batch {
+  const { crossEntropy, classes } = shards[0].head;
+  return { ...b, loss: crossEntropyArgs(crossEntropy, labels, classes, "mean") };
+}
+
+// The mean from the sum of the row losses (0 over rows of total weight 0, as loss() gives).
+const mean = (sum: number, b: Batch) => {
+  const d = b.loss!.denominator;
+  return d === 0 ? 0 : sum / d;
+};
 
 /**
  * A step's optimizer update of one shard: its call with the gradient's factor (clipping's, 1
@@ -98,6 +112,13 @@ function nonFiniteError(
   );
 }
 
+// A batch's mean loss, its row losses when they came back, and the mean's denominator.
+interface LossOutcome {
+  loss: number;
+  rowLoss: Float64Array | null;
+  denominator: number;
+}
+
 // The fused loss and dL/dW of a batch on every shard (dL/dW into each shard's gw), dL/dx back
 // into gradX; the row losses come back only with shards, or to name a row for "throw".
 function* lossCalls(
@@ -107,12 +128,15 @@ function* lossCalls(
   labels: Int32Array,
   gradX: FloatArray,
   policy: NonFinitePolicy,
-): Generator<NativeCall, { loss: number; rowLoss: Float64Array | null }, void> {
+): Generator<NativeCall, LossOutcome, void> {
   yield* upload(shards, x, labels);
-  const n = b.n;
+  const n = b.n, ce = shards[0].head.crossEntropy;
+  b = labelled(shards, b, labels);
   if (shards.length > 1) {
-    const rowLoss = yield* shardedLossCalls(shards.map((s) => new ShardCalls(s, b)), labels, gradX);
-    return { loss: reduce(rowLoss, "mean"), rowLoss };
+    const parts = shards.map((s) => new ShardCalls(s, b));
+    const rowLoss = yield* shardedLossCalls(parts, labels, gradX, ce);
+    const denominator = b.loss!.denominator;
+    return { loss: reduce(rowLoss, "mean", denominator), rowLoss, denominator };
   }
   const s = shards[0];
   const rows = s.scratch("rowLoss", n * 8), gx = s.scratch("gradX", s.bytes(gradX.length));
@@ -120,24 +144,30 @@ function* lossCalls(
   const sum = new Float64Array(1);
   yield s.sum(rows, n, sum);
   yield s.download(gradX, gx);
-  const loss = sum[0] / n;
+  const loss = mean(sum[0], b);
   let rowLoss: Float64Array | null = null;
   if (policy === "throw" && !Number.isFinite(loss)) { // the row losses, to name the row
     rowLoss = new Float64Array(n);
     yield s.download(rowLoss, rows);
   }
-  return { loss, rowLoss };
+  return { loss, rowLoss, denominator: b.loss!.denominator };
 }
 
-/** The micro-batches accumulated so far: their rows, and whether one had a non-finite loss or dL/dx. */
+/**
+ * The micro-batches accumulated so far: their rows, the sum of their means' denominators (the
+ * counted rows' target weights; the rows without cross-entropy options), and whether one had a
+ * non-finite loss or dL/dx.
+ */
 export interface Accumulated {
   rows: number;
+  weight: number;
   bad: boolean;
 }
 
 /**
- * One micro-batch of an accumulation: its loss and dL/dW on every shard, added (n times its
- * mean-loss gradient, so the sum of the rows' gradients) into each shard's accumulator; W is not
+ * One micro-batch of an accumulation: its loss and dL/dW on every shard, added (its mean's
+ * denominator times its mean-loss gradient, so the sum of the rows' gradients) into each
+ * shard's accumulator; W is not
  * touched. A non-finite loss or dL/dx throws at once under "throw" (nothing added), and is
  * remembered for the applying step otherwise.
  */
@@ -150,11 +180,17 @@ export function* accumulateCalls(
   policy: NonFinitePolicy,
   before: Accumulated | null,
 ): Generator<NativeCall, { loss: number; accumulated: Accumulated }, void> {
-  const { loss, rowLoss } = yield* lossCalls(shards, b, x, labels, gradX, policy);
+  const { loss, rowLoss, denominator } = yield* lossCalls(shards, b, x, labels, gradX, policy);
   const bad = !Number.isFinite(loss) || !allFinite(gradX);
   if (bad && policy === "throw") throw nonFiniteError(x, rowLoss, gradX, gradX.length / b.n);
-  for (const s of shards) yield s.axpby(b.n, s.gw, before === null ? 0 : 1, s.accumulator());
-  const accumulated = { rows: (before?.rows ?? 0) + b.n, bad: (before?.bad ?? false) || bad };
+  for (const s of shards) {
+    yield s.axpby(denominator, s.gw, before === null ? 0 : 1, s.accumulator());
+  }
+  const accumulated = {
+    rows: (before?.rows ?? 0) + b.n,
+    weight: (before?.weight ?? 0) + denominator,
+    bad: (before?.bad ?? false) || bad,
+  };
   return { loss, accumulated: policy === "apply" ? { ...accumulated, bad: false } : accumulated };
 }
 
@@ -162,7 +198,7 @@ export function* accumulateCalls(
  * One training step: the fused loss and dL/dW on each shard, dL/dx back into gradX, then the
  * optimizer's update of W where it lives under the non-finite policy. After micro-batches
  * (`before`), each shard's dL/dW becomes the mean over all their rows and this batch's
- * ((sum + n g) / total) first; with clipNorm it is clipped next. The loss and dL/dx reach the host
+ * ((sum + d g) / total, d and total the means' denominators: rows, or their target weights) first; with clipNorm it is clipped next. The loss and dL/dx reach the host
  * anyway and are checked there; dL/dW is checked where it lives by the update itself (SKIP: a
  * flag of 4 bytes back), or with shards by every shard first (CHECK) so that all skip together.
  */
@@ -176,11 +212,12 @@ export function* stepCalls(
   policy: NonFinitePolicy,
   before: Accumulated | null = null,
 ): Generator<NativeCall, StepOutcome, void> {
-  const { loss, rowLoss } = yield* lossCalls(shards, b, x, labels, gradX, policy);
+  const { loss, rowLoss, denominator } = yield* lossCalls(shards, b, x, labels, gradX, policy);
   const d = gradX.length / b.n;
   if (before !== null) {
-    const total = before.rows + b.n;
-    for (const s of shards) yield s.axpby(1 / total, s.accumulator(), b.n / total, s.gw);
+    // every row ignored (or of weight 0) over all micro-batches: the mean's gradient is 0
+    const total = before.weight + denominator, f = total === 0 ? 0 : 1 / total;
+    for (const s of shards) yield s.axpby(f, s.accumulator(), f * denominator, s.gw);
   }
   const scale = update.clipNorm === undefined ? 1 : yield* clipScale(shards, update.clipNorm);
   if (scale !== 1 && update.scalesInPlace) {
@@ -216,19 +253,21 @@ export function* evaluateCalls(
   labels: Int32Array,
 ): Generator<NativeCall, { loss: number; rowLoss: Float64Array | null }, void> {
   yield* upload(shards, x, labels);
+  const ce = shards[0].head.crossEntropy;
+  b = labelled(shards, b, labels);
   if (shards.length > 1) {
     const parts = shards.map((s) => new ShardCalls(s, b));
-    const rowLoss = yield* shardedLossCalls(parts, labels, null);
-    return { loss: reduce(rowLoss, "mean"), rowLoss };
+    const rowLoss = yield* shardedLossCalls(parts, labels, null, ce);
+    return { loss: reduce(rowLoss, "mean", b.loss!.denominator), rowLoss };
   }
   const s = shards[0], rows = s.scratch("rowLoss", b.n * 8);
   yield s.loss(OPS.loss, b, [rows, null, null]);
   const sum = new Float64Array(1);
   yield s.sum(rows, b.n, sum);
-  if (!Number.isNaN(sum[0])) return { loss: sum[0] / b.n, rowLoss: null };
+  if (!Number.isNaN(sum[0])) return { loss: mean(sum[0], b), rowLoss: null };
   const rowLoss = new Float64Array(b.n);
   yield s.download(rowLoss, rows);
-  return { loss: sum[0] / b.n, rowLoss };
+  return { loss: mean(sum[0], b), rowLoss };
 }
 
 /** Each shard's k best classes of every row (global class indices), to merge. */

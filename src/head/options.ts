@@ -13,6 +13,7 @@ import type { Precision } from "../../ffi/context.ts";
 import type { AdamStruct, SgdStruct } from "../../ffi/structs.ts";
 import type { Backend } from "../backends.ts";
 import { checkNumber, readOptions } from "../checks.ts";
+import { CROSS_ENTROPY_KEYS, type CrossEntropyOptions } from "../cross_entropy.ts";
 import { MARGIN_KEYS, type MarginOptions } from "../kinds.ts";
 import { type LambdaSchedule, SCHEDULE_KEYS } from "../schedule.ts";
 
@@ -100,7 +101,7 @@ export type OptimizerSettings = SgdSettings | AdamSettings;
 export type NonFinitePolicy = "skip" | "throw" | "apply";
 
 /** Options of {@link MarginHead}. */
-export interface HeadOptions extends MarginOptions, Partial<LambdaSchedule> {
+export interface HeadOptions extends MarginOptions, Partial<LambdaSchedule>, CrossEntropyOptions {
   /** The class count C. */
   classes: number;
   /** The feature count D. */
@@ -253,6 +254,7 @@ export const HEAD_KEYS = [
   "features",
   ...MARGIN_KEYS,
   ...SCHEDULE_KEYS,
+  ...CROSS_ENTROPY_KEYS,
   "dtype",
   "backend",
   "optimizer",

@@ -11,8 +11,9 @@ import {
   type Tensor,
 } from "../../ffi/context.ts";
 import { OPS } from "../../ffi/ops.ts";
-import type { AdamStruct, MarginStruct, SgdStruct } from "../../ffi/structs.ts";
+import type { AdamStruct, LossArgs, MarginStruct, SgdStruct } from "../../ffi/structs.ts";
 import { openContext } from "../backends.ts";
+import type { CrossEntropy } from "../cross_entropy.ts";
 import type { NativeCall } from "../calls.ts";
 import { type ContextShard, type Partials, shardBounds } from "../shards.ts";
 
@@ -25,12 +26,18 @@ export interface HeadShape {
   classes: number;
   precision: Precision;
   workspace: number | undefined;
+  /** The cross-entropy options of the head's loss. */
+  crossEntropy: CrossEntropy;
 }
 
-/** One batch's call settings: N and the margin at the step's λ. */
+/**
+ * One batch's call settings: N, the margin at the step's λ, and with labels the loss's args
+ * (crossEntropyArgs: the mean's factor, the options' flags) and the mean's denominator.
+ */
 export interface Batch {
   n: number;
   margin: MarginStruct;
+  loss?: { args: LossArgs; denominator: number };
 }
 
 /** The optimizer buffers a shard holds beside W: SGD's momentum, or Adam's moments. */
@@ -51,6 +58,8 @@ export class HeadShard {
   readonly expAvg: Ptr | null;
   readonly expAvgSq: Ptr | null;
   readonly maxExpAvgSq: Ptr | null;
+  /** The C class weights (float64, every class: labels index them globally), or null. */
+  readonly classWeights: Ptr | null;
 
   constructor(
     readonly ctx: NativeContext,
@@ -74,6 +83,9 @@ export class HeadShard {
     this.expAvg = zeroed(buffers.adam);
     this.expAvgSq = zeroed(buffers.adam);
     this.maxExpAvgSq = zeroed(buffers.amsgrad);
+    const weights = head.crossEntropy.classWeights;
+    this.classWeights = weights === undefined ? null : ctx.allocate(weights.byteLength);
+    if (weights !== undefined) ctx.upload(this.classWeights, weights);
   }
 
   /** The bytes of count elements of the head's dtype. */
@@ -89,7 +101,11 @@ export class HeadShard {
   /** The call of a margin op on the shard's classes for a batch (the fused loss's args too). */
   call(b: Batch): Call {
     const { dtype, features: d, classes, precision, workspace } = this.head;
-    const args = { classOffset: this.c0, totalClasses: classes, gradScale: 1 / b.n };
+    const base = b.loss?.args ?? { classOffset: 0, totalClasses: classes, gradScale: 1 / b.n };
+    const weights = this.classWeights === null
+      ? {}
+      : { classWeights: Number(Deno.UnsafePointer.value(this.classWeights)) };
+    const args: LossArgs = { ...base, classOffset: this.c0, ...weights };
     return { dtype, n: b.n, d, c: this.c, margin: b.margin, args, precision, workspace };
   }
 
@@ -196,11 +212,13 @@ export class ShardCalls implements ContextShard {
 
   *partials(): Generator<NativeCall, Partials, void> {
     const { s, b } = this, n = b.n;
-    const ptrs = ["rowMax", "rowSum", "target"].map((name) => s.scratch(name, n * 8));
-    yield s.loss(OPS.lossPartials, b, ptrs);
+    const names = ["rowMax", "rowSum", "target"];
+    if (s.head.crossEntropy.labelSmoothing > 0) names.push("rowSmooth");
+    const ptrs = names.map((name) => s.scratch(name, n * 8));
+    yield s.loss(OPS.lossPartials, b, ptrs.length === 3 ? [...ptrs, null] : ptrs);
     const host = ptrs.map(() => new Float64Array(n));
-    for (let k = 0; k < 3; k++) yield s.download(host[k], ptrs[k]);
-    return { rowMax: host[0], rowSum: host[1], target: host[2] };
+    for (let k = 0; k < ptrs.length; k++) yield s.download(host[k], ptrs[k]);
+    return { rowMax: host[0], rowSum: host[1], target: host[2], rowSmooth: host[3] };
   }
 
   *gradients(lse: Float64Array): Generator<NativeCall, FloatArray, void> {

@@ -13,6 +13,7 @@ import {
   newFloatArray,
 } from "../../ffi/arrays.ts";
 import { checkInteger } from "../checks.ts";
+import type { CrossEntropy, CrossEntropyOptions } from "../cross_entropy.ts";
 import { marginOptions } from "../kinds.ts";
 import type { HeadSettings } from "../resolve.ts";
 import { type AdamState, checkOptimizer, type HeadOptions, type HeadState } from "./options.ts";
@@ -72,10 +73,11 @@ function readArray(
   name: string,
   v: unknown,
   dtype: FloatDType,
-  shape: [number, number],
+  shape: number[],
+  of = "classes * features",
 ): FloatArray {
-  const count = shape[0] * shape[1];
-  const expected = `a ${floatArrayName(dtype)} of classes * features = ${count} elements or ` +
+  const count = shape.reduce((a, b) => a * b, 1);
+  const expected = `a ${floatArrayName(dtype)} of ${of} = ${count} elements or ` +
     `its JSON form { dtype, shape, base64 }`;
   if (floatDType(v) !== undefined) {
     if (floatDType(v) !== dtype) {
@@ -97,8 +99,8 @@ function readArray(
     );
   }
   if (j.shape !== undefined) {
-    const ok = Array.isArray(j.shape) && j.shape.length === 2 && j.shape[0] === shape[0] &&
-      j.shape[1] === shape[1];
+    const ok = Array.isArray(j.shape) && j.shape.length === shape.length &&
+      shape.every((e, k) => (j.shape as unknown[])[k] === e);
     if (!ok) {
       throw new RangeError(
         `${name}.shape: expected [${shape.join(", ")}], got ${
@@ -166,7 +168,7 @@ export function checkState(state: unknown): CheckedState {
         describe(o),
     );
   }
-  const options = o as Record<string, unknown>;
+  const options = { ...o } as Record<string, unknown>; // a copy: classWeights may be decoded
   for (const key of ["weights", "seed", "iteration"]) {
     if (options[key] !== undefined) {
       throw new TypeError(`state.options.${key}: expected none (a state holds its own), got one`);
@@ -179,6 +181,12 @@ export function checkState(state: unknown): CheckedState {
     throw new RangeError(
       `state.options.dtype: expected "float32" or "float64", got ${describe(dtype)}`,
     );
+  }
+  // classWeights as the head writes it (float64) or its JSON form; the head checks the rest
+  const cw = options.classWeights;
+  if (cw !== undefined && floatDType(cw) === undefined) {
+    const name = "state.options.classWeights";
+    options.classWeights = readArray(name, cw, "float64", [classes], "classes");
   }
   const iteration = checkInteger("state.iteration", s.iteration, 0, Number.MAX_SAFE_INTEGER);
   const skippedSteps = checkInteger("state.skippedSteps", s.skippedSteps, 0, iteration);
@@ -243,7 +251,17 @@ export function stateOptions(h: HeadSettings): HeadState["options"] {
     precision: h.precision,
     ...(h.workspace === undefined ? {} : { workspace: h.workspace }),
     nonFinite: h.nonFinite,
+    ...crossEntropyOptions(h.crossEntropy),
   };
+}
+
+// The cross-entropy options a state records: those given (class weights as a float64 copy).
+function crossEntropyOptions(ce: CrossEntropy): CrossEntropyOptions {
+  const o: CrossEntropyOptions = {};
+  if (ce.labelSmoothing !== 0) o.labelSmoothing = ce.labelSmoothing;
+  if (ce.classWeights !== undefined) o.classWeights = ce.classWeights.slice();
+  if (ce.ignoreIndex !== undefined) o.ignoreIndex = ce.ignoreIndex;
+  return o;
 }
 
 /** A state as state() writes it. */
@@ -258,7 +276,10 @@ export function makeState(
 ): HeadState {
   const state: HeadState = {
     format: STATE_FORMAT,
-    options,
+    // a typed array inside the options (classWeights) gets its JSON form too
+    options: options.classWeights === undefined
+      ? options
+      : { ...options, classWeights: withJSON(options.classWeights, [options.classes]) },
     iteration,
     skippedSteps,
     weights: withJSON(weights, shape),
