@@ -75,6 +75,9 @@ const GRAD_W = out("outW", "c", "d", { optional: true });
 // What every margin op takes first: dtype, n, d, c, the margin; the fused loss adds its args.
 const HEAD = ["dtype", "n", "d", "c", "margin"] as const;
 const LOSS_HEAD = [...HEAD, "args", X, W, LABELS] as const;
+// An optimizer's update: W in place from its gradient, and the non-finite check's flag (host).
+const STEP_W = [out("w", "count", 1), tensor("grad", "count", 1)] as const;
+const FLAG = out("nonfinite", 1, 1, { type: "int32", host: true, optional: true });
 
 /** The ops, by the name the TypeScript side calls them. */
 export const OPS = {
@@ -143,10 +146,9 @@ export const OPS = {
       "dtype",
       "count",
       "sgd",
-      out("w", "count", 1),
-      tensor("grad", "count", 1),
+      ...STEP_W,
       out("velocity", "count", 1, { optional: true }),
-      out("nonfinite", 1, 1, { type: "int32", host: true, optional: true }),
+      FLAG,
     ],
   }),
   adam: op({
@@ -156,12 +158,11 @@ export const OPS = {
       "dtype",
       "count",
       "adam",
-      out("w", "count", 1),
-      tensor("grad", "count", 1),
+      ...STEP_W,
       out("expAvg", "count", 1),
       out("expAvgSq", "count", 1),
       out("maxExpAvgSq", "count", 1, { optional: true }),
-      out("nonfinite", 1, 1, { type: "int32", host: true, optional: true }),
+      FLAG,
     ],
   }),
   // y = alpha x + beta y (x may be null when alpha is 0).

@@ -139,20 +139,29 @@ void launch_target_w(lsm_context *ctx, const T *x, const T *w, const lsm_correct
              grad_w);
 }
 
-// Reads the bad-label slot after the stream has drained; reports the first sample whose label
-// is outside [0, classes).
+// The first bad element a kernel noted in bad_slot (limit or more: none) into *index and, where
+// there is one, its value from values into *value: read on the context's stream after it has
+// drained (not cudaMemcpy's legacy default stream, which would also wait for other blocking
+// streams on the device); the stack variables are read only after the sync.
+template <typename V>
+inline int32_t read_bad(lsm_context *ctx, const int *bad_slot, const V *values, int64_t limit, int *index,
+                        V *value) {
+  LSM_CUDA_TRY(ctx, cudaMemcpyAsync(index, bad_slot, sizeof *index, cudaMemcpyDeviceToHost, ctx->cuda->stream));
+  LSM_CUDA_TRY(ctx, cudaStreamSynchronize(ctx->cuda->stream));
+  ctx->traffic_from += sizeof *index;
+  if (*index >= limit) return LSM_OK;
+  LSM_CUDA_TRY(ctx, cudaMemcpyAsync(value, values + *index, sizeof *value, cudaMemcpyDeviceToHost, ctx->cuda->stream));
+  LSM_CUDA_TRY(ctx, cudaStreamSynchronize(ctx->cuda->stream));
+  return LSM_OK;
+}
+
+// Reports the first sample whose label is outside [0, classes), once the stream has drained.
 inline int32_t check_bad_label(lsm_context *ctx, const int32_t *labels, int64_t n, int64_t classes,
                                const int *bad_slot) {
   int bad = 0;
-  LSM_CUDA_TRY(ctx, cudaMemcpyAsync(&bad, bad_slot, sizeof bad, cudaMemcpyDeviceToHost, ctx->cuda->stream));
-  LSM_CUDA_TRY(ctx, cudaStreamSynchronize(ctx->cuda->stream));
-  ctx->traffic_from += sizeof bad;
-  if (bad >= n) return LSM_OK;
-  // On the context's stream, not cudaMemcpy's legacy default stream (which would also wait for
-  // other blocking streams on the device); the stack variable is read only after the sync.
   int32_t label = 0;
-  LSM_CUDA_TRY(ctx, cudaMemcpyAsync(&label, labels + bad, sizeof label, cudaMemcpyDeviceToHost, ctx->cuda->stream));
-  LSM_CUDA_TRY(ctx, cudaStreamSynchronize(ctx->cuda->stream));
+  const int32_t s = read_bad(ctx, bad_slot, labels, n, &bad, &label);
+  if (s != LSM_OK || bad >= n) return s;
   return lsm_fail(ctx, LSM_ERR_INVALID_ARGUMENT,
                   "labels[" + std::to_string(bad) + "]: expected an integer in [0, " + std::to_string(classes) +
                       "), got " + std::to_string(label));

@@ -37,13 +37,9 @@ using namespace lsm_cuda;
 // The first class weight that is not a finite number >= 0 (bad_slot: total when none), named.
 int32_t check_bad_weight(lsm_context *ctx, const double *weights, int total, const int *bad_slot) {
   int bad = 0;
-  LSM_CUDA_TRY(ctx, cudaMemcpyAsync(&bad, bad_slot, sizeof bad, cudaMemcpyDeviceToHost, ctx->cuda->stream));
-  LSM_CUDA_TRY(ctx, cudaStreamSynchronize(ctx->cuda->stream));
-  ctx->traffic_from += sizeof bad;
-  if (bad >= total) return LSM_OK;
   double v = 0.0;
-  LSM_CUDA_TRY(ctx, cudaMemcpyAsync(&v, weights + bad, sizeof v, cudaMemcpyDeviceToHost, ctx->cuda->stream));
-  LSM_CUDA_TRY(ctx, cudaStreamSynchronize(ctx->cuda->stream));
+  const int32_t s = read_bad(ctx, bad_slot, weights, total, &bad, &v);
+  if (s != LSM_OK || bad >= total) return s;
   char buf[32];
   snprintf(buf, sizeof buf, "%.17g", v);
   return lsm_fail(ctx, LSM_ERR_INVALID_ARGUMENT,

@@ -12,16 +12,18 @@ namespace {
 
 using namespace lsm_cuda;
 
-// With the check asked for: the flag zeroed, the reduction into it, then the update kernel that
-// reads it on the device (no host round trip in between), and the 4 bytes of the flag back.
-template <typename T>
-int32_t sgd(lsm_context *ctx, int64_t count, const lsm_sgd &o, void *w, const void *g, void *v, int32_t *nonfinite) {
+// Every optimizer's update: with the check asked for (mode LSM_SGD_SKIP or LSM_SGD_CHECK), the
+// flag zeroed and the reduction into it, then the update kernel (launch) that reads it on the
+// device, no host round trip in between; then the 4 bytes of the flag back.
+template <typename T, typename Launch>
+int32_t checked_update(lsm_context *ctx, int64_t count, int32_t mode, const void *g, int32_t *nonfinite,
+                       Launch launch) {
   constexpr int threads = 256;
   cudaStream_t stream = ctx->cuda->stream;
   const unsigned int blocks = blocks_for(count, threads);
   int32_t *flag = nullptr;
   *nonfinite = 0;
-  if (o.nonfinite != LSM_SGD_APPLY) {
+  if (mode != LSM_SGD_APPLY) {
     void *mem = nullptr;
     const int32_t s = workspace(ctx, sizeof(int32_t), &mem);
     if (s != LSM_OK) return s;
@@ -29,9 +31,7 @@ int32_t sgd(lsm_context *ctx, int64_t count, const lsm_sgd &o, void *w, const vo
     LSM_CUDA_TRY(ctx, cudaMemsetAsync(flag, 0, sizeof(int32_t), stream));
     LSM_LAUNCH(lsm_kernels::nonfinite_flag<T>, blocks, threads, stream, static_cast<const T *>(g), (int)count, flag);
   }
-  if (o.nonfinite != LSM_SGD_CHECK)
-    LSM_LAUNCH(lsm_kernels::sgd_update<T>, blocks, threads, stream, o, (int)count, static_cast<T *>(w),
-               static_cast<const T *>(g), o.momentum == 0.0 ? nullptr : static_cast<T *>(v), flag);
+  if (mode != LSM_SGD_CHECK) launch(blocks, threads, stream, flag);
   LSM_CUDA_TRY(ctx, cudaGetLastError());
   if (flag != nullptr) {
     LSM_CUDA_TRY(ctx, cudaMemcpyAsync(nonfinite, flag, sizeof(int32_t), cudaMemcpyDeviceToHost, stream));
@@ -41,36 +41,27 @@ int32_t sgd(lsm_context *ctx, int64_t count, const lsm_sgd &o, void *w, const vo
   return LSM_OK;
 }
 
-// As sgd: the check into a device flag that the update kernel reads there.
+template <typename T>
+int32_t sgd(lsm_context *ctx, int64_t count, const lsm_sgd &o, void *w, const void *g, void *v, int32_t *nonfinite) {
+  T *velocity = o.momentum == 0.0 ? nullptr : static_cast<T *>(v);
+  return checked_update<T>(ctx, count, o.nonfinite, g, nonfinite,
+                           [&](unsigned int blocks, int threads, cudaStream_t stream, const int32_t *flag) {
+                             LSM_LAUNCH(lsm_kernels::sgd_update<T>, blocks, threads, stream, o, (int)count,
+                                        static_cast<T *>(w), static_cast<const T *>(g), velocity, flag);
+                           });
+}
+
 template <typename T>
 int32_t adam(lsm_context *ctx, int64_t count, const lsm_adam &o, void *w, const void *g, void *m, void *v, void *vmax,
              int32_t *nonfinite) {
-  constexpr int threads = 256;
-  cudaStream_t stream = ctx->cuda->stream;
-  const unsigned int blocks = blocks_for(count, threads);
-  int32_t *flag = nullptr;
-  *nonfinite = 0;
-  if (o.nonfinite != LSM_SGD_APPLY) {
-    void *mem = nullptr;
-    const int32_t s = workspace(ctx, sizeof(int32_t), &mem);
-    if (s != LSM_OK) return s;
-    flag = static_cast<int32_t *>(mem);
-    LSM_CUDA_TRY(ctx, cudaMemsetAsync(flag, 0, sizeof(int32_t), stream));
-    LSM_LAUNCH(lsm_kernels::nonfinite_flag<T>, blocks, threads, stream, static_cast<const T *>(g), (int)count, flag);
-  }
-  if (o.nonfinite != LSM_SGD_CHECK) {
-    const int mode = o.decoupled ? LSM_ADAM_DECOUPLED : o.weight_decay != 0.0 ? LSM_ADAM_L2 : LSM_ADAM_PLAIN;
-    LSM_LAUNCH(lsm_kernels::adam_update<T>, blocks, threads, stream, lsm_adam_coefs_of(o), mode, (int)count,
-               static_cast<T *>(w), static_cast<const T *>(g), static_cast<T *>(m), static_cast<T *>(v),
-               o.amsgrad ? static_cast<T *>(vmax) : nullptr, flag);
-  }
-  LSM_CUDA_TRY(ctx, cudaGetLastError());
-  if (flag != nullptr) {
-    LSM_CUDA_TRY(ctx, cudaMemcpyAsync(nonfinite, flag, sizeof(int32_t), cudaMemcpyDeviceToHost, stream));
-    ctx->traffic_from += sizeof(int32_t);
-  }
-  LSM_CUDA_TRY(ctx, cudaStreamSynchronize(stream));
-  return LSM_OK;
+  const int mode = o.decoupled ? LSM_ADAM_DECOUPLED : o.weight_decay != 0.0 ? LSM_ADAM_L2 : LSM_ADAM_PLAIN;
+  T *max = o.amsgrad ? static_cast<T *>(vmax) : nullptr;
+  return checked_update<T>(ctx, count, o.nonfinite, g, nonfinite,
+                           [&](unsigned int blocks, int threads, cudaStream_t stream, const int32_t *flag) {
+                             LSM_LAUNCH(lsm_kernels::adam_update<T>, blocks, threads, stream, lsm_adam_coefs_of(o),
+                                        mode, (int)count, static_cast<T *>(w), static_cast<const T *>(g),
+                                        static_cast<T *>(m), static_cast<T *>(v), max, flag);
+                           });
 }
 
 // Threads' sums of squares into the workspace, added by one block (sum_values), 8 bytes back.
