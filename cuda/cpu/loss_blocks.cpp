@@ -7,6 +7,19 @@
 
 namespace lsm_cpu_fused {
 
+// G's row from its exponentials and the softmax's factor k: the smoothing's terms or the plain
+// scaling, then the target's entry (formed apart, so it keeps its digits near p = 1).
+template <typename T>
+inline void finish_row(loss_run<T> &r, int64_t i, int64_t c0, T *row, double k, int64_t cb, double lse) {
+  if (r.factors[i].u != 0.0) {
+    r.smoothing_terms(i, c0, row, k, cb);
+  } else {
+    for (int64_t j = 0; j < cb; ++j) row[j] = (T)(k * (double)row[j]);
+  }
+  const int64_t y = r.local[i] - c0;
+  if (y >= 0 && y < cb) row[y] = r.target_gradient(i, lse);
+}
+
 // Logits of classes [c0, c0 + cb) into buf (row stride cb), target entries replaced.
 template <typename T>
 void loss_run<T>::logits(int64_t c0, int64_t cb) {
@@ -53,13 +66,7 @@ void loss_run<T>::gradient(int64_t c0, int64_t cb, const double *lse) {
       if (!isfinite((double)t) && isfinite(lse[i])) t = std::numeric_limits<T>::max();  // lse past T
       const double k = factors[i].a / exp(lse[i] - (double)t);
       exp_sum(row, row, cb, t);
-      if (factors[i].u != 0.0) {
-        smoothing_terms(i, c0, row, k, cb);
-      } else {
-        for (int64_t j = 0; j < cb; ++j) row[j] = (T)(k * (double)row[j]);
-      }
-      const int64_t y = local[i] - c0;
-      if (y >= 0 && y < cb) row[y] = target_gradient(i, lse[i]);
+      finish_row(*this, i, c0, row, k, cb, lse[i]);
     }
   });
 }
@@ -73,13 +80,7 @@ void loss_run<T>::gradient_from_exps(int64_t c0, int64_t cb, const double *sums,
       T *row = buf + i * cb;
       if (zero_row(i, row, cb)) continue;
       const double k = factors[i].a / sums[i];
-      if (factors[i].u != 0.0) {
-        smoothing_terms(i, c0, row, k, cb);
-      } else {
-        for (int64_t j = 0; j < cb; ++j) row[j] = (T)(k * (double)row[j]);
-      }
-      const int64_t y = local[i] - c0;
-      if (y >= 0 && y < cb) row[y] = target_gradient(i, lse[i]);
+      finish_row(*this, i, c0, row, k, cb, lse[i]);
     }
   });
 }
