@@ -61,7 +61,7 @@ HOST_OBJ += $(BUILD)/obj/cpu/rows_avx2.o
 $(BUILD)/obj/cpu/rows.o: CXXFLAGS += -DLSM_ROWS_AVX2
 $(BUILD)/obj/cpu/rows_avx2.o: CXXFLAGS += -mavx2 -mfma
 endif
-CUDA_SRC := gpu/backend gpu/op gpu/loss gpu/optim
+CUDA_SRC := gpu/backend gpu/blas gpu/op gpu/loss gpu/optim
 CUDA_OBJ := $(if $(HAVE_NVCC),$(patsubst %,$(BUILD)/obj/%.o,$(CUDA_SRC)),$(BUILD)/obj/gpu/none.o)
 
 .PHONY: all example demo test check check-linkage test-nocuda bench perf-table clean setup setup-host

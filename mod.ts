@@ -74,9 +74,10 @@ export interface OpOptions extends MarginOptions {
   /** The feature count D; by default x.length / labels.length. */
   features?: number;
   /**
-   * Float32 matrix products: "exact" (IEEE float32, the default) or "tf32" (tensor cores with
-   * TF32 inputs, about 1e-3 relative; CUDA devices of compute capability 8.0+ only). Float64
-   * calls are always exact.
+   * Float32 matrix products: "exact" (IEEE float32, the default), "tf32" (tensor cores with
+   * TF32 inputs, about 1e-3 relative) or "bf16" (inputs rounded to bfloat16, float32
+   * accumulation, about 4e-3 relative); both on CUDA devices of compute capability 8.0+ only.
+   * Float64 calls are always exact.
    */
   precision?: Precision;
 }

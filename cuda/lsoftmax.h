@@ -41,7 +41,7 @@ extern "C" {
 #endif
 
 /** Version of the C ABI: bumped on any incompatible change of this header. */
-#define LSM_ABI_VERSION 3
+#define LSM_ABI_VERSION 4
 
 /** Largest supported margin m. */
 #define LSM_MAX_MARGIN 16
@@ -73,9 +73,11 @@ typedef enum lsm_dtype {
 
 typedef enum lsm_precision {
   LSM_PRECISION_EXACT = 0, /* IEEE float32/float64 arithmetic throughout (the default) */
-  LSM_PRECISION_TF32 = 1   /* float32 matrix products on tensor cores with TF32 inputs (10-bit
+  LSM_PRECISION_TF32 = 1,  /* float32 matrix products on tensor cores with TF32 inputs (10-bit
                               mantissa, float32 accumulation); CUDA sm_80+ only; float64
                               calls stay exact */
+  LSM_PRECISION_BF16 = 2   /* the same with the products' inputs rounded to bfloat16 (7-bit
+                              mantissa); the tensors themselves stay float32 */
 } lsm_precision;
 
 /** Margin kinds (lsm_margin.kind). */
@@ -153,6 +155,12 @@ LSM_API int32_t lsm_device_count(int32_t backend, int32_t *count);
  */
 LSM_API int32_t lsm_device_name(int32_t backend, int32_t device, char *buf, size_t len);
 
+/**
+ * What a backend's matrix products run on, NUL-terminated into buf as lsm_device_name: for CUDA,
+ * cuBLAS's version and path where it was found, else the library's own kernels and why.
+ */
+LSM_API int32_t lsm_products_info(int32_t backend, char *buf, size_t len);
+
 /** Creates a context on a backend's device into *out. Destroy it with lsm_context_destroy. */
 LSM_API int32_t lsm_context_create(int32_t backend, int32_t device, lsm_context **out);
 
@@ -166,8 +174,8 @@ LSM_API const char *lsm_context_last_error(const lsm_context *ctx);
 LSM_API int32_t lsm_context_info(const lsm_context *ctx, int32_t *backend, int32_t *device);
 
 /**
- * Sets the precision of the context's later float32 matrix products (lsm_precision). TF32 is
- * LSM_ERR_UNAVAILABLE on a CPU context and on GPUs older than compute capability 8.0.
+ * Sets the precision of the context's later float32 matrix products (lsm_precision). TF32 and
+ * bf16 are LSM_ERR_UNAVAILABLE on a CPU context and on GPUs older than compute capability 8.0.
  */
 LSM_API int32_t lsm_context_set_precision(lsm_context *ctx, int32_t precision);
 

@@ -114,6 +114,16 @@ inline int __all_sync(unsigned mask, int predicate) {
   return ballot == 0;  // no participating lane had a false predicate
 }
 
+inline unsigned __float_as_uint(float f) {
+  unsigned u;
+  memcpy(&u, &f, sizeof u);
+  return u;
+}
+inline float __uint_as_float(unsigned u) {
+  float f;
+  memcpy(&f, &u, sizeof f);
+  return f;
+}
 template <typename T>
 inline T __ldg(const T *p) {
   return *p;

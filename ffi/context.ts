@@ -30,8 +30,8 @@ import {
 } from "./structs.ts";
 import { BackendCode, DType, PrecisionCode, Status } from "./symbols.ts";
 
-/** Float32 matrix products: exact IEEE (default) or TF32 tensor cores (CUDA sm_80+). */
-export type Precision = "exact" | "tf32";
+/** Float32 matrix products: exact IEEE (default), or TF32 or bf16 inputs on tensor cores (CUDA sm_80+). */
+export type Precision = "exact" | "tf32" | "bf16";
 
 /** What an op call takes besides its tensors, already checked. Each op reads what it needs. */
 export interface Call {
@@ -197,7 +197,8 @@ export class NativeContext {
 
   setPrecision(precision: Precision | undefined): void {
     if (precision === undefined || precision === this.#precision) return;
-    const code = precision === "tf32" ? PrecisionCode.TF32 : PrecisionCode.EXACT;
+    const code =
+      PrecisionCode[precision === "tf32" ? "TF32" : precision === "bf16" ? "BF16" : "EXACT"];
     this.#check(this.#lib.symbols.lsm_context_set_precision(this.#live(), code), this.#name());
     this.#precision = precision;
   }

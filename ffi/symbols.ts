@@ -2,7 +2,7 @@
 // parameter names beside the types, and the ABI's constants.
 
 /** The C ABI version (`LSM_ABI_VERSION`) these bindings were written for. */
-export const ABI_VERSION = 3;
+export const ABI_VERSION = 4;
 
 /** Status codes of `lsm_status`. */
 export const Status = {
@@ -18,7 +18,7 @@ export const Status = {
 export const BackendCode = { CPU: 0, CUDA: 1 } as const;
 
 /** Matrix-product precisions of `lsm_precision`. */
-export const PrecisionCode = { EXACT: 0, TF32: 1 } as const;
+export const PrecisionCode = { EXACT: 0, TF32: 1, BF16: 2 } as const;
 
 /** lsm_sgd.nonfinite: update as is, update only a finite gradient, or only check it. */
 export const SgdNonFinite = { APPLY: 0, SKIP: 1, CHECK: 2 } as const;
@@ -67,6 +67,8 @@ export const symbols = {
   lsm_device_count: { parameters: ["i32", "buffer"], result: "i32" },
   // backend, device, buf, len
   lsm_device_name: { parameters: ["i32", "i32", "buffer", "usize"], result: "i32" },
+  // backend, buf, len
+  lsm_products_info: { parameters: ["i32", "buffer", "usize"], result: "i32" },
   // backend, device, out (lsm_context **)
   lsm_context_create: { parameters: ["i32", "i32", "buffer"], result: "i32" },
   // ctx

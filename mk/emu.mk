@@ -3,7 +3,8 @@
 #   make test-emu       the emulator's self-test, the sanitizer run, then the whole Deno suite
 #                       against build/liblsoftmax_emu.so (CUDA-path tests included; linked as
 #                       liblsoftmax.so is, self-contained), and a count of the kernel launches
-#                       it made
+#                       it made; then the CUDA suites again with the products through the
+#                       cuBLAS stand-in (emulator/cublas_stand_in.cpp)
 #   make planted-emu    kernels with a planted missing barrier must fail under the emulator
 #   make mutants-emu    the real kernels with any one barrier removed must fail the tests
 #   make sanitize-emu   forward/backward through the C ABI under ASan + UBSan, against the CPU
@@ -15,6 +16,7 @@
 EMU_DIR     := emulator
 EMU_BUILD   := $(BUILD)/emu
 EMU_LIB     := $(BUILD)/liblsoftmax_emu.so
+EMU_CUBLAS  := $(EMU_BUILD)/libcublas_stand_in.so
 EMU_FLAGS   := -x c++ -DLSM_EMU -I$(EMU_DIR) -Icuda
 EMU_HEADERS := $(HEADERS) $(wildcard $(EMU_DIR)/*.h)
 # The library links as liblsoftmax.so does (the Makefile's LINK_FLAGS, OpenBLAS inside); the
@@ -79,10 +81,11 @@ $(EMU_BUILD)/san/planted: tests/native/planted.cu $(EMU_BUILD)/san/emu_runtime.o
 $(EMU_BUILD)/san/planted_fault: tests/native/planted_fault.cu $(EMU_BUILD)/san/emu_runtime.o $(EMU_HEADERS)
 	$(CXX) $(SAN_FLAGS) $(EMU_FLAGS) $< -x none $(EMU_BUILD)/san/emu_runtime.o -o $@ -lpthread
 
-sanitize-emu: $(EMU_BUILD)/san/sanitize_driver $(EMU_BUILD)/san/planted $(EMU_BUILD)/san/planted_fault
+sanitize-emu: $(EMU_BUILD)/san/sanitize_driver $(EMU_BUILD)/san/planted $(EMU_BUILD)/san/planted_fault $(EMU_CUBLAS)
 	$(SAN_ENV) $(EMU_BUILD)/san/planted >$(EMU_BUILD)/san/planted.log 2>&1 || { cat $(EMU_BUILD)/san/planted.log; exit 1; }
 	$(SAN_ENV) $(EMU_BUILD)/san/sanitize_driver
 	$(SAN_ENV) LSM_EMU_SCHEDULE=shuffle LSM_EMU_SEED=7 $(EMU_BUILD)/san/sanitize_driver quick
+	$(SAN_ENV) LSOFTMAX_CUBLAS=$(abspath $(EMU_CUBLAS)) $(EMU_BUILD)/san/sanitize_driver quick
 	@for fault in oob:heap-buffer-overflow overflow:signed.integer.overflow; do \
 	  log=$(EMU_BUILD)/san/planted_fault.$${fault%%:*}.log; \
 	  if $(SAN_ENV) $(EMU_BUILD)/san/planted_fault $${fault%%:*} >$$log 2>&1; then \
@@ -93,12 +96,23 @@ sanitize-emu: $(EMU_BUILD)/san/sanitize_driver $(EMU_BUILD)/san/planted $(EMU_BU
 	  echo "sanitize-emu: the planted $${fault%%:*} fault in a kernel was caught ($${fault#*:})"; \
 	done
 
+# cuBLAS's stand-in (emulator/cublas_stand_in.cpp), loaded as cuBLAS is: LSOFTMAX_CUBLAS=its path.
+$(EMU_CUBLAS): $(EMU_DIR)/cublas_stand_in.cpp | $(EMU_BUILD)
+	$(CXX) $(CXXFLAGS) -shared -static-libstdc++ -static-libgcc -Wl,--exclude-libs,ALL -Wl,--no-undefined $< -o $@ \
+	  $(EMU_LDLIBS)
+
+# The CUDA suites again with the products through cuBLAS's stand-in.
+EMU_CUBLAS_TESTS := tests/cublas_test.ts tests/bf16_test.ts tests/tf32_test.ts tests/cuda_test.ts tests/head_test.ts \
+                    tests/adam_test.ts
+
 # The Deno suite against the emulated CUDA backend; scripts/test-suite.sh ends with the kernel
 # launches the library logged at exit (none at all means the CUDA path was never reached).
-test-emu: planted-emu sanitize-emu $(EMU_LIB)
+test-emu: planted-emu sanitize-emu $(EMU_LIB) $(EMU_CUBLAS)
 	scripts/check-linkage.sh $(EMU_LIB)
 	LSM_EMU_LAUNCH_LOG=$(abspath $(EMU_BUILD))/launches.log LSOFTMAX_LIB=$(abspath $(EMU_LIB)) \
 	  DENO=$(DENO) SUITE_LABEL=test-emu scripts/test-suite.sh $(EMU_TEST_FLAGS) tests/
+	LSOFTMAX_CUBLAS=$(abspath $(EMU_CUBLAS)) LSOFTMAX_LIB=$(abspath $(EMU_LIB)) DENO=$(DENO) \
+	  SUITE_LABEL=test-emu-cublas scripts/test-suite.sh $(EMU_TEST_FLAGS) $(EMU_CUBLAS_TESTS)
 	$(MAKE) --no-print-directory mutants-emu
 
 # Each barrier of the kernels removed in turn must fail the CUDA-path tests (about a minute).

@@ -1,14 +1,17 @@
 #!/usr/bin/env bash
 # gpu-check.sh OUT_DIR: the checks only a CUDA machine can run, in one go, in under 8 minutes:
 #   1. build liblsoftmax.so for this GPU's architecture only (nvidia-smi or __nvcc_device_query)
-#   2. the Deno test suite on the real CUDA backend
+#   2. the Deno test suite on the real CUDA backend (its products on cuBLAS where the machine has
+#      it: the step "products" says which), then the CUDA suites on the library's own kernels
+#      (LSOFTMAX_CUBLAS=off)
 #   3. the C ABI driver (tests/native/sanitize_driver.cpp, linked against the library just built)
 #   4. bench/torch_compare.py, where python3 imports torch: ours through ctypes against PyTorch's
 #      linear layer and a composed PyTorch L-Softmax (forward+backward), and their agreement;
 #      bench/torch_loss.py: the fused loss against F.cross_entropy on both, up to C = 1,000,000;
 #      bench/torch_head.py: a resident head's training step against a PyTorch head (nn.Linear,
 #      F.cross_entropy, SGD with momentum), exact and TF32, up to C = 1,000,000
-#   5. deno bench on the CUDA backend (without the TensorFlow.js peer: no network needed)
+#   5. deno bench on the CUDA backend (without the TensorFlow.js peer: no network needed), and
+#      bench/products.ts: cuBLAS against the library's kernels, each precision, up to C = 1,000,000
 #   6. compute-sanitizer memcheck, racecheck, synccheck and initcheck on the driver (last: the
 #      slowest, and on some machines the sanitizer refuses the device)
 # A step's failure is recorded and the next steps still run (those that need its output are
@@ -33,7 +36,8 @@
 #       carry: [".deno-xz"], timeout_s: 540)
 # The build happens there (build/gpu-check, for that GPU only); nothing built here needs to travel.
 #
-# --quick: steps 1-3 only (build, the suite on the device, the driver), within 240 s, so that a
+# --quick: steps 1-3 only (build, the suite on the device, the driver; not the kernels' second
+# suite), within 240 s, so that a
 # session with little device time learns first whether the CUDA paths pass; then the full check.
 set -uo pipefail
 quick=0
@@ -128,10 +132,18 @@ sanitizer_steps=(memcheck racecheck synccheck initcheck)
 torch_md=$out/torch_compare.md
 loss_md=$out/torch_loss.md
 head_md=$out/torch_head.md
-rm -f "$torch_md" "$loss_md" "$head_md"
+products_md=$out/products.md
+rm -f "$torch_md" "$loss_md" "$head_md" "$products_md"
 if step build 200 make -j"$(nproc)" BUILD="$build" CUDA_ARCHS="$arch" CUDA_PTX= "$build/liblsoftmax.so"; then
   if [ -n "$deno" ]; then
+    step products 20 env LSOFTMAX_LIB="$lib" "$deno" eval \
+      'import { backends } from "./mod.ts"; console.log("cuda:0 products: " + backends().cuda.products)'
     step deno-test 120 env LSOFTMAX_LIB="$lib" "$deno" test --allow-ffi --allow-env --allow-read --allow-write --allow-net --allow-run tests/
+    if ((!quick)); then
+      step deno-test-kernels 90 env LSOFTMAX_CUBLAS=off LSOFTMAX_LIB="$lib" "$deno" test --allow-ffi --allow-env \
+        --allow-read --allow-write --allow-run tests/cuda_test.ts tests/tf32_test.ts tests/bf16_test.ts \
+        tests/loss_test.ts tests/head_test.ts
+    fi
   else
     skip deno-test "no Deno (\$DENO, .deno-xz/deno.xz, PATH, .tools/)"
     status=1
@@ -163,6 +175,8 @@ if step build 200 make -j"$(nproc)" BUILD="$build" CUDA_ARCHS="$arch" CUDA_PTX= 
   elif [ -n "$deno" ]; then
     step deno-bench 90 env LSOFTMAX_LIB="$lib" LSOFTMAX_BACKEND=cuda LSOFTMAX_BENCH_TFJS=0 \
       "$deno" bench --allow-ffi --allow-env --allow-read bench/lsoftmax_bench.ts
+    step products-bench 90 bash -c 'env LSOFTMAX_LIB="$1" "$2" run --allow-ffi --allow-env --allow-read \
+      --allow-run bench/products.ts >"$3"' _ "$lib" "$deno" "$products_md"
   else
     skip deno-bench "no Deno"
   fi
@@ -179,7 +193,8 @@ if step build 200 make -j"$(nproc)" BUILD="$build" CUDA_ARCHS="$arch" CUDA_PTX= 
     for s in "${sanitizer_steps[@]}"; do skip "$s" "no driver"; done
   fi
 else
-  for s in deno-test driver-build driver torch-compare torch-loss torch-head deno-bench "${sanitizer_steps[@]}"; do
+  for s in products deno-test driver-build driver torch-compare torch-loss torch-head deno-bench products-bench \
+    "${sanitizer_steps[@]}"; do
     skip "$s" "the library did not build"
   done
 fi
@@ -189,7 +204,7 @@ fi
   echo "Architecture sm_$arch; Deno: ${deno:-none}; logs in logs.tar.gz beside this file ($logs)."
   echo
   key=$(
-    for f in deno-test driver "${sanitizer_steps[@]}"; do
+    for f in products deno-test deno-test-kernels driver "${sanitizer_steps[@]}"; do
       [ -f "$logs/$f.log" ] || continue
       echo "== $f"
       sed 's/\x1b\[[0-9;]*m//g' "$logs/$f.log" |
@@ -204,6 +219,12 @@ fi
     echo '```'
     echo "$key"
     echo '```'
+  fi
+  if [ -s "$products_md" ]; then
+    echo
+    echo "## cuBLAS against the library's kernels (bench/products.ts)"
+    echo
+    cat "$products_md"
   fi
   if [ -f "$logs/torch-compare.log" ]; then
     echo

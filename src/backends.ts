@@ -16,10 +16,20 @@ export interface BackendsInfo {
   /** The path the library was loaded from. */
   library: string;
   /** The CPU backend: always there. */
-  cpu: { available: true; name: string };
+  cpu: {
+    available: true;
+    name: string;
+    /** What its matrix products run on (OpenBLAS's build). */
+    products: string;
+  };
   /** The CUDA backend: its devices, or why there are none. */
   cuda: {
     available: boolean;
+    /**
+     * What its matrix products run on: cuBLAS with its version and path, or the library's own
+     * kernels and why (not found, or `LSOFTMAX_CUBLAS=off`).
+     */
+    products: string;
     devices: { index: number; id: `cuda:${number}`; name: string }[];
     /** Why CUDA is not usable (no driver, no device), or null. */
     reason: string | null;
@@ -36,6 +46,13 @@ function cudaDevices(lib: Library): { count: number; reason: string | null } {
     ? { count: count[0], reason: null }
     : { count: 0, reason: cString(lib.symbols.lsm_last_error()) };
   return cudaInfo;
+}
+
+function products(lib: Library, backend: number): string {
+  const buf = new Uint8Array(4096);
+  const status = lib.symbols.lsm_products_info(backend, buf, BigInt(buf.length));
+  if (status !== Status.OK) return `(unknown: ${cString(lib.symbols.lsm_last_error())})`;
+  return new TextDecoder().decode(buf.subarray(0, buf.indexOf(0)));
 }
 
 function deviceName(lib: Library, backend: number, index: number): string {
@@ -56,8 +73,12 @@ export function backendsInfo(): BackendsInfo {
   return {
     version: lib.version,
     library: lib.path,
-    cpu: { available: true, name: deviceName(lib, BackendCode.CPU, 0) },
-    cuda: { available: count > 0, devices, reason },
+    cpu: {
+      available: true,
+      name: deviceName(lib, BackendCode.CPU, 0),
+      products: products(lib, BackendCode.CPU),
+    },
+    cuda: { available: count > 0, products: products(lib, BackendCode.CUDA), devices, reason },
   };
 }
 

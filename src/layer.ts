@@ -27,7 +27,7 @@ export interface LayerOptions extends Omit<MarginOptions, "lambda">, Partial<Lam
   iteration?: number;
   /** Where to compute; "auto" by default. */
   backend?: Backend;
-  /** Float32 matrix products: "exact" (default) or "tf32" (CUDA sm_80+). */
+  /** Float32 matrix products: "exact" (default), "tf32" or "bf16" (CUDA sm_80+). */
   precision?: Precision;
 }
 

@@ -46,21 +46,23 @@ export type { CrossEntropy, CrossEntropyOptions } from "./cross_entropy.ts";
 export type Reduction = "mean" | "sum" | "none";
 
 function checkPrecision(v: unknown): Precision {
-  if (v === undefined || v === "exact" || v === "tf32") return v ?? "exact";
-  throw new RangeError(`precision: expected "exact" or "tf32", got ${describe(v)}`);
+  if (v === undefined || v === "exact" || v === "tf32" || v === "bf16") return v ?? "exact";
+  throw new RangeError(`precision: expected "exact", "tf32" or "bf16", got ${describe(v)}`);
 }
 
 /**
- * "tf32" where a backend is the CPU: the same RangeError from every entry (loss, the ops, the
+ * "tf32" or "bf16" where a backend is the CPU: the same RangeError from every entry (loss, the ops, the
  * layer, the head), before any context is opened.
  */
 function checkPrecisionOn(precision: Precision, backend: unknown): void {
-  if (precision !== "tf32") return;
+  if (precision === "exact") return;
   for (const b of Array.isArray(backend) ? backend : [backend]) {
     if (resolveBackend(b).kind !== "cpu") continue;
     throw new RangeError(
-      `precision: expected "exact" on the cpu ("tf32" needs a CUDA device of compute ` +
-        `capability 8.0+), got "tf32" with backend ${JSON.stringify(b ?? "auto")}, which is ` +
+      `precision: expected "exact" on the cpu ("${precision}" needs a CUDA device of compute ` +
+        `capability 8.0+), got "${precision}" with backend ${
+          JSON.stringify(b ?? "auto")
+        }, which is ` +
         `the cpu here`,
     );
   }

@@ -75,11 +75,13 @@ struct lsm_backend_ops {
   // Devices: without a usable one, device_count reports LSM_ERR_UNAVAILABLE and why.
   int32_t (*device_count)(int32_t *count, std::string *why);
   int32_t (*device_name)(int32_t device, std::string *name, std::string *why);
+  // What the backend's matrix products run on (a library and its version, where it was found).
+  std::string (*products)();
   // Sets up ctx->device (checked here) on a fresh context; release frees everything the context
   // still holds, also after a failed init.
   int32_t (*context_init)(lsm_context *ctx);
   void (*context_release)(lsm_context *ctx);
-  // LSM_OK if the context can run `precision` (only TF32 is asked), else a failure saying why.
+  // LSM_OK if the context can run `precision` (TF32 or bf16), else a failure saying why.
   int32_t (*check_precision)(lsm_context *ctx, int32_t precision);
   // Gives back scratch the context's (lowered) workspace_limit no longer allows.
   void (*trim_workspace)(lsm_context *ctx);

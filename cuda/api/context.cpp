@@ -79,6 +79,20 @@ int32_t lsm_device_name(int32_t backend, int32_t device, char *buf, size_t len) 
   });
 }
 
+int32_t lsm_products_info(int32_t backend, char *buf, size_t len) {
+  return guarded(nullptr, [&]() -> int32_t {
+    if (buf == nullptr) return lsm_fail(nullptr, LSM_ERR_INVALID_ARGUMENT, "buf: expected a pointer, got NULL");
+    const lsm_backend_ops *ops = backend_of(backend);
+    if (ops == nullptr) return LSM_ERR_INVALID_ARGUMENT;
+    const std::string what = ops->products();
+    if (what.size() + 1 > len)
+      return lsm_fail(nullptr, LSM_ERR_INVALID_ARGUMENT,
+                      "len: expected at least " + str((int64_t)what.size() + 1) + " bytes, got " + str((int64_t)len));
+    memcpy(buf, what.c_str(), what.size() + 1);
+    return LSM_OK;
+  });
+}
+
 int32_t lsm_context_create(int32_t backend, int32_t device, lsm_context **out) {
   return guarded(nullptr, [&]() -> int32_t {
     if (out == nullptr) return lsm_fail(nullptr, LSM_ERR_INVALID_ARGUMENT, "out: expected a pointer, got NULL");
@@ -117,10 +131,11 @@ int32_t lsm_context_set_precision(lsm_context *ctx, int32_t precision) {
   return guarded(ctx, [&]() -> int32_t {
     int32_t s;
     if ((s = check_context(ctx))) return s;
-    if (precision != LSM_PRECISION_EXACT && precision != LSM_PRECISION_TF32)
+    if (precision != LSM_PRECISION_EXACT && precision != LSM_PRECISION_TF32 && precision != LSM_PRECISION_BF16)
       return lsm_fail(ctx, LSM_ERR_INVALID_ARGUMENT,
-                      "precision: expected LSM_PRECISION_EXACT (0) or LSM_PRECISION_TF32 (1), got " + str(precision));
-    if (precision == LSM_PRECISION_TF32 && (s = ctx->ops->check_precision(ctx, precision))) return s;
+                      "precision: expected LSM_PRECISION_EXACT (0), LSM_PRECISION_TF32 (1) or LSM_PRECISION_BF16 (2), got " +
+                          str(precision));
+    if (precision != LSM_PRECISION_EXACT && (s = ctx->ops->check_precision(ctx, precision))) return s;
     ctx->precision = precision;
     return LSM_OK;
   });

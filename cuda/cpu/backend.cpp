@@ -27,6 +27,9 @@ int32_t device_name(int32_t device, std::string *name, std::string *why) {
   return s;
 }
 
+extern "C" char *openblas_get_config(void);
+std::string products() { return openblas_get_config(); }
+
 int32_t context_init(lsm_context *ctx) {
   std::string why;
   const int32_t s = check_device(ctx->device, &why);
@@ -42,9 +45,10 @@ void context_release(lsm_context *ctx) {
   ctx->host_workspace_bytes = ctx->host_inputs_bytes = 0;
 }
 
-int32_t check_precision(lsm_context *ctx, int32_t) {
+int32_t check_precision(lsm_context *ctx, int32_t precision) {
   return lsm_fail(ctx, LSM_ERR_UNAVAILABLE,
-                  "precision: TF32 needs a CUDA device of compute capability 8.0 or newer, and this context is on "
+                  std::string("precision: ") + (precision == LSM_PRECISION_BF16 ? "bf16" : "TF32") +
+                      " needs a CUDA device of compute capability 8.0 or newer, and this context is on "
                   "the cpu");
 }
 
@@ -104,7 +108,7 @@ int32_t lsm_cpu_workspace(lsm_context *ctx, size_t bytes, void **out) {
 // In the order of lsm_backend_ops's fields.
 extern const lsm_backend_ops lsm_cpu_backend = {
     true,  // any host memory is context memory
-    device_count,     device_name,      context_init, context_release, check_precision, trim_workspace,
+    device_count,     device_name,      products,         context_init, context_release, check_precision, trim_workspace,
     allocate,         deallocate,       copy,         synchronize,     lsm_cpu_forward, lsm_cpu_backward,
     lsm_cpu_loss,     lsm_cpu_sgd,      sum,          lsm_cpu_topk,    lsm_cpu_adam,    lsm_cpu_axpby,
     lsm_cpu_sum_squares,

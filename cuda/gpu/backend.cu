@@ -53,6 +53,37 @@ int32_t lsm_cuda_device_name(int32_t device, std::string *name, std::string *why
   return LSM_OK;
 }
 
+namespace {
+
+// cuBLAS on the context's stream with a workspace of its own (NVIDIA's advice: 32 MiB on Hopper
+// and newer, 4 MiB before), where the process found cuBLAS. A cuBLAS that was found but cannot
+// start fails the context: the message says how to run on the library's kernels instead.
+int32_t start_blas(lsm_context *ctx) {
+  const lsm_blas::library &lib = lsm_blas::load();
+  if (lib.refused) return lsm_fail(ctx, LSM_ERR_UNAVAILABLE, lib.why);
+  if (lib.calls == nullptr) return LSM_OK;
+  lsm_cuda_state *st = ctx->cuda;
+  auto refuse = [&](const std::string &what) {
+    return lsm_fail(ctx, LSM_ERR_UNAVAILABLE,
+                    "cuBLAS (" + lib.path + ") cannot run on device " + std::to_string(ctx->device) + ": " + what +
+                        "; LSOFTMAX_CUBLAS=off uses the library's own kernels");
+  };
+  int b = lib.calls->create(&st->blas);
+  if (b != lsm_blas::kStatusSuccess) {
+    st->blas = nullptr;
+    return refuse(std::string("cublasCreate: ") + lsm_blas::status_name(b));
+  }
+  const size_t bytes = (size_t)(st->cc_major >= 9 ? 32 : 4) << 20;
+  LSM_CUDA_TRY(ctx, cudaMalloc(&st->blas_workspace, bytes));
+  if ((b = lib.calls->set_stream(st->blas, st->stream)) != lsm_blas::kStatusSuccess)
+    return refuse(std::string("cublasSetStream: ") + lsm_blas::status_name(b));
+  if ((b = lib.calls->set_workspace(st->blas, st->blas_workspace, bytes)) != lsm_blas::kStatusSuccess)
+    return refuse(std::string("cublasSetWorkspace: ") + lsm_blas::status_name(b));
+  return LSM_OK;
+}
+
+}  // namespace
+
 int32_t lsm_cuda_context_init(lsm_context *ctx) {
   int32_t count = 0;
   std::string why;
@@ -73,7 +104,7 @@ int32_t lsm_cuda_context_init(lsm_context *ctx) {
                         std::to_string(ctx->cuda->cc_major) + "." + std::to_string(ctx->cuda->cc_minor) +
                         "; this library has kernels for 7.5 and newer");
   LSM_CUDA_TRY(ctx, cudaStreamCreateWithFlags(&ctx->cuda->stream, cudaStreamNonBlocking));
-  return LSM_OK;
+  return start_blas(ctx);
 }
 
 void lsm_cuda_context_release(lsm_context *ctx) {
@@ -84,6 +115,9 @@ void lsm_cuda_context_release(lsm_context *ctx) {
     if (st->stream != nullptr) cudaStreamSynchronize(st->stream);
     for (auto &a : ctx->allocations) cudaFree(const_cast<char *>(a.first));
     if (st->workspace != nullptr) cudaFree(st->workspace);
+    if (st->blas != nullptr) lsm_blas::load().calls->destroy(st->blas);
+    if (st->blas_workspace != nullptr) cudaFree(st->blas_workspace);
+    if (st->rounded != nullptr) cudaFree(st->rounded);
     if (st->stream != nullptr) cudaStreamDestroy(st->stream);
   }
   cudaGetLastError();
@@ -135,9 +169,9 @@ int32_t lsm_cuda_synchronize(lsm_context *ctx) {
 }
 
 int32_t lsm_cuda_check_precision(lsm_context *ctx, int32_t precision) {
-  if (precision == LSM_PRECISION_TF32 && ctx->cuda->cc_major < 8)
+  if (precision != LSM_PRECISION_EXACT && ctx->cuda->cc_major < 8)
     return lsm_fail(ctx, LSM_ERR_UNAVAILABLE,
-                    "precision: TF32 needs a CUDA device of compute capability 8.0 or newer, and device " +
+                    std::string("precision: ") + (precision == LSM_PRECISION_BF16 ? "bf16" : "TF32") + " needs a CUDA device of compute capability 8.0 or newer, and device " +
                         std::to_string(ctx->device) + " is " + std::to_string(ctx->cuda->cc_major) + "." +
                         std::to_string(ctx->cuda->cc_minor));
   return LSM_OK;
@@ -152,7 +186,7 @@ void trim_workspace(lsm_context *) {}  // the device workspace is kept until the
 // In the order of lsm_backend_ops's fields.
 extern const lsm_backend_ops lsm_cuda_backend = {
     false,  // tensors: memory lsm_malloc gave on the context
-    lsm_cuda_device_count,    lsm_cuda_device_name,  lsm_cuda_context_init, lsm_cuda_context_release,
+    lsm_cuda_device_count,    lsm_cuda_device_name,  lsm_blas::describe,    lsm_cuda_context_init, lsm_cuda_context_release,
     lsm_cuda_check_precision, trim_workspace,        lsm_cuda_malloc,       lsm_cuda_free,
     lsm_cuda_copy,            lsm_cuda_synchronize,  lsm_cuda_forward,      lsm_cuda_backward,
     lsm_cuda_loss,            lsm_cuda_sgd,          lsm_cuda_sum,          lsm_cuda_topk,

@@ -13,6 +13,8 @@
 
 #include "gpu/gemm_kernels.cuh"
 #include "api/backend.h"
+#include "gpu/bf16_kernels.cuh"
+#include "gpu/blas.h"
 #include "gpu/launch.cuh"
 #include "gpu/target_kernels.cuh"
 
@@ -46,6 +48,11 @@ struct lsm_cuda_state {
   int cc_major = 0, cc_minor = 0;  // compute capability
   void *workspace = nullptr;       // per-call scratch: correction records, row arrays, loss blocks
   size_t workspace_bytes = 0;
+  lsm_blas::handle_t blas = nullptr;  // cuBLAS on this context's stream, or null: the library's kernels
+  void *blas_workspace = nullptr;
+  void *rounded = nullptr;  // a product's inputs rounded to bf16 (precision "bf16")
+  size_t rounded_bytes = 0;
+  std::string failed;  // the first product of this call that could not run (launched() reports it)
 };
 
 namespace lsm_cuda {
@@ -69,6 +76,7 @@ inline int32_t cuda_fail(lsm_context *ctx, cudaError_t e, const char *what) {
 // Makes the context's device current for this thread (contexts may be used from any thread).
 inline int32_t activate(lsm_context *ctx) {
   cudaGetLastError();  // a non-sticky error the host program left behind is not ours to report
+  if (ctx->cuda != nullptr) ctx->cuda->failed.clear();
   LSM_CUDA_TRY(ctx, cudaSetDevice(ctx->device));
   return LSM_OK;
 }
@@ -109,16 +117,98 @@ bool vectorizable(const void *p, int64_t ld) {
   return reinterpret_cast<uintptr_t>(p) % 16 == 0 && ld % lsm_kernels::vec_traits<T>::V == 0;
 }
 
-// One product on the SIMT kernel, or on tensor cores for float32 in TF32 precision.
+// The end of an op's launches: the first product that could not run, else a launch's error.
+inline int32_t launched(lsm_context *ctx) {
+  if (!ctx->cuda->failed.empty()) return lsm_fail(ctx, LSM_ERR_CUDA, ctx->cuda->failed);
+  LSM_CUDA_TRY(ctx, cudaGetLastError());
+  return LSM_OK;
+}
+
+// Where a product's A and B lie: rows x ld, the last row only `width` long.
+template <int MODE>
+struct gemm_extent {
+  static int64_t a(int64_t m, int64_t k, int64_t lda) { return MODE == lsm_kernels::kTN ? (k - 1) * lda + m : (m - 1) * lda + k; }
+  static int64_t b(int64_t n, int64_t k, int64_t ldb) { return MODE == lsm_kernels::kNT ? (n - 1) * ldb + k : (k - 1) * ldb + n; }
+};
+
+// Copies of a float32 product's A and B rounded to bf16 (bf16_kernels.cuh), with their leading
+// dimensions, in the context's second scratch (the workspace holds the product's own operands).
+template <typename OUT, int MODE>
+bool round_inputs(lsm_context *ctx, const lsm_kernels::gemm_args<float> &a, OUT **ra, OUT **rb) {
+  lsm_cuda_state *st = ctx->cuda;
+  const int64_t na = gemm_extent<MODE>::a(a.M, a.K, a.lda), nb = gemm_extent<MODE>::b(a.N, a.K, a.ldb);
+  const size_t off = ((size_t)na * sizeof(OUT) + 255) / 256 * 256, bytes = off + (size_t)nb * sizeof(OUT);
+  if (st->rounded_bytes < bytes) {
+    cudaError_t e = cudaStreamSynchronize(st->stream);
+    if (e == cudaSuccess && st->rounded != nullptr) e = cudaFree(st->rounded);
+    st->rounded = nullptr, st->rounded_bytes = 0;
+    if (e == cudaSuccess) e = cudaMalloc(&st->rounded, bytes);
+    if (e != cudaSuccess) {
+      cudaGetLastError();
+      st->failed = lsm_cuda::describe(e, "the bf16 copies of a product's inputs");
+      return false;
+    }
+    st->rounded_bytes = bytes;
+  }
+  *ra = static_cast<OUT *>(st->rounded);
+  *rb = reinterpret_cast<OUT *>(static_cast<char *>(st->rounded) + off);
+  LSM_LAUNCH(lsm_kernels::round_bf16<OUT>, blocks_for(na, 256), 256, st->stream, a.A, na, *ra);
+  LSM_LAUNCH(lsm_kernels::round_bf16<OUT>, blocks_for(nb, 256), 256, st->stream, a.B, nb, *rb);
+  return true;
+}
+
+// One product through cuBLAS, which is column-major: the row-major C = op(A) op(B) is the
+// column-major C^T = op(B)^T op(A)^T, so B comes first and the row-major operands are read as
+// their transposes (NT: B^T is B read column-major, transposed once more by OP_T).
+template <typename T, int MODE>
+void blas_gemm(lsm_context *ctx, const lsm_kernels::gemm_args<T> &a) {
+  using namespace lsm_blas;
+  lsm_cuda_state *st = ctx->cuda;
+  const api *calls = load().calls;
+  const int op_b = MODE == lsm_kernels::kNT ? kOpT : kOpN, op_a = MODE == lsm_kernels::kTN ? kOpT : kOpN;
+  int status;
+  if constexpr (std::is_same<T, double>::value) {
+    const double one = 1.0, beta = a.accumulate ? 1.0 : 0.0;
+    status = calls->gemm_ex(st->blas, op_b, op_a, a.N, a.M, a.K, &one, a.B, kR64F, a.ldb, a.A, kR64F, a.lda, &beta,
+                            a.C, kR64F, a.N, kCompute64F, kGemmDefault);
+  } else {
+    const float one = 1.0f, beta = a.accumulate ? 1.0f : 0.0f;
+    const void *pa = a.A, *pb = a.B;
+    int type = kR32F, compute = ctx->precision == LSM_PRECISION_TF32 ? kCompute32FFastTF32 : kCompute32F;
+    if (ctx->precision == LSM_PRECISION_BF16) {
+      uint16_t *ra, *rb;
+      if (!round_inputs<uint16_t, MODE>(ctx, a, &ra, &rb)) return;
+      pa = ra, pb = rb, type = kR16BF;
+    }
+    status = calls->gemm_ex(st->blas, op_b, op_a, a.N, a.M, a.K, &one, pb, type, a.ldb, pa, type, a.lda, &beta, a.C,
+                            kR32F, a.N, compute, kGemmDefault);
+  }
+  if (status != kStatusSuccess)
+    st->failed = std::string("cublasGemmEx (") + std::to_string(a.M) + " x " + std::to_string(a.N) + " x " +
+                 std::to_string(a.K) + "): " + status_name(status);
+}
+
+// One product: through cuBLAS where the context has it; else the library's SIMT kernel, or its
+// tensor-core kernel for float32 in TF32 precision. A failure is kept for launched().
 template <typename T, int MODE>
 void launch_gemm(lsm_context *ctx, const lsm_kernels::gemm_args<T> &a) {
   using namespace lsm_kernels;
   using cfg = gemm_cfg<T, MODE>;
+  if (!ctx->cuda->failed.empty()) return;  // the call has failed already
+  if (ctx->cuda->blas != nullptr) return blas_gemm<T, MODE>(ctx, a);
   const unsigned int blocks = gemm_blocks<T>(a.M, a.N);
   cudaStream_t s = ctx->cuda->stream;
   if constexpr (std::is_same<T, float>::value) {
     if (ctx->precision == LSM_PRECISION_TF32) {  // float64 stays exact whatever the precision
       LSM_LAUNCH(gemm_tf32<cfg>, blocks, kGemmThreads, s, a);
+      return;
+    }
+    if (ctx->precision == LSM_PRECISION_BF16) {
+      gemm_args<float> r = a;
+      float *ra, *rb;
+      if (!round_inputs<float, MODE>(ctx, a, &ra, &rb)) return;
+      r.A = ra, r.B = rb, r.vec_a = vectorizable<float>(ra, a.lda), r.vec_b = vectorizable<float>(rb, a.ldb);
+      LSM_LAUNCH(gemm<cfg>, blocks, kGemmThreads, s, r);
       return;
     }
   }

@@ -178,7 +178,7 @@ int32_t loss(lsm_context *ctx, const lsm_loss_problem &p) {
       launch_target_w<T>(ctx, x, w, coef, n, d, c, gw);
     }
   }
-  LSM_CUDA_TRY(ctx, cudaGetLastError());
+  if ((st = launched(ctx)) != LSM_OK) return st;
   // Read after the work, as the labels are: a bad weight only ever changes values, never an index.
   if (ce.weights != nullptr && (st = check_bad_weight(ctx, ce.weights, total, bad_weight)) != LSM_OK) return st;
   return check_bad_label(ctx, p.labels, p.n, p.args.total_classes, bad);

@@ -28,6 +28,7 @@ extern const lsm_backend_ops lsm_cuda_backend = {
     false,
     device_count,
     device_name,
+    [] { return std::string(kWhy); },             // products
     unavailable,                                  // context_init
     [](lsm_context *) {},                         // context_release: nothing was set up
     [](lsm_context *ctx, int32_t) { return unavailable(ctx); },

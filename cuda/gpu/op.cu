@@ -33,7 +33,7 @@ int32_t forward(lsm_context *ctx, const lsm_problem &p) {
   launch_gemm<T, kNT>(ctx, a);
   LSM_LAUNCH(forward_target<T>, blocks_for((int64_t)n * kWarp, kSampleBlock), kSampleBlock, s, x, w, p.labels, n, d,
              c, p.margin, logits, bad);
-  LSM_CUDA_TRY(ctx, cudaGetLastError());
+  if ((st = launched(ctx)) != LSM_OK) return st;
   return check_bad_label(ctx, p.labels, p.n, p.c, bad);
 }
 
@@ -81,7 +81,7 @@ int32_t backward(lsm_context *ctx, const lsm_problem &p) {
   if (!lsm_plain_margin(p.margin)) {
     launch_target_w<T>(ctx, x, w, coef, n, d, c, gw);
   }
-  LSM_CUDA_TRY(ctx, cudaGetLastError());
+  if ((st = launched(ctx)) != LSM_OK) return st;
   return check_bad_label(ctx, p.labels, p.n, p.c, bad);
 }
 

@@ -108,7 +108,7 @@ int32_t topk(lsm_context *ctx, int n, int d, int c, const lsm_margin &mg, int k,
     LSM_LAUNCH(topk_block<T>, (unsigned int)std::min(n, 65535), kTopkThreads, ctx->cuda->stream, z, n, cb, c0, k,
                c0 == 0, indices, scores);
   }
-  LSM_CUDA_TRY(ctx, cudaGetLastError());
+  if ((st = launched(ctx)) != LSM_OK) return st;
   LSM_CUDA_TRY(ctx, cudaStreamSynchronize(ctx->cuda->stream));
   return LSM_OK;
 }

@@ -121,7 +121,7 @@ export interface HeadOptions extends MarginOptions, Partial<LambdaSchedule>, Cro
   weights?: FloatArray;
   /** The seed of the initial weights, uniform in ±1/√D (0 by default). */
   seed?: number;
-  /** Float32 matrix products: "exact" (the default) or "tf32" (CUDA sm_80+). */
+  /** Float32 matrix products: "exact" (the default), "tf32" or "bf16" (CUDA sm_80+). */
   precision?: Precision;
   /** The most bytes of scratch a step may hold per context (64 MiB by default). */
   workspace?: number;
