@@ -53,7 +53,7 @@ HEADERS  := $(wildcard cuda/*.h cuda/*/*.h cuda/*/*.cuh)
 LIB      := $(BUILD)/liblsoftmax.so
 # The library's sources (under cuda/, objects under $(BUILD)/obj/): host C++ by g++, and the CUDA
 # backend by nvcc (or by g++ on the emulator: mk/emu.mk).
-HOST_SRC := api/checks api/context api/glibc_compat api/layout api/ops cpu/backend cpu/loss cpu/loss_blocks cpu/loss_direct cpu/op cpu/optim cpu/rows
+HOST_SRC := api/checks api/context api/glibc_compat api/layout api/ops cpu/backend cpu/loss cpu/loss_blocks cpu/loss_direct cpu/op cpu/gather cpu/optim cpu/rows
 HOST_OBJ := $(patsubst %,$(BUILD)/obj/%.o,$(HOST_SRC))
 # The fused loss's row kernels again for AVX2 + FMA on x86-64, picked at run time (cpu/rows.h).
 ifeq ($(shell uname -m),x86_64)
@@ -61,7 +61,7 @@ HOST_OBJ += $(BUILD)/obj/cpu/rows_avx2.o
 $(BUILD)/obj/cpu/rows.o: CXXFLAGS += -DLSM_ROWS_AVX2
 $(BUILD)/obj/cpu/rows_avx2.o: CXXFLAGS += -mavx2 -mfma
 endif
-CUDA_SRC := gpu/backend gpu/op gpu/loss gpu/optim
+CUDA_SRC := gpu/backend gpu/op gpu/loss gpu/optim gpu/gather
 CUDA_OBJ := $(if $(HAVE_NVCC),$(patsubst %,$(BUILD)/obj/%.o,$(CUDA_SRC)),$(BUILD)/obj/gpu/none.o)
 
 .PHONY: all example demo test check check-linkage test-nocuda bench perf-table clean setup setup-host

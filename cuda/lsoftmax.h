@@ -378,6 +378,18 @@ LSM_API int32_t lsm_topk(lsm_context *ctx, int32_t dtype, int64_t n, int64_t d, 
                          void *scores);
 
 /**
+ * Rows of a [c, d] tensor by an index list (Partial FC's sampled classes): lsm_gather_rows copies
+ * src's rows index[0..k) into dst [k, d]; lsm_scatter_rows copies src [k, d] into those rows of
+ * dst [c, d] and leaves its other rows as they are. index [k] (int32, context memory) must be
+ * strictly ascending in [0, c): anything else is LSM_ERR_INVALID_ARGUMENT naming the first bad
+ * entry (dst's contents are then unspecified). src and dst of dtype, context memory, apart.
+ */
+LSM_API int32_t lsm_gather_rows(lsm_context *ctx, int32_t dtype, int64_t c, int64_t d, int64_t k,
+                                const int32_t *index, const void *src, void *dst);
+LSM_API int32_t lsm_scatter_rows(lsm_context *ctx, int32_t dtype, int64_t c, int64_t d, int64_t k,
+                                 const int32_t *index, const void *src, void *dst);
+
+/**
  * Bytes the context has copied from the host (*to_context) and to the host (*from_context)
  * since it was created: lsm_memcpy_* and the library's own small copies (label checks, sums).
  */

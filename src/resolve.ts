@@ -30,6 +30,7 @@ import {
 import {
   checkDType,
   checkNonFinite,
+  checkSampleRate,
   checkOptimizer,
   checkWeights,
   HEAD_KEYS,
@@ -350,6 +351,8 @@ export interface HeadSettings {
   nonFinite: NonFinitePolicy;
   /** The cross-entropy options of the head's loss. */
   crossEntropy: CrossEntropy;
+  /** Partial FC's class sampling rate (1: every class). */
+  sampleRate: number;
   /** The backend as given, and one per shard. */
   backend: Backend | Backend[];
   backends: unknown[];
@@ -376,6 +379,7 @@ export function resolveHead(options: unknown): HeadSettings {
   const weights = checkWeights(o.weights, dtype, classes, features);
   const nonFinite = checkNonFinite(o.nonFinite);
   const crossEntropy = checkCrossEntropy(o, classes);
+  const sampleRate = checkSampleRate(o.sampleRate, crossEntropy);
   const backends = Array.isArray(o.backend)
     ? shardBackends(o.backend, classes)
     : [o.backend ?? "auto"];
@@ -383,6 +387,6 @@ export function resolveHead(options: unknown): HeadSettings {
   const backend = (o.backend ?? "auto") as Backend | Backend[];
   return {
     ...{ classes, features, dtype, margin, lambda, optimizer, precision, workspace, seed },
-    ...{ iteration, weights, nonFinite, crossEntropy, backend, backends },
+    ...{ iteration, weights, nonFinite, crossEntropy, sampleRate, backend, backends },
   };
 }

@@ -10,6 +10,7 @@ import { reduce } from "../loss.ts";
 import { shardedLossCalls } from "../shards.ts";
 import { type Batch, type HeadShard, ShardCalls } from "./shards.ts";
 import type { NonFinitePolicy } from "./options.ts";
+import { type Draw, sampledCalls } from "./sampling.ts";
 import type { TopK } from "./topk.ts";
 
 // The batch's inputs onto every shard's context (labels null: prediction).
@@ -153,6 +154,24 @@ function* lossCalls(
   return { loss, rowLoss, denominator: b.loss!.denominator };
 }
 
+// lossCalls over the step's sampled classes (draw), or over all of them (null).
+function* stepLossCalls(
+  shards: readonly HeadShard[],
+  b: Batch,
+  x: FloatArray,
+  labels: Int32Array,
+  gradX: FloatArray,
+  policy: NonFinitePolicy,
+  draw: Draw | null,
+): Generator<NativeCall, LossOutcome, void> {
+  if (draw === null) return yield* lossCalls(shards, b, x, labels, gradX, policy);
+  return yield* sampledCalls(
+    shards,
+    draw,
+    (views) => lossCalls(views, b, x, draw.labels, gradX, policy),
+  );
+}
+
 /**
  * The micro-batches accumulated so far: their rows, the sum of their means' denominators (the
  * counted rows' target weights; the rows without cross-entropy options), and whether one had a
@@ -167,8 +186,8 @@ export interface Accumulated {
 /**
  * One micro-batch of an accumulation: its loss and dL/dW on every shard, added (its mean's
  * denominator times its mean-loss gradient, so the sum of the rows' gradients) into each
- * shard's accumulator; W is not
- * touched. A non-finite loss or dL/dx throws at once under "throw" (nothing added), and is
+ * shard's accumulator; W is not touched. With a draw, over its sampled classes (dL/dW zero on
+ * the others). A non-finite loss or dL/dx throws at once under "throw" (nothing added), and is
  * remembered for the applying step otherwise.
  */
 export function* accumulateCalls(
@@ -179,8 +198,10 @@ export function* accumulateCalls(
   gradX: FloatArray,
   policy: NonFinitePolicy,
   before: Accumulated | null,
+  draw: Draw | null = null,
 ): Generator<NativeCall, { loss: number; accumulated: Accumulated }, void> {
-  const { loss, rowLoss, denominator } = yield* lossCalls(shards, b, x, labels, gradX, policy);
+  const lc = stepLossCalls(shards, b, x, labels, gradX, policy, draw);
+  const { loss, rowLoss, denominator } = yield* lc;
   const bad = !Number.isFinite(loss) || !allFinite(gradX);
   if (bad && policy === "throw") throw nonFiniteError(x, rowLoss, gradX, gradX.length / b.n);
   for (const s of shards) {
@@ -196,7 +217,8 @@ export function* accumulateCalls(
 
 /**
  * One training step: the fused loss and dL/dW on each shard, dL/dx back into gradX, then the
- * optimizer's update of W where it lives under the non-finite policy. After micro-batches
+ * optimizer's update of W where it lives under the non-finite policy (all of W: with a draw,
+ * dL/dW is that of its sampled classes and zero on the others). After micro-batches
  * (`before`), each shard's dL/dW becomes the mean over all their rows and this batch's
  * ((sum + d g) / total, d and total the means' denominators: rows, or their target weights) first; with clipNorm it is clipped next. The loss and dL/dx reach the host
  * anyway and are checked there; dL/dW is checked where it lives by the update itself (SKIP: a
@@ -211,8 +233,10 @@ export function* stepCalls(
   gradX: FloatArray,
   policy: NonFinitePolicy,
   before: Accumulated | null = null,
+  draw: Draw | null = null,
 ): Generator<NativeCall, StepOutcome, void> {
-  const { loss, rowLoss, denominator } = yield* lossCalls(shards, b, x, labels, gradX, policy);
+  const lc = stepLossCalls(shards, b, x, labels, gradX, policy, draw);
+  const { loss, rowLoss, denominator } = yield* lc;
   const d = gradX.length / b.n;
   if (before !== null) {
     // every row ignored (or of weight 0) over all micro-batches: the mean's gradient is 0

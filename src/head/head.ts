@@ -24,6 +24,7 @@ import { gatherShards, openShards, shardTraffic } from "./shards.ts";
 import { checkState, makeState, stateOptions } from "./state.ts";
 import { countCorrect, mergeTopK } from "./topk.ts";
 import { loadHeadState, saveHeadState } from "./checkpoint.ts";
+import { type Draw, Sampler, type SamplerState } from "./sampling.ts";
 
 /**
  * A classifier head whose weights W [C, D], their gradient and the optimizer state live in context
@@ -63,6 +64,7 @@ export class MarginHead {
   #accumulated: Accumulated | null = null; // micro-batches since the last applying step
   #closed = false;
   #queue = new CallQueue(); // the steps asked of stepAsync
+  #sampler: Sampler | null = null; // sampleRate < 1: the classes of each step
 
   /**
    * A head with weights from `options.weights` or drawn from `options.seed`.
@@ -89,6 +91,7 @@ export class MarginHead {
       adam,
       amsgrad: adam && o.amsgrad,
     });
+    if (h.sampleRate < 1) this.#sampler = Sampler.seeded(h.sampleRate, h.seed);
     try {
       fillWeights(this.#shards, h.weights, h.seed);
     } catch (e) {
@@ -156,20 +159,44 @@ export class MarginHead {
     const b = this.#batch(n, step);
     const gradX = newFloatArray(this.dtype, n * this.features);
     const policy = this.#nonFinite, before = this.#accumulated;
+    const drawn = this.#draw(labels), draw = drawn?.draw ?? null;
+    const sampled = draw === null ? {} : { sampled: draw.sampled };
     if (st.accumulate) {
-      const r = yield* accumulateCalls(this.#shards, b, x, labels, gradX, policy, before);
+      const r = yield* accumulateCalls(this.#shards, b, x, labels, gradX, policy, before, draw);
       this.#accumulated = r.accumulated;
-      return { loss: r.loss, lambda: b.margin.lambda, gradX, skipped: false };
+      if (drawn) this.#sampler!.advance(drawn.state);
+      return { loss: r.loss, lambda: b.margin.lambda, gradX, skipped: false, ...sampled };
     }
     const update = this.#optimizer.update(st.lr);
     const shards = this.#shards;
-    const r = yield* stepCalls(shards, b, x, labels, update, gradX, policy, before);
+    const r = yield* stepCalls(shards, b, x, labels, update, gradX, policy, before, draw);
     const { loss, skipped } = r;
     this.#accumulated = null;
     this.#iteration = step;
     if (skipped) this.#skippedSteps++;
     this.#optimizer.applied(skipped);
-    return { loss, lambda: b.margin.lambda, gradX, skipped };
+    if (drawn) this.#sampler!.advance(drawn.state);
+    return { loss, lambda: b.margin.lambda, gradX, skipped, ...sampled };
+  }
+
+  // The step's sampled classes (null without sampling) and the sampler's next state; the labels
+  // are checked here, since they index the sampled set before any native call sees them.
+  #draw(labels: Int32Array): { draw: Draw; state: SamplerState } | null {
+    if (this.#sampler === null) return null;
+    const c = this.classes;
+    for (let i = 0; i < labels.length; i++) {
+      const y = labels[i];
+      if (y < 0 || y >= c) {
+        throw new RangeError(`labels[${i}]: expected an integer in [0, ${c}), got ${y}`);
+      }
+    }
+    const bounds = [...this.#shards.map((s) => s.c0), c];
+    return this.#sampler.draw(labels, bounds);
+  }
+
+  /** Partial FC's class sampling rate (1: every class in every step). */
+  get sampleRate(): number {
+    return this.#sampler?.rate ?? 1;
   }
 
   /**
@@ -303,6 +330,7 @@ export class MarginHead {
       velocity,
       [this.classes, this.features],
       adam,
+      this.#sampler?.state ?? null,
     );
   }
 
@@ -327,6 +355,7 @@ export class MarginHead {
       head.#iteration = st.iteration;
       head.#skippedSteps = st.skippedSteps;
       head.#optimizer.restore(head.#shards, st.velocity, st.adam);
+      if (st.sampler !== null) head.#sampler!.advance(st.sampler);
     } catch (e) {
       head.close();
       throw e;
