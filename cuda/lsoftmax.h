@@ -390,6 +390,23 @@ LSM_API int32_t lsm_scatter_rows(lsm_context *ctx, int32_t dtype, int64_t c, int
                                  const int32_t *index, const void *src, void *dst);
 
 /**
+ * Collectives across processes (MarginHead's distributed: "mpi"), through Open MPI loaded at run
+ * time (libmpi.so.40, opened by lsm_mpi_init: the library needs no MPI otherwise). Host memory;
+ * every rank makes the same calls in the same order. lsm_mpi_init initialises MPI where the
+ * program has not (MPI_THREAD_SERIALIZED) and gives MPI_COMM_WORLD's rank and size; without
+ * Open MPI it is LSM_ERR_UNAVAILABLE saying what to install. counts are per rank: bytes for
+ * lsm_mpi_allgatherv (bytes == counts[rank]; recv holds them in rank order), doubles received for
+ * lsm_mpi_reduce_scatter (send holds their sum over every rank's counts). lsm_mpi_allreduce is
+ * in place, MPI_MAX when max is 1, else MPI_SUM. lsm_mpi_finalize is idempotent.
+ */
+LSM_API int32_t lsm_mpi_init(int32_t *rank, int32_t *size);
+LSM_API int32_t lsm_mpi_allreduce(double *values, int64_t count, int32_t max);
+LSM_API int32_t lsm_mpi_allgatherv(const void *send, int64_t bytes, void *recv, const int64_t *counts);
+LSM_API int32_t lsm_mpi_reduce_scatter(const double *send, double *recv, const int64_t *counts);
+LSM_API int32_t lsm_mpi_abort(int32_t code);
+LSM_API int32_t lsm_mpi_finalize(void);
+
+/**
  * Bytes the context has copied from the host (*to_context) and to the host (*from_context)
  * since it was created: lsm_memcpy_* and the library's own small copies (label checks, sums).
  */

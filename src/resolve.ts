@@ -28,10 +28,11 @@ import {
   crossEntropyArgs,
 } from "./cross_entropy.ts";
 import {
+  checkDistributed,
   checkDType,
   checkNonFinite,
-  checkSampleRate,
   checkOptimizer,
+  checkSampleRate,
   checkWeights,
   HEAD_KEYS,
   type NonFinitePolicy,
@@ -353,6 +354,8 @@ export interface HeadSettings {
   crossEntropy: CrossEntropy;
   /** Partial FC's class sampling rate (1: every class). */
   sampleRate: number;
+  /** "mpi": one rank of an MPI job; undefined: one process. */
+  distributed: "mpi" | undefined;
   /** The backend as given, and one per shard. */
   backend: Backend | Backend[];
   backends: unknown[];
@@ -380,6 +383,7 @@ export function resolveHead(options: unknown): HeadSettings {
   const nonFinite = checkNonFinite(o.nonFinite);
   const crossEntropy = checkCrossEntropy(o, classes);
   const sampleRate = checkSampleRate(o.sampleRate, crossEntropy);
+  const distributed = checkDistributed(o.distributed, o.backend, crossEntropy);
   const backends = Array.isArray(o.backend)
     ? shardBackends(o.backend, classes)
     : [o.backend ?? "auto"];
@@ -387,6 +391,6 @@ export function resolveHead(options: unknown): HeadSettings {
   const backend = (o.backend ?? "auto") as Backend | Backend[];
   return {
     ...{ classes, features, dtype, margin, lambda, optimizer, precision, workspace, seed },
-    ...{ iteration, weights, nonFinite, crossEntropy, sampleRate, backend, backends },
+    ...{ iteration, weights, nonFinite, crossEntropy, sampleRate, distributed, backend, backends },
   };
 }

@@ -25,6 +25,35 @@ function* upload(
   }
 }
 
+/** The batch's inputs onto every shard's context, and with labels the batch with their loss args. */
+export function* uploadBatch(
+  shards: readonly HeadShard[],
+  b: Batch,
+  x: FloatArray,
+  labels: Int32Array | null,
+): Generator<NativeCall, Batch, void> {
+  yield* upload(shards, x, labels);
+  return labels === null ? b : labelled(shards, b, labels);
+}
+
+/**
+ * The other processes of a step (ranks: ./ranks.ts), or none: the loss over the global batch
+ * with their shards, sums and agreement over them, and the index of this process's shard in a
+ * draw.
+ */
+export interface Peers {
+  readonly first: number;
+  loss(
+    shards: readonly HeadShard[],
+    b: Batch,
+    x: FloatArray,
+    labels: Int32Array,
+    gradX: FloatArray | null,
+  ): Generator<NativeCall, LossOutcome, void>;
+  sum(v: number): number;
+  any(v: boolean): boolean;
+}
+
 // The batch with its labels' loss args: the head's cross-entropy options, the mean's
 // denominator (the counted rows' target weights; N without options).
 function labelled(shards: readonly HeadShard[], b: Batch, labels: Int32Array): Batch {
@@ -56,6 +85,7 @@ export interface Update {
 function* clipScale(
   shards: readonly HeadShard[],
   maxNorm: number,
+  peers: Peers | null,
 ): Generator<NativeCall, number, void> {
   let total = 0;
   for (const s of shards) {
@@ -63,6 +93,7 @@ function* clipScale(
     yield s.gradSquares(part);
     total += part[0];
   }
+  if (peers !== null) total = peers.sum(total); // the norm over every rank's shard
   const norm = Math.sqrt(total), c = maxNorm / (norm + 1e-6);
   return Number.isFinite(norm) && c < 1 ? c : 1;
 }
@@ -113,8 +144,8 @@ function nonFiniteError(
   );
 }
 
-// A batch's mean loss, its row losses when they came back, and the mean's denominator.
-interface LossOutcome {
+/** A batch's mean loss, its row losses when they came back, and the mean's denominator. */
+export interface LossOutcome {
   loss: number;
   rowLoss: Float64Array | null;
   denominator: number;
@@ -163,13 +194,12 @@ function* stepLossCalls(
   gradX: FloatArray,
   policy: NonFinitePolicy,
   draw: Draw | null,
+  peers: Peers | null,
 ): Generator<NativeCall, LossOutcome, void> {
-  if (draw === null) return yield* lossCalls(shards, b, x, labels, gradX, policy);
-  return yield* sampledCalls(
-    shards,
-    draw,
-    (views) => lossCalls(views, b, x, draw.labels, gradX, policy),
-  );
+  const run = (views: readonly HeadShard[], ys: Int32Array) =>
+    peers === null ? lossCalls(views, b, x, ys, gradX, policy) : peers.loss(views, b, x, ys, gradX);
+  if (draw === null) return yield* run(shards, labels);
+  return yield* sampledCalls(shards, draw, (views) => run(views, draw.labels), peers?.first ?? 0);
 }
 
 /**
@@ -200,7 +230,7 @@ export function* accumulateCalls(
   before: Accumulated | null,
   draw: Draw | null = null,
 ): Generator<NativeCall, { loss: number; accumulated: Accumulated }, void> {
-  const lc = stepLossCalls(shards, b, x, labels, gradX, policy, draw);
+  const lc = stepLossCalls(shards, b, x, labels, gradX, policy, draw, null);
   const { loss, rowLoss, denominator } = yield* lc;
   const bad = !Number.isFinite(loss) || !allFinite(gradX);
   if (bad && policy === "throw") throw nonFiniteError(x, rowLoss, gradX, gradX.length / b.n);
@@ -234,8 +264,9 @@ export function* stepCalls(
   policy: NonFinitePolicy,
   before: Accumulated | null = null,
   draw: Draw | null = null,
+  peers: Peers | null = null,
 ): Generator<NativeCall, StepOutcome, void> {
-  const lc = stepLossCalls(shards, b, x, labels, gradX, policy, draw);
+  const lc = stepLossCalls(shards, b, x, labels, gradX, policy, draw, peers);
   const { loss, rowLoss, denominator } = yield* lc;
   const d = gradX.length / b.n;
   if (before !== null) {
@@ -243,7 +274,8 @@ export function* stepCalls(
     const total = before.weight + denominator, f = total === 0 ? 0 : 1 / total;
     for (const s of shards) yield s.axpby(f, s.accumulator(), f * denominator, s.gw);
   }
-  const scale = update.clipNorm === undefined ? 1 : yield* clipScale(shards, update.clipNorm);
+  const clip = update.clipNorm;
+  const scale = clip === undefined ? 1 : yield* clipScale(shards, clip, peers);
   if (scale !== 1 && update.scalesInPlace) {
     for (const s of shards) yield s.axpby(0, null, scale, s.gw);
   }
@@ -252,12 +284,14 @@ export function* stepCalls(
     return { loss, skipped: false };
   }
   let bad = !Number.isFinite(loss) || !allFinite(gradX) || (before?.bad ?? false);
+  if (peers !== null) bad = peers.any(bad); // every rank decides alike, so all skip together
   if (!bad) {
-    const one = shards.length === 1;
+    const one = shards.length === 1 && peers === null;
     const flags = shards.map(() => new Int32Array(1));
     const mode = one ? SgdNonFinite.SKIP : SgdNonFinite.CHECK;
     for (let k = 0; k < shards.length; k++) yield update.call(shards[k], scale, mode, flags[k]);
     bad = flags.some((f) => f[0] !== 0);
+    if (peers !== null) bad = peers.any(bad);
     if (!bad && !one) {
       for (const s of shards) yield update.call(s, scale, SgdNonFinite.APPLY, null);
     }
@@ -275,7 +309,9 @@ export function* evaluateCalls(
   b: Batch,
   x: FloatArray,
   labels: Int32Array,
+  peers: Peers | null = null,
 ): Generator<NativeCall, { loss: number; rowLoss: Float64Array | null }, void> {
+  if (peers !== null) return yield* peers.loss(shards, b, x, labels, null);
   yield* upload(shards, x, labels);
   const ce = shards[0].head.crossEntropy;
   b = labelled(shards, b, labels);

@@ -145,6 +145,12 @@ export interface HeadOptions extends MarginOptions, Partial<LambdaSchedule>, Cro
    * the rest). Not with the cross-entropy options.
    */
   sampleRate?: number;
+  /**
+   * "mpi": this process is one rank of an MPI job (`mpirun -np K`), holding shard `rank` of the
+   * classes on its backend; each step gathers the ranks' batches (Partial FC's model
+   * parallelism). Needs Open MPI at run time (libmpi.so.40).
+   */
+  distributed?: "mpi";
 }
 
 /** What a step takes besides its batch. */
@@ -215,7 +221,10 @@ export function adamStruct(
 }
 
 /** Where {@link MarginHead.load} puts a saved head, instead of where it was. */
-export type HeadPlacement = Pick<HeadOptions, "backend" | "precision" | "workspace">;
+export type HeadPlacement = Pick<
+  HeadOptions,
+  "backend" | "precision" | "workspace" | "distributed"
+>;
 
 /** What {@link MarginHead.state} returns and {@link MarginHead.fromState} takes. */
 export interface HeadState {
@@ -281,6 +290,7 @@ export const HEAD_KEYS = [
   "iteration",
   "nonFinite",
   "sampleRate",
+  "distributed",
 ] as const;
 const SGD_KEYS = ["type", "lr", "momentum", "weightDecay", "nesterov", "clipNorm"] as const;
 const ADAM_KEYS = ["type", "lr", "betas", "eps", "weightDecay", "amsgrad", "clipNorm"] as const;
@@ -380,6 +390,30 @@ export function checkSampleRate(v: unknown, ce: CrossEntropy): number {
           `cross-entropy), got ${v}`,
       );
     }
+  }
+  return v;
+}
+
+/** The processes of a head: none (one process) or "mpi"; not with a backend list or the cross-entropy options. */
+export function checkDistributed(
+  v: unknown,
+  backend: unknown,
+  ce: CrossEntropy,
+): "mpi" | undefined {
+  if (v === undefined) return undefined;
+  if (v !== "mpi") {
+    throw new RangeError(`distributed: expected "mpi" (or none), got ${describe(v)}`);
+  }
+  if (Array.isArray(backend)) {
+    throw new TypeError(
+      `backend: expected one backend per rank with distributed: "mpi", got a list of ${backend.length}`,
+    );
+  }
+  if (ce.labelSmoothing !== 0 || ce.classWeights !== undefined || ce.ignoreIndex !== undefined) {
+    throw new TypeError(
+      "distributed: expected no cross-entropy options (labelSmoothing, classWeights, ignoreIndex) " +
+        'with "mpi", got some',
+    );
   }
   return v;
 }

@@ -205,27 +205,29 @@ function sampledView(s: HeadShard, w: Ptr, gw: Ptr, offset: number, k: number, t
 /**
  * `inner`'s calls on the sampled classes: each shard's sampled rows of W gathered on its context,
  * `inner` run on views of the shards as heads of the sampled classes (their dL/dW into the
- * gathered gradient), then each shard's dL/dW zeroed and those rows scattered into it.
+ * gathered gradient), then each shard's dL/dW zeroed and those rows scattered into it. The
+ * shards are the draw's from `first` on (a process holding some of them).
  */
 export function* sampledCalls<R>(
   shards: readonly HeadShard[],
   draw: Draw,
   inner: (views: readonly HeadShard[]) => Generator<NativeCall, R, void>,
+  first = 0,
 ): Generator<NativeCall, R, void> {
   const views: HeadShard[] = [], index: Ptr[] = [];
-  const { dtype, features: d } = shards[0].head, total = draw.offsets[shards.length];
+  const { dtype, features: d } = shards[0].head, total = draw.offsets[draw.local.length];
   for (let k = 0; k < shards.length; k++) {
-    const s = shards[k], rows = draw.local[k], n = rows.length;
+    const s = shards[k], rows = draw.local[first + k], n = rows.length;
     const idx = s.scratch("sampleIndex", n * 4);
     const w = s.scratch("sampledW", s.bytes(n * d)), gw = s.scratch("sampledGW", s.bytes(n * d));
     yield s.upload(idx, rows);
     yield s.op(OPS.gatherRows, { dtype, n: 0, d, c: s.c, k: n }, [idx, s.w, w]);
-    views.push(sampledView(s, w, gw, draw.offsets[k], n, total));
+    views.push(sampledView(s, w, gw, draw.offsets[first + k], n, total));
     index.push(idx);
   }
   const r = yield* inner(views);
   for (let k = 0; k < shards.length; k++) {
-    const s = shards[k], n = draw.local[k].length;
+    const s = shards[k], n = draw.local[first + k].length;
     yield s.axpby(0, null, 0, s.gw);
     yield s.op(OPS.scatterRows, { dtype, n: 0, d, c: s.c, k: n }, [index[k], views[k].gw, s.gw]);
   }
