@@ -154,11 +154,16 @@ export class MarginHead {
     return this.#closed;
   }
 
-  /** Bytes moved between the host and the head's contexts since it was made. */
-  get traffic(): { toDevice: number; fromDevice: number } {
+  /**
+   * Bytes moved between the host and the head's contexts since it was made; with distributed,
+   * `collectives` too: the bytes in this process's collective buffers (gathered, reduced,
+   * scattered) since MPI started.
+   */
+  get traffic(): { toDevice: number; fromDevice: number; collectives?: number } {
     this.#live();
     this.#checkIdle(); // the counters are the running step's to write
-    return shardTraffic(this.#shards);
+    const t = shardTraffic(this.#shards);
+    return this.#ranks === null ? t : { ...t, collectives: this.#ranks.comm.bytes };
   }
 
   #lambdaAt(step: number): number {
