@@ -322,7 +322,8 @@ export class MarginHead {
   ): Promise<StepResult<T>> {
     this.#live();
     if (this.#ranks !== null) { // the collectives run on this thread, in the order of the calls
-      return this.#queue.drained().then(() => this.step(x, labels, options));
+      const xs = x.slice() as T, ys = labels.slice(); // the caller may reuse them at once
+      return this.#queue.drained().then(() => this.step(xs, ys, options));
     }
     checkBatch(x, labels, this.dtype, this.features);
     const st = stepSettings(this.optimizer, options, this.#iteration + this.#queue.pending);

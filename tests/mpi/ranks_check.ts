@@ -115,6 +115,11 @@ for (const rate of [1, 0.3]) {
   assert.throws(() => ranks.evaluate(wrong, mine.labels), /rank 0 of \d+: x: expected/);
   ranks.step(mine.x, mine.labels); // the head works after
   assert.equal(ranks.iteration, 1);
+  // stepAsync: the same step (its collectives on this thread), its inputs copied at the call
+  const x = mine.x.slice(), pending = ranks.stepAsync(x, mine.labels);
+  x.fill(NaN);
+  assert.ok(Number.isFinite((await pending).loss));
+  assert.equal(ranks.iteration, 2);
 }
 
 // Checkpoints across world sizes: 3 ranks save one file; 2 and 1 load it and continue.
