@@ -132,6 +132,16 @@ if (K === 3) {
   using back = await MarginHead.load(path);
   assert.deepEqual(back.weights(), one.weights()); // the file holds every rank's shard
   assert.deepEqual(back.state().sampler, one.state().sampler);
+  // loaded into as many ranks: the steps continue bit for bit
+  using again = await MarginHead.load(path, { distributed: "mpi" });
+  for (const step of [6, 7]) {
+    const mine = batches(step, K)[R];
+    const a = ranks.step(mine.x, mine.labels), b = again.step(mine.x, mine.labels);
+    assert.equal(b.loss, a.loss);
+    assert.deepEqual(b.gradX, a.gradX);
+    assert.deepEqual(b.sampled, a.sampled);
+  }
+  assert.deepEqual(again.weights(), ranks.weights());
 }
 if (K < 3) {
   using ranks = await MarginHead.load(path, { distributed: "mpi" });
