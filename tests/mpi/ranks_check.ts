@@ -122,6 +122,16 @@ for (const rate of [1, 0.3]) {
   assert.equal(ranks.iteration, 2);
 }
 
+// A non-finite step: every rank skips it together, or every rank throws (nonFinite: "throw").
+for (const nonFinite of ["skip", "throw"] as const) {
+  using ranks = new MarginHead({ ...options(1), backend, distributed: "mpi", nonFinite });
+  const mine = batches(8, K)[R], w = ranks.weights();
+  const x = R === 0 ? mine.x.map((v, i) => i === 0 ? NaN : v) : mine.x;
+  if (nonFinite === "skip") assert.equal(ranks.step(x, mine.labels).skipped, true);
+  else assert.throws(() => ranks.step(x, mine.labels), /nonFinite: "throw"/);
+  assert.deepEqual(ranks.weights(), w);
+}
+
 // Checkpoints across world sizes: 3 ranks save one file; 2 and 1 load it and continue.
 const path = `${dir}/ranks_check.safetensors`;
 if (K === 3) {
