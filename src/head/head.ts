@@ -27,7 +27,7 @@ import { loadHeadState, saveHeadState } from "./checkpoint.ts";
 import { type Draw, Sampler, type SamplerState } from "./sampling.ts";
 import { MpiComm } from "../../ffi/mpi.ts";
 import type { Peers } from "./calls.ts";
-import { Ranks } from "./ranks.ts";
+import { rankBackend, Ranks } from "./ranks.ts";
 
 // A distributed step's peers, with this rank's rows of the global batch.
 interface RankStep extends Peers {
@@ -109,7 +109,7 @@ export class MarginHead {
     };
     this.#shards = ranks === null
       ? openShards(h.backends, shape, buffers)
-      : openShards(h.backends, shape, buffers, ranks.range);
+      : openShards(h.backends.map(rankBackend), shape, buffers, ranks.range);
     if (h.sampleRate < 1) this.#sampler = Sampler.seeded(h.sampleRate, h.seed);
     try {
       fillWeights(this.#shards, h.weights, h.seed);

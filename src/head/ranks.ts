@@ -13,9 +13,28 @@ import { OPS } from "../../ffi/ops.ts";
 import type { NativeCall } from "../calls.ts";
 import { reduce } from "../loss.ts";
 import { combinePartials, shardBounds } from "../shards.ts";
+import { backendsInfo } from "../backends.ts";
 import { type LossOutcome, uploadBatch } from "./calls.ts";
 import { type Batch, type HeadShard, ShardCalls } from "./shards.ts";
 import type { TopK } from "./topk.ts";
+
+/**
+ * A rank's backend: "cuda", and "auto" where CUDA is usable, mean the GPU of the rank's local
+ * rank (OMPI_COMM_WORLD_LOCAL_RANK, modulo the devices), so that the ranks of one machine share
+ * its GPUs; any other name is taken as given.
+ */
+export function rankBackend(backend: unknown): unknown {
+  if (backend !== "cuda" && backend !== "auto" && backend !== undefined) return backend;
+  const devices = backendsInfo().cuda.devices.length;
+  if (devices === 0) return backend;
+  let local = 0;
+  try {
+    local = Number(Deno.env.get("OMPI_COMM_WORLD_LOCAL_RANK") ?? 0) || 0;
+  } catch {
+    local = 0; // without --allow-env: the first device
+  }
+  return `cuda:${local % devices}`;
+}
 
 /** The job's ranks as a head sees them: the communicator and the classes' split. */
 export class Ranks {

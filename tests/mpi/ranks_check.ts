@@ -13,7 +13,7 @@ import assert from "node:assert/strict";
 import { MarginHead } from "../../mod.ts";
 import { randomArray, randomLabels, Rng } from "../helpers.ts";
 
-const backend = (Deno.env.get("BACKEND") ?? "cpu") as "cpu" | "cuda:0";
+const backend = (Deno.env.get("BACKEND") ?? "cpu") as "cpu" | "cuda" | "cuda:0";
 const dir = Deno.env.get("CHECKPOINT") ?? "/tmp";
 const SPEC = { kind: "arcface", scale: 8, margin: 0.3 } as const;
 const C = 23, D = 5;
@@ -145,8 +145,12 @@ if (K === 3) {
   // loaded into as many ranks: the steps continue bit for bit
   using again = await MarginHead.load(path, { distributed: "mpi" });
   for (const step of [6, 7]) {
-    const mine = batches(step, K)[R];
-    const a = ranks.step(mine.x, mine.labels), b = again.step(mine.x, mine.labels);
+    const mine: { x: Float64Array; labels: Int32Array } = batches(step, K)[R];
+    const a: { loss: number; gradX: Float64Array; sampled?: Int32Array } = ranks.step(
+      mine.x,
+      mine.labels,
+    );
+    const b = again.step(mine.x, mine.labels);
     assert.equal(b.loss, a.loss);
     assert.deepEqual(b.gradX, a.gradX);
     assert.deepEqual(b.sampled, a.sampled);
