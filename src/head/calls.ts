@@ -229,11 +229,14 @@ export function* accumulateCalls(
   policy: NonFinitePolicy,
   before: Accumulated | null,
   draw: Draw | null = null,
+  peers: Peers | null = null,
 ): Generator<NativeCall, { loss: number; accumulated: Accumulated }, void> {
-  const lc = stepLossCalls(shards, b, x, labels, gradX, policy, draw, null);
+  const lc = stepLossCalls(shards, b, x, labels, gradX, policy, draw, peers);
   const { loss, rowLoss, denominator } = yield* lc;
-  const bad = !Number.isFinite(loss) || !allFinite(gradX);
-  if (bad && policy === "throw") throw nonFiniteError(x, rowLoss, gradX, gradX.length / b.n);
+  let bad = !Number.isFinite(loss) || !allFinite(gradX);
+  if (peers !== null && policy !== "apply") bad = peers.any(bad); // every rank alike
+  const d = shards[0].head.features;
+  if (bad && policy === "throw") throw nonFiniteError(x, rowLoss, gradX, d);
   for (const s of shards) {
     yield s.axpby(denominator, s.gw, before === null ? 0 : 1, s.accumulator());
   }
@@ -268,7 +271,7 @@ export function* stepCalls(
 ): Generator<NativeCall, StepOutcome, void> {
   const lc = stepLossCalls(shards, b, x, labels, gradX, policy, draw, peers);
   const { loss, rowLoss, denominator } = yield* lc;
-  const d = gradX.length / b.n;
+  const d = shards[0].head.features;
   if (before !== null) {
     // every row ignored (or of weight 0) over all micro-batches: the mean's gradient is 0
     const total = before.weight + denominator, f = total === 0 ? 0 : 1 / total;

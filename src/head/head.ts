@@ -196,7 +196,8 @@ export class MarginHead {
     const drawn = this.#draw(labels), draw = drawn?.draw ?? null;
     const sampled = draw === null ? {} : { sampled: draw.sampled };
     if (st.accumulate) {
-      const r = yield* accumulateCalls(this.#shards, b, x, labels, gradX, policy, before, draw);
+      const shards = this.#shards;
+      const r = yield* accumulateCalls(shards, b, x, labels, gradX, policy, before, draw, peers);
       this.#accumulated = r.accumulated;
       if (drawn) this.#sampler!.advance(drawn.state);
       return { loss: r.loss, lambda: b.margin.lambda, gradX, skipped: false, ...sampled };
@@ -289,12 +290,6 @@ export class MarginHead {
       const g = this.#gather(x, labels, () => {
         checkBatch(x, labels, this.dtype, this.features);
         st = stepSettings(this.optimizer, options, this.#iteration);
-        if (st.accumulate) {
-          throw new TypeError(
-            'accumulate: expected false with distributed: "mpi" (micro-batches across ranks are ' +
-              "not supported), got true",
-          );
-        }
       });
       return this.#ranks.unanimous(() =>
         runCalls(this.#step(g.x, g.labels!, st!, g.peers))

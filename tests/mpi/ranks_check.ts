@@ -96,6 +96,27 @@ for (const rate of [1, 0.3]) {
   allClose(p.scores, q.scores.subarray(offset * 4, (offset + n) * 4), "predict: scores");
 }
 
+// Micro-batches: each rank's two micro-batches, then the applying step, as one process's.
+{
+  using ranks = head(0.5);
+  using one = new MarginHead({ ...options(0.5), backend: Array(K).fill(backend) });
+  for (const [step, accumulate] of [[10, true], [11, true], [12, false]] as const) {
+    const parts = batches(step, K), all = concat(parts), mine = parts[R];
+    const offset = parts.slice(0, R).reduce((a, p) => a + p.labels.length, 0);
+    const got = ranks.step(mine.x, mine.labels, { accumulate });
+    const want = one.step(all.x, all.labels, { accumulate });
+    close(got.loss, want.loss, `accumulate ${step}: loss`);
+    allClose(
+      got.gradX,
+      want.gradX.subarray(offset * D, (offset + mine.labels.length) * D),
+      "dL/dx",
+    );
+    assert.deepEqual(got.sampled, want.sampled);
+  }
+  assert.equal(ranks.iteration, 1);
+  allClose(ranks.weights(), one.weights(), "accumulate: W");
+}
+
 // The failure rule: the last rank's bad label, the same Error on every rank, and no hang.
 {
   using ranks = head(0.5);
