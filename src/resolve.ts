@@ -383,7 +383,7 @@ export function resolveHead(options: unknown): HeadSettings {
   const nonFinite = checkNonFinite(o.nonFinite);
   const crossEntropy = checkCrossEntropy(o, classes);
   const sampleRate = checkSampleRate(o.sampleRate, crossEntropy);
-  const distributed = checkDistributed(o.distributed, o.backend, crossEntropy);
+  const distributed = checkDistributed(o.distributed, o.backend);
   const backends = Array.isArray(o.backend)
     ? shardBackends(o.backend, classes)
     : [o.backend ?? "auto"];

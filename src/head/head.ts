@@ -242,9 +242,10 @@ export class MarginHead {
     try {
       check();
       if (labels !== null) {
+        const ignored = this.#options.ignoreIndex; // the loss's rows left out, whatever label
         for (let i = 0; i < labels.length; i++) {
           const y = labels[i];
-          if (y < 0 || y >= this.classes) {
+          if ((y < 0 || y >= this.classes) && y !== ignored) {
             throw new RangeError(
               `labels[${i}]: expected an integer in [0, ${this.classes}), got ${y}`,
             );

@@ -394,12 +394,8 @@ export function checkSampleRate(v: unknown, ce: CrossEntropy): number {
   return v;
 }
 
-/** The processes of a head: none (one process) or "mpi"; not with a backend list or the cross-entropy options. */
-export function checkDistributed(
-  v: unknown,
-  backend: unknown,
-  ce: CrossEntropy,
-): "mpi" | undefined {
+/** The processes of a head: none (one process) or "mpi"; not with a backend list. */
+export function checkDistributed(v: unknown, backend: unknown): "mpi" | undefined {
   if (v === undefined) return undefined;
   if (v !== "mpi") {
     throw new RangeError(`distributed: expected "mpi" (or none), got ${describe(v)}`);
@@ -407,12 +403,6 @@ export function checkDistributed(
   if (Array.isArray(backend)) {
     throw new TypeError(
       `backend: expected one backend per rank with distributed: "mpi", got a list of ${backend.length}`,
-    );
-  }
-  if (ce.labelSmoothing !== 0 || ce.classWeights !== undefined || ce.ignoreIndex !== undefined) {
-    throw new TypeError(
-      "distributed: expected no cross-entropy options (labelSmoothing, classWeights, ignoreIndex) " +
-        'with "mpi", got some',
     );
   }
   return v;

@@ -3,7 +3,8 @@
 // makes) and steps with its own local batch; every step all-gathers the features and labels, so
 // that each rank computes its classes' per-row partials (max, sum of exp, target logit) over the
 // global batch; two all-reduces combine them (the maxima, then the rescaled sums with the
-// targets), the combine step of ../shards.ts makes every row's log-sum-exp and loss from them,
+// targets and, with label smoothing, its terms), the combine step of ../shards.ts makes every
+// row's log-sum-exp and loss from them (with the cross-entropy options),
 // and each rank's share of dL/dx is reduce-scattered back to the rows' own ranks. W's rows never
 // move. Errors are agreed on before the collectives: every rank throws the same one.
 
@@ -124,17 +125,35 @@ export class Ranks {
     counts: readonly number[],
   ): Generator<NativeCall, LossOutcome, void> {
     b = yield* uploadBatch(shards, b, x, labels);
-    const n = b.n, s = shards[0], part = new ShardCalls(s, b);
+    const n = b.n, s = shards[0], part = new ShardCalls(s, b), ce = s.head.crossEntropy;
     const p = yield* part.partials();
     const top = this.comm.allreduce(p.rowMax.slice(), "max");
-    const both = new Float64Array(2 * n); // each shard's sum rescaled to the row's maximum, and f_iy
-    for (let i = 0; i < n; i++) {
-      both[i] = p.rowSum[i] * Math.exp(p.rowMax[i] - top[i]);
-      both[n + i] = p.target[i];
+    // each shard's sum rescaled to the row's maximum, f_iy, and with label smoothing the shard's
+    // A_s + W_s (M - m_s) (../shards.ts' combine step, done here for this rank's shard)
+    const smooth = p.rowSmooth !== undefined, parts = smooth ? 3 : 2;
+    const sums = new Float64Array(parts * n);
+    let shardWeight = s.c;
+    if (ce.classWeights !== undefined) {
+      shardWeight = 0;
+      for (let j = s.c0; j < s.c0 + s.c; j++) shardWeight += ce.classWeights[j];
     }
-    this.comm.allreduce(both, "sum");
-    const merged = { rowMax: top, rowSum: both.subarray(0, n), target: both.subarray(n) };
-    const { lse, rowLoss } = combinePartials([merged], labels, [0, s.head.classes]);
+    for (let i = 0; i < n; i++) {
+      sums[i] = p.rowSum[i] * Math.exp(p.rowMax[i] - top[i]);
+      sums[n + i] = p.target[i];
+      if (smooth) {
+        const m = p.rowMax[i],
+          far = shardWeight === 0 || m === top[i] ? 0 : shardWeight * (top[i] - m);
+        sums[2 * n + i] = p.rowSmooth![i] + far;
+      }
+    }
+    this.comm.allreduce(sums, "sum");
+    const merged = {
+      rowMax: top,
+      rowSum: sums.subarray(0, n),
+      target: sums.subarray(n, 2 * n),
+      ...(smooth ? { rowSmooth: sums.subarray(2 * n) } : {}),
+    };
+    const { lse, rowLoss } = combinePartials([merged], labels, [0, s.head.classes], ce);
     const denominator = b.loss!.denominator;
     const loss = reduce(rowLoss, "mean", denominator);
     if (gradX !== null) {

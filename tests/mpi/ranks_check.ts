@@ -96,6 +96,31 @@ for (const rate of [1, 0.3]) {
   allClose(p.scores, q.scores.subarray(offset * 4, (offset + n) * 4), "predict: scores");
 }
 
+// The cross-entropy options across ranks: label smoothing, class weights, an ignored label.
+{
+  const ce = {
+    labelSmoothing: 0.1,
+    classWeights: Float64Array.from({ length: C }, (_, j) => 0.5 + (j % 4) / 4),
+    ignoreIndex: -100,
+  };
+  using ranks = new MarginHead({ ...options(1), ...ce, backend, distributed: "mpi" });
+  using one = new MarginHead({ ...options(1), ...ce, backend: Array(K).fill(backend) });
+  for (const step of [13, 14]) {
+    const parts = batches(step, K);
+    parts.forEach((p) => (p.labels[0] = -100)); // every rank's first row left out
+    const all = concat(parts), mine = parts[R];
+    const offset = parts.slice(0, R).reduce((a, p) => a + p.labels.length, 0);
+    const got = ranks.step(mine.x, mine.labels), want = one.step(all.x, all.labels);
+    close(got.loss, want.loss, `cross-entropy options ${step}: loss`);
+    allClose(
+      got.gradX,
+      want.gradX.subarray(offset * D, (offset + mine.labels.length) * D),
+      "dL/dx",
+    );
+  }
+  allClose(ranks.weights(), one.weights(), "cross-entropy options: W");
+}
+
 // Micro-batches: each rank's two micro-batches, then the applying step, as one process's.
 {
   using ranks = head(0.5);
