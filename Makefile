@@ -53,7 +53,7 @@ HEADERS  := $(wildcard cuda/*.h cuda/*/*.h cuda/*/*.cuh)
 LIB      := $(BUILD)/liblsoftmax.so
 # The library's sources (under cuda/, objects under $(BUILD)/obj/): host C++ by g++, and the CUDA
 # backend by nvcc (or by g++ on the emulator: mk/emu.mk).
-HOST_SRC := api/checks api/context api/glibc_compat api/layout api/ops cpu/backend cpu/loss cpu/loss_blocks cpu/loss_direct cpu/op cpu/optim cpu/rows
+HOST_SRC := api/checks api/context api/glibc_compat api/layout api/mpi api/ops cpu/backend cpu/loss cpu/loss_blocks cpu/loss_direct cpu/op cpu/gather cpu/optim cpu/rows
 HOST_OBJ := $(patsubst %,$(BUILD)/obj/%.o,$(HOST_SRC))
 # The fused loss's row kernels again for AVX2 + FMA on x86-64, picked at run time (cpu/rows.h).
 ifeq ($(shell uname -m),x86_64)
@@ -61,10 +61,10 @@ HOST_OBJ += $(BUILD)/obj/cpu/rows_avx2.o
 $(BUILD)/obj/cpu/rows.o: CXXFLAGS += -DLSM_ROWS_AVX2
 $(BUILD)/obj/cpu/rows_avx2.o: CXXFLAGS += -mavx2 -mfma
 endif
-CUDA_SRC := gpu/backend gpu/blas gpu/op gpu/loss gpu/optim
+CUDA_SRC := gpu/backend gpu/blas gpu/op gpu/loss gpu/optim gpu/gather
 CUDA_OBJ := $(if $(HAVE_NVCC),$(patsubst %,$(BUILD)/obj/%.o,$(CUDA_SRC)),$(BUILD)/obj/gpu/none.o)
 
-.PHONY: all example demo test check check-linkage test-nocuda bench perf-table clean setup setup-host
+.PHONY: all example demo demo-distributed test check check-linkage test-nocuda test-mpi bench perf-table clean setup setup-host
 
 all: $(LIB)
 
@@ -110,7 +110,7 @@ check: setup-host
 	$(DENO) lint
 	$(DENO) doc --lint mod.ts
 	$(DENO) doc --lint tfjs.ts
-	$(DENO) check --doc mod.ts tfjs.ts ffi/*.ts tests/*.ts tests/native/*.ts tests/fixtures/*.ts bench/*.ts \
+	$(DENO) check --doc mod.ts tfjs.ts ffi/*.ts tests/*.ts tests/native/*.ts tests/fixtures/*.ts tests/mpi/*.ts bench/*.ts \
 	  examples/*.ts
 	$(DENO) check --doc-only README.md
 
@@ -120,6 +120,7 @@ test: setup $(LIB) check check-linkage
 	$(WITH_LIB) DENO=$(DENO) SUITE_LABEL=test scripts/test-suite.sh $(DENO_TEST_FLAGS) tests/
 	$(MAKE) --no-print-directory test-nocuda
 	$(MAKE) --no-print-directory test-emu
+	$(MAKE) --no-print-directory test-mpi
 
 # The library that ships is self-contained: ldd shows the C library only, only lsm_* exported.
 check-linkage: $(LIB)
@@ -134,6 +135,18 @@ test-nocuda: setup-host
 	scripts/check-linkage.sh $(NOCUDA_BUILD)/liblsoftmax.so
 	LSOFTMAX_LIB=$(abspath $(NOCUDA_BUILD))/liblsoftmax.so $(DENO) test $(DENO_TEST_FLAGS) \
 	  tests/native/nocuda_check.ts tests/loss_test.ts
+
+# Ranks over Open MPI (distributed: "mpi", installed by set-up): mpirun -np 3, 2 and 1 on the CPU
+# backend and on the emulated CUDA backend (scripts/test-mpi.sh, about 20 s).
+test-mpi: setup-host $(LIB) $(BUILD)/liblsoftmax_emu.so
+	scripts/setup.sh mpi
+	DENO=$(DENO) scripts/test-mpi.sh $(LIB)=cpu $(BUILD)/liblsoftmax_emu.so=cuda:0
+
+# Two ranks training one head (examples/distributed.ts).
+demo-distributed: setup-host $(LIB)
+	scripts/setup.sh mpi
+	OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 $(WITH_LIB) mpirun -np 2 --oversubscribe \
+	  $(DENO) run --allow-ffi --allow-env examples/distributed.ts
 
 bench: setup $(LIB)
 	$(WITH_LIB) $(DENO) bench --allow-ffi --allow-env --allow-read bench/

@@ -386,6 +386,35 @@ LSM_API int32_t lsm_topk(lsm_context *ctx, int32_t dtype, int64_t n, int64_t d, 
                          void *scores);
 
 /**
+ * Rows of a [c, d] tensor by an index list (Partial FC's sampled classes): lsm_gather_rows copies
+ * src's rows index[0..k) into dst [k, d]; lsm_scatter_rows copies src [k, d] into those rows of
+ * dst [c, d] and leaves its other rows as they are. index [k] (int32, context memory) must be
+ * strictly ascending in [0, c): anything else is LSM_ERR_INVALID_ARGUMENT naming the first bad
+ * entry (dst's contents are then unspecified). src and dst of dtype, context memory, apart.
+ */
+LSM_API int32_t lsm_gather_rows(lsm_context *ctx, int32_t dtype, int64_t c, int64_t d, int64_t k,
+                                const int32_t *index, const void *src, void *dst);
+LSM_API int32_t lsm_scatter_rows(lsm_context *ctx, int32_t dtype, int64_t c, int64_t d, int64_t k,
+                                 const int32_t *index, const void *src, void *dst);
+
+/**
+ * Collectives across processes (MarginHead's distributed: "mpi"), through Open MPI loaded at run
+ * time (libmpi.so.40, opened by lsm_mpi_init: the library needs no MPI otherwise). Host memory;
+ * every rank makes the same calls in the same order. lsm_mpi_init initialises MPI where the
+ * program has not (MPI_THREAD_SERIALIZED) and gives MPI_COMM_WORLD's rank and size; without
+ * Open MPI it is LSM_ERR_UNAVAILABLE saying what to install. counts are per rank: bytes for
+ * lsm_mpi_allgatherv (bytes == counts[rank]; recv holds them in rank order), doubles received for
+ * lsm_mpi_reduce_scatter (send holds their sum over every rank's counts). lsm_mpi_allreduce is
+ * in place, MPI_MAX when max is 1, else MPI_SUM. lsm_mpi_finalize is idempotent.
+ */
+LSM_API int32_t lsm_mpi_init(int32_t *rank, int32_t *size);
+LSM_API int32_t lsm_mpi_allreduce(double *values, int64_t count, int32_t max);
+LSM_API int32_t lsm_mpi_allgatherv(const void *send, int64_t bytes, void *recv, const int64_t *counts);
+LSM_API int32_t lsm_mpi_reduce_scatter(const double *send, double *recv, const int64_t *counts);
+LSM_API int32_t lsm_mpi_abort(int32_t code);
+LSM_API int32_t lsm_mpi_finalize(void);
+
+/**
  * Bytes the context has copied from the host (*to_context) and to the host (*from_context)
  * since it was created: lsm_memcpy_* and the library's own small copies (label checks, sums).
  */

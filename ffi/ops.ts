@@ -190,6 +190,34 @@ export const OPS = {
       out("sum", 1, 1, { type: "float64", host: true }),
     ],
   }),
+  // Rows of a [c, d] tensor by a strictly ascending index [k]: gathered into [k, d], or
+  // scattered from [k, d] into those rows (the sampled classes of a head).
+  gatherRows: op({
+    device: "lsm_gather_rows",
+    async: "lsm_gather_rows_async",
+    args: [
+      "dtype",
+      "c",
+      "d",
+      "k",
+      tensor("index", "k", 1, { type: "int32" }),
+      tensor("src", "c", "d"),
+      out("dst", "k", "d"),
+    ],
+  }),
+  scatterRows: op({
+    device: "lsm_scatter_rows",
+    async: "lsm_scatter_rows_async",
+    args: [
+      "dtype",
+      "c",
+      "d",
+      "k",
+      tensor("index", "k", 1, { type: "int32" }),
+      tensor("src", "k", "d"),
+      out("dst", "c", "d"),
+    ],
+  }),
   // Byte copies between a host array and context memory (the byte count is the host array's).
   toContext: op({
     device: "lsm_memcpy_to_context",

@@ -57,6 +57,7 @@ const ADAM = [
 ] as const;
 const AXPBY = ["pointer", "i32", "i64", "f64", "pointer", "f64", "pointer"] as const;
 const SQUARES = ["pointer", "i32", "pointer", "i64", "buffer"] as const;
+const ROWS = ["pointer", "i32", "i64", "i64", "i64", "pointer", "pointer", "pointer"] as const;
 
 /** The symbols of `cuda/lsoftmax.h`, in `Deno.dlopen` form. */
 export const symbols = {
@@ -129,6 +130,19 @@ export const symbols = {
     parameters: [...HEAD, "i64", "pointer", "pointer", "pointer", "pointer"],
     result: "i32",
   },
+  // ctx, dtype, c, d, k, index (int32, context), src, dst: rows by a strictly ascending index
+  lsm_gather_rows: { parameters: ROWS, result: "i32" },
+  lsm_scatter_rows: { parameters: ROWS, result: "i32" },
+  // Collectives across processes (Open MPI loaded at run time), host memory: rank, size (int32 *)
+  lsm_mpi_init: { parameters: ["buffer", "buffer"], result: "i32" },
+  // values (double *, in place), count, max (1: MPI_MAX, 0: MPI_SUM)
+  lsm_mpi_allreduce: { parameters: ["buffer", "i64", "i32"], result: "i32" },
+  // send, bytes, recv, counts (int64 per rank, bytes)
+  lsm_mpi_allgatherv: { parameters: ["buffer", "i64", "buffer", "buffer"], result: "i32" },
+  // send (double *), recv (double *), counts (int64 per rank, doubles)
+  lsm_mpi_reduce_scatter: { parameters: ["buffer", "buffer", "buffer"], result: "i32" },
+  lsm_mpi_abort: { parameters: ["i32"], result: "i32" },
+  lsm_mpi_finalize: { parameters: [], result: "i32" },
   // ctx, to_context (uint64_t *), from_context (uint64_t *)
   lsm_context_traffic: { parameters: ["pointer", "buffer", "buffer"], result: "i32" },
   // type (const char *), field (const char *), offset (int64_t *), bytes (int64_t *): where a
@@ -183,6 +197,18 @@ export const symbols = {
   lsm_sum_squares_async: {
     name: "lsm_sum_squares",
     parameters: SQUARES,
+    result: "i32",
+    nonblocking: true,
+  },
+  lsm_gather_rows_async: {
+    name: "lsm_gather_rows",
+    parameters: ROWS,
+    result: "i32",
+    nonblocking: true,
+  },
+  lsm_scatter_rows_async: {
+    name: "lsm_scatter_rows",
+    parameters: ROWS,
     result: "i32",
     nonblocking: true,
   },

@@ -7,13 +7,15 @@
 #   scripts/setup.sh        nvcc looked for first, then OpenBLAS and Deno
 #   scripts/setup.sh host   OpenBLAS and Deno only (the emulated library and the checks)
 #   scripts/setup.sh nvcc   the nvcc check only
+#   scripts/setup.sh mpi    Open MPI (apt: openmpi-bin, libopenmpi-dev) for the tests of
+#                           `distributed: "mpi"` under mpirun; the library itself never needs it
 #   scripts/setup.sh dataset   Fashion-MNIST for `make demo` (Debian's dataset-fashion-mnist, 30 MB;
 #                           never part of the tests, which use a small subset in tests/fixtures/)
 set -euo pipefail
 here=$(cd "$(dirname "$0")/.." && pwd)
 mode=${1:-all}
-case "$mode" in all | host | nvcc | dataset) ;; *)
-  echo "setup: expected all, host, nvcc or dataset, got $mode" >&2
+case "$mode" in all | host | nvcc | dataset | mpi) ;; *)
+  echo "setup: expected all, host, nvcc, dataset or mpi, got $mode" >&2
   exit 2
   ;;
 esac
@@ -29,6 +31,16 @@ if [ "$mode" = dataset ]; then
     sudo=""; [ "$(id -u)" = 0 ] || sudo="sudo"
     $sudo apt-get update -qq >&2
     DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq dataset-fashion-mnist >&2
+  fi
+  exit 0
+fi
+if [ "$mode" = mpi ]; then
+  # libmpi.so.40 is loaded at run time (dlopen) by `distributed: "mpi"`; mpirun starts the ranks.
+  if ! command -v mpirun >/dev/null 2>&1 || ! ldconfig -p | grep -q 'libmpi\.so\.40'; then
+    echo "setup: installing openmpi-bin and libopenmpi-dev (Open MPI)" >&2
+    sudo=""; [ "$(id -u)" = 0 ] || sudo="sudo"
+    $sudo apt-get update -qq >&2
+    DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq openmpi-bin libopenmpi-dev >&2
   fi
   exit 0
 fi

@@ -28,9 +28,11 @@ import {
   crossEntropyArgs,
 } from "./cross_entropy.ts";
 import {
+  checkDistributed,
   checkDType,
   checkNonFinite,
   checkOptimizer,
+  checkSampleRate,
   checkWeights,
   HEAD_KEYS,
   type NonFinitePolicy,
@@ -352,6 +354,10 @@ export interface HeadSettings {
   nonFinite: NonFinitePolicy;
   /** The cross-entropy options of the head's loss. */
   crossEntropy: CrossEntropy;
+  /** Partial FC's class sampling rate (1: every class). */
+  sampleRate: number;
+  /** "mpi": one rank of an MPI job; undefined: one process. */
+  distributed: "mpi" | undefined;
   /** The backend as given, and one per shard. */
   backend: Backend | Backend[];
   backends: unknown[];
@@ -378,6 +384,8 @@ export function resolveHead(options: unknown): HeadSettings {
   const weights = checkWeights(o.weights, dtype, classes, features);
   const nonFinite = checkNonFinite(o.nonFinite);
   const crossEntropy = checkCrossEntropy(o, classes);
+  const sampleRate = checkSampleRate(o.sampleRate, crossEntropy);
+  const distributed = checkDistributed(o.distributed, o.backend);
   const backends = Array.isArray(o.backend)
     ? shardBackends(o.backend, classes)
     : [o.backend ?? "auto"];
@@ -385,6 +393,6 @@ export function resolveHead(options: unknown): HeadSettings {
   const backend = (o.backend ?? "auto") as Backend | Backend[];
   return {
     ...{ classes, features, dtype, margin, lambda, optimizer, precision, workspace, seed },
-    ...{ iteration, weights, nonFinite, crossEntropy, backend, backends },
+    ...{ iteration, weights, nonFinite, crossEntropy, sampleRate, distributed, backend, backends },
   };
 }

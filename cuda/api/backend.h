@@ -108,6 +108,10 @@ struct lsm_backend_ops {
   // y = a x + b y; a term with a zero factor is not read.
   int32_t (*axpby)(lsm_context *ctx, int32_t dtype, int64_t count, double a, const void *x, double b, void *y);
   int32_t (*sum_squares)(lsm_context *ctx, int32_t dtype, const void *values, int64_t count, double *out);
+  // dst rows index[i] <- src rows i (scatter), or dst rows i <- src rows index[i]; index [k] in
+  // context memory, the backend's to check (strictly ascending in [0, c)).
+  int32_t (*rows)(lsm_context *ctx, int32_t dtype, int64_t c, int64_t d, int64_t k, const int32_t *index,
+                  const void *src, void *dst, bool scatter);
 };
 
 // The backends: cpu/backend.cpp; gpu/backend.cu, or gpu/none.cpp where the library is built

@@ -35,6 +35,28 @@ int32_t run_op(lsm_context *ctx, const lsm_margin *margin, lsm_problem p, bool b
   });
 }
 
+// The gather and the scatter of rows share one check and one call.
+int32_t run_rows(lsm_context *ctx, int32_t dtype, int64_t c, int64_t d, int64_t k, const int32_t *index,
+                 const void *src, void *dst, bool scatter) {
+  return guarded(ctx, [&]() -> int32_t {
+    int32_t s;
+    if ((s = check_context(ctx)) || (s = check_dtype(ctx, dtype)) || (s = check_size(ctx, c, "c")) ||
+        (s = check_size(ctx, d, "d")) || (s = check_size(ctx, k, "k")) || (s = check_product(ctx, c, d, "c*d")))
+      return s;
+    if (k > c)
+      return lsm_fail(ctx, LSM_ERR_INVALID_ARGUMENT,
+                      "k: expected at most c = " + str(c) + " rows (distinct indices), got " + str(k));
+    const size_t e = element_bytes(dtype);
+    if ((s = check_tensor(ctx, index, k, sizeof(int32_t), "index")) ||
+        (s = check_tensor(ctx, src, (scatter ? k : c) * d, e, "src")) ||
+        (s = check_tensor(ctx, dst, (scatter ? c : k) * d, e, "dst")))
+      return s;
+    if (src == dst)
+      return lsm_fail(ctx, LSM_ERR_INVALID_ARGUMENT, "src, dst: expected separate arrays, got the same pointer");
+    return ctx->ops->rows(ctx, dtype, c, d, k, index, src, dst, scatter);
+  });
+}
+
 }  // namespace
 
 extern "C" {
@@ -169,6 +191,16 @@ int32_t lsm_topk(lsm_context *ctx, int32_t dtype, int64_t n, int64_t d, int64_t 
     unit.scale = 1.0;
     return ctx->ops->topk(ctx, dtype, n, d, c, unit, k, x, w, indices, scores);
   });
+}
+
+int32_t lsm_gather_rows(lsm_context *ctx, int32_t dtype, int64_t c, int64_t d, int64_t k, const int32_t *index,
+                        const void *src, void *dst) {
+  return run_rows(ctx, dtype, c, d, k, index, src, dst, false);
+}
+
+int32_t lsm_scatter_rows(lsm_context *ctx, int32_t dtype, int64_t c, int64_t d, int64_t k, const int32_t *index,
+                         const void *src, void *dst) {
+  return run_rows(ctx, dtype, c, d, k, index, src, dst, true);
 }
 
 }  // extern "C"

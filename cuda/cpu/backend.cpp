@@ -111,5 +111,5 @@ extern const lsm_backend_ops lsm_cpu_backend = {
     device_count,     device_name,      products,         context_init, context_release, check_precision, trim_workspace,
     allocate,         deallocate,       copy,         synchronize,     lsm_cpu_forward, lsm_cpu_backward,
     lsm_cpu_loss,     lsm_cpu_sgd,      sum,          lsm_cpu_topk,    lsm_cpu_adam,    lsm_cpu_axpby,
-    lsm_cpu_sum_squares,
+    lsm_cpu_sum_squares, lsm_cpu_rows,
 };

@@ -27,6 +27,8 @@ int32_t lsm_cpu_adam(lsm_context *ctx, int32_t dtype, int64_t count, const lsm_a
                      void *v, void *vmax, int32_t *nonfinite);
 int32_t lsm_cpu_axpby(lsm_context *ctx, int32_t dtype, int64_t count, double a, const void *x, double b, void *y);
 int32_t lsm_cpu_sum_squares(lsm_context *ctx, int32_t dtype, const void *values, int64_t count, double *out);
+int32_t lsm_cpu_rows(lsm_context *ctx, int32_t dtype, int64_t c, int64_t d, int64_t k, const int32_t *index,
+                     const void *src, void *dst, bool scatter);
 int32_t lsm_cpu_topk(lsm_context *ctx, int32_t dtype, int64_t n, int64_t d, int64_t c, const lsm_margin &mg, int64_t k,
                      const void *x, const void *w, int32_t *indices, void *scores);
 // The context's host scratch, grown to at least `bytes` and kept (backend.cpp).

@@ -98,6 +98,7 @@ void axpby_loop(int64_t b0, int64_t e, double a, const T *__restrict x, double b
 template <typename T>
 void axpby(int64_t count, double a, const T *x, double b, T *y) {
   parallel_for(count, 4, [&](int64_t b0, int64_t e) {
+    if (a == 0.0 && b == 0.0) return axpby_loop<T, false, false>(b0, e, a, x, b, y);  // zeros, y unread
     if (a == 0.0) return axpby_loop<T, false, true>(b0, e, a, x, b, y);
     if (b == 0.0) return axpby_loop<T, true, false>(b0, e, a, x, b, y);
     axpby_loop<T, true, true>(b0, e, a, x, b, y);

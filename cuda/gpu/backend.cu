@@ -190,5 +190,5 @@ extern const lsm_backend_ops lsm_cuda_backend = {
     lsm_cuda_check_precision, trim_workspace,        lsm_cuda_malloc,       lsm_cuda_free,
     lsm_cuda_copy,            lsm_cuda_synchronize,  lsm_cuda_forward,      lsm_cuda_backward,
     lsm_cuda_loss,            lsm_cuda_sgd,          lsm_cuda_sum,          lsm_cuda_topk,
-    lsm_cuda_adam,            lsm_cuda_axpby,        lsm_cuda_sum_squares,
+    lsm_cuda_adam,            lsm_cuda_axpby,        lsm_cuda_sum_squares,  lsm_cuda_rows,
 };

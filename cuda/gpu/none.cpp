@@ -51,4 +51,7 @@ extern const lsm_backend_ops lsm_cuda_backend = {
     },
     [](lsm_context *ctx, int32_t, int64_t, double, const void *, double, void *) { return unavailable(ctx); },
     [](lsm_context *ctx, int32_t, const void *, int64_t, double *) { return unavailable(ctx); },
+    [](lsm_context *ctx, int32_t, int64_t, int64_t, int64_t, const int32_t *, const void *, void *, bool) {
+      return unavailable(ctx);
+    },
 };

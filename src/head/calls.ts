@@ -10,6 +10,7 @@ import { reduce } from "../loss.ts";
 import { shardedLossCalls } from "../shards.ts";
 import { type Batch, type HeadShard, ShardCalls } from "./shards.ts";
 import type { NonFinitePolicy } from "./options.ts";
+import { type Draw, sampledCalls } from "./sampling.ts";
 import type { TopK } from "./topk.ts";
 
 // The batch's inputs onto every shard's context (labels null: prediction).
@@ -22,6 +23,35 @@ function* upload(
     yield s.upload(s.scratch("x", s.bytes(x.length)), x);
     if (labels !== null) yield s.upload(s.scratch("labels", labels.length * 4), labels);
   }
+}
+
+/** The batch's inputs onto every shard's context, and with labels the batch with their loss args. */
+export function* uploadBatch(
+  shards: readonly HeadShard[],
+  b: Batch,
+  x: FloatArray,
+  labels: Int32Array | null,
+): Generator<NativeCall, Batch, void> {
+  yield* upload(shards, x, labels);
+  return labels === null ? b : labelled(shards, b, labels);
+}
+
+/**
+ * The other processes of a step (ranks: ./ranks.ts), or none: the loss over the global batch
+ * with their shards, sums and agreement over them, and the index of this process's shard in a
+ * draw.
+ */
+export interface Peers {
+  readonly first: number;
+  loss(
+    shards: readonly HeadShard[],
+    b: Batch,
+    x: FloatArray,
+    labels: Int32Array,
+    gradX: FloatArray | null,
+  ): Generator<NativeCall, LossOutcome, void>;
+  sum(v: number): number;
+  any(v: boolean): boolean;
 }
 
 // The batch with its labels' loss args: the head's cross-entropy options, the mean's
@@ -55,6 +85,7 @@ export interface Update {
 function* clipScale(
   shards: readonly HeadShard[],
   maxNorm: number,
+  peers: Peers | null,
 ): Generator<NativeCall, number, void> {
   let total = 0;
   for (const s of shards) {
@@ -62,6 +93,7 @@ function* clipScale(
     yield s.gradSquares(part);
     total += part[0];
   }
+  if (peers !== null) total = peers.sum(total); // the norm over every rank's shard
   const norm = Math.sqrt(total), c = maxNorm / (norm + 1e-6);
   return Number.isFinite(norm) && c < 1 ? c : 1;
 }
@@ -112,8 +144,8 @@ function nonFiniteError(
   );
 }
 
-// A batch's mean loss, its row losses when they came back, and the mean's denominator.
-interface LossOutcome {
+/** A batch's mean loss, its row losses when they came back, and the mean's denominator. */
+export interface LossOutcome {
   loss: number;
   rowLoss: Float64Array | null;
   denominator: number;
@@ -153,6 +185,23 @@ function* lossCalls(
   return { loss, rowLoss, denominator: b.loss!.denominator };
 }
 
+// lossCalls over the step's sampled classes (draw), or over all of them (null).
+function* stepLossCalls(
+  shards: readonly HeadShard[],
+  b: Batch,
+  x: FloatArray,
+  labels: Int32Array,
+  gradX: FloatArray,
+  policy: NonFinitePolicy,
+  draw: Draw | null,
+  peers: Peers | null,
+): Generator<NativeCall, LossOutcome, void> {
+  const run = (views: readonly HeadShard[], ys: Int32Array) =>
+    peers === null ? lossCalls(views, b, x, ys, gradX, policy) : peers.loss(views, b, x, ys, gradX);
+  if (draw === null) return yield* run(shards, labels);
+  return yield* sampledCalls(shards, draw, (views) => run(views, draw.labels), peers?.first ?? 0);
+}
+
 /**
  * The micro-batches accumulated so far: their rows, the sum of their means' denominators (the
  * counted rows' target weights; the rows without cross-entropy options), and whether one had a
@@ -167,8 +216,8 @@ export interface Accumulated {
 /**
  * One micro-batch of an accumulation: its loss and dL/dW on every shard, added (its mean's
  * denominator times its mean-loss gradient, so the sum of the rows' gradients) into each
- * shard's accumulator; W is not
- * touched. A non-finite loss or dL/dx throws at once under "throw" (nothing added), and is
+ * shard's accumulator; W is not touched. With a draw, over its sampled classes (dL/dW zero on
+ * the others). A non-finite loss or dL/dx throws at once under "throw" (nothing added), and is
  * remembered for the applying step otherwise.
  */
 export function* accumulateCalls(
@@ -179,10 +228,15 @@ export function* accumulateCalls(
   gradX: FloatArray,
   policy: NonFinitePolicy,
   before: Accumulated | null,
+  draw: Draw | null = null,
+  peers: Peers | null = null,
 ): Generator<NativeCall, { loss: number; accumulated: Accumulated }, void> {
-  const { loss, rowLoss, denominator } = yield* lossCalls(shards, b, x, labels, gradX, policy);
-  const bad = !Number.isFinite(loss) || !allFinite(gradX);
-  if (bad && policy === "throw") throw nonFiniteError(x, rowLoss, gradX, gradX.length / b.n);
+  const lc = stepLossCalls(shards, b, x, labels, gradX, policy, draw, peers);
+  const { loss, rowLoss, denominator } = yield* lc;
+  let bad = !Number.isFinite(loss) || !allFinite(gradX);
+  if (peers !== null && policy !== "apply") bad = peers.any(bad); // every rank alike
+  const d = shards[0].head.features;
+  if (bad && policy === "throw") throw nonFiniteError(x, rowLoss, gradX, d);
   for (const s of shards) {
     yield s.axpby(denominator, s.gw, before === null ? 0 : 1, s.accumulator());
   }
@@ -196,7 +250,8 @@ export function* accumulateCalls(
 
 /**
  * One training step: the fused loss and dL/dW on each shard, dL/dx back into gradX, then the
- * optimizer's update of W where it lives under the non-finite policy. After micro-batches
+ * optimizer's update of W where it lives under the non-finite policy (all of W: with a draw,
+ * dL/dW is that of its sampled classes and zero on the others). After micro-batches
  * (`before`), each shard's dL/dW becomes the mean over all their rows and this batch's
  * ((sum + d g) / total, d and total the means' denominators: rows, or their target weights) first; with clipNorm it is clipped next. The loss and dL/dx reach the host
  * anyway and are checked there; dL/dW is checked where it lives by the update itself (SKIP: a
@@ -211,15 +266,19 @@ export function* stepCalls(
   gradX: FloatArray,
   policy: NonFinitePolicy,
   before: Accumulated | null = null,
+  draw: Draw | null = null,
+  peers: Peers | null = null,
 ): Generator<NativeCall, StepOutcome, void> {
-  const { loss, rowLoss, denominator } = yield* lossCalls(shards, b, x, labels, gradX, policy);
-  const d = gradX.length / b.n;
+  const lc = stepLossCalls(shards, b, x, labels, gradX, policy, draw, peers);
+  const { loss, rowLoss, denominator } = yield* lc;
+  const d = shards[0].head.features;
   if (before !== null) {
     // every row ignored (or of weight 0) over all micro-batches: the mean's gradient is 0
     const total = before.weight + denominator, f = total === 0 ? 0 : 1 / total;
     for (const s of shards) yield s.axpby(f, s.accumulator(), f * denominator, s.gw);
   }
-  const scale = update.clipNorm === undefined ? 1 : yield* clipScale(shards, update.clipNorm);
+  const clip = update.clipNorm;
+  const scale = clip === undefined ? 1 : yield* clipScale(shards, clip, peers);
   if (scale !== 1 && update.scalesInPlace) {
     for (const s of shards) yield s.axpby(0, null, scale, s.gw);
   }
@@ -228,12 +287,14 @@ export function* stepCalls(
     return { loss, skipped: false };
   }
   let bad = !Number.isFinite(loss) || !allFinite(gradX) || (before?.bad ?? false);
+  if (peers !== null) bad = peers.any(bad); // every rank decides alike, so all skip together
   if (!bad) {
-    const one = shards.length === 1;
+    const one = shards.length === 1 && peers === null;
     const flags = shards.map(() => new Int32Array(1));
     const mode = one ? SgdNonFinite.SKIP : SgdNonFinite.CHECK;
     for (let k = 0; k < shards.length; k++) yield update.call(shards[k], scale, mode, flags[k]);
     bad = flags.some((f) => f[0] !== 0);
+    if (peers !== null) bad = peers.any(bad);
     if (!bad && !one) {
       for (const s of shards) yield update.call(s, scale, SgdNonFinite.APPLY, null);
     }
@@ -251,7 +312,9 @@ export function* evaluateCalls(
   b: Batch,
   x: FloatArray,
   labels: Int32Array,
+  peers: Peers | null = null,
 ): Generator<NativeCall, { loss: number; rowLoss: Float64Array | null }, void> {
+  if (peers !== null) return yield* peers.loss(shards, b, x, labels, null);
   yield* upload(shards, x, labels);
   const ce = shards[0].head.crossEntropy;
   b = labelled(shards, b, labels);

@@ -24,6 +24,16 @@ import { gatherShards, openShards, shardTraffic } from "./shards.ts";
 import { checkState, makeState, stateOptions } from "./state.ts";
 import { countCorrect, mergeTopK } from "./topk.ts";
 import { loadHeadState, saveHeadState } from "./checkpoint.ts";
+import { type Draw, Sampler, type SamplerState } from "./sampling.ts";
+import { MpiComm } from "../../ffi/mpi.ts";
+import type { Peers } from "./calls.ts";
+import { rankBackend, Ranks } from "./ranks.ts";
+
+// A distributed step's peers, with this rank's rows of the global batch.
+interface RankStep extends Peers {
+  rows: number;
+  offset: number;
+}
 
 /**
  * A classifier head whose weights W [C, D], their gradient and the optimizer state live in context
@@ -63,6 +73,8 @@ export class MarginHead {
   #accumulated: Accumulated | null = null; // micro-batches since the last applying step
   #closed = false;
   #queue = new CallQueue(); // the steps asked of stepAsync
+  #sampler: Sampler | null = null; // sampleRate < 1: the classes of each step
+  #ranks: Ranks | null = null; // distributed: the job's ranks, this process holding one shard
 
   /**
    * A head with weights from `options.weights` or drawn from `options.seed`.
@@ -82,19 +94,39 @@ export class MarginHead {
     this.#iteration = h.iteration;
     this.#nonFinite = h.nonFinite;
     this.#options = stateOptions(h);
-    const shape = { ...h, dtype: this.dtype };
+    const ranks = h.distributed === "mpi" ? new Ranks(MpiComm.world(), h.classes) : null;
+    this.#ranks = ranks;
+    const shape = {
+      ...h,
+      dtype: this.dtype,
+      ...(ranks === null ? {} : { gatherRows: (a: FloatArray) => ranks.gatherRows(a, h.features) }),
+    };
     const o = h.optimizer, adam = o.type !== "sgd";
-    this.#shards = openShards(h.backends, shape, {
+    const buffers = {
       velocity: o.type === "sgd" && o.momentum !== 0,
       adam,
       amsgrad: adam && o.amsgrad,
-    });
+    };
+    this.#shards = ranks === null
+      ? openShards(h.backends, shape, buffers)
+      : openShards(h.backends.map(rankBackend), shape, buffers, ranks.range);
+    if (h.sampleRate < 1) this.#sampler = Sampler.seeded(h.sampleRate, h.seed);
     try {
       fillWeights(this.#shards, h.weights, h.seed);
     } catch (e) {
       this.#release();
       throw e;
     }
+  }
+
+  /** This process's rank in the job (distributed: "mpi"); 0 in one process. */
+  get rank(): number {
+    return this.#ranks?.rank ?? 0;
+  }
+
+  /** The job's process count (distributed: "mpi"); 1 in one process. */
+  get worldSize(): number {
+    return this.#ranks?.comm.size ?? 1;
   }
 
   /** Steps taken (0 for a new head). */
@@ -122,11 +154,16 @@ export class MarginHead {
     return this.#closed;
   }
 
-  /** Bytes moved between the host and the head's contexts since it was made. */
-  get traffic(): { toDevice: number; fromDevice: number } {
+  /**
+   * Bytes moved between the host and the head's contexts since it was made; with distributed,
+   * `collectives` too: the bytes in this process's collective buffers (gathered, reduced,
+   * scattered) since MPI started.
+   */
+  get traffic(): { toDevice: number; fromDevice: number; collectives?: number } {
     this.#live();
     this.#checkIdle(); // the counters are the running step's to write
-    return shardTraffic(this.#shards);
+    const t = shardTraffic(this.#shards);
+    return this.#ranks === null ? t : { ...t, collectives: this.#ranks.comm.bytes };
   }
 
   #lambdaAt(step: number): number {
@@ -151,25 +188,89 @@ export class MarginHead {
   // One training step's calls; the head's state advances only once every call succeeded. A
   // skipped step counts as a step (the iteration and λ's schedule advance) but leaves W and the
   // momentum as they were.
-  *#step(x: FloatArray, labels: Int32Array, st: StepSettings) {
+  *#step(x: FloatArray, labels: Int32Array, st: StepSettings, peers: RankStep | null = null) {
     const n = labels.length, step = this.#iteration + 1;
     const b = this.#batch(n, step);
-    const gradX = newFloatArray(this.dtype, n * this.features);
+    const gradX = newFloatArray(this.dtype, (peers?.rows ?? n) * this.features);
     const policy = this.#nonFinite, before = this.#accumulated;
+    const drawn = this.#draw(labels), draw = drawn?.draw ?? null;
+    const sampled = draw === null ? {} : { sampled: draw.sampled };
     if (st.accumulate) {
-      const r = yield* accumulateCalls(this.#shards, b, x, labels, gradX, policy, before);
+      const shards = this.#shards;
+      const r = yield* accumulateCalls(shards, b, x, labels, gradX, policy, before, draw, peers);
       this.#accumulated = r.accumulated;
-      return { loss: r.loss, lambda: b.margin.lambda, gradX, skipped: false };
+      if (drawn) this.#sampler!.advance(drawn.state);
+      return { loss: r.loss, lambda: b.margin.lambda, gradX, skipped: false, ...sampled };
     }
     const update = this.#optimizer.update(st.lr);
     const shards = this.#shards;
-    const r = yield* stepCalls(shards, b, x, labels, update, gradX, policy, before);
+    const r = yield* stepCalls(shards, b, x, labels, update, gradX, policy, before, draw, peers);
     const { loss, skipped } = r;
     this.#accumulated = null;
     this.#iteration = step;
     if (skipped) this.#skippedSteps++;
     this.#optimizer.applied(skipped);
-    return { loss, lambda: b.margin.lambda, gradX, skipped };
+    if (drawn) this.#sampler!.advance(drawn.state);
+    return { loss, lambda: b.margin.lambda, gradX, skipped, ...sampled };
+  }
+
+  // The step's sampled classes (null without sampling) and the sampler's next state; the labels
+  // are checked here, since they index the sampled set before any native call sees them.
+  #draw(labels: Int32Array): { draw: Draw; state: SamplerState } | null {
+    if (this.#sampler === null) return null;
+    const c = this.classes;
+    for (let i = 0; i < labels.length; i++) {
+      const y = labels[i];
+      if (y < 0 || y >= c) {
+        throw new RangeError(`labels[${i}]: expected an integer in [0, ${c}), got ${y}`);
+      }
+    }
+    const bounds = this.#ranks?.bounds ?? [...this.#shards.map((s) => s.c0), c];
+    return this.#sampler.draw(labels, bounds);
+  }
+
+  // A distributed call's global batch: this rank's checks (`check`, the labels' range) agreed
+  // on with every rank's first, so that all throw the same error or none does; then the batch
+  // gathered, and the step's peers over it (this rank's rows of dL/dx).
+  #gather<T extends FloatArray>(
+    x: T,
+    labels: Int32Array | null,
+    check: () => void,
+  ): { x: T; labels: Int32Array | null; peers: RankStep } {
+    const ranks = this.#ranks!;
+    let error: Error | null = null;
+    try {
+      check();
+      if (labels !== null) {
+        const ignored = this.#options.ignoreIndex; // the loss's rows left out, whatever label
+        for (let i = 0; i < labels.length; i++) {
+          const y = labels[i];
+          if ((y < 0 || y >= this.classes) && y !== ignored) {
+            throw new RangeError(
+              `labels[${i}]: expected an integer in [0, ${this.classes}), got ${y}`,
+            );
+          }
+        }
+      }
+    } catch (e) {
+      error = e instanceof Error ? e : new Error(String(e));
+    }
+    const g = ranks.gather(x, labels, this.features, error);
+    const counts = g.counts;
+    const peers: RankStep = {
+      first: ranks.rank,
+      rows: counts[ranks.rank],
+      offset: g.offset,
+      loss: (shards, b, gx, ys, gradX) => ranks.loss(shards, b, gx, ys, gradX, counts),
+      sum: (v) => ranks.sum(v),
+      any: (v) => ranks.any(v),
+    };
+    return { x: g.x, labels: g.labels, peers };
+  }
+
+  /** Partial FC's class sampling rate (1: every class in every step). */
+  get sampleRate(): number {
+    return this.#sampler?.rate ?? 1;
   }
 
   /**
@@ -185,6 +286,16 @@ export class MarginHead {
   step<T extends FloatArray>(x: T, labels: Int32Array, options: StepOptions = {}): StepResult<T> {
     this.#live();
     this.#checkIdle();
+    if (this.#ranks !== null) {
+      let st: StepSettings | null = null;
+      const g = this.#gather(x, labels, () => {
+        checkBatch(x, labels, this.dtype, this.features);
+        st = stepSettings(this.optimizer, options, this.#iteration);
+      });
+      return this.#ranks.unanimous(() =>
+        runCalls(this.#step(g.x, g.labels!, st!, g.peers))
+      ) as StepResult<T>;
+    }
     checkBatch(x, labels, this.dtype, this.features);
     const st = stepSettings(this.optimizer, options, this.#iteration + this.#queue.pending);
     return runCalls(this.#step(x, labels, st)) as StepResult<T>;
@@ -206,6 +317,10 @@ export class MarginHead {
     options: StepOptions = {},
   ): Promise<StepResult<T>> {
     this.#live();
+    if (this.#ranks !== null) { // the collectives run on this thread, in the order of the calls
+      const xs = x.slice() as T, ys = labels.slice(); // the caller may reuse them at once
+      return this.#queue.drained().then(() => this.step(xs, ys, options));
+    }
     checkBatch(x, labels, this.dtype, this.features);
     const st = stepSettings(this.optimizer, options, this.#iteration + this.#queue.pending);
     const xs = x.slice() as FloatArray, ys = labels.slice();
@@ -234,6 +349,14 @@ export class MarginHead {
   evaluate(x: FloatArray, labels: Int32Array): { loss: number; accuracy: number } {
     this.#live();
     this.#checkIdle();
+    if (this.#ranks !== null) {
+      const g = this.#gather(x, labels, () => checkBatch(x, labels, this.dtype, this.features));
+      const ys = g.labels!, b = this.#batch(ys.length, this.#iteration);
+      const { loss, rowLoss } = runCalls(evaluateCalls(this.#shards, b, g.x, ys, g.peers));
+      const results = runCalls(this.#ranks.topk(this.#shards[0], b, g.x, 1));
+      const { indices, scores } = mergeTopK(results, ys.length, 1, this.dtype);
+      return { loss, accuracy: countCorrect(indices, scores, rowLoss, ys) / ys.length };
+    }
     const { n } = checkBatch(x, labels, this.dtype, this.features);
     const b = this.#batch(n, this.#iteration);
     const { loss, rowLoss } = runCalls(evaluateCalls(this.#shards, b, x, labels));
@@ -256,6 +379,23 @@ export class MarginHead {
   ): { indices: Int32Array; scores: T } {
     this.#live();
     this.#checkIdle();
+    if (this.#ranks !== null) {
+      let k = 1;
+      const g = this.#gather(x, null, () => {
+        checkBatch(x, null, this.dtype, this.features);
+        const o = readOptions("options", options, ["k"]);
+        k = checkInteger("k", o.k ?? 1, 1, Math.min(this.classes, MAX_TOPK));
+      });
+      const n = g.x.length / this.features, { rows, offset } = g.peers;
+      const results = runCalls(
+        this.#ranks.topk(this.#shards[0], this.#batch(n, this.#iteration), g.x, k),
+      );
+      const all = mergeTopK<T>(results, n, k, this.dtype);
+      return {
+        indices: all.indices.slice(offset * k, (offset + rows) * k),
+        scores: all.scores.slice(offset * k, (offset + rows) * k) as T,
+      };
+    }
     const { n } = checkBatch(x, null, this.dtype, this.features);
     const o = readOptions("options", options, ["k"]);
     const k = checkInteger("k", o.k ?? 1, 1, Math.min(this.classes, MAX_TOPK));
@@ -303,6 +443,7 @@ export class MarginHead {
       velocity,
       [this.classes, this.features],
       adam,
+      this.#sampler?.state ?? null,
     );
   }
 
@@ -327,6 +468,7 @@ export class MarginHead {
       head.#iteration = st.iteration;
       head.#skippedSteps = st.skippedSteps;
       head.#optimizer.restore(head.#shards, st.velocity, st.adam);
+      if (st.sampler !== null) head.#sampler!.advance(st.sampler);
     } catch (e) {
       head.close();
       throw e;
@@ -353,7 +495,17 @@ export class MarginHead {
   async save(path: string): Promise<void> {
     this.#live();
     await this.#queue.drained();
-    await saveHeadState(path, this.state());
+    const state = this.state(); // across ranks: every rank's shard gathered
+    if (this.#ranks === null) return await saveHeadState(path, state);
+    let error: Error | null = null;
+    if (this.#ranks.rank === 0) { // one file from rank 0; every rank learns how it went
+      try {
+        await saveHeadState(path, state);
+      } catch (e) {
+        error = e instanceof Error ? e : new Error(String(e));
+      }
+    }
+    this.#ranks.comm.agree(0, error);
   }
 
   /**
@@ -363,11 +515,12 @@ export class MarginHead {
    *
    * @param path The file to read.
    * @param options Where the head goes instead of where the saved one was: `backend` (one or a
-   * list: the classes are split again), `precision`, `workspace`.
+   * list: the classes are split again), `precision`, `workspace`, `distributed` ("mpi": every
+   * rank of the job loads the file and keeps its shard, whatever the world size that saved it).
    * @returns A new head.
    */
   static async load(path: string, options: HeadPlacement = {}): Promise<MarginHead> {
-    const o = readOptions("options", options, ["backend", "precision", "workspace"]);
+    const o = readOptions("options", options, ["backend", "precision", "workspace", "distributed"]);
     const place = Object.fromEntries(Object.entries(o).filter(([, v]) => v !== undefined));
     const state = await loadHeadState(path);
     return MarginHead.fromState({ ...state, options: { ...state.options, ...place } });

@@ -6,8 +6,8 @@ import { type FloatArray, newFloatArray } from "../../ffi/arrays.ts";
 import type { HeadShard } from "./shards.ts";
 
 // mulberry32: the default weights, uniform in [-b, b), the same for any split into shards.
-function uniformStream(seed: number, bound: number): (out: FloatArray) => void {
-  let state = seed >>> 0;
+function uniformStream(seed: number, bound: number, skip = 0): (out: FloatArray) => void {
+  let state = (seed + Math.imul(skip, 0x6d2b79f5)) >>> 0; // a counter: `skip` draws ahead
   return (out) => {
     for (let i = 0; i < out.length; i++) {
       state = (state + 0x6d2b79f5) >>> 0;
@@ -27,7 +27,8 @@ export function fillWeights(
 ): void {
   if (shards.length === 0) return;
   const { dtype, features: d } = shards[0].head;
-  const draw = uniformStream(seed, 1 / Math.sqrt(d));
+  // from the first shard's first element: a process holding some shards draws their values
+  const draw = uniformStream(seed, 1 / Math.sqrt(d), shards[0].c0 * d);
   const rows = Math.max(1, Math.floor((1 << 20) / d));
   for (const s of shards) {
     for (let r = 0; r < s.c; r += rows) {

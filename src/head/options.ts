@@ -13,7 +13,11 @@ import type { Precision } from "../../ffi/context.ts";
 import type { AdamStruct, SgdStruct } from "../../ffi/structs.ts";
 import type { Backend } from "../backends.ts";
 import { checkNumber, readOptions } from "../checks.ts";
-import { CROSS_ENTROPY_KEYS, type CrossEntropyOptions } from "../cross_entropy.ts";
+import {
+  CROSS_ENTROPY_KEYS,
+  type CrossEntropy,
+  type CrossEntropyOptions,
+} from "../cross_entropy.ts";
 import { MARGIN_KEYS, type MarginOptions } from "../kinds.ts";
 import { type LambdaSchedule, SCHEDULE_KEYS } from "../schedule.ts";
 
@@ -133,6 +137,20 @@ export interface HeadOptions extends MarginOptions, Partial<LambdaSchedule>, Cro
    * with them.
    */
   nonFinite?: NonFinitePolicy;
+  /**
+   * Partial FC's class sampling, 0 < r <= 1 (1 by default: every class): a step uses the classes
+   * that are labels in its batch and others drawn uniformly without replacement per shard, up to
+   * max(ceil(r · C_shard), the shard's positives), from a generator seeded by `seed` and kept in
+   * the state. The loss and dL/dW are over those; the optimizer updates all of W (dL/dW zero on
+   * the rest). Not with the cross-entropy options.
+   */
+  sampleRate?: number;
+  /**
+   * "mpi": this process is one rank of an MPI job (`mpirun -np K`), holding shard `rank` of the
+   * classes on its backend; each step gathers the ranks' batches (Partial FC's model
+   * parallelism). Needs Open MPI at run time (libmpi.so.40).
+   */
+  distributed?: "mpi";
 }
 
 /** What a step takes besides its batch. */
@@ -203,7 +221,10 @@ export function adamStruct(
 }
 
 /** Where {@link MarginHead.load} puts a saved head, instead of where it was. */
-export type HeadPlacement = Pick<HeadOptions, "backend" | "precision" | "workspace">;
+export type HeadPlacement = Pick<
+  HeadOptions,
+  "backend" | "precision" | "workspace" | "distributed"
+>;
 
 /** What {@link MarginHead.state} returns and {@link MarginHead.fromState} takes. */
 export interface HeadState {
@@ -227,6 +248,8 @@ export interface HeadState {
   expAvgSq?: FloatArray | null;
   /** Adam and AdamW with amsgrad only: torch's `max_exp_avg_sq` [C, D]; else null. */
   maxExpAvgSq?: FloatArray | null;
+  /** With sampleRate < 1 only: the class sampler's generator, four uint32 words. */
+  sampler?: [number, number, number, number];
 }
 
 /** Adam's state in a {@link HeadState}. */
@@ -247,6 +270,8 @@ export interface StepResult<T extends FloatArray = FloatArray> {
   gradX: T;
   /** Whether W and the momentum were left unchanged for a non-finite loss or gradient. */
   skipped: boolean;
+  /** With sampleRate < 1: the global class ids the step used, ascending. */
+  sampled?: Int32Array;
 }
 
 export const HEAD_KEYS = [
@@ -264,6 +289,8 @@ export const HEAD_KEYS = [
   "workspace",
   "iteration",
   "nonFinite",
+  "sampleRate",
+  "distributed",
 ] as const;
 const SGD_KEYS = ["type", "lr", "momentum", "weightDecay", "nesterov", "clipNorm"] as const;
 const ADAM_KEYS = ["type", "lr", "betas", "eps", "weightDecay", "amsgrad", "clipNorm"] as const;
@@ -343,6 +370,42 @@ function checkSgd(v: unknown): SgdSettings {
 export function checkNonFinite(v: unknown): NonFinitePolicy {
   if (v === undefined || v === "skip" || v === "throw" || v === "apply") return v ?? "skip";
   throw new RangeError(`nonFinite: expected "skip", "throw" or "apply", got ${describe(v)}`);
+}
+
+/** Partial FC's sampling rate: a number in (0, 1], 1 by default; not with the cross-entropy options. */
+export function checkSampleRate(v: unknown, ce: CrossEntropy): number {
+  if (v === undefined) return 1;
+  if (typeof v !== "number" || !(v > 0 && v <= 1)) {
+    throw new RangeError(`sampleRate: expected a number in (0, 1], got ${describe(v)}`);
+  }
+  if (v < 1) {
+    const given = [
+      ce.labelSmoothing !== 0 ? "labelSmoothing" : "",
+      ce.classWeights !== undefined ? "classWeights" : "",
+      ce.ignoreIndex !== undefined ? "ignoreIndex" : "",
+    ].filter((name) => name !== "");
+    if (given.length > 0) {
+      throw new TypeError(
+        `sampleRate: expected 1 with ${given.join(", ")} (class sampling takes plain ` +
+          `cross-entropy), got ${v}`,
+      );
+    }
+  }
+  return v;
+}
+
+/** The processes of a head: none (one process) or "mpi"; not with a backend list. */
+export function checkDistributed(v: unknown, backend: unknown): "mpi" | undefined {
+  if (v === undefined) return undefined;
+  if (v !== "mpi") {
+    throw new RangeError(`distributed: expected "mpi" (or none), got ${describe(v)}`);
+  }
+  if (Array.isArray(backend)) {
+    throw new TypeError(
+      `backend: expected one backend per rank with distributed: "mpi", got a list of ${backend.length}`,
+    );
+  }
+  return v;
 }
 
 export function checkDType(v: unknown): FloatDType {

@@ -28,6 +28,11 @@ export interface HeadShape {
   workspace: number | undefined;
   /** The cross-entropy options of the head's loss. */
   crossEntropy: CrossEntropy;
+  /**
+   * Across processes: this process's rows [rows, D] of a [C, D] tensor into all of it (every
+   * rank's, gathered); undefined in one process.
+   */
+  gatherRows?: (local: FloatArray) => FloatArray;
 }
 
 /**
@@ -173,9 +178,17 @@ export class HeadShard {
   }
 }
 
-/** The head's shards on new contexts (its own, closed with it), one per backend. */
-export function openShards(backends: readonly unknown[], head: HeadShape, buffers: ShardBuffers) {
-  const bounds = shardBounds(head.classes, backends.length);
+/**
+ * The head's shards on new contexts (its own, closed with it), one per backend, splitting the
+ * classes [range[0], range[1]) (all of them by default; a rank's own across processes).
+ */
+export function openShards(
+  backends: readonly unknown[],
+  head: HeadShape,
+  buffers: ShardBuffers,
+  range: readonly [number, number] = [0, head.classes],
+) {
+  const bounds = shardBounds(range[1] - range[0], backends.length).map((b) => b + range[0]);
   const shards: HeadShard[] = [];
   try {
     for (let s = 0; s < backends.length; s++) {
@@ -237,7 +250,15 @@ export function gatherShards(
   shards: readonly HeadShard[],
   pick: (s: HeadShard) => Ptr,
 ): FloatArray {
-  const { dtype, features: d, classes } = shards[0].head;
+  const { dtype, features: d, classes, gatherRows } = shards[0].head;
+  if (gatherRows !== undefined) { // this process's rows, then every rank's
+    const c0 = shards[0].c0, last = shards[shards.length - 1];
+    const local = newFloatArray(dtype, (last.c0 + last.c - c0) * d);
+    for (const s of shards) {
+      s.ctx.download(local.subarray((s.c0 - c0) * d, (s.c0 - c0 + s.c) * d), pick(s));
+    }
+    return gatherRows(local);
+  }
   const out = newFloatArray(dtype, classes * d);
   for (const s of shards) s.ctx.download(out.subarray(s.c0 * d, (s.c0 + s.c) * d), pick(s));
   return out;

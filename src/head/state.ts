@@ -17,6 +17,7 @@ import type { CrossEntropy, CrossEntropyOptions } from "../cross_entropy.ts";
 import { marginOptions } from "../kinds.ts";
 import type { HeadSettings } from "../resolve.ts";
 import { type AdamState, checkOptimizer, type HeadOptions, type HeadState } from "./options.ts";
+import type { SamplerState } from "./sampling.ts";
 
 /** The state layout this library writes and reads. */
 export const STATE_FORMAT = 1;
@@ -32,6 +33,7 @@ const STATE_KEYS = [
   "expAvg",
   "expAvgSq",
   "maxExpAvgSq",
+  "sampler",
 ];
 const ADAM_KEYS = ["optimizerStep", "expAvg", "expAvgSq", "maxExpAvgSq"];
 
@@ -142,6 +144,8 @@ export interface CheckedState {
   velocity: FloatArray | null;
   /** Adam's and AdamW's state; null for SGD. */
   adam: AdamState | null;
+  /** The class sampler's generator (sampleRate < 1), else null. */
+  sampler: SamplerState | null;
 }
 
 /**
@@ -227,10 +231,33 @@ export function checkState(state: unknown): CheckedState {
     }
     adam = { optimizerStep: step, expAvg, expAvgSq, maxExpAvgSq };
   }
+  const sampler = checkSampler(s.sampler, options.sampleRate);
   return {
     options: options as unknown as HeadOptions,
-    ...{ iteration, skippedSteps, weights, velocity, adam },
+    ...{ iteration, skippedSteps, weights, velocity, adam, sampler },
   };
+}
+
+// The sampler's state: four uint32 words (not all zero) with sampleRate < 1, none otherwise.
+function checkSampler(v: unknown, rate: unknown): SamplerState | null {
+  const sampling = typeof rate === "number" && rate < 1;
+  if (!sampling) {
+    if (v !== undefined && v !== null) {
+      throw new TypeError(
+        `state.sampler: expected none without sampleRate < 1, got ${describe(v)}`,
+      );
+    }
+    return null;
+  }
+  const ok = Array.isArray(v) && v.length === 4 &&
+    v.every((w) => Number.isInteger(w) && w >= 0 && w <= 0xffffffff) && v.some((w) => w !== 0);
+  if (!ok) {
+    throw new TypeError(
+      `state.sampler: expected the sampler's generator, 4 uint32 words not all 0 (sampleRate ` +
+        `${rate}), got ${describe(v)}`,
+    );
+  }
+  return (v as number[]).slice() as SamplerState;
 }
 
 /** The options a head's state records: its resolved settings, without weights, seed, iteration. */
@@ -252,6 +279,7 @@ export function stateOptions(h: HeadSettings): HeadState["options"] {
     ...(h.workspace === undefined ? {} : { workspace: h.workspace }),
     nonFinite: h.nonFinite,
     ...crossEntropyOptions(h.crossEntropy),
+    ...(h.sampleRate === 1 ? {} : { sampleRate: h.sampleRate }),
   };
 }
 
@@ -273,6 +301,7 @@ export function makeState(
   velocity: FloatArray | null,
   shape: number[],
   adam: AdamState | null = null,
+  sampler: SamplerState | null = null,
 ): HeadState {
   const state: HeadState = {
     format: STATE_FORMAT,
@@ -285,6 +314,7 @@ export function makeState(
     weights: withJSON(weights, shape),
     velocity: velocity === null ? null : withJSON(velocity, shape),
   };
+  if (sampler !== null) state.sampler = sampler;
   if (adam === null) return state;
   return {
     ...state,
