@@ -47,6 +47,24 @@ export interface Update {
   /** Whether clipping scales dL/dW in place first (SGD) rather than through `call`'s factor. */
   scalesInPlace?: boolean;
   call(s: HeadShard, gradScale: number, nonfinite: number, flag: Int32Array | null): NativeCall;
+  /** The same update as the fused loss's step (lsm_loss_update), without clipping's factor. */
+  step?(s: HeadShard, nonfinite: number, flag: Int32Array): FusedStep;
+}
+
+/**
+ * An lsm_loss_update, the flag it writes (1: skipped) and the host memory it points into, all
+ * held by this object until the call has returned.
+ */
+export interface FusedStep {
+  update: Uint8Array;
+  flag: Int32Array;
+  keep: readonly ArrayBufferView[];
+}
+
+/** The address of context memory or of a host array (0 for null), as the ABI's structs hold it. */
+export function address(p: Deno.PointerValue | ArrayBufferView | null): number {
+  if (p === null) return 0;
+  return Number(Deno.UnsafePointer.value(ArrayBuffer.isView(p) ? Deno.UnsafePointer.of(p) : p));
 }
 
 // clip_grad_norm_'s factor: the total 2-norm over every shard's dL/dW from each shard's sum of
@@ -128,10 +146,12 @@ function* lossCalls(
   labels: Int32Array,
   gradX: FloatArray,
   policy: NonFinitePolicy,
+  step: FusedStep | null = null,
 ): Generator<NativeCall, LossOutcome, void> {
   yield* upload(shards, x, labels);
   const n = b.n, ce = shards[0].head.crossEntropy;
   b = labelled(shards, b, labels);
+  if (step !== null) b = { ...b, loss: { ...b.loss!, args: { ...b.loss!.args, update: address(step.update) } } };
   if (shards.length > 1) {
     const parts = shards.map((s) => new ShardCalls(s, b));
     const rowLoss = yield* shardedLossCalls(parts, labels, gradX, ce);
@@ -212,6 +232,9 @@ export function* stepCalls(
   policy: NonFinitePolicy,
   before: Accumulated | null = null,
 ): Generator<NativeCall, StepOutcome, void> {
+  if (shards.length === 1 && before === null && update.clipNorm === undefined && update.step) {
+    return yield* fusedStepCalls(shards[0], b, x, labels, update, gradX, policy);
+  }
   const { loss, rowLoss, denominator } = yield* lossCalls(shards, b, x, labels, gradX, policy);
   const d = gradX.length / b.n;
   if (before !== null) {
@@ -240,6 +263,29 @@ export function* stepCalls(
   }
   if (bad && policy === "throw") throw nonFiniteError(x, rowLoss, gradX, d);
   return { loss, skipped: bad };
+}
+
+/**
+ * A step of one shard without accumulation or clipping: the loss call applies the update itself
+ * (on the CPU while each block of dL/dW is in cache), under the same checks as stepCalls' (row
+ * losses, dL/dx and dL/dW finite, else nothing written: the flag says so).
+ */
+function* fusedStepCalls(
+  s: HeadShard,
+  b: Batch,
+  x: FloatArray,
+  labels: Int32Array,
+  update: Update,
+  gradX: FloatArray,
+  policy: NonFinitePolicy,
+): Generator<NativeCall, StepOutcome, void> {
+  const flag = new Int32Array(1);
+  const mode = policy === "apply" ? SgdNonFinite.APPLY : SgdNonFinite.SKIP;
+  const step = update.step!(s, mode, flag);
+  const { loss, rowLoss } = yield* lossCalls([s], b, x, labels, gradX, policy, step);
+  const skipped = step.flag[0] !== 0; // step, read after the call: its buffers lived through it
+  if (skipped && policy === "throw") throw nonFiniteError(x, rowLoss, gradX, gradX.length / b.n);
+  return { loss, skipped };
 }
 
 /**
