@@ -28,7 +28,16 @@ import { randomArray, Rng } from "./helpers.ts";
 
 const SENTINEL = 12345;
 
-const LSOFTMAX: MarginStruct = { kind: 0, m: 4, lambda: 0.5, scale: 0, m1: 0, m2: 0, m3: 0, flags: 0 };
+const LSOFTMAX: MarginStruct = {
+  kind: 0,
+  m: 4,
+  lambda: 0.5,
+  scale: 0,
+  m1: 0,
+  m2: 0,
+  m3: 0,
+  flags: 0,
+};
 const PLAIN: MarginStruct = { ...LSOFTMAX, m: 1, lambda: 0 };
 const COSFACE: MarginStruct = { ...LSOFTMAX, kind: 2, m: 0, lambda: 0, scale: 16, m3: 0.35 };
 
@@ -38,7 +47,9 @@ const OPTIMIZERS = [
   { sgd: { lr: 0.05, momentum: 0.9, weightDecay: 5e-4, nesterov: 0, first: 1 } },
   { sgd: { lr: 0.05, momentum: 0.9, weightDecay: 5e-4, nesterov: 0, first: 0 } },
   { sgd: { lr: 0.05, momentum: 0.8, weightDecay: 0, nesterov: 1, first: 0 } },
-  ...[[0, 0, 0], [0, 0.01, 0], [1, 0.01, 0], [1, 0.01, 1], [0, 0.02, 1]].map(([decoupled, wd, ams]) => ({
+  ...[[0, 0, 0], [0, 0.01, 0], [1, 0.01, 0], [1, 0.01, 1], [0, 0.02, 1]].map((
+    [decoupled, wd, ams],
+  ) => ({
     adam: {
       lr: 1e-2,
       beta1: 0.9,
@@ -116,7 +127,9 @@ function runCase(backend: TestBackend, dtype: DType, k: Case, unfused: boolean):
     const isAdam = "adam" in o;
     const momentum = !isAdam && o.sgd.momentum !== 0;
     const flag = new Int32Array([7]);
-    const stateArgs = isAdam ? [ps[0], ps[1], o.adam.amsgrad ? ps[2] : null] : [momentum ? ps[0] : null];
+    const stateArgs = isAdam
+      ? [ps[0], ps[1], o.adam.amsgrad ? ps[2] : null]
+      : [momentum ? ps[0] : null];
     const args = {
       classOffset: offset,
       totalClasses: total,
@@ -132,11 +145,18 @@ function runCase(backend: TestBackend, dtype: DType, k: Case, unfused: boolean):
       const check = (values: Deno.PointerValue, dt: DType, size: number) => {
         const f = new Int32Array(1), unused = ctx.allocate(size * 8);
         const sgd = { lr: 0, momentum: 0, weightDecay: 0, nesterov: 0, first: 0, nonfinite: 2 };
-        ctx.call(OPS.sgd, { dtype: dt, n: 0, d: 0, c: 0, count: size, sgd }, [unused, values, null, f]);
+        ctx.call(OPS.sgd, { dtype: dt, n: 0, d: 0, c: 0, count: size, sgd }, [
+          unused,
+          values,
+          null,
+          f,
+        ]);
         return f[0];
       };
       flag[0] = 0;
-      if (nonfinite === SgdNonFinite.SKIP) flag[0] = check(rows, "float64", n) || check(gx, dtype, n * d);
+      if (nonfinite === SgdNonFinite.SKIP) {
+        flag[0] = check(rows, "float64", n) || check(gx, dtype, n * d);
+      }
       if (flag[0] === 0) {
         if (isAdam) {
           const call = { dtype, n: 0, d: 0, c: 0, count, adam: { ...o.adam, nonfinite } };
@@ -187,7 +207,9 @@ function runCase(backend: TestBackend, dtype: DType, k: Case, unfused: boolean):
 
 function compare(backend: TestBackend, dtype: DType, k: Case, blockwise: boolean, what: string) {
   const a = runCase(backend, dtype, k, true), b = runCase(backend, dtype, k, false);
-  const name = `${backend} ${dtype} ${what} ${JSON.stringify(k.optimizer)} nonfinite ${k.nonfinite}`;
+  const name = `${backend} ${dtype} ${what} ${
+    JSON.stringify(k.optimizer)
+  } nonfinite ${k.nonfinite}`;
   assert.deepEqual(b.w, a.w, `${name}: w`);
   for (let s = 0; s < 3; s++) assert.deepEqual(b.state[s], a.state[s], `${name}: state ${s}`);
   assert.deepEqual(b.gx, a.gx, `${name}: grad_x`);
@@ -203,7 +225,8 @@ const DTYPES = ["float32", "float64"] as const;
 for (const backend of BACKENDS) {
   const cpu = backend === "cpu";
   Deno.test({
-    name: `${backend}: fused step: every optimizer option equals the loss then the update, to the bit`,
+    name:
+      `${backend}: fused step: every optimizer option equals the loss then the update, to the bit`,
     ignore: !cpu && !cudaAvailable,
     fn() {
       for (const dtype of DTYPES) {
@@ -237,7 +260,13 @@ for (const backend of BACKENDS) {
       // float32 x near its largest values, W tiny: finite losses and dL/dW, but the a-priori
       // bound does not hold, so the update comes after the loss (and is applied)
       const big = { n: 13, d: 9, c: 301, optimizer, nonfinite, margin: PLAIN };
-      const flag = compare(backend, "float32", { ...big, xScale: 4e37, wScale: 1e-37 }, false, "bound");
+      const flag = compare(
+        backend,
+        "float32",
+        { ...big, xScale: 4e37, wScale: 1e-37 },
+        false,
+        "bound",
+      );
       assert.equal(flag, 0);
       compare(backend, "float32", { ...big, xScale: 1e30, wScale: 1e-30 }, cpu, "within the bound");
     },
@@ -273,7 +302,8 @@ Deno.test("cpu: fused step: MarginHead steps equal the unfused path's, SGD and A
         assert.deepEqual(fused.step(x, labels), unfused.step(x, labels), `step ${t}`);
       }
       assert.deepEqual(fused.weights(), unfused.weights());
-      const { options: _a, ...stateA } = fused.state(), { options: _b, ...stateB } = unfused.state();
+      const { options: _a, ...stateA } = fused.state(),
+        { options: _b, ...stateB } = unfused.state();
       assert.deepEqual(stateA, stateB); // W, the optimizer's state and step (options differ)
     } finally {
       fused.close();
@@ -308,8 +338,16 @@ Deno.test("fused step: its arguments are checked and named", () => {
       encodeLossUpdate(fields, new Uint8Array(LSM_LOSS_UPDATE.bytes));
     const good = upd({ sgd: address(s1), velocity: address(v), nonfinite: address(flag) });
     const cases: [Uint8Array, RegExp, Deno.PointerValue][] = [
-      [upd({ velocity: address(v), nonfinite: address(flag) }), /args\.update.*exactly one of sgd and adam.*neither/, gw],
-      [upd({ sgd: address(s2), velocity: address(v), nonfinite: address(flag) }), /sgd\.nonfinite.*LSM_SGD_CHECK/, gw],
+      [
+        upd({ velocity: address(v), nonfinite: address(flag) }),
+        /args\.update.*exactly one of sgd and adam.*neither/,
+        gw,
+      ],
+      [
+        upd({ sgd: address(s2), velocity: address(v), nonfinite: address(flag) }),
+        /sgd\.nonfinite.*LSM_SGD_CHECK/,
+        gw,
+      ],
       [upd({ sgd: address(s1), nonfinite: address(flag) }), /velocity/, gw],
       [upd({ sgd: address(s1), velocity: address(v) }), /nonfinite: expected a flag/, gw],
       [good, /grad_w: expected a pointer/, null],
@@ -318,7 +356,15 @@ Deno.test("fused step: its arguments are checked and named", () => {
     for (const [update, want, outW] of cases) {
       const args = { classOffset: 0, totalClasses: c, gradScale: 0.5, update: address(update) };
       assert.throws(
-        () => ctx.call(OPS.loss, { dtype: "float32", n, d, c, margin, args }, [x, w, labels, rows, gx, outW]),
+        () =>
+          ctx.call(OPS.loss, { dtype: "float32", n, d, c, margin, args }, [
+            x,
+            w,
+            labels,
+            rows,
+            gx,
+            outW,
+          ]),
         want,
       );
     }

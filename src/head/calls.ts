@@ -61,7 +61,19 @@ export interface FusedStep {
   keep: readonly ArrayBufferView[];
 }
 
-/** The address of context memory or of a host array (0 for null), as the ABI's structs hold it. */
+/**
+ * The address of context memory or of a host array (0 for null), as the ABI's structs hold it.
+ *
+ * @param p context memory, a host array (kept alive by the caller while the address is used), or
+ * null
+ * @returns the address as a number (0 for null)
+ * @example
+ * ```ts
+ * import { address } from "./calls.ts";
+ * const flag = new Int32Array(1);
+ * console.log(address(flag) !== 0, address(null)); // true 0
+ * ```
+ */
 export function address(p: Deno.PointerValue | ArrayBufferView | null): number {
   if (p === null) return 0;
   return Number(Deno.UnsafePointer.value(ArrayBuffer.isView(p) ? Deno.UnsafePointer.of(p) : p));
@@ -151,7 +163,9 @@ function* lossCalls(
   yield* upload(shards, x, labels);
   const n = b.n, ce = shards[0].head.crossEntropy;
   b = labelled(shards, b, labels);
-  if (step !== null) b = { ...b, loss: { ...b.loss!, args: { ...b.loss!.args, update: address(step.update) } } };
+  if (step !== null) {
+    b = { ...b, loss: { ...b.loss!, args: { ...b.loss!.args, update: address(step.update) } } };
+  }
   if (shards.length > 1) {
     const parts = shards.map((s) => new ShardCalls(s, b));
     const rowLoss = yield* shardedLossCalls(parts, labels, gradX, ce);
