@@ -108,7 +108,7 @@ function runCase(backend: TestBackend, dtype: DType, k: Case, unfused: boolean):
   const x = fill(n * d, -1, 1, k.xScale ?? 1), w = fill(c * d, -1, 1, k.wScale ?? 1);
   if (k.nan) x[3 * d + 1] = NaN;
   // labels: spread over the shard's classes and beyond them (the rows it does not own)
-  const labels = Int32Array.from({ length: n }, (_, i) => (i * 7 + 3) % total);
+  const labels = Int32Array.from({ length: n }, (_, i) => (i * 1543 + 3) % total);
   const states = [fill(c * d, -0.01, 0.01), fill(c * d, 0, 1e-4), fill(c * d, 1e-4, 2e-4)];
   const ctx = openContext(backend);
   try {
@@ -236,6 +236,11 @@ for (const backend of BACKENDS) {
             compare(backend, dtype, { ...base, margin: LSOFTMAX }, cpu, "lsoftmax");
             compare(backend, dtype, { ...base, margin: PLAIN, shard: true }, cpu, "plain, shard");
           }
+        }
+        // dL/dW in several blocks of the step (4 MB each on the CPU), targets in each
+        for (const optimizer of [OPTIMIZERS[2], OPTIMIZERS[7]]) {
+          const k = { n: 13, d: 64, c: 20000, optimizer, nonfinite: SgdNonFinite.SKIP };
+          compare(backend, dtype, { ...k, margin: LSOFTMAX }, cpu, "several blocks");
         }
       }
     },

@@ -28,9 +28,10 @@ namespace lsm_cpu_fused {
 
 namespace {
 
-// The bytes of one block of dL/dW: within a core's L2, beside the block's rows of W and of the
-// state the update streams through (measured: 256 KB to 4 MB within the noise, 1 MB best).
-constexpr int64_t kStepBlockBytes = 1 << 20;
+// The bytes of one block of dL/dW: within the L3 cache, and few enough products that the split
+// of dL/dW's one product costs little (256 KB to 16 MB measured within the loaded machine's
+// noise; 4 MB among the best: five blocks at D=512 C=10,000).
+constexpr int64_t kStepBlockBytes = 4 << 20;
 
 template <typename T>
 bool all_finite(const T *v, int64_t count) {

@@ -47,12 +47,16 @@ export class HeadOptimizer {
           { ...adamStruct(o, lr, t, 1), nonfinite },
           new Uint8Array(LSM_ADAM.bytes),
         );
-        return fusedStep({
-          adam: address(settings),
-          expAvg: address(s.expAvg),
-          expAvgSq: address(s.expAvgSq),
-          maxExpAvgSq: address(s.maxExpAvgSq),
-        }, [settings], flag);
+        return fusedStep(
+          {
+            adam: address(settings),
+            expAvg: address(s.expAvg),
+            expAvgSq: address(s.expAvgSq),
+            maxExpAvgSq: address(s.maxExpAvgSq),
+          },
+          [settings],
+          flag,
+        );
       },
     };
   }
