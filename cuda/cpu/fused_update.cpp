@@ -103,31 +103,30 @@ bool loss_run<T>::step_begin() {
   return true;
 }
 
-// The step over classes [c0, c0 + count) from their dL/dW rows g.
+// The step over classes [c0, c0 + count) from their dL/dW rows g, on this thread.
 template <typename T>
 static void step_rows(loss_run<T> &r, int64_t c0, int64_t count, const T *g) {
   const lsm_loss_step &st = *r.p.step;
-  const int64_t at = c0 * r.d, len = count * r.d;
+  const int64_t at = c0 * r.d;
   T *s[3];
   for (int k = 0; k < 3; ++k) s[k] = st.state[k] == nullptr ? nullptr : static_cast<T *>(st.state[k]) + at;
-  T *w = static_cast<T *>(st.w) + at;
-  // Split across the cores like the update's own pass (element-wise: the split changes nothing).
-  parallel_for(len, 4, [&](int64_t b, int64_t e) {
-    T *sb[3];
-    for (int k = 0; k < 3; ++k) sb[k] = s[k] == nullptr ? nullptr : s[k] + b;
-    step_range(st, r.adam_k, e - b, w + b, g + b, sb[0], sb[1], sb[2]);
-  });
+  step_range(st, r.adam_k, count * r.d, static_cast<T *>(st.w) + at, g, s[0], s[1], s[2]);
 }
 
+// The block's classes split across the cores like the update's own pass (element-wise: the
+// split changes nothing), each part in stretches between the deferred classes, whose rows go to
+// grad_w for the corrections.
 template <typename T>
 void loss_run<T>::step_block(int64_t c0, int64_t cb, const T *g) {
-  int64_t run = 0;  // the first class of the stretch not yet updated
-  for (int64_t j = 0; j <= cb; ++j) {
-    if (j < cb && !deferred[(size_t)(c0 + j)]) continue;
-    if (j > run) step_rows(*this, c0 + run, j - run, g + run * d);
-    if (j < cb) std::copy(g + j * d, g + (j + 1) * d, gw + (c0 + j) * d);  // corrected, then updated
-    run = j + 1;
-  }
+  parallel_for(cb, 4 * d, [&](int64_t j0, int64_t j1) {
+    int64_t run = j0;  // the first class of the stretch not yet updated
+    for (int64_t j = j0; j <= j1; ++j) {
+      if (j < j1 && !deferred[(size_t)(c0 + j)]) continue;
+      if (j > run) step_rows(*this, c0 + run, j - run, g + run * d);
+      if (j < j1) std::copy(g + j * d, g + (j + 1) * d, gw + (c0 + j) * d);
+      run = j + 1;
+    }
+  });
 }
 
 template <typename T>
