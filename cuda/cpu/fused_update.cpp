@@ -113,20 +113,18 @@ static void step_rows(loss_run<T> &r, int64_t c0, int64_t count, const T *g) {
   step_range(st, r.adam_k, count * r.d, static_cast<T *>(st.w) + at, g, s[0], s[1], s[2]);
 }
 
-// The block's classes split across the cores like the update's own pass (element-wise: the
-// split changes nothing), each part in stretches between the deferred classes, whose rows go to
-// grad_w for the corrections.
+// The block's classes in stretches between the deferred classes, whose rows go to grad_w for
+// the corrections. On this thread alone: right after a product OpenBLAS's workers spin on the
+// other cores, and threads of ours beside them took twice as long (measured).
 template <typename T>
 void loss_run<T>::step_block(int64_t c0, int64_t cb, const T *g) {
-  parallel_for(cb, 4 * d, [&](int64_t j0, int64_t j1) {
-    int64_t run = j0;  // the first class of the stretch not yet updated
-    for (int64_t j = j0; j <= j1; ++j) {
-      if (j < j1 && !deferred[(size_t)(c0 + j)]) continue;
-      if (j > run) step_rows(*this, c0 + run, j - run, g + run * d);
-      if (j < j1) std::copy(g + j * d, g + (j + 1) * d, gw + (c0 + j) * d);
-      run = j + 1;
-    }
-  });
+  int64_t run = 0;  // the first class of the stretch not yet updated
+  for (int64_t j = 0; j <= cb; ++j) {
+    if (j < cb && !deferred[(size_t)(c0 + j)]) continue;
+    if (j > run) step_rows(*this, c0 + run, j - run, g + run * d);
+    if (j < cb) std::copy(g + j * d, g + (j + 1) * d, gw + (c0 + j) * d);
+    run = j + 1;
+  }
 }
 
 template <typename T>
