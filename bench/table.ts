@@ -11,14 +11,23 @@
  * (LSOFTMAX_BENCH_MILLION=0 leaves that row out).
  *
  * Then every margin kind's fused loss at N=256 D=512 C=10,000 against the same three products
- * (LSOFTMAX_BENCH_KINDS_ONLY=1: that table alone).
+ * (LSOFTMAX_BENCH_KINDS_ONLY=1: that table alone), and a MarginHead's training step there (W and
+ * the optimizer's state resident; SGD with momentum, AdamW) against them too.
  *
  * Run: `make perf-table` (LSOFTMAX_BACKEND=cuda on a GPU machine; REPS sets the repetitions).
  *
  * @module
  */
 
-import { type Backend, backends, backward, forward, loss } from "../mod.ts";
+import {
+  type Backend,
+  backends,
+  backward,
+  forward,
+  loss,
+  MarginHead,
+  type OptimizerOptions,
+} from "../mod.ts";
 import { handWrittenCrossEntropy, KINDS, problem, SHAPES } from "./problems.ts";
 
 const backend = (Deno.env.get("LSOFTMAX_BACKEND") ?? "cpu") as Backend;
@@ -174,4 +183,52 @@ if (!kindsOnly) {
     const o = median(ours[k]);
     console.log(`| ${label} | ${o.toFixed(2)} ms | ${(o / b).toFixed(3)} |`);
   });
+}
+
+// A head's training step, runs alternating with the three products.
+{
+  const [n, d, c] = [256, 512, 10000];
+  const { x, w, g, labels } = problem(n, d, c);
+  const out = new Float32Array(n * c),
+    outX = new Float32Array(n * d),
+    outW = new Float32Array(c * d);
+  const linear = () =>
+    time(() => {
+      forward(x, w, labels, { margin: 1, lambda: 0, backend, out });
+      backward(x, w, labels, g, { margin: 1, lambda: 0, backend, outX, outW });
+    });
+  const optimizers: [string, OptimizerOptions][] = [
+    ["SGD, momentum 0.9", { lr: 1e-3, momentum: 0.9 }],
+    ["AdamW", { type: "adamw", lr: 1e-3 }],
+  ];
+  const heads = optimizers.map(([, optimizer]) =>
+    new MarginHead({
+      classes: c,
+      features: d,
+      margin: 4,
+      lambda: 0.5,
+      backend,
+      weights: w,
+      optimizer,
+    })
+  );
+  const steps = heads.map((head) => () => time(() => head.step(x, labels)));
+  linear(), steps.forEach((f) => f());
+  const base: number[] = [], ours: number[][] = heads.map(() => []);
+  for (let r = 0; r < reps; r++) {
+    base.push(linear());
+    steps.forEach((f, k) => ours[k].push(f()));
+  }
+  const b = median(base);
+  console.log(
+    `\nMarginHead.step at N=${n} D=${d} C=${c} (L-Softmax m=4, float32; median of ${reps}), ` +
+      `against the linear layer's three products (${b.toFixed(2)} ms):\n`,
+  );
+  console.log("| optimizer | head step | ratio |");
+  console.log("| --- | --- | --- |");
+  optimizers.forEach(([label], k) => {
+    const o = median(ours[k]);
+    console.log(`| ${label} | ${o.toFixed(2)} ms | ${(o / b).toFixed(3)} |`);
+  });
+  heads.forEach((head) => head.close());
 }

@@ -246,6 +246,8 @@ LSM_API int32_t lsm_backward(lsm_context *ctx, int32_t dtype, int64_t n, int64_t
  */
 #define LSM_LOSS_IGNORE 1u /* lsm_loss_args.flags: rows labelled ignore_index are left out */
 
+struct lsm_loss_update; /* an optimizer step lsm_loss applies to w: see below lsm_adam */
+
 typedef struct lsm_loss_args {
   int64_t class_offset;  /* first class of w in the whole W: 0 unless sharded */
   int64_t total_classes; /* classes of the whole W (labels lie in [0, total_classes)): c unless sharded */
@@ -256,7 +258,9 @@ typedef struct lsm_loss_args {
                                   the whole W's classes even for a shard; NULL: every weight 1 */
   int32_t ignore_index;        /* the label of rows left out, with LSM_LOSS_IGNORE (else 0) */
   uint32_t flags;              /* 0 or LSM_LOSS_IGNORE */
-  int64_t reserved[2];         /* 0 */
+  const struct lsm_loss_update *update; /* host memory, lsm_loss only: the optimizer step to
+                                           apply to w with the gradient (NULL: none) */
+  int64_t reserved;            /* 0 */
 } lsm_loss_args;
 
 /**
@@ -358,6 +362,31 @@ LSM_API int32_t lsm_adam_update(lsm_context *ctx, int32_t dtype, int64_t count, 
                                 int32_t *nonfinite);
 
 /**
+ * A training step in one call: lsm_loss with args->update set computes the loss and dL/dx as
+ * without it, then applies the step (lsm_sgd_update's or lsm_adam_update's, exactly one of sgd
+ * and adam non-NULL) to w in place (w is written although lsm_loss takes it const) with the
+ * state arrays [c, d] of context memory beside it. The results equal to the last bit those of
+ * lsm_loss followed by the update on grad_w, under this non-finite policy (the step's nonfinite
+ * field; LSM_SGD_CHECK is not allowed): LSM_SGD_APPLY updates whatever the gradients hold;
+ * LSM_SGD_SKIP updates only when every row loss, every element of grad_x and every element of
+ * dL/dW is finite, and writes 1 to *nonfinite (host memory, required then) when it does not.
+ * grad_x and grad_w are required; grad_w [c, d] is the call's scratch: its contents afterwards
+ * are unspecified (the CPU applies the step class block by class block while each block of dL/dW
+ * is in cache and leaves most of grad_w unwritten; where it cannot, and on CUDA, the step runs
+ * after the loss). 64 bytes.
+ */
+typedef struct lsm_loss_update {
+  const lsm_sgd *sgd;   /* SGD's settings, or NULL */
+  const lsm_adam *adam; /* Adam's settings, or NULL */
+  void *velocity;       /* SGD: the momentum buffer (NULL when momentum is 0) */
+  void *exp_avg;        /* Adam: exp_avg, exp_avg_sq, max_exp_avg_sq (NULL unless amsgrad) */
+  void *exp_avg_sq;
+  void *max_exp_avg_sq;
+  int32_t *nonfinite;   /* host memory: 1 when LSM_SGD_SKIP skipped the step, else 0 */
+  int64_t reserved;     /* 0 */
+} lsm_loss_update;
+
+/**
  * y <- a x + b y over count elements of context memory (dtype), in double with one rounding per
  * element: gradient accumulation and clipping's scale in place. With b = 0, y is not read (so
  * NaN in it goes); with a = 0, x is not read and may be NULL. a and b finite.
@@ -421,7 +450,7 @@ LSM_API int32_t lsm_mpi_finalize(void);
 LSM_API int32_t lsm_context_traffic(const lsm_context *ctx, uint64_t *to_context, uint64_t *from_context);
 
 /**
- * The layout of an ABI struct (lsm_margin, lsm_loss_args, lsm_sgd, lsm_adam) as this library was
+ * The layout of an ABI struct (lsm_margin, lsm_loss_args, lsm_sgd, lsm_adam, lsm_loss_update) as this library was
  * built, for bindings to compare their encoders with: field "" gives *offset 0 and *bytes sizeof;
  * a field named as this header spells it gives its offsetof and sizeof (a whole array for an
  * array field); anything else is LSM_ERR_INVALID_ARGUMENT naming it.

@@ -56,7 +56,8 @@ const FIELDS = [
   ["lsm_loss_args", "class_weights", "int64", 40, "classWeights"], // the address, or 0 (none)
   ["lsm_loss_args", "ignore_index", "int32", 48, "ignoreIndex"],
   ["lsm_loss_args", "flags", "uint32", 52, "flags"], // LOSS_IGNORE with ignoreIndex
-  ["lsm_loss_args", "reserved", "int64[2]", 56],
+  ["lsm_loss_args", "update", "int64", 56, "update"], // an lsm_loss_update's address, or 0 (none)
+  ["lsm_loss_args", "reserved", "int64", 64],
   ["lsm_sgd", "lr", "float64", 0, "lr"],
   ["lsm_sgd", "momentum", "float64", 8, "momentum"],
   ["lsm_sgd", "weight_decay", "float64", 16, "weightDecay"],
@@ -75,10 +76,25 @@ const FIELDS = [
   ["lsm_adam", "amsgrad", "int32", 60, "amsgrad"],
   ["lsm_adam", "nonfinite", "int32", 64, "nonfinite"], // SgdNonFinite
   ["lsm_adam", "reserved", "int32", 68],
+  // The addresses (0: none) of the step's settings, its state arrays and the skip flag.
+  ["lsm_loss_update", "sgd", "int64", 0, "sgd"],
+  ["lsm_loss_update", "adam", "int64", 8, "adam"],
+  ["lsm_loss_update", "velocity", "int64", 16, "velocity"],
+  ["lsm_loss_update", "exp_avg", "int64", 24, "expAvg"],
+  ["lsm_loss_update", "exp_avg_sq", "int64", 32, "expAvgSq"],
+  ["lsm_loss_update", "max_exp_avg_sq", "int64", 40, "maxExpAvgSq"],
+  ["lsm_loss_update", "nonfinite", "int64", 48, "nonfinite"],
+  ["lsm_loss_update", "reserved", "int64", 56],
 ] as const;
 
 /** sizeof of each ABI struct. */
-const SIZES = { lsm_margin: 88, lsm_loss_args: 72, lsm_sgd: 40, lsm_adam: 72 } as const;
+const SIZES = {
+  lsm_margin: 88,
+  lsm_loss_args: 72,
+  lsm_sgd: 40,
+  lsm_adam: 72,
+  lsm_loss_update: 64,
+} as const;
 
 type StructName = keyof typeof SIZES;
 
@@ -115,8 +131,17 @@ export const LSM_SGD: Struct<KeyOf<"lsm_sgd">> = struct("lsm_sgd");
 /** struct lsm_adam: one Adam or AdamW step's settings. */
 export const LSM_ADAM: Struct<KeyOf<"lsm_adam">> = struct("lsm_adam");
 
+/** struct lsm_loss_update: the optimizer step a fused loss call applies (addresses, 0: none). */
+export const LSM_LOSS_UPDATE: Struct<KeyOf<"lsm_loss_update">> = struct("lsm_loss_update");
+
 /** Every ABI struct the bindings encode. */
-export const STRUCTS: readonly Struct[] = [LSM_MARGIN, LSM_LOSS_ARGS, LSM_SGD, LSM_ADAM];
+export const STRUCTS: readonly Struct[] = [
+  LSM_MARGIN,
+  LSM_LOSS_ARGS,
+  LSM_SGD,
+  LSM_ADAM,
+  LSM_LOSS_UPDATE,
+];
 
 /** The values of a struct, by the keys its table gives them. */
 export type StructValues<K extends string> = { readonly [Key in K]: number };
@@ -137,6 +162,8 @@ export const LOSS_IGNORE = 1;
 export type SgdStruct = StructValues<KeyOf<"lsm_sgd">>;
 /** The values of lsm_adam. */
 export type AdamStruct = StructValues<KeyOf<"lsm_adam">>;
+/** The values of lsm_loss_update: addresses; those left out are 0 (none). */
+export type LossUpdateStruct = Partial<StructValues<KeyOf<"lsm_loss_update">>>;
 
 // Structs are written in the host's byte order, as the library reads them.
 const LITTLE_ENDIAN = new Uint8Array(new Uint16Array([1]).buffer)[0] === 1;
@@ -193,3 +220,7 @@ export const encodeLossArgs: (v: LossArgs, into?: Uint8Array) => Uint8Array = en
 export const encodeSgd: (v: SgdStruct, into?: Uint8Array) => Uint8Array = encoder(LSM_SGD);
 /** lsm_adam's encoder. */
 export const encodeAdam: (v: AdamStruct, into?: Uint8Array) => Uint8Array = encoder(LSM_ADAM);
+/** lsm_loss_update's encoder (addresses left out are written 0). */
+export const encodeLossUpdate: (v: LossUpdateStruct, into?: Uint8Array) => Uint8Array = encoder(
+  LSM_LOSS_UPDATE,
+) as (v: LossUpdateStruct, into?: Uint8Array) => Uint8Array;

@@ -8,11 +8,13 @@ import { loadLibrary } from "../ffi/library.ts";
 import {
   encodeAdam,
   encodeLossArgs,
+  encodeLossUpdate,
   encodeMargin,
   encodeSgd,
   FIELD_BYTES,
   LSM_ADAM,
   LSM_LOSS_ARGS,
+  LSM_LOSS_UPDATE,
   LSM_MARGIN,
   LSM_SGD,
   STRUCTS,
@@ -105,6 +107,7 @@ Deno.test("abi layout: the encoders write each value at its field's offset, rese
       classWeights: 2 ** 44 + 64,
       ignoreIndex: -100,
       flags: 1,
+      update: 2 ** 44 + 128,
     }],
     [LSM_SGD, encodeSgd, {
       lr: 0.1,
@@ -125,6 +128,15 @@ Deno.test("abi layout: the encoders write each value at its field's offset, rese
       decoupled: 1,
       amsgrad: 1,
       nonfinite: 1,
+    }],
+    [LSM_LOSS_UPDATE, encodeLossUpdate, {
+      sgd: 2 ** 44 + 8,
+      adam: 2 ** 44 + 16,
+      velocity: 2 ** 44 + 24,
+      expAvg: 2 ** 44 + 32,
+      expAvgSq: 2 ** 44 + 40,
+      maxExpAvgSq: 2 ** 44 + 48,
+      nonfinite: 2 ** 44 + 56,
     }],
   ] as const;
   for (const [struct, encode, values] of cases) {

@@ -24,6 +24,19 @@ struct lsm_problem {
   void *grad_w;  // backward only
 };
 
+// The optimizer step of an lsm_loss call (args.update), checked and copied: w is the loss's w.
+// A backend that applies it itself (the CPU, class block by class block) sets done and flag
+// (1: skipped); else the api runs it after the loss (api/ops.cpp).
+struct lsm_loss_step {
+  bool adam;
+  lsm_sgd sgd;
+  lsm_adam adam_o;
+  void *w;
+  void *state[3];  // SGD: velocity; Adam: exp_avg, exp_avg_sq, max_exp_avg_sq
+  int32_t nonfinite;  // the policy: LSM_SGD_APPLY or LSM_SGD_SKIP
+  bool done;
+  int32_t flag;
+};
 // One validated fused-loss call (lsm_loss, lsm_loss_partials, lsm_loss_gradients).
 enum lsm_loss_stage { LSM_LOSS_FULL = 0, LSM_LOSS_PARTIALS = 1, LSM_LOSS_GRADIENTS = 2 };
 
@@ -41,6 +54,7 @@ struct lsm_loss_problem {
   double *row_smooth;                   // PARTIALS with label smoothing
   const double *lse;                    // GRADIENTS
   void *grad_x, *grad_w;                // GRADIENTS, and FULL unless both are null
+  lsm_loss_step *step;                  // FULL with args.update, else null
 };
 
 struct lsm_backend_ops;

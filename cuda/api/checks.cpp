@@ -189,8 +189,9 @@ int32_t check_loss(lsm_context *ctx, const lsm_loss_problem &p) {
                         str(a.total_classes));
   if (!isfinite(a.grad_scale))
     return lsm_fail(ctx, LSM_ERR_INVALID_ARGUMENT, "args.grad_scale: expected a finite number, got " + num(a.grad_scale));
-  if (a.reserved[0] != 0 || a.reserved[1] != 0)
-    return lsm_fail(ctx, LSM_ERR_INVALID_ARGUMENT, "args.reserved: expected 0");
+  if (a.reserved != 0) return lsm_fail(ctx, LSM_ERR_INVALID_ARGUMENT, "args.reserved: expected 0");
+  if (a.update != nullptr && p.stage != LSM_LOSS_FULL)
+    return lsm_fail(ctx, LSM_ERR_INVALID_ARGUMENT, "args.update: expected NULL (a step goes with lsm_loss only)");
   // The cross-entropy options; the weights' values are the backends' to check (they read them).
   if (!(a.label_smoothing >= 0.0 && a.label_smoothing < 1.0))
     return lsm_fail(ctx, LSM_ERR_INVALID_ARGUMENT,
@@ -305,6 +306,44 @@ int32_t check_adam(lsm_context *ctx, int32_t dtype, int64_t count, const lsm_ada
       if (arrays[a] != nullptr && arrays[a] == arrays[b])
         return lsm_fail(ctx, LSM_ERR_INVALID_ARGUMENT,
                         "w, grad, exp_avg, exp_avg_sq, max_exp_avg_sq: expected separate arrays");
+  return LSM_OK;
+}
+
+int32_t check_loss_step(lsm_context *ctx, const lsm_loss_problem &p, const lsm_loss_update &u, lsm_loss_step *step) {
+  int32_t s;
+  if (p.grad_x == nullptr || p.grad_w == nullptr)
+    return lsm_fail(ctx, LSM_ERR_INVALID_ARGUMENT, "grad_x, grad_w: expected both with args.update, got NULL");
+  if (u.reserved != 0) return lsm_fail(ctx, LSM_ERR_INVALID_ARGUMENT, "args.update.reserved: expected 0");
+  if ((u.sgd == nullptr) == (u.adam == nullptr))
+    return lsm_fail(ctx, LSM_ERR_INVALID_ARGUMENT,
+                    "args.update: expected exactly one of sgd and adam, got " +
+                        std::string(u.sgd == nullptr ? "neither" : "both"));
+  *step = {};
+  step->adam = u.adam != nullptr;
+  step->w = const_cast<void *>(p.w);
+  const int64_t count = p.c * p.d;
+  if (step->adam) {
+    step->adam_o = *u.adam;
+    step->nonfinite = step->adam_o.nonfinite;
+    step->state[0] = u.exp_avg, step->state[1] = u.exp_avg_sq, step->state[2] = u.max_exp_avg_sq;
+    s = check_adam(ctx, p.dtype, count, step->adam_o, p.w, p.grad_w, u.exp_avg, u.exp_avg_sq, u.max_exp_avg_sq,
+                   u.nonfinite);
+  } else {
+    step->sgd = *u.sgd;
+    step->nonfinite = step->sgd.nonfinite;
+    step->state[0] = u.velocity;
+    s = check_sgd(ctx, p.dtype, count, step->sgd, p.w, p.grad_w, u.velocity, u.nonfinite);
+  }
+  if (s != LSM_OK) return s;
+  if (step->nonfinite == LSM_SGD_CHECK)
+    return lsm_fail(ctx, LSM_ERR_INVALID_ARGUMENT,
+                    std::string(step->adam ? "adam" : "sgd") +
+                        ".nonfinite: expected LSM_SGD_APPLY or LSM_SGD_SKIP with args.update, got LSM_SGD_CHECK");
+  const void *outputs[] = {p.grad_x, p.row_loss, u.nonfinite};
+  for (const void *o : outputs)
+    for (const void *a : step->state)
+      if (a != nullptr && a == o)
+        return lsm_fail(ctx, LSM_ERR_INVALID_ARGUMENT, "args.update: expected state arrays apart from the outputs");
   return LSM_OK;
 }
 

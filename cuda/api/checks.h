@@ -57,6 +57,9 @@ int32_t check_sgd(lsm_context *ctx, int32_t dtype, int64_t count, const lsm_sgd 
 int32_t check_adam(lsm_context *ctx, int32_t dtype, int64_t count, const lsm_adam &o, const void *w, const void *grad,
                    const void *m, const void *v, const void *vmax, const int32_t *nonfinite);
 
+// lsm_loss's optimizer step (args.update): its settings and arrays, copied into *step.
+int32_t check_loss_step(lsm_context *ctx, const lsm_loss_problem &p, const lsm_loss_update &u, lsm_loss_step *step);
+
 }  // namespace lsm_api
 
 #endif  // LSOFTMAX_CHECKS_H

@@ -27,7 +27,8 @@
   X(lsm_loss_args, class_weights, 40, 8)        \
   X(lsm_loss_args, ignore_index, 48, 4)         \
   X(lsm_loss_args, flags, 52, 4)                \
-  X(lsm_loss_args, reserved, 56, 16)            \
+  X(lsm_loss_args, update, 56, 8)               \
+  X(lsm_loss_args, reserved, 64, 8)             \
   X(lsm_sgd, lr, 0, 8)                          \
   X(lsm_sgd, momentum, 8, 8)                    \
   X(lsm_sgd, weight_decay, 16, 8)               \
@@ -45,14 +46,23 @@
   X(lsm_adam, decoupled, 56, 4)                 \
   X(lsm_adam, amsgrad, 60, 4)                   \
   X(lsm_adam, nonfinite, 64, 4)                 \
-  X(lsm_adam, reserved, 68, 4)
+  X(lsm_adam, reserved, 68, 4)                  \
+  X(lsm_loss_update, sgd, 0, 8)                 \
+  X(lsm_loss_update, adam, 8, 8)                \
+  X(lsm_loss_update, velocity, 16, 8)           \
+  X(lsm_loss_update, exp_avg, 24, 8)            \
+  X(lsm_loss_update, exp_avg_sq, 32, 8)         \
+  X(lsm_loss_update, max_exp_avg_sq, 40, 8)     \
+  X(lsm_loss_update, nonfinite, 48, 8)          \
+  X(lsm_loss_update, reserved, 56, 8)
 
 // The structs themselves: X(struct, bytes).
 #define LSM_ABI_STRUCTS(X) \
   X(lsm_margin, 88)        \
   X(lsm_loss_args, 72)     \
   X(lsm_sgd, 40)           \
-  X(lsm_adam, 72)
+  X(lsm_adam, 72)          \
+  X(lsm_loss_update, 64)
 
 #define LSM_ASSERT_FIELD(type, field, offset, bytes)                                    \
   static_assert(offsetof(type, field) == (offset), #type "." #field " is at " #offset); \
@@ -93,7 +103,7 @@ extern "C" int32_t lsm_layout(const char *type, const char *field, int64_t *offs
   try {
     if (!known_type)
       return lsm_fail(nullptr, LSM_ERR_INVALID_ARGUMENT,
-                      std::string("type: expected \"lsm_margin\", \"lsm_loss_args\", \"lsm_sgd\" or \"lsm_adam\", got \"") + type +
+                      std::string("type: expected \"lsm_margin\", \"lsm_loss_args\", \"lsm_sgd\", \"lsm_adam\" or \"lsm_loss_update\", got \"") + type +
                           "\"");
     return lsm_fail(nullptr, LSM_ERR_INVALID_ARGUMENT,
                     std::string("field: expected \"\" or a field of ") + type + ", got \"" + field + "\"");

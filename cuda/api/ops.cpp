@@ -10,6 +10,30 @@ using namespace lsm_api;
 
 namespace {
 
+// Whether values [count] of dtype hold a NaN or an infinity: the update's own check (nothing
+// written in LSM_SGD_CHECK mode), on whatever backend holds them.
+int32_t find_nonfinite(lsm_context *ctx, int32_t dtype, int64_t count, const void *values, int32_t *flag) {
+  lsm_sgd check = {};
+  check.nonfinite = LSM_SGD_CHECK;
+  return ctx->ops->sgd(ctx, dtype, count, check, nullptr, values, nullptr, flag);
+}
+
+// The step of lsm_loss's args.update after the loss, where the backend did not apply it: the
+// row losses, grad_x and dL/dW checked (LSM_SGD_SKIP), then the update from grad_w.
+int32_t apply_step(lsm_context *ctx, const lsm_loss_problem &p, lsm_loss_step &st) {
+  int32_t s;
+  st.flag = 0;
+  if (st.nonfinite == LSM_SGD_SKIP) {
+    if ((s = find_nonfinite(ctx, LSM_FLOAT64, p.n, p.row_loss, &st.flag)) || st.flag) return s;
+    if ((s = find_nonfinite(ctx, p.dtype, p.n * p.d, p.grad_x, &st.flag)) || st.flag) return s;
+  }
+  const int64_t count = p.c * p.d;
+  if (st.adam)
+    return ctx->ops->adam(ctx, p.dtype, count, st.adam_o, st.w, p.grad_w, st.state[0], st.state[1], st.state[2],
+                          &st.flag);
+  return ctx->ops->sgd(ctx, p.dtype, count, st.sgd, st.w, p.grad_w, st.state[0], &st.flag);
+}
+
 // The three fused-loss entry points share one check and one call.
 int32_t run_loss(lsm_context *ctx, const lsm_margin *margin, const lsm_loss_args *args, lsm_loss_problem p) {
   return guarded(ctx, [&]() -> int32_t {
@@ -20,7 +44,18 @@ int32_t run_loss(lsm_context *ctx, const lsm_margin *margin, const lsm_loss_args
     p.margin = *margin;
     p.args = *args;
     if ((s = check_loss(ctx, p))) return s;
-    return ctx->ops->loss(ctx, p);
+    lsm_loss_step step;
+    int32_t *flag_out = nullptr;
+    if (p.args.update != nullptr) {
+      const lsm_loss_update u = *p.args.update;
+      if ((s = check_loss_step(ctx, p, u, &step))) return s;
+      flag_out = u.nonfinite;
+      p.step = &step;
+    }
+    if ((s = ctx->ops->loss(ctx, p)) || p.step == nullptr) return s;
+    if (!step.done && (s = apply_step(ctx, p, step))) return s;
+    if (flag_out != nullptr) *flag_out = step.flag;
+    return LSM_OK;
   });
 }
 

@@ -233,8 +233,7 @@ void project_gradients(const T *x, const T *w, int64_t n, int64_t c, int64_t d, 
 // of the classes the corrections' labels index (a shard's, for the fused loss). Each element's
 // correction is formed in double and added with one rounding to T (as the CUDA backend does).
 template <typename T>
-void add_corrections(const T *x, const T *w, int64_t n, int64_t d, const std::vector<lsm_correction> &coef, T *gx,
-                     T *gw) {
+void add_corrections_x(const T *x, const T *w, int64_t n, int64_t d, const std::vector<lsm_correction> &coef, T *gx) {
   parallel_for(n, d, [&](int64_t begin, int64_t end) {
     for (int64_t i = begin; i < end; ++i) {
       const lsm_correction &r = coef[i];
@@ -244,6 +243,9 @@ void add_corrections(const T *x, const T *w, int64_t n, int64_t d, const std::ve
       for (int64_t k = 0; k < d; ++k) gxi[k] = (T)(gxi[k] + lsm_correction_x(r, xi[k], wy[k]));
     }
   });
+}
+template <typename T>
+void add_corrections_w(const T *x, const T *w, int64_t n, int64_t d, const std::vector<lsm_correction> &coef, T *gw) {
   parallel_for(d, 2 * n, [&](int64_t k0, int64_t k1) {
     for (int64_t i = 0; i < n; ++i) {
       const lsm_correction &r = coef[i];
@@ -253,6 +255,13 @@ void add_corrections(const T *x, const T *w, int64_t n, int64_t d, const std::ve
       for (int64_t k = k0; k < k1; ++k) gwy[k] = (T)(gwy[k] + lsm_correction_w(r, xi[k], wy[k]));
     }
   });
+}
+// Both: the two parts are independent (each reads x and w only).
+template <typename T>
+void add_corrections(const T *x, const T *w, int64_t n, int64_t d, const std::vector<lsm_correction> &coef, T *gx,
+                     T *gw) {
+  add_corrections_x(x, w, n, d, coef, gx);
+  add_corrections_w(x, w, n, d, coef, gw);
 }
 
 }  // namespace lsm_cpu

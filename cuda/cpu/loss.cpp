@@ -16,13 +16,23 @@ void loss_run<T>::corrections() {
   } else if (lsm_normalises_x(p.margin.kind)) {
     project_rows(x, n, d, p.margin.scale, gx);  // W's projection is in products_direct
   }
-  if (lsm_plain_margin(p.margin)) return;
-  std::vector<lsm_correction> coef((size_t)n);
+  if (!lsm_plain_margin(p.margin)) {
+    correction_coefs();
+    if (!x_corrected) add_corrections_x(x, w, n, d, coef, gx);
+    add_corrections_w(x, w, n, d, coef, gw);
+  }
+  if (stepping) step_finish();
+}
+
+// Each owned row's correction coefficients (formed once: the fused step needs them early).
+template <typename T>
+void loss_run<T>::correction_coefs() {
+  if (!coef.empty()) return;
+  coef.resize((size_t)n);
   for (int64_t i = 0; i < n; ++i) {
     coef[i] = local[i] < 0 ? lsm_no_correction()
                            : lsm_target_correction(g_target[i], stats[i], p.margin, (int32_t)local[i]);
   }
-  add_corrections(x, w, n, d, coef, gx, gw);
 }
 
 // The labels, copied first (memory another thread writes meanwhile cannot slip an unchecked

@@ -34,6 +34,14 @@
 #include "cpu/common.h"
 #include "cpu/rows.h"
 #include "math/ce.cuh"
+#include "math/optim.cuh"
+
+namespace lsm_cpu {
+// count elements of a step (lsm_loss_step) through cpu/optim.cpp's loops, on this thread.
+template <typename T>
+void step_range(const lsm_loss_step &st, const lsm_adam_coefs &k, int64_t count, T *w, const T *g, T *s0, T *s1,
+                T *s2);
+}  // namespace lsm_cpu
 
 namespace lsm_cpu_fused {
 
@@ -85,6 +93,13 @@ struct loss_run {
   std::vector<double> smooth;    // each row's A = sum_j w_j (max - f_ij), with smoothing
   const double *cw = nullptr;    // the shard's class weights (null: all 1)
   T *buf = nullptr;              // n x block logits, then their exponentials or gradients
+  std::vector<lsm_correction> coef;  // the margin's corrections of the target rows (once formed)
+  bool x_corrected = false;      // grad_x has its corrections already (the fused step's check)
+  // The fused step (cpu/fused_update.cpp): args.update applied class block by class block.
+  bool stepping = false;
+  std::vector<char> deferred;    // classes a correction reads or writes: updated last
+  std::vector<T> dw_block;       // one block of dL/dW rows, in cache
+  lsm_adam_coefs adam_k{};
 
   loss_run(lsm_context *ctx, const lsm_loss_problem &q)
       : p(q), x(static_cast<const T *>(q.x)), w(static_cast<const T *>(q.w)), colscale(direct_scales(ctx, q)),
@@ -108,7 +123,16 @@ struct loss_run {
   void products(int64_t c0, int64_t cb, bool first);
   void products_from_exps(const double *sums, const double *lse);
 
+  // The fused step (cpu/fused_update.cpp): whether it goes with the one block's dL/dW products
+  // (grad_x complete), the rows of a block of dL/dW, and the
+  // classes left for after the corrections; and the classes of a block of dL/dW's product.
+  bool step_begin();
+  void step_block(int64_t c0, int64_t cb, const T *g);
+  void step_finish();
+  int64_t dw_block_classes() const;
+
   // The checks, the run and the corrections (cpu/loss.cpp).
+  void correction_coefs();
   int32_t read_labels(lsm_context *ctx);
   int32_t check_weights(lsm_context *ctx) const;
   int32_t run(lsm_context *ctx);

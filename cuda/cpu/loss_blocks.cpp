@@ -112,9 +112,17 @@ void loss_run<T>::products_from_exps(const double *sums, const double *lse) {
     for (int64_t q = 0; q < d; ++q) kx[i * d + q] = (T)(k[i] * (double)in.x[i * d + q]);
   }
   gemm(CblasNoTrans, CblasNoTrans, (int)n, (int)d, (int)c, buf, (int)c, in.w, (int)d, gx, (int)d);
-  gemm(CblasTrans, CblasNoTrans, (int)c, (int)d, (int)n, buf, (int)c, kx.data(), (int)d, gw, (int)d);
   for (int64_t i = 0; i < n; ++i)
     for (int64_t q = 0; q < d; ++q) gx[i * d + q] = (T)(k[i] * (double)gx[i * d + q]);
+  // dW by blocks of classes, with or without the step: the same products either way.
+  const bool fused = step_begin();
+  const int64_t sub = dw_block_classes();
+  for (int64_t c0 = 0; c0 < c; c0 += sub) {
+    const int64_t cb = std::min(sub, c - c0);
+    T *out = fused ? dw_block.data() : gw + c0 * d;
+    gemm(CblasTrans, CblasNoTrans, (int)cb, (int)d, (int)n, buf + c0, (int)c, kx.data(), (int)d, out, (int)d);
+    if (fused) step_block(c0, cb, out);
+  }
 }
 
 // The members run() calls from cpu/loss.cpp.

@@ -124,6 +124,43 @@ double sum_squares(int64_t count, const T *x) {
   return total;
 }
 
+}  // namespace
+
+namespace lsm_cpu {
+
+// A stretch of a fused loss's step (cpu/fused_update.cpp): elements [0, count) of w, its state
+// and g, through the loops above (one thread; the caller splits).
+template <typename T>
+void step_range(const lsm_loss_step &st, const lsm_adam_coefs &k, int64_t count, T *w, const T *g, T *s0, T *s1,
+                T *s2) {
+  if (st.adam) {
+    const lsm_adam &o = st.adam_o;
+    const bool ams = o.amsgrad != 0;
+    if (o.decoupled) return adam_loop<T, LSM_ADAM_DECOUPLED>(ams, 0, count, k, w, g, s0, s1, s2);
+    if (o.weight_decay != 0.0) return adam_loop<T, LSM_ADAM_L2>(ams, 0, count, k, w, g, s0, s1, s2);
+    return adam_loop<T, LSM_ADAM_PLAIN>(ams, 0, count, k, w, g, s0, s1, s2);
+  }
+  const lsm_sgd &o = st.sgd;
+  if (o.momentum == 0.0) return sgd_loop<T, false, false, false>(0, count, o, w, g, s0);
+  if (o.nesterov) {
+    if (o.first) return sgd_loop<T, true, true, true>(0, count, o, w, g, s0);
+    return sgd_loop<T, true, true, false>(0, count, o, w, g, s0);
+  }
+  if (o.first) return sgd_loop<T, true, false, true>(0, count, o, w, g, s0);
+  sgd_loop<T, true, false, false>(0, count, o, w, g, s0);
+}
+
+template void step_range<float>(const lsm_loss_step &, const lsm_adam_coefs &, int64_t, float *, const float *,
+                                float *, float *, float *);
+template void step_range<double>(const lsm_loss_step &, const lsm_adam_coefs &, int64_t, double *, const double *,
+                                 double *, double *, double *);
+
+}  // namespace lsm_cpu
+
+namespace {
+
+using namespace lsm_cpu;
+
 // Scores of classes in blocks of the workspace, each row's k best kept in indices/scores.
 template <typename T>
 int32_t topk(lsm_context *ctx, int64_t n, int64_t d, int64_t c, const lsm_margin &mg, int64_t k, const T *x,

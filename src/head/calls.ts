@@ -77,6 +77,36 @@ export interface Update {
   /** Whether clipping scales dL/dW in place first (SGD) rather than through `call`'s factor. */
   scalesInPlace?: boolean;
   call(s: HeadShard, gradScale: number, nonfinite: number, flag: Int32Array | null): NativeCall;
+  /** The same update as the fused loss's step (lsm_loss_update), without clipping's factor. */
+  step?(s: HeadShard, nonfinite: number, flag: Int32Array): FusedStep;
+}
+
+/**
+ * An lsm_loss_update, the flag it writes (1: skipped) and the host memory it points into, all
+ * held by this object until the call has returned.
+ */
+export interface FusedStep {
+  update: Uint8Array;
+  flag: Int32Array;
+  keep: readonly ArrayBufferView[];
+}
+
+/**
+ * The address of context memory or of a host array (0 for null), as the ABI's structs hold it.
+ *
+ * @param p context memory, a host array (kept alive by the caller while the address is used), or
+ * null
+ * @returns the address as a number (0 for null)
+ * @example
+ * ```ts
+ * import { address } from "./calls.ts";
+ * const flag = new Int32Array(1);
+ * console.log(address(flag) !== 0, address(null)); // true 0
+ * ```
+ */
+export function address(p: Deno.PointerValue | ArrayBufferView | null): number {
+  if (p === null) return 0;
+  return Number(Deno.UnsafePointer.value(ArrayBuffer.isView(p) ? Deno.UnsafePointer.of(p) : p));
 }
 
 // clip_grad_norm_'s factor: the total 2-norm over every shard's dL/dW from each shard's sum of
@@ -160,10 +190,14 @@ function* lossCalls(
   labels: Int32Array,
   gradX: FloatArray,
   policy: NonFinitePolicy,
+  step: FusedStep | null = null,
 ): Generator<NativeCall, LossOutcome, void> {
   yield* upload(shards, x, labels);
   const n = b.n, ce = shards[0].head.crossEntropy;
   b = labelled(shards, b, labels);
+  if (step !== null) {
+    b = { ...b, loss: { ...b.loss!, args: { ...b.loss!.args, update: address(step.update) } } };
+  }
   if (shards.length > 1) {
     const parts = shards.map((s) => new ShardCalls(s, b));
     const rowLoss = yield* shardedLossCalls(parts, labels, gradX, ce);
@@ -269,6 +303,12 @@ export function* stepCalls(
   draw: Draw | null = null,
   peers: Peers | null = null,
 ): Generator<NativeCall, StepOutcome, void> {
+  if (
+    shards.length === 1 && before === null && update.clipNorm === undefined && update.step &&
+    draw === null && peers === null
+  ) {
+    return yield* fusedStepCalls(shards[0], b, x, labels, update, gradX, policy);
+  }
   const lc = stepLossCalls(shards, b, x, labels, gradX, policy, draw, peers);
   const { loss, rowLoss, denominator } = yield* lc;
   const d = shards[0].head.features;
@@ -301,6 +341,29 @@ export function* stepCalls(
   }
   if (bad && policy === "throw") throw nonFiniteError(x, rowLoss, gradX, d);
   return { loss, skipped: bad };
+}
+
+/**
+ * A step of one shard without accumulation or clipping: the loss call applies the update itself
+ * (on the CPU while each block of dL/dW is in cache), under the same checks as stepCalls' (row
+ * losses, dL/dx and dL/dW finite, else nothing written: the flag says so).
+ */
+function* fusedStepCalls(
+  s: HeadShard,
+  b: Batch,
+  x: FloatArray,
+  labels: Int32Array,
+  update: Update,
+  gradX: FloatArray,
+  policy: NonFinitePolicy,
+): Generator<NativeCall, StepOutcome, void> {
+  const flag = new Int32Array(1);
+  const mode = policy === "apply" ? SgdNonFinite.APPLY : SgdNonFinite.SKIP;
+  const step = update.step!(s, mode, flag);
+  const { loss, rowLoss } = yield* lossCalls([s], b, x, labels, gradX, policy, step);
+  const skipped = step.flag[0] !== 0; // step, read after the call: its buffers lived through it
+  if (skipped && policy === "throw") throw nonFiniteError(x, rowLoss, gradX, gradX.length / b.n);
+  return { loss, skipped };
 }
 
 /**

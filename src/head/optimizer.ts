@@ -3,7 +3,15 @@
 // fields of the state, out of the shards and back in.
 
 import type { FloatArray } from "../../ffi/arrays.ts";
-import type { Update } from "./calls.ts";
+import {
+  encodeAdam,
+  encodeLossUpdate,
+  encodeSgd,
+  LSM_ADAM,
+  LSM_LOSS_UPDATE,
+  LSM_SGD,
+} from "../../ffi/structs.ts";
+import { address, type FusedStep, type Update } from "./calls.ts";
 import { type AdamState, adamStruct, type OptimizerSettings, sgdStruct } from "./options.ts";
 import { gatherShards, type HeadShard, scatterShards } from "./shards.ts";
 
@@ -23,6 +31,10 @@ export class HeadOptimizer {
         ...clip,
         scalesInPlace: true,
         call: (s, _scale, nonfinite, flag) => s.sgd({ ...sgd, nonfinite }, flag),
+        step: (s, nonfinite, flag) => {
+          const settings = encodeSgd({ ...sgd, nonfinite }, new Uint8Array(LSM_SGD.bytes));
+          return fusedStep({ sgd: address(settings), velocity: address(s.v) }, [settings], flag);
+        },
       };
     }
     const t = this.#step + 1;
@@ -30,6 +42,22 @@ export class HeadOptimizer {
       ...clip,
       call: (s, scale, nonfinite, flag) =>
         s.adam({ ...adamStruct(o, lr, t, scale), nonfinite }, flag),
+      step: (s, nonfinite, flag) => {
+        const settings = encodeAdam(
+          { ...adamStruct(o, lr, t, 1), nonfinite },
+          new Uint8Array(LSM_ADAM.bytes),
+        );
+        return fusedStep(
+          {
+            adam: address(settings),
+            expAvg: address(s.expAvg),
+            expAvgSq: address(s.expAvgSq),
+            maxExpAvgSq: address(s.maxExpAvgSq),
+          },
+          [settings],
+          flag,
+        );
+      },
     };
   }
 
@@ -66,4 +94,17 @@ export class HeadOptimizer {
     scatterShards(shards, (s) => s.expAvgSq!, adam.expAvgSq);
     if (adam.maxExpAvgSq !== null) scatterShards(shards, (s) => s.maxExpAvgSq!, adam.maxExpAvgSq);
   }
+}
+
+// An lsm_loss_update of the step's settings and state, with the flag it writes.
+function fusedStep(
+  fields: Record<string, number>,
+  keep: ArrayBufferView[],
+  flag: Int32Array,
+): FusedStep {
+  const update = encodeLossUpdate(
+    { ...fields, nonfinite: address(flag) },
+    new Uint8Array(LSM_LOSS_UPDATE.bytes),
+  );
+  return { update, flag, keep };
 }
