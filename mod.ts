@@ -81,6 +81,16 @@ export interface OpOptions extends MarginOptions {
   precision?: Precision;
 }
 
+/** The adaptive kinds' state after a step, on loss()'s result (pass it to the next step). */
+export interface AdaptiveState {
+  /** AdaFace: the moving mean of the clipped feature norms. */
+  batchMean?: number;
+  /** AdaFace: the moving standard deviation of the norms. */
+  batchStd?: number;
+  /** CurricularFace: the moving mean of the target cosines. */
+  t?: number;
+}
+
 /**
  * Options of {@link loss}: besides the margin and where to compute, the cross-entropy options
  * of torch's `F.cross_entropy` (`labelSmoothing`, `classWeights`, `ignoreIndex`; see
@@ -160,7 +170,8 @@ export function backends(): BackendsInfo {
  * write the gradients into (null or left out: new arrays; none may be given with
  * `gradients: false`).
  * @returns The loss (float64), the row losses as `losses` with reduction "none", and dL/dx,
- * dL/dw unless `gradients` is false.
+ * dL/dw unless `gradients` is false; AdaFace's updated `batchMean` and `batchStd`,
+ * CurricularFace's updated `t` (also with `gradients: false`).
  *
  * @example
  * ```ts
@@ -185,7 +196,7 @@ export function loss<T extends FloatArray>(
   w: T,
   labels: Int32Array,
   options: LossOptions & { gradients?: true; outX?: T; outW?: T },
-): { loss: number; losses?: Float64Array; gradX: T; gradW: T };
+): { loss: number; losses?: Float64Array; gradX: T; gradW: T } & AdaptiveState;
 /**
  * The loss alone, for evaluation: with `gradients: false` no gradient is computed.
  *
@@ -208,19 +219,19 @@ export function loss<T extends FloatArray>(
   w: T,
   labels: Int32Array,
   options: LossOptions & { gradients: false },
-): { loss: number; losses?: Float64Array };
+): { loss: number; losses?: Float64Array } & AdaptiveState;
 export function loss<T extends FloatArray>(
   x: T,
   w: T,
   labels: Int32Array,
   options: LossOptions & { outX?: T; outW?: T },
-): { loss: number; losses?: Float64Array; gradX?: T; gradW?: T } {
+): { loss: number; losses?: Float64Array; gradX?: T; gradW?: T } & AdaptiveState {
   return runLoss(resolveLoss(x, w, labels, options)) as {
     loss: number;
     losses?: Float64Array;
     gradX?: T;
     gradW?: T;
-  };
+  } & AdaptiveState;
 }
 
 /**

@@ -2,7 +2,7 @@
 // parameter names beside the types, and the ABI's constants.
 
 /** The C ABI version (`LSM_ABI_VERSION`) these bindings were written for. */
-export const ABI_VERSION = 3;
+export const ABI_VERSION = 4;
 
 /** Status codes of `lsm_status`. */
 export const Status = {

@@ -13,10 +13,12 @@ import { checkInteger, describe, readOptions } from "./checks.ts";
 import {
   checkMargin,
   hasLambda,
+  isAdaptive,
   KINDS,
   type Margin,
   MARGIN_KEYS,
   type MarginKind,
+  subcentersOf,
   withLambda,
 } from "./kinds.ts";
 import { checkSchedule, type LambdaSchedule, SCHEDULE_KEYS } from "./schedule.ts";
@@ -162,7 +164,7 @@ export function resolveOp(
   options: unknown,
 ): OpCall {
   const o = readOptions("options", options, KEYS[name]);
-  const margin = checkMargin(o);
+  const margin = lossOnly(checkMargin(o), name);
   const precision = checkPrecision(o.precision);
   const features = checkFeatures(o.features);
   const given = name === "forward"
@@ -171,6 +173,14 @@ export function resolveOp(
   const { call, arrays: bound } = bindCall(OPS[name], margin, precision, given, features);
   checkPrecisionOn(precision, o.backend);
   return { ctx: sharedContext(o.backend), op: OPS[name], call, arrays: bound };
+}
+
+/** A margin of a kind `where` serves: the adaptive kinds are served by loss() alone so far. */
+export function lossOnly(margin: Margin, where: string): Margin {
+  if (!isAdaptive(margin.kind)) return margin;
+  throw new TypeError(
+    `kind: expected a kind ${where} serves, got "${margin.kind}" (served by loss() only so far)`,
+  );
 }
 
 /** A fused loss call: one context, or one per class shard. */
@@ -185,6 +195,10 @@ export interface LossCall {
   /** What the sum of the row losses is divided by (1 unless a mean). */
   denominator: number;
   gradients: boolean;
+  /** The rows of W per class (sub-center ArcFace's K; 1 when absent). */
+  subcenters?: number;
+  /** The adaptive kinds' updated state (AdaFace: mean, std; CurricularFace: t), written by the call. */
+  state?: Float64Array;
 }
 
 /** loss(): its options and arrays. */
@@ -216,17 +230,58 @@ export function resolveLoss(x: unknown, w: unknown, labels: unknown, options: un
     features,
   );
   call.workspace = workspace;
-  const crossEntropy = checkCrossEntropy(o, call.c);
+  const subcenters = subcentersOf(margin);
+  if (call.c % subcenters !== 0) {
+    throw new RangeError(
+      `w: expected C·K rows (whole classes of subcenters K = ${subcenters}), got ${call.c} rows`,
+    );
+  }
+  const classes = call.c / subcenters;
+  if (isAdaptive(margin.kind)) {
+    for (const key of CROSS_ENTROPY_KEYS) {
+      if (o[key] === undefined) continue;
+      throw new TypeError(
+        `${key}: not an option of kind "${margin.kind}" (the cross-entropy options are not ` +
+          `supported with the adaptive kinds yet), got ${describe(o[key])}`,
+      );
+    }
+  }
+  const crossEntropy = checkCrossEntropy(o, classes);
   const { args, denominator } = crossEntropyArgs(
     crossEntropy,
     arrays[2] as Int32Array,
-    call.c,
+    classes,
     reduction,
   );
-  call.args = args;
+  let state: Float64Array | undefined;
+  if (margin.kind === "adaface" || margin.kind === "curricularface") {
+    state = new Float64Array(2);
+    const stateOut = Number(Deno.UnsafePointer.value(Deno.UnsafePointer.of(state)));
+    call.args = { ...args, stateOut };
+  } else {
+    call.args = args;
+  }
   checkPrecisionOn(precision, o.backend);
-  const contexts = lossContexts(o.backend, call.c);
-  return { call, arrays, contexts, reduction, crossEntropy, denominator, gradients };
+  if (
+    Array.isArray(o.backend) && (margin.kind === "curricularface" || margin.kind === "magface")
+  ) {
+    throw new TypeError(
+      `backend: expected one backend with kind "${margin.kind}" (class shards are not ` +
+        `supported for it yet), got a list of ${o.backend.length}`,
+    );
+  }
+  const contexts = lossContexts(o.backend, classes);
+  return {
+    call,
+    arrays,
+    contexts,
+    reduction,
+    crossEntropy,
+    denominator,
+    gradients,
+    subcenters,
+    ...(state === undefined ? {} : { state }),
+  };
 }
 
 /**
@@ -267,7 +322,7 @@ const LAYER_KEYS = [
 /** The layer's options: the margin without λ, the schedule for the kinds with λ, and the rest. */
 export function resolveLayer(options: unknown): LayerSettings {
   const o = readOptions("options", options, LAYER_KEYS);
-  const margin = checkMargin(o, ["lambda"]);
+  const margin = lossOnly(checkMargin(o, ["lambda"]), "the layer");
   const schedule = resolveLambda(margin.kind, o, false) as LambdaSchedule | undefined;
   const iteration = checkIteration(o.iteration);
   const backend = (o.backend ?? "auto") as Backend;
@@ -366,7 +421,7 @@ export function resolveHead(options: unknown): HeadSettings {
     );
   }
   const dtype = checkDType(o.dtype);
-  const margin = checkMargin(o, ["lambda"]);
+  const margin = lossOnly(checkMargin(o, ["lambda"]), "MarginHead");
   const lambda = resolveLambda(margin.kind, o, true);
   const optimizer = checkOptimizer(o.optimizer);
   const precision = checkPrecision(o.precision);

@@ -95,6 +95,15 @@ Deno.test("abi layout: the encoders write each value at its field's offset, rese
       m2: 0.25,
       m3: 0.125,
       flags: 1,
+      h: 0.333,
+      tAlpha: 0.01,
+      batchMean: 20,
+      batchStd: 100,
+      t: -0.75,
+      lowerNorm: 10,
+      upperNorm: 110,
+      lambdaG: 35,
+      upperMargin: 0.8,
     }],
     [LSM_LOSS_ARGS, encodeLossArgs, {
       classOffset: 12,
@@ -105,6 +114,7 @@ Deno.test("abi layout: the encoders write each value at its field's offset, rese
       classWeights: 2 ** 44 + 64,
       ignoreIndex: -100,
       flags: 1,
+      stateOut: 2 ** 45 + 128,
     }],
     [LSM_SGD, encodeSgd, {
       lr: 0.1,

@@ -152,6 +152,10 @@ int32_t lsm_topk(lsm_context *ctx, int32_t dtype, int64_t n, int64_t d, int64_t 
     if ((s = check_context(ctx)) || (s = check_pointer(ctx, margin, "margin"))) return s;
     const lsm_margin m = *margin;
     if ((s = check_head(ctx, dtype, n, d, c, m, x, w))) return s;  // no labels: prediction has none
+    if (m.kind == LSM_MARGIN_SUBCENTER)
+      return lsm_fail(ctx, LSM_ERR_INVALID_ARGUMENT,
+                      "margin.kind: expected a kind lsm_topk serves (sub-center ArcFace's classes are not yet), got " +
+                          str(m.kind));
     if (k < 1 || k > c || k > LSM_MAX_TOPK)
       return lsm_fail(ctx, LSM_ERR_INVALID_ARGUMENT,
                       "k: expected an integer in [1, min(c, " + str(LSM_MAX_TOPK) + ")] = [1, " +

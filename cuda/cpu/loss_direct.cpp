@@ -15,7 +15,7 @@ std::vector<double> loss_run<T>::direct_scales(lsm_context *ctx, const lsm_loss_
   std::vector<double> b;
   const bool one_block = (size_t)q.c <= ctx->workspace_limit / ((size_t)q.n * sizeof(T));
   if (q.stage != LSM_LOSS_FULL || q.grad_x == nullptr || !lsm_normalises_w(q.margin.kind) || !one_block ||
-      lsm_x_factor(q.margin) > 0x1p40)
+      lsm_x_factor(q.margin) > 0x1p40 || lsm_elementwise(q.margin.kind) || lsm_subcenters(q.margin) > 1)
     return b;
   auto in_range = [](double ss) { return ss >= 0x1p-100 && ss <= 0x1p100; };
   const T *xv = static_cast<const T *>(q.x), *wv = static_cast<const T *>(q.w);

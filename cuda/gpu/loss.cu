@@ -187,6 +187,10 @@ int32_t loss(lsm_context *ctx, const lsm_loss_problem &p) {
 }  // namespace
 
 int32_t lsm_cuda_loss(lsm_context *ctx, const lsm_loss_problem &p) {
+  if (lsm_adaptive(p.margin.kind))
+    return lsm_fail(ctx, LSM_ERR_UNAVAILABLE,
+                    std::string("margin.kind: ") + lsm_kind_of(p.margin.kind)->name +
+                        " is not available on the CUDA backend yet (the CPU backend serves it)");
   const int32_t s = activate(ctx);
   if (s != LSM_OK) return s;
   return p.dtype == LSM_FLOAT32 ? loss<float>(ctx, p) : loss<double>(ctx, p);
