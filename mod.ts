@@ -37,7 +37,8 @@ import {
 } from "./src/backends.ts";
 import { checkNumber } from "./src/checks.ts";
 import type { MarginOptions } from "./src/kinds.ts";
-import { runLoss } from "./src/loss.ts";
+import { type AdaptiveState, runLoss } from "./src/loss.ts";
+export type { AdaptiveState } from "./src/loss.ts";
 import { type CrossEntropyOptions, type Reduction, resolveLoss, resolveOp } from "./src/resolve.ts";
 import { checkSchedule, lambdaOf, type LambdaSchedule } from "./src/schedule.ts";
 
@@ -79,16 +80,6 @@ export interface OpOptions extends MarginOptions {
    * calls are always exact.
    */
   precision?: Precision;
-}
-
-/** The adaptive kinds' state after a step, on loss()'s result (pass it to the next step). */
-export interface AdaptiveState {
-  /** AdaFace: the moving mean of the clipped feature norms. */
-  batchMean?: number;
-  /** AdaFace: the moving standard deviation of the norms. */
-  batchStd?: number;
-  /** CurricularFace: the moving mean of the target cosines. */
-  t?: number;
 }
 
 /**

@@ -269,6 +269,9 @@ typedef struct lsm_loss_args {
   uint32_t flags;              /* 0 or LSM_LOSS_IGNORE */
   double *state_out;           /* AdaFace, CurricularFace: host memory (or NULL) for the updated
                                   state, over all n rows: [batch_mean, batch_std] or [t, 0] */
+  const double *row_targets;   /* CurricularFace on a shard: [2n] float64 context memory, every
+                                  row's c_iy and T_i (lsm_loss_targets, summed over the shards);
+                                  NULL: the call owns every label */
   int64_t reserved[2];         /* 0 */
 } lsm_loss_args;
 
@@ -304,6 +307,17 @@ LSM_API int32_t lsm_loss_gradients(lsm_context *ctx, int32_t dtype, int64_t n, i
                                    const lsm_loss_args *args, const void *x, const void *w,
                                    const int32_t *labels, const double *lse, void *grad_x,
                                    void *grad_w);
+
+/**
+ * CurricularFace on class shards: each row's target cosine c_iy into row_targets[i] and its
+ * threshold T_i = cos(t_iy + m) into row_targets[n + i] (float64 context memory, [2n]) where the
+ * shard owns label y_i, 0 elsewhere. Summed over the shards, they go to every shard's partials
+ * and gradients as args.row_targets. MagFace's partials give target = f_iy - lambda_g g_i, so that
+ * lse - target is the row's loss.
+ */
+LSM_API int32_t lsm_loss_targets(lsm_context *ctx, int32_t dtype, int64_t n, int64_t d, int64_t c,
+                                 const lsm_margin *margin, const lsm_loss_args *args, const void *x,
+                                 const void *w, const int32_t *labels, double *row_targets);
 
 /* Resident training: what a head whose W lives in context memory needs besides the fused loss. */
 

@@ -66,7 +66,8 @@ const FIELDS = [
   ["lsm_loss_args", "ignore_index", "int32", 48, "ignoreIndex"],
   ["lsm_loss_args", "flags", "uint32", 52, "flags"], // LOSS_IGNORE with ignoreIndex
   ["lsm_loss_args", "state_out", "int64", 56, "stateOut"], // the address of float64[2], or 0
-  ["lsm_loss_args", "reserved", "int64[2]", 64],
+  ["lsm_loss_args", "row_targets", "int64", 64, "rowTargets"], // the address of float64[2n], or 0
+  ["lsm_loss_args", "reserved", "int64[2]", 72],
   ["lsm_sgd", "lr", "float64", 0, "lr"],
   ["lsm_sgd", "momentum", "float64", 8, "momentum"],
   ["lsm_sgd", "weight_decay", "float64", 16, "weightDecay"],
@@ -88,7 +89,7 @@ const FIELDS = [
 ] as const;
 
 /** sizeof of each ABI struct. */
-const SIZES = { lsm_margin: 144, lsm_loss_args: 80, lsm_sgd: 40, lsm_adam: 72 } as const;
+const SIZES = { lsm_margin: 144, lsm_loss_args: 88, lsm_sgd: 40, lsm_adam: 72 } as const;
 
 type StructName = keyof typeof SIZES;
 

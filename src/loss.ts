@@ -48,18 +48,22 @@ export function withClassWeights(
   return { ...args, classWeights: Number(Deno.UnsafePointer.value(ptr)) };
 }
 
+/** The adaptive kinds' state after a step (pass it to the next step). */
+export interface AdaptiveState {
+  /** AdaFace: the moving mean of the clipped feature norms. */
+  batchMean?: number;
+  /** AdaFace: the moving standard deviation of the norms. */
+  batchStd?: number;
+  /** CurricularFace: the moving mean of the target cosines. */
+  t?: number;
+}
+
 /** What a fused loss call returns: the adaptive kinds add their updated state. */
-export interface LossResult {
+export interface LossResult extends AdaptiveState {
   loss: number;
   losses?: Float64Array;
   gradX?: FloatArray;
   gradW?: FloatArray;
-  /** AdaFace: the moving mean of the feature norms after the step. */
-  batchMean?: number;
-  /** AdaFace: the moving standard deviation of the norms after the step. */
-  batchStd?: number;
-  /** CurricularFace: the moving mean of the target cosines after the step. */
-  t?: number;
 }
 
 /** The loss and, when asked, its gradients (into the call's outX and outW arrays). */
@@ -88,10 +92,15 @@ export function runLoss(l: LossCall): LossResult {
   const bounds = shardBounds(c / k, l.contexts.length);
   const share = l.gradients ? newFloatArray(l.call.dtype, n * d) : null;
   const out = { gradW: gradW as FloatArray | null, share };
+  const targets = l.call.margin?.kind === KINDS.curricularface.code
+    ? rowTargets(l, bounds, k)
+    : undefined;
   const shards = l.contexts.map((ctx, s) =>
     new HostArrays(
       ctx,
-      l.call,
+      targets === undefined
+        ? l.call
+        : { ...l.call, args: withRowTargets(ctx, l.call.args!, targets) },
       bounds[s],
       bounds[s + 1],
       k,
@@ -109,6 +118,34 @@ export function runLoss(l: LossCall): LossResult {
     l.crossEntropy,
   );
   return result(rows);
+}
+
+// CurricularFace on shards: every row's target cosine and T_i, from the shard that owns its label
+// (each gives its own rows, 0 elsewhere: the sum over the shards).
+function rowTargets(l: LossCall, bounds: number[], k: number): Float64Array {
+  const { n, d } = l.call, contexts = l.contexts as NativeContext[];
+  const [x, w, labels] = l.arrays;
+  const sum = new Float64Array(2 * n), part = new Float64Array(2 * n);
+  contexts.forEach((ctx, s) => {
+    const c0 = bounds[s], c1 = bounds[s + 1];
+    const call = { ...l.call, c: (c1 - c0) * k, args: { ...l.call.args!, classOffset: c0 } };
+    const ws = (w as FloatArray).subarray(c0 * k * d, c1 * k * d);
+    ctx.run(OPS.lossTargets, call, [x, ws, labels, part]);
+    for (let i = 0; i < 2 * n; i++) sum[i] += part[i];
+  });
+  return sum;
+}
+
+// The row targets' address on a context: the array itself on the CPU, a copy elsewhere.
+function withRowTargets(ctx: NativeContext, args: LossArgs, targets: Float64Array): LossArgs {
+  let ptr: Deno.PointerValue;
+  if (ctx.backend === "cpu") {
+    ptr = Deno.UnsafePointer.of(targets);
+  } else {
+    ptr = ctx.buffer("rowTargets", targets.byteLength);
+    ctx.upload(ptr, targets);
+  }
+  return { ...args, rowTargets: Number(Deno.UnsafePointer.value(ptr)) };
 }
 
 // A shard of host arrays: views of w and dW for classes [c0, c0 + c) (rows [c0 K, (c0 + c) K)

@@ -201,6 +201,51 @@ export interface LossCall {
   state?: Float64Array;
 }
 
+/**
+ * A fused loss call's lsm_loss_args: the cross-entropy options over the classes (C·K rows of W for
+ * sub-center ArcFace, K per class), and for AdaFace and CurricularFace the array their updated
+ * state comes back in. The adaptive kinds take no cross-entropy option yet.
+ */
+function lossArgs(
+  margin: Margin,
+  o: Partial<Record<string, unknown>>,
+  call: Call,
+  labels: Int32Array,
+  reduction: Reduction,
+): {
+  subcenters: number;
+  classes: number;
+  crossEntropy: CrossEntropy;
+  denominator: number;
+  state?: Float64Array;
+} {
+  const subcenters = subcentersOf(margin);
+  if (call.c % subcenters !== 0) {
+    throw new RangeError(
+      `w: expected C·K rows (whole classes of subcenters K = ${subcenters}), got ${call.c} rows`,
+    );
+  }
+  const classes = call.c / subcenters;
+  if (isAdaptive(margin.kind)) {
+    for (const key of CROSS_ENTROPY_KEYS) {
+      if (o[key] === undefined) continue;
+      throw new TypeError(
+        `${key}: not an option of kind "${margin.kind}" (the cross-entropy options are not ` +
+          `supported with the adaptive kinds yet), got ${describe(o[key])}`,
+      );
+    }
+  }
+  const crossEntropy = checkCrossEntropy(o, classes);
+  const { args, denominator } = crossEntropyArgs(crossEntropy, labels, classes, reduction);
+  if (margin.kind !== "adaface" && margin.kind !== "curricularface") {
+    call.args = args;
+    return { subcenters, classes, crossEntropy, denominator };
+  }
+  const state = new Float64Array(2);
+  call.args = { ...args, stateOut: Number(Deno.UnsafePointer.value(Deno.UnsafePointer.of(state))) };
+  return { subcenters, classes, crossEntropy, denominator, state };
+}
+
 /** loss(): its options and arrays. */
 export function resolveLoss(x: unknown, w: unknown, labels: unknown, options: unknown): LossCall {
   const o = readOptions("options", options, KEYS.loss);
@@ -230,46 +275,14 @@ export function resolveLoss(x: unknown, w: unknown, labels: unknown, options: un
     features,
   );
   call.workspace = workspace;
-  const subcenters = subcentersOf(margin);
-  if (call.c % subcenters !== 0) {
-    throw new RangeError(
-      `w: expected C·K rows (whole classes of subcenters K = ${subcenters}), got ${call.c} rows`,
-    );
-  }
-  const classes = call.c / subcenters;
-  if (isAdaptive(margin.kind)) {
-    for (const key of CROSS_ENTROPY_KEYS) {
-      if (o[key] === undefined) continue;
-      throw new TypeError(
-        `${key}: not an option of kind "${margin.kind}" (the cross-entropy options are not ` +
-          `supported with the adaptive kinds yet), got ${describe(o[key])}`,
-      );
-    }
-  }
-  const crossEntropy = checkCrossEntropy(o, classes);
-  const { args, denominator } = crossEntropyArgs(
-    crossEntropy,
+  const { subcenters, classes, crossEntropy, denominator, state } = lossArgs(
+    margin,
+    o,
+    call,
     arrays[2] as Int32Array,
-    classes,
     reduction,
   );
-  let state: Float64Array | undefined;
-  if (margin.kind === "adaface" || margin.kind === "curricularface") {
-    state = new Float64Array(2);
-    const stateOut = Number(Deno.UnsafePointer.value(Deno.UnsafePointer.of(state)));
-    call.args = { ...args, stateOut };
-  } else {
-    call.args = args;
-  }
   checkPrecisionOn(precision, o.backend);
-  if (
-    Array.isArray(o.backend) && (margin.kind === "curricularface" || margin.kind === "magface")
-  ) {
-    throw new TypeError(
-      `backend: expected one backend with kind "${margin.kind}" (class shards are not ` +
-        `supported for it yet), got a list of ${o.backend.length}`,
-    );
-  }
   const contexts = lossContexts(o.backend, classes);
   return {
     call,
@@ -322,7 +335,7 @@ const LAYER_KEYS = [
 /** The layer's options: the margin without λ, the schedule for the kinds with λ, and the rest. */
 export function resolveLayer(options: unknown): LayerSettings {
   const o = readOptions("options", options, LAYER_KEYS);
-  const margin = lossOnly(checkMargin(o, ["lambda"]), "the layer");
+  const margin = checkMargin(o, ["lambda"]);
   const schedule = resolveLambda(margin.kind, o, false) as LambdaSchedule | undefined;
   const iteration = checkIteration(o.iteration);
   const backend = (o.backend ?? "auto") as Backend;
@@ -363,7 +376,10 @@ export function resolveLayerCall(
   reduction: Reduction;
   crossEntropy: CrossEntropy;
   denominator: number;
+  subcenters: number;
+  state?: Float64Array;
 } {
+  if (name === "forward") lossOnly(layer.margin, "the layer's forward");
   const o: Partial<Record<string, unknown>> = readOptions(
     "options",
     options,
@@ -377,15 +393,13 @@ export function resolveLayerCall(
     ? { ...arrays, out: output(o.out) }
     : { ...arrays, outX: output(o.outX), outW: output(o.outW) };
   const bound = bindCall(OPS[name], margin, layer.precision, given, features);
-  const crossEntropy = checkCrossEntropy(name === "loss" ? o : {}, bound.call.c);
-  let denominator = 1;
-  if (name === "loss") {
-    const labels = bound.arrays[2] as Int32Array;
-    const r = crossEntropyArgs(crossEntropy, labels, bound.call.c, reduction);
-    bound.call.args = r.args;
-    denominator = r.denominator;
+  if (name === "forward") {
+    const crossEntropy = checkCrossEntropy({}, bound.call.c);
+    return { step, ...bound, reduction, crossEntropy, denominator: 1, subcenters: 1 };
   }
-  return { step, ...bound, reduction, crossEntropy, denominator };
+  const labels = bound.arrays[2] as Int32Array;
+  const r = lossArgs(margin, o, bound.call, labels, reduction);
+  return { step, ...bound, reduction, ...r };
 }
 
 /** A head's settings from its options: sizes, dtype, margin (λ 0) and λ, optimizer, backends. */

@@ -115,6 +115,7 @@ Deno.test("abi layout: the encoders write each value at its field's offset, rese
       ignoreIndex: -100,
       flags: 1,
       stateOut: 2 ** 45 + 128,
+      rowTargets: 2 ** 46 + 256,
     }],
     [LSM_SGD, encodeSgd, {
       lr: 0.1,

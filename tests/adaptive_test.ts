@@ -210,8 +210,8 @@ Deno.test("adaptive: the state comes back also with gradients: false, and N = 1"
   }
 });
 
-Deno.test("adaptive subcenter, adaface: class shards equal one backend", () => {
-  for (const o of [SPECS[0], SPECS[1]]) {
+Deno.test("adaptive: class shards equal one backend (T_i and t across shards)", () => {
+  for (const o of SPECS) {
     const n = 7, d = 5, C = 7;
     const { x, w, labels } = problem(51, n, d, C, o);
     const one = run(x, w, labels, o);
@@ -220,6 +220,9 @@ Deno.test("adaptive subcenter, adaface: class shards equal one backend", () => {
     assertClose(shards.gradX, one.gradX, 1e-12, `${o.kind} shards: dL/dx`, maxAbs(one.gradX));
     assertClose(shards.gradW, one.gradW, 1e-12, `${o.kind} shards: dL/dW`, maxAbs(one.gradW));
     if (o.kind === "adaface") assert.equal(shards.batchMean, one.batchMean);
+    if (o.kind === "curricularface") assert.equal(shards.t, one.t);
+    const evalOnly = run(x, w, labels, o, { backend: ["cpu", "cpu"], gradients: false });
+    assertClose([evalOnly.loss], [one.loss], 1e-13, `${o.kind} shards without gradients`);
   }
 });
 
@@ -293,14 +296,6 @@ Deno.test("adaptive: errors name the option, the expected and the actual value",
       batchStd: 100,
       labelSmoothing: 0.1,
     }, /labelSmoothing: not an option of kind "adaface"/],
-    [{
-      kind: "curricularface",
-      scale: 64,
-      margin: 0.5,
-      tAlpha: 0.01,
-      t: 0,
-      backend: ["cpu", "cpu"],
-    }, /backend: expected one backend with kind "curricularface"/],
   ];
   for (const [o, re] of bad) {
     assert.throws(() => loss(x, w, labels, o as never), re, JSON.stringify(o));
@@ -318,10 +313,40 @@ Deno.test("adaptive: errors name the option, the expected and the actual value",
     () => forward(x, w, labels, ok as never),
     /kind: expected a kind forward serves, got "adaface"/,
   );
+  using layer = new LargeMarginSoftmax({ ...ok, backend: "cpu" } as never);
   assert.throws(
-    () => new LargeMarginSoftmax(ok as never),
-    /kind: expected a kind the layer serves/,
+    () => layer.forward(x, w, labels),
+    /kind: expected a kind the layer's forward serves, got "adaface"/,
   );
   // Still usable after.
   assert.ok(Number.isFinite(loss(x, w, labels, ok as never).loss));
+});
+
+Deno.test("adaptive: the layer carries AdaFace's and CurricularFace's state (and toJSON keeps it)", () => {
+  for (const o of SPECS) {
+    const n = 6, d = 4, C = 5;
+    const { x, w, labels } = problem(61, n, d, C, o);
+    using layer = new LargeMarginSoftmax({ ...o, backend: "cpu" } as never);
+    let spec: AdaptiveSpec = { ...o };
+    for (let step = 0; step < 3; step++) {
+      const got = layer.loss(x, w, labels);
+      const want = run(x, w, labels, spec);
+      assert.equal(got.loss, want.loss, `${o.kind} step ${step}: the loss of the chained calls`);
+      assert.deepEqual(got.gradW, want.gradW);
+      spec = {
+        ...spec,
+        ...(want.batchMean === undefined
+          ? {}
+          : { batchMean: want.batchMean, batchStd: want.batchStd }),
+        ...(want.t === undefined ? {} : { t: want.t }),
+      };
+      if (o.kind === "adaface") assert.equal(got.batchStd, want.batchStd);
+      if (o.kind === "curricularface") assert.equal(got.t, want.t);
+    }
+    const saved = JSON.parse(JSON.stringify(layer));
+    if (o.kind === "adaface") assert.equal(saved.batchMean, spec.batchMean);
+    if (o.kind === "curricularface") assert.equal(saved.t, spec.t);
+    using resumed = new LargeMarginSoftmax(saved);
+    assert.equal(resumed.loss(x, w, labels).loss, layer.loss(x, w, labels).loss, "resumed");
+  }
 });

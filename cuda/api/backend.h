@@ -24,8 +24,8 @@ struct lsm_problem {
   void *grad_w;  // backward only
 };
 
-// One validated fused-loss call (lsm_loss, lsm_loss_partials, lsm_loss_gradients).
-enum lsm_loss_stage { LSM_LOSS_FULL = 0, LSM_LOSS_PARTIALS = 1, LSM_LOSS_GRADIENTS = 2 };
+// One validated fused-loss call (lsm_loss, lsm_loss_partials, lsm_loss_gradients, lsm_loss_targets).
+enum lsm_loss_stage { LSM_LOSS_FULL = 0, LSM_LOSS_PARTIALS = 1, LSM_LOSS_GRADIENTS = 2, LSM_LOSS_TARGETS = 3 };
 
 struct lsm_loss_problem {
   int32_t stage;  // lsm_loss_stage
@@ -40,6 +40,7 @@ struct lsm_loss_problem {
   double *row_max, *row_sum, *target;   // PARTIALS
   double *row_smooth;                   // PARTIALS with label smoothing
   const double *lse;                    // GRADIENTS
+  double *row_targets;                  // TARGETS
   void *grad_x, *grad_w;                // GRADIENTS, and FULL unless both are null
 };
 

@@ -252,6 +252,17 @@ int32_t check_loss(lsm_context *ctx, const lsm_loss_problem &p) {
   const named full[] = {{p.row_loss, "row_loss"}};
   const named partials[] = {{p.row_max, "row_max"}, {p.row_sum, "row_sum"}, {p.target, "target"}};
   const named gradients_in[] = {{p.lse, "lse"}};
+  if (a.row_targets != nullptr && p.margin.kind != LSM_MARGIN_CURRICULARFACE)
+    return lsm_fail(ctx, LSM_ERR_INVALID_ARGUMENT, "args.row_targets: expected NULL but with CurricularFace");
+  if (a.row_targets != nullptr &&
+      (s = check_tensor(ctx, a.row_targets, 2 * p.n, sizeof(double), "args.row_targets")))
+    return s;
+  if (p.stage == LSM_LOSS_TARGETS) {
+    if (p.margin.kind != LSM_MARGIN_CURRICULARFACE)
+      return lsm_fail(ctx, LSM_ERR_INVALID_ARGUMENT,
+                      "margin.kind: expected LSM_MARGIN_CURRICULARFACE for lsm_loss_targets, got " + str(p.margin.kind));
+    return check_tensor(ctx, p.row_targets, 2 * p.n, sizeof(double), "row_targets");
+  }
   const named *arrays = p.stage == LSM_LOSS_FULL ? full : p.stage == LSM_LOSS_PARTIALS ? partials : gradients_in;
   const int count = p.stage == LSM_LOSS_PARTIALS ? 3 : 1;
   for (int k = 0; k < count; ++k) {

@@ -37,7 +37,8 @@
   X(lsm_loss_args, ignore_index, 48, 4)         \
   X(lsm_loss_args, flags, 52, 4)                \
   X(lsm_loss_args, state_out, 56, 8)            \
-  X(lsm_loss_args, reserved, 64, 16)            \
+  X(lsm_loss_args, row_targets, 64, 8)          \
+  X(lsm_loss_args, reserved, 72, 16)            \
   X(lsm_sgd, lr, 0, 8)                          \
   X(lsm_sgd, momentum, 8, 8)                    \
   X(lsm_sgd, weight_decay, 16, 8)               \
@@ -60,7 +61,7 @@
 // The structs themselves: X(struct, bytes).
 #define LSM_ABI_STRUCTS(X) \
   X(lsm_margin, 144)        \
-  X(lsm_loss_args, 80)     \
+  X(lsm_loss_args, 88)     \
   X(lsm_sgd, 40)           \
   X(lsm_adam, 72)
 

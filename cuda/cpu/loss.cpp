@@ -83,17 +83,30 @@ int32_t loss_run<T>::prepass(lsm_context *ctx) {
     }
   });
   if (mg.kind == LSM_MARGIN_CURRICULARFACE) {
-    double sum = 0.0;
-    thresh.assign((size_t)n, 0.0);
-    for (int64_t i = 0; i < n; ++i) {
-      if (local[i] < 0)
-        return lsm_fail(ctx, LSM_ERR_INVALID_ARGUMENT,
-                        "labels[" + std::to_string(i) + "]: expected a class of this call's W with CurricularFace " +
-                            "(its t is the mean over every row's target; class shards are not supported yet), got " +
-                            std::to_string(labels[i]));
-      sum += stats[i].c;
-      thresh[i] = lsm_curricular_threshold(stats[i], mg);
+    // Every row's c_iy and T_i: this call's own, or from the label owners (args.row_targets).
+    const double *given = p.args.row_targets;
+    std::vector<double> own;
+    if (given == nullptr || p.stage == LSM_LOSS_TARGETS) {
+      own.assign((size_t)(2 * n), 0.0);
+      for (int64_t i = 0; i < n; ++i) {
+        if (local[i] >= 0) {
+          own[i] = stats[i].c, own[n + i] = lsm_curricular_threshold(stats[i], mg);
+        } else if (p.stage != LSM_LOSS_TARGETS) {
+          return lsm_fail(ctx, LSM_ERR_INVALID_ARGUMENT,
+                          "labels[" + std::to_string(i) + "]: expected a class of this shard with CurricularFace " +
+                              "and no args.row_targets (t and T_i need every row's target), got " +
+                              std::to_string(labels[i]));
+        }
+      }
+      if (p.stage == LSM_LOSS_TARGETS) {
+        std::copy(own.begin(), own.end(), p.row_targets);
+        return LSM_OK;
+      }
+      given = own.data();
     }
+    double sum = 0.0;
+    thresh.assign(given + n, given + 2 * n);
+    for (int64_t i = 0; i < n; ++i) sum += given[i];
     t_now = lsm_curricular_update(mg, sum / (double)n);
     state[0] = t_now;
   }
@@ -148,7 +161,7 @@ int32_t loss_run<T>::run(lsm_context *ctx) {
   stats.resize((size_t)n);
   target.assign((size_t)n, 0.0);
   g_target.assign((size_t)n, 0.0);
-  if ((s = prepass(ctx)) != LSM_OK) return s;
+  if ((s = prepass(ctx)) != LSM_OK || p.stage == LSM_LOSS_TARGETS) return s;
   // Blocks of equal size within the limit (whole classes: multiples of K rows): the last one,
   // whose exponentials the gradients reuse, is then as large as any. The element-wise kinds keep
   // their derivatives beside (aux), sub-center ArcFace its class logits (cls).
@@ -192,6 +205,9 @@ int32_t loss_run<T>::run(lsm_context *ctx) {
         p.row_max[i] = maxes[i];
         p.row_sum[i] = sums[i];
         p.target[i] = local[i] >= 0 ? target[i] : 0.0;
+        // MagFace: the owner's regulariser rides on the target, so that lse - target is the loss.
+        if (local[i] >= 0 && p.margin.kind == LSM_MARGIN_MAGFACE)
+          p.target[i] -= p.margin.lambda_g * lsm_magface_g(p.margin, mag[i].a);
         if (p.row_smooth != nullptr) p.row_smooth[i] = smooth[i];
       }
       return LSM_OK;
