@@ -10,6 +10,7 @@
 
 import assert from "node:assert/strict";
 import { forward, LargeMarginSoftmax, loss } from "../mod.ts";
+import { cudaAvailable } from "./check.ts";
 import {
   allFinite,
   assertClose,
@@ -48,7 +49,7 @@ function run(
   o: AdaptiveSpec,
   extra: Record<string, unknown> = {},
 ): Result {
-  return loss(x, w, labels, { ...o, ...extra } as never);
+  return loss(x, w, labels, { backend: "cpu", ...o, ...extra } as never);
 }
 
 /** The library against the reference and its central differences, at one point. */
@@ -94,7 +95,7 @@ for (const o of SPECS) {
     const blocked = check(x, w, labels, d, o, `${o.kind} blocks`, { workspace: small });
     assertClose([blocked.loss], [one.loss], 1e-13, `${o.kind}: blocks equal one block`);
     assertClose(blocked.gradX, one.gradX, 1e-12, `${o.kind}: blocks' dL/dx`, maxAbs(one.gradX));
-    loss(x, w, labels, { ...o, workspace: 64 << 20 } as never); // the default again
+    loss(x, w, labels, { ...o, backend: "cpu", workspace: 64 << 20 } as never); // the default again
   });
 
   Deno.test(`adaptive ${o.kind}: float32 within float rounding of the reference`, () => {
@@ -145,7 +146,7 @@ Deno.test("adaptive subcenter: K = 1 is arcface; gradients go to the winning sub
   const n = 8, d = 6, C = 5;
   const rng = new Rng(21);
   const x = randomArray(rng, n * d), w = randomArray(rng, C * d), labels = randomLabels(rng, n, C);
-  const a = loss(x, w, labels, { kind: "arcface", scale: 30, margin: 0.5 });
+  const a = loss(x, w, labels, { kind: "arcface", scale: 30, margin: 0.5, backend: "cpu" });
   const s = run(x, w, labels, { kind: "subcenter", scale: 30, margin: 0.5, subcenters: 1 });
   assert.equal(s.loss, a.loss);
   assert.deepEqual(s.gradX, a.gradX);
@@ -349,4 +350,58 @@ Deno.test("adaptive: the layer carries AdaFace's and CurricularFace's state (and
     using resumed = new LargeMarginSoftmax(saved);
     assert.equal(resumed.loss(x, w, labels).loss, layer.loss(x, w, labels).loss, "resumed");
   }
+});
+
+Deno.test("adaptive: a larger batch (threads, several blocks) against the reference", () => {
+  for (const o of SPECS) {
+    const n = 300, d = 24, C = 60, K = rowsPerClass(o);
+    const { x, w, labels } = problem(71, n, d, C, o, 0.6);
+    const ref = referenceAdaptive(x, w, labels, d, o);
+    const one = run(x, w, labels, o);
+    const blocked = run(x, w, labels, o, { workspace: 7 * K * n * 8 * 2 });
+    loss(x, w, labels, { ...o, backend: "cpu", workspace: 64 << 20 } as never);
+    assertClose([one.loss, blocked.loss], [ref.loss, ref.loss], 1e-9, `${o.kind}: loss`);
+    assertClose(blocked.gradX, one.gradX, 1e-11, `${o.kind}: blocks' dL/dx`, maxAbs(one.gradX));
+    assertClose(blocked.gradW, one.gradW, 1e-11, `${o.kind}: blocks' dL/dW`, maxAbs(one.gradW));
+    const f32 = run(toF32(x), toF32(w), labels, o);
+    assertClose([f32.loss], [ref.loss], 5e-4, `${o.kind}: float32 loss`);
+    assertClose(f32.gradW, one.gradW, 5e-4, `${o.kind}: float32 dL/dW`, maxAbs(one.gradW));
+    if (ref.batchMean !== undefined) assertClose([one.batchMean], [ref.batchMean], 1e-12, "μ");
+    if (ref.t !== undefined) assertClose([one.t, f32.t], [ref.t, ref.t], 1e-6, "t");
+  }
+});
+
+Deno.test({
+  name: "adaptive cuda: AdaFace, CurricularFace and MagFace equal the CPU backend (shards too)",
+  ignore: !cudaAvailable,
+  fn: () => {
+    for (const o of SPECS.slice(1)) {
+      for (const f32 of [false, true]) {
+        const n = 24, d = 8, C = 20;
+        const p = problem(81, n, d, C, o);
+        const x = f32 ? toF32(p.x) : p.x, w = f32 ? toF32(p.w) : p.w;
+        const tol = f32 ? 2e-4 : 1e-10;
+        const cpu = run(x, w, p.labels, o, { backend: "cpu" });
+        const what = `${o.kind} ${f32 ? "f32" : "f64"}`;
+        for (const extra of [{}, { workspace: 7 * n * 8 * 2 }, { backend: ["cpu", "cuda"] }]) {
+          const cuda = run(x, w, p.labels, o, { backend: "cuda", ...extra });
+          assertClose([cuda.loss], [cpu.loss], tol, `${what} ${JSON.stringify(extra)}: loss`);
+          const floor = maxAbs(cpu.gradW);
+          assertClose(cuda.gradX, cpu.gradX, tol, `${what}: dL/dx`, maxAbs(cpu.gradX));
+          assertClose(cuda.gradW, cpu.gradW, tol, `${what}: dL/dW`, floor);
+          for (const key of ["batchMean", "batchStd", "t"]) {
+            if (cpu[key] !== undefined) {
+              assertClose([cuda[key]], [cpu[key]], tol, `${what}: ${key}`);
+            }
+          }
+        }
+        loss(x, w, p.labels, { ...o, backend: "cuda", workspace: 64 << 20 } as never);
+      }
+    }
+    const s = SPECS[0], p = problem(82, 4, 3, 2, s);
+    assert.throws(
+      () => run(p.x, p.w, p.labels, s, { backend: "cuda" }),
+      /sub-center ArcFace is not available on the CUDA backend yet/,
+    );
+  },
 });

@@ -257,6 +257,12 @@ int32_t check_loss(lsm_context *ctx, const lsm_loss_problem &p) {
   if (a.row_targets != nullptr &&
       (s = check_tensor(ctx, a.row_targets, 2 * p.n, sizeof(double), "args.row_targets")))
     return s;
+  if (p.margin.kind == LSM_MARGIN_CURRICULARFACE && a.row_targets == nullptr && p.stage != LSM_LOSS_TARGETS &&
+      (a.class_offset != 0 || a.total_classes != classes))
+    return lsm_fail(ctx, LSM_ERR_INVALID_ARGUMENT,
+                    "args.row_targets: expected every row's c_iy and T_i (lsm_loss_targets) on a shard with "
+                    "CurricularFace (class_offset " + str(a.class_offset) + ", total_classes " + str(a.total_classes) +
+                        "), got NULL");
   if (p.stage == LSM_LOSS_TARGETS) {
     if (p.margin.kind != LSM_MARGIN_CURRICULARFACE)
       return lsm_fail(ctx, LSM_ERR_INVALID_ARGUMENT,

@@ -42,7 +42,7 @@ void loss_run<T>::corrections() {
 // ArcFace's winning target sub-center, CurricularFace's target cosines, T_i and t; then the owned
 // rows' statistics and target logits; the updated state into args.state_out.
 template <typename T>
-int32_t loss_run<T>::prepass(lsm_context *ctx) {
+int32_t loss_run<T>::prepass() {
   const lsm_margin &mg = p.margin;
   const int64_t classes = c / subs;
   rowq.assign((size_t)n, 0.0);
@@ -88,16 +88,9 @@ int32_t loss_run<T>::prepass(lsm_context *ctx) {
     std::vector<double> own;
     if (given == nullptr || p.stage == LSM_LOSS_TARGETS) {
       own.assign((size_t)(2 * n), 0.0);
-      for (int64_t i = 0; i < n; ++i) {
-        if (local[i] >= 0) {
-          own[i] = stats[i].c, own[n + i] = lsm_curricular_threshold(stats[i], mg);
-        } else if (p.stage != LSM_LOSS_TARGETS) {
-          return lsm_fail(ctx, LSM_ERR_INVALID_ARGUMENT,
-                          "labels[" + std::to_string(i) + "]: expected a class of this shard with CurricularFace " +
-                              "and no args.row_targets (t and T_i need every row's target), got " +
-                              std::to_string(labels[i]));
-        }
-      }
+      // Without row_targets the call holds every class (api/checks.cpp): every row is owned.
+      for (int64_t i = 0; i < n; ++i)
+        if (local[i] >= 0) own[i] = stats[i].c, own[n + i] = lsm_curricular_threshold(stats[i], mg);
       if (p.stage == LSM_LOSS_TARGETS) {
         std::copy(own.begin(), own.end(), p.row_targets);
         return LSM_OK;
@@ -161,7 +154,7 @@ int32_t loss_run<T>::run(lsm_context *ctx) {
   stats.resize((size_t)n);
   target.assign((size_t)n, 0.0);
   g_target.assign((size_t)n, 0.0);
-  if ((s = prepass(ctx)) != LSM_OK || p.stage == LSM_LOSS_TARGETS) return s;
+  if ((s = prepass()) != LSM_OK || p.stage == LSM_LOSS_TARGETS) return s;
   // Blocks of equal size within the limit (whole classes: multiples of K rows): the last one,
   // whose exponentials the gradients reuse, is then as large as any. The element-wise kinds keep
   // their derivatives beside (aux), sub-center ArcFace its class logits (cls).

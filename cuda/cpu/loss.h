@@ -125,7 +125,7 @@ struct loss_run {
   void gradient_classes(int64_t c0, int64_t cb, const double *lse, const double *sums);
 
   // The checks, the run and the corrections (cpu/loss.cpp).
-  int32_t prepass(lsm_context *ctx);
+  int32_t prepass();
   int32_t read_labels(lsm_context *ctx);
   int32_t check_weights(lsm_context *ctx) const;
   int32_t run(lsm_context *ctx);
