@@ -20,14 +20,13 @@ work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
 # The CUDA-path tests: all of them for the unmutated kernels, and for a mutant those of its header
 # (each header's kernels run in its tests; MUTANT_TESTS overrides both).
-all_tests="tests/cuda_test.ts tests/tf32_test.ts tests/gradient_test.ts tests/loss_test.ts tests/margins_test.ts tests/head_test.ts tests/adaptive_test.ts"
+all_tests="tests/cuda_test.ts tests/tf32_test.ts tests/gradient_test.ts tests/loss_test.ts tests/margins_test.ts tests/head_test.ts"
 tests_of() {
   if [ -n "${MUTANT_TESTS:-}" ]; then echo "$MUTANT_TESTS"; return; fi
   case $1 in
     cuda/gpu/gemm_kernels.cuh) echo "tests/cuda_test.ts tests/tf32_test.ts tests/loss_test.ts" ;;
     cuda/gpu/loss_kernels.cuh) echo "tests/loss_test.ts tests/margins_test.ts" ;;
     cuda/gpu/optim_kernels.cuh) echo "tests/head_test.ts" ;;
-    cuda/gpu/adaptive_kernels.cuh) echo "tests/adaptive_test.ts" ;;
     *) echo "tests/cuda_test.ts tests/gradient_test.ts tests/margins_test.ts tests/loss_test.ts" ;;
   esac
 }
@@ -64,7 +63,7 @@ if ! build_and_test ${MUTANT_TESTS:-$all_tests}; then
 fi
 echo "baseline  unmutated kernels pass the tests"
 survived=0 total=0
-for header in ${MUTANT_HEADERS:-cuda/gpu/target_kernels.cuh cuda/gpu/loss_kernels.cuh cuda/gpu/gemm_kernels.cuh cuda/gpu/optim_kernels.cuh cuda/gpu/adaptive_kernels.cuh}; do
+for header in ${MUTANT_HEADERS:-cuda/gpu/target_kernels.cuh cuda/gpu/loss_kernels.cuh cuda/gpu/gemm_kernels.cuh cuda/gpu/optim_kernels.cuh}; do
   while IFS=: read -r line _; do
     total=$((total + 1))
     rm -rf "$work/cuda" && cp -r cuda "$work/cuda"

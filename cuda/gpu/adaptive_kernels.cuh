@@ -1,6 +1,6 @@
 // gpu/adaptive_kernels.cuh: the fused loss's kernels for AdaFace, CurricularFace and MagFace
 // (docs/math.md), the CPU backend's cpu/loss.cpp pre-pass and element transform step for step:
-// the rows' norms, the per-row quantities and the state (one block, sums in a fixed order), the
+// the rows' norms, the state (one thread, the rows in order) and the per-row quantities, the
 // non-target transform and its derivative, and MagFace's regulariser on the row losses. The math
 // is math/margin.cuh's.
 #ifndef LSOFTMAX_ADAPTIVE_KERNELS_CUH
@@ -9,8 +9,6 @@
 #include "gpu/target_kernels.cuh"
 
 namespace lsm_kernels {
-
-constexpr int kAdaptiveBlock = 256;  // threads of adaptive_rows' one block
 
 // |x_i| per row (one warp per row), as the CPU's row_length: scaled by a power of two near the
 // largest magnitude; 0 for a zero row, NaN for a row holding a NaN or an infinity.
@@ -36,52 +34,41 @@ __global__ void adaptive_lengths(const T *x, int n, int d, double *len) {
   }
 }
 
-// The block's sum of one value per thread, in a fixed order (a tree over shared memory).
-__device__ double block_sum(double v, double *sh) {
-  const int tid = (int)threadIdx.x;
-  sh[tid] = v;
-  __syncthreads();  // every thread's value is in place before the tree reads them
-  for (int half = kAdaptiveBlock / 2; half > 0; half /= 2) {
-    if (tid < half) sh[tid] += sh[tid + half];
-    __syncthreads();  // this level's sums are in place before the next reads them
+// The state, by one thread, summing the rows in order as the CPU backend does (the same sums, no
+// barrier; n such terms are nothing next to the products). AdaFace: the clipped norms' mean and
+// unbiased std from len (|x_i|) to the updated moving averages; CurricularFace: the updated t
+// from the target cosines cos_y. Into state[0], state[1].
+__global__ void adaptive_state(lsm_margin mg, int n, const double *len, const double *cos_y, double *state) {
+  if (blockIdx.x != 0 || threadIdx.x != 0) return;
+  if (mg.kind == LSM_MARGIN_CURRICULARFACE) {
+    double sum = 0.0;
+    for (int i = 0; i < n; ++i) sum += cos_y[i];
+    state[0] = lsm_curricular_update(mg, sum / (double)n), state[1] = 0.0;
+    return;
   }
-  const double total = sh[0];
-  __syncthreads();  // every thread has read the total before sh is written again
-  return total;
+  double sum = 0.0, sq = 0.0, mu, sigma;
+  for (int i = 0; i < n; ++i) sum += lsm_adaface_norm(len[i]);
+  const double mean = sum / (double)n;
+  for (int i = 0; i < n; ++i) {
+    const double a = lsm_adaface_norm(len[i]);
+    sq += (a - mean) * (a - mean);
+  }
+  lsm_adaface_update(mg, mean, sq, n, &mu, &sigma);
+  state[0] = mu, state[1] = sigma;
 }
 
-// The per-row quantities and the state, in one block of kAdaptiveBlock threads. AdaFace: rowq
-// holds |x_i| and becomes z_i, state the updated mean and std. MagFace: rowq becomes m_i, with a_i,
-// dm_i/d|x_i| and whether |x_i| is inside [l_a, u_a] (1 or 0) in mag. CurricularFace: the updated t
-// from the target cosines cos_y into state[0].
-__global__ void adaptive_rows(lsm_margin mg, int n, double *rowq, double *mag_a, double *mag_dm, double *mag_in,
-                              const double *cos_y, double *state) {
-  __shared__ double sh[kAdaptiveBlock];
-  const int tid = (int)threadIdx.x;
-  if (mg.kind == LSM_MARGIN_MAGFACE) {
-    for (int i = tid; i < n; i += kAdaptiveBlock) {
+// The per-row quantities from |x_i| in rowq (thread per row). AdaFace: z_i with the updated state;
+// MagFace: m_i, with a_i, dm_i/d|x_i| and whether |x_i| is inside [l_a, u_a] (1 or 0) in mag.
+__global__ void adaptive_rows(lsm_margin mg, int n, double *rowq, double *mag, const double *state) {
+  const int step = (int)(gridDim.x * blockDim.x);
+  for (int i = (int)(blockIdx.x * blockDim.x + threadIdx.x); i < n; i = next_index(i, step, n)) {
+    if (mg.kind == LSM_MARGIN_ADAFACE) {
+      rowq[i] = lsm_adaface_z(mg, lsm_adaface_norm(rowq[i]), state[0], state[1]);
+    } else {
       const lsm_magface_row r = lsm_magface_of(mg, rowq[i]);
-      rowq[i] = r.m, mag_a[i] = r.a, mag_dm[i] = r.dm, mag_in[i] = r.inside ? 1.0 : 0.0;
+      rowq[i] = r.m, mag[i] = r.a, mag[n + i] = r.dm, mag[2 * (int64_t)n + i] = r.inside ? 1.0 : 0.0;
     }
-    return;
   }
-  if (mg.kind == LSM_MARGIN_CURRICULARFACE) {
-    double part = 0.0;
-    for (int i = tid; i < n; i += kAdaptiveBlock) part += cos_y[i];
-    const double sum = block_sum(part, sh);
-    if (tid == 0) state[0] = lsm_curricular_update(mg, sum / (double)n), state[1] = 0.0;
-    return;
-  }
-  double part = 0.0;  // AdaFace
-  for (int i = tid; i < n; i += kAdaptiveBlock) part += rowq[i] = lsm_adaface_norm(rowq[i]);
-  const double mean = block_sum(part, sh) / (double)n;
-  part = 0.0;
-  for (int i = tid; i < n; i += kAdaptiveBlock) part += (rowq[i] - mean) * (rowq[i] - mean);
-  const double sq = block_sum(part, sh);
-  double mu, sigma;
-  lsm_adaface_update(mg, mean, sq, n, &mu, &sigma);
-  for (int i = tid; i < n; i += kAdaptiveBlock) rowq[i] = lsm_adaface_z(mg, rowq[i], mu, sigma);
-  if (tid == 0) state[0] = mu, state[1] = sigma;
 }
 
 // The element-wise kinds' non-target logits from the products s c in z (AdaFace's clamp,

@@ -138,8 +138,8 @@ int32_t loss(lsm_context *ctx, const lsm_loss_problem &p) {
   const double *q = kind == LSM_MARGIN_ADAFACE || kind == LSM_MARGIN_MAGFACE ? rowq : nullptr;
   if (q != nullptr) {
     LSM_LAUNCH(adaptive_lengths<T>, sample_blocks, kSampleBlock, s, x, n, d, rowq);
-    LSM_LAUNCH(adaptive_rows, 1, kAdaptiveBlock, s, p.margin, n, rowq, mag, mag + n, mag + 2 * (int64_t)n, nullptr,
-               state);
+    if (kind == LSM_MARGIN_ADAFACE) LSM_LAUNCH(adaptive_state, 1, 1, s, p.margin, n, rowq, nullptr, state);
+    LSM_LAUNCH(adaptive_rows, row_blocks, kSampleBlock, s, p.margin, n, rowq, mag, state);
   }
   double *own_cos = nullptr, *own_thresh = nullptr;
   const double *row_cos = cos_y, *row_thresh = thresh;
@@ -157,8 +157,7 @@ int32_t loss(lsm_context *ctx, const lsm_loss_problem &p) {
     LSM_CUDA_TRY(ctx, cudaGetLastError());
     return check_bad_label(ctx, p.labels, p.n, p.args.total_classes, bad);
   }
-  if (curricular)
-    LSM_LAUNCH(adaptive_rows, 1, kAdaptiveBlock, s, p.margin, n, nullptr, nullptr, nullptr, nullptr, row_cos, state);
+  if (curricular) LSM_LAUNCH(adaptive_state, 1, 1, s, p.margin, n, nullptr, row_cos, state);
   const device_inputs<T> in = normalise_inputs<T>(ctx, p.margin, x, w, n, d, c, inputs);
 
   gemm_args<T> logits = {};  // z = x W_b^T for the block at c0 (B and N set per block)
