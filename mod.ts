@@ -37,7 +37,8 @@ import {
 } from "./src/backends.ts";
 import { checkNumber } from "./src/checks.ts";
 import type { MarginOptions } from "./src/kinds.ts";
-import { runLoss } from "./src/loss.ts";
+import { type AdaptiveState, runLoss } from "./src/loss.ts";
+export type { AdaptiveState } from "./src/loss.ts";
 import { type CrossEntropyOptions, type Reduction, resolveLoss, resolveOp } from "./src/resolve.ts";
 import { checkSchedule, lambdaOf, type LambdaSchedule } from "./src/schedule.ts";
 
@@ -161,7 +162,8 @@ export function backends(): BackendsInfo {
  * write the gradients into (null or left out: new arrays; none may be given with
  * `gradients: false`).
  * @returns The loss (float64), the row losses as `losses` with reduction "none", and dL/dx,
- * dL/dw unless `gradients` is false.
+ * dL/dw unless `gradients` is false; AdaFace's updated `batchMean` and `batchStd`,
+ * CurricularFace's updated `t` (also with `gradients: false`).
  *
  * @example
  * ```ts
@@ -186,7 +188,7 @@ export function loss<T extends FloatArray>(
   w: T,
   labels: Int32Array,
   options: LossOptions & { gradients?: true; outX?: T; outW?: T },
-): { loss: number; losses?: Float64Array; gradX: T; gradW: T };
+): { loss: number; losses?: Float64Array; gradX: T; gradW: T } & AdaptiveState;
 /**
  * The loss alone, for evaluation: with `gradients: false` no gradient is computed.
  *
@@ -209,19 +211,19 @@ export function loss<T extends FloatArray>(
   w: T,
   labels: Int32Array,
   options: LossOptions & { gradients: false },
-): { loss: number; losses?: Float64Array };
+): { loss: number; losses?: Float64Array } & AdaptiveState;
 export function loss<T extends FloatArray>(
   x: T,
   w: T,
   labels: Int32Array,
   options: LossOptions & { outX?: T; outW?: T },
-): { loss: number; losses?: Float64Array; gradX?: T; gradW?: T } {
+): { loss: number; losses?: Float64Array; gradX?: T; gradW?: T } & AdaptiveState {
   return runLoss(resolveLoss(x, w, labels, options)) as {
     loss: number;
     losses?: Float64Array;
     gradX?: T;
     gradW?: T;
-  };
+  } & AdaptiveState;
 }
 
 /**

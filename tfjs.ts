@@ -46,6 +46,7 @@ import { describe } from "./ffi/arrays.ts";
 export type {
   AdamOptions,
   AdamSettings,
+  AdaptiveState,
   Backend,
   CrossEntropyOptions,
   FloatArray,

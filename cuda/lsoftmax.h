@@ -86,7 +86,12 @@ typedef enum lsm_margin_kind {
   LSM_MARGIN_ASOFTMAX = 1, /* A-Softmax / SphereFace (CVPR 2017): m and lambda, W rows normalised */
   LSM_MARGIN_COSFACE = 2,  /* CosFace / AM-Softmax (CVPR 2018): scale and m3 */
   LSM_MARGIN_ARCFACE = 3,  /* ArcFace (CVPR 2019): scale, m2 and flags (LSM_FLAG_EASY_MARGIN) */
-  LSM_MARGIN_COMBINED = 4  /* the combined margin (insightface): scale, m1, m2 and m3 */
+  LSM_MARGIN_COMBINED = 4, /* the combined margin (insightface): scale, m1, m2 and m3 */
+  /* The adaptive margins (docs/math.md; the fused loss only; SUBCENTER on the CPU only): */
+  LSM_MARGIN_SUBCENTER = 5,      /* sub-center ArcFace (ECCV 2020): scale, m2, m = sub-centers K */
+  LSM_MARGIN_ADAFACE = 6,        /* AdaFace (CVPR 2022): scale, m2, h, t_alpha, batch_mean, batch_std */
+  LSM_MARGIN_CURRICULARFACE = 7, /* CurricularFace (CVPR 2020): scale, m2, t_alpha, t */
+  LSM_MARGIN_MAGFACE = 8         /* MagFace (CVPR 2021): scale, m2, upper_margin, the norms, lambda_g */
 } lsm_margin_kind;
 
 /** lsm_margin.flags of LSM_MARGIN_ARCFACE: the easy margin (cos(t + m) only where cos t > 0). */
@@ -94,7 +99,7 @@ typedef enum lsm_margin_kind {
 
 /**
  * The margin of a call: which formula and its parameters. Fields a kind does not use must be 0,
- * and so must `reserved` (room for later kinds without another ABI change). 88 bytes.
+ * and so must `reserved`. 144 bytes.
  *
  *   LSM_MARGIN_LSOFTMAX  m: integer margin in [1, LSM_MAX_MARGIN] (1 is the plain linear layer);
  *                        lambda: finite, >= 0; the target logit is
@@ -110,21 +115,35 @@ typedef enum lsm_margin_kind {
  *                        else scale cos t_y
  *   LSM_MARGIN_COMBINED  scale > 0, m1 >= 1, m2 >= 0, m3 >= 0 (all finite):
  *                        f_iy = scale (cos(m1 t_y + m2) - m3)
+ *   The adaptive kinds (exact definitions: docs/math.md): scale > 0 and
+ *   LSM_MARGIN_SUBCENTER       0 <= m2 < pi/2, m = K >= 1: W has c = C K rows (class j's at
+ *                              jK .. jK+K-1), a class's cosine is its sub-centers' largest, the
+ *                              target ArcFace's; class_offset and total_classes count classes
+ *   LSM_MARGIN_ADAFACE         m2 >= 0 (m), h >= 0, t_alpha in [0, 1], batch_mean (finite),
+ *                              batch_std (finite, >= 0)
+ *   LSM_MARGIN_CURRICULARFACE  0 <= m2 < pi/2, t_alpha in [0, 1], t (finite)
+ *   LSM_MARGIN_MAGFACE         0 <= m2 (l_m), upper_margin (u_m) < pi/2, 0 < lower_norm <
+ *                              upper_norm, lambda_g >= 0 (all finite)
  *   A zero vector has the zero vector as its normalisation: its cosines are 0, and no gradient
- *   flows through it. Where the derivative of the ArcFace or combined target is unbounded (x_i
- *   parallel or antiparallel to W_y to within rounding: sin t_y = |r|, r = W^_y - cos t_y x^_i,
- *   at most 32 (d + 4) DBL_EPSILON), the margin's term of the target's gradient with respect to
- *   the unit vectors, scale m1 sin(m1 t + m2) r/|r|, is taken as 0.
+ *   flows through it. Where the derivative of an angular target is unbounded (x_i parallel or
+ *   antiparallel to W_y to within rounding: sin t_y = |r|, r = W^_y - cos t_y x^_i, at most
+ *   32 (d + 4) DBL_EPSILON), the margin's term of the target's gradient with respect to the unit
+ *   vectors is taken as 0.
  */
 typedef struct lsm_margin {
   int32_t kind;   /* lsm_margin_kind */
-  int32_t m;      /* integer margin */
+  int32_t m;      /* integer margin; LSM_MARGIN_SUBCENTER: the sub-centers K */
   double lambda;  /* mix of the plain logit into the target's */
   double scale;   /* logit scale (normalised kinds) */
   double m1, m2, m3;
   uint32_t flags;
   uint32_t reserved_flags;
-  double reserved[4];
+  double h;        /* AdaFace: the margin's sensitivity to the norm */
+  double t_alpha;  /* AdaFace, CurricularFace: the weight of this batch in the moving averages */
+  double batch_mean, batch_std; /* AdaFace: the moving averages before the step */
+  double t;        /* CurricularFace: the moving average before the step */
+  double lower_norm, upper_norm, lambda_g, upper_margin; /* MagFace: l_a, u_a, lambda_g, u_m */
+  double reserved[2];
 } lsm_margin;
 
 /** An execution context: a backend, a device and the memory and workspace owned there. */
@@ -260,6 +279,11 @@ typedef struct lsm_loss_args {
   uint32_t flags;              /* 0 or LSM_LOSS_IGNORE */
   const struct lsm_loss_update *update; /* host memory, lsm_loss only: the optimizer step to
                                            apply to w with the gradient (NULL: none) */
+  double *state_out;           /* AdaFace, CurricularFace: host memory (or NULL) for the updated
+                                  state, over all n rows: [batch_mean, batch_std] or [t, 0] */
+  const double *row_targets;   /* CurricularFace on a shard: [2n] float64 context memory, every
+                                  row's c_iy and T_i (lsm_loss_targets, summed over the shards);
+                                  NULL: the call owns every label */
   int64_t reserved;            /* 0 */
 } lsm_loss_args;
 
@@ -295,6 +319,17 @@ LSM_API int32_t lsm_loss_gradients(lsm_context *ctx, int32_t dtype, int64_t n, i
                                    const lsm_loss_args *args, const void *x, const void *w,
                                    const int32_t *labels, const double *lse, void *grad_x,
                                    void *grad_w);
+
+/**
+ * CurricularFace on class shards: each row's target cosine c_iy into row_targets[i] and its
+ * threshold T_i = cos(t_iy + m) into row_targets[n + i] (float64 context memory, [2n]) where the
+ * shard owns label y_i, 0 elsewhere. Summed over the shards, they go to every shard's partials
+ * and gradients as args.row_targets. MagFace's partials give target = f_iy - lambda_g g_i, so that
+ * lse - target is the row's loss.
+ */
+LSM_API int32_t lsm_loss_targets(lsm_context *ctx, int32_t dtype, int64_t n, int64_t d, int64_t c,
+                                 const lsm_margin *margin, const lsm_loss_args *args, const void *x,
+                                 const void *w, const int32_t *labels, double *row_targets);
 
 /* Resident training: what a head whose W lives in context memory needs besides the fused loss. */
 

@@ -6,7 +6,7 @@
 import type { Symbols } from "./symbols.ts";
 
 /** A tensor's size in rows and columns of the call's sizes. */
-export type Dim = "n" | "d" | "c" | "k" | "count" | 1;
+export type Dim = "n" | "d" | "c" | "k" | "count" | 1 | 2;
 
 /** One tensor of an op: the name errors use, whether the op writes it, its shape. */
 export interface TensorSpec {
@@ -127,6 +127,12 @@ export const OPS = {
     host: "lsm_loss_gradients_host",
     async: "lsm_loss_gradients_async",
     args: [...LOSS_HEAD, rows("lse", false), GRAD_X, GRAD_W],
+  }),
+  // CurricularFace on class shards: each owned row's c_iy and T_i ([2, n]; 0 elsewhere).
+  lossTargets: op({
+    device: "lsm_loss_targets",
+    host: "lsm_loss_targets_host",
+    args: [...LOSS_HEAD, tensor("rowTargets", "n", 2, { output: true, type: "float64" })],
   }),
   topk: op({
     device: "lsm_topk",

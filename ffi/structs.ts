@@ -47,7 +47,16 @@ const FIELDS = [
   ["lsm_margin", "m3", "float64", 40, "m3"],
   ["lsm_margin", "flags", "uint32", 48, "flags"],
   ["lsm_margin", "reserved_flags", "uint32", 52],
-  ["lsm_margin", "reserved", "float64[4]", 56],
+  ["lsm_margin", "h", "float64", 56, "h"],
+  ["lsm_margin", "t_alpha", "float64", 64, "tAlpha"],
+  ["lsm_margin", "batch_mean", "float64", 72, "batchMean"],
+  ["lsm_margin", "batch_std", "float64", 80, "batchStd"],
+  ["lsm_margin", "t", "float64", 88, "t"],
+  ["lsm_margin", "lower_norm", "float64", 96, "lowerNorm"],
+  ["lsm_margin", "upper_norm", "float64", 104, "upperNorm"],
+  ["lsm_margin", "lambda_g", "float64", 112, "lambdaG"],
+  ["lsm_margin", "upper_margin", "float64", 120, "upperMargin"],
+  ["lsm_margin", "reserved", "float64[2]", 128],
   ["lsm_loss_args", "class_offset", "int64", 0, "classOffset"],
   ["lsm_loss_args", "total_classes", "int64", 8, "totalClasses"],
   ["lsm_loss_args", "grad_scale", "float64", 16, "gradScale"],
@@ -57,7 +66,9 @@ const FIELDS = [
   ["lsm_loss_args", "ignore_index", "int32", 48, "ignoreIndex"],
   ["lsm_loss_args", "flags", "uint32", 52, "flags"], // LOSS_IGNORE with ignoreIndex
   ["lsm_loss_args", "update", "int64", 56, "update"], // an lsm_loss_update's address, or 0 (none)
-  ["lsm_loss_args", "reserved", "int64", 64],
+  ["lsm_loss_args", "state_out", "int64", 64, "stateOut"], // the address of float64[2], or 0
+  ["lsm_loss_args", "row_targets", "int64", 72, "rowTargets"], // the address of float64[2n], or 0
+  ["lsm_loss_args", "reserved", "int64", 80],
   ["lsm_sgd", "lr", "float64", 0, "lr"],
   ["lsm_sgd", "momentum", "float64", 8, "momentum"],
   ["lsm_sgd", "weight_decay", "float64", 16, "weightDecay"],
@@ -89,8 +100,8 @@ const FIELDS = [
 
 /** sizeof of each ABI struct. */
 const SIZES = {
-  lsm_margin: 88,
-  lsm_loss_args: 72,
+  lsm_margin: 144,
+  lsm_loss_args: 88,
   lsm_sgd: 40,
   lsm_adam: 72,
   lsm_loss_update: 64,

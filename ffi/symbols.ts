@@ -113,6 +113,13 @@ export const symbols = {
     parameters: op("buffer", 6, true),
     result: "i32",
   },
+  // HEAD, args, x, w, labels, row_targets
+  lsm_loss_targets: { parameters: op("pointer", 4, true), result: "i32" },
+  lsm_loss_targets_host: {
+    name: "lsm_loss_targets",
+    parameters: op("buffer", 4, true),
+    result: "i32",
+  },
   // Training with W in context memory (MarginHead). ctx, dtype, count, sgd (const lsm_sgd *), w,
   // grad, velocity, nonfinite (int32_t *, host)
   lsm_sgd_update: { parameters: SGD, result: "i32" },

@@ -32,6 +32,10 @@ export interface KindRow {
   /** Whether x and the W rows are normalised (the score of a class is then a cosine). */
   readonly normalised: boolean;
   readonly options: Readonly<Record<string, KindOption>>;
+  /** An adaptive kind (served by `loss` only; its state travels through the call). */
+  readonly adaptive?: boolean;
+  /** A check across the kind's options, after each one's own. */
+  readonly across?: (struct: MarginStruct) => void;
 }
 
 const integerMargin: KindOption = {
@@ -52,8 +56,58 @@ const atLeast = (field: MarginField, min: number): KindOption => ({
   check: (v, name) => checkNumber(name, v, min),
 });
 
-/** The margin kinds: L-Softmax (the default), A-Softmax, CosFace, ArcFace, the combined margin. */
-export type MarginKind = "lsoftmax" | "asoftmax" | "cosface" | "arcface" | "combined";
+const finite = (field: MarginField): KindOption => ({
+  field,
+  check: (v, name) => {
+    if (typeof v !== "number") {
+      throw new TypeError(`${name}: expected a number, got ${describe(v)}`);
+    }
+    if (!Number.isFinite(v)) throw new RangeError(`${name}: expected a finite number, got ${v}`);
+    return v;
+  },
+});
+const fraction = (field: MarginField): KindOption => ({
+  field,
+  check: (v, name) => {
+    const a = checkNumber(name, v, 0);
+    if (a > 1) throw new RangeError(`${name}: expected a number in [0, 1], got ${a}`);
+    return a;
+  },
+});
+const positive = (field: MarginField): KindOption => ({
+  field,
+  check: (v, name) => {
+    const a = checkNumber(name, v, 0);
+    if (a === 0) throw new RangeError(`${name}: expected a finite number > 0, got 0`);
+    return a;
+  },
+});
+/** An angular margin in [0, π/2) (`what` names the kind in the message). */
+const angle = (field: MarginField, what: string): KindOption => ({
+  field,
+  check: (v, name) => {
+    const m = checkNumber(name, v, 0);
+    if (m >= Math.PI / 2) {
+      throw new RangeError(`${name}: expected a number in [0, π/2) for ${what}, got ${m}`);
+    }
+    return m;
+  },
+});
+
+/**
+ * The margin kinds: L-Softmax (the default), A-Softmax, CosFace, ArcFace, the combined margin, and
+ * the adaptive ones: sub-center ArcFace, AdaFace, CurricularFace and MagFace.
+ */
+export type MarginKind =
+  | "lsoftmax"
+  | "asoftmax"
+  | "cosface"
+  | "arcface"
+  | "combined"
+  | "subcenter"
+  | "adaface"
+  | "curricularface"
+  | "magface";
 
 /** The margin kinds, by the name `kind` takes. */
 export const KINDS: Readonly<Record<MarginKind, KindRow>> = {
@@ -109,6 +163,64 @@ export const KINDS: Readonly<Record<MarginKind, KindRow>> = {
     normalised: true,
     options: { scale, m1: atLeast("m1", 1), m2: atLeast("m2", 0), m3: atLeast("m3", 0) },
   },
+  subcenter: {
+    code: 5,
+    lambda: false,
+    normalised: true,
+    adaptive: true,
+    options: {
+      scale,
+      margin: angle("m2", "sub-center ArcFace"),
+      subcenters: { field: "m", check: (v, name) => checkInteger(name, v, 1, 65536) },
+    },
+  },
+  adaface: {
+    code: 6,
+    lambda: false,
+    normalised: true,
+    adaptive: true,
+    options: {
+      scale,
+      margin: atLeast("m2", 0),
+      h: atLeast("h", 0),
+      tAlpha: fraction("tAlpha"),
+      batchMean: finite("batchMean"),
+      batchStd: atLeast("batchStd", 0),
+    },
+  },
+  curricularface: {
+    code: 7,
+    lambda: false,
+    normalised: true,
+    adaptive: true,
+    options: {
+      scale,
+      margin: angle("m2", "CurricularFace"),
+      tAlpha: fraction("tAlpha"),
+      t: finite("t"),
+    },
+  },
+  magface: {
+    code: 8,
+    lambda: false,
+    normalised: true,
+    adaptive: true,
+    options: {
+      scale,
+      lowerMargin: angle("m2", "MagFace"),
+      upperMargin: angle("upperMargin", "MagFace"),
+      lowerNorm: positive("lowerNorm"),
+      upperNorm: positive("upperNorm"),
+      lambdaG: atLeast("lambdaG", 0),
+    },
+    across: (s) => {
+      if (!(s.upperNorm > s.lowerNorm)) {
+        throw new RangeError(
+          `upperNorm: expected a number > lowerNorm (${s.lowerNorm}), got ${s.upperNorm}`,
+        );
+      }
+    },
+  },
 };
 
 /**
@@ -121,6 +233,15 @@ export const KINDS: Readonly<Record<MarginKind, KindRow>> = {
  * - `"arcface"`: `scale`, `margin` (0 <= m < π/2) and `easyMargin` (false by default): target
  *   logit s cos(θ + m), with ArcFace's fallback where θ + m would pass π.
  * - `"combined"`: `scale`, `m1` (>= 1), `m2` (>= 0), `m3` (>= 0): target s (cos(m1 θ + m2) − m3).
+ * - `"subcenter"` (sub-center ArcFace): `scale`, `margin` (ArcFace's) and `subcenters` (K >= 1):
+ *   W holds C·K rows, class j's at j·K … j·K+K−1; a class's cosine is its best sub-center's.
+ * - `"adaface"`: `scale`, `margin` (m >= 0), `h` (>= 0), `tAlpha` (in [0, 1]) and the state before
+ *   the step, `batchMean` and `batchStd` (20 and 100 at the first step); `loss` returns the
+ *   updated ones.
+ * - `"curricularface"`: `scale`, `margin` (ArcFace's), `tAlpha` and the state `t` (0 at first).
+ * - `"magface"`: `scale`, `lowerMargin`, `upperMargin` (in [0, π/2)), `lowerNorm` and
+ *   `upperNorm` (0 < l_a < u_a) and `lambdaG` (>= 0).
+ * The adaptive kinds are served by `loss` (docs/math.md); every option is required.
  */
 export interface MarginOptions {
   /** The margin kind; "lsoftmax" when absent. */
@@ -142,6 +263,28 @@ export interface MarginOptions {
   m2?: number;
   /** The combined margin's additive cosine margin m3 >= 0 (CosFace-like). */
   m3?: number;
+  /** Sub-center ArcFace: the sub-centers per class K (integer >= 1; 3 in the authors' training). */
+  subcenters?: number;
+  /** AdaFace: the margin's sensitivity to the feature norm h >= 0 (0.333). */
+  h?: number;
+  /** AdaFace, CurricularFace: the weight of this batch in the moving averages, in [0, 1] (0.01). */
+  tAlpha?: number;
+  /** AdaFace: the moving mean of the clipped feature norms before the step (20 at first). */
+  batchMean?: number;
+  /** AdaFace: the moving standard deviation of the norms before the step (100 at first). */
+  batchStd?: number;
+  /** CurricularFace: the moving mean of the target cosines before the step (0 at first). */
+  t?: number;
+  /** MagFace: the margin l_m at the lower norm, in [0, π/2) (0.45). */
+  lowerMargin?: number;
+  /** MagFace: the margin u_m at the upper norm, in [0, π/2) (0.8). */
+  upperMargin?: number;
+  /** MagFace: the lower norm l_a > 0 (10). */
+  lowerNorm?: number;
+  /** MagFace: the upper norm u_a > l_a (110). */
+  upperNorm?: number;
+  /** MagFace: the regulariser's weight λ_g >= 0 (35). */
+  lambdaG?: number;
 }
 
 const NAMES = Object.keys(KINDS) as MarginKind[];
@@ -205,7 +348,18 @@ export function checkMargin(o: Partial<Record<string, unknown>>, without: string
   for (const [name, option] of options) {
     if (!without.includes(name)) struct[option.field] = option.check(o[name], name);
   }
+  KINDS[kind].across?.(struct);
   return { kind, struct };
+}
+
+/** Whether a kind is adaptive (sub-center ArcFace, AdaFace, CurricularFace, MagFace). */
+export function isAdaptive(kind: MarginKind): boolean {
+  return KINDS[kind].adaptive === true;
+}
+
+/** The rows of W per class: the sub-centers K of sub-center ArcFace, else 1. */
+export function subcentersOf(m: Margin): number {
+  return m.kind === "subcenter" ? m.struct.m : 1;
 }
 
 /** The margin at another λ. */

@@ -7,7 +7,7 @@ import { OPS } from "../ffi/ops.ts";
 import { type Backend, openContext } from "./backends.ts";
 import { readOptions } from "./checks.ts";
 import { type Margin, type MarginKind, type MarginOptions, marginOptions } from "./kinds.ts";
-import { runLoss } from "./loss.ts";
+import { type AdaptiveState, runLoss } from "./loss.ts";
 import { bindArrays, type Shape } from "./tensors.ts";
 import {
   type CrossEntropyOptions,
@@ -149,7 +149,8 @@ export class LargeMarginSoftmax {
 
   /**
    * The fused loss (softmax cross-entropy over the margin logits) and its gradients, at the
-   * step and λ a forward would use, without the N×C logits.
+   * step and λ a forward would use, without the N×C logits. For AdaFace and CurricularFace the
+   * layer carries the state: each call starts from the last one's (and `toJSON` keeps it).
    *
    * @param x Features, row-major, Float32Array or Float64Array.
    * @param w Class weights, row-major, the dtype of x.
@@ -158,7 +159,8 @@ export class LargeMarginSoftmax {
    * ("mean", "sum" or "none": the row losses as `losses`, with the gradients of their sum); the
    * cross-entropy options (`labelSmoothing`, `classWeights`, `ignoreIndex`) as for `loss()`;
    * `outX`, `outW` arrays to write the gradients into.
-   * @returns The loss, the λ used, dL/dx and dL/dw (and `losses` with reduction "none").
+   * @returns The loss, the λ used, dL/dx and dL/dw (and `losses` with reduction "none"); the
+   * adaptive kinds' updated state (`batchMean`, `batchStd`; `t`).
    */
   loss<T extends FloatArray>(
     x: T,
@@ -171,23 +173,34 @@ export class LargeMarginSoftmax {
       outX?: T;
       outW?: T;
     } = {},
-  ): { loss: number; losses?: Float64Array; lambda: number; gradX: T; gradW: T } {
+  ): { loss: number; losses?: Float64Array; lambda: number; gradX: T; gradW: T } & AdaptiveState {
     const ctx = this.#ctx();
     this.#last = undefined;
-    const { step, call, arrays, reduction, crossEntropy, denominator } = resolveLayerCall(
-      "loss",
-      this.#settings(),
-      { x, w, labels },
-      options,
-    );
+    const { step, call, arrays, reduction, crossEntropy, denominator, subcenters, state } =
+      resolveLayerCall("loss", this.#settings(), { x, w, labels }, options);
     const r = runLoss({
-      ...{ call, arrays, contexts: ctx, reduction, crossEntropy, denominator },
+      ...{ call, arrays, contexts: ctx, reduction, crossEntropy, denominator, subcenters },
+      ...(state === undefined ? {} : { state }),
       gradients: true,
     });
     this.#iteration = step;
     this.#lambda = call.margin!.lambda;
-    const out = { loss: r.loss, lambda: this.#lambda, gradX: r.gradX as T, gradW: r.gradW as T };
-    return r.losses === undefined ? out : { ...out, losses: r.losses };
+    const out:
+      & { loss: number; losses?: Float64Array; lambda: number; gradX: T; gradW: T }
+      & AdaptiveState = {
+        loss: r.loss,
+        lambda: this.#lambda,
+        gradX: r.gradX as T,
+        gradW: r.gradW as T,
+      };
+    if (r.losses !== undefined) out.losses = r.losses;
+    // The adaptive kinds' state moves on with the step: the next call (and toJSON) starts from it.
+    const moved: Partial<Record<"batchMean" | "batchStd" | "t", number>> = {};
+    for (const key of ["batchMean", "batchStd", "t"] as const) {
+      if (r[key] !== undefined) out[key] = moved[key] = r[key];
+    }
+    this.#margin = { kind: this.#margin.kind, struct: { ...this.#margin.struct, ...moved } };
+    return out;
   }
 
   /**

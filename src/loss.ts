@@ -8,6 +8,7 @@ import { type FloatArray, newFloatArray } from "../ffi/arrays.ts";
 import type { Call, NativeContext } from "../ffi/context.ts";
 import { OPS } from "../ffi/ops.ts";
 import type { LossArgs } from "../ffi/structs.ts";
+import { KINDS } from "./kinds.ts";
 import type { LossCall, Reduction } from "./resolve.ts";
 import { type HostShard, type Partials, shardBounds, shardedLoss } from "./shards.ts";
 
@@ -47,19 +48,38 @@ export function withClassWeights(
   return { ...args, classWeights: Number(Deno.UnsafePointer.value(ptr)) };
 }
 
+/** The adaptive kinds' state after a step (pass it to the next step). */
+export interface AdaptiveState {
+  /** AdaFace: the moving mean of the clipped feature norms. */
+  batchMean?: number;
+  /** AdaFace: the moving standard deviation of the norms. */
+  batchStd?: number;
+  /** CurricularFace: the moving mean of the target cosines. */
+  t?: number;
+}
+
+/** What a fused loss call returns: the adaptive kinds add their updated state. */
+export interface LossResult extends AdaptiveState {
+  loss: number;
+  losses?: Float64Array;
+  gradX?: FloatArray;
+  gradW?: FloatArray;
+}
+
 /** The loss and, when asked, its gradients (into the call's outX and outW arrays). */
-export function runLoss(
-  l: LossCall,
-): { loss: number; losses?: Float64Array; gradX?: FloatArray; gradW?: FloatArray } {
+export function runLoss(l: LossCall): LossResult {
   const [x, w, labels, rowLoss, gradX, gradW] = l.arrays;
   const weights = l.crossEntropy.classWeights;
   const result = (rows: Float64Array) => {
     const loss = reduce(rows, l.reduction, l.denominator);
-    const r: { loss: number; losses?: Float64Array; gradX?: FloatArray; gradW?: FloatArray } = {
-      loss,
-    };
+    const r: LossResult = { loss };
     if (l.reduction === "none") r.losses = rows;
     if (l.gradients) r.gradX = gradX as FloatArray, r.gradW = gradW as FloatArray;
+    if (l.state !== undefined && l.call.margin?.kind === KINDS.adaface.code) {
+      r.batchMean = l.state[0], r.batchStd = l.state[1];
+    } else if (l.state !== undefined) {
+      r.t = l.state[0];
+    }
     return r;
   };
   if (!Array.isArray(l.contexts)) {
@@ -68,15 +88,22 @@ export function runLoss(
     return result(rowLoss as Float64Array);
   }
   const { n, d, c } = l.call;
-  const bounds = shardBounds(c, l.contexts.length);
+  const k = l.subcenters ?? 1; // shards hold whole classes: K rows each
+  const bounds = shardBounds(c / k, l.contexts.length);
   const share = l.gradients ? newFloatArray(l.call.dtype, n * d) : null;
   const out = { gradW: gradW as FloatArray | null, share };
+  const targets = l.call.margin?.kind === KINDS.curricularface.code
+    ? rowTargets(l, bounds, k)
+    : undefined;
   const shards = l.contexts.map((ctx, s) =>
     new HostArrays(
       ctx,
-      l.call,
+      targets === undefined
+        ? l.call
+        : { ...l.call, args: withRowTargets(ctx, l.call.args!, targets) },
       bounds[s],
       bounds[s + 1],
+      k,
       out,
       x!,
       w as FloatArray,
@@ -93,7 +120,36 @@ export function runLoss(
   return result(rows);
 }
 
-// A shard of host arrays: views of w and dW for classes [c0, c0 + c), its share of dx in `share`.
+// CurricularFace on shards: every row's target cosine and T_i, from the shard that owns its label
+// (each gives its own rows, 0 elsewhere: the sum over the shards).
+function rowTargets(l: LossCall, bounds: number[], k: number): Float64Array {
+  const { n, d } = l.call, contexts = l.contexts as NativeContext[];
+  const [x, w, labels] = l.arrays;
+  const sum = new Float64Array(2 * n), part = new Float64Array(2 * n);
+  contexts.forEach((ctx, s) => {
+    const c0 = bounds[s], c1 = bounds[s + 1];
+    const call = { ...l.call, c: (c1 - c0) * k, args: { ...l.call.args!, classOffset: c0 } };
+    const ws = (w as FloatArray).subarray(c0 * k * d, c1 * k * d);
+    ctx.run(OPS.lossTargets, call, [x, ws, labels, part]);
+    for (let i = 0; i < 2 * n; i++) sum[i] += part[i];
+  });
+  return sum;
+}
+
+// The row targets' address on a context: the array itself on the CPU, a copy elsewhere.
+function withRowTargets(ctx: NativeContext, args: LossArgs, targets: Float64Array): LossArgs {
+  let ptr: Deno.PointerValue;
+  if (ctx.backend === "cpu") {
+    ptr = Deno.UnsafePointer.of(targets);
+  } else {
+    ptr = ctx.buffer("rowTargets", targets.byteLength);
+    ctx.upload(ptr, targets);
+  }
+  return { ...args, rowTargets: Number(Deno.UnsafePointer.value(ptr)) };
+}
+
+// A shard of host arrays: views of w and dW for classes [c0, c0 + c) (rows [c0 K, (c0 + c) K)
+// with K sub-centers per class), its share of dx in `share`.
 class HostArrays implements HostShard {
   readonly c: number;
   readonly #call: Call;
@@ -105,6 +161,7 @@ class HostArrays implements HostShard {
     whole: Call,
     readonly c0: number,
     c1: number,
+    readonly k: number,
     readonly arrays: { gradW: FloatArray | null; share: FloatArray | null },
     x: ArrayBufferView,
     w: FloatArray,
@@ -113,8 +170,8 @@ class HostArrays implements HostShard {
   ) {
     this.c = c1 - c0;
     const args = withClassWeights(ctx, { ...whole.args!, classOffset: c0 }, weights);
-    this.#call = { ...whole, c: this.c, args };
-    this.#inputs = [x, w.subarray(c0 * whole.d, c1 * whole.d), labels];
+    this.#call = { ...whole, c: this.c * k, args };
+    this.#inputs = [x, w.subarray(c0 * k * whole.d, c1 * k * whole.d), labels];
     this.#smoothing = (args.labelSmoothing ?? 0) > 0;
   }
 
@@ -138,7 +195,7 @@ class HostArrays implements HostShard {
 
   gradients(lse: Float64Array): FloatArray {
     const d = this.#call.d, { gradW, share } = this.arrays;
-    const outW = gradW!.subarray(this.c0 * d, (this.c0 + this.c) * d);
+    const outW = gradW!.subarray(this.c0 * this.k * d, (this.c0 + this.c) * this.k * d);
     this.ctx.run(OPS.lossGradients, this.#call, [...this.#inputs, lse, share, outW]);
     return share!;
   }

@@ -13,10 +13,12 @@ import { checkInteger, describe, readOptions } from "./checks.ts";
 import {
   checkMargin,
   hasLambda,
+  isAdaptive,
   KINDS,
   type Margin,
   MARGIN_KEYS,
   type MarginKind,
+  subcentersOf,
   withLambda,
 } from "./kinds.ts";
 import { checkSchedule, type LambdaSchedule, SCHEDULE_KEYS } from "./schedule.ts";
@@ -166,7 +168,7 @@ export function resolveOp(
   options: unknown,
 ): OpCall {
   const o = readOptions("options", options, KEYS[name]);
-  const margin = checkMargin(o);
+  const margin = lossOnly(checkMargin(o), name);
   const precision = checkPrecision(o.precision);
   const features = checkFeatures(o.features);
   const given = name === "forward"
@@ -175,6 +177,14 @@ export function resolveOp(
   const { call, arrays: bound } = bindCall(OPS[name], margin, precision, given, features);
   checkPrecisionOn(precision, o.backend);
   return { ctx: sharedContext(o.backend), op: OPS[name], call, arrays: bound };
+}
+
+/** A margin of a kind `where` serves: the adaptive kinds are served by loss() alone so far. */
+export function lossOnly(margin: Margin, where: string): Margin {
+  if (!isAdaptive(margin.kind)) return margin;
+  throw new TypeError(
+    `kind: expected a kind ${where} serves, got "${margin.kind}" (served by loss() only so far)`,
+  );
 }
 
 /** A fused loss call: one context, or one per class shard. */
@@ -189,6 +199,55 @@ export interface LossCall {
   /** What the sum of the row losses is divided by (1 unless a mean). */
   denominator: number;
   gradients: boolean;
+  /** The rows of W per class (sub-center ArcFace's K; 1 when absent). */
+  subcenters?: number;
+  /** The adaptive kinds' updated state (AdaFace: mean, std; CurricularFace: t), written by the call. */
+  state?: Float64Array;
+}
+
+/**
+ * A fused loss call's lsm_loss_args: the cross-entropy options over the classes (C·K rows of W for
+ * sub-center ArcFace, K per class), and for AdaFace and CurricularFace the array their updated
+ * state comes back in. The adaptive kinds take no cross-entropy option yet.
+ */
+function lossArgs(
+  margin: Margin,
+  o: Partial<Record<string, unknown>>,
+  call: Call,
+  labels: Int32Array,
+  reduction: Reduction,
+): {
+  subcenters: number;
+  classes: number;
+  crossEntropy: CrossEntropy;
+  denominator: number;
+  state?: Float64Array;
+} {
+  const subcenters = subcentersOf(margin);
+  if (call.c % subcenters !== 0) {
+    throw new RangeError(
+      `w: expected C·K rows (whole classes of subcenters K = ${subcenters}), got ${call.c} rows`,
+    );
+  }
+  const classes = call.c / subcenters;
+  if (isAdaptive(margin.kind)) {
+    for (const key of CROSS_ENTROPY_KEYS) {
+      if (o[key] === undefined) continue;
+      throw new TypeError(
+        `${key}: not an option of kind "${margin.kind}" (the cross-entropy options are not ` +
+          `supported with the adaptive kinds yet), got ${describe(o[key])}`,
+      );
+    }
+  }
+  const crossEntropy = checkCrossEntropy(o, classes);
+  const { args, denominator } = crossEntropyArgs(crossEntropy, labels, classes, reduction);
+  if (margin.kind !== "adaface" && margin.kind !== "curricularface") {
+    call.args = args;
+    return { subcenters, classes, crossEntropy, denominator };
+  }
+  const state = new Float64Array(2);
+  call.args = { ...args, stateOut: Number(Deno.UnsafePointer.value(Deno.UnsafePointer.of(state))) };
+  return { subcenters, classes, crossEntropy, denominator, state };
 }
 
 /** loss(): its options and arrays. */
@@ -220,17 +279,26 @@ export function resolveLoss(x: unknown, w: unknown, labels: unknown, options: un
     features,
   );
   call.workspace = workspace;
-  const crossEntropy = checkCrossEntropy(o, call.c);
-  const { args, denominator } = crossEntropyArgs(
-    crossEntropy,
+  const { subcenters, classes, crossEntropy, denominator, state } = lossArgs(
+    margin,
+    o,
+    call,
     arrays[2] as Int32Array,
-    call.c,
     reduction,
   );
-  call.args = args;
   checkPrecisionOn(precision, o.backend);
-  const contexts = lossContexts(o.backend, call.c);
-  return { call, arrays, contexts, reduction, crossEntropy, denominator, gradients };
+  const contexts = lossContexts(o.backend, classes);
+  return {
+    call,
+    arrays,
+    contexts,
+    reduction,
+    crossEntropy,
+    denominator,
+    gradients,
+    subcenters,
+    ...(state === undefined ? {} : { state }),
+  };
 }
 
 /**
@@ -312,7 +380,10 @@ export function resolveLayerCall(
   reduction: Reduction;
   crossEntropy: CrossEntropy;
   denominator: number;
+  subcenters: number;
+  state?: Float64Array;
 } {
+  if (name === "forward") lossOnly(layer.margin, "the layer's forward");
   const o: Partial<Record<string, unknown>> = readOptions(
     "options",
     options,
@@ -326,15 +397,13 @@ export function resolveLayerCall(
     ? { ...arrays, out: output(o.out) }
     : { ...arrays, outX: output(o.outX), outW: output(o.outW) };
   const bound = bindCall(OPS[name], margin, layer.precision, given, features);
-  const crossEntropy = checkCrossEntropy(name === "loss" ? o : {}, bound.call.c);
-  let denominator = 1;
-  if (name === "loss") {
-    const labels = bound.arrays[2] as Int32Array;
-    const r = crossEntropyArgs(crossEntropy, labels, bound.call.c, reduction);
-    bound.call.args = r.args;
-    denominator = r.denominator;
+  if (name === "forward") {
+    const crossEntropy = checkCrossEntropy({}, bound.call.c);
+    return { step, ...bound, reduction, crossEntropy, denominator: 1, subcenters: 1 };
   }
-  return { step, ...bound, reduction, crossEntropy, denominator };
+  const labels = bound.arrays[2] as Int32Array;
+  const r = lossArgs(margin, o, bound.call, labels, reduction);
+  return { step, ...bound, reduction, ...r };
 }
 
 /** A head's settings from its options: sizes, dtype, margin (λ 0) and λ, optimizer, backends. */
@@ -374,7 +443,7 @@ export function resolveHead(options: unknown): HeadSettings {
     );
   }
   const dtype = checkDType(o.dtype);
-  const margin = checkMargin(o, ["lambda"]);
+  const margin = lossOnly(checkMargin(o, ["lambda"]), "MarginHead");
   const lambda = resolveLambda(margin.kind, o, true);
   const optimizer = checkOptimizer(o.optimizer);
   const precision = checkPrecision(o.precision);

@@ -111,7 +111,7 @@ export function checkFeatures(v: unknown): number | undefined {
   return v === undefined ? undefined : checkInteger("features", v, 1, MAX_ELEMENTS);
 }
 
-const size = (s: Shape, dim: Dim) => (dim === 1 ? 1 : s[dim as "n" | "d" | "c"]);
+const size = (s: Shape, dim: Dim) => (typeof dim === "number" ? dim : s[dim as "n" | "d" | "c"]);
 
 function describeCount(s: Shape, t: TensorSpec, count: number): string {
   if (t.cols === 1) return `N = ${count}`;

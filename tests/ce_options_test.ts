@@ -350,7 +350,18 @@ for (const backend of ["cpu", "cuda"] as TestBackend[]) {
     // The native checks, past the TypeScript ones: each names the field.
     const ctx = openContext(backend);
     const x = new Float64Array(4), w = new Float64Array(6);
-    const margin = { kind: 0, m: 1, lambda: 0, scale: 0, m1: 0, m2: 0, m3: 0, flags: 0 };
+    const margin = {
+      ...{ kind: 0, m: 1, lambda: 0, scale: 0, m1: 0, m2: 0, m3: 0, flags: 0, h: 0, tAlpha: 0 },
+      ...{
+        batchMean: 0,
+        batchStd: 0,
+        t: 0,
+        lowerNorm: 0,
+        upperNorm: 0,
+        lambdaG: 0,
+        upperMargin: 0,
+      },
+    };
     const base: LossArgs = { classOffset: 0, totalClasses: 3, gradScale: 1 };
     const native: [LossArgs, Float64Array | undefined, Int32Array, RegExp][] = [
       [

@@ -37,6 +37,8 @@ const LSOFTMAX: MarginStruct = {
   m2: 0,
   m3: 0,
   flags: 0,
+  ...{ h: 0, tAlpha: 0, batchMean: 0, batchStd: 0, t: 0 },
+  ...{ lowerNorm: 0, upperNorm: 0, lambdaG: 0, upperMargin: 0 },
 };
 const PLAIN: MarginStruct = { ...LSOFTMAX, m: 1, lambda: 0 };
 const COSFACE: MarginStruct = { ...LSOFTMAX, kind: 2, m: 0, lambda: 0, scale: 16, m3: 0.35 };

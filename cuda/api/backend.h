@@ -37,8 +37,8 @@ struct lsm_loss_step {
   bool done;
   int32_t flag;
 };
-// One validated fused-loss call (lsm_loss, lsm_loss_partials, lsm_loss_gradients).
-enum lsm_loss_stage { LSM_LOSS_FULL = 0, LSM_LOSS_PARTIALS = 1, LSM_LOSS_GRADIENTS = 2 };
+// One validated fused-loss call (lsm_loss, lsm_loss_partials, lsm_loss_gradients, lsm_loss_targets).
+enum lsm_loss_stage { LSM_LOSS_FULL = 0, LSM_LOSS_PARTIALS = 1, LSM_LOSS_GRADIENTS = 2, LSM_LOSS_TARGETS = 3 };
 
 struct lsm_loss_problem {
   int32_t stage;  // lsm_loss_stage
@@ -53,6 +53,7 @@ struct lsm_loss_problem {
   double *row_max, *row_sum, *target;   // PARTIALS
   double *row_smooth;                   // PARTIALS with label smoothing
   const double *lse;                    // GRADIENTS
+  double *row_targets;                  // TARGETS
   void *grad_x, *grad_w;                // GRADIENTS, and FULL unless both are null
   lsm_loss_step *step;                  // FULL with args.update, else null
 };

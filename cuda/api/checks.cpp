@@ -90,10 +90,16 @@ static int32_t check_field(lsm_context *ctx, const lsm_kind_traits &k, const lsm
                     field + ": expected an integer in [" + str((int64_t)r.lo) + ", " + str((int64_t)r.hi) +
                         "], got " + str((int64_t)v));
   }
+  const bool any = isinf(r.lo);
   if (!((r.lo_open ? v > r.lo : v >= r.lo) && isfinite(v)))
     return lsm_fail(ctx, LSM_ERR_INVALID_ARGUMENT,
-                    field + ": expected a finite number " + (r.lo_open ? "> " : ">= ") + num(r.lo) + ", got " + num(v));
-  if (r.hi_text != nullptr && !(v < r.hi))
+                    field + ": expected a finite number" +
+                        (any ? std::string() : std::string(r.lo_open ? " > " : " >= ") + num(r.lo)) + ", got " +
+                        num(v));
+  if (r.hi_text != nullptr && r.hi_closed && !(v <= r.hi))
+    return lsm_fail(ctx, LSM_ERR_INVALID_ARGUMENT,
+                    field + ": expected a number in [" + num(r.lo) + ", " + r.hi_text + "], got " + num(v));
+  if (r.hi_text != nullptr && !r.hi_closed && !(v < r.hi))
     return lsm_fail(ctx, LSM_ERR_INVALID_ARGUMENT,
                     field + ": expected " + k.name + "'s margin below " + r.hi_text + ", got " + num(v));
   return LSM_OK;
@@ -110,12 +116,16 @@ int32_t check_margin(lsm_context *ctx, const lsm_margin &m) {
     return lsm_fail(ctx, LSM_ERR_INVALID_ARGUMENT, "margin.kind: expected " + kinds + ", got " + str(m.kind));
   }
   // In the order of lsm_margin_field.
-  static const char *const names[LSM_FIELD_COUNT] = {"m", "lambda", "scale", "m1", "m2", "m3"};
-  const double values[LSM_FIELD_COUNT] = {(double)m.m, m.lambda, m.scale, m.m1, m.m2, m.m3};
+  static const char *const names[LSM_FIELD_COUNT] = {
+      "m",         "lambda", "scale",      "m1",         "m2",       "m3",          "h",           "t_alpha",
+      "batch_mean", "batch_std", "t", "lower_norm", "upper_norm", "lambda_g", "upper_margin"};
+  const double values[LSM_FIELD_COUNT] = {(double)m.m, m.lambda,  m.scale, m.m1,         m.m2,
+                                          m.m3,        m.h,       m.t_alpha, m.batch_mean, m.batch_std,
+                                          m.t,         m.lower_norm, m.upper_norm, m.lambda_g, m.upper_margin};
   std::string unused;  // the fields the kind does not read, for the message
   bool zero = true;
   for (int f = 0; f < LSM_FIELD_COUNT; ++f) {
-    const lsm_range &r = k->fields[f];
+    const lsm_range &r = k->fields.r[f];
     if (r.used) {
       const int32_t s = check_field(ctx, *k, r, names[f], values[f]);
       if (s != LSM_OK) return s;
@@ -126,6 +136,10 @@ int32_t check_margin(lsm_context *ctx, const lsm_margin &m) {
   }
   zero = zero && (m.flags & ~k->flags) == 0 && m.reserved_flags == 0;
   for (double r : m.reserved) zero = zero && r == 0.0;
+  if (zero && m.kind == LSM_MARGIN_MAGFACE && !(m.upper_norm > m.lower_norm))
+    return lsm_fail(ctx, LSM_ERR_INVALID_ARGUMENT,
+                    "margin.upper_norm: expected a number > lower_norm (" + num(m.lower_norm) + "), got " +
+                        num(m.upper_norm));
   if (zero) return LSM_OK;
   return lsm_fail(ctx, LSM_ERR_INVALID_ARGUMENT,
                   std::string("margin: expected 0 in the fields ") + k->name + " does not use (" + unused +
@@ -165,9 +179,18 @@ static int32_t check_gradients(lsm_context *ctx, int32_t dtype, int64_t n, int64
   return LSM_OK;
 }
 
+// The adaptive kinds' batch statistics and state belong to the fused loss (lsm_loss*).
+static int32_t check_not_adaptive(lsm_context *ctx, const lsm_margin &m, const char *op) {
+  if (!lsm_adaptive(m.kind)) return LSM_OK;
+  return lsm_fail(ctx, LSM_ERR_INVALID_ARGUMENT,
+                  std::string("margin.kind: expected a kind ") + op + " serves (" + lsm_kind_of(m.kind)->name +
+                      " is served by lsm_loss), got " + str(m.kind));
+}
+
 int32_t check_problem(lsm_context *ctx, const lsm_problem &p, bool backward) {
   int32_t s;
   if ((s = check_inputs(ctx, p.dtype, p.n, p.d, p.c, p.margin, p.x, p.w, p.labels))) return s;
+  if ((s = check_not_adaptive(ctx, p.margin, backward ? "lsm_backward" : "lsm_forward"))) return s;
   if (p.n * p.c > LSM_MAX_ELEMENTS)  // n, c <= 2^31 - 1: the product fits in int64
     return lsm_fail(ctx, LSM_ERR_INVALID_ARGUMENT,
                     std::string(backward ? "grad_logits" : "logits") + ": expected at most " + str(LSM_MAX_ELEMENTS) +
@@ -181,12 +204,24 @@ int32_t check_loss(lsm_context *ctx, const lsm_loss_problem &p) {
   int32_t s;
   if ((s = check_inputs(ctx, p.dtype, p.n, p.d, p.c, p.margin, p.x, p.w, p.labels))) return s;
   const lsm_loss_args &a = p.args;
-  if (a.class_offset < 0 || a.total_classes < 1 || a.total_classes > LSM_MAX_ELEMENTS ||
-      a.class_offset > a.total_classes - p.c)
+  const int64_t subs = lsm_subcenters(p.margin);
+  if (p.c % subs != 0)
     return lsm_fail(ctx, LSM_ERR_INVALID_ARGUMENT,
-                    "args: expected 0 <= class_offset and class_offset + c <= total_classes <= " + str(LSM_MAX_ELEMENTS) +
-                        ", got class_offset " + str(a.class_offset) + ", c " + str(p.c) + ", total_classes " +
+                    "c: expected a multiple of the sub-centers margin.m = " + str(subs) + " (whole classes), got " +
+                        str(p.c));
+  const int64_t classes = p.c / subs;
+  if (a.class_offset < 0 || a.total_classes < 1 || a.total_classes > LSM_MAX_ELEMENTS ||
+      a.class_offset > a.total_classes - classes)
+    return lsm_fail(ctx, LSM_ERR_INVALID_ARGUMENT,
+                    std::string("args: expected 0 <= class_offset and class_offset + ") + (subs > 1 ? "c/K" : "c") +
+                        " <= total_classes <= " + str(LSM_MAX_ELEMENTS) + ", got class_offset " +
+                        str(a.class_offset) + ", " + (subs > 1 ? "c/K " : "c ") + str(classes) + ", total_classes " +
                         str(a.total_classes));
+  if (lsm_adaptive(p.margin.kind) &&
+      (a.label_smoothing != 0.0 || a.class_weights != nullptr || a.flags != 0 || a.ignore_index != 0))
+    return lsm_fail(ctx, LSM_ERR_INVALID_ARGUMENT,
+                    std::string("args: expected no label smoothing, class weights or ignored label with ") +
+                        lsm_kind_of(p.margin.kind)->name + " (not supported yet)");
   if (!isfinite(a.grad_scale))
     return lsm_fail(ctx, LSM_ERR_INVALID_ARGUMENT, "args.grad_scale: expected a finite number, got " + num(a.grad_scale));
   if (a.reserved != 0) return lsm_fail(ctx, LSM_ERR_INVALID_ARGUMENT, "args.reserved: expected 0");
@@ -218,6 +253,23 @@ int32_t check_loss(lsm_context *ctx, const lsm_loss_problem &p) {
   const named full[] = {{p.row_loss, "row_loss"}};
   const named partials[] = {{p.row_max, "row_max"}, {p.row_sum, "row_sum"}, {p.target, "target"}};
   const named gradients_in[] = {{p.lse, "lse"}};
+  if (a.row_targets != nullptr && p.margin.kind != LSM_MARGIN_CURRICULARFACE)
+    return lsm_fail(ctx, LSM_ERR_INVALID_ARGUMENT, "args.row_targets: expected NULL but with CurricularFace");
+  if (a.row_targets != nullptr &&
+      (s = check_tensor(ctx, a.row_targets, 2 * p.n, sizeof(double), "args.row_targets")))
+    return s;
+  if (p.margin.kind == LSM_MARGIN_CURRICULARFACE && a.row_targets == nullptr && p.stage != LSM_LOSS_TARGETS &&
+      (a.class_offset != 0 || a.total_classes != classes))
+    return lsm_fail(ctx, LSM_ERR_INVALID_ARGUMENT,
+                    "args.row_targets: expected every row's c_iy and T_i (lsm_loss_targets) on a shard with "
+                    "CurricularFace (class_offset " + str(a.class_offset) + ", total_classes " + str(a.total_classes) +
+                        "), got NULL");
+  if (p.stage == LSM_LOSS_TARGETS) {
+    if (p.margin.kind != LSM_MARGIN_CURRICULARFACE)
+      return lsm_fail(ctx, LSM_ERR_INVALID_ARGUMENT,
+                      "margin.kind: expected LSM_MARGIN_CURRICULARFACE for lsm_loss_targets, got " + str(p.margin.kind));
+    return check_tensor(ctx, p.row_targets, 2 * p.n, sizeof(double), "row_targets");
+  }
   const named *arrays = p.stage == LSM_LOSS_FULL ? full : p.stage == LSM_LOSS_PARTIALS ? partials : gradients_in;
   const int count = p.stage == LSM_LOSS_PARTIALS ? 3 : 1;
   for (int k = 0; k < count; ++k) {

@@ -18,7 +18,16 @@
   X(lsm_margin, m3, 40, 8)                      \
   X(lsm_margin, flags, 48, 4)                   \
   X(lsm_margin, reserved_flags, 52, 4)          \
-  X(lsm_margin, reserved, 56, 32)               \
+  X(lsm_margin, h, 56, 8)                       \
+  X(lsm_margin, t_alpha, 64, 8)                 \
+  X(lsm_margin, batch_mean, 72, 8)              \
+  X(lsm_margin, batch_std, 80, 8)               \
+  X(lsm_margin, t, 88, 8)                       \
+  X(lsm_margin, lower_norm, 96, 8)              \
+  X(lsm_margin, upper_norm, 104, 8)             \
+  X(lsm_margin, lambda_g, 112, 8)               \
+  X(lsm_margin, upper_margin, 120, 8)           \
+  X(lsm_margin, reserved, 128, 16)              \
   X(lsm_loss_args, class_offset, 0, 8)          \
   X(lsm_loss_args, total_classes, 8, 8)         \
   X(lsm_loss_args, grad_scale, 16, 8)           \
@@ -28,7 +37,9 @@
   X(lsm_loss_args, ignore_index, 48, 4)         \
   X(lsm_loss_args, flags, 52, 4)                \
   X(lsm_loss_args, update, 56, 8)               \
-  X(lsm_loss_args, reserved, 64, 8)             \
+  X(lsm_loss_args, state_out, 64, 8)            \
+  X(lsm_loss_args, row_targets, 72, 8)          \
+  X(lsm_loss_args, reserved, 80, 8)             \
   X(lsm_sgd, lr, 0, 8)                          \
   X(lsm_sgd, momentum, 8, 8)                    \
   X(lsm_sgd, weight_decay, 16, 8)               \
@@ -58,8 +69,8 @@
 
 // The structs themselves: X(struct, bytes).
 #define LSM_ABI_STRUCTS(X) \
-  X(lsm_margin, 88)        \
-  X(lsm_loss_args, 72)     \
+  X(lsm_margin, 144)        \
+  X(lsm_loss_args, 88)     \
   X(lsm_sgd, 40)           \
   X(lsm_adam, 72)          \
   X(lsm_loss_update, 64)

@@ -137,6 +137,15 @@ int32_t lsm_loss_gradients(lsm_context *ctx, int32_t dtype, int64_t n, int64_t d
   return run_loss(ctx, margin, args, p);
 }
 
+int32_t lsm_loss_targets(lsm_context *ctx, int32_t dtype, int64_t n, int64_t d, int64_t c, const lsm_margin *margin,
+                         const lsm_loss_args *args, const void *x, const void *w, const int32_t *labels,
+                         double *row_targets) {
+  lsm_loss_problem p = {};
+  p.stage = LSM_LOSS_TARGETS, p.dtype = dtype, p.n = n, p.d = d, p.c = c;
+  p.x = x, p.w = w, p.labels = labels, p.row_targets = row_targets;
+  return run_loss(ctx, margin, args, p);
+}
+
 int32_t lsm_sgd_update(lsm_context *ctx, int32_t dtype, int64_t count, const lsm_sgd *sgd, void *w, const void *grad,
                        void *velocity, int32_t *nonfinite) {
   return guarded(ctx, [&]() -> int32_t {
@@ -209,6 +218,10 @@ int32_t lsm_topk(lsm_context *ctx, int32_t dtype, int64_t n, int64_t d, int64_t 
     if ((s = check_context(ctx)) || (s = check_pointer(ctx, margin, "margin"))) return s;
     const lsm_margin m = *margin;
     if ((s = check_head(ctx, dtype, n, d, c, m, x, w))) return s;  // no labels: prediction has none
+    if (m.kind == LSM_MARGIN_SUBCENTER)
+      return lsm_fail(ctx, LSM_ERR_INVALID_ARGUMENT,
+                      "margin.kind: expected a kind lsm_topk serves (sub-center ArcFace's classes are not yet), got " +
+                          str(m.kind));
     if (k < 1 || k > c || k > LSM_MAX_TOPK)
       return lsm_fail(ctx, LSM_ERR_INVALID_ARGUMENT,
                       "k: expected an integer in [1, min(c, " + str(LSM_MAX_TOPK) + ")] = [1, " +

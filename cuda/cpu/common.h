@@ -138,6 +138,24 @@ lsm_stats target_stats(const T *x, const T *w, int64_t d, const lsm_margin &mg) 
   return s;
 }
 
+// |v| in double, scaled by a power of two near its largest element (no overflow or underflow of
+// the sum of squares); 0 for the zero vector, NaN where v holds a NaN or an infinity.
+template <typename T>
+double row_length(const T *v, int64_t d) {
+  double amax = 0.0;
+  for (int64_t k = 0; k < d; ++k) amax = lsm_absmax(amax, v[k]);
+  int e;
+  double sc, pw;
+  lsm_scale(amax, &e, &sc, &pw);
+  if (!(sc > 0.0)) return sc;
+  double ss = 0.0;
+  for (int64_t k = 0; k < d; ++k) {
+    const double a = v[k] * pw;
+    ss += a * a;
+  }
+  return ldexp(sqrt(ss), e);
+}
+
 // sum_k (a[k] p q) b[k] in double over 8 lanes (which the compiler vectorizes; a fixed order).
 // With p q = 1/|a| (lsm_norm), the dot product of the unit vector of a with b, formed without
 // overflow wherever the result is finite.

@@ -100,11 +100,21 @@ struct loss_run {
   std::vector<char> deferred;    // classes a correction reads or writes: updated last
   std::vector<T> dw_block;       // one block of dL/dW rows, in cache
   lsm_adam_coefs adam_k{};
+  // The adaptive kinds (docs/math.md).
+  int64_t subs = 1;              // sub-centers K: buf's columns are rows of W, K per class
+  std::vector<int64_t> trow;     // the W row (of this shard) of each owned row's target, else -1
+  std::vector<double> rowq;      // the target's per-row quantity: AdaFace z_i, MagFace m_i
+  std::vector<lsm_magface_row> mag;  // MagFace's magnitudes
+  std::vector<double> thresh;    // CurricularFace's T_i
+  double t_now = 0.0;            // CurricularFace's updated t
+  T *aux = nullptr;              // n x block: d f / d(products) of the element-wise kinds
+  T *cls = nullptr;              // n x block/K: sub-center ArcFace's class logits, then exponentials
 
   loss_run(lsm_context *ctx, const lsm_loss_problem &q)
       : p(q), x(static_cast<const T *>(q.x)), w(static_cast<const T *>(q.w)), colscale(direct_scales(ctx, q)),
         in(ctx, x, w, q.n, q.c, q.d, q.margin, colscale.empty()), gx(static_cast<T *>(q.grad_x)),
-        gw(static_cast<T *>(q.grad_w)), n(q.n), d(q.d), c(q.c), scale(q.args.grad_scale), ce(lsm_ce_of(q.args)) {
+        gw(static_cast<T *>(q.grad_w)), n(q.n), d(q.d), c(q.c), scale(q.args.grad_scale), ce(lsm_ce_of(q.args)),
+        subs(lsm_subcenters(q.margin)) {
     if (ce.weights != nullptr) cw = ce.weights + q.args.class_offset;
   }
 
@@ -131,8 +141,16 @@ struct loss_run {
   void step_finish();
   int64_t dw_block_classes() const;
 
+  // The adaptive kinds' element transform and sub-center ArcFace's class logits (cpu/loss_blocks.cpp).
+  void transform(int64_t c0, int64_t cb);
+  void class_logits(int64_t i, int64_t c0, int64_t cb);
+  void fold_classes(int64_t c0, int64_t cb, double *maxes, double *sums);
+  void gradient_classes(int64_t c0, int64_t cb, const double *lse, const double *sums);
+
   // The checks, the run and the corrections (cpu/loss.cpp).
+  int32_t prepass();
   void correction_coefs();
+  void magnitude_gradient();
   int32_t read_labels(lsm_context *ctx);
   int32_t check_weights(lsm_context *ctx) const;
   int32_t run(lsm_context *ctx);
@@ -161,8 +179,10 @@ struct loss_run {
   }
 
   double row_loss(int64_t i, double m, double s) const {
-    return lsm_ce_row_loss(ce, local[i] == LSM_CE_IGNORED, factors[i].wy, m, s, target[i],
-                           smooth.empty() ? 0.0 : smooth[i]);
+    const double l = lsm_ce_row_loss(ce, local[i] == LSM_CE_IGNORED, factors[i].wy, m, s, target[i],
+                                     smooth.empty() ? 0.0 : smooth[i]);
+    if (p.margin.kind != LSM_MARGIN_MAGFACE || local[i] < 0) return l;
+    return l + p.margin.lambda_g * lsm_magface_g(p.margin, mag[i].a);  // the owner adds the regulariser
   }
 };
 

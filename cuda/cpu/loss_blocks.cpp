@@ -16,6 +16,10 @@ inline void finish_row(loss_run<T> &r, int64_t i, int64_t c0, T *row, double k, 
   } else {
     for (int64_t j = 0; j < cb; ++j) row[j] = (T)(k * (double)row[j]);
   }
+  if (r.aux != nullptr) {  // the element-wise kinds: times d f / d(product) (1 at the target)
+    const T *a = r.aux + i * cb;
+    for (int64_t j = 0; j < cb; ++j) row[j] *= a[j];
+  }
   const int64_t y = r.local[i] - c0;
   if (y >= 0 && y < cb) row[y] = r.target_gradient(i, lse);
 }
@@ -24,10 +28,111 @@ inline void finish_row(loss_run<T> &r, int64_t i, int64_t c0, T *row, double k, 
 template <typename T>
 void loss_run<T>::logits(int64_t c0, int64_t cb) {
   gemm(CblasNoTrans, CblasTrans, (int)n, (int)cb, (int)d, in.x, (int)d, in.w + c0 * d, (int)d, buf, (int)cb);
+  if (subs > 1) return;  // the targets are the class logits' (class_logits)
+  if (aux != nullptr) transform(c0, cb);
   for (int64_t i = 0; i < n; ++i) {
     const int64_t y = local[i] - c0;
     if (y >= 0 && y < cb) buf[i * cb + y] = (T)target[i];
   }
+}
+
+// The element-wise kinds' non-target logits from the products v = s c in buf (AdaFace's clamp,
+// CurricularFace's hard negatives), their derivatives d f / d v into aux (1 at the target).
+template <typename T>
+void loss_run<T>::transform(int64_t c0, int64_t cb) {
+  const lsm_margin &mg = p.margin;
+  const double s = mg.scale, inv = 1.0 / mg.scale;
+  const bool ada = mg.kind == LSM_MARGIN_ADAFACE;
+  parallel_for(n, 4 * cb, [&](int64_t i0, int64_t i1) {
+    for (int64_t i = i0; i < i1; ++i) {
+      T *row = buf + i * cb, *a = aux + i * cb;
+      const double th = ada ? 0.0 : thresh[i];
+      for (int64_t j = 0; j < cb; ++j) {
+        double deriv;
+        const double cj = (double)row[j] * inv;
+        const double f = ada ? lsm_adaface_nontarget(cj, &deriv) : lsm_curricular_nontarget(cj, th, t_now, &deriv);
+        row[j] = (T)(s * f);
+        a[j] = (T)deriv;
+      }
+      const int64_t y = local[i] - c0;
+      if (y >= 0 && y < cb) a[y] = T(1);
+    }
+  });
+}
+
+// Sub-center ArcFace: row i's class logits into cls (the largest of each class's K products, NaN
+// kept), the target's replaced by its margin logit.
+template <typename T>
+void loss_run<T>::class_logits(int64_t i, int64_t c0, int64_t cb) {
+  const T *row = buf + i * cb;
+  const int64_t cbk = cb / subs;
+  T *cr = cls + i * cbk;
+  for (int64_t j = 0; j < cbk; ++j) {
+    T m = row[j * subs];
+    for (int64_t k = 1; k < subs; ++k) {
+      const T v = row[j * subs + k];
+      m = (v > m || v != v) ? v : m;
+    }
+    cr[j] = m;
+  }
+  const int64_t y = local[i] - c0 / subs;
+  if (y >= 0 && y < cbk) cr[y] = (T)target[i];
+}
+
+// Sub-center ArcFace's fold: the block's class logits into the running max and sum (as fold);
+// their exponentials stay in cls, the products in buf.
+template <typename T>
+void loss_run<T>::fold_classes(int64_t c0, int64_t cb, double *maxes, double *sums) {
+  const int64_t cbk = cb / subs;
+  parallel_for(n, 4 * cb, [&](int64_t i0, int64_t i1) {
+    for (int64_t i = i0; i < i1; ++i) {
+      class_logits(i, c0, cb);
+      T *cr = cls + i * cbk;
+      const T bm = row_max(cr, cbk);
+      const T b = (double)bm > maxes[i] ? bm : (T)maxes[i];
+      const double carried = sums[i] == 0.0 ? 0.0 : sums[i] * exp(maxes[i] - (double)b);
+      sums[i] = carried + exp_sum(cr, cr, cbk, b);
+      maxes[i] = (double)b;
+    }
+  });
+}
+
+// Sub-center ArcFace's gradients of a block: each class's dL/df goes to its winning sub-center's
+// row of buf (the lowest k on a tie; the target's from the pre-pass), the other K - 1 get 0. From
+// the exponentials in cls where `sums` is given (the last block of the fold), else from the
+// products in buf and lse.
+template <typename T>
+void loss_run<T>::gradient_classes(int64_t c0, int64_t cb, const double *lse, const double *sums) {
+  const int64_t cbk = cb / subs;
+  parallel_for(n, 4 * cb, [&](int64_t i0, int64_t i1) {
+    for (int64_t i = i0; i < i1; ++i) {
+      T *row = buf + i * cb, *cr = cls + i * cbk;
+      if (zero_row(i, row, cb)) continue;
+      double k;
+      if (sums != nullptr) {
+        k = factors[i].a / sums[i];
+      } else {
+        class_logits(i, c0, cb);
+        T t = (T)lse[i];
+        if (!isfinite((double)t) && isfinite(lse[i])) t = std::numeric_limits<T>::max();
+        k = factors[i].a / exp(lse[i] - (double)t);
+        exp_sum(cr, cr, cbk, t);
+      }
+      for (int64_t j = 0; j < cbk; ++j) cr[j] = (T)(k * (double)cr[j]);
+      const int64_t y = local[i] - c0 / subs;
+      if (y >= 0 && y < cbk) cr[y] = target_gradient(i, lse[i]);
+      for (int64_t j = 0; j < cbk; ++j) {
+        T *r = row + j * subs;
+        int64_t best = 0;
+        if (j == y) {
+          best = trow[i] - (c0 + j * subs);
+        } else {
+          for (int64_t q = 1; q < subs; ++q) best = r[q] > r[best] ? q : best;
+        }
+        for (int64_t q = 0; q < subs; ++q) r[q] = q == best ? cr[j] : T(0);
+      }
+    }
+  });
 }
 
 // Folds a block into each row's running max and sum of exponentials (and A, with smoothing;
@@ -104,6 +209,8 @@ void loss_run<T>::products_from_exps(const double *sums, const double *lse) {
       std::fill(buf + i * c, buf + (i + 1) * c, T(0));
       k[i] = 0.0;
     }
+    if (aux != nullptr)  // the element-wise kinds: times d f / d(product) (1 at the target)
+      for (int64_t j = 0; j < c; ++j) buf[i * c + j] *= aux[i * c + j];
     const int64_t y = local[i];
     if (y >= 0 && k[i] != 0.0) {
       T &e = buf[i * c + y];
@@ -132,11 +239,15 @@ template void loss_run<float>::gradient(int64_t c0, int64_t cb, const double *ls
 template void loss_run<float>::gradient_from_exps(int64_t c0, int64_t cb, const double *sums, const double *lse);
 template void loss_run<float>::products(int64_t c0, int64_t cb, bool first);
 template void loss_run<float>::products_from_exps(const double *sums, const double *lse);
+template void loss_run<float>::fold_classes(int64_t c0, int64_t cb, double *maxes, double *sums);
+template void loss_run<float>::gradient_classes(int64_t c0, int64_t cb, const double *lse, const double *sums);
 template void loss_run<double>::logits(int64_t c0, int64_t cb);
 template void loss_run<double>::fold(int64_t c0, int64_t cb, double seen, double *maxes, double *sums);
 template void loss_run<double>::gradient(int64_t c0, int64_t cb, const double *lse);
 template void loss_run<double>::gradient_from_exps(int64_t c0, int64_t cb, const double *sums, const double *lse);
 template void loss_run<double>::products(int64_t c0, int64_t cb, bool first);
 template void loss_run<double>::products_from_exps(const double *sums, const double *lse);
+template void loss_run<double>::fold_classes(int64_t c0, int64_t cb, double *maxes, double *sums);
+template void loss_run<double>::gradient_classes(int64_t c0, int64_t cb, const double *lse, const double *sums);
 
 }  // namespace lsm_cpu_fused

@@ -15,7 +15,7 @@ std::vector<double> loss_run<T>::direct_scales(lsm_context *ctx, const lsm_loss_
   std::vector<double> b;
   const bool one_block = (size_t)q.c <= ctx->workspace_limit / ((size_t)q.n * sizeof(T));
   if (q.stage != LSM_LOSS_FULL || q.grad_x == nullptr || !lsm_normalises_w(q.margin.kind) || !one_block ||
-      lsm_x_factor(q.margin) > 0x1p40)
+      lsm_x_factor(q.margin) > 0x1p40 || lsm_subcenters(q.margin) > 1)
     return b;
   auto in_range = [](double ss) { return ss >= 0x1p-100 && ss <= 0x1p100; };
   const T *xv = static_cast<const T *>(q.x), *wv = static_cast<const T *>(q.w);
@@ -34,7 +34,8 @@ std::vector<double> loss_run<T>::direct_scales(lsm_context *ctx, const lsm_loss_
 
 // The direct path's row pass over the one block of raw products x~_i . w_j in buf (see
 // cpu/loss.h): logits scaled by b_j, the target's replaced, max and sum of exponentials; then buf
-// holds E' diag(b) (E' = exp(f - max) with sum_i taken off the target entry) and beta the
+// holds E' diag(b) (E' = exp(f - max) with sum_i taken off the target entry; for the element-wise
+// kinds f is their transform of the plain logits and E' is times its derivative) and beta the
 // column sums w^_j . V_j. Rows in 4 fixed chunks, each with its own column sums, added in
 // order: the same result whatever the thread count.
 template <typename T>
@@ -43,8 +44,10 @@ void loss_run<T>::fold_direct(double *maxes, double *sums, std::vector<double> *
   const double *b = colscale.data();
   std::vector<T> bt(colscale.begin(), colscale.end());  // b_j in T: the n x c loops stay in T
   std::vector<std::vector<double>> acc(kChunks);
+  const bool elementwise = lsm_elementwise(p.margin.kind);
+  const double s = p.margin.scale, inv = 1.0 / p.margin.scale;
   parallel_for(kChunks, n * c / kChunks, [&](int64_t k0, int64_t k1) {
-    std::vector<T> tmp((size_t)c);
+    std::vector<T> tmp((size_t)c), deriv(elementwise ? (size_t)c : 0);
     for (int64_t k = k0; k < k1; ++k) {
       std::vector<double> &a = acc[k];
       a.assign((size_t)c, 0.0);
@@ -54,13 +57,30 @@ void loss_run<T>::fold_direct(double *maxes, double *sums, std::vector<double> *
         const int64_t y = local[i];
         double plain_y = 0.0;
         if (y >= 0) plain_y = (double)row[y], row[y] = (T)target[i];
-        const T bm = row_max(row, c);
-        if (!smooth.empty()) {
-          double sa = 0.0;
-          for (int64_t j = 0; j < c; ++j) sa += weight(j) * ((double)bm - (double)row[j]);
-          smooth[i] = sa;
+        T bm;
+        double sum;
+        if (elementwise) {  // the kind's logits f into tmp, d f / d(product) beside; then E times it
+          const double th = p.margin.kind == LSM_MARGIN_ADAFACE ? 0.0 : thresh[i];
+          for (int64_t j = 0; j < c; ++j) {
+            double dv;
+            const double cj = (double)row[j] * inv;
+            const double f = p.margin.kind == LSM_MARGIN_ADAFACE ? lsm_adaface_nontarget(cj, &dv)
+                                                                 : lsm_curricular_nontarget(cj, th, t_now, &dv);
+            tmp[j] = (T)(s * f), deriv[j] = (T)dv;
+          }
+          if (y >= 0) tmp[y] = row[y], deriv[y] = T(1);
+          bm = row_max(tmp.data(), c);
+          sum = exp_sum(tmp.data(), tmp.data(), c, bm);
+          for (int64_t j = 0; j < c; ++j) tmp[j] *= deriv[j];
+        } else {
+          bm = row_max(row, c);
+          if (!smooth.empty()) {
+            double sa = 0.0;
+            for (int64_t j = 0; j < c; ++j) sa += weight(j) * ((double)bm - (double)row[j]);
+            smooth[i] = sa;
+          }
+          sum = exp_sum(row, tmp.data(), c, bm);
         }
-        const double sum = exp_sum(row, tmp.data(), c, bm);
         maxes[i] = (double)bm, sums[i] = sum;
         const double ki = factors[i].a / sum;
         if (factors[i].a == 0.0) {  // an ignored row, or a target of weight 0: no gradient

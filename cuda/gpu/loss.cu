@@ -28,6 +28,7 @@
 #include <algorithm>
 
 #include "gpu/common.cuh"
+#include "gpu/adaptive_kernels.cuh"
 #include "gpu/loss_kernels.cuh"
 
 namespace {
@@ -71,7 +72,10 @@ int32_t loss(lsm_context *ctx, const lsm_loss_problem &p) {
 
   // Class blocks of n x block logits within the limit; chunks of one row of a block per CUDA block.
   // Blocks of equal size: the last one, kept for the gradients, is as large as any.
-  const int limit = (int)std::max<int64_t>(1, std::min<int64_t>(c, (int64_t)(ctx->workspace_limit / ((size_t)n * sizeof(T)))));
+  // The element-wise kinds keep their derivatives (zd) beside the block.
+  const bool elementwise = lsm_elementwise(p.margin.kind);
+  const size_t per_class = (size_t)n * sizeof(T) * (elementwise ? 2 : 1);
+  const int limit = (int)std::max<int64_t>(1, std::min<int64_t>(c, (int64_t)(ctx->workspace_limit / per_class)));
   const int block = ceil_div(c, ceil_div(c, limit));
   const int chunk = std::max(kChunkColumns, ceil_div(block, 65535));
   const int max_chunks = ceil_div(block, chunk);
@@ -80,7 +84,8 @@ int32_t loss(lsm_context *ctx, const lsm_loss_problem &p) {
   int32_t *local;
   char *inputs;
   double *target, *g_target, *maxes, *sums, *lse, *factor, *part_m, *part_s, *smooth, *seen, *part_a, *part_w;
-  T *shift, *z;
+  T *shift, *z, *zd;
+  double *rowq, *mag, *cos_y, *thresh, *state;
   lsm_correction *coef;
   lsm_ce_row *factors;
   int *bad, *bad_weight;
@@ -105,6 +110,12 @@ int32_t loss(lsm_context *ctx, const lsm_loss_problem &p) {
     bad = r.take<int>(1);
     bad_weight = r.take<int>(1);
     z = r.take<T>((int64_t)n * block);
+    rowq = mag = cos_y = thresh = state = nullptr, zd = nullptr;
+    if (lsm_adaptive(p.margin.kind)) {
+      rowq = r.take<double>(n), mag = r.take<double>(3 * (int64_t)n), cos_y = r.take<double>(n);
+      thresh = r.take<double>(n), state = r.take<double>(2);
+    }
+    if (elementwise) zd = r.take<T>((int64_t)n * block);
     return r.used;
   };
   void *mem = nullptr;
@@ -120,8 +131,33 @@ int32_t loss(lsm_context *ctx, const lsm_loss_problem &p) {
   }
   const unsigned int sample_blocks = blocks_for((int64_t)n * kWarp, kSampleBlock);
   const unsigned int row_blocks = blocks_for(n, kSampleBlock);
+  // The adaptive kinds' pre-pass (cpu/loss.cpp prepass): AdaFace's and MagFace's norms first,
+  // CurricularFace's target cosines and T_i from loss_targets or from the label owners.
+  const int32_t kind = p.margin.kind;
+  const bool curricular = kind == LSM_MARGIN_CURRICULARFACE;
+  const double *q = kind == LSM_MARGIN_ADAFACE || kind == LSM_MARGIN_MAGFACE ? rowq : nullptr;
+  if (q != nullptr) {
+    LSM_LAUNCH(adaptive_lengths<T>, sample_blocks, kSampleBlock, s, x, n, d, rowq);
+    if (kind == LSM_MARGIN_ADAFACE) LSM_LAUNCH(adaptive_state, 1, 1, s, p.margin, n, rowq, nullptr, state);
+    LSM_LAUNCH(adaptive_rows, row_blocks, kSampleBlock, s, p.margin, n, rowq, mag, state);
+  }
+  double *own_cos = nullptr, *own_thresh = nullptr;
+  const double *row_cos = cos_y, *row_thresh = thresh;
+  if (p.stage == LSM_LOSS_TARGETS) {
+    LSM_CUDA_TRY(ctx, cudaMemsetAsync(p.row_targets, 0, 2 * (size_t)n * sizeof(double), s));
+    own_cos = p.row_targets, own_thresh = p.row_targets + n;
+  } else if (curricular && p.args.row_targets != nullptr) {
+    row_cos = p.args.row_targets, row_thresh = p.args.row_targets + n;
+  } else if (curricular) {
+    own_cos = cos_y, own_thresh = thresh;
+  }
   LSM_LAUNCH(loss_targets<T>, sample_blocks, kSampleBlock, s, x, w, p.labels, n, d, c, p.args.class_offset,
-             p.args.total_classes, p.margin, ce, local, target, factors, bad);
+             p.args.total_classes, p.margin, ce, local, target, factors, bad, q, own_cos, own_thresh);
+  if (p.stage == LSM_LOSS_TARGETS) {
+    LSM_CUDA_TRY(ctx, cudaGetLastError());
+    return check_bad_label(ctx, p.labels, p.n, p.args.total_classes, bad);
+  }
+  if (curricular) LSM_LAUNCH(adaptive_state, 1, 1, s, p.margin, n, nullptr, row_cos, state);
   const device_inputs<T> in = normalise_inputs<T>(ctx, p.margin, x, w, n, d, c, inputs);
 
   gemm_args<T> logits = {};  // z = x W_b^T for the block at c0 (B and N set per block)
@@ -134,6 +170,9 @@ int32_t loss(lsm_context *ctx, const lsm_loss_problem &p) {
     logits.B = in.w + (int64_t)c0 * d, logits.vec_b = vectorizable<T>(logits.B, d);
     logits.vec_c = vectorizable<T>(z, cb);
     launch_gemm<T, kNT>(ctx, logits);
+    if (elementwise)
+      LSM_LAUNCH(adaptive_transform<T>, blocks_for((int64_t)n * cb, kSampleBlock), kSampleBlock, s, z, zd, n, cb, c0,
+                 local, p.margin, row_thresh, state);
   };
 
   const double *row_lse = p.lse;
@@ -149,6 +188,8 @@ int32_t loss(lsm_context *ctx, const lsm_loss_problem &p) {
     }
     LSM_LAUNCH(loss_rows, row_blocks, kSampleBlock, s, maxes, sums, smooth, local, target, factors, ce, n, lse,
                p.row_loss, p.row_max, p.row_sum, p.target, p.row_smooth);
+    if (kind == LSM_MARGIN_MAGFACE)
+      LSM_LAUNCH(magface_rows, row_blocks, kSampleBlock, s, local, mag, p.margin, n, p.row_loss, p.target);
     row_lse = lse;
   }
   if (gradients) {
@@ -159,6 +200,9 @@ int32_t loss(lsm_context *ctx, const lsm_loss_problem &p) {
       if (p.stage == LSM_LOSS_GRADIENTS || c0 != last) make_logits(c0, cb);
       LSM_LAUNCH(loss_gradient<T>, blocks_for((int64_t)n * cb, kSampleBlock), kSampleBlock, s, z, n, cb, c0, local,
                  target, row_lse, shift, factor, factors, ce, weights, g_target);
+      if (elementwise)
+        LSM_LAUNCH(adaptive_scale<T>, blocks_for((int64_t)n * cb, kSampleBlock), kSampleBlock, s, z, zd,
+                   (int64_t)n * cb);
       gemm_args<T> a = {};  // grad_x (+)= G_b W_b
       a.M = n, a.N = d, a.K = cb;
       a.A = z, a.lda = cb, a.vec_a = vectorizable<T>(z, cb);
@@ -174,11 +218,17 @@ int32_t loss(lsm_context *ctx, const lsm_loss_problem &p) {
     }
     project_gradients<T>(ctx, p.margin, x, w, n, d, c, gx, gw);
     if (!lsm_plain_margin(p.margin)) {
-      LSM_LAUNCH(loss_target_x<T>, sample_blocks, kSampleBlock, s, x, w, local, g_target, n, d, p.margin, gx, coef);
+      LSM_LAUNCH(loss_target_x<T>, sample_blocks, kSampleBlock, s, x, w, local, g_target, n, d, p.margin, gx, coef,
+                 q, kind == LSM_MARGIN_MAGFACE ? mag : nullptr, p.args.grad_scale);
       launch_target_w<T>(ctx, x, w, coef, n, d, c, gw);
     }
   }
   if ((st = launched(ctx)) != LSM_OK) return st;
+  if (p.args.state_out != nullptr && (kind == LSM_MARGIN_ADAFACE || curricular)) {  // host memory
+    LSM_CUDA_TRY(ctx, cudaMemcpyAsync(p.args.state_out, state, 2 * sizeof(double), cudaMemcpyDeviceToHost, s));
+    LSM_CUDA_TRY(ctx, cudaStreamSynchronize(s));
+    ctx->traffic_from += 2 * sizeof(double);
+  }
   // Read after the work, as the labels are: a bad weight only ever changes values, never an index.
   if (ce.weights != nullptr && (st = check_bad_weight(ctx, ce.weights, total, bad_weight)) != LSM_OK) return st;
   return check_bad_label(ctx, p.labels, p.n, p.args.total_classes, bad);
@@ -187,6 +237,10 @@ int32_t loss(lsm_context *ctx, const lsm_loss_problem &p) {
 }  // namespace
 
 int32_t lsm_cuda_loss(lsm_context *ctx, const lsm_loss_problem &p) {
+  if (p.margin.kind == LSM_MARGIN_SUBCENTER)
+    return lsm_fail(ctx, LSM_ERR_UNAVAILABLE,
+                    std::string("margin.kind: ") + lsm_kind_of(p.margin.kind)->name +
+                        " is not available on the CUDA backend yet (the CPU backend serves it)");
   const int32_t s = activate(ctx);
   if (s != LSM_OK) return s;
   return p.dtype == LSM_FLOAT32 ? loss<float>(ctx, p) : loss<double>(ctx, p);

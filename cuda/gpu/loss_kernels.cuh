@@ -61,7 +61,8 @@ __global__ void loss_check_weights(const double *weights, int total, int *bad_we
 template <typename T>
 __global__ void loss_targets(const T *x, const T *w, const int32_t *labels, int n, int d, int c, int64_t offset,
                              int64_t total, lsm_margin margin, lsm_ce ce, int32_t *local, double *target,
-                             lsm_ce_row *factors, int *bad_label) {
+                             lsm_ce_row *factors, int *bad_label, const double *rowq, double *cos_y,
+                             double *thresh) {
   const int lane = threadIdx.x % kWarp;
   const int warps = (int)(gridDim.x * blockDim.x / kWarp);
   for (int i = (int)((blockIdx.x * blockDim.x + threadIdx.x) / kWarp); i < n; i = next_index(i, warps, n)) {
@@ -76,7 +77,9 @@ __global__ void loss_targets(const T *x, const T *w, const int32_t *labels, int 
       continue;
     }
     const lsm_stats s = warp_stats(x + (int64_t)i * d, w + y * d, d, lane, margin);
-    if (lane == 0) local[i] = (int32_t)y, target[i] = lsm_softmax_target<T>(lsm_target_logit(s, margin));
+    const double q = rowq == nullptr ? 0.0 : rowq[i];  // the adaptive kinds' per-row quantity
+    if (lane == 0) local[i] = (int32_t)y, target[i] = lsm_softmax_target<T>(lsm_target_logit(s, margin, q));
+    if (lane == 0 && cos_y != nullptr) cos_y[i] = s.c, thresh[i] = lsm_curricular_threshold(s, margin);
   }
 }
 
@@ -229,7 +232,8 @@ __global__ void loss_gradient(T *z, int n, int cb, int c0, const int32_t *local,
 // to coef for backward_target_w.
 template <typename T>
 __global__ void loss_target_x(const T *x, const T *w, const int32_t *local, const double *g_target, int n, int d,
-                              lsm_margin margin, T *grad_x, lsm_correction *coef) {
+                              lsm_margin margin, T *grad_x, lsm_correction *coef, const double *rowq,
+                              const double *mag, double grad_scale) {
   const int lane = threadIdx.x % kWarp;
   const int warps = (int)(gridDim.x * blockDim.x / kWarp);
   for (int i = (int)((blockIdx.x * blockDim.x + threadIdx.x) / kWarp); i < n; i = next_index(i, warps, n)) {
@@ -237,10 +241,21 @@ __global__ void loss_target_x(const T *x, const T *w, const int32_t *local, cons
     lsm_correction r = lsm_no_correction();
     const T *xi = x + (int64_t)i * d;
     const T *wy = w + (int64_t)(y < 0 ? 0 : y) * d;
-    if (y >= 0 && !lsm_plain_margin(margin))
-      r = lsm_target_correction(g_target[i], warp_stats(xi, wy, d, lane, margin), margin, y);
+    const double q = rowq == nullptr ? 0.0 : rowq[i];
+    lsm_stats st = {};
+    if (y >= 0 && !lsm_plain_margin(margin)) {
+      st = warp_stats(xi, wy, d, lane, margin);
+      r = lsm_target_correction(g_target[i], st, margin, y, q);
+    }
     if (lane == 0) coef[i] = r;
     if (r.label >= 0) correct_row_x(r, xi, wy, d, lane, grad_x + (int64_t)i * d);
+    // MagFace's magnitude (mag: a_i, dm_i, inside, n each), as cpu/loss.cpp's corrections.
+    if (mag == nullptr || y < 0 || mag[2 * n + i] == 0.0 || lsm_degenerate(st)) continue;
+    const double da = g_target[i] * margin.scale * lsm_magface_dphi_dm(st, q) * mag[n + i] +
+                      grad_scale * margin.lambda_g * lsm_magface_dg(margin, mag[i]);
+    const double f = da * st.px * st.ux;
+    T *gxi = grad_x + (int64_t)i * d;
+    for (int k = lane; k < d; k += kWarp) gxi[k] = (T)((double)gxi[k] + f * (double)xi[k]);
   }
 }
 

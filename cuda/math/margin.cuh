@@ -166,7 +166,22 @@ struct lsm_phi_value {
   bool angular; // phi' != 1: the target's gradient differs from the plain cosine's
 };
 
-LSM_HD lsm_phi_value lsm_phi(const lsm_stats &s, const lsm_margin &mg) {
+// ArcFace's target cos(t + m) above cos(pi - m), c - m sin m below (sub-center ArcFace, CurricularFace).
+LSM_HD void lsm_arcface_phi(double c, double t, double m, lsm_phi_value *v) {
+  if (c > cos(LSM_PI - m)) {
+    v->phi = cos(t + m), v->q = sin(t + m), v->angular = true;
+  } else {
+    v->phi = c - m * sin(m);
+  }
+}
+
+// AdaFace's fixed constants: the cosines' clamp and the angle's clip (eps), the norm's clip.
+#define LSM_ADAFACE_EPS 1e-3
+#define LSM_ADAFACE_NORM_MIN 1e-3
+#define LSM_ADAFACE_NORM_MAX 100.0
+
+// `row`: the target's per-row quantity of an adaptive kind (AdaFace z_i, MagFace m_i), else 0.
+LSM_HD lsm_phi_value lsm_phi(const lsm_stats &s, const lsm_margin &mg, double row = 0.0) {
   const double c = s.c;
   // The angle from (cos t, sin t = |r|); pi/2 where a vector is zero (cosine 0).
   const double t = lsm_degenerate(s) ? 0.5 * LSM_PI : atan2(sqrt(s.rr), c);
@@ -175,20 +190,117 @@ LSM_HD lsm_phi_value lsm_phi(const lsm_stats &s, const lsm_margin &mg) {
     v.phi = c - mg.m3;
   } else if (mg.kind == LSM_MARGIN_ARCFACE) {
     const double m = mg.m2;
-    const bool easy = (mg.flags & LSM_FLAG_EASY_MARGIN) != 0;
-    if (easy ? c > 0.0 : c > cos(LSM_PI - m)) {
+    if ((mg.flags & LSM_FLAG_EASY_MARGIN) == 0) {
+      lsm_arcface_phi(c, t, m, &v);
+    } else if (c > 0.0) {
       v.phi = cos(t + m), v.q = sin(t + m), v.angular = true;
-    } else {
-      v.phi = easy ? c : c - m * sin(m);
     }
   } else if (mg.kind == LSM_MARGIN_COMBINED) {
     v.phi = cos(mg.m1 * t + mg.m2) - mg.m3;
     v.q = mg.m1 * sin(mg.m1 * t + mg.m2);
     v.angular = true;
+  } else if (mg.kind == LSM_MARGIN_SUBCENTER || mg.kind == LSM_MARGIN_CURRICULARFACE) {
+    lsm_arcface_phi(c, t, mg.m2, &v);
+  } else if (mg.kind == LSM_MARGIN_ADAFACE) {
+    // cos(clip(arccos c' - m z, eps, pi - eps)) - m - m z, c' = clamp(c, -1 + eps, 1 - eps); no
+    // gradient where the clamp or the clip is active. q = phi'(c) sin t = sin(phi) (sin t = sqrt(1 -
+    // c^2) >= 0.0447 inside the clamp, where |r| is it to full accuracy).
+    const double e = LSM_ADAFACE_EPS, m = mg.m2, z = row;
+    const bool clamped = !(c > -1.0 + e && c < 1.0 - e);
+    const double cc = c > 1.0 - e ? 1.0 - e : (c < -1.0 + e ? -1.0 + e : c);
+    double a = acos(cc) - m * z;
+    const bool clipped = !(a > e && a < LSM_PI - e);
+    a = a < e ? e : (a > LSM_PI - e ? LSM_PI - e : a);
+    v.phi = cos(a) - m - m * z;
+    v.q = (clamped || clipped) ? 0.0 : sin(a);
+    v.angular = true;
+  } else if (mg.kind == LSM_MARGIN_MAGFACE) {
+    if (c > 0.0) v.phi = cos(t + row), v.q = sin(t + row), v.angular = true;  // the easy margin
   }
   if (lsm_degenerate(s)) v.angular = false;  // no gradient through a zero vector
   if (c != c) v.phi = c;                      // NaN in, NaN out
   return v;
+}
+
+// ---------------------------------------------------------------------------------------------
+// The adaptive kinds' per-row quantities and state (docs/math.md), from a pre-pass over the rows.
+// ---------------------------------------------------------------------------------------------
+
+// AdaFace's norm a_i = clip(|x_i|, 0.001, 100) (NaN stays NaN).
+LSM_HD double lsm_adaface_norm(double len) {
+  return len < LSM_ADAFACE_NORM_MIN ? LSM_ADAFACE_NORM_MIN : (len > LSM_ADAFACE_NORM_MAX ? LSM_ADAFACE_NORM_MAX : len);
+}
+
+// AdaFace's batch statistics to the updated moving averages: from sum a_i and sum (a_i - mean)^2
+// over the n rows (unbiased std; 0 for n = 1).
+LSM_HD void lsm_adaface_update(const lsm_margin &mg, double mean_b, double sq_dev, int64_t n, double *mu,
+                               double *sigma) {
+  const double std_b = n >= 2 ? sqrt(sq_dev / (double)(n - 1)) : 0.0;
+  *mu = mg.t_alpha * mean_b + (1.0 - mg.t_alpha) * mg.batch_mean;
+  *sigma = mg.t_alpha * std_b + (1.0 - mg.t_alpha) * mg.batch_std;
+}
+
+// AdaFace's margin scaler z_i = clip(h (a_i - mu) / (sigma + eps), -1, 1), with the updated mu, sigma.
+LSM_HD double lsm_adaface_z(const lsm_margin &mg, double a, double mu, double sigma) {
+  const double z = mg.h * (a - mu) / (sigma + LSM_ADAFACE_EPS);
+  return z < -1.0 ? -1.0 : (z > 1.0 ? 1.0 : z);
+}
+
+// AdaFace's non-target cosine clamp: the clamped value, and 1 for its derivative inside, 0 outside.
+LSM_HD double lsm_adaface_nontarget(double c, double *deriv) {
+  const double e = LSM_ADAFACE_EPS;
+  *deriv = (c >= -1.0 + e && c <= 1.0 - e) ? 1.0 : 0.0;
+  return c > 1.0 - e ? 1.0 - e : (c < -1.0 + e ? -1.0 + e : c);
+}
+
+// MagFace's magnitude a_i = clamp(|x_i|, l_a, u_a), margin m_i, and dm_i/d|x_i| (0 outside
+// [l_a, u_a]).
+struct lsm_magface_row {
+  double a, m, dm;
+  bool inside;  // |x_i| in [l_a, u_a]: a_i carries gradient
+};
+LSM_HD lsm_magface_row lsm_magface_of(const lsm_margin &mg, double len) {
+  lsm_magface_row r;
+  r.inside = len >= mg.lower_norm && len <= mg.upper_norm;
+  r.a = len < mg.lower_norm ? mg.lower_norm : (len > mg.upper_norm ? mg.upper_norm : len);
+  if (len != len) r.a = len;
+  const double k = (mg.upper_margin - mg.m2) / (mg.upper_norm - mg.lower_norm);
+  r.m = mg.m2 + k * (r.a - mg.lower_norm);
+  r.dm = r.inside ? k : 0.0;
+  return r;
+}
+// MagFace's regulariser g(a) = a / u_a^2 + 1 / a and dg/da.
+LSM_HD double lsm_magface_g(const lsm_margin &mg, double a) { return a / (mg.upper_norm * mg.upper_norm) + 1.0 / a; }
+LSM_HD double lsm_magface_dg(const lsm_margin &mg, double a) {
+  return 1.0 / (mg.upper_norm * mg.upper_norm) - 1.0 / (a * a);
+}
+// d f_iy / d m_i of MagFace's target, over the scale: -sin(t + m_i) on the margin's branch, else 0.
+LSM_HD double lsm_magface_dphi_dm(const lsm_stats &s, double m) {
+  if (lsm_degenerate(s) || !(s.c > 0.0)) return 0.0;
+  return -sin(atan2(sqrt(s.rr), s.c) + m);
+}
+
+// CurricularFace's threshold T_i = cos(t_y + m) = c cos m - sin t sin m (sin t: 1 for a zero
+// vector, 0 where the pair counts as parallel, else |r|), used even where the target takes the
+// fallback.
+LSM_HD double lsm_curricular_threshold(const lsm_stats &s, const lsm_margin &mg) {
+  const double r = sqrt(s.rr);
+  const double sin_t = lsm_degenerate(s) ? 1.0 : (r > s.sin_floor ? r : 0.0);
+  return s.c * cos(mg.m2) - sin_t * sin(mg.m2);
+}
+// CurricularFace's updated t from the mean of the target cosines.
+LSM_HD double lsm_curricular_update(const lsm_margin &mg, double mean_cos) {
+  return mg.t_alpha * mean_cos + (1.0 - mg.t_alpha) * mg.t;
+}
+// A non-target cosine c (of the products) to CurricularFace's c (t + c) where it is hard (c > T_i),
+// and the derivative: t + 2c there, 1 elsewhere.
+LSM_HD double lsm_curricular_nontarget(double c, double threshold, double t, double *deriv) {
+  if (c > threshold) {
+    *deriv = t + 2.0 * c;
+    return c * (t + c);
+  }
+  *deriv = 1.0;
+  return c;
 }
 
 // The target logit of any kind. L-Softmax: f_iy = (lambda x.w + |w| |x| psi(c)) / (1 + lambda),
@@ -199,8 +311,8 @@ LSM_HD lsm_phi_value lsm_phi(const lsm_stats &s, const lsm_margin &mg) {
 // lambda dot / (1+lambda): the latter overflows for lambda = 1e30. Margin 1 and the degenerate
 // case give the plain inner product. A-Softmax is the same with |w| = 1:
 // 2^ex |xs| [c lambda/(1+lambda) + psi/(1+lambda)]. The normalised kinds: scale phi(c).
-LSM_HD double lsm_target_logit(const lsm_stats &s, const lsm_margin &mg) {
-  if (lsm_normalises_x(mg.kind)) return mg.scale * lsm_phi(s, mg).phi;
+LSM_HD double lsm_target_logit(const lsm_stats &s, const lsm_margin &mg, double row = 0.0) {
+  if (lsm_normalises_x(mg.kind)) return mg.scale * lsm_phi(s, mg, row).phi;
   const bool a = lsm_normalises_w(mg.kind);  // A-Softmax
   if (lsm_degenerate(s)) return a ? 0.0 * s.c : ldexp(s.dot, s.ex + s.ew);
   if (lsm_plain_margin(mg)) return ldexp(s.dot, s.ex + s.ew);
@@ -276,13 +388,14 @@ LSM_HD lsm_correction lsm_no_correction() {
   return r;
 }
 
-LSM_HD lsm_correction lsm_target_correction(double g, const lsm_stats &s, const lsm_margin &mg, int32_t label) {
+LSM_HD lsm_correction lsm_target_correction(double g, const lsm_stats &s, const lsm_margin &mg, int32_t label,
+                                            double row = 0.0) {
   lsm_correction r = lsm_no_correction();
   if (lsm_degenerate(s)) return r;
   const double c = s.c, nx = s.nx, nw = s.nw;
   int ox, ow;
   if (lsm_normalises_x(mg.kind)) {
-    const lsm_phi_value v = lsm_phi(s, mg);
+    const lsm_phi_value v = lsm_phi(s, mg, row);
     if (!v.angular) return r;  // phi' = 1: the plain cosine's gradient is the target's
     const double sin_t = sqrt(s.rr);
     const double a = g * mg.scale * ((sin_t > s.sin_floor ? v.q / sin_t : 0.0) - 1.0);

@@ -189,6 +189,100 @@ void loss_case(lsm_context *cpu, lsm_context *gpu, const shape &s, int margin, i
   if (!ok) ++g_failures;
 }
 
+// The adaptive kinds: the one call with its state, and the shard calls (CurricularFace's row
+// targets first) in class blocks of `block` classes, on the CPU backend and on the CUDA backend in
+// buffers of the tensors' exact sizes; each backend's shard calls give its one call's results
+// (MagFace's regulariser on the partials' target), and the CUDA backend's equal the CPU's.
+// Sub-center ArcFace: the CPU alone (the CUDA backend reports it unavailable).
+template <typename T>
+void adaptive_case(lsm_context *cpu, lsm_context *gpu, const shape &s, int32_t kind, int64_t block) {
+  const int32_t dtype = sizeof(T) == 4 ? LSM_FLOAT32 : LSM_FLOAT64;
+  lsm_margin mg = {};
+  mg.kind = kind, mg.scale = 16.0, mg.m2 = 0.5;
+  if (kind == LSM_MARGIN_SUBCENTER) mg.m = 3;
+  if (kind == LSM_MARGIN_ADAFACE) mg.m2 = 0.4, mg.h = 0.333, mg.t_alpha = 0.3, mg.batch_mean = 1, mg.batch_std = 1;
+  if (kind == LSM_MARGIN_CURRICULARFACE) mg.t_alpha = 0.3, mg.t = 0.1;
+  if (kind == LSM_MARGIN_MAGFACE) mg.m2 = 0.45, mg.upper_margin = 0.8, mg.lower_norm = 0.5, mg.upper_norm = 2, mg.lambda_g = 3;
+  const int64_t rows = s.c * (kind == LSM_MARGIN_SUBCENTER ? 3 : 1);
+  const size_t n = (size_t)s.n, nd = (size_t)(s.n * s.d), rd = (size_t)(rows * s.d), e = sizeof(T);
+  const std::string name = std::string("adaptive kind ") + std::to_string(kind) + (sizeof(T) == 4 ? " f32" : " f64") +
+                           " n=" + std::to_string(s.n) + " d=" + std::to_string(s.d) + " c=" + std::to_string(s.c) +
+                           " block=" + std::to_string(block);
+  ++g_cases;
+  std::vector<T> x(nd), w(rd);
+  std::vector<int32_t> labels(n);
+  for (auto &v : x) v = (T)(2.0 * uniform());
+  for (auto &v : w) v = (T)uniform();
+  for (size_t i = 0; i < n; ++i) labels[i] = (int32_t)((uniform() + 1.0) * 0.5 * (double)s.c) % (int32_t)s.c;
+  if (s.d > 1) std::fill(x.begin(), x.begin() + s.d, T(0));  // a zero row
+  // Per backend: [0] row_loss, [1] lse - target of the partials; grad_x, grad_w of the one call and the shard calls.
+  std::vector<double> rows_out[2][2], state[2];
+  std::vector<T> gx[2][2], gw[2][2];
+  const double tol = sizeof(T) == 4 ? 2e-4 : 1e-10;
+  bool ok = true;
+  const int backends = kind == LSM_MARGIN_SUBCENTER ? 1 : 2;
+  for (int b = 0; b < backends && ok; ++b) {
+    lsm_context *ctx = b == 0 ? cpu : gpu;
+    state[b].assign(2, 0.0);
+    for (auto &r : rows_out[b]) r.assign(n, 0.0);
+    for (int k = 0; k < 2; ++k) gx[b][k].assign(nd, T(0)), gw[b][k].assign(rd, T(0));
+    const size_t rb = n * 8;
+    void *dx = upload(ctx, x.data(), nd * e), *dw = upload(ctx, w.data(), rd * e);
+    void *dl = upload(ctx, labels.data(), n * 4), *dloss = upload(ctx, nullptr, rb), *dmax = upload(ctx, nullptr, rb);
+    void *dsum = upload(ctx, nullptr, rb), *dtarget = upload(ctx, nullptr, rb), *dlse = upload(ctx, nullptr, rb);
+    void *dtargets = upload(ctx, nullptr, 2 * rb), *dgx = upload(ctx, nullptr, nd * e), *dgw = upload(ctx, nullptr, rd * e);
+    const int32_t *yl = static_cast<const int32_t *>(dl);
+    lsm_loss_args a = {};
+    a.total_classes = s.c, a.grad_scale = 1.0 / (double)s.n, a.state_out = state[b].data();
+    std::vector<double> rmax(n), rsum(n), target(n), lse(n);
+    ok = dx && dw && dl && dloss && dmax && dsum && dtarget && dlse && dtargets && dgx && dgw &&
+         lsm_context_set_workspace_limit(ctx, (size_t)(block * (rows / s.c) * s.n) * e * 2) == LSM_OK &&
+         lsm_loss(ctx, dtype, s.n, s.d, rows, &mg, &a, dx, dw, yl, static_cast<double *>(dloss), dgx, dgw) == LSM_OK &&
+         lsm_memcpy_from_context(ctx, rows_out[b][0].data(), dloss, rb) == LSM_OK &&
+         lsm_memcpy_from_context(ctx, gx[b][0].data(), dgx, nd * e) == LSM_OK &&
+         lsm_memcpy_from_context(ctx, gw[b][0].data(), dgw, rd * e) == LSM_OK;
+    if (ok && kind == LSM_MARGIN_CURRICULARFACE) {
+      ok = lsm_loss_targets(ctx, dtype, s.n, s.d, rows, &mg, &a, dx, dw, yl, static_cast<double *>(dtargets)) ==
+           LSM_OK;
+      a.row_targets = static_cast<const double *>(dtargets);
+    }
+    ok = ok &&
+         lsm_loss_partials(ctx, dtype, s.n, s.d, rows, &mg, &a, dx, dw, yl, static_cast<double *>(dmax),
+                           static_cast<double *>(dsum), static_cast<double *>(dtarget), nullptr) == LSM_OK &&
+         lsm_memcpy_from_context(ctx, rmax.data(), dmax, rb) == LSM_OK &&
+         lsm_memcpy_from_context(ctx, rsum.data(), dsum, rb) == LSM_OK &&
+         lsm_memcpy_from_context(ctx, target.data(), dtarget, rb) == LSM_OK;
+    for (size_t i = 0; i < n && ok; ++i) lse[i] = rmax[i] + log(rsum[i]), rows_out[b][1][i] = lse[i] - target[i];
+    ok = ok && lsm_memcpy_to_context(ctx, dlse, lse.data(), rb) == LSM_OK &&
+         lsm_loss_gradients(ctx, dtype, s.n, s.d, rows, &mg, &a, dx, dw, yl, static_cast<const double *>(dlse), dgx,
+                            dgw) == LSM_OK &&
+         lsm_memcpy_from_context(ctx, gx[b][1].data(), dgx, nd * e) == LSM_OK &&
+         lsm_memcpy_from_context(ctx, gw[b][1].data(), dgw, rd * e) == LSM_OK &&
+         lsm_context_set_workspace_limit(ctx, LSM_DEFAULT_WORKSPACE_LIMIT) == LSM_OK;
+    if (!ok) printf("FAIL %s: %s backend: %s\n", name.c_str(), b == 0 ? "CPU" : "CUDA", lsm_last_error());
+    for (void *q : {dx, dw, dl, dloss, dmax, dsum, dtarget, dlse, dtargets, dgx, dgw}) lsm_free(ctx, q);
+    for (size_t i = 0; i < n && ok; ++i) ok = isfinite(rows_out[b][0][i]);
+    ok = ok && close(rows_out[b][1], rows_out[b][0], tol, name + " partials' row losses") &&
+         close(gx[b][1], gx[b][0], tol, name + " shard grad_x") && close(gw[b][1], gw[b][0], tol, name + " shard grad_w");
+  }
+  if (ok && backends == 2)
+    ok = close(rows_out[1][0], rows_out[0][0], tol, name + " row_loss") && close(state[1], state[0], tol, name + " state") &&
+         close(gx[1][0], gx[0][0], tol, name + " grad_x") && close(gw[1][0], gw[0][0], tol, name + " grad_w");
+  if (ok && backends == 1) {  // sub-center ArcFace on CUDA: unavailable, with a message, and usable after
+    const double one[3] = {1.0, 1.0, 1.0};
+    const int32_t zero = 0;
+    void *dx = upload(gpu, one, 8), *dw = upload(gpu, one, 24), *dl = upload(gpu, &zero, 4), *dr = upload(gpu, nullptr, 8);
+    lsm_loss_args none = {};
+    none.total_classes = 1, none.grad_scale = 1.0;
+    ok = dx && dw && dl && dr &&
+         lsm_loss(gpu, LSM_FLOAT64, 1, 1, 3, &mg, &none, dx, dw, static_cast<const int32_t *>(dl),
+                  static_cast<double *>(dr), nullptr, nullptr) == LSM_ERR_UNAVAILABLE;
+    for (void *q : {dx, dw, dl, dr}) lsm_free(gpu, q);
+    if (!ok) printf("FAIL %s: the CUDA backend took sub-center ArcFace\n", name.c_str());
+  }
+  if (!ok) ++g_failures;
+}
+
 // Resident training: two SGD steps (the first, then one with the momentum; Nesterov on odd
 // cases), the sum of float64 values and top-k through class blocks of `block`, each against the
 // CPU backend, in buffers of the tensors' exact sizes.
@@ -469,6 +563,14 @@ int main(int argc, char **argv) {
   for (const auto &c : resident) {
     resident_case<float>(cpu, gpu, c.s, c.k, c.block, (r % 2) == 0);
     resident_case<double>(cpu, gpu, c.s, c.k, c.block, (r++ % 2) == 1);
+  }
+  for (const shape &s : {shape{1, 1, 1}, shape{5, 3, 7}, shape{65, 9, 70}}) {
+    for (int32_t kind : {LSM_MARGIN_SUBCENTER, LSM_MARGIN_ADAFACE, LSM_MARGIN_CURRICULARFACE, LSM_MARGIN_MAGFACE}) {
+      for (int64_t block : {s.c, (int64_t)3}) {
+        adaptive_case<float>(cpu, gpu, s, kind, block);
+        adaptive_case<double>(cpu, gpu, s, kind, block);
+      }
+    }
   }
   bad_label(gpu);
   nonfinite_loss(cpu, gpu);

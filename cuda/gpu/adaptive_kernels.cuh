@@ -1,0 +1,120 @@
+// gpu/adaptive_kernels.cuh: the fused loss's kernels for AdaFace, CurricularFace and MagFace
+// (docs/math.md), the CPU backend's cpu/loss.cpp pre-pass and element transform step for step:
+// the rows' norms, the state (one thread, the rows in order) and the per-row quantities, the
+// non-target transform and its derivative, and MagFace's regulariser on the row losses. The math
+// is math/margin.cuh's.
+#ifndef LSOFTMAX_ADAPTIVE_KERNELS_CUH
+#define LSOFTMAX_ADAPTIVE_KERNELS_CUH
+
+#include "gpu/target_kernels.cuh"
+
+namespace lsm_kernels {
+
+// |x_i| per row (one warp per row), as the CPU's row_length: scaled by a power of two near the
+// largest magnitude; 0 for a zero row, NaN for a row holding a NaN or an infinity.
+template <typename T>
+__global__ void adaptive_lengths(const T *x, int n, int d, double *len) {
+  const int lane = threadIdx.x % kWarp;
+  const int warps = (int)(gridDim.x * blockDim.x / kWarp);
+  for (int i = (int)((blockIdx.x * blockDim.x + threadIdx.x) / kWarp); i < n; i = next_index(i, warps, n)) {
+    const T *xi = x + (int64_t)i * d;
+    double amax = 0.0;
+    for (int k = lane; k < d; k += kWarp) amax = lsm_absmax(amax, xi[k]);
+    for (int off = kWarp / 2; off > 0; off /= 2) amax = lsm_absmax(amax, __shfl_xor_sync(0xffffffffu, amax, off));
+    int e;
+    double sc, pw;
+    lsm_scale(amax, &e, &sc, &pw);
+    double ss = 0.0;
+    for (int k = lane; k < d; k += kWarp) {
+      const double a = xi[k] * pw;
+      ss += a * a;
+    }
+    ss = warp_sum(ss);
+    if (lane == 0) len[i] = sc > 0.0 ? ldexp(sqrt(ss), e) : sc;
+  }
+}
+
+// The state, by one thread, summing the rows in order as the CPU backend does (the same sums, no
+// barrier; n such terms are nothing next to the products). AdaFace: the clipped norms' mean and
+// unbiased std from len (|x_i|) to the updated moving averages; CurricularFace: the updated t
+// from the target cosines cos_y. Into state[0], state[1].
+__global__ void adaptive_state(lsm_margin mg, int n, const double *len, const double *cos_y, double *state) {
+  if (blockIdx.x != 0 || threadIdx.x != 0) return;
+  if (mg.kind == LSM_MARGIN_CURRICULARFACE) {
+    double sum = 0.0;
+    for (int i = 0; i < n; ++i) sum += cos_y[i];
+    state[0] = lsm_curricular_update(mg, sum / (double)n), state[1] = 0.0;
+    return;
+  }
+  double sum = 0.0, sq = 0.0, mu, sigma;
+  for (int i = 0; i < n; ++i) sum += lsm_adaface_norm(len[i]);
+  const double mean = sum / (double)n;
+  for (int i = 0; i < n; ++i) {
+    const double a = lsm_adaface_norm(len[i]);
+    sq += (a - mean) * (a - mean);
+  }
+  lsm_adaface_update(mg, mean, sq, n, &mu, &sigma);
+  state[0] = mu, state[1] = sigma;
+}
+
+// The per-row quantities from |x_i| in rowq (thread per row). AdaFace: z_i with the updated state;
+// MagFace: m_i, with a_i, dm_i/d|x_i| and whether |x_i| is inside [l_a, u_a] (1 or 0) in mag.
+__global__ void adaptive_rows(lsm_margin mg, int n, double *rowq, double *mag, const double *state) {
+  const int step = (int)(gridDim.x * blockDim.x);
+  for (int i = (int)(blockIdx.x * blockDim.x + threadIdx.x); i < n; i = next_index(i, step, n)) {
+    if (mg.kind == LSM_MARGIN_ADAFACE) {
+      rowq[i] = lsm_adaface_z(mg, lsm_adaface_norm(rowq[i]), state[0], state[1]);
+    } else {
+      const lsm_magface_row r = lsm_magface_of(mg, rowq[i]);
+      rowq[i] = r.m, mag[i] = r.a, mag[n + i] = r.dm, mag[2 * (int64_t)n + i] = r.inside ? 1.0 : 0.0;
+    }
+  }
+}
+
+// The element-wise kinds' non-target logits from the products s c in z (AdaFace's clamp,
+// CurricularFace's hard negatives with T_i = thresh[i] and the updated t = state[0]), their
+// derivatives into zd (1 at the target, whose logit the log-sum-exp takes from target[]).
+template <typename T>
+__global__ void adaptive_transform(T *z, T *zd, int n, int cb, int c0, const int32_t *local, lsm_margin mg,
+                                   const double *thresh, const double *state) {
+  const int64_t total = (int64_t)n * cb;
+  const int64_t step = (int64_t)gridDim.x * blockDim.x;
+  const double s = mg.scale, inv = 1.0 / mg.scale;
+  const bool ada = mg.kind == LSM_MARGIN_ADAFACE;
+  for (int64_t e = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; e < total; e += step) {
+    const int i = (int)(e / cb), j = (int)(e % cb);
+    if (local[i] - c0 == j) {
+      zd[e] = T(1);
+      continue;
+    }
+    double deriv;
+    const double cj = (double)z[e] * inv;
+    const double f = ada ? lsm_adaface_nontarget(cj, &deriv) : lsm_curricular_nontarget(cj, thresh[i], state[0], &deriv);
+    z[e] = (T)(s * f);
+    zd[e] = (T)deriv;
+  }
+}
+
+// G times the transform's derivative, element-wise.
+template <typename T>
+__global__ void adaptive_scale(T *z, const T *zd, int64_t total) {
+  const int64_t step = (int64_t)gridDim.x * blockDim.x;
+  for (int64_t e = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; e < total; e += step) z[e] *= zd[e];
+}
+
+// MagFace: the label owner's regulariser lambda_g g(a_i) onto its row loss, and off its target
+// partial (so that lse - target is the row's loss).
+__global__ void magface_rows(const int32_t *local, const double *mag_a, lsm_margin mg, int n, double *row_loss,
+                             double *row_target) {
+  const int step = (int)(gridDim.x * blockDim.x);
+  for (int i = (int)(blockIdx.x * blockDim.x + threadIdx.x); i < n; i = next_index(i, step, n)) {
+    if (local[i] < 0) continue;
+    const double g = mg.lambda_g * lsm_magface_g(mg, mag_a[i]);
+    if (row_loss != nullptr) row_loss[i] += g;
+    if (row_target != nullptr) row_target[i] -= g;
+  }
+}
+
+}  // namespace lsm_kernels
+
+#endif  // LSOFTMAX_ADAPTIVE_KERNELS_CUH
