@@ -60,8 +60,10 @@ export function readOptions<K extends string>(
     throw new TypeError(`${what}: expected an object of options, got ${describe(options)}`);
   }
   const o = options as Record<string, unknown>;
-  for (const key of Object.keys(o)) {
-    if ((known as readonly string[]).includes(key)) continue;
+  const set = knownSet(known);
+  const keys = Object.keys(o);
+  for (const key of keys) {
+    if (set.has(key)) continue;
     const hint = closest(key, known);
     throw new TypeError(
       `${what}: unknown option "${key}"` + (hint ? ` (did you mean "${hint}"?)` : "") +
@@ -69,6 +71,17 @@ export function readOptions<K extends string>(
     );
   }
   const read: Partial<Record<K, unknown>> = {};
-  for (const key of known) read[key] = o[key];
+  // A plain object holds its options itself: only its own keys need reading (the per-call cost
+  // of a small call). Any other object may inherit them (getters of a class): all are read.
+  const plain = Object.getPrototypeOf(o) === Object.prototype || Object.getPrototypeOf(o) === null;
+  for (const key of plain ? keys : known) read[key as K] = o[key];
   return read;
+}
+
+// The known keys as sets, made once per list (the lists are module constants).
+const KNOWN_SETS = new WeakMap<readonly string[], ReadonlySet<string>>();
+function knownSet(known: readonly string[]): ReadonlySet<string> {
+  let set = KNOWN_SETS.get(known);
+  if (set === undefined) KNOWN_SETS.set(known, set = new Set(known));
+  return set;
 }

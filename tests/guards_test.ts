@@ -242,3 +242,36 @@ Deno.test("library: a path that does not open names it once, with the build hint
   assert.equal(out.match(/Could not open library/g)?.length ?? 0, 0, out);
   assert.ok(out.includes("make"), out);
 });
+
+Deno.test("options: each is read once, own keys of a plain object, inherited ones of a class", () => {
+  const p = randomProblem(new Rng(77), 3, 4, 5);
+  const want = forward(p.x, p.w, p.labels, { margin: 3, lambda: 1, backend: "cpu" }).logits;
+  let reads = 0;
+  const plain = {
+    lambda: 1,
+    backend: "cpu" as const,
+    get margin() {
+      reads++;
+      return 3;
+    },
+  };
+  assert.deepEqual(forward(p.x, p.w, p.labels, plain).logits, want);
+  assert.equal(reads, 1);
+  class Options {
+    lambda = 1;
+    backend = "cpu" as const;
+    get margin() {
+      reads++;
+      return 3;
+    }
+  }
+  assert.deepEqual(forward(p.x, p.w, p.labels, new Options()).logits, want);
+  assert.equal(reads, 2);
+  // A misspelt own key of either is still named.
+  throwsNaming(
+    () => forward(p.x, p.w, p.labels, { ...plain, lamda: 1 } as never),
+    TypeError,
+    '"lamda"',
+    '"lambda"',
+  );
+});
