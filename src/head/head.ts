@@ -25,9 +25,8 @@ import { checkState, makeState, stateOptions } from "./state.ts";
 import { countCorrect, mergeTopK } from "./topk.ts";
 import { loadHeadState, saveHeadState } from "./checkpoint.ts";
 import { type Draw, Sampler, type SamplerState } from "./sampling.ts";
-import { MpiComm } from "../../ffi/mpi.ts";
 import type { Peers } from "./calls.ts";
-import { rankBackend, Ranks } from "./ranks.ts";
+import { openRanks, rankBackend, type Ranks } from "./ranks.ts";
 
 // A distributed step's peers, with this rank's rows of the global batch.
 interface RankStep extends Peers {
@@ -94,7 +93,9 @@ export class MarginHead {
     this.#iteration = h.iteration;
     this.#nonFinite = h.nonFinite;
     this.#options = stateOptions(h);
-    const ranks = h.distributed === "mpi" ? new Ranks(MpiComm.world(), h.classes) : null;
+    const ranks = h.distributed === undefined
+      ? null
+      : openRanks(h.distributed, h.classes, h.backends[0]);
     this.#ranks = ranks;
     const shape = {
       ...h,
