@@ -34,5 +34,12 @@ for pair in "$@"; do
     LSOFTMAX_LIB=$lib BACKEND=$backend DISTRIBUTED=nccl NO_NCCL=1 LSOFTMAX_NCCL=$dir/no-libnccl.so.2 \
       timeout 300 mpirun -np 2 --oversubscribe "$deno" run --allow-ffi --allow-env --allow-read \
       --allow-write "$here/tests/mpi/ranks_check.ts"
+    echo "test-mpi: mpirun -np 2, $backend on $(basename "$lib"), distributed: nccl, rank 1 without NCCL"
+    LSOFTMAX_LIB=$lib BACKEND=$backend DISTRIBUTED=nccl NO_NCCL=1 CHECKPOINT=$dir timeout 300 \
+      mpirun --oversubscribe \
+      -np 1 -x LSOFTMAX_NCCL="$NCCL_STAND_IN" "$deno" run --allow-ffi --allow-env --allow-read \
+      "$here/tests/mpi/ranks_check.ts" : \
+      -np 1 -x LSOFTMAX_NCCL="$dir/no-libnccl.so.2" "$deno" run --allow-ffi --allow-env --allow-read \
+      "$here/tests/mpi/ranks_check.ts"
   fi
 done

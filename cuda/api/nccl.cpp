@@ -151,26 +151,38 @@ int32_t lsm_nccl_init(int32_t device, int32_t *rank, int32_t *size) {
     return lsm_fail(nullptr, LSM_ERR_UNAVAILABLE, "distributed: \"nccl\": this library was built without CUDA");
   int32_t r = 0, k = 1;
   int32_t s = lsm_mpi_init(&r, &k);
-  if (s != LSM_OK || (s = load()) != LSM_OK) return s;
+  if (s != LSM_OK) return s;
+  // This rank's NCCL and device, then (rank 0) the unique id; every rank's status and rank 0's id
+  // to every rank, so that a failure anywhere fails every rank instead of leaving the others in
+  // ncclCommInitRank.
   lsm_context *ctx = nullptr;
-  if ((s = lsm_context_create(LSM_BACKEND_CUDA, device, &ctx)) != LSM_OK) return s;
-  // Rank 0's id and the status of making it, to every rank: all fail alike when it could not.
-  struct {
+  int32_t local = load();
+  if (local == LSM_OK) local = lsm_context_create(LSM_BACKEND_CUDA, device, &ctx);
+  if (local == LSM_OK && (local = lsm_synchronize(ctx)) != LSM_OK)  // the device current on this thread
+    lsm_fail(nullptr, local, lsm_context_last_error(ctx));
+  std::string mine_error = local == LSM_OK ? std::string() : std::string(lsm_last_error());
+  struct Part {
+    int32_t status, code;
     UniqueId id;
-    int32_t code;
-  } mine, shared;
+  };
+  Part mine;
   memset(&mine, 0, sizeof mine);
-  if (r == 0) mine.code = nccl.unique_id(&mine.id);
-  std::vector<int64_t> counts((size_t)k, 0);
-  counts[0] = sizeof mine;
-  s = lsm_mpi_allgatherv(&mine, r == 0 ? (int64_t)sizeof mine : 0, &shared, counts.data());
-  if (s == LSM_OK) s = check(shared.code, "ncclGetUniqueId on rank 0");
+  mine.status = local;
+  if (r == 0 && local == LSM_OK) mine.code = nccl.unique_id(&mine.id);
+  std::vector<Part> all((size_t)k);
+  std::vector<int64_t> counts((size_t)k, (int64_t)sizeof(Part));
+  s = lsm_mpi_allgatherv(&mine, (int64_t)sizeof mine, all.data(), counts.data());
+  if (s == LSM_OK && local != LSM_OK) s = lsm_fail(nullptr, local, mine_error);
+  for (int32_t q = 0; s == LSM_OK && q < k; ++q)
+    if (all[(size_t)q].status != LSM_OK)
+      s = lsm_fail(nullptr, LSM_ERR_UNAVAILABLE,
+                   "distributed: \"nccl\": rank " + std::to_string(q) + " of " + std::to_string(k) +
+                       " could not open NCCL or its CUDA device");
+  if (s == LSM_OK) s = check(all[0].code, "ncclGetUniqueId on rank 0");
   Comm comm = nullptr;
-  if (s == LSM_OK && (s = lsm_synchronize(ctx)) != LSM_OK)  // the device current on this thread
-    s = lsm_fail(nullptr, s, lsm_context_last_error(ctx));
-  if (s == LSM_OK) s = check(nccl.init_rank(&comm, k, shared.id, r), "ncclCommInitRank");
+  if (s == LSM_OK) s = check(nccl.init_rank(&comm, k, all[0].id, r), "ncclCommInitRank");
   if (s != LSM_OK) {
-    lsm_context_destroy(ctx);
+    if (ctx != nullptr) lsm_context_destroy(ctx);
     return s;
   }
   nccl.comm = comm, nccl.ctx = ctx, nccl.stream = lsm_cuda_stream_of(ctx);
