@@ -120,12 +120,12 @@ export class MarginHead {
     }
   }
 
-  /** This process's rank in the job (distributed: "mpi"); 0 in one process. */
+  /** This process's rank in the job (distributed: "mpi" or "nccl"); 0 in one process. */
   get rank(): number {
     return this.#ranks?.rank ?? 0;
   }
 
-  /** The job's process count (distributed: "mpi"); 1 in one process. */
+  /** The job's process count (distributed: "mpi" or "nccl"); 1 in one process. */
   get worldSize(): number {
     return this.#ranks?.comm.size ?? 1;
   }
@@ -516,7 +516,7 @@ export class MarginHead {
    *
    * @param path The file to read.
    * @param options Where the head goes instead of where the saved one was: `backend` (one or a
-   * list: the classes are split again), `precision`, `workspace`, `distributed` ("mpi": every
+   * list: the classes are split again), `precision`, `workspace`, `distributed` ("mpi" or "nccl": every
    * rank of the job loads the file and keeps its shard, whatever the world size that saved it).
    * @returns A new head.
    */
