@@ -53,7 +53,7 @@ HEADERS  := $(wildcard cuda/*.h cuda/*/*.h cuda/*/*.cuh)
 LIB      := $(BUILD)/liblsoftmax.so
 # The library's sources (under cuda/, objects under $(BUILD)/obj/): host C++ by g++, and the CUDA
 # backend by nvcc (or by g++ on the emulator: mk/emu.mk).
-HOST_SRC := api/checks api/context api/glibc_compat api/layout api/mpi api/ops cpu/backend cpu/fused_update cpu/loss cpu/loss_blocks cpu/loss_direct cpu/op cpu/gather cpu/optim cpu/rows
+HOST_SRC := api/checks api/context api/glibc_compat api/layout api/mpi api/nccl api/ops cpu/backend cpu/fused_update cpu/loss cpu/loss_blocks cpu/loss_direct cpu/op cpu/gather cpu/optim cpu/rows
 HOST_OBJ := $(patsubst %,$(BUILD)/obj/%.o,$(HOST_SRC))
 # The fused loss's row kernels again for AVX2 + FMA on x86-64, picked at run time (cpu/rows.h).
 ifeq ($(shell uname -m),x86_64)
@@ -61,7 +61,7 @@ HOST_OBJ += $(BUILD)/obj/cpu/rows_avx2.o
 $(BUILD)/obj/cpu/rows.o: CXXFLAGS += -DLSM_ROWS_AVX2
 $(BUILD)/obj/cpu/rows_avx2.o: CXXFLAGS += -mavx2 -mfma
 endif
-CUDA_SRC := gpu/backend gpu/blas gpu/op gpu/loss gpu/optim gpu/gather
+CUDA_SRC := gpu/backend gpu/blas gpu/op gpu/loss gpu/optim gpu/gather gpu/nccl
 CUDA_OBJ := $(if $(HAVE_NVCC),$(patsubst %,$(BUILD)/obj/%.o,$(CUDA_SRC)),$(BUILD)/obj/gpu/none.o)
 
 .PHONY: all example demo demo-distributed test check check-linkage test-nocuda test-mpi bench perf-table clean setup setup-host
@@ -137,10 +137,11 @@ test-nocuda: setup-host
 	  tests/native/nocuda_check.ts tests/loss_test.ts
 
 # Ranks over Open MPI (distributed: "mpi", installed by set-up): mpirun -np 3, 2 and 1 on the CPU
-# backend and on the emulated CUDA backend (scripts/test-mpi.sh, about 20 s).
-test-mpi: setup-host $(LIB) $(BUILD)/liblsoftmax_emu.so
+# backend and on the emulated CUDA backend, there again with distributed: "nccl" through NCCL's
+# stand-in (scripts/test-mpi.sh, about 40 s).
+test-mpi: setup-host $(LIB) $(BUILD)/liblsoftmax_emu.so $(BUILD)/emu/libnccl_stand_in.so
 	scripts/setup.sh mpi
-	DENO=$(DENO) scripts/test-mpi.sh $(LIB)=cpu $(BUILD)/liblsoftmax_emu.so=cuda:0
+	DENO=$(DENO) NCCL_STAND_IN=$(abspath $(BUILD)/emu/libnccl_stand_in.so) scripts/test-mpi.sh $(LIB)=cpu $(BUILD)/liblsoftmax_emu.so=cuda:0
 
 # Two ranks training one head (examples/distributed.ts).
 demo-distributed: setup-host $(LIB)

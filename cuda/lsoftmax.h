@@ -479,6 +479,21 @@ LSM_API int32_t lsm_mpi_abort(int32_t code);
 LSM_API int32_t lsm_mpi_finalize(void);
 
 /**
+ * The same collectives through NCCL (MarginHead's distributed: "nccl"), libnccl.so.2 loaded at run
+ * time (LSOFTMAX_NCCL names another file). lsm_nccl_init makes this process's communicator on
+ * CUDA device `device` (MPI first, as lsm_mpi_init; the unique id from rank 0 over MPI), again
+ * only with the same device; without NCCL it is LSM_ERR_UNAVAILABLE saying what to install. The
+ * collectives take host arrays, as lsm_mpi_*'s, and run on device buffers of the communicator's
+ * own context. lsm_nccl_finalize is idempotent.
+ */
+LSM_API int32_t lsm_nccl_init(int32_t device, int32_t *rank, int32_t *size);
+LSM_API int32_t lsm_nccl_allreduce(double *values, int64_t count, int32_t max);
+LSM_API int32_t lsm_nccl_allgatherv(const void *send, int64_t bytes, void *recv, const int64_t *counts);
+LSM_API int32_t lsm_nccl_reduce_scatter(const double *send, double *recv, const int64_t *counts);
+LSM_API int32_t lsm_nccl_version(int32_t *version);
+LSM_API int32_t lsm_nccl_finalize(void);
+
+/**
  * Bytes the context has copied from the host (*to_context) and to the host (*from_context)
  * since it was created: lsm_memcpy_* and the library's own small copies (label checks, sums).
  */

@@ -150,6 +150,14 @@ export const symbols = {
   lsm_mpi_reduce_scatter: { parameters: ["buffer", "buffer", "buffer"], result: "i32" },
   lsm_mpi_abort: { parameters: ["i32"], result: "i32" },
   lsm_mpi_finalize: { parameters: [], result: "i32" },
+  // The same through NCCL (libnccl.so.2 loaded at run time): device, rank, size (int32 *)
+  lsm_nccl_init: { parameters: ["i32", "buffer", "buffer"], result: "i32" },
+  lsm_nccl_allreduce: { parameters: ["buffer", "i64", "i32"], result: "i32" },
+  lsm_nccl_allgatherv: { parameters: ["buffer", "i64", "buffer", "buffer"], result: "i32" },
+  lsm_nccl_reduce_scatter: { parameters: ["buffer", "buffer", "buffer"], result: "i32" },
+  // version (int32 *: NCCL's code, e.g. 22304 for 2.23.4)
+  lsm_nccl_version: { parameters: ["buffer"], result: "i32" },
+  lsm_nccl_finalize: { parameters: [], result: "i32" },
   // ctx, to_context (uint64_t *), from_context (uint64_t *)
   lsm_context_traffic: { parameters: ["pointer", "buffer", "buffer"], result: "i32" },
   // type (const char *), field (const char *), offset (int64_t *), bytes (int64_t *): where a

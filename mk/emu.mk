@@ -101,6 +101,12 @@ $(EMU_CUBLAS): $(EMU_DIR)/cublas_stand_in.cpp | $(EMU_BUILD)
 	$(CXX) $(CXXFLAGS) -shared -static-libstdc++ -static-libgcc -Wl,--exclude-libs,ALL -Wl,--no-undefined $< -o $@ \
 	  $(EMU_LDLIBS)
 
+# NCCL's stand-in (emulator/nccl_stand_in.cpp), loaded as NCCL is: LSOFTMAX_NCCL=its path; its
+# collectives are Open MPI's, which the library has loaded when it opens NCCL.
+EMU_NCCL := $(EMU_BUILD)/libnccl_stand_in.so
+$(EMU_NCCL): $(EMU_DIR)/nccl_stand_in.cpp | $(EMU_BUILD)
+	$(CXX) $(CXXFLAGS) -shared -static-libstdc++ -static-libgcc -Wl,--exclude-libs,ALL -Wl,--no-undefined $< -o $@ -ldl
+
 # The CUDA suites again with the products through cuBLAS's stand-in.
 EMU_CUBLAS_TESTS := tests/cublas_test.ts tests/bf16_test.ts tests/tf32_test.ts tests/cuda_test.ts tests/head_test.ts \
                     tests/adam_test.ts tests/adaptive_test.ts

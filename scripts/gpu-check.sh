@@ -139,6 +139,16 @@ if step build 200 make -j"$(nproc)" BUILD="$build" CUDA_ARCHS="$arch" CUDA_PTX= 
     step products 20 env LSOFTMAX_LIB="$lib" "$deno" eval \
       'import { backends } from "./mod.ts"; console.log("cuda:0 products: " + backends().cuda.products)'
     step deno-test 120 env LSOFTMAX_LIB="$lib" "$deno" test --allow-ffi --allow-env --allow-read --allow-write --allow-net --allow-run tests/
+    # distributed: "nccl" with one rank: the rendezvous and the collectives through the real NCCL.
+    if ! command -v mpirun >/dev/null 2>&1; then
+      skip nccl-one-rank "no mpirun"
+    elif [ -z "${LSOFTMAX_NCCL:-}" ] && ! ldconfig -p 2>/dev/null | grep -q 'libnccl\.so\.2'; then
+      skip nccl-one-rank "no libnccl.so.2 (ldconfig -p; LSOFTMAX_NCCL names one elsewhere)"
+    else
+      step nccl-one-rank 90 env LSOFTMAX_LIB="$lib" BACKEND=cuda:0 DISTRIBUTED=nccl NO_CHECKPOINT=1 \
+        CHECKPOINT="$logs" OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 mpirun -np 1 \
+        "$deno" run --allow-ffi --allow-env --allow-read --allow-write tests/mpi/ranks_check.ts
+    fi
     if ((!quick)); then
       step deno-test-kernels 90 env LSOFTMAX_CUBLAS=off LSOFTMAX_LIB="$lib" "$deno" test --allow-ffi --allow-env \
         --allow-read --allow-write --allow-run tests/cuda_test.ts tests/tf32_test.ts tests/bf16_test.ts \

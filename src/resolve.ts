@@ -425,8 +425,8 @@ export interface HeadSettings {
   crossEntropy: CrossEntropy;
   /** Partial FC's class sampling rate (1: every class). */
   sampleRate: number;
-  /** "mpi": one rank of an MPI job; undefined: one process. */
-  distributed: "mpi" | undefined;
+  /** "mpi" or "nccl": one rank of an MPI job; undefined: one process. */
+  distributed: "mpi" | "nccl" | undefined;
   /** The backend as given, and one per shard. */
   backend: Backend | Backend[];
   backends: unknown[];

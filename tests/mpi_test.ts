@@ -26,8 +26,12 @@ Deno.test("distributed: mpi without Open MPI says what to install; the library s
 
 Deno.test("distributed: the option's errors name it", () => {
   assert.throws(
-    () => new MarginHead({ ...base, distributed: "nccl" as "mpi" }),
-    /^RangeError: distributed: expected "mpi" \(or none\), got "nccl"$/,
+    () => new MarginHead({ ...base, distributed: "gloo" as "mpi" }),
+    /^RangeError: distributed: expected "mpi" or "nccl" \(or none\), got "gloo"$/,
+  );
+  assert.throws(
+    () => new MarginHead({ ...base, backend: "cpu", distributed: "nccl" }),
+    /^TypeError: backend: expected a CUDA backend with distributed: "nccl", got "cpu"$/,
   );
   assert.throws(
     () => new MarginHead({ ...base, backend: ["cpu", "cpu"], distributed: "mpi" }),

@@ -25,9 +25,8 @@ import { checkState, makeState, stateOptions } from "./state.ts";
 import { countCorrect, mergeTopK } from "./topk.ts";
 import { loadHeadState, saveHeadState } from "./checkpoint.ts";
 import { type Draw, Sampler, type SamplerState } from "./sampling.ts";
-import { MpiComm } from "../../ffi/mpi.ts";
 import type { Peers } from "./calls.ts";
-import { rankBackend, Ranks } from "./ranks.ts";
+import { openRanks, rankBackend, type Ranks } from "./ranks.ts";
 
 // A distributed step's peers, with this rank's rows of the global batch.
 interface RankStep extends Peers {
@@ -94,7 +93,9 @@ export class MarginHead {
     this.#iteration = h.iteration;
     this.#nonFinite = h.nonFinite;
     this.#options = stateOptions(h);
-    const ranks = h.distributed === "mpi" ? new Ranks(MpiComm.world(), h.classes) : null;
+    const ranks = h.distributed === undefined
+      ? null
+      : openRanks(h.distributed, h.classes, h.backends[0]);
     this.#ranks = ranks;
     const shape = {
       ...h,
@@ -119,12 +120,12 @@ export class MarginHead {
     }
   }
 
-  /** This process's rank in the job (distributed: "mpi"); 0 in one process. */
+  /** This process's rank in the job (distributed: "mpi" or "nccl"); 0 in one process. */
   get rank(): number {
     return this.#ranks?.rank ?? 0;
   }
 
-  /** The job's process count (distributed: "mpi"); 1 in one process. */
+  /** The job's process count (distributed: "mpi" or "nccl"); 1 in one process. */
   get worldSize(): number {
     return this.#ranks?.comm.size ?? 1;
   }
@@ -515,7 +516,7 @@ export class MarginHead {
    *
    * @param path The file to read.
    * @param options Where the head goes instead of where the saved one was: `backend` (one or a
-   * list: the classes are split again), `precision`, `workspace`, `distributed` ("mpi": every
+   * list: the classes are split again), `precision`, `workspace`, `distributed` ("mpi" or "nccl": every
    * rank of the job loads the file and keeps its shard, whatever the world size that saved it).
    * @returns A new head.
    */

@@ -148,9 +148,11 @@ export interface HeadOptions extends MarginOptions, Partial<LambdaSchedule>, Cro
   /**
    * "mpi": this process is one rank of an MPI job (`mpirun -np K`), holding shard `rank` of the
    * classes on its backend; each step gathers the ranks' batches (Partial FC's model
-   * parallelism). Needs Open MPI at run time (libmpi.so.40).
+   * parallelism). Needs Open MPI at run time (libmpi.so.40). "nccl": the same on CUDA backends,
+   * the collectives through NCCL (libnccl.so.2 at run time, `LSOFTMAX_NCCL` another path) on the
+   * rank's device, the rendezvous through MPI.
    */
-  distributed?: "mpi";
+  distributed?: "mpi" | "nccl";
 }
 
 /** What a step takes besides its batch. */
@@ -394,15 +396,15 @@ export function checkSampleRate(v: unknown, ce: CrossEntropy): number {
   return v;
 }
 
-/** The processes of a head: none (one process) or "mpi"; not with a backend list. */
-export function checkDistributed(v: unknown, backend: unknown): "mpi" | undefined {
+/** The processes of a head: none (one process), "mpi" or "nccl"; not with a backend list. */
+export function checkDistributed(v: unknown, backend: unknown): "mpi" | "nccl" | undefined {
   if (v === undefined) return undefined;
-  if (v !== "mpi") {
-    throw new RangeError(`distributed: expected "mpi" (or none), got ${describe(v)}`);
+  if (v !== "mpi" && v !== "nccl") {
+    throw new RangeError(`distributed: expected "mpi" or "nccl" (or none), got ${describe(v)}`);
   }
   if (Array.isArray(backend)) {
     throw new TypeError(
-      `backend: expected one backend per rank with distributed: "mpi", got a list of ${backend.length}`,
+      `backend: expected one backend per rank with distributed: "${v}", got a list of ${backend.length}`,
     );
   }
   return v;

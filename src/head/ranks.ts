@@ -6,10 +6,13 @@
 // targets and, with label smoothing, its terms), the combine step of ../shards.ts makes every
 // row's log-sum-exp and loss from them (with the cross-entropy options),
 // and each rank's share of dL/dx is reduce-scattered back to the rows' own ranks. W's rows never
-// move. Errors are agreed on before the collectives: every rank throws the same one.
+// move. Errors are agreed on before the collectives: every rank throws the same one. With
+// distributed: "nccl" the collectives of the data (the batch, the partials, dL/dx, the top-k) go
+// through NCCL on the rank's CUDA device; the agreements and the rendezvous stay on MPI.
 
 import { type FloatArray, newFloatArray } from "../../ffi/arrays.ts";
-import type { MpiComm } from "../../ffi/mpi.ts";
+import { MpiComm } from "../../ffi/mpi.ts";
+import { NcclComm } from "../../ffi/nccl.ts";
 import { OPS } from "../../ffi/ops.ts";
 import type { NativeCall } from "../calls.ts";
 import { reduce } from "../loss.ts";
@@ -37,12 +40,41 @@ export function rankBackend(backend: unknown): unknown {
   return `cuda:${local % devices}`;
 }
 
+/** The collectives of a step's data: MPI's on the host, or NCCL's on a device. */
+type Collectives = Pick<MpiComm, "allreduce" | "allgatherv" | "reduceScatter">;
+
+/**
+ * The ranks of a head with `distributed` ("mpi" or "nccl") on `backend` (as given; with "nccl"
+ * a CUDA backend, the device of the rank's shard).
+ */
+export function openRanks(distributed: "mpi" | "nccl", classes: number, backend: unknown): Ranks {
+  if (distributed === "mpi") return new Ranks(MpiComm.world(), classes);
+  const b = rankBackend(backend);
+  const device = b === "cuda"
+    ? 0
+    : typeof b === "string" && /^cuda:\d+$/.test(b)
+    ? Number(b.slice(5))
+    : -1;
+  if (device < 0) {
+    throw new TypeError(
+      `backend: expected a CUDA backend with distributed: "nccl", got ${
+        JSON.stringify(b ?? "auto")
+      }`,
+    );
+  }
+  const mpi = MpiComm.world();
+  return new Ranks(mpi, classes, NcclComm.world(mpi, device));
+}
+
 /** The job's ranks as a head sees them: the communicator and the classes' split. */
 export class Ranks {
   /** The shards' bounds: rank r holds classes [bounds[r], bounds[r + 1]). */
   readonly bounds: number[];
+  /** The collectives of the data: NCCL's with distributed: "nccl", else MPI's. */
+  readonly data: Collectives;
 
-  constructor(readonly comm: MpiComm, classes: number) {
+  constructor(readonly comm: MpiComm, classes: number, data?: Collectives) {
+    this.data = data ?? comm;
     if (classes < comm.size) {
       throw new RangeError(
         `classes: expected at least one class per rank (${comm.size} ranks), got ${classes}`,
@@ -81,8 +113,8 @@ export class Ranks {
     const n = error === null ? (labels?.length ?? x.length / d) : 0;
     const counts = this.comm.agree(n, error);
     const offset = counts.slice(0, this.rank).reduce((a, b) => a + b, 0);
-    const gx = this.comm.allgatherv(x, counts.map((c) => c * d));
-    const gl = labels === null ? null : this.comm.allgatherv(labels, counts);
+    const gx = this.data.allgatherv(x, counts.map((c) => c * d));
+    const gl = labels === null ? null : this.data.allgatherv(labels, counts);
     return { x: gx, labels: gl, counts, offset };
   }
 
@@ -108,7 +140,7 @@ export class Ranks {
   /** A [rows, D] tensor of every rank's shard (this rank's `local`) into one host array. */
   gatherRows(local: FloatArray, d: number): FloatArray {
     const counts = this.bounds.slice(1).map((b, r) => (b - this.bounds[r]) * d);
-    return this.comm.allgatherv(local, counts);
+    return this.data.allgatherv(local, counts);
   }
 
   /**
@@ -127,7 +159,7 @@ export class Ranks {
     b = yield* uploadBatch(shards, b, x, labels);
     const n = b.n, s = shards[0], part = new ShardCalls(s, b), ce = s.head.crossEntropy;
     const p = yield* part.partials();
-    const top = this.comm.allreduce(p.rowMax.slice(), "max");
+    const top = this.data.allreduce(p.rowMax.slice(), "max");
     // each shard's sum rescaled to the row's maximum, f_iy, and with label smoothing the shard's
     // A_s + W_s (M - m_s) (../shards.ts' combine step, done here for this rank's shard)
     const smooth = p.rowSmooth !== undefined, parts = smooth ? 3 : 2;
@@ -146,7 +178,7 @@ export class Ranks {
         sums[2 * n + i] = p.rowSmooth![i] + far;
       }
     }
-    this.comm.allreduce(sums, "sum");
+    this.data.allreduce(sums, "sum");
     const merged = {
       rowMax: top,
       rowSum: sums.subarray(0, n),
@@ -159,7 +191,7 @@ export class Ranks {
     if (gradX !== null) {
       const share = yield* part.gradients(lse);
       const d = share.length / n;
-      gradX.set(this.comm.reduceScatter(Float64Array.from(share), counts.map((c) => c * d)));
+      gradX.set(this.data.reduceScatter(Float64Array.from(share), counts.map((c) => c * d)));
     }
     return { loss, rowLoss, denominator };
   }
@@ -175,8 +207,8 @@ export class Ranks {
     yield s.download(scores, sp);
     for (let e = 0; e < count; e++) indices[e] += s.c0;
     const sizes = this.bounds.slice(1).map((c1, r) => b.n * Math.min(k, c1 - this.bounds[r]));
-    const all = this.comm.allgatherv(indices, sizes),
-      allScores = this.comm.allgatherv(scores, sizes);
+    const all = this.data.allgatherv(indices, sizes),
+      allScores = this.data.allgatherv(scores, sizes);
     const out: TopK[] = [];
     let at = 0;
     for (const size of sizes) {

@@ -1,4 +1,4 @@
-// ranks_check.ts: MarginHead with distributed: "mpi", run by `make test-mpi` in every process of
+// ranks_check.ts: MarginHead with distributed: "mpi" (or "nccl"), run by `make test-mpi` in every process of
 // `mpirun -np K` (K = 3, 2, 1, in that order). Each rank checks its results against a head of one
 // process on the concatenated batch (float64 within 1e-12): the loss (the same on every rank),
 // its own rows of dL/dx, W after the steps, with and without class sampling (the one-process
@@ -7,7 +7,12 @@
 // works); checkpoints: the run of 3 ranks saves one file, the runs of 2 and 1 load it and
 // continue as a one-process head loaded from it. Exits non-zero on the first failure.
 //
-//   LSOFTMAX_LIB=... BACKEND=cpu|cuda:0 CHECKPOINT=/tmp/dir mpirun -np K deno run ... ranks_check.ts
+// With DISTRIBUTED=nccl the same checks go through NCCL (on the emulated CUDA backend, its
+// stand-in: LSOFTMAX_NCCL=build/emu/libnccl_stand_in.so); NO_NCCL=1 checks instead that without
+// NCCL (LSOFTMAX_NCCL naming a missing file) the head is an Error saying what to install, and
+// where one rank alone lacks it, the others fail too (no hang) saying which rank.
+//
+//   LSOFTMAX_LIB=... BACKEND=cpu|cuda:0 [DISTRIBUTED=nccl] CHECKPOINT=/tmp/dir mpirun -np K deno run ... ranks_check.ts
 
 import assert from "node:assert/strict";
 import { MarginHead } from "../../mod.ts";
@@ -15,6 +20,7 @@ import { randomArray, randomLabels, Rng } from "../helpers.ts";
 
 const backend = (Deno.env.get("BACKEND") ?? "cpu") as "cpu" | "cuda" | "cuda:0";
 const dir = Deno.env.get("CHECKPOINT") ?? "/tmp";
+const distributed = (Deno.env.get("DISTRIBUTED") ?? "mpi") as "mpi" | "nccl";
 const SPEC = { kind: "arcface", scale: 8, margin: 0.3 } as const;
 const C = 23, D = 5;
 
@@ -73,7 +79,25 @@ function compare(ranks: MarginHead, one: MarginHead, steps: number[], what: stri
 }
 
 const head = (sampleRate: number) =>
-  new MarginHead({ ...options(sampleRate), backend, distributed: "mpi" });
+  new MarginHead({ ...options(sampleRate), backend, distributed });
+if (Deno.env.get("NO_NCCL") === "1") {
+  assert.throws(
+    () => head(1),
+    (e: Error) =>
+      Deno.env.get("LSOFTMAX_NCCL")?.endsWith(".so") // this rank has NCCL (its stand-in), rank 1 not
+        ? /distributed: "nccl": rank 1 of 2 could not open NCCL or its CUDA device/.test(e.message)
+        : /distributed: "nccl" needs NCCL's libnccl\.so\.2 .*LSOFTMAX_NCCL/.test(e.message),
+  );
+  // the library still works: a one-process head
+  using one = new MarginHead({ ...options(1), backend });
+  assert.ok(Number.isFinite(one.step(batches(0, 1)[0].x, batches(0, 1)[0].labels).loss));
+  assert.throws(
+    () => new MarginHead({ ...options(1), backend: "cpu", distributed: "nccl" }),
+    /backend: expected a CUDA backend with distributed: "nccl", got "cpu"/,
+  );
+  console.log(`rank ${Deno.env.get("OMPI_COMM_WORLD_RANK")}: without NCCL: ok`);
+  Deno.exit(0);
+}
 using probe = head(1);
 const K = probe.worldSize, R = probe.rank;
 assert.equal(probe.worldSize, Number(Deno.env.get("OMPI_COMM_WORLD_SIZE")));
@@ -103,7 +127,7 @@ for (const rate of [1, 0.3]) {
     classWeights: Float64Array.from({ length: C }, (_, j) => 0.5 + (j % 4) / 4),
     ignoreIndex: -100,
   };
-  using ranks = new MarginHead({ ...options(1), ...ce, backend, distributed: "mpi" });
+  using ranks = new MarginHead({ ...options(1), ...ce, backend, distributed });
   using one = new MarginHead({ ...options(1), ...ce, backend: Array(K).fill(backend) });
   for (const step of [13, 14]) {
     const parts = batches(step, K);
@@ -170,7 +194,7 @@ for (const rate of [1, 0.3]) {
 
 // A non-finite step: every rank skips it together, or every rank throws (nonFinite: "throw").
 for (const nonFinite of ["skip", "throw"] as const) {
-  using ranks = new MarginHead({ ...options(1), backend, distributed: "mpi", nonFinite });
+  using ranks = new MarginHead({ ...options(1), backend, distributed, nonFinite });
   const mine = batches(8, K)[R], w = ranks.weights();
   const x = R === 0 ? mine.x.map((v, i) => i === 0 ? NaN : v) : mine.x;
   if (nonFinite === "skip") assert.equal(ranks.step(x, mine.labels).skipped, true);
@@ -189,7 +213,7 @@ if (K === 3) {
   assert.deepEqual(back.weights(), one.weights()); // the file holds every rank's shard
   assert.deepEqual(back.state().sampler, one.state().sampler);
   // loaded into as many ranks: the steps continue bit for bit
-  using again = await MarginHead.load(path, { distributed: "mpi" });
+  using again = await MarginHead.load(path, { distributed });
   for (const step of [6, 7]) {
     const mine: { x: Float64Array; labels: Int32Array } = batches(step, K)[R];
     const a: { loss: number; gradX: Float64Array; sampled?: Int32Array } = ranks.step(
@@ -203,8 +227,8 @@ if (K === 3) {
   }
   assert.deepEqual(again.weights(), ranks.weights());
 }
-if (K < 3) {
-  using ranks = await MarginHead.load(path, { distributed: "mpi" });
+if (K < 3 && Deno.env.get("NO_CHECKPOINT") !== "1") { // a run without the run of 3 before it
+  using ranks = await MarginHead.load(path, { distributed });
   using one = await MarginHead.load(path, { backend: Array(K).fill(backend) });
   const saved = await MarginHead.load(path);
   assert.deepEqual(ranks.weights(), saved.weights()); // loaded bit for bit
@@ -212,4 +236,4 @@ if (K < 3) {
   saved.close();
   compare(ranks, one, [6, 7], `loaded into ${K}`);
 }
-console.log(`rank ${R} of ${K} (${backend}): ok`);
+console.log(`rank ${R} of ${K} (${backend}, ${distributed}): ok`);
