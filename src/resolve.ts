@@ -432,6 +432,29 @@ export interface HeadSettings {
   backends: unknown[];
 }
 
+/**
+ * A head's margin: every kind but sub-center ArcFace (whose C·K rows the head does not hold yet);
+ * the adaptive ones without the cross-entropy options, class sampling or ranks, which their
+ * fused loss does not take yet.
+ */
+function headMargin(margin: Margin, o: Partial<Record<string, unknown>>): Margin {
+  if (margin.kind === "subcenter") {
+    throw new TypeError(
+      `kind: expected a kind MarginHead serves, got "subcenter" (its C·K rows are served by ` +
+        `loss() only so far)`,
+    );
+  }
+  if (!isAdaptive(margin.kind)) return margin;
+  for (const key of [...CROSS_ENTROPY_KEYS, "sampleRate", "distributed"]) {
+    if (o[key] === undefined || (key === "sampleRate" && o[key] === 1)) continue;
+    throw new TypeError(
+      `${key}: not an option of a head of kind "${margin.kind}" (not supported with the ` +
+        `adaptive kinds yet), got ${describe(o[key])}`,
+    );
+  }
+  return margin;
+}
+
 /** MarginHead's options. */
 export function resolveHead(options: unknown): HeadSettings {
   const o = readOptions("options", options, HEAD_KEYS);
@@ -443,7 +466,7 @@ export function resolveHead(options: unknown): HeadSettings {
     );
   }
   const dtype = checkDType(o.dtype);
-  const margin = lossOnly(checkMargin(o, ["lambda"]), "MarginHead");
+  const margin = headMargin(checkMargin(o, ["lambda"]), o);
   const lambda = resolveLambda(margin.kind, o, true);
   const optimizer = checkOptimizer(o.optimizer);
   const precision = checkPrecision(o.precision);

@@ -7,6 +7,7 @@ import { SgdNonFinite } from "../../ffi/symbols.ts";
 import type { NativeCall } from "../calls.ts";
 import { crossEntropyArgs } from "../cross_entropy.ts";
 import { reduce } from "../loss.ts";
+import { KINDS } from "../kinds.ts";
 import { shardedLossCalls } from "../shards.ts";
 import { type Batch, type HeadShard, ShardCalls } from "./shards.ts";
 import type { NonFinitePolicy } from "./options.ts";
@@ -59,6 +60,21 @@ export interface Peers {
 function labelled(shards: readonly HeadShard[], b: Batch, labels: Int32Array): Batch {
   const { crossEntropy, classes } = shards[0].head;
   return { ...b, loss: crossEntropyArgs(crossEntropy, labels, classes, "mean") };
+}
+
+// CurricularFace on shards: every row's target cosine and T_i, from the shard that owns its label
+// (each gives its own rows, 0 elsewhere: the sum over the shards), into every shard's scratch.
+function* rowTargets(shards: readonly HeadShard[], b: Batch): Generator<NativeCall, Batch, void> {
+  if (b.margin.kind !== KINDS.curricularface.code) return b;
+  const sum = new Float64Array(2 * b.n), part = new Float64Array(2 * b.n);
+  for (const s of shards) {
+    const p = s.scratch("rowTargets", part.byteLength);
+    yield s.loss(OPS.lossTargets, { ...b, state: undefined, rowTargets: false }, [p]);
+    yield s.download(part, p);
+    for (let i = 0; i < 2 * b.n; i++) sum[i] += part[i];
+  }
+  for (const s of shards) yield s.upload(s.scratch("rowTargets", sum.byteLength), sum);
+  return { ...b, rowTargets: true };
 }
 
 // The mean from the sum of the row losses (0 over rows of total weight 0, as loss() gives).
@@ -199,6 +215,7 @@ function* lossCalls(
     b = { ...b, loss: { ...b.loss!, args: { ...b.loss!.args, update: address(step.update) } } };
   }
   if (shards.length > 1) {
+    b = yield* rowTargets(shards, b);
     const parts = shards.map((s) => new ShardCalls(s, b));
     const rowLoss = yield* shardedLossCalls(parts, labels, gradX, ce);
     const denominator = b.loss!.denominator;
@@ -382,6 +399,7 @@ export function* evaluateCalls(
   const ce = shards[0].head.crossEntropy;
   b = labelled(shards, b, labels);
   if (shards.length > 1) {
+    b = yield* rowTargets(shards, b);
     const parts = shards.map((s) => new ShardCalls(s, b));
     const rowLoss = yield* shardedLossCalls(parts, labels, null, ce);
     return { loss: reduce(rowLoss, "mean", b.loss!.denominator), rowLoss };

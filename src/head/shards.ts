@@ -43,6 +43,13 @@ export interface Batch {
   n: number;
   margin: MarginStruct;
   loss?: { args: LossArgs; denominator: number };
+  /**
+   * AdaFace, CurricularFace: host memory (float64 [2]) the step's updated state comes back in;
+   * absent where the call does not move the state (evaluate).
+   */
+  state?: Float64Array;
+  /** CurricularFace on shards: every row's target cosine and T_i are in each shard's scratch. */
+  rowTargets?: boolean;
 }
 
 /** The optimizer buffers a shard holds beside W: SGD's momentum, or Adam's moments. */
@@ -110,7 +117,13 @@ export class HeadShard {
     const weights = this.classWeights === null
       ? {}
       : { classWeights: Number(Deno.UnsafePointer.value(this.classWeights)) };
-    const args: LossArgs = { ...base, classOffset: this.c0, ...weights };
+    const moves = b.loss !== undefined && b.state !== undefined
+      ? { stateOut: Number(Deno.UnsafePointer.value(Deno.UnsafePointer.of(b.state!))) }
+      : {};
+    const targets = b.loss !== undefined && b.rowTargets
+      ? { rowTargets: Number(Deno.UnsafePointer.value(this.scratch("rowTargets", 0))) }
+      : {};
+    const args: LossArgs = { ...base, classOffset: this.c0, ...weights, ...moves, ...targets };
     return { dtype, n: b.n, d, c: this.c, margin: b.margin, args, precision, workspace };
   }
 

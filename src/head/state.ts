@@ -192,6 +192,19 @@ export function checkState(state: unknown): CheckedState {
     const name = "state.options.classWeights";
     options.classWeights = readArray(name, cw, "float64", [classes], "classes");
   }
+  // the adaptive kinds' state moves with every step: a default in its place would not continue
+  const moving = options.kind === "adaface"
+    ? ["batchMean", "batchStd"]
+    : options.kind === "curricularface"
+    ? ["t"]
+    : [];
+  for (const key of moving) {
+    if (typeof options[key] === "number") continue;
+    throw new TypeError(
+      `state.options.${key}: expected the state of kind "${options.kind}" (a number), got ` +
+        describe(options[key]),
+    );
+  }
   const iteration = checkInteger("state.iteration", s.iteration, 0, Number.MAX_SAFE_INTEGER);
   const skippedSteps = checkInteger("state.skippedSteps", s.skippedSteps, 0, iteration);
   const shape: [number, number] = [classes, features];

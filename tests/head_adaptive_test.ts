@@ -1,0 +1,205 @@
+// head_adaptive_test.ts: MarginHead with the adaptive kinds (adaface, curricularface, magface) on
+// the CPU, float64:
+// - a step against loss() with the same options and state: the loss, dL/dx and W' = W − lr·dL/dW
+//   (plain SGD) within 1e-12; the state carried over 3 steps equal to chaining loss() calls;
+// - evaluate at the current state without moving it; predict by the cosine;
+// - state()/fromState, its JSON and a checkpoint continuing bit for bit;
+// - class shards (a backend list) equal to one backend, CurricularFace's row targets included;
+// - the errors, by name: sub-center ArcFace, accumulate, sampling, the cross-entropy options, a
+//   state without the kind's fields; a skipped step leaves the state.
+
+import assert from "node:assert/strict";
+import { loss, MarginHead } from "../mod.ts";
+import { assertClose, maxAbs, randomArray, randomLabels, Rng } from "./helpers.ts";
+
+const N = 6, D = 5, C = 7, LR = 0.1;
+
+type Spec = Record<string, unknown> & { kind: string };
+const SPECS: Spec[] = [
+  { kind: "adaface", scale: 8, margin: 0.4, h: 0.333, tAlpha: 0.3, batchMean: 1.5, batchStd: 0.5 },
+  { kind: "curricularface", scale: 8, margin: 0.5, tAlpha: 0.3, t: 0.2 },
+  {
+    kind: "magface",
+    scale: 8,
+    lowerMargin: 0.45,
+    upperMargin: 0.8,
+    lowerNorm: 1,
+    upperNorm: 3,
+    lambdaG: 2,
+  },
+];
+const STATE_KEYS = ["batchMean", "batchStd", "t"] as const;
+
+// deno-lint-ignore no-explicit-any
+type Any = any;
+
+function batches(seed: number, count: number): { x: Float64Array; labels: Int32Array }[] {
+  const rng = new Rng(seed);
+  return Array.from({ length: count }, () => ({
+    x: randomArray(rng, N * D, -2, 2), // norms about 1 to 3: MagFace's and AdaFace's clips bite
+    labels: randomLabels(rng, N, C),
+  }));
+}
+
+function weights0(seed: number): Float64Array {
+  return randomArray(new Rng(seed), C * D);
+}
+
+function newHead(spec: Spec, w: Float64Array, backend: unknown = "cpu"): MarginHead {
+  return new MarginHead({
+    classes: C,
+    features: D,
+    dtype: "float64",
+    backend,
+    optimizer: { lr: LR },
+    weights: w,
+    ...spec,
+  } as Any);
+}
+
+// The head's options' state fields (those a step moves).
+function stateOf(head: MarginHead): Record<string, number> {
+  const o = head.state().options as Record<string, unknown>;
+  const out: Record<string, number> = {};
+  for (const k of STATE_KEYS) if (o[k] !== undefined) out[k] = o[k] as number;
+  return out;
+}
+
+for (const spec of SPECS) {
+  Deno.test(`head ${spec.kind}: 3 steps equal chained loss() calls (loss, dL/dx, W', state)`, () => {
+    const w = weights0(1), data = batches(2, 3);
+    using head = newHead(spec, w);
+    let ref = w.slice(), o: Spec = { ...spec };
+    for (const [step, { x, labels }] of data.entries()) {
+      const r: Any = loss(x, ref, labels, { ...o, backend: "cpu" } as Any);
+      const s = head.step(x, labels);
+      const at = `${spec.kind} step ${step + 1}`;
+      assert.ok(Math.abs(s.loss - r.loss) <= 1e-12 * Math.max(1, Math.abs(r.loss)), at);
+      assertClose(s.gradX, r.gradX, 1e-12, `${at} dL/dx`);
+      ref = ref.map((v, e) => v - LR * r.gradW[e]);
+      assertClose(head.weights(), ref, 1e-12, `${at} W'`);
+      const moved: Record<string, number> = {};
+      for (const k of STATE_KEYS) if (r[k] !== undefined) moved[k] = r[k];
+      o = { ...o, ...moved };
+      const state = stateOf(head);
+      for (const k of Object.keys(moved)) {
+        assert.ok(Math.abs(state[k] - moved[k]) <= 1e-12, `${at} ${k}`);
+        assert.notEqual(moved[k], (spec as Any)[k], `${at} ${k} moved`);
+      }
+    }
+  });
+
+  Deno.test(`head ${spec.kind}: evaluate at the current state, without moving it`, () => {
+    const w = weights0(3), [a, b] = batches(4, 2);
+    using head = newHead(spec, w), other = newHead(spec, w);
+    head.step(a.x, a.labels);
+    other.step(a.x, a.labels);
+    const before = stateOf(head);
+    const o = { ...spec, ...before, backend: "cpu", gradients: false };
+    const want: Any = loss(b.x, head.weights(), b.labels, o as Any);
+    const e = head.evaluate(b.x, b.labels);
+    assert.ok(Math.abs(e.loss - want.loss) <= 1e-12 * Math.max(1, want.loss));
+    assert.deepEqual(stateOf(head), before);
+    // the next step as if evaluate had not been called
+    assert.equal(head.step(b.x, b.labels).loss, other.step(b.x, b.labels).loss);
+    assert.deepEqual(head.weights(), other.weights());
+    // predict: the best cosine of each row
+    const wn = head.weights(), { indices } = head.predict(b.x);
+    for (let i = 0; i < N; i++) {
+      let best = 0, bestCos = -Infinity;
+      for (let j = 0; j < C; j++) {
+        let dot = 0, nw = 0;
+        for (let k = 0; k < D; k++) dot += b.x[i * D + k] * wn[j * D + k], nw += wn[j * D + k] ** 2;
+        if (dot / Math.sqrt(nw) > bestCos) bestCos = dot / Math.sqrt(nw), best = j;
+      }
+      assert.equal(indices[i], best, `row ${i}`);
+    }
+  });
+
+  Deno.test(`head ${spec.kind}: state(), its JSON and a checkpoint continue bit for bit`, async () => {
+    const w = weights0(5), data = batches(6, 3);
+    using head = newHead(spec, w);
+    head.step(data[0].x, data[0].labels);
+    using copy = MarginHead.fromState(head.state());
+    using viaJson = MarginHead.fromState(JSON.parse(JSON.stringify(head.state())));
+    const path = await Deno.makeTempFile({ suffix: ".safetensors" });
+    try {
+      await head.save(path);
+      using loaded = await MarginHead.load(path);
+      for (const { x, labels } of data.slice(1)) {
+        const want = head.step(x, labels);
+        for (const h of [copy, viaJson, loaded]) {
+          const got = h.step(x, labels);
+          assert.equal(got.loss, want.loss);
+          assert.deepEqual(got.gradX, want.gradX);
+        }
+      }
+      for (const h of [copy, viaJson, loaded]) {
+        assert.deepEqual(h.weights(), head.weights());
+        assert.deepEqual(stateOf(h), stateOf(head));
+      }
+    } finally {
+      await Deno.remove(path);
+    }
+  });
+
+  Deno.test(`head ${spec.kind}: class shards equal one backend over 3 steps`, () => {
+    const w = weights0(7), data = batches(8, 3);
+    using one = newHead(spec, w), three = newHead(spec, w, ["cpu", "cpu", "cpu"]);
+    for (const { x, labels } of data) {
+      const a = one.step(x, labels), b = three.step(x, labels);
+      assert.ok(Math.abs(a.loss - b.loss) <= 1e-12 * Math.max(1, a.loss));
+      // the shards sum in another order: relative to the largest element
+      assertClose(b.gradX, a.gradX, 1e-12, "dL/dx", maxAbs(a.gradX));
+      const wa = one.weights();
+      assertClose(three.weights(), wa, 1e-12, "W", maxAbs(wa));
+      const sa = stateOf(one), sb = stateOf(three);
+      for (const k of Object.keys(sa)) assert.ok(Math.abs(sa[k] - sb[k]) <= 1e-12, k);
+    }
+    const [e] = batches(9, 1);
+    const ea = one.evaluate(e.x, e.labels), eb = three.evaluate(e.x, e.labels);
+    assert.ok(Math.abs(ea.loss - eb.loss) <= 1e-12 * Math.max(1, ea.loss));
+    assert.equal(ea.accuracy, eb.accuracy);
+  });
+}
+
+Deno.test("head adaptive: errors name the argument", () => {
+  const w = weights0(10), [{ x, labels }] = batches(11, 1);
+  assert.throws(
+    () => newHead({ kind: "subcenter", scale: 8, margin: 0.5, subcenters: 3 }, w),
+    /kind: .*"subcenter"/,
+  );
+  const [ada, cur, mag] = SPECS;
+  for (
+    const [extra, re] of [
+      [{ sampleRate: 0.5 }, /^TypeError: sampleRate: .*"adaface"/],
+      [{ labelSmoothing: 0.1 }, /^TypeError: labelSmoothing: .*"adaface"/],
+    ] as const
+  ) {
+    assert.throws(() => newHead({ ...ada, ...extra }, w), (e: Error) => re.test(String(e)));
+  }
+  for (const spec of [ada, cur]) {
+    using head = newHead(spec, w);
+    assert.throws(() => head.step(x, labels, { accumulate: true }), /accumulate: .*false/);
+    head.step(x, labels); // still usable
+    const st = head.state();
+    for (const key of spec.kind === "adaface" ? ["batchMean", "batchStd"] : ["t"]) {
+      const { [key]: _, ...options } = st.options as Record<string, unknown>;
+      assert.throws(
+        () => MarginHead.fromState({ ...st, options } as Any),
+        new RegExp(`state\\.options\\.${key}: expected the state of kind "${spec.kind}"`),
+      );
+    }
+  }
+  // a skipped step (nonFinite "skip") leaves the state as it was, as it leaves W
+  using skip = newHead(ada, w);
+  const bad = x.slice();
+  bad[0] = NaN;
+  const before = stateOf(skip);
+  assert.equal(skip.step(bad, labels).skipped, true);
+  assert.deepEqual(stateOf(skip), before);
+  assert.deepEqual(skip.weights(), w);
+  using m = newHead(mag, w); // MagFace has no state to carry: micro-batches are fine
+  m.step(x, labels, { accumulate: true });
+  m.step(x, labels);
+});
