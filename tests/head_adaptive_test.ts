@@ -7,9 +7,11 @@
 // - class shards (a backend list) equal to one backend, CurricularFace's row targets included;
 // - the errors, by name: sub-center ArcFace, accumulate, sampling, the cross-entropy options, a
 //   state without the kind's fields; a skipped step leaves the state.
+// - on CUDA (the emulator in CI): one CUDA backend and a CPU+CUDA list equal the CPU head.
 
 import assert from "node:assert/strict";
 import { loss, MarginHead } from "../mod.ts";
+import { cudaAvailable } from "./check.ts";
 import { assertClose, maxAbs, randomArray, randomLabels, Rng } from "./helpers.ts";
 
 const N = 6, D = 5, C = 7, LR = 0.1;
@@ -202,4 +204,30 @@ Deno.test("head adaptive: errors name the argument", () => {
   using m = newHead(mag, w); // MagFace has no state to carry: micro-batches are fine
   m.step(x, labels, { accumulate: true });
   m.step(x, labels);
+});
+
+Deno.test({
+  name: "head adaptive cuda: one CUDA backend and a CPU+CUDA list equal the CPU head (3 steps)",
+  ignore: !cudaAvailable,
+  fn: () => {
+    for (const spec of SPECS) {
+      const w = weights0(12), data = batches(13, 3);
+      using cpu = newHead(spec, w), cuda = newHead(spec, w, "cuda");
+      using mixed = newHead(spec, w, ["cpu", "cuda"]);
+      for (const { x, labels } of data) {
+        const a = cpu.step(x, labels);
+        for (const [h, what] of [[cuda, "cuda"], [mixed, "cpu+cuda"]] as const) {
+          const b = h.step(x, labels), at = `${spec.kind} ${what}`;
+          assert.ok(Math.abs(a.loss - b.loss) <= 1e-10 * Math.max(1, a.loss), `${at} loss`);
+          assertClose(b.gradX, a.gradX, 1e-10, `${at} dL/dx`, maxAbs(a.gradX));
+          const wa = cpu.weights();
+          assertClose(h.weights(), wa, 1e-10, `${at} W`, maxAbs(wa));
+          const sa = stateOf(cpu), sb = stateOf(h);
+          for (const k of Object.keys(sa)) {
+            assert.ok(Math.abs(sa[k] - sb[k]) <= 1e-10, `${at} ${k}`);
+          }
+        }
+      }
+    }
+  },
 });
