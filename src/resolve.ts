@@ -409,6 +409,8 @@ export function resolveLayerCall(
 /** A head's settings from its options: sizes, dtype, margin (λ 0) and λ, optimizer, backends. */
 export interface HeadSettings {
   classes: number;
+  /** The rows of W per class (sub-center ArcFace's K; 1 otherwise). */
+  subcenters: number;
   features: number;
   dtype: FloatDType;
   margin: Margin;
@@ -433,17 +435,10 @@ export interface HeadSettings {
 }
 
 /**
- * A head's margin: every kind but sub-center ArcFace (whose C·K rows the head does not hold yet);
- * the adaptive ones without the cross-entropy options, class sampling or ranks, which their
+ * A head's margin: the adaptive kinds without the cross-entropy options, class sampling or ranks, which their
  * fused loss does not take yet.
  */
 function headMargin(margin: Margin, o: Partial<Record<string, unknown>>): Margin {
-  if (margin.kind === "subcenter") {
-    throw new TypeError(
-      `kind: expected a kind MarginHead serves, got "subcenter" (its C·K rows are served by ` +
-        `loss() only so far)`,
-    );
-  }
   if (!isAdaptive(margin.kind)) return margin;
   for (const key of [...CROSS_ENTROPY_KEYS, "sampleRate", "distributed"]) {
     if (o[key] === undefined || (key === "sampleRate" && o[key] === 1)) continue;
@@ -467,13 +462,20 @@ export function resolveHead(options: unknown): HeadSettings {
   }
   const dtype = checkDType(o.dtype);
   const margin = headMargin(checkMargin(o, ["lambda"]), o);
+  const subcenters = subcentersOf(margin); // W holds C·K rows
+  if (classes * subcenters * features > MAX_ELEMENTS) {
+    throw new RangeError(
+      `classes * subcenters * features: expected at most ${MAX_ELEMENTS} elements, got ` +
+        `${classes * subcenters * features}`,
+    );
+  }
   const lambda = resolveLambda(margin.kind, o, true);
   const optimizer = checkOptimizer(o.optimizer);
   const precision = checkPrecision(o.precision);
   const workspace = checkWorkspace(o.workspace);
   const seed = o.seed === undefined ? 0 : checkInteger("seed", o.seed, 0, 2 ** 32 - 1);
   const iteration = checkIteration(o.iteration);
-  const weights = checkWeights(o.weights, dtype, classes, features);
+  const weights = checkWeights(o.weights, dtype, classes * subcenters, features);
   const nonFinite = checkNonFinite(o.nonFinite);
   const crossEntropy = checkCrossEntropy(o, classes);
   const sampleRate = checkSampleRate(o.sampleRate, crossEntropy);
@@ -484,7 +486,8 @@ export function resolveHead(options: unknown): HeadSettings {
   checkPrecisionOn(precision, backends);
   const backend = (o.backend ?? "auto") as Backend | Backend[];
   return {
-    ...{ classes, features, dtype, margin, lambda, optimizer, precision, workspace, seed },
+    ...{ classes, subcenters, features, dtype, margin, lambda, optimizer, precision, workspace },
+    seed,
     ...{ iteration, weights, nonFinite, crossEntropy, sampleRate, distributed, backend, backends },
   };
 }

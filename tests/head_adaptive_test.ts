@@ -1,11 +1,12 @@
-// head_adaptive_test.ts: MarginHead with the adaptive kinds (adaface, curricularface, magface) on
+// head_adaptive_test.ts: MarginHead with the adaptive kinds (adaface, curricularface, magface;
+// subcenter: C·K rows, predict by the best sub-center) on
 // the CPU, float64:
 // - a step against loss() with the same options and state: the loss, dL/dx and W' = W − lr·dL/dW
 //   (plain SGD) within 1e-12; the state carried over 3 steps equal to chaining loss() calls;
 // - evaluate at the current state without moving it; predict by the cosine;
 // - state()/fromState, its JSON and a checkpoint continuing bit for bit;
 // - class shards (a backend list) equal to one backend, CurricularFace's row targets included;
-// - the errors, by name: sub-center ArcFace, accumulate, sampling, the cross-entropy options, a
+// - the errors, by name: accumulate, sampling, the cross-entropy options, a
 //   state without the kind's fields; a skipped step leaves the state.
 // - on CUDA (the emulator in CI): one CUDA backend and a CPU+CUDA list equal the CPU head.
 
@@ -165,12 +166,95 @@ for (const spec of SPECS) {
   });
 }
 
+const SUB: Spec = { kind: "subcenter", scale: 8, margin: 0.5, subcenters: 3 };
+const K = 3;
+
+Deno.test("head subcenter: C·K rows; 3 steps equal loss(); shards; predict by the best sub-center", async () => {
+  const w = randomArray(new Rng(20), C * K * D), data = batches(21, 3);
+  using head = newHead(SUB, w), three = newHead(SUB, w, ["cpu", "cpu", "cpu"]);
+  assert.equal(head.subcenters, K);
+  assert.equal(head.weights().length, C * K * D);
+  let ref = w.slice();
+  for (const [step, { x, labels }] of data.entries()) {
+    const r: Any = loss(x, ref, labels, { ...SUB, backend: "cpu" } as Any);
+    const s = head.step(x, labels), t = three.step(x, labels), at = `step ${step + 1}`;
+    assert.ok(Math.abs(s.loss - r.loss) <= 1e-12 * Math.max(1, r.loss), at);
+    assertClose(s.gradX, r.gradX, 1e-12, `${at} dL/dx`);
+    ref = ref.map((v, e) => v - LR * r.gradW[e]);
+    assertClose(head.weights(), ref, 1e-12, `${at} W'`);
+    assert.ok(Math.abs(t.loss - r.loss) <= 1e-12 * Math.max(1, r.loss), `${at} shards`);
+    assertClose(t.gradX, r.gradX, 1e-12, `${at} shards dL/dx`, maxAbs(r.gradX));
+    assertClose(three.weights(), ref, 1e-12, `${at} shards W'`, maxAbs(ref));
+  }
+  // predict: classes by the max cosine over their K rows (ties by lower class), every k
+  const [{ x, labels }] = batches(22, 1), wn = head.weights();
+  const cos = (i: number, r: number) => {
+    let dot = 0, nw = 0, nx = 0;
+    for (let e = 0; e < D; e++) {
+      dot += x[i * D + e] * wn[r * D + e], nw += wn[r * D + e] ** 2, nx += x[i * D + e] ** 2;
+    }
+    return dot / Math.sqrt(nw * nx);
+  };
+  for (const k of [1, 3, C]) {
+    for (const h of [head, three]) {
+      const p = h.predict(x, { k });
+      for (let i = 0; i < N; i++) {
+        const best = Array.from({ length: C }, (_, j) => ({
+          j,
+          s: Math.max(...Array.from({ length: K }, (_, q) => cos(i, j * K + q))),
+        })).sort((a, b) => b.s - a.s || a.j - b.j);
+        for (let q = 0; q < k; q++) {
+          assert.equal(p.indices[i * k + q], best[q].j, `k ${k} row ${i} rank ${q}`);
+          assert.ok(Math.abs(p.scores[i * k + q] - best[q].s) <= 1e-12, `k ${k} row ${i} score`);
+        }
+      }
+    }
+  }
+  const e = head.evaluate(x, labels),
+    want: Any = loss(x, wn, labels, {
+      ...SUB,
+      backend: "cpu",
+      gradients: false,
+    } as Any);
+  assert.ok(Math.abs(e.loss - want.loss) <= 1e-12 * Math.max(1, want.loss));
+  const top1 = head.predict(x).indices;
+  assert.equal(e.accuracy, labels.filter((y, i) => top1[i] === y).length / N);
+  assert.equal(three.evaluate(x, labels).accuracy, e.accuracy);
+  // the state and a checkpoint hold C·K rows and continue bit for bit
+  using copy = MarginHead.fromState(JSON.parse(JSON.stringify(head.state())));
+  const path = await Deno.makeTempFile({ suffix: ".safetensors" });
+  try {
+    await head.save(path);
+    using loaded = await MarginHead.load(path, { backend: ["cpu", "cpu"] });
+    const want2 = head.step(x, labels);
+    assert.equal(copy.step(x, labels).loss, want2.loss);
+    const l = loaded.step(x, labels).loss; // on 2 shards: the sums in another order
+    assert.ok(Math.abs(l - want2.loss) <= 1e-12 * Math.max(1, want2.loss));
+    assert.deepEqual(copy.weights(), head.weights());
+    assertClose(loaded.weights(), head.weights(), 1e-12, "loaded W", maxAbs(head.weights()));
+  } finally {
+    await Deno.remove(path);
+  }
+  // the seed draws every row, as for C·K classes of another kind
+  using drawn = new MarginHead({ classes: C, features: D, ...SUB, seed: 4, backend: "cpu" } as Any);
+  using plain = new MarginHead(
+    {
+      classes: C * K,
+      features: D,
+      kind: "arcface",
+      scale: 8,
+      margin: 0.5,
+      seed: 4,
+      backend: "cpu",
+    } as Any,
+  );
+  assert.deepEqual(drawn.weights(), plain.weights());
+  assert.throws(() => newHead(SUB, w.subarray(0, C * D)), /^RangeError: weights: /);
+  assert.throws(() => head.predict(x, { k: C + 1 }), /^RangeError: k: /);
+});
+
 Deno.test("head adaptive: errors name the argument", () => {
   const w = weights0(10), [{ x, labels }] = batches(11, 1);
-  assert.throws(
-    () => newHead({ kind: "subcenter", scale: 8, margin: 0.5, subcenters: 3 }, w),
-    /kind: .*"subcenter"/,
-  );
   const [ada, cur, mag] = SPECS;
   for (
     const [extra, re] of [
@@ -207,7 +291,8 @@ Deno.test("head adaptive: errors name the argument", () => {
 });
 
 Deno.test({
-  name: "head adaptive cuda: one CUDA backend and a CPU+CUDA list equal the CPU head (3 steps)",
+  name: "head adaptive cuda: one CUDA backend and a CPU+CUDA list equal the CPU head (3 steps); " +
+    "subcenter's predict",
   ignore: !cudaAvailable,
   fn: () => {
     for (const spec of SPECS) {
@@ -228,6 +313,13 @@ Deno.test({
           }
         }
       }
+    }
+    // sub-center ArcFace: no CUDA step yet (named), but predict by the best sub-center
+    const w = randomArray(new Rng(14), C * K * D), [{ x, labels }] = batches(15, 1);
+    using cpu = newHead(SUB, w), cuda = newHead(SUB, w, "cuda");
+    assert.throws(() => cuda.step(x, labels), /margin\.kind: sub-center ArcFace/);
+    for (const k of [1, 3]) {
+      assert.deepEqual(cuda.predict(x, { k }).indices, cpu.predict(x, { k }).indices, `k ${k}`);
     }
   },
 });

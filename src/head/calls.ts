@@ -414,7 +414,11 @@ export function* evaluateCalls(
   return { loss: mean(sum[0], b), rowLoss };
 }
 
-/** Each shard's k best classes of every row (global class indices), to merge. */
+/**
+ * Each shard's k best classes of every row (global class indices), to merge. With sub-centers
+ * (K > 1), the k best rows of W instead (global rows) by their cosine, which lsm_topk gives
+ * (ArcFace's score) where it serves no sub-center kind: `k` is then the rows wanted.
+ */
 export function* topkCalls(
   shards: readonly HeadShard[],
   b: Batch,
@@ -423,14 +427,18 @@ export function* topkCalls(
 ): Generator<NativeCall, TopK[], void> {
   yield* upload(shards, x, null);
   const out: TopK[] = [];
+  const rows = shards[0].head.subcenters > 1;
+  const margin = rows ? { ...b.margin, kind: KINDS.arcface.code, m: 0 } : b.margin;
   for (const s of shards) {
-    const ks = Math.min(k, s.c), count = b.n * ks;
+    const ks = Math.min(k, rows ? s.rows : s.c), count = b.n * ks;
     const ip = s.scratch("indices", count * 4), sp = s.scratch("scores", s.bytes(count));
-    yield s.op(OPS.topk, { ...s.call(b), k: ks }, [s.scratch("x", 0), s.w, ip, sp]);
+    const call = { ...s.call({ ...b, margin }), k: ks };
+    yield s.op(OPS.topk, call, [s.scratch("x", 0), s.w, ip, sp]);
     const indices = new Int32Array(count), scores = newFloatArray(s.head.dtype, count);
     yield s.download(indices, ip);
     yield s.download(scores, sp);
-    for (let e = 0; e < count; e++) indices[e] += s.c0;
+    const first = rows ? s.r0 : s.c0;
+    for (let e = 0; e < count; e++) indices[e] += first;
     out.push({ indices, scores });
   }
   return out;

@@ -22,7 +22,7 @@ import { HeadOptimizer } from "./optimizer.ts";
 import type { Batch, HeadShard } from "./shards.ts";
 import { gatherShards, openShards, shardTraffic } from "./shards.ts";
 import { checkState, makeState, stateOptions } from "./state.ts";
-import { countCorrect, mergeTopK } from "./topk.ts";
+import { classTopK, countCorrect, mergeTopK } from "./topk.ts";
 import { loadHeadState, saveHeadState } from "./checkpoint.ts";
 import { type Draw, Sampler, type SamplerState } from "./sampling.ts";
 import { MpiComm } from "../../ffi/mpi.ts";
@@ -58,6 +58,8 @@ export class MarginHead {
   readonly classes: number;
   /** The feature count D. */
   readonly features: number;
+  /** The rows of W per class: sub-center ArcFace's K (W is [C·K, D]), 1 for the other kinds. */
+  readonly subcenters: number;
   /** The element type of W, x and dL/dx. */
   readonly dtype: FloatDType;
   /** The optimizer's settings, defaults filled in (lr is the default of each step). */
@@ -86,6 +88,7 @@ export class MarginHead {
     const h = resolveHead(options);
     this.classes = h.classes;
     this.features = h.features;
+    this.subcenters = h.subcenters;
     this.dtype = h.dtype;
     this.#margin = h.margin;
     this.#lambda = h.lambda ?? 0;
@@ -422,9 +425,14 @@ export class MarginHead {
     }
     const { n } = checkBatch(x, null, this.dtype, this.features);
     const o = readOptions("options", options, ["k"]);
-    const k = checkInteger("k", o.k ?? 1, 1, Math.min(this.classes, MAX_TOPK));
-    const results = runCalls(topkCalls(this.#shards, this.#batch(n, this.#iteration), x, k));
-    return mergeTopK<T>(results, n, k, this.dtype);
+    const K = this.subcenters;
+    // sub-centers: the classes from the best (k − 1)·K + 1 rows, at most MAX_TOPK of them
+    const most = K === 1 ? MAX_TOPK : Math.floor((MAX_TOPK - 1) / K) + 1;
+    const k = checkInteger("k", o.k ?? 1, 1, Math.min(this.classes, most));
+    const kr = K === 1 ? k : (k - 1) * K + 1;
+    const results = runCalls(topkCalls(this.#shards, this.#batch(n, this.#iteration), x, kr));
+    if (K === 1) return mergeTopK<T>(results, n, k, this.dtype);
+    return classTopK<T>(mergeTopK(results, n, kr, this.dtype), n, k, K, this.dtype);
   }
 
   /**
@@ -465,7 +473,7 @@ export class MarginHead {
       this.#skippedSteps,
       gatherShards(this.#shards, (s) => s.w),
       velocity,
-      [this.classes, this.features],
+      [this.classes * this.subcenters, this.features],
       adam,
       this.#sampler?.state ?? null,
     );

@@ -207,7 +207,11 @@ export function checkState(state: unknown): CheckedState {
   }
   const iteration = checkInteger("state.iteration", s.iteration, 0, Number.MAX_SAFE_INTEGER);
   const skippedSteps = checkInteger("state.skippedSteps", s.skippedSteps, 0, iteration);
-  const shape: [number, number] = [classes, features];
+  // sub-center ArcFace: K rows of W a class (the kind's own checks come with the head's options)
+  const k = options.kind === "subcenter" && Number.isSafeInteger(options.subcenters)
+    ? options.subcenters as number
+    : 1;
+  const shape: [number, number] = [classes * k, features];
   const weights = readArray("state.weights", s.weights, dtype, shape);
   if (!("velocity" in s)) {
     throw new TypeError(
