@@ -475,7 +475,7 @@ export function resolveHead(options: unknown): HeadSettings {
   const workspace = checkWorkspace(o.workspace);
   const seed = o.seed === undefined ? 0 : checkInteger("seed", o.seed, 0, 2 ** 32 - 1);
   const iteration = checkIteration(o.iteration);
-  const weights = checkWeights(o.weights, dtype, classes * subcenters, features);
+  const weights = checkWeights(o.weights, dtype, classes, features, subcenters);
   const nonFinite = checkNonFinite(o.nonFinite);
   const crossEntropy = checkCrossEntropy(o, classes);
   const sampleRate = checkSampleRate(o.sampleRate, crossEntropy);

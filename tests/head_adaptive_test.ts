@@ -249,7 +249,10 @@ Deno.test("head subcenter: C·K rows; 3 steps equal loss(); shards; predict by t
     } as Any,
   );
   assert.deepEqual(drawn.weights(), plain.weights());
-  assert.throws(() => newHead(SUB, w.subarray(0, C * D)), /^RangeError: weights: /);
+  assert.throws(
+    () => newHead(SUB, w.subarray(0, C * D)),
+    /^RangeError: weights: expected classes \* subcenters \* features = 7 \* 3 \* 5 = 105 elements, got 35$/,
+  );
   assert.throws(() => head.predict(x, { k: C + 1 }), /^RangeError: k: /);
 });
 
