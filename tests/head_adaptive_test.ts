@@ -1,14 +1,16 @@
-// head_adaptive_test.ts: MarginHead with the adaptive kinds (adaface, curricularface, magface;
-// subcenter: C·K rows, predict by the best sub-center) on
-// the CPU, float64:
-// - a step against loss() with the same options and state: the loss, dL/dx and W' = W − lr·dL/dW
-//   (plain SGD) within 1e-12; the state carried over 3 steps equal to chaining loss() calls;
-// - evaluate at the current state without moving it; predict by the cosine;
-// - state()/fromState, its JSON and a checkpoint continuing bit for bit;
-// - class shards (a backend list) equal to one backend, CurricularFace's row targets included;
-// - the errors, by name: accumulate, sampling, the cross-entropy options, a
-//   state without the kind's fields; a skipped step leaves the state.
-// - on CUDA (the emulator in CI): one CUDA backend and a CPU+CUDA list equal the CPU head.
+// head_adaptive_test.ts: MarginHead with the adaptive kinds on the CPU, float64:
+// - adaface, curricularface, magface: a step against loss() with the same options and state (the
+//   loss, dL/dx and W' = W − lr·dL/dW for plain SGD, within 1e-12), the state carried over 3 steps
+//   equal to chaining loss() calls; evaluate at the current state without moving it; predict by
+//   the cosine; state()/fromState, its JSON and a checkpoint continuing bit for bit; class shards
+//   equal to one backend (CurricularFace's row targets included); stepAsync as step;
+// - subcenter: W [C·K, D], steps equal to loss(), shards, predict/evaluate by the best sub-center
+//   against a brute-force reference for every k, a tie between classes to the lower one, the
+//   state and a checkpoint of C·K rows, the seed's rows;
+// - the errors, by name: accumulate, sampling, the cross-entropy options, a state without the
+//   kind's fields, the weights' size, k; a skipped step leaves the state;
+// - on CUDA (the emulator in CI): one CUDA backend and a CPU+CUDA list equal the CPU head;
+//   sub-center ArcFace's step refused by name there, its predict equal to the CPU's.
 
 import assert from "node:assert/strict";
 import { loss, MarginHead } from "../mod.ts";
@@ -255,6 +257,32 @@ Deno.test("head subcenter: C·K rows; 3 steps equal loss(); shards; predict by t
   );
   assert.throws(() => head.predict(x, { k: C + 1 }), /^RangeError: k: /);
 });
+
+Deno.test("head subcenter: a tie between two classes' sub-centers goes to the lower class", () => {
+  const w = randomArray(new Rng(23), C * K * D);
+  w.copyWithin(4 * K * D + 1 * D, 1 * K * D + 2 * D, 1 * K * D + 3 * D); // class 4's row 1 = class 1's row 2
+  using head = newHead(SUB, w), three = newHead(SUB, w, ["cpu", "cpu", "cpu"]);
+  const x = w.slice(1 * K * D + 2 * D, 1 * K * D + 3 * D); // along that row: cosine 1 for both
+  for (const h of [head, three]) {
+    const { indices, scores } = h.predict(x, { k: 2 });
+    assert.deepEqual([...indices], [1, 4]);
+    assert.equal(scores[0], scores[1]);
+  }
+});
+
+for (const spec of [...SPECS, SUB]) {
+  Deno.test(`head ${spec.kind}: stepAsync carries the state as step does`, async () => {
+    const k = spec.kind === "subcenter" ? K : 1;
+    const w = randomArray(new Rng(24), C * k * D), data = batches(25, 3);
+    using a = newHead(spec, w), b = newHead(spec, w);
+    const queued = data.map(({ x, labels }) => b.stepAsync(x, labels)); // all asked at once
+    for (const [q, { x, labels }] of data.entries()) {
+      assert.equal((await queued[q]).loss, a.step(x, labels).loss);
+    }
+    assert.deepEqual(b.weights(), a.weights());
+    assert.deepEqual(stateOf(b), stateOf(a));
+  });
+}
 
 Deno.test("head adaptive: errors name the argument", () => {
   const w = weights0(10), [{ x, labels }] = batches(11, 1);
