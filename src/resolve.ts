@@ -409,6 +409,8 @@ export function resolveLayerCall(
 /** A head's settings from its options: sizes, dtype, margin (λ 0) and λ, optimizer, backends. */
 export interface HeadSettings {
   classes: number;
+  /** The rows of W per class (sub-center ArcFace's K; 1 otherwise). */
+  subcenters: number;
   features: number;
   dtype: FloatDType;
   margin: Margin;
@@ -432,6 +434,22 @@ export interface HeadSettings {
   backends: unknown[];
 }
 
+/**
+ * A head's margin: the adaptive kinds without the cross-entropy options, class sampling or ranks, which their
+ * fused loss does not take yet.
+ */
+function headMargin(margin: Margin, o: Partial<Record<string, unknown>>): Margin {
+  if (!isAdaptive(margin.kind)) return margin;
+  for (const key of [...CROSS_ENTROPY_KEYS, "sampleRate", "distributed"]) {
+    if (o[key] === undefined || (key === "sampleRate" && o[key] === 1)) continue;
+    throw new TypeError(
+      `${key}: not an option of a head of kind "${margin.kind}" (not supported with the ` +
+        `adaptive kinds yet), got ${describe(o[key])}`,
+    );
+  }
+  return margin;
+}
+
 /** MarginHead's options. */
 export function resolveHead(options: unknown): HeadSettings {
   const o = readOptions("options", options, HEAD_KEYS);
@@ -443,14 +461,21 @@ export function resolveHead(options: unknown): HeadSettings {
     );
   }
   const dtype = checkDType(o.dtype);
-  const margin = lossOnly(checkMargin(o, ["lambda"]), "MarginHead");
+  const margin = headMargin(checkMargin(o, ["lambda"]), o);
+  const subcenters = subcentersOf(margin); // W holds C·K rows
+  if (classes * subcenters * features > MAX_ELEMENTS) {
+    throw new RangeError(
+      `classes * subcenters * features: expected at most ${MAX_ELEMENTS} elements, got ` +
+        `${classes * subcenters * features}`,
+    );
+  }
   const lambda = resolveLambda(margin.kind, o, true);
   const optimizer = checkOptimizer(o.optimizer);
   const precision = checkPrecision(o.precision);
   const workspace = checkWorkspace(o.workspace);
   const seed = o.seed === undefined ? 0 : checkInteger("seed", o.seed, 0, 2 ** 32 - 1);
   const iteration = checkIteration(o.iteration);
-  const weights = checkWeights(o.weights, dtype, classes, features);
+  const weights = checkWeights(o.weights, dtype, classes, features, subcenters);
   const nonFinite = checkNonFinite(o.nonFinite);
   const crossEntropy = checkCrossEntropy(o, classes);
   const sampleRate = checkSampleRate(o.sampleRate, crossEntropy);
@@ -461,7 +486,8 @@ export function resolveHead(options: unknown): HeadSettings {
   checkPrecisionOn(precision, backends);
   const backend = (o.backend ?? "auto") as Backend | Backend[];
   return {
-    ...{ classes, features, dtype, margin, lambda, optimizer, precision, workspace, seed },
+    ...{ classes, subcenters, features, dtype, margin, lambda, optimizer, precision, workspace },
+    seed,
     ...{ iteration, weights, nonFinite, crossEntropy, sampleRate, distributed, backend, backends },
   };
 }

@@ -7,6 +7,7 @@ import { SgdNonFinite } from "../../ffi/symbols.ts";
 import type { NativeCall } from "../calls.ts";
 import { crossEntropyArgs } from "../cross_entropy.ts";
 import { reduce } from "../loss.ts";
+import { KINDS } from "../kinds.ts";
 import { shardedLossCalls } from "../shards.ts";
 import { type Batch, type HeadShard, ShardCalls } from "./shards.ts";
 import type { NonFinitePolicy } from "./options.ts";
@@ -59,6 +60,21 @@ export interface Peers {
 function labelled(shards: readonly HeadShard[], b: Batch, labels: Int32Array): Batch {
   const { crossEntropy, classes } = shards[0].head;
   return { ...b, loss: crossEntropyArgs(crossEntropy, labels, classes, "mean") };
+}
+
+// CurricularFace on shards: every row's target cosine and T_i, from the shard that owns its label
+// (each gives its own rows, 0 elsewhere: the sum over the shards), into every shard's scratch.
+function* rowTargets(shards: readonly HeadShard[], b: Batch): Generator<NativeCall, Batch, void> {
+  if (b.margin.kind !== KINDS.curricularface.code) return b;
+  const sum = new Float64Array(2 * b.n), part = new Float64Array(2 * b.n);
+  for (const s of shards) {
+    const p = s.scratch("rowTargets", part.byteLength);
+    yield s.loss(OPS.lossTargets, { ...b, state: undefined, rowTargets: false }, [p]);
+    yield s.download(part, p);
+    for (let i = 0; i < 2 * b.n; i++) sum[i] += part[i];
+  }
+  for (const s of shards) yield s.upload(s.scratch("rowTargets", sum.byteLength), sum);
+  return { ...b, rowTargets: true };
 }
 
 // The mean from the sum of the row losses (0 over rows of total weight 0, as loss() gives).
@@ -199,6 +215,7 @@ function* lossCalls(
     b = { ...b, loss: { ...b.loss!, args: { ...b.loss!.args, update: address(step.update) } } };
   }
   if (shards.length > 1) {
+    b = yield* rowTargets(shards, b);
     const parts = shards.map((s) => new ShardCalls(s, b));
     const rowLoss = yield* shardedLossCalls(parts, labels, gradX, ce);
     const denominator = b.loss!.denominator;
@@ -382,6 +399,7 @@ export function* evaluateCalls(
   const ce = shards[0].head.crossEntropy;
   b = labelled(shards, b, labels);
   if (shards.length > 1) {
+    b = yield* rowTargets(shards, b);
     const parts = shards.map((s) => new ShardCalls(s, b));
     const rowLoss = yield* shardedLossCalls(parts, labels, null, ce);
     return { loss: reduce(rowLoss, "mean", b.loss!.denominator), rowLoss };
@@ -396,7 +414,11 @@ export function* evaluateCalls(
   return { loss: mean(sum[0], b), rowLoss };
 }
 
-/** Each shard's k best classes of every row (global class indices), to merge. */
+/**
+ * Each shard's k best classes of every row (global class indices), to merge. With sub-centers
+ * (K > 1), the k best rows of W instead (global rows) by their cosine, which lsm_topk gives
+ * (ArcFace's score) where it serves no sub-center kind: `k` is then the rows wanted.
+ */
 export function* topkCalls(
   shards: readonly HeadShard[],
   b: Batch,
@@ -405,14 +427,18 @@ export function* topkCalls(
 ): Generator<NativeCall, TopK[], void> {
   yield* upload(shards, x, null);
   const out: TopK[] = [];
+  const rows = shards[0].head.subcenters > 1;
+  const margin = rows ? { ...b.margin, kind: KINDS.arcface.code, m: 0 } : b.margin;
   for (const s of shards) {
-    const ks = Math.min(k, s.c), count = b.n * ks;
+    const ks = Math.min(k, rows ? s.rows : s.c), count = b.n * ks;
     const ip = s.scratch("indices", count * 4), sp = s.scratch("scores", s.bytes(count));
-    yield s.op(OPS.topk, { ...s.call(b), k: ks }, [s.scratch("x", 0), s.w, ip, sp]);
+    const call = { ...s.call({ ...b, margin }), k: ks };
+    yield s.op(OPS.topk, call, [s.scratch("x", 0), s.w, ip, sp]);
     const indices = new Int32Array(count), scores = newFloatArray(s.head.dtype, count);
     yield s.download(indices, ip);
     yield s.download(scores, sp);
-    for (let e = 0; e < count; e++) indices[e] += s.c0;
+    const first = rows ? s.r0 : s.c0;
+    for (let e = 0; e < count; e++) indices[e] += first;
     out.push({ indices, scores });
   }
   return out;

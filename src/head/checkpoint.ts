@@ -106,7 +106,11 @@ function disagreement(
   if (expected === undefined) {
     return `options.dtype: expected "float32" or "float64", got ${describe(dtype)}`;
   }
-  const shape = [o.classes as number, o.features as number];
+  // sub-center ArcFace's W: K rows a class
+  const k = o.kind === "subcenter" && Number.isSafeInteger(o.subcenters)
+    ? o.subcenters as number
+    : 1;
+  const shape = [(o.classes as number) * k, o.features as number];
   const w = tensors.get("weight");
   if (w === undefined) {
     return `tensor "weight": expected W [${shape}], got none (tensors: ${
@@ -121,7 +125,11 @@ function disagreement(
       return `tensor "${name}": dtype: expected ${expected} (${of}), got ${t.dtype}`;
     }
     if (t.shape.length !== 2 || t.shape[0] !== shape[0] || t.shape[1] !== shape[1]) {
-      const by = name === "weight" ? "options.classes, options.features" : "weight's";
+      const by = name !== "weight"
+        ? "weight's"
+        : k === 1
+        ? "options.classes, options.features"
+        : "options.classes · options.subcenters, options.features";
       return `tensor "${name}": shape: expected [${shape}] (${by}), got [${t.shape}]`;
     }
   }
@@ -155,7 +163,8 @@ export async function saveHeadState(path: string, state: HeadState): Promise<voi
   }
   const s = state as unknown as Record<string, unknown>;
   const options = s.options as Record<string, unknown> | undefined;
-  const c = options?.classes as number, d = options?.features as number;
+  const k = options?.kind === "subcenter" ? options.subcenters as number : 1; // K rows a class
+  const c = (options?.classes as number) * k, d = options?.features as number;
   const tensors: Record<string, { shape: number[]; data: TensorData }> = Object.create(null);
   const shapes = new Map<string, { dtype: string; shape: number[] }>();
   const add = (name: string, what: string, data: TensorData) => {

@@ -22,7 +22,7 @@ import { HeadOptimizer } from "./optimizer.ts";
 import type { Batch, HeadShard } from "./shards.ts";
 import { gatherShards, openShards, shardTraffic } from "./shards.ts";
 import { checkState, makeState, stateOptions } from "./state.ts";
-import { countCorrect, mergeTopK } from "./topk.ts";
+import { classTopK, countCorrect, mergeTopK } from "./topk.ts";
 import { loadHeadState, saveHeadState } from "./checkpoint.ts";
 import { type Draw, Sampler, type SamplerState } from "./sampling.ts";
 import type { Peers } from "./calls.ts";
@@ -57,6 +57,8 @@ export class MarginHead {
   readonly classes: number;
   /** The feature count D. */
   readonly features: number;
+  /** The rows of W per class: sub-center ArcFace's K (W is [C·K, D]), 1 for the other kinds. */
+  readonly subcenters: number;
   /** The element type of W, x and dL/dx. */
   readonly dtype: FloatDType;
   /** The optimizer's settings, defaults filled in (lr is the default of each step). */
@@ -85,6 +87,7 @@ export class MarginHead {
     const h = resolveHead(options);
     this.classes = h.classes;
     this.features = h.features;
+    this.subcenters = h.subcenters;
     this.dtype = h.dtype;
     this.#margin = h.margin;
     this.#lambda = h.lambda ?? 0;
@@ -191,7 +194,16 @@ export class MarginHead {
   // momentum as they were.
   *#step(x: FloatArray, labels: Int32Array, st: StepSettings, peers: RankStep | null = null) {
     const n = labels.length, step = this.#iteration + 1;
-    const b = this.#batch(n, step);
+    const kind = this.#margin.kind, moves = kind === "adaface" || kind === "curricularface";
+    if (moves && st.accumulate) {
+      throw new TypeError(
+        `accumulate: expected false with kind "${kind}" (its state moves with each step's whole ` +
+          `batch), got true`,
+      );
+    }
+    const b: Batch = moves
+      ? { ...this.#batch(n, step), state: new Float64Array(2) }
+      : this.#batch(n, step);
     const gradX = newFloatArray(this.dtype, (peers?.rows ?? n) * this.features);
     const policy = this.#nonFinite, before = this.#accumulated;
     const drawn = this.#draw(labels), draw = drawn?.draw ?? null;
@@ -207,12 +219,23 @@ export class MarginHead {
     const shards = this.#shards;
     const r = yield* stepCalls(shards, b, x, labels, update, gradX, policy, before, draw, peers);
     const { loss, skipped } = r;
+    if (b.state !== undefined && !skipped) this.#moveState(b.state);
     this.#accumulated = null;
     this.#iteration = step;
     if (skipped) this.#skippedSteps++;
     this.#optimizer.applied(skipped);
     if (drawn) this.#sampler!.advance(drawn.state);
     return { loss, lambda: b.margin.lambda, gradX, skipped, ...sampled };
+  }
+
+  // The adaptive kinds' state after a step (AdaFace: mean, std; CurricularFace: t) into the
+  // margin of the next call and into the options state() records, as the layer carries it.
+  #moveState(out: Float64Array): void {
+    const moved: Record<string, number> = this.#margin.kind === "adaface"
+      ? { batchMean: out[0], batchStd: out[1] }
+      : { t: out[0] };
+    this.#margin = { kind: this.#margin.kind, struct: { ...this.#margin.struct, ...moved } };
+    this.#options = { ...this.#options, ...moved };
   }
 
   // The step's sampled classes (null without sampling) and the sampler's next state; the labels
@@ -280,6 +303,9 @@ export class MarginHead {
    *
    * @param x Features, N·D elements of the head's dtype.
    * @param labels The N class indices, each in [0, C).
+   * AdaFace and CurricularFace start from the head's state (`batchMean`, `batchStd`; `t`) and
+   * move it with this batch, unless the update is skipped; they take no `accumulate`.
+   *
    * @param options `lr`, this step's learning rate, and `accumulate` ({@link StepOptions}).
    * @returns The mean loss, λ of the step, dL/dx, and whether the update was skipped (see
    * `nonFinite`).
@@ -335,7 +361,8 @@ export class MarginHead {
    * The loss (no update) and the accuracy of the best class by {@link MarginHead.predict}'s score.
    * Row i is correct when its best class (predict's order: higher score, then lower class) is its
    * label, that score is not NaN, and the row's loss is not NaN, that is no logit of the row is
-   * NaN (nor +Inf against +Inf): a row whose scores cannot all be compared is never correct.
+   * NaN (nor +Inf against +Inf): a row whose scores cannot all be compared is never correct. The
+   * adaptive kinds' state is used as it is and not moved.
    *
    * @param x Features, N·D elements of the head's dtype.
    * @param labels The N class indices.
@@ -399,9 +426,14 @@ export class MarginHead {
     }
     const { n } = checkBatch(x, null, this.dtype, this.features);
     const o = readOptions("options", options, ["k"]);
-    const k = checkInteger("k", o.k ?? 1, 1, Math.min(this.classes, MAX_TOPK));
-    const results = runCalls(topkCalls(this.#shards, this.#batch(n, this.#iteration), x, k));
-    return mergeTopK<T>(results, n, k, this.dtype);
+    const K = this.subcenters;
+    // sub-centers: the classes from the best (k − 1)·K + 1 rows, at most MAX_TOPK of them
+    const most = K === 1 ? MAX_TOPK : Math.floor((MAX_TOPK - 1) / K) + 1;
+    const k = checkInteger("k", o.k ?? 1, 1, Math.min(this.classes, most));
+    const kr = K === 1 ? k : (k - 1) * K + 1;
+    const results = runCalls(topkCalls(this.#shards, this.#batch(n, this.#iteration), x, kr));
+    if (K === 1) return mergeTopK<T>(results, n, k, this.dtype);
+    return classTopK<T>(mergeTopK(results, n, kr, this.dtype), n, k, K, this.dtype);
   }
 
   /**
@@ -442,7 +474,7 @@ export class MarginHead {
       this.#skippedSteps,
       gatherShards(this.#shards, (s) => s.w),
       velocity,
-      [this.classes, this.features],
+      [this.classes * this.subcenters, this.features],
       adam,
       this.#sampler?.state ?? null,
     );

@@ -28,14 +28,15 @@ export function fillWeights(
   if (shards.length === 0) return;
   const { dtype, features: d } = shards[0].head;
   // from the first shard's first element: a process holding some shards draws their values
-  const draw = uniformStream(seed, 1 / Math.sqrt(d), shards[0].c0 * d);
+  // (per row of W: K rows a class with sub-centers)
+  const draw = uniformStream(seed, 1 / Math.sqrt(d), shards[0].r0 * d);
   const rows = Math.max(1, Math.floor((1 << 20) / d));
   for (const s of shards) {
-    for (let r = 0; r < s.c; r += rows) {
-      const count = Math.min(rows, s.c - r) * d;
+    for (let r = 0; r < s.rows; r += rows) {
+      const count = Math.min(rows, s.rows - r) * d;
       let chunk: FloatArray;
       if (weights) {
-        chunk = weights.subarray((s.c0 + r) * d, (s.c0 + r) * d + count);
+        chunk = weights.subarray((s.r0 + r) * d, (s.r0 + r) * d + count);
       } else {
         chunk = newFloatArray(dtype, count);
         draw(chunk);

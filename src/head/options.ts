@@ -415,12 +415,13 @@ export function checkDType(v: unknown): FloatDType {
   throw new RangeError(`dtype: expected "float32" or "float64", got ${describe(v)}`);
 }
 
-/** Initial weights: C·D elements of the head's dtype. */
+/** Initial weights: C·D elements of the head's dtype (C·K·D with K sub-centers a class). */
 export function checkWeights(
   v: unknown,
   dtype: FloatDType,
   classes: number,
   features: number,
+  subcenters = 1,
 ): FloatArray | undefined {
   if (v === undefined) return undefined;
   if (floatDType(v) !== dtype) {
@@ -428,12 +429,12 @@ export function checkWeights(
       `weights: expected a ${floatArrayName(dtype)} (dtype), got ${describe(v)}`,
     );
   }
-  const count = classes * features, got = elementCount(v as FloatArray);
+  const count = classes * subcenters * features, got = elementCount(v as FloatArray);
   if (got !== count) {
-    throw new RangeError(
-      `weights: expected classes * features = ${classes} * ${features} = ${count} ` +
-        `elements, got ${got}`,
-    );
+    const of = subcenters === 1
+      ? `classes * features = ${classes} * ${features}`
+      : `classes * subcenters * features = ${classes} * ${subcenters} * ${features}`;
+    throw new RangeError(`weights: expected ${of} = ${count} elements, got ${got}`);
   }
   return v as FloatArray;
 }

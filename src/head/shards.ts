@@ -28,6 +28,8 @@ export interface HeadShape {
   workspace: number | undefined;
   /** The cross-entropy options of the head's loss. */
   crossEntropy: CrossEntropy;
+  /** The rows of W per class (sub-center ArcFace's K; 1 otherwise). */
+  subcenters: number;
   /**
    * Across processes: this process's rows [rows, D] of a [C, D] tensor into all of it (every
    * rank's, gathered); undefined in one process.
@@ -43,6 +45,13 @@ export interface Batch {
   n: number;
   margin: MarginStruct;
   loss?: { args: LossArgs; denominator: number };
+  /**
+   * AdaFace, CurricularFace: host memory (float64 [2]) the step's updated state comes back in;
+   * absent where the call does not move the state (evaluate).
+   */
+  state?: Float64Array;
+  /** CurricularFace on shards: every row's target cosine and T_i are in each shard's scratch. */
+  rowTargets?: boolean;
 }
 
 /** The optimizer buffers a shard holds beside W: SGD's momentum, or Adam's moments. */
@@ -75,7 +84,7 @@ export class HeadShard {
   ) {
     ctx.setPrecision(head.precision);
     ctx.setWorkspace(head.workspace);
-    const count = c * head.features;
+    const count = c * head.subcenters * head.features;
     const zeroed = (on: boolean) => {
       if (!on) return null;
       const p = ctx.allocate(this.bytes(count));
@@ -91,6 +100,16 @@ export class HeadShard {
     const weights = head.crossEntropy.classWeights;
     this.classWeights = weights === undefined ? null : ctx.allocate(weights.byteLength);
     if (weights !== undefined) ctx.upload(this.classWeights, weights);
+  }
+
+  /** The shard's first row of W (c0·K, K sub-centers per class; views of it have their own c0). */
+  get r0(): number {
+    return this.c0 * this.head.subcenters;
+  }
+
+  /** The shard's rows of W (c·K). */
+  get rows(): number {
+    return this.c * this.head.subcenters;
   }
 
   /** The bytes of count elements of the head's dtype. */
@@ -110,8 +129,14 @@ export class HeadShard {
     const weights = this.classWeights === null
       ? {}
       : { classWeights: Number(Deno.UnsafePointer.value(this.classWeights)) };
-    const args: LossArgs = { ...base, classOffset: this.c0, ...weights };
-    return { dtype, n: b.n, d, c: this.c, margin: b.margin, args, precision, workspace };
+    const moves = b.loss !== undefined && b.state !== undefined
+      ? { stateOut: Number(Deno.UnsafePointer.value(Deno.UnsafePointer.of(b.state!))) }
+      : {};
+    const targets = b.loss !== undefined && b.rowTargets
+      ? { rowTargets: Number(Deno.UnsafePointer.value(this.scratch("rowTargets", 0))) }
+      : {};
+    const args: LossArgs = { ...base, classOffset: this.c0, ...weights, ...moves, ...targets };
+    return { dtype, n: b.n, d, c: this.rows, margin: b.margin, args, precision, workspace };
   }
 
   /** A native call on the shard's context (context memory, host arrays where the op says). */
@@ -146,34 +171,34 @@ export class HeadShard {
    */
   sgd(sgd: SgdStruct, flag: Int32Array | null = null): NativeCall {
     const { dtype, features } = this.head;
-    const call: Call = { dtype, n: 0, d: 0, c: 0, count: this.c * features, sgd };
+    const call: Call = { dtype, n: 0, d: 0, c: 0, count: this.rows * features, sgd };
     return this.op(OPS.sgd, call, [this.w, this.gw, this.v, flag]);
   }
 
   /** The Adam update of the shard's W from its gradient; `flag` as {@link HeadShard.sgd}'s. */
   adam(adam: AdamStruct, flag: Int32Array | null = null): NativeCall {
     const { dtype, features } = this.head;
-    const call: Call = { dtype, n: 0, d: 0, c: 0, count: this.c * features, adam };
+    const call: Call = { dtype, n: 0, d: 0, c: 0, count: this.rows * features, adam };
     const tensors = [this.w, this.gw, this.expAvg, this.expAvgSq, this.maxExpAvgSq, flag];
     return this.op(OPS.adam, call, tensors);
   }
 
   /** The shard's dL/dW accumulator (context memory kept between calls), for micro-batches. */
   accumulator(): Ptr {
-    return this.scratch("accumulator", this.bytes(this.c * this.head.features));
+    return this.scratch("accumulator", this.bytes(this.rows * this.head.features));
   }
 
   /** y = alpha x + beta y over the shard's C·D elements (x null when alpha is 0). */
   axpby(alpha: number, x: Ptr | null, beta: number, y: Ptr): NativeCall {
     const { dtype, features } = this.head;
-    const call: Call = { dtype, n: 0, d: 0, c: 0, count: this.c * features, alpha, beta };
+    const call: Call = { dtype, n: 0, d: 0, c: 0, count: this.rows * features, alpha, beta };
     return this.op(OPS.axpby, call, [x, y]);
   }
 
   /** The sum of squares of the shard's dL/dW into out[0] (float64, host): 8 bytes back. */
   gradSquares(out: Float64Array): NativeCall {
     const { dtype, features } = this.head;
-    const call: Call = { dtype, n: 0, d: 0, c: 0, count: this.c * features };
+    const call: Call = { dtype, n: 0, d: 0, c: 0, count: this.rows * features };
     return this.op(OPS.sumSquares, call, [this.gw, out]);
   }
 }
@@ -252,15 +277,15 @@ export function gatherShards(
 ): FloatArray {
   const { dtype, features: d, classes, gatherRows } = shards[0].head;
   if (gatherRows !== undefined) { // this process's rows, then every rank's
-    const c0 = shards[0].c0, last = shards[shards.length - 1];
-    const local = newFloatArray(dtype, (last.c0 + last.c - c0) * d);
+    const r0 = shards[0].r0, last = shards[shards.length - 1];
+    const local = newFloatArray(dtype, (last.r0 + last.rows - r0) * d);
     for (const s of shards) {
-      s.ctx.download(local.subarray((s.c0 - c0) * d, (s.c0 - c0 + s.c) * d), pick(s));
+      s.ctx.download(local.subarray((s.r0 - r0) * d, (s.r0 - r0 + s.rows) * d), pick(s));
     }
     return gatherRows(local);
   }
-  const out = newFloatArray(dtype, classes * d);
-  for (const s of shards) s.ctx.download(out.subarray(s.c0 * d, (s.c0 + s.c) * d), pick(s));
+  const out = newFloatArray(dtype, classes * shards[0].head.subcenters * d);
+  for (const s of shards) s.ctx.download(out.subarray(s.r0 * d, (s.r0 + s.rows) * d), pick(s));
   return out;
 }
 
@@ -271,7 +296,7 @@ export function scatterShards(
   a: FloatArray,
 ) {
   const d = shards[0].head.features;
-  for (const s of shards) s.ctx.upload(pick(s), a.subarray(s.c0 * d, (s.c0 + s.c) * d));
+  for (const s of shards) s.ctx.upload(pick(s), a.subarray(s.r0 * d, (s.r0 + s.rows) * d));
 }
 
 /** Bytes moved between the host and the shards' contexts since they were opened. */

@@ -192,9 +192,26 @@ export function checkState(state: unknown): CheckedState {
     const name = "state.options.classWeights";
     options.classWeights = readArray(name, cw, "float64", [classes], "classes");
   }
+  // the adaptive kinds' state moves with every step: a default in its place would not continue
+  const moving = options.kind === "adaface"
+    ? ["batchMean", "batchStd"]
+    : options.kind === "curricularface"
+    ? ["t"]
+    : [];
+  for (const key of moving) {
+    if (typeof options[key] === "number") continue;
+    throw new TypeError(
+      `state.options.${key}: expected the state of kind "${options.kind}" (a number), got ` +
+        describe(options[key]),
+    );
+  }
   const iteration = checkInteger("state.iteration", s.iteration, 0, Number.MAX_SAFE_INTEGER);
   const skippedSteps = checkInteger("state.skippedSteps", s.skippedSteps, 0, iteration);
-  const shape: [number, number] = [classes, features];
+  // sub-center ArcFace: K rows of W a class (the kind's own checks come with the head's options)
+  const k = options.kind === "subcenter" && Number.isSafeInteger(options.subcenters)
+    ? options.subcenters as number
+    : 1;
+  const shape: [number, number] = [classes * k, features];
   const weights = readArray("state.weights", s.weights, dtype, shape);
   if (!("velocity" in s)) {
     throw new TypeError(

@@ -56,3 +56,45 @@ export function countCorrect(
   }
   return hits;
 }
+
+/**
+ * Sub-center ArcFace's k best classes from the best rows of W (K a class, rows j·K … j·K+K−1): a
+ * class's score is the max over its rows, so it is its first row in the rows' order, and the
+ * first k distinct classes of that order are the k best (ties by lower class, as the rows'
+ * order has them). (k − 1)·K + 1 rows hold k distinct classes whatever their scores.
+ *
+ * @param best the best rows of every row of x, [n, kr] with kr >= (k − 1)·K + 1
+ * @param n the rows of x
+ * @param k the classes wanted per row
+ * @param subcenters K
+ * @param dtype the scores' element type
+ * @returns the classes [n, k] and their scores
+ * @example
+ * ```ts
+ * import { classTopK } from "./topk.ts";
+ * const best = { indices: new Int32Array([5, 4, 0]), scores: new Float64Array([0.9, 0.8, 0.1]) };
+ * console.log(classTopK(best, 1, 2, 2, "float64").indices); // Int32Array [2, 0]
+ * ```
+ */
+export function classTopK<T extends FloatArray>(
+  best: TopK,
+  n: number,
+  k: number,
+  subcenters: number,
+  dtype: "float32" | "float64",
+): TopK<T> {
+  const kr = best.indices.length / n;
+  const indices = new Int32Array(n * k), scores = newFloatArray<T>(dtype, n * k);
+  for (let i = 0; i < n; i++) {
+    let q = 0;
+    for (let r = 0; r < kr && q < k; r++) {
+      const j = Math.floor(best.indices[i * kr + r] / subcenters);
+      let seen = false;
+      for (let p = 0; p < q; p++) seen ||= indices[i * k + p] === j;
+      if (seen) continue;
+      indices[i * k + q] = j, scores[i * k + q] = best.scores[i * kr + r];
+      q++;
+    }
+  }
+  return { indices, scores };
+}
