@@ -33,7 +33,7 @@ struct Mpi {
   Allreduce allreduce = nullptr;
   Allgatherv allgatherv = nullptr;
   ReduceScatter reduce_scatter = nullptr;
-  Abort abort = nullptr;
+  Abort abort_job = nullptr;
   Finalize finalize = nullptr;
   Handle world = nullptr, type_double = nullptr, type_byte = nullptr, op_sum = nullptr, op_max = nullptr;
   bool ready = false;
@@ -67,7 +67,7 @@ int32_t load() {
                   find(&mpi.finalized, "MPI_Finalized") && find(&mpi.rank, "MPI_Comm_rank") &&
                   find(&mpi.size, "MPI_Comm_size") && find(&mpi.allreduce, "MPI_Allreduce") &&
                   find(&mpi.allgatherv, "MPI_Allgatherv") && find(&mpi.reduce_scatter, "MPI_Reduce_scatter") &&
-                  find(&mpi.abort, "MPI_Abort") && find(&mpi.finalize, "MPI_Finalize") &&
+                  find(&mpi.abort_job, "MPI_Abort") && find(&mpi.finalize, "MPI_Finalize") &&
                   (mpi.world = dlsym(lib, "ompi_mpi_comm_world")) != nullptr &&
                   (mpi.type_double = dlsym(lib, "ompi_mpi_double")) != nullptr &&
                   (mpi.type_byte = dlsym(lib, "ompi_mpi_byte")) != nullptr &&
@@ -175,7 +175,7 @@ int32_t lsm_mpi_reduce_scatter(const double *send, double *recv, const int64_t *
 int32_t lsm_mpi_abort(int32_t code) {
   int32_t s = ready();
   if (s != LSM_OK) return s;
-  return check(mpi.abort(mpi.world, code), "MPI_Abort");
+  return check(mpi.abort_job(mpi.world, code), "MPI_Abort");
 }
 
 int32_t lsm_mpi_finalize(void) {
