@@ -55,17 +55,20 @@ LSM_OK, LSM_ERR_INVALID_ARGUMENT, LSM_ERR_UNAVAILABLE = 0, 1, 2
 LSM_BACKEND_CPU, LSM_BACKEND_CUDA = 0, 1
 LSM_FLOAT32 = 0
 LSM_PRECISION_EXACT, LSM_PRECISION_TF32 = 0, 1
-ABI_VERSION = 2
+ABI_VERSION = 4
 MARGIN, LAMBDA = 4, 0.5
 LSM_MARGIN_LSOFTMAX = 0
 
 
 class LsmMargin(ctypes.Structure):
-    """struct lsm_margin of cuda/lsoftmax.h (88 bytes)."""
+    """struct lsm_margin of cuda/lsoftmax.h (144 bytes)."""
     _fields_ = [("kind", ctypes.c_int32), ("m", ctypes.c_int32), ("lambda_", ctypes.c_double),
                 ("scale", ctypes.c_double), ("m1", ctypes.c_double), ("m2", ctypes.c_double),
                 ("m3", ctypes.c_double), ("flags", ctypes.c_uint32), ("reserved_flags", ctypes.c_uint32),
-                ("reserved", ctypes.c_double * 4)]
+                ("h", ctypes.c_double), ("t_alpha", ctypes.c_double), ("batch_mean", ctypes.c_double),
+                ("batch_std", ctypes.c_double), ("t", ctypes.c_double), ("lower_norm", ctypes.c_double),
+                ("upper_norm", ctypes.c_double), ("lambda_g", ctypes.c_double), ("upper_margin", ctypes.c_double),
+                ("reserved", ctypes.c_double * 2)]
 
 
 def margin(m, lam):

@@ -40,13 +40,15 @@ LR, MOMENTUM, STEPS = 1e-3, 0.9, 3
 class LsmSgd(ctypes.Structure):
     """struct lsm_sgd of cuda/lsoftmax.h (40 bytes)."""
     _fields_ = [("lr", ctypes.c_double), ("momentum", ctypes.c_double), ("weight_decay", ctypes.c_double),
-                ("nesterov", ctypes.c_int32), ("first", ctypes.c_int32), ("reserved", ctypes.c_int64)]
+                ("nesterov", ctypes.c_int32), ("first", ctypes.c_int32), ("nonfinite", ctypes.c_int32),
+                ("reserved", ctypes.c_int32)]
 
 
 def bind(lib):
     p = ctypes.c_void_p
     sgd = lib.dll.lsm_sgd_update
-    sgd.restype, sgd.argtypes = ctypes.c_int32, [p, ctypes.c_int32, ctypes.c_int64, ctypes.POINTER(LsmSgd), p, p, p]
+    # ctx, dtype, count, sgd, w, grad, velocity, nonfinite (NULL: LSM_SGD_APPLY asks no check)
+    sgd.restype, sgd.argtypes = ctypes.c_int32, [p, ctypes.c_int32, ctypes.c_int64, ctypes.POINTER(LsmSgd), p, p, p, p]
     total = lib.dll.lsm_sum
     total.restype, total.argtypes = ctypes.c_int32, [p, p, ctypes.c_int64, ctypes.POINTER(ctypes.c_double)]
     return bind_loss(lib), sgd, total
@@ -74,7 +76,7 @@ class OurHead:
                             ctypes.byref(self.args), self.dx, self.w, self.dl, self.rows, self.dgx, self.gw),
                   "lsm_loss")
         o = LsmSgd(lr=LR, momentum=MOMENTUM, weight_decay=0.0, nesterov=0, first=1 if self.first else 0)
-        ctx.check(self.sgd(ctx.handle, tc.LSM_FLOAT32, c * d, ctypes.byref(o), self.w, self.gw, self.v),
+        ctx.check(self.sgd(ctx.handle, tc.LSM_FLOAT32, c * d, ctypes.byref(o), self.w, self.gw, self.v, None),
                   "lsm_sgd_update")
         self.first = False
         out = ctypes.c_double()

@@ -35,9 +35,12 @@ SHAPES = [(256, 512, 10000), (512, 512, 100000), (512, 256, 1000000)]
 
 
 class LsmLossArgs(ctypes.Structure):
-    """struct lsm_loss_args of cuda/lsoftmax.h (40 bytes)."""
+    """struct lsm_loss_args of cuda/lsoftmax.h (88 bytes; the cross-entropy options, the optimizer
+    step and the adaptive kinds' state left 0: none)."""
     _fields_ = [("class_offset", ctypes.c_int64), ("total_classes", ctypes.c_int64), ("grad_scale", ctypes.c_double),
-                ("reserved", ctypes.c_int64 * 2)]
+                ("label_smoothing", ctypes.c_double), ("weight_sum", ctypes.c_double), ("class_weights", ctypes.c_void_p),
+                ("ignore_index", ctypes.c_int32), ("flags", ctypes.c_uint32), ("update", ctypes.c_void_p),
+                ("state_out", ctypes.c_void_p), ("row_targets", ctypes.c_void_p), ("reserved", ctypes.c_int64)]
 
 
 def bind_loss(lib):
