@@ -9,13 +9,8 @@ import { readOptions } from "./checks.ts";
 import { type Margin, type MarginKind, type MarginOptions, marginOptions } from "./kinds.ts";
 import { type AdaptiveState, runLoss } from "./loss.ts";
 import { bindArrays, type Shape } from "./tensors.ts";
-import {
-  type CrossEntropyOptions,
-  type LayerSettings,
-  type Reduction,
-  resolveLayer,
-  resolveLayerCall,
-} from "./resolve.ts";
+import type { CrossEntropyOptions, Reduction } from "./resolve.ts";
+import { type LayerSettings, resolveLayer, resolveLayerCall } from "./resolve_layer.ts";
 import { lambdaOf, type LambdaSchedule } from "./schedule.ts";
 
 /**

@@ -5,10 +5,9 @@
 // workspace. Each option's check is beside it: the call's options below, the margin's in its
 // kind's row (kinds.ts), λ's schedule in schedule.ts, the head's own in head/options.ts.
 
-import type { FloatArray, FloatDType } from "../ffi/arrays.ts";
 import type { Call, NativeContext, Precision } from "../ffi/context.ts";
 import { OPS, type OpSpec } from "../ffi/ops.ts";
-import { type Backend, resolveBackend, sharedContext } from "./backends.ts";
+import { resolveBackend, sharedContext } from "./backends.ts";
 import { checkInteger, describe, readOptions } from "./checks.ts";
 import {
   checkMargin,
@@ -19,27 +18,15 @@ import {
   MARGIN_KEYS,
   type MarginKind,
   subcentersOf,
-  withLambda,
 } from "./kinds.ts";
 import { checkSchedule, type LambdaSchedule, SCHEDULE_KEYS } from "./schedule.ts";
-import { bindArrays, checkFeatures, type Given, MAX_ELEMENTS } from "./tensors.ts";
+import { bindArrays, checkFeatures, type Given } from "./tensors.ts";
 import {
   checkCrossEntropy,
   CROSS_ENTROPY_KEYS,
   type CrossEntropy,
   crossEntropyArgs,
 } from "./cross_entropy.ts";
-import {
-  checkDistributed,
-  checkDType,
-  checkNonFinite,
-  checkOptimizer,
-  checkSampleRate,
-  checkWeights,
-  HEAD_KEYS,
-  type NonFinitePolicy,
-  type OptimizerSettings,
-} from "./head/options.ts";
 
 export type { CrossEntropy, CrossEntropyOptions } from "./cross_entropy.ts";
 
@@ -49,7 +36,7 @@ export type { CrossEntropy, CrossEntropyOptions } from "./cross_entropy.ts";
  */
 export type Reduction = "mean" | "sum" | "none";
 
-function checkPrecision(v: unknown): Precision {
+export function checkPrecision(v: unknown): Precision {
   if (v === undefined || v === "exact" || v === "tf32" || v === "bf16") return v ?? "exact";
   throw new RangeError(`precision: expected "exact", "tf32" or "bf16", got ${describe(v)}`);
 }
@@ -58,7 +45,7 @@ function checkPrecision(v: unknown): Precision {
  * "tf32" or "bf16" where a backend is the CPU: the same RangeError from every entry (loss, the ops, the
  * layer, the head), before any context is opened.
  */
-function checkPrecisionOn(precision: Precision, backend: unknown): void {
+export function checkPrecisionOn(precision: Precision, backend: unknown): void {
   if (precision === "exact") return;
   for (const b of Array.isArray(backend) ? backend : [backend]) {
     if (resolveBackend(b).kind !== "cpu") continue;
@@ -73,9 +60,9 @@ function checkPrecisionOn(precision: Precision, backend: unknown): void {
 }
 
 // An output option: null or undefined both mean "a new array" (given arrays are checked after).
-const output = (v: unknown) => (v === null ? undefined : v);
+export const output = (v: unknown) => (v === null ? undefined : v);
 
-function checkReduction(v: unknown): Reduction {
+export function checkReduction(v: unknown): Reduction {
   if (v === undefined || v === "mean" || v === "sum" || v === "none") return v ?? "mean";
   throw new RangeError(`reduction: expected "mean", "sum" or "none", got ${describe(v)}`);
 }
@@ -85,12 +72,12 @@ function checkGradients(v: unknown): boolean {
   throw new TypeError(`gradients: expected true or false, got ${describe(v)}`);
 }
 
-function checkWorkspace(v: unknown): number | undefined {
+export function checkWorkspace(v: unknown): number | undefined {
   return v === undefined ? undefined : checkInteger("workspace", v, 1, Number.MAX_SAFE_INTEGER);
 }
 
 /** The `iteration` option of the layer and the head (0 by default). */
-function checkIteration(v: unknown): number {
+export function checkIteration(v: unknown): number {
   return checkInteger("iteration", v ?? 0, 0, Number.MAX_SAFE_INTEGER);
 }
 
@@ -98,7 +85,7 @@ function checkIteration(v: unknown): number {
  * λ of a kind with λ where it is set per step: a fixed λ (`fixed`: the head) or else the schedule;
  * the layer takes the schedule alone. For the other kinds none of those options may be given.
  */
-function resolveLambda(
+export function resolveLambda(
   kind: MarginKind,
   o: Partial<Record<string, unknown>>,
   fixed: boolean,
@@ -150,7 +137,7 @@ const KEYS = {
 } as const;
 
 /** The call of an op at a margin, its arrays bound and checked (the sizes measured from them). */
-function bindCall(
+export function bindCall(
   op: OpSpec,
   margin: Margin,
   precision: Precision,
@@ -210,7 +197,7 @@ export interface LossCall {
  * sub-center ArcFace, K per class), and for AdaFace and CurricularFace the array their updated
  * state comes back in. The adaptive kinds take no cross-entropy option yet.
  */
-function lossArgs(
+export function lossArgs(
   margin: Margin,
   o: Partial<Record<string, unknown>>,
   call: Call,
@@ -305,7 +292,7 @@ export function resolveLoss(x: unknown, w: unknown, labels: unknown, options: un
  * The shards of a list of backends: any non-empty list; entries past the C-th get no classes
  * (each is still checked), so that one list fits every class count.
  */
-function shardBackends(backend: unknown[], c: number): unknown[] {
+export function shardBackends(backend: unknown[], c: number): unknown[] {
   if (backend.length === 0) {
     throw new RangeError("backend: expected a list of at least 1 backend, got an empty list");
   }
@@ -317,177 +304,4 @@ function shardBackends(backend: unknown[], c: number): unknown[] {
 function lossContexts(backend: unknown, c: number): NativeContext | NativeContext[] {
   if (!Array.isArray(backend)) return sharedContext(backend);
   return shardBackends(backend, c).map((b) => sharedContext(b));
-}
-
-/** A layer's settings: its margin (λ 0, set per step), λ's schedule, where it computes. */
-export interface LayerSettings {
-  margin: Margin;
-  schedule: LambdaSchedule | undefined;
-  iteration: number;
-  backend: Backend;
-  precision: Precision;
-}
-
-const LAYER_KEYS = [
-  ...MARGIN_KEYS.filter((k) => k !== "lambda"),
-  ...SCHEDULE_KEYS,
-  "iteration",
-  "backend",
-  "precision",
-] as const;
-
-/** The layer's options: the margin without λ, the schedule for the kinds with λ, and the rest. */
-export function resolveLayer(options: unknown): LayerSettings {
-  const o = readOptions("options", options, LAYER_KEYS);
-  const margin = checkMargin(o, ["lambda"]);
-  const schedule = resolveLambda(margin.kind, o, false) as LambdaSchedule | undefined;
-  const iteration = checkIteration(o.iteration);
-  const backend = (o.backend ?? "auto") as Backend;
-  const precision = checkPrecision(o.precision);
-  resolveBackend(backend); // a bad backend or "tf32" on the cpu fails now, not at the first forward
-  checkPrecisionOn(precision, backend);
-  return { margin, schedule, iteration, backend, precision };
-}
-
-/**
- * The step a layer's forward or loss runs at: the given one, or one past the iteration (as the
- * Caffe layer counts).
- */
-function checkStep(v: unknown, iteration: number): number {
-  if (v !== undefined) return checkInteger("step", v, 0, Number.MAX_SAFE_INTEGER);
-  if (iteration < Number.MAX_SAFE_INTEGER) return iteration + 1;
-  throw new RangeError(
-    `iteration: expected below Number.MAX_SAFE_INTEGER to count one more exactly, got ` +
-      `${iteration}; pass { step } to choose the step`,
-  );
-}
-
-const LAYER_CALL_KEYS = {
-  forward: ["step", "features", "out"],
-  loss: ["step", "features", "reduction", ...CROSS_ENTROPY_KEYS, "outX", "outW"],
-} as const;
-
-/** A layer's forward or loss: its options and arrays, at λ of the step (`lambdaAt`). */
-export function resolveLayerCall(
-  name: "forward" | "loss",
-  layer: LayerSettings & { iteration: number; lambdaAt: (step: number) => number },
-  arrays: Given,
-  options: unknown,
-): {
-  step: number;
-  call: Call;
-  arrays: (ArrayBufferView | null)[];
-  reduction: Reduction;
-  crossEntropy: CrossEntropy;
-  denominator: number;
-  subcenters: number;
-  state?: Float64Array;
-} {
-  if (name === "forward") lossOnly(layer.margin, "the layer's forward");
-  const o: Partial<Record<string, unknown>> = readOptions(
-    "options",
-    options,
-    LAYER_CALL_KEYS[name],
-  );
-  const step = checkStep(o.step, layer.iteration);
-  const features = checkFeatures(o.features);
-  const reduction = checkReduction(o.reduction);
-  const margin = withLambda(layer.margin, layer.lambdaAt(step));
-  const given = name === "forward"
-    ? { ...arrays, out: output(o.out) }
-    : { ...arrays, outX: output(o.outX), outW: output(o.outW) };
-  const bound = bindCall(OPS[name], margin, layer.precision, given, features);
-  if (name === "forward") {
-    const crossEntropy = checkCrossEntropy({}, bound.call.c);
-    return { step, ...bound, reduction, crossEntropy, denominator: 1, subcenters: 1 };
-  }
-  const labels = bound.arrays[2] as Int32Array;
-  const r = lossArgs(margin, o, bound.call, labels, reduction);
-  return { step, ...bound, reduction, ...r };
-}
-
-/** A head's settings from its options: sizes, dtype, margin (λ 0) and λ, optimizer, backends. */
-export interface HeadSettings {
-  classes: number;
-  /** The rows of W per class (sub-center ArcFace's K; 1 otherwise). */
-  subcenters: number;
-  features: number;
-  dtype: FloatDType;
-  margin: Margin;
-  /** A fixed λ or its schedule; undefined for the kinds without λ. */
-  lambda: number | LambdaSchedule | undefined;
-  optimizer: OptimizerSettings;
-  precision: Precision;
-  workspace: number | undefined;
-  seed: number;
-  iteration: number;
-  weights: FloatArray | undefined;
-  nonFinite: NonFinitePolicy;
-  /** The cross-entropy options of the head's loss. */
-  crossEntropy: CrossEntropy;
-  /** Partial FC's class sampling rate (1: every class). */
-  sampleRate: number;
-  /** "mpi" or "nccl": one rank of an MPI job; undefined: one process. */
-  distributed: "mpi" | "nccl" | undefined;
-  /** The backend as given, and one per shard. */
-  backend: Backend | Backend[];
-  backends: unknown[];
-}
-
-/**
- * A head's margin: the adaptive kinds without the cross-entropy options, class sampling or ranks, which their
- * fused loss does not take yet.
- */
-function headMargin(margin: Margin, o: Partial<Record<string, unknown>>): Margin {
-  if (!isAdaptive(margin.kind)) return margin;
-  for (const key of [...CROSS_ENTROPY_KEYS, "sampleRate", "distributed"]) {
-    if (o[key] === undefined || (key === "sampleRate" && o[key] === 1)) continue;
-    throw new TypeError(
-      `${key}: not an option of a head of kind "${margin.kind}" (not supported with the ` +
-        `adaptive kinds yet), got ${describe(o[key])}`,
-    );
-  }
-  return margin;
-}
-
-/** MarginHead's options. */
-export function resolveHead(options: unknown): HeadSettings {
-  const o = readOptions("options", options, HEAD_KEYS);
-  const classes = checkInteger("classes", o.classes, 1, MAX_ELEMENTS);
-  const features = checkInteger("features", o.features, 1, MAX_ELEMENTS);
-  if (classes * features > MAX_ELEMENTS) {
-    throw new RangeError(
-      `classes * features: expected at most ${MAX_ELEMENTS} elements, got ${classes * features}`,
-    );
-  }
-  const dtype = checkDType(o.dtype);
-  const margin = headMargin(checkMargin(o, ["lambda"]), o);
-  const subcenters = subcentersOf(margin); // W holds C·K rows
-  if (classes * subcenters * features > MAX_ELEMENTS) {
-    throw new RangeError(
-      `classes * subcenters * features: expected at most ${MAX_ELEMENTS} elements, got ` +
-        `${classes * subcenters * features}`,
-    );
-  }
-  const lambda = resolveLambda(margin.kind, o, true);
-  const optimizer = checkOptimizer(o.optimizer);
-  const precision = checkPrecision(o.precision);
-  const workspace = checkWorkspace(o.workspace);
-  const seed = o.seed === undefined ? 0 : checkInteger("seed", o.seed, 0, 2 ** 32 - 1);
-  const iteration = checkIteration(o.iteration);
-  const weights = checkWeights(o.weights, dtype, classes, features, subcenters);
-  const nonFinite = checkNonFinite(o.nonFinite);
-  const crossEntropy = checkCrossEntropy(o, classes);
-  const sampleRate = checkSampleRate(o.sampleRate, crossEntropy);
-  const distributed = checkDistributed(o.distributed, o.backend);
-  const backends = Array.isArray(o.backend)
-    ? shardBackends(o.backend, classes)
-    : [o.backend ?? "auto"];
-  checkPrecisionOn(precision, backends);
-  const backend = (o.backend ?? "auto") as Backend | Backend[];
-  return {
-    ...{ classes, subcenters, features, dtype, margin, lambda, optimizer, precision, workspace },
-    seed,
-    ...{ iteration, weights, nonFinite, crossEntropy, sampleRate, distributed, backend, backends },
-  };
 }

@@ -9,7 +9,7 @@ import { MAX_TOPK } from "../../ffi/symbols.ts";
 import { CallQueue, runCalls, runCallsAsync } from "../calls.ts";
 import { checkInteger, readOptions } from "../checks.ts";
 import type { Margin } from "../kinds.ts";
-import { resolveHead } from "../resolve.ts";
+import { resolveHead } from "../resolve_head.ts";
 import { checkBatch } from "../tensors.ts";
 import { lambdaOf, type LambdaSchedule } from "../schedule.ts";
 import { accumulateCalls, type Accumulated, checkApplied, evaluateCalls } from "./calls.ts";

@@ -15,7 +15,7 @@ import {
 import { checkInteger } from "../checks.ts";
 import type { CrossEntropy, CrossEntropyOptions } from "../cross_entropy.ts";
 import { marginOptions } from "../kinds.ts";
-import type { HeadSettings } from "../resolve.ts";
+import type { HeadSettings } from "../resolve_head.ts";
 import { type AdamState, checkOptimizer, type HeadOptions, type HeadState } from "./options.ts";
 import type { SamplerState } from "./sampling.ts";
 
