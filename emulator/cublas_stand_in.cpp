@@ -18,6 +18,8 @@
 #include <cmath>
 #include <vector>
 
+#include "mma.h"  // the emulated tensor cores' TF32 rounding (__float_to_tf32)
+
 namespace {
 
 enum { kSuccess = 0, kNotInitialized = 1, kInvalidValue = 7, kExecutionFailed = 13, kNotSupported = 15 };
@@ -38,14 +40,6 @@ bool failing(const char *what) {
 }
 
 bool valid(const handle *h) { return h != nullptr && h->magic == 0x5ca1ab1e; }
-
-float tf32(float f) {  // to nearest, ties away, 10 explicit mantissa bits (emulator/mma.h)
-  uint32_t u;
-  memcpy(&u, &f, 4);
-  if ((u & 0x7f800000u) != 0x7f800000u) u = (u + 0x1000u) & 0xffffe000u;
-  memcpy(&f, &u, 4);
-  return f;
-}
 
 float from_bf16(uint16_t b) {
   const uint32_t u = (uint32_t)b << 16;
@@ -134,7 +128,8 @@ STAND_IN int cublasGemmEx(handle *h, int transa, int transb, int m, int n, int k
     } else {
       auto conv = [&](int type) {
         return [type](const void *p, size_t i) {
-          return type == kR16BF ? from_bf16(static_cast<const uint16_t *>(p)[i]) : tf32(static_cast<const float *>(p)[i]);
+          return type == kR16BF ? from_bf16(static_cast<const uint16_t *>(p)[i])
+                                : nvcuda::wmma::__float_to_tf32(static_cast<const float *>(p)[i]);
         };
       };
       const std::vector<float> wa = widen(a, a_rows, a_cols, lda, conv(a_type));

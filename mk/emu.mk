@@ -97,8 +97,9 @@ sanitize-emu: $(EMU_BUILD)/san/sanitize_driver $(EMU_BUILD)/san/planted $(EMU_BU
 	done
 
 # cuBLAS's stand-in (emulator/cublas_stand_in.cpp), loaded as cuBLAS is: LSOFTMAX_CUBLAS=its path.
-$(EMU_CUBLAS): $(EMU_DIR)/cublas_stand_in.cpp | $(EMU_BUILD)
-	$(CXX) $(CXXFLAGS) -shared -static-libstdc++ -static-libgcc -Wl,--exclude-libs,ALL -Wl,--no-undefined $< -o $@ \
+$(EMU_CUBLAS): $(EMU_DIR)/cublas_stand_in.cpp $(EMU_DIR)/mma.h | $(EMU_BUILD)
+	$(CXX) $(CXXFLAGS) -I$(EMU_DIR) -shared -static-libstdc++ -static-libgcc -Wl,--exclude-libs,ALL -Wl,--no-undefined \
+	  $< -o $@ \
 	  $(EMU_LDLIBS)
 
 # NCCL's stand-in (emulator/nccl_stand_in.cpp), loaded as NCCL is: LSOFTMAX_NCCL=its path; its
