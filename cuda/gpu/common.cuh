@@ -83,21 +83,27 @@ inline int32_t activate(lsm_context *ctx) {
   return LSM_OK;
 }
 
-// Grows the context's workspace to at least `bytes` (256-byte aligned, as cudaMalloc's are).
+// Grows one of the context's scratch buffers (*buf of *have bytes) to at least `bytes` (256-byte
+// aligned, as cudaMalloc's are), once the work queued on the stream no longer reads it.
+inline int32_t grow(lsm_context *ctx, void **buf, size_t *have, size_t bytes) {
+  if (*have >= bytes) return LSM_OK;
+  if (*buf != nullptr) {
+    LSM_CUDA_TRY(ctx, cudaStreamSynchronize(ctx->cuda->stream));
+    LSM_CUDA_TRY(ctx, cudaFree(*buf));
+    *buf = nullptr;
+    *have = 0;
+  }
+  LSM_CUDA_TRY(ctx, cudaMalloc(buf, bytes));
+  *have = bytes;
+  return LSM_OK;
+}
+
+// Grows the context's workspace to at least `bytes`.
 inline int32_t workspace(lsm_context *ctx, size_t bytes, void **out) {
   lsm_cuda_state *st = ctx->cuda;
-  if (st->workspace_bytes < bytes) {
-    if (st->workspace != nullptr) {
-      LSM_CUDA_TRY(ctx, cudaStreamSynchronize(st->stream));
-      LSM_CUDA_TRY(ctx, cudaFree(st->workspace));
-      st->workspace = nullptr;
-      st->workspace_bytes = 0;
-    }
-    LSM_CUDA_TRY(ctx, cudaMalloc(&st->workspace, bytes));
-    st->workspace_bytes = bytes;
-  }
-  *out = st->workspace;
-  return LSM_OK;
+  const int32_t s = grow(ctx, &st->workspace, &st->workspace_bytes, bytes);
+  if (s == LSM_OK) *out = st->workspace;
+  return s;
 }
 
 // Enough blocks to cover `total` threads of work, capped: the loops are grid-strided.
@@ -140,17 +146,9 @@ bool round_inputs(lsm_context *ctx, const lsm_kernels::gemm_args<float> &a, OUT 
   lsm_cuda_state *st = ctx->cuda;
   const int64_t na = gemm_extent<MODE>::a(a.M, a.K, a.lda), nb = gemm_extent<MODE>::b(a.N, a.K, a.ldb);
   const size_t off = ((size_t)na * sizeof(OUT) + 255) / 256 * 256, bytes = off + (size_t)nb * sizeof(OUT);
-  if (st->rounded_bytes < bytes) {
-    cudaError_t e = cudaStreamSynchronize(st->stream);
-    if (e == cudaSuccess && st->rounded != nullptr) e = cudaFree(st->rounded);
-    st->rounded = nullptr, st->rounded_bytes = 0;
-    if (e == cudaSuccess) e = cudaMalloc(&st->rounded, bytes);
-    if (e != cudaSuccess) {
-      cudaGetLastError();
-      st->failed = lsm_cuda::describe(e, "the bf16 copies of a product's inputs");
-      return false;
-    }
-    st->rounded_bytes = bytes;
+  if (grow(ctx, &st->rounded, &st->rounded_bytes, bytes) != LSM_OK) {
+    st->failed = "the bf16 copies of a product's inputs: " + ctx->error;
+    return false;
   }
   *ra = static_cast<OUT *>(st->rounded);
   *rb = reinterpret_cast<OUT *>(static_cast<char *>(st->rounded) + off);
