@@ -48,18 +48,34 @@ function cudaDevices(lib: Library): { count: number; reason: string | null } {
   return cudaInfo;
 }
 
-function products(lib: Library, backend: number): string {
-  const buf = new Uint8Array(4096);
-  const status = lib.symbols.lsm_products_info(backend, buf, BigInt(buf.length));
-  if (status !== Status.OK) return `(unknown: ${cString(lib.symbols.lsm_last_error())})`;
+/** A string the library writes NUL-terminated into a buffer, or why it could not. */
+function nativeString(
+  lib: Library,
+  bytes: number,
+  fill: (buf: Uint8Array) => number,
+  failed: string,
+): string {
+  const buf = new Uint8Array(bytes);
+  if (fill(buf) !== Status.OK) return `(${failed}: ${cString(lib.symbols.lsm_last_error())})`;
   return new TextDecoder().decode(buf.subarray(0, buf.indexOf(0)));
 }
 
+function products(lib: Library, backend: number): string {
+  return nativeString(
+    lib,
+    4096,
+    (buf) => lib.symbols.lsm_products_info(backend, buf, BigInt(buf.length)),
+    "unknown",
+  );
+}
+
 function deviceName(lib: Library, backend: number, index: number): string {
-  const buf = new Uint8Array(512);
-  const status = lib.symbols.lsm_device_name(backend, index, buf, BigInt(buf.length));
-  if (status !== Status.OK) return `(unnamed: ${cString(lib.symbols.lsm_last_error())})`;
-  return new TextDecoder().decode(buf.subarray(0, buf.indexOf(0)));
+  return nativeString(
+    lib,
+    512,
+    (buf) => lib.symbols.lsm_device_name(backend, index, buf, BigInt(buf.length)),
+    "unnamed",
+  );
 }
 
 export function backendsInfo(): BackendsInfo {
