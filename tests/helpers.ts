@@ -208,3 +208,12 @@ export function allNonFinite(a: ArrayLike<number>, from = 0, to = a.length): boo
   for (let i = from; i < to; ++i) if (Number.isFinite(a[i])) return false;
   return true;
 }
+
+/** Whether `cmd args` runs and exits 0 (false where it cannot be started). */
+export async function succeeds(cmd: string, args: string[]): Promise<boolean> {
+  try {
+    return (await new Deno.Command(cmd, { args, stdout: "null", stderr: "null" }).output()).success;
+  } catch {
+    return false;
+  }
+}

@@ -4,15 +4,9 @@
 // the tests are ignored (the scripts need it).
 
 import assert from "node:assert/strict";
+import { succeeds } from "./helpers.ts";
 import { backends } from "../mod.ts";
 
-async function succeeds(cmd: string, args: string[]): Promise<boolean> {
-  try {
-    return (await new Deno.Command(cmd, { args, stdout: "null", stderr: "null" }).output()).success;
-  } catch {
-    return false;
-  }
-}
 const hasNumpy = await succeeds("python3", ["-c", "import numpy"]);
 const lib = backends().library;
 

@@ -16,18 +16,10 @@ import {
 } from "../src/safetensors.ts";
 import { loadHeadState, saveHeadState } from "../src/head/checkpoint.ts";
 import type { HeadState } from "../src/head/options.ts";
-import { randomArray, randomLabels, Rng, toF32 } from "./helpers.ts";
+import { randomArray, randomLabels, Rng, succeeds, toF32 } from "./helpers.ts";
 
 const FIXTURE = new URL("./fixtures/read_safetensors.py", import.meta.url).pathname;
 
-async function succeeds(cmd: string, args: string[]): Promise<boolean> {
-  try {
-    return (await new Deno.Command(cmd, { args, stdout: "null", stderr: "null" }).output())
-      .success;
-  } catch {
-    return false;
-  }
-}
 const hasPython = await succeeds("python3", ["-c", "import hashlib, json, struct"]);
 const hasTorch = hasPython && await succeeds("python3", ["-c", "import safetensors, torch"]);
 
