@@ -1,7 +1,8 @@
 // A head's native sequences, each written once as a generator of calls (../calls.ts runs them on
-// the JavaScript thread or off it): a training step, the loss alone, the top-k classes.
+// the JavaScript thread or off it): a training step and its micro-batches (the loss alone and the
+// top-k classes: query_calls.ts).
 
-import { type FloatArray, newFloatArray } from "../../ffi/arrays.ts";
+import type { FloatArray } from "../../ffi/arrays.ts";
 import { OPS } from "../../ffi/ops.ts";
 import { SgdNonFinite } from "../../ffi/symbols.ts";
 import type { NativeCall } from "../calls.ts";
@@ -12,10 +13,9 @@ import { shardedLossCalls } from "../shards.ts";
 import { type Batch, type HeadShard, ShardCalls } from "./shards.ts";
 import type { NonFinitePolicy } from "./options.ts";
 import { type Draw, sampledCalls } from "./sampling.ts";
-import type { TopK } from "./topk.ts";
 
 // The batch's inputs onto every shard's context (labels null: prediction).
-function* upload(
+export function* upload(
   shards: readonly HeadShard[],
   x: FloatArray,
   labels: Int32Array | null,
@@ -57,14 +57,17 @@ export interface Peers {
 
 // The batch with its labels' loss args: the head's cross-entropy options, the mean's
 // denominator (the counted rows' target weights; N without options).
-function labelled(shards: readonly HeadShard[], b: Batch, labels: Int32Array): Batch {
+export function labelled(shards: readonly HeadShard[], b: Batch, labels: Int32Array): Batch {
   const { crossEntropy, classes } = shards[0].head;
   return { ...b, loss: crossEntropyArgs(crossEntropy, labels, classes, "mean") };
 }
 
 // CurricularFace on shards: every row's target cosine and T_i, from the shard that owns its label
 // (each gives its own rows, 0 elsewhere: the sum over the shards), into every shard's scratch.
-function* rowTargets(shards: readonly HeadShard[], b: Batch): Generator<NativeCall, Batch, void> {
+export function* rowTargets(
+  shards: readonly HeadShard[],
+  b: Batch,
+): Generator<NativeCall, Batch, void> {
   if (b.margin.kind !== KINDS.curricularface.code) return b;
   const sum = new Float64Array(2 * b.n), part = new Float64Array(2 * b.n);
   for (const s of shards) {
@@ -78,7 +81,7 @@ function* rowTargets(shards: readonly HeadShard[], b: Batch): Generator<NativeCa
 }
 
 // The mean from the sum of the row losses (0 over rows of total weight 0, as loss() gives).
-const mean = (sum: number, b: Batch) => {
+export const mean = (sum: number, b: Batch) => {
   const d = b.loss!.denominator;
   return d === 0 ? 0 : sum / d;
 };
@@ -381,67 +384,6 @@ function* fusedStepCalls(
   const skipped = step.flag[0] !== 0; // step, read after the call: its buffers lived through it
   if (skipped && policy === "throw") throw nonFiniteError(x, rowLoss, gradX, gradX.length / b.n);
   return { loss, skipped };
-}
-
-/**
- * The mean loss alone: the row losses summed on the context (one shard) or from the partials; the
- * row losses themselves come back (N·8 bytes) only when the mean is NaN, to tell which rows are.
- */
-export function* evaluateCalls(
-  shards: readonly HeadShard[],
-  b: Batch,
-  x: FloatArray,
-  labels: Int32Array,
-  peers: Peers | null = null,
-): Generator<NativeCall, { loss: number; rowLoss: Float64Array | null }, void> {
-  if (peers !== null) return yield* peers.loss(shards, b, x, labels, null);
-  yield* upload(shards, x, labels);
-  const ce = shards[0].head.crossEntropy;
-  b = labelled(shards, b, labels);
-  if (shards.length > 1) {
-    b = yield* rowTargets(shards, b);
-    const parts = shards.map((s) => new ShardCalls(s, b));
-    const rowLoss = yield* shardedLossCalls(parts, labels, null, ce);
-    return { loss: reduce(rowLoss, "mean", b.loss!.denominator), rowLoss };
-  }
-  const s = shards[0], rows = s.scratch("rowLoss", b.n * 8);
-  yield s.loss(OPS.loss, b, [rows, null, null]);
-  const sum = new Float64Array(1);
-  yield s.sum(rows, b.n, sum);
-  if (!Number.isNaN(sum[0])) return { loss: mean(sum[0], b), rowLoss: null };
-  const rowLoss = new Float64Array(b.n);
-  yield s.download(rowLoss, rows);
-  return { loss: mean(sum[0], b), rowLoss };
-}
-
-/**
- * Each shard's k best classes of every row (global class indices), to merge. With sub-centers
- * (K > 1), the k best rows of W instead (global rows) by their cosine, which lsm_topk gives
- * (ArcFace's score) where it serves no sub-center kind: `k` is then the rows wanted.
- */
-export function* topkCalls(
-  shards: readonly HeadShard[],
-  b: Batch,
-  x: FloatArray,
-  k: number,
-): Generator<NativeCall, TopK[], void> {
-  yield* upload(shards, x, null);
-  const out: TopK[] = [];
-  const rows = shards[0].head.subcenters > 1;
-  const margin = rows ? { ...b.margin, kind: KINDS.arcface.code, m: 0 } : b.margin;
-  for (const s of shards) {
-    const ks = Math.min(k, rows ? s.rows : s.c), count = b.n * ks;
-    const ip = s.scratch("indices", count * 4), sp = s.scratch("scores", s.bytes(count));
-    const call = { ...s.call({ ...b, margin }), k: ks };
-    yield s.op(OPS.topk, call, [s.scratch("x", 0), s.w, ip, sp]);
-    const indices = new Int32Array(count), scores = newFloatArray(s.head.dtype, count);
-    yield s.download(indices, ip);
-    yield s.download(scores, sp);
-    const first = rows ? s.r0 : s.c0;
-    for (let e = 0; e < count; e++) indices[e] += first;
-    out.push({ indices, scores });
-  }
-  return out;
 }
 
 /** state() needs every micro-batch applied: an accumulation in progress is refused by name. */
