@@ -24,9 +24,11 @@ LSM_HD void lsm_sgd_element(const lsm_sgd &o, bool momentum, bool nesterov, bool
 }
 
 // Adam's per-step constants, formed once on the host from lsm_adam in double as PyTorch forms them
-// (bias_correction1 = 1 - beta1^t, step_size = lr / bias_correction1, sqrt(bias_correction2)).
+// (bias_correction1 = 1 - beta1^t, step_size = lr / bias_correction1, sqrt(bias_correction2)),
+// the latter as its reciprocal: the element then divides once (the divider and the square root
+// are what bounds the CPU's loop), within an ulp of PyTorch's division in double.
 struct lsm_adam_coefs {
-  double scale, weight_decay, decay, beta1, beta2, step_size, bias2_sqrt, eps;
+  double scale, weight_decay, decay, beta1, beta2, step_size, inv_bias2_sqrt, eps;
 };
 
 inline lsm_adam_coefs lsm_adam_coefs_of(const lsm_adam &o) {
@@ -37,7 +39,7 @@ inline lsm_adam_coefs lsm_adam_coefs_of(const lsm_adam &o) {
   k.beta1 = o.beta1;
   k.beta2 = o.beta2;
   k.step_size = o.lr / (1.0 - pow(o.beta1, (double)o.step));
-  k.bias2_sqrt = sqrt(1.0 - pow(o.beta2, (double)o.step));
+  k.inv_bias2_sqrt = 1.0 / sqrt(1.0 - pow(o.beta2, (double)o.step));
   k.eps = o.eps;
   return k;
 }
@@ -49,7 +51,7 @@ enum lsm_adam_mode { LSM_ADAM_PLAIN = 0, LSM_ADAM_L2 = 1, LSM_ADAM_DECOUPLED = 2
 // One element of PyTorch's Adam/AdamW, in double, each stored value (w, m, v, vmax) rounded to T
 // once: g = scale grad (+ wd w: L2) or w (1 - lr wd) (decoupled); m = b1 m + (1 - b1) g; v = b2 v +
 // (1 - b2) g^2; amsgrad: vmax = max(vmax, v); w -= step_size m / (sqrt(vmax or v) / bias2_sqrt +
-// eps). The mode and amsgrad come as arguments so that the CPU's specialised loops lose the branches.
+// eps), the division by bias2_sqrt a product with its reciprocal. The mode and amsgrad come as arguments so that the CPU's specialised loops lose the branches.
 template <typename T>
 LSM_HD void lsm_adam_element(const lsm_adam_coefs &k, int mode, bool amsgrad, T *w, T grad, T *m, T *v, T *vmax) {
   double theta = (double)*w;
@@ -66,7 +68,7 @@ LSM_HD void lsm_adam_element(const lsm_adam_coefs &k, int mode, bool amsgrad, T 
     second = prev > vn ? prev : vn;
     *vmax = (T)second;
   }
-  const double denom = sqrt(second) / k.bias2_sqrt + k.eps;
+  const double denom = sqrt(second) * k.inv_bias2_sqrt + k.eps;
   *w = (T)(theta - k.step_size * (mn / denom));
 }
 
