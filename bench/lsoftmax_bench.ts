@@ -27,7 +27,14 @@ import {
   MarginHead,
   type OptimizerOptions,
 } from "../mod.ts";
-import { handWrittenCrossEntropy, KINDS, problem, random, SHAPES } from "./problems.ts";
+import {
+  ADAPTIVE_KINDS,
+  handWrittenCrossEntropy,
+  KINDS,
+  problem,
+  random,
+  SHAPES,
+} from "./problems.ts";
 
 const env = (name: string) => Deno.env.get(name);
 const backend = (env("LSOFTMAX_BACKEND") ?? "cpu") as Backend;
@@ -157,12 +164,43 @@ for (const [n, d, c] of shapes.slice(0, 2).slice(-1)) {
       backward(x, w, labels, g, { margin: 1, lambda: 0, backend, outX, outW });
     }),
   });
-  for (const { label, options } of KINDS) {
+  for (
+    const { label, options } of [
+      ...KINDS,
+      ...ADAPTIVE_KINDS.filter((k) => k.subcenters === 1),
+    ]
+  ) {
     Deno.bench({
       name: `fused loss ${label} [${group}]`,
       group,
       fn: timed(`${group} fused loss ${label}`, flops, () => {
         loss(x, w, labels, { ...options, backend, outX, outW });
+      }),
+    });
+  }
+  // Sub-center ArcFace against the three products with its C·K rows of W.
+  for (const { label, options, subcenters } of ADAPTIVE_KINDS.filter((k) => k.subcenters > 1)) {
+    const rows = c * subcenters;
+    const kGroup = `${backend} N=${n} D=${d} C·K=${rows} ${label}`;
+    const p = problem(n, d, rows);
+    const kOut = new Float32Array(n * rows), kOutW = new Float32Array(rows * d);
+    const kFlops = 6 * n * rows * d;
+    Deno.bench({
+      name: `linear three products [${kGroup}]`,
+      group: kGroup,
+      baseline: true,
+      fn: timed(`${kGroup} linear three products`, kFlops, () => {
+        forward(p.x, p.w, p.labels, { margin: 1, lambda: 0, backend, out: kOut });
+        backward(p.x, p.w, p.labels, p.g, { margin: 1, lambda: 0, backend, outX, outW: kOutW });
+      }),
+    });
+    // The labels are class ids: problem() drew them below C·K, so take them modulo C.
+    const classes = p.labels.map((y) => y % c);
+    Deno.bench({
+      name: `fused loss ${label} [${kGroup}]`,
+      group: kGroup,
+      fn: timed(`${kGroup} fused loss ${label}`, kFlops, () => {
+        loss(p.x, p.w, classes, { ...options, backend, outX, outW: kOutW });
       }),
     });
   }

@@ -89,3 +89,51 @@ export const KINDS: readonly { label: string; options: MarginOptions }[] = [
     options: { kind: "combined", scale: 64, m1: 1, m2: 0.3, m3: 0.2 },
   },
 ];
+
+/**
+ * The adaptive kinds the benchmarks time, with their authors' training settings (the state as at
+ * the first step). `subcenters` K: W holds C·K rows, and the kind's baseline is the three
+ * products with C·K rows.
+ */
+export const ADAPTIVE_KINDS: readonly {
+  label: string;
+  options: MarginOptions;
+  subcenters: number;
+}[] = [
+  {
+    label: "subcenter s=64 m=0.5 K=3",
+    options: { kind: "subcenter", scale: 64, margin: 0.5, subcenters: 3 },
+    subcenters: 3,
+  },
+  {
+    label: "adaface s=64 m=0.4 h=0.333",
+    options: {
+      kind: "adaface",
+      scale: 64,
+      margin: 0.4,
+      h: 0.333,
+      tAlpha: 0.01,
+      batchMean: 20,
+      batchStd: 100,
+    },
+    subcenters: 1,
+  },
+  {
+    label: "curricularface s=64 m=0.5",
+    options: { kind: "curricularface", scale: 64, margin: 0.5, tAlpha: 0.01, t: 0 },
+    subcenters: 1,
+  },
+  {
+    label: "magface s=64 (0.45, 0.8; 10, 110)",
+    options: {
+      kind: "magface",
+      scale: 64,
+      lowerMargin: 0.45,
+      upperMargin: 0.8,
+      lowerNorm: 10,
+      upperNorm: 110,
+      lambdaG: 35,
+    },
+    subcenters: 1,
+  },
+];

@@ -28,7 +28,7 @@ import {
   MarginHead,
   type OptimizerOptions,
 } from "../mod.ts";
-import { handWrittenCrossEntropy, KINDS, problem, SHAPES } from "./problems.ts";
+import { ADAPTIVE_KINDS, handWrittenCrossEntropy, KINDS, problem, SHAPES } from "./problems.ts";
 
 const backend = (Deno.env.get("LSOFTMAX_BACKEND") ?? "cpu") as Backend;
 const reps = Number(Deno.env.get("REPS") ?? 7);
@@ -151,37 +151,57 @@ if (!kindsOnly) {
   for (const row of lossRows) console.log(row);
 }
 
-// Every kind's fused loss, runs alternating with the three products.
+// Every kind's fused loss, runs alternating with the three products (sub-center ArcFace with
+// its own: those of its C·K rows).
 {
   const [n, d, c] = [256, 512, 10000];
   const { x, w, g, labels } = problem(n, d, c);
-  const out = new Float32Array(n * c),
-    outX = new Float32Array(n * d),
-    outW = new Float32Array(c * d);
-  const linear = () =>
-    time(() => {
-      forward(x, w, labels, { margin: 1, lambda: 0, backend, out });
-      backward(x, w, labels, g, { margin: 1, lambda: 0, backend, outX, outW });
-    });
-  const fused = KINDS.map(({ options }) => () =>
-    time(() => loss(x, w, labels, { ...options, backend, outX, outW }))
-  );
-  linear(), fused.forEach((f) => f());
-  const base: number[] = [], ours: number[][] = KINDS.map(() => []);
+  const outX = new Float32Array(n * d);
+  const linear = (p: ReturnType<typeof problem>, rows: number) => {
+    const out = new Float32Array(n * rows), outW = new Float32Array(rows * d);
+    return () =>
+      time(() => {
+        forward(p.x, p.w, p.labels, { margin: 1, lambda: 0, backend, out });
+        backward(p.x, p.w, p.labels, p.g, { margin: 1, lambda: 0, backend, outX, outW });
+      });
+  };
+  const plain = { x, w, g, labels };
+  const cases = [
+    ...KINDS.map(({ label, options }) => ({ label, options, subcenters: 1 })),
+    ...ADAPTIVE_KINDS,
+  ].map(({ label, options, subcenters }) => {
+    const rows = c * subcenters;
+    const p = subcenters === 1 ? plain : problem(n, d, rows);
+    const classes = p.labels.map((y) => y % c); // class ids below C
+    const outW = new Float32Array(rows * d);
+    const fused = () => time(() => loss(p.x, p.w, classes, { ...options, backend, outX, outW }));
+    return { label, rows, fused, base: subcenters === 1 ? undefined : linear(p, rows) };
+  });
+  const products = linear(plain, c);
+  products(), cases.forEach((k) => (k.fused(), k.base?.()));
+  const base: number[] = [],
+    ours: number[][] = cases.map(() => []),
+    own: number[][] = cases.map(() => []);
   for (let r = 0; r < reps; r++) {
-    base.push(linear());
-    fused.forEach((f, k) => ours[k].push(f()));
+    base.push(products());
+    cases.forEach((k, i) => {
+      ours[i].push(k.fused());
+      if (k.base) own[i].push(k.base());
+    });
   }
   const b = median(base);
   console.log(
     `\nEvery kind's fused loss at N=${n} D=${d} C=${c} (float32, mean; median of ${reps}), ` +
-      `against the linear layer's three products (${b.toFixed(2)} ms):\n`,
+      `against the linear layer's three products (${b.toFixed(2)} ms; for sub-center ArcFace ` +
+      `those of its C·K rows):\n`,
   );
   console.log("| kind | fused loss | ratio |");
   console.log("| --- | --- | --- |");
-  KINDS.forEach(({ label }, k) => {
+  cases.forEach(({ label, rows }, k) => {
     const o = median(ours[k]);
-    console.log(`| ${label} | ${o.toFixed(2)} ms | ${(o / b).toFixed(3)} |`);
+    const kb = own[k].length > 0 ? median(own[k]) : b;
+    const against = own[k].length > 0 ? ` (C·K = ${rows}: ${kb.toFixed(2)} ms)` : "";
+    console.log(`| ${label} | ${o.toFixed(2)} ms | ${(o / kb).toFixed(3)}${against} |`);
   });
 }
 
