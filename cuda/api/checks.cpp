@@ -217,11 +217,6 @@ int32_t check_loss(lsm_context *ctx, const lsm_loss_problem &p) {
                         " <= total_classes <= " + str(LSM_MAX_ELEMENTS) + ", got class_offset " +
                         str(a.class_offset) + ", " + (subs > 1 ? "c/K " : "c ") + str(classes) + ", total_classes " +
                         str(a.total_classes));
-  if (lsm_adaptive(p.margin.kind) &&
-      (a.label_smoothing != 0.0 || a.class_weights != nullptr || a.flags != 0 || a.ignore_index != 0))
-    return lsm_fail(ctx, LSM_ERR_INVALID_ARGUMENT,
-                    std::string("args: expected no label smoothing, class weights or ignored label with ") +
-                        lsm_kind_of(p.margin.kind)->name + " (not supported yet)");
   if (!isfinite(a.grad_scale))
     return lsm_fail(ctx, LSM_ERR_INVALID_ARGUMENT, "args.grad_scale: expected a finite number, got " + num(a.grad_scale));
   if (a.reserved != 0) return lsm_fail(ctx, LSM_ERR_INVALID_ARGUMENT, "args.reserved: expected 0");
