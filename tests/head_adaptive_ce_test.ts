@@ -8,10 +8,12 @@
 //   all K sub-centers of a sampled class), the other rows unchanged; the batch statistics those of
 //   the whole batch; shards draw as one backend;
 // - accumulate: refused by name for AdaFace and CurricularFace (their statistics are the whole
-//   batch's), exact for sub-center ArcFace and MagFace (micro-batches as one batch).
+//   batch's), exact for sub-center ArcFace and MagFace (micro-batches as one batch);
+// - on CUDA (the emulator in CI): the options it follows and sampling equal the CPU head.
 
 import assert from "node:assert/strict";
 import { loss, MarginHead } from "../mod.ts";
+import { cudaAvailable } from "./check.ts";
 import { assertClose, maxAbs, randomArray, randomLabels, Rng } from "./helpers.ts";
 import {
   type AdaptiveSpec,
@@ -193,4 +195,31 @@ Deno.test("head ce: accumulate refused for AdaFace and CurricularFace, exact for
     whole.step(x, labels);
     assertClose(head.weights(), whole.weights(), 1e-12, `${o.kind}: accumulated W`, maxAbs(w));
   }
+});
+
+Deno.test({
+  name: "head ce cuda: the options and sampling on CUDA equal the CPU head (3 steps)",
+  ignore: !cudaAvailable,
+  fn: () => {
+    for (const o of SPECS.slice(1)) {
+      // what the CUDA kernels follow (loss()'s refusals: adaptive_ce_test.ts)
+      const ce = o.kind === "magface"
+        ? { labelSmoothing: 0.1, ignoreIndex: -100 }
+        : { labelSmoothing: 0.1, classWeights: CLASS_WEIGHTS };
+      for (const [what, extra] of [["options", ce], ["sampling", { sampleRate: 0.5 }]] as const) {
+        const w = randomArray(new Rng(10), C * D);
+        const data = batches(11, 3, o.kind === "magface" && what === "options");
+        using cpu = newHead(o, w, extra), cuda = newHead(o, w, { ...extra, backend: "cuda" });
+        for (const { x, labels } of data) {
+          const a = cpu.step(x, labels), b = cuda.step(x, labels), at = `${o.kind} ${what}`;
+          assertClose([b.loss], [a.loss], 1e-10, `${at}: loss`);
+          assertClose(b.gradX, a.gradX, 1e-10, `${at}: dL/dx`, maxAbs(a.gradX));
+          assert.deepEqual(b.sampled, a.sampled, `${at}: sampled`);
+          const sa = stateOf(cpu), sb = stateOf(cuda);
+          for (const k of Object.keys(sa)) assertClose([sb[k]], [sa[k]], 1e-10, `${at}: ${k}`);
+        }
+        assertClose(cuda.weights(), cpu.weights(), 1e-10, `${o.kind} ${what}: W`, 1);
+      }
+    }
+  },
 });
