@@ -9,6 +9,7 @@
 //   the whole batch; shards draw as one backend;
 // - accumulate: refused by name for AdaFace and CurricularFace (their statistics are the whole
 //   batch's), exact for sub-center ArcFace and MagFace (micro-batches as one batch);
+// - state(), its JSON and a checkpoint keep the options and continue bit for bit;
 // - on CUDA (the emulator in CI): the options it follows and sampling equal the CPU head.
 
 import assert from "node:assert/strict";
@@ -222,4 +223,28 @@ Deno.test({
       }
     }
   },
+});
+
+Deno.test("head ce: state(), its JSON and a checkpoint keep the options and continue bit for bit", async () => {
+  const path = await Deno.makeTempFile({ suffix: ".safetensors" });
+  try {
+    for (const o of SPECS) {
+      const w = randomArray(new Rng(12), C * rowsPerClass(o) * D), data = batches(13, 2, true);
+      using a = newHead(o, w, CE);
+      a.step(data[0].x, data[0].labels);
+      using b = MarginHead.fromState(JSON.parse(JSON.stringify(a.state())));
+      await a.save(path);
+      using c = await MarginHead.load(path, { backend: ["cpu", "cpu"] });
+      const [ra, rb, rc] = [a, b, c].map((h) => h.step(data[1].x, data[1].labels));
+      assert.equal(rb.loss, ra.loss, `${o.kind}: fromState`);
+      assert.deepEqual(b.weights(), a.weights());
+      assertClose([rc.loss], [ra.loss], 1e-13, `${o.kind}: loaded onto shards`);
+      assert.deepEqual(stateOf(b), stateOf(a));
+      const so = a.state().options as Record<string, unknown>;
+      assert.equal(so.labelSmoothing, CE.labelSmoothing);
+      assert.equal(so.ignoreIndex, CE.ignoreIndex);
+    }
+  } finally {
+    await Deno.remove(path);
+  }
 });

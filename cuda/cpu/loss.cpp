@@ -53,9 +53,10 @@ void loss_run<T>::correction_coefs() {
 }
 
 // The adaptive kinds' pre-pass (docs/math.md), after the labels: AdaFace's norms and batch
-// statistics over all n rows (every shard holds all of x), MagFace's magnitudes, sub-center
-// ArcFace's winning target sub-center, CurricularFace's target cosines, T_i and t; then the owned
-// rows' statistics and target logits; the updated state into args.state_out.
+// statistics over the rows not ignored (every shard holds all of x and the labels), MagFace's
+// magnitudes, sub-center ArcFace's winning target sub-center, CurricularFace's target cosines, T_i
+// and t (over the rows not ignored); then the owned rows' statistics and target logits; the
+// updated state into args.state_out.
 template <typename T>
 int32_t loss_run<T>::prepass() {
   const lsm_margin &mg = p.margin;
