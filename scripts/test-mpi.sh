@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # MarginHead across processes (distributed: "mpi"): tests/mpi/ranks_check.ts in every process of
-# `mpirun -np 3`, then 2, then 1 (the run of 3 saves the checkpoint the others load), for each
+# `mpirun -np 3`, then 2, then 1 (the run of 3 saves the checkpoint the others load), then
+# tests/mpi/adaptive_check.ts (the adaptive kinds) with 3 and 2, for each
 # library and backend given as LIB=BACKEND pairs (the CPU backend of liblsoftmax.so, the CUDA
 # backend of the emulated library). As root Open MPI needs the two ALLOW variables; more ranks
 # than cores need --oversubscribe.
@@ -27,6 +28,12 @@ for pair in "$@"; do
       LSOFTMAX_LIB=$lib BACKEND=$backend DISTRIBUTED=$engine CHECKPOINT=$dir LSOFTMAX_NCCL=${NCCL_STAND_IN:-} \
         timeout 300 mpirun -np "$k" --oversubscribe "$deno" run --allow-ffi --allow-env --allow-read \
         --allow-write "$here/tests/mpi/ranks_check.ts"
+    done
+    for k in 3 2; do
+      echo "test-mpi: mpirun -np $k, the adaptive kinds, $backend on $(basename "$lib"), distributed: $engine"
+      LSOFTMAX_LIB=$lib BACKEND=$backend DISTRIBUTED=$engine LSOFTMAX_NCCL=${NCCL_STAND_IN:-} \
+        timeout 300 mpirun -np "$k" --oversubscribe "$deno" run --allow-ffi --allow-env --allow-read \
+        "$here/tests/mpi/adaptive_check.ts"
     done
   done
   if [[ $engines == *nccl* ]]; then

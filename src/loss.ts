@@ -124,11 +124,12 @@ export function runLoss(l: LossCall): LossResult {
 // (each gives its own rows, 0 elsewhere: the sum over the shards).
 function rowTargets(l: LossCall, bounds: number[], k: number): Float64Array {
   const { n, d } = l.call, contexts = l.contexts as NativeContext[];
-  const [x, w, labels] = l.arrays;
+  const [x, w, labels] = l.arrays, weights = l.crossEntropy.classWeights;
   const sum = new Float64Array(2 * n), part = new Float64Array(2 * n);
   contexts.forEach((ctx, s) => {
     const c0 = bounds[s], c1 = bounds[s + 1];
-    const call = { ...l.call, c: (c1 - c0) * k, args: { ...l.call.args!, classOffset: c0 } };
+    const args = { ...l.call.args!, classOffset: c0 };
+    const call = { ...l.call, c: (c1 - c0) * k, args: withClassWeights(ctx, args, weights) };
     const ws = (w as FloatArray).subarray(c0 * k * d, c1 * k * d);
     ctx.run(OPS.lossTargets, call, [x, ws, labels, part]);
     for (let i = 0; i < 2 * n; i++) sum[i] += part[i];

@@ -195,7 +195,7 @@ export interface LossCall {
 /**
  * A fused loss call's lsm_loss_args: the cross-entropy options over the classes (C·K rows of W for
  * sub-center ArcFace, K per class), and for AdaFace and CurricularFace the array their updated
- * state comes back in. The adaptive kinds take no cross-entropy option yet.
+ * state comes back in.
  */
 export function lossArgs(
   margin: Margin,
@@ -217,15 +217,6 @@ export function lossArgs(
     );
   }
   const classes = call.c / subcenters;
-  if (isAdaptive(margin.kind)) {
-    for (const key of CROSS_ENTROPY_KEYS) {
-      if (o[key] === undefined) continue;
-      throw new TypeError(
-        `${key}: not an option of kind "${margin.kind}" (the cross-entropy options are not ` +
-          `supported with the adaptive kinds yet), got ${describe(o[key])}`,
-      );
-    }
-  }
   const crossEntropy = checkCrossEntropy(o, classes);
   const { args, denominator } = crossEntropyArgs(crossEntropy, labels, classes, reduction);
   if (margin.kind !== "adaface" && margin.kind !== "curricularface") {

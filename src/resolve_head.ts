@@ -3,11 +3,11 @@
 import type { FloatArray, FloatDType } from "../ffi/arrays.ts";
 import type { Precision } from "../ffi/context.ts";
 import type { Backend } from "./backends.ts";
-import { checkInteger, describe, readOptions } from "./checks.ts";
-import { checkMargin, isAdaptive, type Margin, subcentersOf } from "./kinds.ts";
+import { checkInteger, readOptions } from "./checks.ts";
+import { checkMargin, type Margin, subcentersOf } from "./kinds.ts";
 import type { LambdaSchedule } from "./schedule.ts";
 import { MAX_ELEMENTS } from "./tensors.ts";
-import { checkCrossEntropy, CROSS_ENTROPY_KEYS, type CrossEntropy } from "./cross_entropy.ts";
+import { checkCrossEntropy, type CrossEntropy } from "./cross_entropy.ts";
 import {
   checkDistributed,
   checkDType,
@@ -56,22 +56,6 @@ export interface HeadSettings {
   backends: unknown[];
 }
 
-/**
- * A head's margin: the adaptive kinds without the cross-entropy options, class sampling or ranks, which their
- * fused loss does not take yet.
- */
-function headMargin(margin: Margin, o: Partial<Record<string, unknown>>): Margin {
-  if (!isAdaptive(margin.kind)) return margin;
-  for (const key of [...CROSS_ENTROPY_KEYS, "sampleRate", "distributed"]) {
-    if (o[key] === undefined || (key === "sampleRate" && o[key] === 1)) continue;
-    throw new TypeError(
-      `${key}: not an option of a head of kind "${margin.kind}" (not supported with the ` +
-        `adaptive kinds yet), got ${describe(o[key])}`,
-    );
-  }
-  return margin;
-}
-
 /** MarginHead's options. */
 export function resolveHead(options: unknown): HeadSettings {
   const o = readOptions("options", options, HEAD_KEYS);
@@ -83,7 +67,7 @@ export function resolveHead(options: unknown): HeadSettings {
     );
   }
   const dtype = checkDType(o.dtype);
-  const margin = headMargin(checkMargin(o, ["lambda"]), o);
+  const margin = checkMargin(o, ["lambda"]);
   const subcenters = subcentersOf(margin); // W holds C·K rows
   if (classes * subcenters * features > MAX_ELEMENTS) {
     throw new RangeError(

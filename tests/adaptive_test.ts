@@ -287,16 +287,6 @@ Deno.test("adaptive: errors name the option, the expected and the actual value",
       upperNorm: 110,
       lambdaG: 35,
     }, /lowerNorm: expected a finite number > 0, got 0/],
-    [{
-      kind: "adaface",
-      scale: 64,
-      margin: 0.4,
-      h: 0.333,
-      tAlpha: 0.01,
-      batchMean: 20,
-      batchStd: 100,
-      labelSmoothing: 0.1,
-    }, /labelSmoothing: not an option of kind "adaface"/],
   ];
   for (const [o, re] of bad) {
     assert.throws(() => loss(x, w, labels, o as never), re, JSON.stringify(o));

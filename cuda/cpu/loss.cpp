@@ -25,15 +25,16 @@ void loss_run<T>::corrections() {
   if (stepping) step_finish();
 }
 
-// MagFace's magnitude: dL/d|x_i| x^_i, through the target's margin m_i and the regulariser g_i,
-// where |x_i| lies in [l_a, u_a] (the owner of the label adds it).
+// MagFace's magnitude: dL/d|x_i| x^_i, through the target's margin m_i and the regulariser
+// w_y g_i (weighted as the row's target), where |x_i| lies in [l_a, u_a] (the owner of the label
+// adds it).
 template <typename T>
 void loss_run<T>::magnitude_gradient() {
   const lsm_margin &mg = p.margin;
   for (int64_t i = 0; i < n; ++i) {
     if (local[i] < 0 || !mag[i].inside || lsm_degenerate(stats[i])) continue;
     const double da = g_target[i] * mg.scale * lsm_magface_dphi_dm(stats[i], mag[i].m) * mag[i].dm +
-                      p.args.grad_scale * mg.lambda_g * lsm_magface_dg(mg, mag[i].a);
+                      p.args.grad_scale * factors[i].wy * mg.lambda_g * lsm_magface_dg(mg, mag[i].a);
     const lsm_stats &st = stats[i];
     const double f = da * st.px * st.ux;  // x^_k = x_k px ux
     for (int64_t k = 0; k < d; ++k) gx[i * d + k] = (T)((double)gx[i * d + k] + f * (double)x[i * d + k]);
@@ -52,9 +53,10 @@ void loss_run<T>::correction_coefs() {
 }
 
 // The adaptive kinds' pre-pass (docs/math.md), after the labels: AdaFace's norms and batch
-// statistics over all n rows (every shard holds all of x), MagFace's magnitudes, sub-center
-// ArcFace's winning target sub-center, CurricularFace's target cosines, T_i and t; then the owned
-// rows' statistics and target logits; the updated state into args.state_out.
+// statistics over the rows not ignored (every shard holds all of x and the labels), MagFace's
+// magnitudes, sub-center ArcFace's winning target sub-center, CurricularFace's target cosines, T_i
+// and t (over the rows not ignored); then the owned rows' statistics and target logits; the
+// updated state into args.state_out.
 template <typename T>
 int32_t loss_run<T>::prepass() {
   const lsm_margin &mg = p.margin;
@@ -67,12 +69,17 @@ int32_t loss_run<T>::prepass() {
     parallel_for(n, 2 * d, [&](int64_t i0, int64_t i1) {
       for (int64_t i = i0; i < i1; ++i) len[i] = row_length(x + i * d, d);
     });
-    if (mg.kind == LSM_MARGIN_ADAFACE) {
+    if (mg.kind == LSM_MARGIN_ADAFACE) {  // the statistics of the counted rows (ignored: left out)
       double sum = 0.0, sq = 0.0, mu, sigma;
-      for (int64_t i = 0; i < n; ++i) sum += len[i] = lsm_adaface_norm(len[i]);
-      const double mean = sum / (double)n;
-      for (int64_t i = 0; i < n; ++i) sq += (len[i] - mean) * (len[i] - mean);
-      lsm_adaface_update(mg, mean, sq, n, &mu, &sigma);
+      const int64_t rows = counted();
+      for (int64_t i = 0; i < n; ++i) {
+        len[i] = lsm_adaface_norm(len[i]);
+        if (local[i] != LSM_CE_IGNORED) sum += len[i];
+      }
+      const double mean = rows == 0 ? 0.0 : sum / (double)rows;
+      for (int64_t i = 0; i < n; ++i)
+        if (local[i] != LSM_CE_IGNORED) sq += (len[i] - mean) * (len[i] - mean);
+      lsm_adaface_update(mg, mean, sq, rows, &mu, &sigma);
       for (int64_t i = 0; i < n; ++i) rowq[i] = lsm_adaface_z(mg, len[i], mu, sigma);
       state[0] = mu, state[1] = sigma;
     } else {
@@ -111,10 +118,11 @@ int32_t loss_run<T>::prepass() {
       }
       given = own.data();
     }
-    double sum = 0.0;
+    double sum = 0.0;  // over the counted rows (an ignored row's c_iy is 0 from every shard)
     thresh.assign(given + n, given + 2 * n);
-    for (int64_t i = 0; i < n; ++i) sum += given[i];
-    t_now = lsm_curricular_update(mg, sum / (double)n);
+    for (int64_t i = 0; i < n; ++i)
+      if (local[i] != LSM_CE_IGNORED) sum += given[i];
+    t_now = lsm_curricular_update_rows(mg, sum, counted());
     state[0] = t_now;
   }
   if (p.args.state_out != nullptr && (mg.kind == LSM_MARGIN_ADAFACE || mg.kind == LSM_MARGIN_CURRICULARFACE))
@@ -200,21 +208,22 @@ int32_t loss_run<T>::run(lsm_context *ctx) {
       const int64_t cb = std::min(block, c - c0);
       logits(c0, cb);
       if (subs > 1) {
-        fold_classes(c0, cb, maxes.data(), sums.data());
+        fold_classes(c0, cb, seen, maxes.data(), sums.data());
       } else {
         fold(c0, cb, seen, maxes.data(), sums.data());
       }
-      if (lsm_ce_smoothing(ce))
-        for (int64_t j = c0; j < c0 + cb; ++j) seen += weight(j);
+      if (lsm_ce_smoothing(ce))  // over the block's classes (K rows each)
+        for (int64_t j = c0 / subs; j < (c0 + cb) / subs; ++j) seen += weight(j);
     }
     if (p.stage == LSM_LOSS_PARTIALS) {
       for (int64_t i = 0; i < n; ++i) {
         p.row_max[i] = maxes[i];
         p.row_sum[i] = sums[i];
         p.target[i] = local[i] >= 0 ? target[i] : 0.0;
-        // MagFace: the owner's regulariser rides on the target, so that lse - target is the loss.
+        // MagFace: the owner's regulariser rides on the target, so that the combine step's
+        // (1 - eps) w_y (lse - target) holds its w_y lambda g (eps < 1).
         if (local[i] >= 0 && p.margin.kind == LSM_MARGIN_MAGFACE)
-          p.target[i] -= p.margin.lambda_g * lsm_magface_g(p.margin, mag[i].a);
+          p.target[i] -= p.margin.lambda_g * lsm_magface_g(p.margin, mag[i].a) / ce.keep;
         if (p.row_smooth != nullptr) p.row_smooth[i] = smooth[i];
       }
       return LSM_OK;

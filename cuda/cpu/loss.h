@@ -120,6 +120,13 @@ struct loss_run {
 
   double weight(int64_t j) const { return cw == nullptr ? 1.0 : cw[j]; }
 
+  // The rows the loss counts (not ignored): the adaptive kinds' batch statistics are theirs.
+  int64_t counted() const {
+    int64_t k = 0;
+    for (int64_t i = 0; i < n; ++i) k += local[i] != LSM_CE_IGNORED;
+    return k;
+  }
+
   // The direct path (cpu/loss_direct.cpp).
   static std::vector<double> direct_scales(lsm_context *ctx, const lsm_loss_problem &q);
   void fold_direct(double *maxes, double *sums, std::vector<double> *beta);
@@ -144,7 +151,7 @@ struct loss_run {
   // The adaptive kinds' element transform and sub-center ArcFace's class logits (cpu/loss_blocks.cpp).
   void transform(int64_t c0, int64_t cb);
   void class_logits(int64_t i, int64_t c0, int64_t cb);
-  void fold_classes(int64_t c0, int64_t cb, double *maxes, double *sums);
+  void fold_classes(int64_t c0, int64_t cb, double seen, double *maxes, double *sums);
   void gradient_classes(int64_t c0, int64_t cb, const double *lse, const double *sums);
 
   // The checks, the run and the corrections (cpu/loss.cpp).
@@ -182,7 +189,8 @@ struct loss_run {
     const double l = lsm_ce_row_loss(ce, local[i] == LSM_CE_IGNORED, factors[i].wy, m, s, target[i],
                                      smooth.empty() ? 0.0 : smooth[i]);
     if (p.margin.kind != LSM_MARGIN_MAGFACE || local[i] < 0) return l;
-    return l + p.margin.lambda_g * lsm_magface_g(p.margin, mag[i].a);  // the owner adds the regulariser
+    // The owner adds the regulariser, weighted as the row's target (w_y; 1 without weights).
+    return l + factors[i].wy * p.margin.lambda_g * lsm_magface_g(p.margin, mag[i].a);
   }
 };
 

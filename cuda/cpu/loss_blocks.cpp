@@ -79,17 +79,23 @@ void loss_run<T>::class_logits(int64_t i, int64_t c0, int64_t cb) {
   if (y >= 0 && y < cbk) cr[y] = (T)target[i];
 }
 
-// Sub-center ArcFace's fold: the block's class logits into the running max and sum (as fold);
-// their exponentials stay in cls, the products in buf.
+// Sub-center ArcFace's fold: the block's class logits into the running max and sum (and A over
+// the classes, with smoothing: as fold); their exponentials stay in cls, the products in buf.
 template <typename T>
-void loss_run<T>::fold_classes(int64_t c0, int64_t cb, double *maxes, double *sums) {
-  const int64_t cbk = cb / subs;
-  parallel_for(n, 4 * cb, [&](int64_t i0, int64_t i1) {
+void loss_run<T>::fold_classes(int64_t c0, int64_t cb, double seen, double *maxes, double *sums) {
+  const int64_t cbk = cb / subs, j0 = c0 / subs;
+  const bool smoothing = lsm_ce_smoothing(ce);
+  parallel_for(n, (smoothing ? 6 : 4) * cb, [&](int64_t i0, int64_t i1) {
     for (int64_t i = i0; i < i1; ++i) {
       class_logits(i, c0, cb);
       T *cr = cls + i * cbk;
       const T bm = row_max(cr, cbk);
       const T b = (double)bm > maxes[i] ? bm : (T)maxes[i];
+      if (smoothing) {
+        double a = lsm_ce_shift(smooth[i], seen, maxes[i], (double)b);
+        for (int64_t j = 0; j < cbk; ++j) a += weight(j0 + j) * ((double)b - (double)cr[j]);
+        smooth[i] = a;
+      }
       const double carried = sums[i] == 0.0 ? 0.0 : sums[i] * exp(maxes[i] - (double)b);
       sums[i] = carried + exp_sum(cr, cr, cbk, b);
       maxes[i] = (double)b;
@@ -118,7 +124,11 @@ void loss_run<T>::gradient_classes(int64_t c0, int64_t cb, const double *lse, co
         k = factors[i].a / exp(lse[i] - (double)t);
         exp_sum(cr, cr, cbk, t);
       }
-      for (int64_t j = 0; j < cbk; ++j) cr[j] = (T)(k * (double)cr[j]);
+      if (factors[i].u != 0.0) {  // label smoothing's -u_i w_j on every class's entry
+        smoothing_terms(i, c0 / subs, cr, k, cbk);
+      } else {
+        for (int64_t j = 0; j < cbk; ++j) cr[j] = (T)(k * (double)cr[j]);
+      }
       const int64_t y = local[i] - c0 / subs;
       if (y >= 0 && y < cbk) cr[y] = target_gradient(i, lse[i]);
       for (int64_t j = 0; j < cbk; ++j) {
@@ -239,7 +249,7 @@ template void loss_run<float>::gradient(int64_t c0, int64_t cb, const double *ls
 template void loss_run<float>::gradient_from_exps(int64_t c0, int64_t cb, const double *sums, const double *lse);
 template void loss_run<float>::products(int64_t c0, int64_t cb, bool first);
 template void loss_run<float>::products_from_exps(const double *sums, const double *lse);
-template void loss_run<float>::fold_classes(int64_t c0, int64_t cb, double *maxes, double *sums);
+template void loss_run<float>::fold_classes(int64_t c0, int64_t cb, double seen, double *maxes, double *sums);
 template void loss_run<float>::gradient_classes(int64_t c0, int64_t cb, const double *lse, const double *sums);
 template void loss_run<double>::logits(int64_t c0, int64_t cb);
 template void loss_run<double>::fold(int64_t c0, int64_t cb, double seen, double *maxes, double *sums);
@@ -247,7 +257,7 @@ template void loss_run<double>::gradient(int64_t c0, int64_t cb, const double *l
 template void loss_run<double>::gradient_from_exps(int64_t c0, int64_t cb, const double *sums, const double *lse);
 template void loss_run<double>::products(int64_t c0, int64_t cb, bool first);
 template void loss_run<double>::products_from_exps(const double *sums, const double *lse);
-template void loss_run<double>::fold_classes(int64_t c0, int64_t cb, double *maxes, double *sums);
+template void loss_run<double>::fold_classes(int64_t c0, int64_t cb, double seen, double *maxes, double *sums);
 template void loss_run<double>::gradient_classes(int64_t c0, int64_t cb, const double *lse, const double *sums);
 
 }  // namespace lsm_cpu_fused

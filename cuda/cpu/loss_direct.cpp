@@ -7,15 +7,17 @@
 namespace lsm_cpu_fused {
 
 // The direct path's column scales b_j = 1/|w_j| (see cpu/loss.h), or none where it does not apply:
-// not one block, no gradients, L-Softmax, or a row of W (of x, for A-Softmax) whose norm is
-// outside [2^-50, 2^50] (or a scale past 2^40), where the products of unnormalised rows could
-// lose range.
+// not one block, no gradients, L-Softmax, sub-centers, label smoothing with an element-wise kind
+// (its -u_i w_j term is then times each entry's derivative, no longer rank one), or a row of W (of
+// x, for A-Softmax) whose norm is outside [2^-50, 2^50] (or a scale past 2^40), where the products
+// of unnormalised rows could lose range.
 template <typename T>
 std::vector<double> loss_run<T>::direct_scales(lsm_context *ctx, const lsm_loss_problem &q) {
   std::vector<double> b;
   const bool one_block = (size_t)q.c <= ctx->workspace_limit / ((size_t)q.n * sizeof(T));
   if (q.stage != LSM_LOSS_FULL || q.grad_x == nullptr || !lsm_normalises_w(q.margin.kind) || !one_block ||
-      lsm_x_factor(q.margin) > 0x1p40 || lsm_subcenters(q.margin) > 1)
+      lsm_x_factor(q.margin) > 0x1p40 || lsm_subcenters(q.margin) > 1 ||
+      (lsm_elementwise(q.margin.kind) && q.args.label_smoothing > 0.0))
     return b;
   auto in_range = [](double ss) { return ss >= 0x1p-100 && ss <= 0x1p100; };
   const T *xv = static_cast<const T *>(q.x), *wv = static_cast<const T *>(q.w);

@@ -11,9 +11,14 @@ LSM_HD double lsm_adaface_norm(double len) {
 }
 
 // AdaFace's batch statistics to the updated moving averages: from sum a_i and sum (a_i - mean)^2
-// over the n rows (unbiased std; 0 for n = 1).
+// over the n rows the loss counts (unbiased std; 0 for n = 1). n = 0 (every row ignored): no
+// batch, the state as it was.
 LSM_HD void lsm_adaface_update(const lsm_margin &mg, double mean_b, double sq_dev, int64_t n, double *mu,
                                double *sigma) {
+  if (n == 0) {
+    *mu = mg.batch_mean, *sigma = mg.batch_std;
+    return;
+  }
   const double std_b = n >= 2 ? sqrt(sq_dev / (double)(n - 1)) : 0.0;
   *mu = mg.t_alpha * mean_b + (1.0 - mg.t_alpha) * mg.batch_mean;
   *sigma = mg.t_alpha * std_b + (1.0 - mg.t_alpha) * mg.batch_std;
@@ -70,6 +75,11 @@ LSM_HD double lsm_curricular_threshold(const lsm_stats &s, const lsm_margin &mg)
 // CurricularFace's updated t from the mean of the target cosines.
 LSM_HD double lsm_curricular_update(const lsm_margin &mg, double mean_cos) {
   return mg.t_alpha * mean_cos + (1.0 - mg.t_alpha) * mg.t;
+}
+// The same from the sum of the target cosines of the n rows the loss counts; n = 0 (every row
+// ignored): t as it was.
+LSM_HD double lsm_curricular_update_rows(const lsm_margin &mg, double sum_cos, int64_t n) {
+  return n == 0 ? mg.t : lsm_curricular_update(mg, sum_cos / (double)n);
 }
 // A non-target cosine c (of the products) to CurricularFace's c (t + c) where it is hard (c > T_i),
 // and the derivative: t + 2c there, 1 elsewhere.

@@ -103,7 +103,10 @@ export class MarginHead {
     const shape = {
       ...h,
       dtype: this.dtype,
-      ...(ranks === null ? {} : { gatherRows: (a: FloatArray) => ranks.gatherRows(a, h.features) }),
+      // a rank's rows: K sub-centers a class
+      ...(ranks === null
+        ? {}
+        : { gatherRows: (a: FloatArray) => ranks.gatherRows(a, h.features * h.subcenters) }),
     };
     const o = h.optimizer, adam = o.type !== "sgd";
     const buffers = {
@@ -196,9 +199,12 @@ export class MarginHead {
     const n = labels.length, step = this.#iteration + 1;
     const kind = this.#margin.kind, moves = kind === "adaface" || kind === "curricularface";
     if (moves && st.accumulate) {
+      // One step over the concatenated rows would take its statistics over all of them, which a
+      // micro-batch's dL/dx, returned at once, cannot wait for: no exact accumulation exists.
       throw new TypeError(
-        `accumulate: expected false with kind "${kind}" (its state moves with each step's whole ` +
-          `batch), got true`,
+        `accumulate: expected false with kind "${kind}" (its batch statistics are those of the ` +
+          `whole batch, which an earlier micro-batch's dL/dx would need before its rows come), ` +
+          `got true`,
       );
     }
     const b: Batch = moves
@@ -382,7 +388,10 @@ export class MarginHead {
       const ys = g.labels!, b = this.#batch(ys.length, this.#iteration);
       const { loss, rowLoss } = runCalls(evaluateCalls(this.#shards, b, g.x, ys, g.peers));
       const results = runCalls(this.#ranks.topk(this.#shards[0], b, g.x, 1));
-      const { indices, scores } = mergeTopK(results, ys.length, 1, this.dtype);
+      const best = mergeTopK(results, ys.length, 1, this.dtype); // k = 1: the best row's class
+      const { indices, scores } = this.subcenters === 1
+        ? best
+        : classTopK(best, ys.length, 1, this.subcenters, this.dtype);
       return { loss, accuracy: countCorrect(indices, scores, rowLoss, ys) / ys.length };
     }
     const { n } = checkBatch(x, labels, this.dtype, this.features);
@@ -407,18 +416,24 @@ export class MarginHead {
   ): { indices: Int32Array; scores: T } {
     this.#live();
     this.#checkIdle();
+    const K = this.subcenters;
+    // sub-centers: the classes from the best (k − 1)·K + 1 rows, at most MAX_TOPK of them
+    const most = K === 1 ? MAX_TOPK : Math.floor((MAX_TOPK - 1) / K) + 1;
     if (this.#ranks !== null) {
       let k = 1;
       const g = this.#gather(x, null, () => {
         checkBatch(x, null, this.dtype, this.features);
         const o = readOptions("options", options, ["k"]);
-        k = checkInteger("k", o.k ?? 1, 1, Math.min(this.classes, MAX_TOPK));
+        k = checkInteger("k", o.k ?? 1, 1, Math.min(this.classes, most));
       });
       const n = g.x.length / this.features, { rows, offset } = g.peers;
+      const kr = K === 1 ? k : (k - 1) * K + 1;
       const results = runCalls(
-        this.#ranks.topk(this.#shards[0], this.#batch(n, this.#iteration), g.x, k),
+        this.#ranks.topk(this.#shards[0], this.#batch(n, this.#iteration), g.x, kr),
       );
-      const all = mergeTopK<T>(results, n, k, this.dtype);
+      const all = K === 1
+        ? mergeTopK<T>(results, n, k, this.dtype)
+        : classTopK<T>(mergeTopK(results, n, kr, this.dtype), n, k, K, this.dtype);
       return {
         indices: all.indices.slice(offset * k, (offset + rows) * k),
         scores: all.scores.slice(offset * k, (offset + rows) * k) as T,
@@ -426,9 +441,6 @@ export class MarginHead {
     }
     const { n } = checkBatch(x, null, this.dtype, this.features);
     const o = readOptions("options", options, ["k"]);
-    const K = this.subcenters;
-    // sub-centers: the classes from the best (k − 1)·K + 1 rows, at most MAX_TOPK of them
-    const most = K === 1 ? MAX_TOPK : Math.floor((MAX_TOPK - 1) / K) + 1;
     const k = checkInteger("k", o.k ?? 1, 1, Math.min(this.classes, most));
     const kr = K === 1 ? k : (k - 1) * K + 1;
     const results = runCalls(topkCalls(this.#shards, this.#batch(n, this.#iteration), x, kr));

@@ -18,6 +18,7 @@ import type { NativeCall } from "../calls.ts";
 import { reduce } from "../loss.ts";
 import { combinePartials, shardBounds } from "../shards.ts";
 import { backendsInfo } from "../backends.ts";
+import { KINDS } from "../kinds.ts";
 import { type LossOutcome, uploadBatch } from "./calls.ts";
 import { type Batch, type HeadShard, ShardCalls } from "./shards.ts";
 import type { TopK } from "./topk.ts";
@@ -157,6 +158,7 @@ export class Ranks {
     counts: readonly number[],
   ): Generator<NativeCall, LossOutcome, void> {
     b = yield* uploadBatch(shards, b, x, labels);
+    b = yield* this.#rowTargets(shards[0], b);
     const n = b.n, s = shards[0], part = new ShardCalls(s, b), ce = s.head.crossEntropy;
     const p = yield* part.partials();
     const top = this.data.allreduce(p.rowMax.slice(), "max");
@@ -196,17 +198,38 @@ export class Ranks {
     return { loss, rowLoss, denominator };
   }
 
-  /** The k best classes of every row of the global batch, this rank's rows of them merged. */
+  // CurricularFace: every row's target cosine and T_i from the rank owning its label (each gives
+  // its own rows, 0 elsewhere: one all-reduce of 2N numbers), into the shard's scratch, so that
+  // every rank forms the same t and the same hard negatives.
+  *#rowTargets(s: HeadShard, b: Batch): Generator<NativeCall, Batch, void> {
+    if (b.margin.kind !== KINDS.curricularface.code) return b;
+    const part = new Float64Array(2 * b.n), p = s.scratch("rowTargets", part.byteLength);
+    yield s.loss(OPS.lossTargets, { ...b, state: undefined, rowTargets: false }, [p]);
+    yield s.download(part, p);
+    this.data.allreduce(part, "sum");
+    yield s.upload(p, part);
+    return { ...b, rowTargets: true };
+  }
+
+  /**
+   * The k best classes of every row of the global batch, this rank's rows of them merged. With
+   * sub-centers (K > 1), the k best rows of W (global rows) by their cosine, as topkCalls gives
+   * them: `k` is then the rows wanted.
+   */
   *topk(s: HeadShard, b: Batch, x: FloatArray, k: number): Generator<NativeCall, TopK[], void> {
     yield* uploadBatch([s], b, x, null);
-    const ks = Math.min(k, s.c), count = b.n * ks;
+    const K = s.head.subcenters, rows = K > 1;
+    const margin = rows ? { ...b.margin, kind: KINDS.arcface.code, m: 0 } : b.margin;
+    const ks = Math.min(k, rows ? s.rows : s.c), count = b.n * ks;
     const ip = s.scratch("indices", count * 4), sp = s.scratch("scores", s.bytes(count));
-    yield s.op(OPS.topk, { ...s.call(b), k: ks }, [s.scratch("x", 0), s.w, ip, sp]);
+    const call = { ...s.call({ ...b, margin }), k: ks };
+    yield s.op(OPS.topk, call, [s.scratch("x", 0), s.w, ip, sp]);
     const indices = new Int32Array(count), scores = newFloatArray(s.head.dtype, count);
     yield s.download(indices, ip);
     yield s.download(scores, sp);
-    for (let e = 0; e < count; e++) indices[e] += s.c0;
-    const sizes = this.bounds.slice(1).map((c1, r) => b.n * Math.min(k, c1 - this.bounds[r]));
+    const first = rows ? s.r0 : s.c0;
+    for (let e = 0; e < count; e++) indices[e] += first;
+    const sizes = this.bounds.slice(1).map((c1, r) => b.n * Math.min(k, (c1 - this.bounds[r]) * K));
     const all = this.data.allgatherv(indices, sizes),
       allScores = this.data.allgatherv(scores, sizes);
     const out: TopK[] = [];

@@ -188,9 +188,9 @@ function positionOf(a: Int32Array, v: number): number {
 }
 
 /**
- * A shard seen as a head of the sampled classes: W and dL/dW are its gathered rows [k, D]
- * (context memory beside the shard's own), classes [offset, offset + k) of `total`; every other
- * method is the shard's, on its context.
+ * A shard seen as a head of the sampled classes: W and dL/dW are its gathered rows [k·K, D]
+ * (context memory beside the shard's own; K sub-centers a class), classes [offset, offset + k) of
+ * `total`; every other method is the shard's, on its context.
  */
 function sampledView(s: HeadShard, w: Ptr, gw: Ptr, offset: number, k: number, total: number) {
   return Object.create(s, {
@@ -202,11 +202,22 @@ function sampledView(s: HeadShard, w: Ptr, gw: Ptr, offset: number, k: number, t
   }) as HeadShard;
 }
 
+// The rows of W of the sampled classes: class j's K sub-centers jK … jK + K − 1, whole classes.
+function classRows(classes: Int32Array, k: number): Int32Array {
+  if (k === 1) return classes;
+  const rows = new Int32Array(classes.length * k);
+  for (let q = 0; q < classes.length; q++) {
+    for (let r = 0; r < k; r++) rows[q * k + r] = classes[q] * k + r;
+  }
+  return rows;
+}
+
 /**
- * `inner`'s calls on the sampled classes: each shard's sampled rows of W gathered on its context,
- * `inner` run on views of the shards as heads of the sampled classes (their dL/dW into the
- * gathered gradient), then each shard's dL/dW zeroed and those rows scattered into it. The
- * shards are the draw's from `first` on (a process holding some of them).
+ * `inner`'s calls on the sampled classes: each shard's sampled rows of W gathered on its context
+ * (all K sub-centers of a sampled class), `inner` run on views of the shards as heads of the
+ * sampled classes (their dL/dW into the gathered gradient), then each shard's dL/dW zeroed and
+ * those rows scattered into it. The shards are the draw's from `first` on (a process holding some
+ * of them).
  */
 export function* sampledCalls<R>(
   shards: readonly HeadShard[],
@@ -215,21 +226,24 @@ export function* sampledCalls<R>(
   first = 0,
 ): Generator<NativeCall, R, void> {
   const views: HeadShard[] = [], index: Ptr[] = [];
-  const { dtype, features: d } = shards[0].head, total = draw.offsets[draw.local.length];
+  const { dtype, features: d, subcenters: K } = shards[0].head;
+  const total = draw.offsets[draw.local.length];
   for (let k = 0; k < shards.length; k++) {
-    const s = shards[k], rows = draw.local[first + k], n = rows.length;
+    const s = shards[k], classes = draw.local[first + k], rows = classRows(classes, K);
+    const n = rows.length;
     const idx = s.scratch("sampleIndex", n * 4);
     const w = s.scratch("sampledW", s.bytes(n * d)), gw = s.scratch("sampledGW", s.bytes(n * d));
     yield s.upload(idx, rows);
-    yield s.op(OPS.gatherRows, { dtype, n: 0, d, c: s.c, k: n }, [idx, s.w, w]);
-    views.push(sampledView(s, w, gw, draw.offsets[first + k], n, total));
+    yield s.op(OPS.gatherRows, { dtype, n: 0, d, c: s.rows, k: n }, [idx, s.w, w]);
+    views.push(sampledView(s, w, gw, draw.offsets[first + k], classes.length, total));
     index.push(idx);
   }
   const r = yield* inner(views);
   for (let k = 0; k < shards.length; k++) {
-    const s = shards[k], n = draw.local[first + k].length;
+    const s = shards[k], n = draw.local[first + k].length * K;
     yield s.axpby(0, null, 0, s.gw);
-    yield s.op(OPS.scatterRows, { dtype, n: 0, d, c: s.c, k: n }, [index[k], views[k].gw, s.gw]);
+    const call = { dtype, n: 0, d, c: s.rows, k: n };
+    yield s.op(OPS.scatterRows, call, [index[k], views[k].gw, s.gw]);
   }
   return r;
 }
