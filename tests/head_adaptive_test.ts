@@ -7,8 +7,12 @@
 // - subcenter: W [C·K, D], steps equal to loss(), shards, predict/evaluate by the best sub-center
 //   against a brute-force reference for every k, a tie between classes to the lower one, the
 //   state and a checkpoint of C·K rows, the seed's rows;
-// - the errors, by name: accumulate, a state without the kind's fields, the weights' size, k; a
-//   skipped step leaves the state;
+// - accumulation for AdaFace and CurricularFace: each micro-batch's statistics its own, the state
+//   moved from one micro-batch to the next, W' from the mean over all their rows (against chained
+//   loss() calls); a skipped applying step leaves the state as before its micro-batches; state()
+//   refused while micro-batches are pending;
+// - the errors, by name: a state without the kind's fields, the weights' size, k; a skipped step
+//   leaves the state;
 // - on CUDA (the emulator in CI): one CUDA backend and a CPU+CUDA list equal the CPU head;
 //   sub-center ArcFace's step refused by name there, its predict equal to the CPU's.
 
@@ -289,8 +293,7 @@ Deno.test("head adaptive: errors name the argument", () => {
   const [ada, cur, mag] = SPECS;
   for (const spec of [ada, cur]) {
     using head = newHead(spec, w);
-    assert.throws(() => head.step(x, labels, { accumulate: true }), /accumulate: .*false/);
-    head.step(x, labels); // still usable
+    head.step(x, labels);
     const st = head.state();
     for (const key of spec.kind === "adaface" ? ["batchMean", "batchStd"] : ["t"]) {
       const { [key]: _, ...options } = st.options as Record<string, unknown>;
@@ -312,6 +315,63 @@ Deno.test("head adaptive: errors name the argument", () => {
   m.step(x, labels, { accumulate: true });
   m.step(x, labels);
 });
+
+for (const spec of SPECS.slice(0, 2)) {
+  Deno.test(`head ${spec.kind}: micro-batches move the state one to the next; W' from their mean`, () => {
+    const w = weights0(20), data = batches(21, 3), total = data.length * N;
+    using head = newHead(spec, w);
+    let o: Spec = { ...spec };
+    const gradW = new Float64Array(C * D);
+    for (const [k, { x, labels }] of data.entries()) {
+      // the micro-batch alone from the state the previous one left: its mean loss and dL/dx
+      const r: Any = loss(x, w, labels, { ...o, backend: "cpu" } as Any);
+      const s = head.step(x, labels, { accumulate: k < data.length - 1 });
+      const at = `${spec.kind} micro-batch ${k + 1}`;
+      assert.ok(Math.abs(s.loss - r.loss) <= 1e-12 * Math.max(1, Math.abs(r.loss)), `${at} loss`);
+      assertClose(s.gradX, r.gradX, 1e-12, `${at} dL/dx`);
+      r.gradW.forEach((g: number, e: number) => gradW[e] += g * N); // its rows' sum
+      const moved: Record<string, number> = {};
+      for (const key of STATE_KEYS) if (r[key] !== undefined) moved[key] = r[key];
+      o = { ...o, ...moved };
+      if (k < data.length - 1) {
+        assert.throws(() => head.state(), /state\(\) during an accumulation/);
+        assert.equal(head.iteration, 0, `${at}: no iteration before the applying step`);
+      }
+    }
+    assertClose(
+      head.weights(),
+      w.map((v, e) => v - LR * gradW[e] / total),
+      1e-12,
+      `${spec.kind} W'`,
+    );
+    assert.equal(head.iteration, 1);
+    const state = stateOf(head);
+    for (const key of Object.keys(state)) {
+      assert.ok(Math.abs(state[key] - (o as Any)[key]) <= 1e-12, `${spec.kind} ${key}`);
+      assert.notEqual(state[key], (spec as Any)[key], `${spec.kind} ${key} moved`);
+    }
+    // under "skip", a bad micro-batch skips the applying step: W and the state stay as before
+    using skip = new MarginHead({
+      classes: C,
+      features: D,
+      dtype: "float64",
+      optimizer: { lr: LR },
+      weights: w,
+      nonFinite: "skip",
+      ...spec,
+    } as Any);
+    const before = stateOf(skip), bad = data[1].x.slice();
+    bad[3] = NaN;
+    skip.step(data[0].x, data[0].labels, { accumulate: true });
+    skip.step(bad, data[1].labels, { accumulate: true });
+    assert.equal(skip.step(data[2].x, data[2].labels).skipped, true);
+    assert.deepEqual(stateOf(skip), before);
+    assert.deepEqual(skip.weights(), w);
+    // the next micro-batches start from the state before the skipped step
+    const r: Any = loss(data[0].x, w, data[0].labels, { ...spec, backend: "cpu" } as Any);
+    assert.equal(skip.step(data[0].x, data[0].labels, { accumulate: true }).loss, r.loss);
+  });
+}
 
 Deno.test({
   name: "head adaptive cuda: one CUDA backend and a CPU+CUDA list equal the CPU head (3 steps); " +

@@ -72,6 +72,8 @@ export class MarginHead {
   #nonFinite: NonFinitePolicy;
   #optimizer: HeadOptimizer;
   #accumulated: Accumulated | null = null; // micro-batches since the last applying step
+  // AdaFace's and CurricularFace's state after the micro-batches so far, kept until they are applied
+  #pending: Float64Array | null = null;
   #closed = false;
   #queue = new CallQueue(); // the steps asked of stepAsync
   #sampler: Sampler | null = null; // sampleRate < 1: the classes of each step
@@ -198,18 +200,16 @@ export class MarginHead {
   *#step(x: FloatArray, labels: Int32Array, st: StepSettings, peers: RankStep | null = null) {
     const n = labels.length, step = this.#iteration + 1;
     const kind = this.#margin.kind, moves = kind === "adaface" || kind === "curricularface";
-    if (moves && st.accumulate) {
-      // One step over the concatenated rows would take its statistics over all of them, which a
-      // micro-batch's dL/dx, returned at once, cannot wait for: no exact accumulation exists.
-      throw new TypeError(
-        `accumulate: expected false with kind "${kind}" (its batch statistics are those of the ` +
-          `whole batch, which an earlier micro-batch's dL/dx would need before its rows come), ` +
-          `got true`,
-      );
-    }
+    // A micro-batch's statistics are its own, and it moves the state the next one starts from,
+    // as the authors' head does under PyTorch's accumulation (one forward per micro-batch).
+    const batch = this.#batch(n, step);
     const b: Batch = moves
-      ? { ...this.#batch(n, step), state: new Float64Array(2) }
-      : this.#batch(n, step);
+      ? {
+        ...batch,
+        margin: { ...batch.margin, ...(this.#pending ? this.#stateFields(this.#pending) : {}) },
+        state: new Float64Array(2),
+      }
+      : batch;
     const gradX = newFloatArray(this.dtype, (peers?.rows ?? n) * this.features);
     const policy = this.#nonFinite, before = this.#accumulated;
     const drawn = this.#draw(labels), draw = drawn?.draw ?? null;
@@ -218,6 +218,8 @@ export class MarginHead {
       const shards = this.#shards;
       const r = yield* accumulateCalls(shards, b, x, labels, gradX, policy, before, draw, peers);
       this.#accumulated = r.accumulated;
+      // A micro-batch with a non-finite row (the applying step skips) leaves the state as it was.
+      if (b.state?.every(Number.isFinite)) this.#pending = b.state;
       if (drawn) this.#sampler!.advance(drawn.state);
       return { loss: r.loss, lambda: b.margin.lambda, gradX, skipped: false, ...sampled };
     }
@@ -227,6 +229,7 @@ export class MarginHead {
     const { loss, skipped } = r;
     if (b.state !== undefined && !skipped) this.#moveState(b.state);
     this.#accumulated = null;
+    this.#pending = null; // a skipped step leaves the state as before its micro-batches
     this.#iteration = step;
     if (skipped) this.#skippedSteps++;
     this.#optimizer.applied(skipped);
@@ -237,11 +240,15 @@ export class MarginHead {
   // The adaptive kinds' state after a step (AdaFace: mean, std; CurricularFace: t) into the
   // margin of the next call and into the options state() records, as the layer carries it.
   #moveState(out: Float64Array): void {
-    const moved: Record<string, number> = this.#margin.kind === "adaface"
-      ? { batchMean: out[0], batchStd: out[1] }
-      : { t: out[0] };
+    const moved = this.#stateFields(out);
     this.#margin = { kind: this.#margin.kind, struct: { ...this.#margin.struct, ...moved } };
     this.#options = { ...this.#options, ...moved };
+  }
+  // The state's fields of the margin (as the options name them) from a call's state_out.
+  #stateFields(out: Float64Array): Record<string, number> {
+    return this.#margin.kind === "adaface"
+      ? { batchMean: out[0], batchStd: out[1] }
+      : { t: out[0] };
   }
 
   // The step's sampled classes (null without sampling) and the sampler's next state; the labels

@@ -166,6 +166,8 @@ export interface StepOptions {
    * and leave W as it is, for the next step without it to apply the sum: the result equals one
    * step on the concatenated batch. The micro-batches belong to that step: its λ, one iteration
    * in all (counted when applied). A micro-batch returns its own mean loss and the dL/dx of it.
+   * AdaFace and CurricularFace take each micro-batch's own batch statistics, each moving the state
+   * the next one starts from (docs/math.md).
    */
   accumulate?: boolean;
 }
