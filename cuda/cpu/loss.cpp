@@ -190,7 +190,10 @@ int32_t loss_run<T>::run(lsm_context *ctx) {
   if ((s = lsm_cpu_workspace(ctx, (size_t)block * per_class, &ws)) != LSM_OK) return s;
   buf = static_cast<T *>(ws);
   if (lsm_elementwise(p.margin.kind)) aux = buf + (size_t)block * n;
-  if (subs > 1) cls = buf + (size_t)block * n;
+  if (subs > 1) {  // cls takes n x block/K of the second half, the winners fit in the rest
+    cls = buf + (size_t)block * n;
+    win = reinterpret_cast<uint16_t *>(cls + (size_t)(block / subs) * n);
+  }
 
   std::vector<double> lse((size_t)n), maxes((size_t)n, -INFINITY), sums((size_t)n, 0.0);
   if (!colscale.empty()) {  // the direct path: one block, the loss and its gradients

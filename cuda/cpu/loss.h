@@ -109,6 +109,7 @@ struct loss_run {
   double t_now = 0.0;            // CurricularFace's updated t
   T *aux = nullptr;              // n x block: d f / d(products) of the element-wise kinds
   T *cls = nullptr;              // n x block/K: sub-center ArcFace's class logits, then exponentials
+  uint16_t *win = nullptr;       // n x block/K: each class's winning sub-center (K <= 65536)
 
   loss_run(lsm_context *ctx, const lsm_loss_problem &q)
       : p(q), x(static_cast<const T *>(q.x)), w(static_cast<const T *>(q.w)), colscale(direct_scales(ctx, q)),

@@ -61,19 +61,25 @@ void loss_run<T>::transform(int64_t c0, int64_t cb) {
 }
 
 // Sub-center ArcFace: row i's class logits into cls (the largest of each class's K products, NaN
-// kept), the target's replaced by its margin logit.
+// kept), the target's replaced by its margin logit, and each class's winning sub-center into win
+// (the lowest on a tie), which its gradient goes to.
 template <typename T>
 void loss_run<T>::class_logits(int64_t i, int64_t c0, int64_t cb) {
   const T *row = buf + i * cb;
   const int64_t cbk = cb / subs;
   T *cr = cls + i * cbk;
+  uint16_t *wr = win + i * cbk;
   for (int64_t j = 0; j < cbk; ++j) {
-    T m = row[j * subs];
+    const T *r = row + j * subs;
+    T m = r[0], best = r[0];
+    int64_t at = 0;
     for (int64_t k = 1; k < subs; ++k) {
-      const T v = row[j * subs + k];
+      const T v = r[k];
       m = (v > m || v != v) ? v : m;
+      if (v > best) best = v, at = k;
     }
     cr[j] = m;
+    wr[j] = (uint16_t)at;
   }
   const int64_t y = local[i] - c0 / subs;
   if (y >= 0 && y < cbk) cr[y] = (T)target[i];
@@ -131,16 +137,9 @@ void loss_run<T>::gradient_classes(int64_t c0, int64_t cb, const double *lse, co
       }
       const int64_t y = local[i] - c0 / subs;
       if (y >= 0 && y < cbk) cr[y] = target_gradient(i, lse[i]);
-      for (int64_t j = 0; j < cbk; ++j) {
-        T *r = row + j * subs;
-        int64_t best = 0;
-        if (j == y) {
-          best = trow[i] - (c0 + j * subs);
-        } else {
-          for (int64_t q = 1; q < subs; ++q) best = r[q] > r[best] ? q : best;
-        }
-        for (int64_t q = 0; q < subs; ++q) r[q] = q == best ? cr[j] : T(0);
-      }
+      const uint16_t *wr = win + i * cbk;
+      std::fill(row, row + cb, T(0));
+      for (int64_t j = 0; j < cbk; ++j) row[j * subs + (j == y ? trow[i] - (c0 + j * subs) : wr[j])] = cr[j];
     }
   });
 }
