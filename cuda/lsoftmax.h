@@ -87,7 +87,7 @@ typedef enum lsm_margin_kind {
   LSM_MARGIN_COSFACE = 2,  /* CosFace / AM-Softmax (CVPR 2018): scale and m3 */
   LSM_MARGIN_ARCFACE = 3,  /* ArcFace (CVPR 2019): scale, m2 and flags (LSM_FLAG_EASY_MARGIN) */
   LSM_MARGIN_COMBINED = 4, /* the combined margin (insightface): scale, m1, m2 and m3 */
-  /* The adaptive margins (docs/math.md; the fused loss only; SUBCENTER on the CPU only): */
+  /* The adaptive margins (docs/math.md; the fused loss only): */
   LSM_MARGIN_SUBCENTER = 5,      /* sub-center ArcFace (ECCV 2020): scale, m2, m = sub-centers K */
   LSM_MARGIN_ADAFACE = 6,        /* AdaFace (CVPR 2022): scale, m2, h, t_alpha, batch_mean, batch_std */
   LSM_MARGIN_CURRICULARFACE = 7, /* CurricularFace (CVPR 2020): scale, m2, t_alpha, t */

@@ -110,7 +110,7 @@ $(EMU_NCCL): $(EMU_DIR)/nccl_stand_in.cpp | $(EMU_BUILD)
 
 # The CUDA suites again with the products through cuBLAS's stand-in.
 EMU_CUBLAS_TESTS := tests/cublas_test.ts tests/bf16_test.ts tests/tf32_test.ts tests/cuda_test.ts tests/head_test.ts \
-                    tests/adam_test.ts tests/adaptive_test.ts
+                    tests/adam_test.ts tests/adaptive_test.ts tests/subcenter_cuda_test.ts
 
 # The Deno suite against the emulated CUDA backend; scripts/test-suite.sh ends with the kernel
 # launches the library logged at exit (none at all means the CUDA path was never reached).

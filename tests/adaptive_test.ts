@@ -388,10 +388,5 @@ Deno.test({
         loss(x, w, p.labels, { ...o, backend: "cuda", workspace: 64 << 20 } as never);
       }
     }
-    const s = SPECS[0], p = problem(82, 4, 3, 2, s);
-    assert.throws(
-      () => run(p.x, p.w, p.labels, s, { backend: "cuda" }),
-      /sub-center ArcFace is not available on the CUDA backend yet/,
-    );
   },
 });

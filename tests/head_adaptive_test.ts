@@ -14,7 +14,7 @@
 // - the errors, by name: a state without the kind's fields, the weights' size, k; a skipped step
 //   leaves the state;
 // - on CUDA (the emulator in CI): one CUDA backend and a CPU+CUDA list equal the CPU head;
-//   sub-center ArcFace's step refused by name there, its predict equal to the CPU's.
+//   sub-center ArcFace's step and predict equal to the CPU's.
 
 import assert from "node:assert/strict";
 import { loss, MarginHead } from "../mod.ts";
@@ -397,10 +397,13 @@ Deno.test({
         }
       }
     }
-    // sub-center ArcFace: no CUDA step yet (named), but predict by the best sub-center
+    // sub-center ArcFace: a step as the CPU head's, and predict by the best sub-center
     const w = randomArray(new Rng(14), C * K * D), [{ x, labels }] = batches(15, 1);
     using cpu = newHead(SUB, w), cuda = newHead(SUB, w, "cuda");
-    assert.throws(() => cuda.step(x, labels), /margin\.kind: sub-center ArcFace/);
+    const a = cpu.step(x, labels), b = cuda.step(x, labels);
+    assert.ok(Math.abs(a.loss - b.loss) <= 1e-10 * Math.max(1, a.loss), "sub-center step: loss");
+    assertClose(b.gradX, a.gradX, 1e-10, "sub-center step: dL/dx", maxAbs(a.gradX));
+    assertClose(cuda.weights(), cpu.weights(), 1e-10, "sub-center step: W", 1);
     for (const k of [1, 3]) {
       assert.deepEqual(cuda.predict(x, { k }).indices, cpu.predict(x, { k }).indices, `k ${k}`);
     }

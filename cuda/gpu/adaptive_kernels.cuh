@@ -1,7 +1,8 @@
-// gpu/adaptive_kernels.cuh: the fused loss's kernels for AdaFace, CurricularFace and MagFace
-// (docs/math.md), the CPU backend's cpu/loss.cpp pre-pass and element transform step for step:
-// the rows' norms, the state (one thread, the rows in order) and the per-row quantities, the
-// non-target transform and its derivative, and MagFace's regulariser on the row losses. The math
+// gpu/adaptive_kernels.cuh: the fused loss's kernels for the adaptive kinds (docs/math.md), the
+// CPU backend's cpu/loss.cpp pre-pass and element transform step for step: the rows' norms, the
+// state (one thread, the rows in order) and the per-row quantities, the non-target transform and
+// its derivative, MagFace's regulariser on the row losses, and sub-center ArcFace's class logits
+// and the scatter of their gradients onto the winning sub-centers (cpu/loss_blocks.cpp). The math
 // is math/margin.cuh's.
 #ifndef LSOFTMAX_ADAPTIVE_KERNELS_CUH
 #define LSOFTMAX_ADAPTIVE_KERNELS_CUH
@@ -112,6 +113,43 @@ __global__ void magface_rows(const int32_t *local, const double *mag_a, lsm_marg
     const double g = mg.lambda_g * lsm_magface_g(mg, mag_a[i]);
     if (row_loss != nullptr) row_loss[i] += g;
     if (row_target != nullptr) row_target[i] -= g;
+  }
+}
+
+// Sub-center ArcFace: a block's class logits zc (n x cb/K) from its products z (n x cb, class j's
+// K sub-centers at columns jK ... jK + K - 1), each the largest of its K (lsm_subcenter_max); the
+// target's column is read from target[] wherever it is used, as for the other kinds. A thread per
+// (row, class).
+template <typename T>
+__global__ void subcenter_classes(const T *z, T *zc, int n, int cb, int subs) {
+  const int cbk = cb / subs;
+  const int64_t total = (int64_t)n * cbk;
+  const int64_t step = (int64_t)gridDim.x * blockDim.x;
+  for (int64_t e = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; e < total; e += step) {
+    const int i = (int)(e / cbk), j = (int)(e % cbk);
+    zc[e] = lsm_subcenter_max(z + (int64_t)i * cb + (int64_t)j * subs, (int64_t)subs);
+  }
+}
+
+// Sub-center ArcFace: the block's class gradients gc (n x cb/K) onto its rows, in place of the
+// products z: each class's to its winning sub-center, 0 to the other K - 1. The target's winner is
+// the pre-pass's (trow[i], a row of W; the block starts at row c0, a multiple of K), another
+// class's the largest of its products in z (lsm_subcenter_best), read before the thread overwrites
+// them. A thread per (row, class).
+template <typename T>
+__global__ void subcenter_scatter(T *z, const T *gc, int n, int cb, int c0, int subs, const int32_t *local,
+                                  const int32_t *trow) {
+  const int cbk = cb / subs;
+  const int64_t total = (int64_t)n * cbk;
+  const int64_t step = (int64_t)gridDim.x * blockDim.x;
+  for (int64_t e = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; e < total; e += step) {
+    const int i = (int)(e / cbk), j = (int)(e % cbk);
+    T *r = z + (int64_t)i * cb + (int64_t)j * subs;
+    const bool target = local[i] >= 0 && local[i] - c0 / subs == j;
+    const int64_t best =
+        target ? (int64_t)trow[i] - ((int64_t)c0 + (int64_t)j * subs) : lsm_subcenter_best(r, (int64_t)subs);
+    const T g = gc[e];
+    for (int q = 0; q < subs; ++q) r[q] = q == best ? g : T(0);
   }
 }
 

@@ -19,6 +19,12 @@
 // into the workspace: W^, and scale x^ for the normalised kinds) and project the gradients back
 // (project_rows) before the corrections, as the op does: O(n d + c d) more, nothing over n x c.
 //
+// Sub-center ArcFace (K > 1 rows of W per class) blocks whole classes: the products of a block's
+// rows make its class logits (subcenter_classes, n x cb/K beside the block), which the
+// log-sum-exp and the gradient kernels take as the other kinds' logits; the class gradients then
+// go back onto the rows, each to its class's winning sub-center (subcenter_scatter), and the
+// products and the corrections (at the target's winning row) run on the rows as for the others.
+//
 // Blocks of whole rows (all n rows, cb classes) keep the products as large as the op's own; the
 // chunked reduction keeps every SM busy whatever n is.
 #include <cuda_runtime.h>
@@ -71,20 +77,25 @@ int32_t loss(lsm_context *ctx, const lsm_loss_problem &p) {
   const bool gradients = p.stage == LSM_LOSS_GRADIENTS || (p.stage == LSM_LOSS_FULL && gx != nullptr);
 
   // Class blocks of n x block logits within the limit; chunks of one row of a block per CUDA block.
-  // Blocks of equal size: the last one, kept for the gradients, is as large as any.
-  // The element-wise kinds keep their derivatives (zd) beside the block.
+  // Blocks of equal size: the last one, kept for the gradients, is as large as any. The
+  // element-wise kinds keep their derivatives (zd) beside the block, sub-center ArcFace its class
+  // logits (zc); its blocks are of whole classes, K rows each, sized as the CPU backend's.
   const bool elementwise = lsm_elementwise(p.margin.kind);
-  const size_t per_class = (size_t)n * sizeof(T) * (elementwise ? 2 : 1);
-  const int limit = (int)std::max<int64_t>(1, std::min<int64_t>(c, (int64_t)(ctx->workspace_limit / per_class)));
-  const int block = ceil_div(c, ceil_div(c, limit));
-  const int chunk = std::max(kChunkColumns, ceil_div(block, 65535));
-  const int max_chunks = ceil_div(block, chunk);
+  const int subs = (int)lsm_subcenters(p.margin), classes = c / subs;
+  const size_t per_class = (size_t)n * sizeof(T) * (elementwise || subs > 1 ? 2 : 1);
+  const int limit =
+      (int)std::max<int64_t>(1, std::min<int64_t>(classes, (int64_t)(ctx->workspace_limit / per_class / subs)));
+  const int block = ceil_div(classes, ceil_div(classes, limit)) * subs;  // rows of W
+  const int columns = block / subs;  // the logits of a block per row: its classes
+  const int chunk = std::max(kChunkColumns, ceil_div(columns, 65535));
+  const int max_chunks = ceil_div(columns, chunk);
 
   // The workspace: per-row arrays, the chunk pairs, the bad-label slot, then the logits block.
   int32_t *local;
   char *inputs;
   double *target, *g_target, *maxes, *sums, *lse, *factor, *part_m, *part_s, *smooth, *seen, *part_a, *part_w;
-  T *shift, *z, *zd;
+  T *shift, *z, *zd, *zc;
+  int32_t *trow;
   double *rowq, *mag, *cos_y, *thresh, *state;
   lsm_correction *coef;
   lsm_ce_row *factors;
@@ -116,6 +127,8 @@ int32_t loss(lsm_context *ctx, const lsm_loss_problem &p) {
       thresh = r.take<double>(n), state = r.take<double>(2);
     }
     if (elementwise) zd = r.take<T>((int64_t)n * block);
+    zc = nullptr, trow = nullptr;
+    if (subs > 1) zc = r.take<T>((int64_t)n * columns), trow = r.take<int32_t>(n);
     return r.used;
   };
   void *mem = nullptr;
@@ -151,8 +164,8 @@ int32_t loss(lsm_context *ctx, const lsm_loss_problem &p) {
   } else if (curricular) {
     own_cos = cos_y, own_thresh = thresh;
   }
-  LSM_LAUNCH(loss_targets<T>, sample_blocks, kSampleBlock, s, x, w, p.labels, n, d, c, p.args.class_offset,
-             p.args.total_classes, p.margin, ce, local, target, factors, bad, q, own_cos, own_thresh);
+  LSM_LAUNCH(loss_targets<T>, sample_blocks, kSampleBlock, s, x, w, p.labels, n, d, c, subs, p.args.class_offset,
+             p.args.total_classes, p.margin, ce, local, target, factors, bad, q, own_cos, own_thresh, trow);
   if (p.stage == LSM_LOSS_TARGETS) {
     LSM_CUDA_TRY(ctx, cudaGetLastError());
     return check_bad_label(ctx, p.labels, p.n, p.args.total_classes, bad);
@@ -160,6 +173,9 @@ int32_t loss(lsm_context *ctx, const lsm_loss_problem &p) {
   if (curricular) LSM_LAUNCH(adaptive_state, 1, 1, s, p.margin, n, nullptr, row_cos, state);
   const device_inputs<T> in = normalise_inputs<T>(ctx, p.margin, x, w, n, d, c, inputs);
 
+  // The logits the softmax sees: the products z, or sub-center ArcFace's class logits zc (a
+  // block's classes start at c0 / K).
+  T *const lz = subs > 1 ? zc : z;
   gemm_args<T> logits = {};  // z = x W_b^T for the block at c0 (B and N set per block)
   logits.M = n, logits.K = d;
   logits.A = in.x, logits.lda = d, logits.vec_a = vectorizable<T>(in.x, d);
@@ -173,16 +189,19 @@ int32_t loss(lsm_context *ctx, const lsm_loss_problem &p) {
     if (elementwise)
       LSM_LAUNCH(adaptive_transform<T>, blocks_for((int64_t)n * cb, kSampleBlock), kSampleBlock, s, z, zd, n, cb, c0,
                  local, p.margin, row_thresh, state);
+    if (subs > 1)
+      LSM_LAUNCH(subcenter_classes<T>, blocks_for((int64_t)n * (cb / subs), kSampleBlock), kSampleBlock, s, z, zc, n,
+                 cb, subs);
   };
 
   const double *row_lse = p.lse;
   if (p.stage != LSM_LOSS_GRADIENTS) {
     for (int c0 = 0; c0 < c; c0 += block) {
-      const int cb = std::min(block, c - c0);
-      const int chunks = ceil_div(cb, chunk);
+      const int cb = std::min(block, c - c0), cbk = cb / subs;
+      const int chunks = ceil_div(cbk, chunk);
       make_logits(c0, cb);
-      LSM_LAUNCH(loss_chunk_lse<T>, dim3((unsigned int)n, (unsigned int)chunks), kRowBlock, s, z, cb, c0, chunk,
-                 local, target, weights, part_m, part_s, part_a, part_w);
+      LSM_LAUNCH(loss_chunk_lse<T>, dim3((unsigned int)n, (unsigned int)chunks), kRowBlock, s, lz, cbk, c0 / subs,
+                 chunk, local, target, weights, part_m, part_s, part_a, part_w);
       LSM_LAUNCH(loss_fold, row_blocks, kSampleBlock, s, part_m, part_s, part_a, part_w, n, chunks, c0 == 0, maxes,
                  sums, smooth, seen);
     }
@@ -196,10 +215,13 @@ int32_t loss(lsm_context *ctx, const lsm_loss_problem &p) {
     LSM_LAUNCH(loss_shifts<T>, row_blocks, kSampleBlock, s, row_lse, n, factors, shift, factor);
     const int last = (c - 1) / block * block;
     for (int c0 = last; c0 >= 0; c0 -= block) {
-      const int cb = std::min(block, c - c0);
+      const int cb = std::min(block, c - c0), cbk = cb / subs;
       if (p.stage == LSM_LOSS_GRADIENTS || c0 != last) make_logits(c0, cb);
-      LSM_LAUNCH(loss_gradient<T>, blocks_for((int64_t)n * cb, kSampleBlock), kSampleBlock, s, z, n, cb, c0, local,
-                 target, row_lse, shift, factor, factors, ce, weights, g_target);
+      LSM_LAUNCH(loss_gradient<T>, blocks_for((int64_t)n * cbk, kSampleBlock), kSampleBlock, s, lz, n, cbk, c0 / subs,
+                 local, target, row_lse, shift, factor, factors, ce, weights, g_target);
+      if (subs > 1)
+        LSM_LAUNCH(subcenter_scatter<T>, blocks_for((int64_t)n * cbk, kSampleBlock), kSampleBlock, s, z, zc, n, cb, c0,
+                   subs, local, trow);
       if (elementwise)
         LSM_LAUNCH(adaptive_scale<T>, blocks_for((int64_t)n * cb, kSampleBlock), kSampleBlock, s, z, zd,
                    (int64_t)n * cb);
@@ -218,8 +240,8 @@ int32_t loss(lsm_context *ctx, const lsm_loss_problem &p) {
     }
     project_gradients<T>(ctx, p.margin, x, w, n, d, c, gx, gw);
     if (!lsm_plain_margin(p.margin)) {
-      LSM_LAUNCH(loss_target_x<T>, sample_blocks, kSampleBlock, s, x, w, local, g_target, n, d, p.margin, gx, coef,
-                 q, kind == LSM_MARGIN_MAGFACE ? mag : nullptr, p.args.grad_scale);
+      LSM_LAUNCH(loss_target_x<T>, sample_blocks, kSampleBlock, s, x, w, local, trow, g_target, n, d, p.margin, gx,
+                 coef, q, kind == LSM_MARGIN_MAGFACE ? mag : nullptr, p.args.grad_scale);
       launch_target_w<T>(ctx, x, w, coef, n, d, c, gw);
     }
   }
@@ -237,10 +259,6 @@ int32_t loss(lsm_context *ctx, const lsm_loss_problem &p) {
 }  // namespace
 
 int32_t lsm_cuda_loss(lsm_context *ctx, const lsm_loss_problem &p) {
-  if (p.margin.kind == LSM_MARGIN_SUBCENTER)
-    return lsm_fail(ctx, LSM_ERR_UNAVAILABLE,
-                    std::string("margin.kind: ") + lsm_kind_of(p.margin.kind)->name +
-                        " is not available on the CUDA backend yet (the CPU backend serves it)");
   const int32_t s = activate(ctx);
   if (s != LSM_OK) return s;
   return p.dtype == LSM_FLOAT32 ? loss<float>(ctx, p) : loss<double>(ctx, p);

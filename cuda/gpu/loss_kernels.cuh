@@ -57,12 +57,14 @@ __global__ void loss_check_weights(const double *weights, int total, int *bad_we
 // row's gradient coefficients (factors[i], math/ce.cuh) and the margin target logit (target[i],
 // float64). Bad labels are recorded and never used as an index. One warp per sample, as
 // forward_target. The target is rounded to T (lsm_softmax_target): the value the log-sum-exp, the
-// loss and dL/df_iy all use.
+// loss and dL/df_iy all use. Sub-center ArcFace (subs = K > 1; c = C K rows): the target's
+// statistics are those of the label's sub-center of largest cosine (the lowest on a tie), whose
+// row of W goes to trow[i].
 template <typename T>
-__global__ void loss_targets(const T *x, const T *w, const int32_t *labels, int n, int d, int c, int64_t offset,
-                             int64_t total, lsm_margin margin, lsm_ce ce, int32_t *local, double *target,
-                             lsm_ce_row *factors, int *bad_label, const double *rowq, double *cos_y,
-                             double *thresh) {
+__global__ void loss_targets(const T *x, const T *w, const int32_t *labels, int n, int d, int c, int subs,
+                             int64_t offset, int64_t total, lsm_margin margin, lsm_ce ce, int32_t *local,
+                             double *target, lsm_ce_row *factors, int *bad_label, const double *rowq, double *cos_y,
+                             double *thresh, int32_t *trow) {
   const int lane = threadIdx.x % kWarp;
   const int warps = (int)(gridDim.x * blockDim.x / kWarp);
   for (int i = (int)((blockIdx.x * blockDim.x + threadIdx.x) / kWarp); i < n; i = next_index(i, warps, n)) {
@@ -72,13 +74,20 @@ __global__ void loss_targets(const T *x, const T *w, const int32_t *labels, int 
     if (!valid && !ignored && lane == 0) atomicMin(bad_label, i);
     if (lane == 0) factors[i] = valid || ignored ? lsm_ce_row_of(ce, label) : lsm_ce_row{0.0, 0.0, 0.0, 0.0};
     const int64_t y = valid && !ignored ? label - offset : -1;
-    if (y < 0 || y >= c) {  // a bad or ignored label, or one of another shard's classes
+    if (y < 0 || y >= c / subs) {  // a bad or ignored label, or one of another shard's classes
       if (lane == 0) local[i] = ignored ? LSM_CE_IGNORED : -1, target[i] = 0.0;
       continue;
     }
-    const lsm_stats s = warp_stats(x + (int64_t)i * d, w + y * d, d, lane, margin);
+    const T *xi = x + (int64_t)i * d;
+    int64_t best = y * subs;
+    lsm_stats s = warp_stats(xi, w + best * d, d, lane, margin);
+    for (int k = 1; k < subs; ++k) {  // the totals, so the choice, are the same on every lane
+      const lsm_stats sk = warp_stats(xi, w + (y * subs + k) * d, d, lane, margin);
+      if (sk.c > s.c) s = sk, best = y * subs + k;
+    }
     const double q = rowq == nullptr ? 0.0 : rowq[i];  // the adaptive kinds' per-row quantity
     if (lane == 0) local[i] = (int32_t)y, target[i] = lsm_softmax_target<T>(lsm_target_logit(s, margin, q));
+    if (lane == 0 && trow != nullptr) trow[i] = (int32_t)best;
     if (lane == 0 && cos_y != nullptr) cos_y[i] = s.c, thresh[i] = lsm_curricular_threshold(s, margin);
   }
 }
@@ -229,23 +238,25 @@ __global__ void loss_gradient(T *z, int n, int cb, int c0, const int32_t *local,
 
 // The margin's corrections of grad_x after the products (one warp per sample, as
 // backward_target_x), with dL/df_iy from g_target and the label within the shard; the records go
-// to coef for backward_target_w.
+// to coef for backward_target_w. trow (sub-center ArcFace, else null): the target's row of W,
+// where the label's class holds K rows.
 template <typename T>
-__global__ void loss_target_x(const T *x, const T *w, const int32_t *local, const double *g_target, int n, int d,
-                              lsm_margin margin, T *grad_x, lsm_correction *coef, const double *rowq,
-                              const double *mag, double grad_scale) {
+__global__ void loss_target_x(const T *x, const T *w, const int32_t *local, const int32_t *trow,
+                              const double *g_target, int n, int d, lsm_margin margin, T *grad_x,
+                              lsm_correction *coef, const double *rowq, const double *mag, double grad_scale) {
   const int lane = threadIdx.x % kWarp;
   const int warps = (int)(gridDim.x * blockDim.x / kWarp);
   for (int i = (int)((blockIdx.x * blockDim.x + threadIdx.x) / kWarp); i < n; i = next_index(i, warps, n)) {
     const int y = local[i];
+    const int row = y < 0 ? 0 : (trow == nullptr ? y : trow[i]);
     lsm_correction r = lsm_no_correction();
     const T *xi = x + (int64_t)i * d;
-    const T *wy = w + (int64_t)(y < 0 ? 0 : y) * d;
+    const T *wy = w + (int64_t)row * d;
     const double q = rowq == nullptr ? 0.0 : rowq[i];
     lsm_stats st = {};
     if (y >= 0 && !lsm_plain_margin(margin)) {
       st = warp_stats(xi, wy, d, lane, margin);
-      r = lsm_target_correction(g_target[i], st, margin, y, q);
+      r = lsm_target_correction(g_target[i], st, margin, row, q);
     }
     if (lane == 0) coef[i] = r;
     if (r.label >= 0) correct_row_x(r, xi, wy, d, lane, grad_x + (int64_t)i * d);

@@ -92,4 +92,20 @@ LSM_HD double lsm_curricular_nontarget(double c, double threshold, double t, dou
   return c;
 }
 
+// Sub-center ArcFace's class logit from its K sub-centers' products v[0], ..., v[K-1]: the largest,
+// a NaN kept (it must poison the row, not be skipped).
+template <typename T>
+LSM_HD T lsm_subcenter_max(const T *v, int64_t k) {
+  T m = v[0];
+  for (int64_t q = 1; q < k; ++q) m = (v[q] > m || v[q] != v[q]) ? v[q] : m;
+  return m;
+}
+// The sub-center a non-target class's gradient goes to: the largest product, the lowest on a tie.
+template <typename T>
+LSM_HD int64_t lsm_subcenter_best(const T *v, int64_t k) {
+  int64_t best = 0;
+  for (int64_t q = 1; q < k; ++q) best = v[q] > v[best] ? q : best;
+  return best;
+}
+
 #endif  // LSOFTMAX_MARGIN_ADAPTIVE_CUH

@@ -193,9 +193,11 @@ void loss_case(lsm_context *cpu, lsm_context *gpu, const shape &s, int margin, i
 // targets first) in class blocks of `block` classes, on the CPU backend and on the CUDA backend in
 // buffers of the tensors' exact sizes; each backend's shard calls give its one call's results
 // (MagFace's regulariser on the partials' target), and the CUDA backend's equal the CPU's.
-// Sub-center ArcFace: the CPU alone (the CUDA backend reports it unavailable).
+// Sub-center ArcFace (K = 3 rows a class; `ties`: each class's last two sub-centers equal, so the
+// lower of the two takes every gradient and the other none).
 template <typename T>
-void adaptive_case(lsm_context *cpu, lsm_context *gpu, const shape &s, int32_t kind, int64_t block) {
+void adaptive_case(lsm_context *cpu, lsm_context *gpu, const shape &s, int32_t kind, int64_t block,
+                   bool ties = false) {
   const int32_t dtype = sizeof(T) == 4 ? LSM_FLOAT32 : LSM_FLOAT64;
   lsm_margin mg = {};
   mg.kind = kind, mg.scale = 16.0, mg.m2 = 0.5;
@@ -207,7 +209,7 @@ void adaptive_case(lsm_context *cpu, lsm_context *gpu, const shape &s, int32_t k
   const size_t n = (size_t)s.n, nd = (size_t)(s.n * s.d), rd = (size_t)(rows * s.d), e = sizeof(T);
   const std::string name = std::string("adaptive kind ") + std::to_string(kind) + (sizeof(T) == 4 ? " f32" : " f64") +
                            " n=" + std::to_string(s.n) + " d=" + std::to_string(s.d) + " c=" + std::to_string(s.c) +
-                           " block=" + std::to_string(block);
+                           " block=" + std::to_string(block) + (ties ? " ties" : "");
   ++g_cases;
   std::vector<T> x(nd), w(rd);
   std::vector<int32_t> labels(n);
@@ -215,13 +217,13 @@ void adaptive_case(lsm_context *cpu, lsm_context *gpu, const shape &s, int32_t k
   for (auto &v : w) v = (T)uniform();
   for (size_t i = 0; i < n; ++i) labels[i] = (int32_t)((uniform() + 1.0) * 0.5 * (double)s.c) % (int32_t)s.c;
   if (s.d > 1) std::fill(x.begin(), x.begin() + s.d, T(0));  // a zero row
+  for (int64_t r = 2; ties && r < rows; r += 3) std::copy_n(w.begin() + (r - 1) * s.d, s.d, w.begin() + r * s.d);
   // Per backend: [0] row_loss, [1] lse - target of the partials; grad_x, grad_w of the one call and the shard calls.
   std::vector<double> rows_out[2][2], state[2];
   std::vector<T> gx[2][2], gw[2][2];
   const double tol = sizeof(T) == 4 ? 2e-4 : 1e-10;
   bool ok = true;
-  const int backends = kind == LSM_MARGIN_SUBCENTER ? 1 : 2;
-  for (int b = 0; b < backends && ok; ++b) {
+  for (int b = 0; b < 2 && ok; ++b) {
     lsm_context *ctx = b == 0 ? cpu : gpu;
     state[b].assign(2, 0.0);
     for (auto &r : rows_out[b]) r.assign(n, 0.0);
@@ -265,20 +267,15 @@ void adaptive_case(lsm_context *cpu, lsm_context *gpu, const shape &s, int32_t k
     ok = ok && close(rows_out[b][1], rows_out[b][0], tol, name + " partials' row losses") &&
          close(gx[b][1], gx[b][0], tol, name + " shard grad_x") && close(gw[b][1], gw[b][0], tol, name + " shard grad_w");
   }
-  if (ok && backends == 2)
+  if (ok)
     ok = close(rows_out[1][0], rows_out[0][0], tol, name + " row_loss") && close(state[1], state[0], tol, name + " state") &&
          close(gx[1][0], gx[0][0], tol, name + " grad_x") && close(gw[1][0], gw[0][0], tol, name + " grad_w");
-  if (ok && backends == 1) {  // sub-center ArcFace on CUDA: unavailable, with a message, and usable after
-    const double one[3] = {1.0, 1.0, 1.0};
-    const int32_t zero = 0;
-    void *dx = upload(gpu, one, 8), *dw = upload(gpu, one, 24), *dl = upload(gpu, &zero, 4), *dr = upload(gpu, nullptr, 8);
-    lsm_loss_args none = {};
-    none.total_classes = 1, none.grad_scale = 1.0;
-    ok = dx && dw && dl && dr &&
-         lsm_loss(gpu, LSM_FLOAT64, 1, 1, 3, &mg, &none, dx, dw, static_cast<const int32_t *>(dl),
-                  static_cast<double *>(dr), nullptr, nullptr) == LSM_ERR_UNAVAILABLE;
-    for (void *q : {dx, dw, dl, dr}) lsm_free(gpu, q);
-    if (!ok) printf("FAIL %s: the CUDA backend took sub-center ArcFace\n", name.c_str());
+  for (int b = 0; b < 2 && ok && ties; ++b) {  // the tied twin (row 3j + 2) never wins, on either backend
+    for (int64_t r = 2; r < rows && ok; r += 3)
+      for (int64_t k = 0; k < s.d && ok; ++k) ok = gw[b][0][(size_t)(r * s.d + k)] == T(0);
+    if (!ok)
+      printf("FAIL %s: %s backend: a tied sub-center above the lowest took a gradient\n", name.c_str(),
+             b == 0 ? "CPU" : "CUDA");
   }
   if (!ok) ++g_failures;
 }
@@ -570,6 +567,10 @@ int main(int argc, char **argv) {
         adaptive_case<float>(cpu, gpu, s, kind, block);
         adaptive_case<double>(cpu, gpu, s, kind, block);
       }
+    }
+    for (int64_t block : {s.c, (int64_t)2}) {
+      adaptive_case<float>(cpu, gpu, s, LSM_MARGIN_SUBCENTER, block, true);
+      adaptive_case<double>(cpu, gpu, s, LSM_MARGIN_SUBCENTER, block, true);
     }
   }
   bad_label(gpu);
