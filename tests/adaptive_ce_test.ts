@@ -326,15 +326,6 @@ Deno.test("adaptive ce: a larger batch (threads, several blocks) against the ref
   }
 });
 
-// The options the CUDA kernels of the adaptive kinds do not follow yet, refused there by name:
-// AdaFace's and CurricularFace's statistics over the counted rows, MagFace's weighted regulariser
-// and its partials' carry with smoothing.
-function refusedOnCuda(o: AdaptiveSpec, ce: CrossEntropySpec, shards: boolean): boolean {
-  if (o.kind === "adaface" || o.kind === "curricularface") return ce.ignoreIndex !== undefined;
-  return o.kind === "magface" &&
-    (ce.classWeights !== undefined || ((ce.labelSmoothing ?? 0) > 0 && shards));
-}
-
 Deno.test({
   name: "adaptive ce cuda: AdaFace, CurricularFace and MagFace with the options equal the CPU",
   ignore: !cudaAvailable,
@@ -357,15 +348,6 @@ Deno.test({
               const what = `${o.kind} ${f32 ? "f32" : "f64"} ${name} ${reduction} ${
                 JSON.stringify(extra)
               }`;
-              const shards = "backend" in extra;
-              if (refusedOnCuda(o, ce, shards)) {
-                assert.throws(
-                  () => run(x, w, ys, o, { ...opts, backend: "cuda", ...extra }),
-                  /args: .* is not available on the CUDA backend yet \(the CPU backend serves it\)/,
-                  what,
-                );
-                continue;
-              }
               try {
                 const cuda = run(x, w, ys, o, { ...opts, backend: "cuda", ...extra });
                 assertClose([cuda.loss], [cpu.loss], tol, `${what}: loss`);

@@ -208,13 +208,9 @@ Deno.test({
   ignore: !cudaAvailable,
   fn: () => {
     for (const o of SPECS.slice(1)) {
-      // what the CUDA kernels follow (loss()'s refusals: adaptive_ce_test.ts)
-      const ce = o.kind === "magface"
-        ? { labelSmoothing: 0.1, ignoreIndex: -100 }
-        : { labelSmoothing: 0.1, classWeights: CLASS_WEIGHTS };
-      for (const [what, extra] of [["options", ce], ["sampling", { sampleRate: 0.5 }]] as const) {
+      for (const [what, extra] of [["options", CE], ["sampling", { sampleRate: 0.5 }]] as const) {
         const w = randomArray(new Rng(10), C * D);
-        const data = batches(11, 3, o.kind === "magface" && what === "options");
+        const data = batches(11, 3, what === "options");
         using cpu = newHead(o, w, extra), cuda = newHead(o, w, { ...extra, backend: "cuda" });
         for (const { x, labels } of data) {
           const a = cpu.step(x, labels), b = cuda.step(x, labels), at = `${o.kind} ${what}`;

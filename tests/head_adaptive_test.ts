@@ -369,7 +369,8 @@ for (const spec of SPECS.slice(0, 2)) {
     assert.deepEqual(skip.weights(), w);
     // the next micro-batches start from the state before the skipped step
     const r: Any = loss(data[0].x, w, data[0].labels, { ...spec, backend: "cpu" } as Any);
-    assert.equal(skip.step(data[0].x, data[0].labels, { accumulate: true }).loss, r.loss);
+    const again = skip.step(data[0].x, data[0].labels, { accumulate: true }).loss;
+    assert.ok(Math.abs(again - r.loss) <= 1e-12 * Math.max(1, Math.abs(r.loss)), "after the skip");
   });
 }
 

@@ -217,23 +217,6 @@ int32_t check_loss(lsm_context *ctx, const lsm_loss_problem &p) {
                         " <= total_classes <= " + str(LSM_MAX_ELEMENTS) + ", got class_offset " +
                         str(a.class_offset) + ", " + (subs > 1 ? "c/K " : "c ") + str(classes) + ", total_classes " +
                         str(a.total_classes));
-  // The CUDA kernels of the adaptive kinds do not follow these options' rules yet (docs/math.md,
-  // The adaptive margins): AdaFace's and CurricularFace's statistics over the counted rows alone,
-  // MagFace's regulariser weighted as the row's target and carried in its partials past 1 - eps.
-  if (ctx->backend != LSM_BACKEND_CPU) {
-    const int32_t kind = p.margin.kind;
-    const char *what = nullptr;
-    if ((kind == LSM_MARGIN_ADAFACE || kind == LSM_MARGIN_CURRICULARFACE) && (a.flags & LSM_LOSS_IGNORE) != 0)
-      what = "an ignored label";
-    else if (kind == LSM_MARGIN_MAGFACE && a.class_weights != nullptr)
-      what = "class weights";
-    else if (kind == LSM_MARGIN_MAGFACE && a.label_smoothing > 0.0 && p.stage == LSM_LOSS_PARTIALS)
-      what = "label smoothing on class shards";
-    if (what != nullptr)
-      return lsm_fail(ctx, LSM_ERR_UNAVAILABLE,
-                      std::string("args: ") + what + " with " + lsm_kind_of(kind)->name +
-                          " is not available on the CUDA backend yet (the CPU backend serves it)");
-  }
   if (!isfinite(a.grad_scale))
     return lsm_fail(ctx, LSM_ERR_INVALID_ARGUMENT, "args.grad_scale: expected a finite number, got " + num(a.grad_scale));
   if (a.reserved != 0) return lsm_fail(ctx, LSM_ERR_INVALID_ARGUMENT, "args.reserved: expected 0");

@@ -62,7 +62,7 @@ void loss_run<T>::transform(int64_t c0, int64_t cb) {
 
 // Sub-center ArcFace: row i's class logits into cls (the largest of each class's K products, NaN
 // kept), the target's replaced by its margin logit, and each class's winning sub-center into win
-// (the lowest on a tie), which its gradient goes to.
+// (the lowest on a tie), which its gradient goes to (math/margin_adaptive.cuh).
 template <typename T>
 void loss_run<T>::class_logits(int64_t i, int64_t c0, int64_t cb) {
   const T *row = buf + i * cb;
@@ -70,16 +70,8 @@ void loss_run<T>::class_logits(int64_t i, int64_t c0, int64_t cb) {
   T *cr = cls + i * cbk;
   uint16_t *wr = win + i * cbk;
   for (int64_t j = 0; j < cbk; ++j) {
-    const T *r = row + j * subs;
-    T m = r[0], best = r[0];
-    int64_t at = 0;
-    for (int64_t k = 1; k < subs; ++k) {
-      const T v = r[k];
-      m = (v > m || v != v) ? v : m;
-      if (v > best) best = v, at = k;
-    }
-    cr[j] = m;
-    wr[j] = (uint16_t)at;
+    cr[j] = lsm_subcenter_max(row + j * subs, subs);
+    wr[j] = (uint16_t)lsm_subcenter_best(row + j * subs, subs);
   }
   const int64_t y = local[i] - c0 / subs;
   if (y >= 0 && y < cbk) cr[y] = (T)target[i];

@@ -8,6 +8,7 @@
 #define LSOFTMAX_ADAPTIVE_KERNELS_CUH
 
 #include "gpu/target_kernels.cuh"
+#include "math/ce.cuh"
 
 namespace lsm_kernels {
 
@@ -36,25 +37,32 @@ __global__ void adaptive_lengths(const T *x, int n, int d, double *len) {
 }
 
 // The state, by one thread, summing the rows in order as the CPU backend does (the same sums, no
-// barrier; n such terms are nothing next to the products). AdaFace: the clipped norms' mean and
-// unbiased std from len (|x_i|) to the updated moving averages; CurricularFace: the updated t
-// from the target cosines cos_y. Into state[0], state[1].
-__global__ void adaptive_state(lsm_margin mg, int n, const double *len, const double *cos_y, double *state) {
+// barrier; n such terms are nothing next to the products), over the rows not ignored (an ignored
+// row is left out of the batch). AdaFace: the clipped norms' mean and unbiased std from len
+// (|x_i|) to the updated moving averages; CurricularFace: the updated t from the target cosines
+// cos_y. Into state[0], state[1]; with no row counted, the state as it was.
+__global__ void adaptive_state(lsm_margin mg, lsm_ce ce, const int32_t *labels, int n, const double *len,
+                               const double *cos_y, double *state) {
   if (blockIdx.x != 0 || threadIdx.x != 0) return;
+  int64_t rows = 0;
+  for (int i = 0; i < n; ++i) rows += lsm_ce_ignored(ce, labels[i]) ? 0 : 1;
   if (mg.kind == LSM_MARGIN_CURRICULARFACE) {
     double sum = 0.0;
-    for (int i = 0; i < n; ++i) sum += cos_y[i];
-    state[0] = lsm_curricular_update(mg, sum / (double)n), state[1] = 0.0;
+    for (int i = 0; i < n; ++i)
+      if (!lsm_ce_ignored(ce, labels[i])) sum += cos_y[i];
+    state[0] = lsm_curricular_update_rows(mg, sum, rows), state[1] = 0.0;
     return;
   }
   double sum = 0.0, sq = 0.0, mu, sigma;
-  for (int i = 0; i < n; ++i) sum += lsm_adaface_norm(len[i]);
-  const double mean = sum / (double)n;
+  for (int i = 0; i < n; ++i)
+    if (!lsm_ce_ignored(ce, labels[i])) sum += lsm_adaface_norm(len[i]);
+  const double mean = rows == 0 ? 0.0 : sum / (double)rows;
   for (int i = 0; i < n; ++i) {
+    if (lsm_ce_ignored(ce, labels[i])) continue;
     const double a = lsm_adaface_norm(len[i]);
     sq += (a - mean) * (a - mean);
   }
-  lsm_adaface_update(mg, mean, sq, n, &mu, &sigma);
+  lsm_adaface_update(mg, mean, sq, rows, &mu, &sigma);
   state[0] = mu, state[1] = sigma;
 }
 
@@ -103,16 +111,17 @@ __global__ void adaptive_scale(T *z, const T *zd, int64_t total) {
   for (int64_t e = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; e < total; e += step) z[e] *= zd[e];
 }
 
-// MagFace: the label owner's regulariser lambda_g g(a_i) onto its row loss, and off its target
-// partial (so that lse - target is the row's loss).
-__global__ void magface_rows(const int32_t *local, const double *mag_a, lsm_margin mg, int n, double *row_loss,
-                             double *row_target) {
+// MagFace: the label owner's regulariser lambda_g g(a_i), weighted as its row's target (w_y), onto
+// its row loss, and off its target partial divided by 1 - eps (so that the partials' (1 - eps)
+// w_y (lse - target) carries it), as cpu/loss.cpp does.
+__global__ void magface_rows(const int32_t *local, const double *mag_a, const lsm_ce_row *factors, lsm_ce ce,
+                             lsm_margin mg, int n, double *row_loss, double *row_target) {
   const int step = (int)(gridDim.x * blockDim.x);
   for (int i = (int)(blockIdx.x * blockDim.x + threadIdx.x); i < n; i = next_index(i, step, n)) {
     if (local[i] < 0) continue;
     const double g = mg.lambda_g * lsm_magface_g(mg, mag_a[i]);
-    if (row_loss != nullptr) row_loss[i] += g;
-    if (row_target != nullptr) row_target[i] -= g;
+    if (row_loss != nullptr) row_loss[i] += factors[i].wy * g;
+    if (row_target != nullptr) row_target[i] -= g / ce.keep;
   }
 }
 

@@ -151,7 +151,8 @@ int32_t loss(lsm_context *ctx, const lsm_loss_problem &p) {
   const double *q = kind == LSM_MARGIN_ADAFACE || kind == LSM_MARGIN_MAGFACE ? rowq : nullptr;
   if (q != nullptr) {
     LSM_LAUNCH(adaptive_lengths<T>, sample_blocks, kSampleBlock, s, x, n, d, rowq);
-    if (kind == LSM_MARGIN_ADAFACE) LSM_LAUNCH(adaptive_state, 1, 1, s, p.margin, n, rowq, nullptr, state);
+    if (kind == LSM_MARGIN_ADAFACE)
+      LSM_LAUNCH(adaptive_state, 1, 1, s, p.margin, ce, p.labels, n, rowq, nullptr, state);
     LSM_LAUNCH(adaptive_rows, row_blocks, kSampleBlock, s, p.margin, n, rowq, mag, state);
   }
   double *own_cos = nullptr, *own_thresh = nullptr;
@@ -162,6 +163,9 @@ int32_t loss(lsm_context *ctx, const lsm_loss_problem &p) {
   } else if (curricular && p.args.row_targets != nullptr) {
     row_cos = p.args.row_targets, row_thresh = p.args.row_targets + n;
   } else if (curricular) {
+    // an ignored row's stay 0: loss_targets writes only the counted rows'
+    LSM_CUDA_TRY(ctx, cudaMemsetAsync(cos_y, 0, (size_t)n * sizeof(double), s));
+    LSM_CUDA_TRY(ctx, cudaMemsetAsync(thresh, 0, (size_t)n * sizeof(double), s));
     own_cos = cos_y, own_thresh = thresh;
   }
   LSM_LAUNCH(loss_targets<T>, sample_blocks, kSampleBlock, s, x, w, p.labels, n, d, c, subs, p.args.class_offset,
@@ -170,7 +174,7 @@ int32_t loss(lsm_context *ctx, const lsm_loss_problem &p) {
     LSM_CUDA_TRY(ctx, cudaGetLastError());
     return check_bad_label(ctx, p.labels, p.n, p.args.total_classes, bad);
   }
-  if (curricular) LSM_LAUNCH(adaptive_state, 1, 1, s, p.margin, n, nullptr, row_cos, state);
+  if (curricular) LSM_LAUNCH(adaptive_state, 1, 1, s, p.margin, ce, p.labels, n, nullptr, row_cos, state);
   const device_inputs<T> in = normalise_inputs<T>(ctx, p.margin, x, w, n, d, c, inputs);
 
   // The logits the softmax sees: the products z, or sub-center ArcFace's class logits zc (a
@@ -208,7 +212,8 @@ int32_t loss(lsm_context *ctx, const lsm_loss_problem &p) {
     LSM_LAUNCH(loss_rows, row_blocks, kSampleBlock, s, maxes, sums, smooth, local, target, factors, ce, n, lse,
                p.row_loss, p.row_max, p.row_sum, p.target, p.row_smooth);
     if (kind == LSM_MARGIN_MAGFACE)
-      LSM_LAUNCH(magface_rows, row_blocks, kSampleBlock, s, local, mag, p.margin, n, p.row_loss, p.target);
+      LSM_LAUNCH(magface_rows, row_blocks, kSampleBlock, s, local, mag, factors, ce, p.margin, n, p.row_loss,
+                 p.target);
     row_lse = lse;
   }
   if (gradients) {
@@ -241,7 +246,7 @@ int32_t loss(lsm_context *ctx, const lsm_loss_problem &p) {
     project_gradients<T>(ctx, p.margin, x, w, n, d, c, gx, gw);
     if (!lsm_plain_margin(p.margin)) {
       LSM_LAUNCH(loss_target_x<T>, sample_blocks, kSampleBlock, s, x, w, local, trow, g_target, n, d, p.margin, gx,
-                 coef, q, kind == LSM_MARGIN_MAGFACE ? mag : nullptr, p.args.grad_scale);
+                 coef, q, kind == LSM_MARGIN_MAGFACE ? mag : nullptr, factors, p.args.grad_scale);
       launch_target_w<T>(ctx, x, w, coef, n, d, c, gw);
     }
   }

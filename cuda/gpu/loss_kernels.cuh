@@ -243,7 +243,8 @@ __global__ void loss_gradient(T *z, int n, int cb, int c0, const int32_t *local,
 template <typename T>
 __global__ void loss_target_x(const T *x, const T *w, const int32_t *local, const int32_t *trow,
                               const double *g_target, int n, int d, lsm_margin margin, T *grad_x,
-                              lsm_correction *coef, const double *rowq, const double *mag, double grad_scale) {
+                              lsm_correction *coef, const double *rowq, const double *mag,
+                              const lsm_ce_row *factors, double grad_scale) {
   const int lane = threadIdx.x % kWarp;
   const int warps = (int)(gridDim.x * blockDim.x / kWarp);
   for (int i = (int)((blockIdx.x * blockDim.x + threadIdx.x) / kWarp); i < n; i = next_index(i, warps, n)) {
@@ -263,7 +264,7 @@ __global__ void loss_target_x(const T *x, const T *w, const int32_t *local, cons
     // MagFace's magnitude (mag: a_i, dm_i, inside, n each), as cpu/loss.cpp's corrections.
     if (mag == nullptr || y < 0 || mag[2 * n + i] == 0.0 || lsm_degenerate(st)) continue;
     const double da = g_target[i] * margin.scale * lsm_magface_dphi_dm(st, q) * mag[n + i] +
-                      grad_scale * margin.lambda_g * lsm_magface_dg(margin, mag[i]);
+                      grad_scale * factors[i].wy * margin.lambda_g * lsm_magface_dg(margin, mag[i]);
     const double f = da * st.px * st.ux;
     T *gxi = grad_x + (int64_t)i * d;
     for (int k = lane; k < d; k += kWarp) gxi[k] = (T)((double)gxi[k] + f * (double)xi[k]);

@@ -78,12 +78,7 @@ function stateOf(head: MarginHead): Record<string, number> {
 let K = 1, R = 0;
 for (const spec of SPECS) {
   if (spec.kind === "subcenter" && backend !== "cpu") continue; // the CPU backend's alone so far
-  // on CUDA the options its kernels follow (the others are refused by name: adaptive_ce_test.ts)
-  const ce = backend === "cpu"
-    ? CE
-    : spec.kind === "magface"
-    ? { ignoreIndex: CE.ignoreIndex }
-    : { labelSmoothing: CE.labelSmoothing, classWeights: CE.classWeights };
+  const ce = CE;
   for (const [what, extra] of [["options", ce], ["sampling", { sampleRate: 0.5 }]] as const) {
     const options = {
       classes: C,
