@@ -20,12 +20,13 @@ work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
 # The CUDA-path tests: all of them for the unmutated kernels, and for a mutant those of its header
 # (each header's kernels run in its tests; MUTANT_TESTS overrides both).
-all_tests="tests/cuda_test.ts tests/tf32_test.ts tests/gradient_test.ts tests/loss_test.ts tests/margins_test.ts tests/head_test.ts"
+all_tests="tests/cuda_test.ts tests/tf32_test.ts tests/gradient_test.ts tests/loss_test.ts tests/margins_test.ts tests/head_test.ts
+  tests/subcenter_cuda_test.ts"
 tests_of() {
   if [ -n "${MUTANT_TESTS:-}" ]; then echo "$MUTANT_TESTS"; return; fi
   case $1 in
     cuda/gpu/gemm_kernels.cuh) echo "tests/cuda_test.ts tests/tf32_test.ts tests/loss_test.ts" ;;
-    cuda/gpu/loss_kernels.cuh) echo "tests/loss_test.ts tests/margins_test.ts" ;;
+    cuda/gpu/loss_kernels.cuh) echo "tests/loss_test.ts tests/margins_test.ts tests/subcenter_cuda_test.ts" ;;
     cuda/gpu/optim_kernels.cuh) echo "tests/head_test.ts" ;;
     *) echo "tests/cuda_test.ts tests/gradient_test.ts tests/margins_test.ts tests/loss_test.ts" ;;
   esac
