@@ -135,6 +135,9 @@ async function main(): Promise<void> {
   ].join("\n");
   console.log(`\n${table}\n\ntotal ${clock(total)}`);
   if (!args.out) return;
+  // The step at which λ = 1000 (1 + 0.01 t)^-3 reaches each floor.
+  const floors = [1, 5].map((f) => `${f} by step ${Math.round(100 * (Math.cbrt(1000 / f) - 1))}`)
+    .join(", ");
   const md = [
     `# Fashion-MNIST: the sweep behind the demo's settings`,
     ``,
@@ -142,7 +145,8 @@ async function main(): Promise<void> {
     `[the demo](fashion_mnist.md) (the same function), at 64 features, ${epochs} epochs, one seed ` +
     `(0), ${setup.data.train.n} training and ${setup.data.test.n} test images, in ${tfjsName()}, ` +
     `over a grid per kind: L-Softmax's margin m and the floor of its λ schedule (λ anneals from ` +
-    `1000 to the floor by step 900 of ${Math.floor(setup.data.train.n / setup.batch) * epochs}), ` +
+    `1000 as (1 + 0.01 t)^-3 to the floor: ${floors} of ` +
+    `${Math.floor(setup.data.train.n / setup.batch) * epochs}), ` +
     `and the scale s × margin m of ArcFace, AdaFace (the authors' h 0.333, α 0.01, moving ` +
     `averages from 20 and 100) and sub-center ArcFace (K = ${SUBCENTERS}), each also at the ` +
     `authors' s = 64 and margin. The best of each kind in bold. One seed: differences smaller ` +
