@@ -4,6 +4,8 @@
 #   make example    build, then run examples/train.ts
 #   make demo       build, set up Fashion-MNIST, then train the TensorFlow.js demo
 #                   (examples/fashion_mnist.ts): docs/fashion_mnist.md and its SVGs
+#   make demo-sweep the grid of settings behind the demo's (examples/demo_sweep.ts, about 15
+#                   minutes on 2 cores, niced): docs/fashion_mnist_sweep.md
 #   make test       set up what is missing, build, then fmt/lint/type checks, the linkage check,
 #                   the Deno tests, the build without the CUDA toolkit (test-nocuda), and the same
 #                   tests with the CUDA kernels on the CPU execution layer (test-emu)
@@ -64,7 +66,7 @@ endif
 CUDA_SRC := gpu/backend gpu/blas gpu/op gpu/loss gpu/optim gpu/gather gpu/nccl
 CUDA_OBJ := $(if $(HAVE_NVCC),$(patsubst %,$(BUILD)/obj/%.o,$(CUDA_SRC)),$(BUILD)/obj/gpu/none.o)
 
-.PHONY: all example demo demo-distributed test check check-linkage test-nocuda test-mpi bench perf-table clean setup setup-host
+.PHONY: all example demo demo-sweep demo-distributed test check check-linkage test-nocuda test-mpi bench perf-table clean setup setup-host
 
 all: $(LIB)
 
@@ -104,6 +106,13 @@ demo: setup $(LIB)
 	$(WITH_LIB) $(DENO) run --allow-ffi --allow-env --allow-read \
 	  --allow-write=docs examples/fashion_mnist.ts
 	$(DENO) fmt docs/fashion_mnist.md
+
+# The demo's sweep, niced: it is long and the machine may be shared.
+demo-sweep: setup $(LIB)
+	scripts/setup.sh dataset
+	$(WITH_LIB) nice -n 10 $(DENO) run --allow-ffi --allow-env --allow-read \
+	  --allow-write=docs examples/demo_sweep.ts
+	$(DENO) fmt docs/fashion_mnist_sweep.md
 
 check: setup-host
 	$(DENO) fmt --check

@@ -25,10 +25,15 @@ export interface FeaturePlot {
   points: Float32Array;
   /** The class of each feature. */
   labels: Int32Array;
-  /** The class weights, [C, 2] row-major: each is drawn as a ray along its direction. */
+  /**
+   * The class weights, [C K, 2] row-major (K = `subcenters`): each row is drawn as a ray along
+   * its direction in its class's colour, rows jK to jK + K - 1 being class j's.
+   */
   weights: Float32Array;
   /** The C class names, for the legend. */
   classes: string[];
+  /** The rows of `weights` per class (sub-center ArcFace's K); 1 by default. */
+  subcenters?: number;
 }
 
 // Tableau's ten colours (matplotlib's default cycle), one per class.
@@ -50,7 +55,9 @@ function escape(s: string): string {
 }
 
 /** The SVG document of a feature plot (480 × 520 pixels, with its legend on the right). */
-export function featurePlot({ title, points, labels, weights, classes }: FeaturePlot): string {
+export function featurePlot(
+  { title, points, labels, weights, classes, subcenters = 1 }: FeaturePlot,
+): string {
   const size = 400, pad = 40, cx = pad + size / 2, cy = 40 + size / 2;
   // Scale so that 99% of the points fit: a few far outliers should not shrink the picture.
   const radii = Array.from(labels, (_, i) => Math.hypot(points[2 * i], points[2 * i + 1]))
@@ -72,9 +79,9 @@ export function featurePlot({ title, points, labels, weights, classes }: Feature
     out.push(`<circle cx="${px(x)}" cy="${py(y)}" r="1.6" fill="${COLOURS[labels[i] % 10]}"/>`);
   }
   out.push(`</g>`);
-  for (let j = 0; j < classes.length; j++) {
+  for (let j = 0; j < classes.length * subcenters; j++) {
     const wx = weights[2 * j], wy = weights[2 * j + 1], n = Math.hypot(wx, wy) || 1;
-    const colour = COLOURS[j % 10];
+    const colour = COLOURS[Math.floor(j / subcenters) % 10];
     out.push(
       `<line x1="${cx}" y1="${cy}" x2="${px((r * wx) / n)}" y2="${py((r * wy) / n)}" ` +
         `stroke="${colour}" stroke-width="2.5"/>`,
