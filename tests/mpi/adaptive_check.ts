@@ -12,25 +12,12 @@
 import assert from "node:assert/strict";
 import { MarginHead } from "../../mod.ts";
 import { randomArray, randomLabels, Rng } from "../helpers.ts";
+import { SPECS } from "../adaptive_specs.ts";
 
 const backend = (Deno.env.get("BACKEND") ?? "cpu") as "cpu" | "cuda" | "cuda:0";
 const distributed = (Deno.env.get("DISTRIBUTED") ?? "mpi") as "mpi" | "nccl";
 const C = 11, D = 5;
 
-const SPECS = [
-  { kind: "subcenter", scale: 8, margin: 0.5, subcenters: 3 },
-  { kind: "adaface", scale: 8, margin: 0.4, h: 0.333, tAlpha: 0.3, batchMean: 1.5, batchStd: 0.5 },
-  { kind: "curricularface", scale: 8, margin: 0.5, tAlpha: 0.3, t: 0.2 },
-  {
-    kind: "magface",
-    scale: 8,
-    lowerMargin: 0.45,
-    upperMargin: 0.8,
-    lowerNorm: 1,
-    upperNorm: 3,
-    lambdaG: 2,
-  },
-] as const;
 const CE = {
   labelSmoothing: 0.1,
   classWeights: Float64Array.from({ length: C }, (_, j) => 0.5 + 0.1 * j),
