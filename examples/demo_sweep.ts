@@ -25,6 +25,7 @@ import {
   train,
   type Training,
 } from "./fashion_mnist.ts";
+import { parseDemoArgs } from "./demo_args.ts";
 import { clock } from "./progress.ts";
 
 /** The grid: each kind's runs, named by their settings. */
@@ -78,36 +79,8 @@ function grid(): { kind: string; setting: string; run: Run }[] {
   return rows;
 }
 
-interface Args {
-  quick: boolean;
-  data: string;
-  out?: string;
-  backend?: string;
-}
-
-function parseArgs(argv: string[]): Args {
-  const args: Args = {
-    quick: false,
-    data: Deno.env.get("FASHION_MNIST_DIR") ?? "/usr/share/datasets/fashion-mnist",
-  };
-  for (let i = 0; i < argv.length; i++) {
-    const a = argv[i];
-    const value = () => {
-      if (i + 1 >= argv.length) throw new Error(`${a}: expected a value after it`);
-      return argv[++i];
-    };
-    if (a === "--quick") args.quick = true;
-    else if (a === "--data") args.data = value();
-    else if (a === "--out") args.out = value();
-    else if (a === "--backend") args.backend = value();
-    else throw new Error(`unknown argument ${a} (expected --quick, --data, --out, --backend)`);
-  }
-  if (!args.quick) args.out ??= "docs";
-  return args;
-}
-
 async function main(): Promise<void> {
-  const args = parseArgs(Deno.args);
+  const args = parseDemoArgs(Deno.args);
   const setup = await setUp(args.data, args.quick, args.backend);
   const epochs = args.quick ? 1 : 5;
   const start = performance.now();

@@ -22,6 +22,7 @@ import * as tf from "@tensorflow/tfjs";
 import "@tensorflow/tfjs-backend-wasm";
 import type { LayerOptions } from "../mod.ts";
 import { MarginLoss, marginLoss, type MarginLossOptions } from "../tfjs.ts";
+import { type DemoArgs, parseDemoArgs } from "./demo_args.ts";
 import { featurePlot } from "./feature_plot.ts";
 import { readIdx } from "./idx.ts";
 import { clock, Progress } from "./progress.ts";
@@ -99,45 +100,22 @@ const RUNS: Run[] = [
   },
 ];
 
-interface Args {
-  quick: boolean;
-  data: string;
-  out?: string;
-  backend?: string;
+interface Args extends DemoArgs {
   only?: string[];
   seeds?: number;
 }
 
 function parseArgs(argv: string[]): Args {
-  const args: Args = {
-    quick: false,
-    data: Deno.env.get("FASHION_MNIST_DIR") ?? "/usr/share/datasets/fashion-mnist",
-  };
-  for (let i = 0; i < argv.length; i++) {
-    const a = argv[i];
-    const value = () => {
-      if (i + 1 >= argv.length) throw new Error(`${a}: expected a value after it`);
-      return argv[++i];
-    };
-    if (a === "--quick") args.quick = true;
-    else if (a === "--data") args.data = value();
-    else if (a === "--out") args.out = value();
-    else if (a === "--backend") args.backend = value();
-    else if (a === "--only") args.only = value().split(",");
-    else if (a === "--seeds") {
-      const n = Number(value());
+  return parseDemoArgs<Args>(argv, {
+    "--only": (args, value) => args.only = value().split(","),
+    "--seeds": (args, value) => {
+      const v = value(), n = Number(v);
       if (!Number.isInteger(n) || n < 1) {
-        throw new Error(`--seeds: expected an integer >= 1, got ${argv[i]}`);
+        throw new Error(`--seeds: expected an integer >= 1, got ${v}`);
       }
       args.seeds = n;
-    } else {
-      throw new Error(
-        `unknown argument ${a} (expected --quick, --data, --out, --backend, --only, --seeds)`,
-      );
-    }
-  }
-  if (!args.quick) args.out ??= "docs";
-  return args;
+    },
+  });
 }
 
 /** One split of the dataset: the images as bytes and their labels. */
