@@ -84,165 +84,10 @@ function arcTarget(c: number, sin: number, m: number): number {
 }
 
 /**
- * The loss of an adaptive kind over x [n, d], w [rows, d]; `frozen` replaces the constants the
- * gradient holds fixed (their values at the unperturbed point).
- */
-export function referenceAdaptive(
-  x: Float64Array,
-  w: Float64Array,
-  labels: Int32Array,
-  d: number,
-  o: AdaptiveSpec,
-  frozen: Frozen = {},
-): ReferenceResult {
-  const n = labels.length, rows = w.length / d;
-  const K = o.kind === "subcenter" ? o.subcenters! : 1;
-  const C = rows / K, s = o.scale;
-  const out: ReferenceResult = { loss: 0, rows: [], frozen: {} };
-  const cos: number[][] = [], sinY: number[] = [], zeroY: boolean[] = [];
-  const best: number[] = [];
-  for (let i = 0; i < n; i++) {
-    const row: number[] = [];
-    for (let j = 0; j < C; j++) {
-      let bc = -Infinity, bk = 0, bs = 1, bz = false;
-      for (let k = 0; k < K; k++) {
-        const p = pair(x, w, i, j * K + k, d);
-        if (p.c > bc) bc = p.c, bk = k, bs = p.sin, bz = p.zero;
-      }
-      const at = i * C + j;
-      if (frozen.best !== undefined) {
-        bk = frozen.best[at];
-        const p = pair(x, w, i, j * K + bk, d);
-        bc = p.c, bs = p.sin, bz = p.zero;
-      }
-      best[at] = bk;
-      row.push(bc);
-      if (j === labels[i]) sinY[i] = bs, zeroY[i] = bz;
-    }
-    cos.push(row);
-  }
-  out.frozen.best = best;
-  const f: number[][] = cos.map((r) => r.map((c) => s * c));
-  const extra = new Array(n).fill(0);
-  if (o.kind === "subcenter") {
-    for (let i = 0; i < n; i++) {
-      f[i][labels[i]] = s * arcTarget(cos[i][labels[i]], sinY[i], o.margin!);
-    }
-  } else if (o.kind === "adaface") {
-    const a = [];
-    for (let i = 0; i < n; i++) a.push(clamp(length(x, i * d, d), 0.001, 100));
-    const meanB = a.reduce((p, q) => p + q, 0) / n;
-    const stdB = n >= 2 ? Math.sqrt(a.reduce((p, q) => p + (q - meanB) ** 2, 0) / (n - 1)) : 0;
-    const mu = o.tAlpha! * meanB + (1 - o.tAlpha!) * o.batchMean!;
-    const sigma = o.tAlpha! * stdB + (1 - o.tAlpha!) * o.batchStd!;
-    out.batchMean = mu, out.batchStd = sigma;
-    const z = frozen.z ?? a.map((ai) => clamp(o.h! * (ai - mu) / (sigma + EPS_ADA), -1, 1));
-    out.frozen.z = z;
-    const m = o.margin!;
-    for (let i = 0; i < n; i++) {
-      for (let j = 0; j < C; j++) f[i][j] = s * clamp(cos[i][j], -1 + EPS_ADA, 1 - EPS_ADA);
-      const cy = clamp(cos[i][labels[i]], -1 + EPS_ADA, 1 - EPS_ADA);
-      const phi = clamp(Math.acos(cy) - m * z[i], EPS_ADA, Math.PI - EPS_ADA);
-      f[i][labels[i]] = s * (Math.cos(phi) - m - m * z[i]);
-    }
-  } else if (o.kind === "curricularface") {
-    const m = o.margin!;
-    let sum = 0;
-    for (let i = 0; i < n; i++) sum += cos[i][labels[i]];
-    const t = frozen.t ?? o.tAlpha! * (sum / n) + (1 - o.tAlpha!) * o.t!;
-    out.t = t;
-    out.frozen.t = t;
-    const hard: boolean[] = [];
-    for (let i = 0; i < n; i++) {
-      const cy = cos[i][labels[i]];
-      const T = cy * Math.cos(m) - sinY[i] * Math.sin(m);
-      for (let j = 0; j < C; j++) {
-        const h = frozen.hard ? frozen.hard[i * C + j] : cos[i][j] > T;
-        hard.push(h);
-        if (j !== labels[i] && h) f[i][j] = s * cos[i][j] * (t + cos[i][j]);
-      }
-      f[i][labels[i]] = s * arcTarget(cy, sinY[i], m);
-    }
-    out.frozen.hard = hard;
-  } else {
-    const la = o.lowerNorm!, ua = o.upperNorm!, lm = o.lowerMargin!, um = o.upperMargin!;
-    for (let i = 0; i < n; i++) {
-      const a = clamp(length(x, i * d, d), la, ua);
-      const mi = lm + (um - lm) * (a - la) / (ua - la);
-      const cy = cos[i][labels[i]];
-      if (cy > 0) {
-        f[i][labels[i]] = s * (cy * Math.cos(mi) - sinY[i] * Math.sin(mi));
-      }
-      extra[i] = o.lambdaG! * (a / (ua * ua) + 1 / a);
-    }
-  }
-  for (let i = 0; i < n; i++) {
-    let mx = -Infinity;
-    for (const v of f[i]) mx = Math.max(mx, v);
-    let se = 0;
-    for (const v of f[i]) se += Math.exp(v - mx);
-    const l = mx + Math.log(se) - f[i][labels[i]] + extra[i];
-    out.rows.push(l);
-    out.loss += l / n;
-  }
-  return out;
-}
-
-/**
- * Central differences of the reference loss in every element of x and w (step h relative to
- * the element's row), with the constants frozen at the unperturbed point.
- */
-export function referenceGradients(
-  x: Float64Array,
-  w: Float64Array,
-  labels: Int32Array,
-  d: number,
-  o: AdaptiveSpec,
-  h = 1e-6,
-): { gx: Float64Array; gw: Float64Array } {
-  const base = referenceAdaptive(x, w, labels, d, o);
-  const frozen = base.frozen;
-  const diff = (v: Float64Array) => {
-    const g = new Float64Array(v.length);
-    for (let e = 0; e < v.length; e++) {
-      const row = Math.floor(e / d);
-      const step = h * Math.max(1e-3, length(v, row * d, d));
-      const keep = v[e];
-      v[e] = keep + step;
-      const up = referenceAdaptive(x, w, labels, d, o, frozen).loss;
-      v[e] = keep - step;
-      const down = referenceAdaptive(x, w, labels, d, o, frozen).loss;
-      v[e] = keep;
-      g[e] = (up - down) / (2 * step);
-    }
-    return g;
-  };
-  return { gx: diff(x), gw: diff(w) };
-}
-
-/** The cross-entropy options of torch's F.cross_entropy, as loss() takes them. */
-export interface CrossEntropySpec {
-  labelSmoothing?: number;
-  classWeights?: Float64Array;
-  ignoreIndex?: number;
-}
-
-/** The reference with cross-entropy options: the reduced loss, the row losses, the state. */
-export interface ReferenceCEResult {
-  /** The reduced loss ("none": the sum of the row losses, whose gradients the library gives). */
-  loss: number;
-  /** Row losses, 0 for an ignored row. */
-  rows: number[];
-  frozen: Frozen;
-  batchMean?: number;
-  batchStd?: number;
-  t?: number;
-}
-
-/**
  * An adaptive kind's logits f [n][C] over the rows given (the rows the loss counts), MagFace's
  * regulariser λ_g g_i per row, the constants and the updated state: the spec's forward pass, with
- * every batch statistic over these rows (none: the state as it was).
+ * every batch statistic over these rows (none: the state as it was). Both losses below start
+ * from it.
  */
 function adaptiveLogits(
   x: Float64Array,
@@ -251,11 +96,11 @@ function adaptiveLogits(
   d: number,
   o: AdaptiveSpec,
   frozen: Frozen,
-): { f: number[][]; g: number[]; out: ReferenceCEResult } {
+): { f: number[][]; g: number[]; out: ReferenceResult } {
   const n = labels.length, rows = w.length / d;
   const K = o.kind === "subcenter" ? o.subcenters! : 1;
   const C = rows / K, s = o.scale;
-  const out: ReferenceCEResult = { loss: 0, rows: [], frozen: {} };
+  const out: ReferenceResult = { loss: 0, rows: [], frozen: {} };
   const cos: number[][] = [], sinY: number[] = [], best: number[] = [];
   for (let i = 0; i < n; i++) {
     const row: number[] = [];
@@ -334,6 +179,83 @@ function adaptiveLogits(
     }
   }
   return { f, g, out };
+}
+
+/**
+ * The loss of an adaptive kind over x [n, d], w [rows, d]; `frozen` replaces the constants the
+ * gradient holds fixed (their values at the unperturbed point).
+ */
+export function referenceAdaptive(
+  x: Float64Array,
+  w: Float64Array,
+  labels: Int32Array,
+  d: number,
+  o: AdaptiveSpec,
+  frozen: Frozen = {},
+): ReferenceResult {
+  const n = labels.length;
+  const { f, g: extra, out } = adaptiveLogits(x, w, labels, d, o, frozen);
+  for (let i = 0; i < n; i++) {
+    let mx = -Infinity;
+    for (const v of f[i]) mx = Math.max(mx, v);
+    let se = 0;
+    for (const v of f[i]) se += Math.exp(v - mx);
+    const l = mx + Math.log(se) - f[i][labels[i]] + extra[i];
+    out.rows.push(l);
+    out.loss += l / n;
+  }
+  return out;
+}
+
+/**
+ * Central differences of the reference loss in every element of x and w (step h relative to
+ * the element's row), with the constants frozen at the unperturbed point.
+ */
+export function referenceGradients(
+  x: Float64Array,
+  w: Float64Array,
+  labels: Int32Array,
+  d: number,
+  o: AdaptiveSpec,
+  h = 1e-6,
+): { gx: Float64Array; gw: Float64Array } {
+  const base = referenceAdaptive(x, w, labels, d, o);
+  const frozen = base.frozen;
+  const diff = (v: Float64Array) => {
+    const g = new Float64Array(v.length);
+    for (let e = 0; e < v.length; e++) {
+      const row = Math.floor(e / d);
+      const step = h * Math.max(1e-3, length(v, row * d, d));
+      const keep = v[e];
+      v[e] = keep + step;
+      const up = referenceAdaptive(x, w, labels, d, o, frozen).loss;
+      v[e] = keep - step;
+      const down = referenceAdaptive(x, w, labels, d, o, frozen).loss;
+      v[e] = keep;
+      g[e] = (up - down) / (2 * step);
+    }
+    return g;
+  };
+  return { gx: diff(x), gw: diff(w) };
+}
+
+/** The cross-entropy options of torch's F.cross_entropy, as loss() takes them. */
+export interface CrossEntropySpec {
+  labelSmoothing?: number;
+  classWeights?: Float64Array;
+  ignoreIndex?: number;
+}
+
+/** The reference with cross-entropy options: the reduced loss, the row losses, the state. */
+export interface ReferenceCEResult {
+  /** The reduced loss ("none": the sum of the row losses, whose gradients the library gives). */
+  loss: number;
+  /** Row losses, 0 for an ignored row. */
+  rows: number[];
+  frozen: Frozen;
+  batchMean?: number;
+  batchStd?: number;
+  t?: number;
 }
 
 /**
