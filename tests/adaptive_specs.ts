@@ -1,5 +1,6 @@
-// adaptive_specs.ts: the adaptive kinds' options the cross-entropy tests share (in process and
-// across ranks), small scales so that every clip and fallback is reached at a few rows.
+// adaptive_specs.ts: the adaptive kinds' options the tests share (the loss's and the head's, with
+// and without cross-entropy options, in process and across ranks), small scales so that every
+// clip and fallback is reached at a few rows.
 
 import type { AdaptiveSpec } from "./reference_adaptive.ts";
 

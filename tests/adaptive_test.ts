@@ -10,6 +10,7 @@
 
 import assert from "node:assert/strict";
 import { forward, LargeMarginSoftmax, loss } from "../mod.ts";
+import { rowsPerClass, SPECS } from "./adaptive_specs.ts";
 import { cudaAvailable } from "./check.ts";
 import {
   allFinite,
@@ -21,23 +22,6 @@ import {
   toF32,
 } from "./helpers.ts";
 import { type AdaptiveSpec, referenceAdaptive, referenceGradients } from "./reference_adaptive.ts";
-
-const SPECS: AdaptiveSpec[] = [
-  { kind: "subcenter", scale: 8, margin: 0.5, subcenters: 3 },
-  { kind: "adaface", scale: 8, margin: 0.4, h: 0.333, tAlpha: 0.3, batchMean: 1.5, batchStd: 0.5 },
-  { kind: "curricularface", scale: 8, margin: 0.5, tAlpha: 0.3, t: 0.2 },
-  {
-    kind: "magface",
-    scale: 8,
-    lowerMargin: 0.45,
-    upperMargin: 0.8,
-    lowerNorm: 1,
-    upperNorm: 3,
-    lambdaG: 2,
-  },
-];
-
-const rowsPerClass = (o: AdaptiveSpec) => (o.kind === "subcenter" ? o.subcenters! : 1);
 
 // deno-lint-ignore no-explicit-any
 type Result = any;

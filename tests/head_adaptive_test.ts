@@ -18,25 +18,15 @@
 
 import assert from "node:assert/strict";
 import { loss, MarginHead } from "../mod.ts";
+import { SPECS as ADAPTIVE_SPECS } from "./adaptive_specs.ts";
 import { cudaAvailable } from "./check.ts";
 import { assertClose, maxAbs, randomArray, randomLabels, Rng } from "./helpers.ts";
 
 const N = 6, D = 5, C = 7, LR = 0.1;
 
 type Spec = Record<string, unknown> & { kind: string };
-const SPECS: Spec[] = [
-  { kind: "adaface", scale: 8, margin: 0.4, h: 0.333, tAlpha: 0.3, batchMean: 1.5, batchStd: 0.5 },
-  { kind: "curricularface", scale: 8, margin: 0.5, tAlpha: 0.3, t: 0.2 },
-  {
-    kind: "magface",
-    scale: 8,
-    lowerMargin: 0.45,
-    upperMargin: 0.8,
-    lowerNorm: 1,
-    upperNorm: 3,
-    lambdaG: 2,
-  },
-];
+// adaface, curricularface, magface: adaptive_specs.ts's (after its sub-center ArcFace, SUB below)
+const SPECS: Spec[] = ADAPTIVE_SPECS.slice(1).map((o) => ({ ...o }));
 const STATE_KEYS = ["batchMean", "batchStd", "t"] as const;
 
 // deno-lint-ignore no-explicit-any
@@ -172,7 +162,7 @@ for (const spec of SPECS) {
   });
 }
 
-const SUB: Spec = { kind: "subcenter", scale: 8, margin: 0.5, subcenters: 3 };
+const SUB: Spec = { ...ADAPTIVE_SPECS[0] }; // sub-center ArcFace, K = 3
 const K = 3;
 
 Deno.test("head subcenter: C·K rows; 3 steps equal loss(); shards; predict by the best sub-center", async () => {
