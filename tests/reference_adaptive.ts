@@ -207,6 +207,33 @@ export function referenceAdaptive(
   return out;
 }
 
+// Central differences of `at` (a loss of x and w, read in place) in every element of x and w,
+// the step h relative to the element's row.
+function centralDifferences(
+  x: Float64Array,
+  w: Float64Array,
+  d: number,
+  h: number,
+  at: () => number,
+): { gx: Float64Array; gw: Float64Array } {
+  const diff = (v: Float64Array) => {
+    const g = new Float64Array(v.length);
+    for (let e = 0; e < v.length; e++) {
+      const row = Math.floor(e / d);
+      const step = h * Math.max(1e-3, length(v, row * d, d));
+      const keep = v[e];
+      v[e] = keep + step;
+      const up = at();
+      v[e] = keep - step;
+      const down = at();
+      v[e] = keep;
+      g[e] = (up - down) / (2 * step);
+    }
+    return g;
+  };
+  return { gx: diff(x), gw: diff(w) };
+}
+
 /**
  * Central differences of the reference loss in every element of x and w (step h relative to
  * the element's row), with the constants frozen at the unperturbed point.
@@ -219,24 +246,8 @@ export function referenceGradients(
   o: AdaptiveSpec,
   h = 1e-6,
 ): { gx: Float64Array; gw: Float64Array } {
-  const base = referenceAdaptive(x, w, labels, d, o);
-  const frozen = base.frozen;
-  const diff = (v: Float64Array) => {
-    const g = new Float64Array(v.length);
-    for (let e = 0; e < v.length; e++) {
-      const row = Math.floor(e / d);
-      const step = h * Math.max(1e-3, length(v, row * d, d));
-      const keep = v[e];
-      v[e] = keep + step;
-      const up = referenceAdaptive(x, w, labels, d, o, frozen).loss;
-      v[e] = keep - step;
-      const down = referenceAdaptive(x, w, labels, d, o, frozen).loss;
-      v[e] = keep;
-      g[e] = (up - down) / (2 * step);
-    }
-    return g;
-  };
-  return { gx: diff(x), gw: diff(w) };
+  const frozen = referenceAdaptive(x, w, labels, d, o).frozen;
+  return centralDifferences(x, w, d, h, () => referenceAdaptive(x, w, labels, d, o, frozen).loss);
 }
 
 /** The cross-entropy options of torch's F.cross_entropy, as loss() takes them. */
@@ -326,20 +337,5 @@ export function referenceGradientsCE(
 ): { gx: Float64Array; gw: Float64Array } {
   const frozen = referenceAdaptiveCE(x, w, labels, d, o, ce, reduction).frozen;
   const at = () => referenceAdaptiveCE(x, w, labels, d, o, ce, reduction, frozen).loss;
-  const diff = (v: Float64Array) => {
-    const grad = new Float64Array(v.length);
-    for (let e = 0; e < v.length; e++) {
-      const row = Math.floor(e / d);
-      const step = h * Math.max(1e-3, length(v, row * d, d));
-      const keep = v[e];
-      v[e] = keep + step;
-      const up = at();
-      v[e] = keep - step;
-      const down = at();
-      v[e] = keep;
-      grad[e] = (up - down) / (2 * step);
-    }
-    return grad;
-  };
-  return { gx: diff(x), gw: diff(w) };
+  return centralDifferences(x, w, d, h, at);
 }
