@@ -37,7 +37,7 @@ import {
 } from "./src/backends.ts";
 import { checkNumber } from "./src/checks.ts";
 import type { MarginOptions } from "./src/kinds.ts";
-import { type AdaptiveState, runLoss } from "./src/loss.ts";
+import { type AdaptiveState, adaptiveState, runLoss } from "./src/loss.ts";
 export type { AdaptiveState } from "./src/loss.ts";
 import { type CrossEntropyOptions, type Reduction, resolveLoss, resolveOp } from "./src/resolve.ts";
 import { checkSchedule, lambdaOf, type LambdaSchedule } from "./src/schedule.ts";
@@ -228,15 +228,20 @@ export function loss<T extends FloatArray>(
 
 /**
  * The margin logits [N, C] of features x [N, D] for classes w [C, D] (both row-major): L-Softmax
- * by default, any kind of the family with `kind`.
+ * by default, any kind of the family with `kind`. The adaptive kinds give the logits their fused
+ * loss takes: sub-center ArcFace's C classes from W's C·K rows (each class's largest cosine);
+ * AdaFace's and CurricularFace's with the state updated over this batch, returned beside them
+ * (pass it to the next call's options); MagFace's with its regulariser per row beside them
+ * (λ_g·g(a_i), which its loss adds: the mean of `regulariser` for a mean).
  *
  * @param x Features, a Float32Array or Float64Array of N·D elements.
- * @param w Class weights, the dtype of x, C·D elements.
+ * @param w Class weights, the dtype of x, C·D elements (C·K for `kind: "subcenter"`).
  * @param labels The N class indices, each in [0, C).
  * @param options The margin (`kind` and its parameters, as for {@link loss}); optionally
  * backend, features (D), precision, and `out`: an
  * array of N·C elements (dtype of x, apart from the inputs) to write the logits into.
- * @returns The logits, row-major [N, C].
+ * @returns The logits, row-major [N, C]; for AdaFace `batchMean` and `batchStd`, for
+ * CurricularFace `t` (the state after this batch); for MagFace `regulariser` (N values).
  *
  * @example
  * ```ts
@@ -245,6 +250,8 @@ export function loss<T extends FloatArray>(
  * const w = new Float64Array([1, 0, 0, 1, -1, 1]); // C = 3
  * const { logits } = forward(x, w, new Int32Array([1, 2]), { margin: 2, lambda: 0 });
  * console.log(logits.length); // 6
+ * const ada = forward(x, w, new Int32Array([1, 2]), { kind: "adaface" });
+ * console.log(ada.batchMean, ada.batchStd); // the moving averages after this batch
  * ```
  */
 export function forward<T extends FloatArray>(
@@ -252,21 +259,28 @@ export function forward<T extends FloatArray>(
   w: T,
   labels: Int32Array,
   options: OpOptions & { out?: T },
-): { logits: T } {
-  const { ctx, op, call, arrays } = resolveOp("forward", { x, w, labels }, options);
+): { logits: T; regulariser?: Float64Array } & AdaptiveState {
+  const { ctx, op, call, arrays, state } = resolveOp("forward", { x, w, labels }, options);
   ctx.run(op, call, arrays);
-  return { logits: arrays[3] as T };
+  const out: { logits: T; regulariser?: Float64Array } & AdaptiveState = {
+    logits: arrays[3] as T,
+  };
+  if (arrays[4]) out.regulariser = arrays[4] as Float64Array;
+  return state === undefined ? out : Object.assign(out, adaptiveState(call, state));
 }
 
 /**
- * The gradients of a loss L with respect to x and w, given gradLogits = dL/dlogits [N, C].
+ * The gradients of a loss L with respect to x and w, given gradLogits = dL/dlogits [N, C]: those
+ * of {@link forward}'s logits at the same inputs and options (the adaptive kinds' state as given
+ * to that forward, so that the margins are its own; the quantities a kind holds constant held so).
  *
  * @param x Features, as for {@link forward}.
  * @param w Class weights, as for {@link forward}.
  * @param labels The N class indices.
  * @param gradLogits dL/dlogits, N·C elements of the dtype of x.
  * @param options As for {@link forward}, with `outX` (N·D) and `outW` (C·D) arrays to write the
- * gradients into instead of `out`.
+ * gradients into instead of `out`; for MagFace `gradRegulariser`, dL/dregulariser (a
+ * Float64Array of N; none: L without the regulariser).
  * @returns dL/dx [N, D] and dL/dw [C, D].
  *
  * @example
@@ -284,11 +298,12 @@ export function backward<T extends FloatArray>(
   w: T,
   labels: Int32Array,
   gradLogits: T,
-  options: OpOptions & { outX?: T; outW?: T },
+  options: OpOptions & { gradRegulariser?: Float64Array; outX?: T; outW?: T },
 ): { gradX: T; gradW: T } {
   const { ctx, op, call, arrays } = resolveOp("backward", { x, w, labels, gradLogits }, options);
   ctx.run(op, call, arrays);
-  return { gradX: arrays[4] as T, gradW: arrays[5] as T };
+  const at = arrays.length - 2; // outX, outW come last
+  return { gradX: arrays[at] as T, gradW: arrays[at + 1] as T };
 }
 
 /**

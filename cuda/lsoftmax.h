@@ -331,6 +331,31 @@ LSM_API int32_t lsm_loss_targets(lsm_context *ctx, int32_t dtype, int64_t n, int
                                  const lsm_margin *margin, const lsm_loss_args *args, const void *x,
                                  const void *w, const int32_t *labels, double *row_targets);
 
+/**
+ * The op of every kind, the adaptive ones included, with lsm_loss_args: the margin logits
+ * [n, c/K] (c rows of W, K per class for LSM_MARGIN_SUBCENTER, else K = 1), as the fused loss makes
+ * them (AdaFace's and CurricularFace's with the state updated over the batch, which goes to
+ * args->state_out). args: class_offset 0, total_classes c/K, and no cross-entropy options, update
+ * or row_targets (0 / NULL: they belong to the loss). regulariser [n] (float64 context memory, or
+ * NULL) receives MagFace's lambda_g g(a_i) per row (0 for the other kinds), which its loss adds.
+ */
+LSM_API int32_t lsm_forward_args(lsm_context *ctx, int32_t dtype, int64_t n, int64_t d, int64_t c,
+                                 const lsm_margin *margin, const lsm_loss_args *args, const void *x,
+                                 const void *w, const int32_t *labels, void *logits,
+                                 double *regulariser);
+
+/**
+ * The gradients for lsm_forward_args's outputs: grad_x [n, d] and grad_w [c, d] (overwritten) of
+ * L given grad_logits = dL/dlogits [n, c/K] and grad_regulariser = dL/dregulariser [n] (float64
+ * context memory; NULL: 0), with the quantities the kinds hold constant (docs/math.md) made as the
+ * forward made them (the same inputs and state give the same margins).
+ */
+LSM_API int32_t lsm_backward_args(lsm_context *ctx, int32_t dtype, int64_t n, int64_t d, int64_t c,
+                                  const lsm_margin *margin, const lsm_loss_args *args,
+                                  const void *x, const void *w, const int32_t *labels,
+                                  const void *grad_logits, const double *grad_regulariser,
+                                  void *grad_x, void *grad_w);
+
 /* Resident training, top-k, class samples and the collectives across processes. */
 #include "lsoftmax_train.h"
 

@@ -5,8 +5,11 @@
 
 import type { Symbols } from "./symbols.ts";
 
-/** A tensor's size in rows and columns of the call's sizes. */
-export type Dim = "n" | "d" | "c" | "k" | "count" | 1 | 2;
+/**
+ * A tensor's size in rows and columns of the call's sizes ("classes": C, the c rows of W over
+ * the sub-centers K per class; c where K is 1).
+ */
+export type Dim = "n" | "d" | "c" | "classes" | "k" | "count" | 1 | 2;
 
 /** One tensor of an op: the name errors use, whether the op writes it, its shape. */
 export interface TensorSpec {
@@ -101,6 +104,28 @@ export const OPS = {
         "c",
         "d",
       ),
+    ],
+  }),
+  // forward and backward of every kind with lsm_loss_args (the adaptive kinds' state comes back
+  // through it): the logits [n, C] and MagFace's regulariser [n], and their gradients.
+  forwardArgs: op({
+    device: "lsm_forward_args",
+    host: "lsm_forward_args_host",
+    args: [
+      ...LOSS_HEAD,
+      out("out", "n", "classes"),
+      out("regulariser", "n", 1, { type: "float64", optional: true }),
+    ],
+  }),
+  backwardArgs: op({
+    device: "lsm_backward_args",
+    host: "lsm_backward_args_host",
+    args: [
+      ...LOSS_HEAD,
+      tensor("gradLogits", "n", "classes"),
+      tensor("gradRegulariser", "n", 1, { type: "float64", optional: true }),
+      out("outX", "n", "d"),
+      out("outW", "c", "d"),
     ],
   }),
   loss: op({

@@ -96,6 +96,20 @@ export const symbols = {
   // HEAD, x, w, labels, grad_logits, grad_x, grad_w
   lsm_backward: { parameters: op("pointer", 6), result: "i32" },
   lsm_backward_host: { name: "lsm_backward", parameters: op("buffer", 6), result: "i32" },
+  // HEAD, args, x, w, labels, logits, regulariser
+  lsm_forward_args: { parameters: op("pointer", 5, true), result: "i32" },
+  lsm_forward_args_host: {
+    name: "lsm_forward_args",
+    parameters: op("buffer", 5, true),
+    result: "i32",
+  },
+  // HEAD, args, x, w, labels, grad_logits, grad_regulariser, grad_x, grad_w
+  lsm_backward_args: { parameters: op("pointer", 7, true), result: "i32" },
+  lsm_backward_args_host: {
+    name: "lsm_backward_args",
+    parameters: op("buffer", 7, true),
+    result: "i32",
+  },
   // HEAD, args, x, w, labels, row_loss, grad_x, grad_w
   lsm_loss: { parameters: op("pointer", 6, true), result: "i32" },
   lsm_loss_host: { name: "lsm_loss", parameters: op("buffer", 6, true), result: "i32" },

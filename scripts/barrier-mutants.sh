@@ -14,7 +14,7 @@ cd "$(dirname "$0")/.."
 CXX=${CXX:-g++}
 DENO=${DENO:-scripts/deno}
 BUILD=${BUILD:-build}
-HOST_OBJ=${HOST_OBJ:-$(for s in api/checks api/context api/layout api/ops cpu/backend cpu/loss cpu/loss_blocks cpu/loss_direct cpu/op cpu/optim cpu/rows cpu/rows_avx2; do echo "$BUILD/obj/$s.o"; done)}
+HOST_OBJ=${HOST_OBJ:-$(for s in api/checks api/context api/layout api/ops cpu/backend cpu/loss cpu/loss_blocks cpu/loss_direct cpu/loss_op cpu/op cpu/optim cpu/rows cpu/rows_avx2; do echo "$BUILD/obj/$s.o"; done)}
 CUDA_SRC=${CUDA_SRC:-gpu/backend gpu/op gpu/loss gpu/optim}
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT

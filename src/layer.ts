@@ -3,11 +3,11 @@
 
 import type { FloatArray } from "../ffi/arrays.ts";
 import type { Call, NativeContext, Precision } from "../ffi/context.ts";
-import { OPS } from "../ffi/ops.ts";
+import { OPS, type OpSpec } from "../ffi/ops.ts";
 import { type Backend, openContext } from "./backends.ts";
 import { readOptions } from "./checks.ts";
 import { type Margin, type MarginKind, type MarginOptions, marginOptions } from "./kinds.ts";
-import { type AdaptiveState, runLoss } from "./loss.ts";
+import { type AdaptiveState, adaptiveState, runLoss } from "./loss.ts";
 import { bindArrays, type Shape } from "./tensors.ts";
 import type { CrossEntropyOptions, Reduction } from "./resolve.ts";
 import { type LayerSettings, resolveLayer, resolveLayerCall } from "./resolve_layer.ts";
@@ -64,7 +64,9 @@ export class LargeMarginSoftmax {
   #iteration: number;
   #lambda: number | undefined;
   #context: NativeContext | undefined;
-  #last: { call: Call; shape: Shape; x: unknown; w: unknown; labels: unknown } | undefined;
+  #last:
+    | { op: OpSpec; call: Call; shape: Shape; x: unknown; w: unknown; labels: unknown }
+    | undefined;
   #closed = false;
 
   /**
@@ -131,15 +133,36 @@ export class LargeMarginSoftmax {
     w: T,
     labels: Int32Array,
     options: { step?: number; features?: number; out?: T } = {},
-  ): { logits: T; lambda: number } {
+  ): { logits: T; regulariser?: Float64Array; lambda: number } & AdaptiveState {
     const ctx = this.#ctx();
     this.#last = undefined; // a failed forward leaves no stale inputs for backward
     const r = resolveLayerCall("forward", this.#settings(), { x, w, labels }, options);
-    ctx.run(OPS.forward, r.call, r.arrays);
+    ctx.run(r.op, r.call, r.arrays);
     this.#iteration = r.step;
     this.#lambda = r.call.margin!.lambda;
-    this.#last = { call: r.call, shape: r.call, x, w, labels };
-    return { logits: r.arrays[3] as T, lambda: this.#lambda };
+    // The backward makes this forward's margins again: its state as it was before the batch.
+    const call = r.call.args === undefined
+      ? r.call
+      : { ...r.call, args: { ...r.call.args, stateOut: 0 } };
+    const backward = r.op === OPS.forward ? OPS.backward : OPS.backwardArgs;
+    const shape = { ...r.call, classes: r.call.c / r.subcenters };
+    this.#last = { op: backward, call, shape, x, w, labels };
+    const out: { logits: T; regulariser?: Float64Array; lambda: number } & AdaptiveState = {
+      logits: r.arrays[3] as T,
+      lambda: this.#lambda,
+    };
+    if (r.arrays[4]) out.regulariser = r.arrays[4] as Float64Array;
+    if (r.state !== undefined) this.#advance(Object.assign(out, adaptiveState(r.call, r.state)));
+    return out;
+  }
+
+  // The adaptive kinds' state moves on with a step: the next call (and toJSON) starts from it.
+  #advance(r: AdaptiveState): void {
+    const moved: Partial<Record<"batchMean" | "batchStd" | "t", number>> = {};
+    for (const key of ["batchMean", "batchStd", "t"] as const) {
+      if (r[key] !== undefined) moved[key] = r[key];
+    }
+    this.#margin = { kind: this.#margin.kind, struct: { ...this.#margin.struct, ...moved } };
   }
 
   /**
@@ -189,12 +212,10 @@ export class LargeMarginSoftmax {
         gradW: r.gradW as T,
       };
     if (r.losses !== undefined) out.losses = r.losses;
-    // The adaptive kinds' state moves on with the step: the next call (and toJSON) starts from it.
-    const moved: Partial<Record<"batchMean" | "batchStd" | "t", number>> = {};
     for (const key of ["batchMean", "batchStd", "t"] as const) {
-      if (r[key] !== undefined) out[key] = moved[key] = r[key];
+      if (r[key] !== undefined) out[key] = r[key];
     }
-    this.#margin = { kind: this.#margin.kind, struct: { ...this.#margin.struct, ...moved } };
+    this.#advance(out);
     return out;
   }
 
@@ -207,23 +228,31 @@ export class LargeMarginSoftmax {
    */
   backward<T extends FloatArray>(
     gradLogits: T,
-    options: { outX?: T; outW?: T } = {},
+    options: { gradRegulariser?: Float64Array; outX?: T; outW?: T } = {},
   ): { gradX: T; gradW: T } {
     const ctx = this.#ctx();
     if (!this.#last) throw new Error("LargeMarginSoftmax: backward needs a forward first");
-    const o = readOptions("options", options, ["outX", "outW"]);
-    const { x, w, labels, shape, call } = this.#last;
+    const o = readOptions("options", options, ["gradRegulariser", "outX", "outW"]);
+    const { op, x, w, labels, shape, call } = this.#last;
+    if (o.gradRegulariser !== undefined && this.kind !== "magface") {
+      throw new TypeError(
+        `gradRegulariser: expected none but with kind "magface" (the only kind with a ` +
+          `regulariser), got kind "${this.kind}"`,
+      );
+    }
     const given = {
       x,
       w,
       labels,
       gradLogits,
+      gradRegulariser: o.gradRegulariser ?? null,
       outX: o.outX ?? undefined,
       outW: o.outW ?? undefined,
     };
-    const { arrays } = bindArrays(OPS.backward, shape, given);
-    ctx.run(OPS.backward, call, arrays);
-    return { gradX: arrays[4] as T, gradW: arrays[5] as T };
+    const { arrays } = bindArrays(op, shape, given);
+    ctx.run(op, call, arrays);
+    const at = arrays.length - 2; // outX, outW come last
+    return { gradX: arrays[at] as T, gradW: arrays[at + 1] as T };
   }
 
   /**

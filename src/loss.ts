@@ -58,6 +58,12 @@ export interface AdaptiveState {
   t?: number;
 }
 
+/** The updated state a call of AdaFace or CurricularFace wrote into `state`, by name. */
+export function adaptiveState(call: Call, state: Float64Array): AdaptiveState {
+  if (call.margin?.kind === KINDS.adaface.code) return { batchMean: state[0], batchStd: state[1] };
+  return { t: state[0] };
+}
+
 /** What a fused loss call returns: the adaptive kinds add their updated state. */
 export interface LossResult extends AdaptiveState {
   loss: number;
@@ -75,12 +81,7 @@ export function runLoss(l: LossCall): LossResult {
     const r: LossResult = { loss };
     if (l.reduction === "none") r.losses = rows;
     if (l.gradients) r.gradX = gradX as FloatArray, r.gradW = gradW as FloatArray;
-    if (l.state !== undefined && l.call.margin?.kind === KINDS.adaface.code) {
-      r.batchMean = l.state[0], r.batchStd = l.state[1];
-    } else if (l.state !== undefined) {
-      r.t = l.state[0];
-    }
-    return r;
+    return l.state === undefined ? r : Object.assign(r, adaptiveState(l.call, l.state));
   };
   if (!Array.isArray(l.contexts)) {
     const call = { ...l.call, args: withClassWeights(l.contexts, l.call.args!, weights) };

@@ -119,12 +119,14 @@ export interface OpCall {
   op: OpSpec;
   call: Call;
   arrays: (ArrayBufferView | null)[];
+  /** AdaFace's and CurricularFace's forward: the array their updated state comes back in. */
+  state?: Float64Array;
 }
 
 const OP_KEYS = [...MARGIN_KEYS, "backend", "features", "precision"] as const;
 const KEYS = {
   forward: [...OP_KEYS, "out"],
-  backward: [...OP_KEYS, "outX", "outW"],
+  backward: [...OP_KEYS, "gradRegulariser", "outX", "outW"],
   loss: [
     ...OP_KEYS,
     "reduction",
@@ -144,8 +146,34 @@ export function bindCall(
   given: Given,
   features: number | undefined,
 ): { call: Call; arrays: (ArrayBufferView | null)[] } {
-  const { shape: { dtype, n, d, c }, arrays } = bindArrays(op, undefined, given, features);
+  const { shape, arrays } = bindArrays(op, undefined, given, features, subcentersOf(margin));
+  const { dtype, n, d, c } = shape;
   return { call: { dtype, n, d, c, margin: margin.struct, precision }, arrays };
+}
+
+/**
+ * The op of a margin's forward or backward: lsm_forward and lsm_backward, or for the adaptive
+ * kinds their twins with lsm_loss_args (the fused loss's pre-pass and state; MagFace's
+ * regulariser beside the logits).
+ */
+export function opOf(name: "forward" | "backward", margin: Margin): OpSpec {
+  if (!isAdaptive(margin.kind)) return OPS[name];
+  return name === "forward" ? OPS.forwardArgs : OPS.backwardArgs;
+}
+
+/**
+ * The lsm_loss_args of an adaptive kind's op (every class, no cross-entropy option) on its call,
+ * and with `state` (a forward of AdaFace or CurricularFace) the array the updated state comes
+ * back in.
+ */
+export function opArgs(margin: Margin, call: Call, state: boolean): Float64Array | undefined {
+  if (!isAdaptive(margin.kind)) return undefined;
+  const args = { classOffset: 0, totalClasses: call.c / subcentersOf(margin), gradScale: 1 };
+  call.args = args;
+  if (!state || (margin.kind !== "adaface" && margin.kind !== "curricularface")) return undefined;
+  const out = new Float64Array(2);
+  call.args = { ...args, stateOut: Number(Deno.UnsafePointer.value(Deno.UnsafePointer.of(out))) };
+  return out;
 }
 
 /** forward() and backward(): their options and arrays (gradLogits for backward). */
@@ -155,23 +183,40 @@ export function resolveOp(
   options: unknown,
 ): OpCall {
   const o = readOptions("options", options, KEYS[name]);
-  const margin = lossOnly(checkMargin(o), name);
+  const margin = checkMargin(o);
   const precision = checkPrecision(o.precision);
   const features = checkFeatures(o.features);
+  const op = opOf(name, margin);
+  if (o.gradRegulariser !== undefined && margin.kind !== "magface") {
+    throw new TypeError(
+      `gradRegulariser: expected none but with kind "magface" (the only kind with a ` +
+        `regulariser), got kind "${margin.kind}"`,
+    );
+  }
   const given = name === "forward"
-    ? { x: arrays.x, w: arrays.w, labels: arrays.labels, out: output(o.out) }
-    : { ...arrays, outX: output(o.outX), outW: output(o.outW) };
-  const { call, arrays: bound } = bindCall(OPS[name], margin, precision, given, features);
+    ? {
+      x: arrays.x,
+      w: arrays.w,
+      labels: arrays.labels,
+      out: output(o.out),
+      regulariser: margin.kind === "magface" ? undefined : null,
+    }
+    : {
+      ...arrays,
+      gradRegulariser: o.gradRegulariser ?? null,
+      outX: output(o.outX),
+      outW: output(o.outW),
+    };
+  const { call, arrays: bound } = bindCall(op, margin, precision, given, features);
   checkPrecisionOn(precision, o.backend);
-  return { ctx: sharedContext(o.backend), op: OPS[name], call, arrays: bound };
-}
-
-/** A margin of a kind `where` serves: the adaptive kinds are served by loss() alone so far. */
-export function lossOnly(margin: Margin, where: string): Margin {
-  if (!isAdaptive(margin.kind)) return margin;
-  throw new TypeError(
-    `kind: expected a kind ${where} serves, got "${margin.kind}" (served by loss() only so far)`,
-  );
+  const state = opArgs(margin, call, name === "forward");
+  return {
+    ctx: sharedContext(o.backend),
+    op,
+    call,
+    arrays: bound,
+    ...(state === undefined ? {} : { state }),
+  };
 }
 
 /** A fused loss call: one context, or one per class shard. */

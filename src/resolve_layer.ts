@@ -1,10 +1,10 @@
 // A layer's options and its forward's and loss's: read once, as resolve.ts reads the ops'.
 
 import type { Call, Precision } from "../ffi/context.ts";
-import { OPS } from "../ffi/ops.ts";
+import { OPS, type OpSpec } from "../ffi/ops.ts";
 import { type Backend, resolveBackend } from "./backends.ts";
 import { checkInteger, readOptions } from "./checks.ts";
-import { checkMargin, type Margin, MARGIN_KEYS, withLambda } from "./kinds.ts";
+import { checkMargin, type Margin, MARGIN_KEYS, subcentersOf, withLambda } from "./kinds.ts";
 import { type LambdaSchedule, SCHEDULE_KEYS } from "./schedule.ts";
 import { checkFeatures, type Given } from "./tensors.ts";
 import { checkCrossEntropy, CROSS_ENTROPY_KEYS, type CrossEntropy } from "./cross_entropy.ts";
@@ -15,7 +15,8 @@ import {
   checkPrecisionOn,
   checkReduction,
   lossArgs,
-  lossOnly,
+  opArgs,
+  opOf,
   output,
   type Reduction,
   resolveLambda,
@@ -77,6 +78,8 @@ export function resolveLayerCall(
   options: unknown,
 ): {
   step: number;
+  /** The op a forward runs (the fused loss's for a loss). */
+  op: OpSpec;
   call: Call;
   arrays: (ArrayBufferView | null)[];
   reduction: Reduction;
@@ -85,7 +88,6 @@ export function resolveLayerCall(
   subcenters: number;
   state?: Float64Array;
 } {
-  if (name === "forward") lossOnly(layer.margin, "the layer's forward");
   const o: Partial<Record<string, unknown>> = readOptions(
     "options",
     options,
@@ -98,12 +100,23 @@ export function resolveLayerCall(
   const given = name === "forward"
     ? { ...arrays, out: output(o.out) }
     : { ...arrays, outX: output(o.outX), outW: output(o.outW) };
-  const bound = bindCall(OPS[name], margin, layer.precision, given, features);
+  const op = name === "forward" ? opOf("forward", margin) : OPS.loss;
+  const bound = bindCall(op, margin, layer.precision, given, features);
   if (name === "forward") {
     const crossEntropy = checkCrossEntropy({}, bound.call.c);
-    return { step, ...bound, reduction, crossEntropy, denominator: 1, subcenters: 1 };
+    const state = opArgs(margin, bound.call, true);
+    return {
+      step,
+      op,
+      ...bound,
+      reduction,
+      crossEntropy,
+      denominator: 1,
+      subcenters: subcentersOf(margin),
+      ...(state === undefined ? {} : { state }),
+    };
   }
   const labels = bound.arrays[2] as Int32Array;
   const r = lossArgs(margin, o, bound.call, labels, reduction);
-  return { step, ...bound, reduction, ...r };
+  return { step, op, ...bound, reduction, ...r };
 }

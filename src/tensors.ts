@@ -28,6 +28,8 @@ export interface Shape {
   n: number;
   d: number;
   c: number;
+  /** The classes C: c rows of W over the sub-centers per class (c when absent). */
+  classes?: number;
 }
 
 /** A call's host arrays by the op's names for them (x, w, labels, out, gradLogits, outX, ...). */
@@ -111,11 +113,13 @@ export function checkFeatures(v: unknown): number | undefined {
   return v === undefined ? undefined : checkInteger("features", v, 1, MAX_ELEMENTS);
 }
 
-const size = (s: Shape, dim: Dim) => (typeof dim === "number" ? dim : s[dim as "n" | "d" | "c"]);
+const size = (s: Shape, dim: Dim) =>
+  typeof dim === "number" ? dim : dim === "classes" ? s.classes ?? s.c : s[dim as "n" | "d" | "c"];
 
 function describeCount(s: Shape, t: TensorSpec, count: number): string {
   if (t.cols === 1) return `N = ${count}`;
-  const dims = `${String(t.rows).toUpperCase()}*${String(t.cols).toUpperCase()}`;
+  const dim = (v: Dim) => v === "classes" ? "C" : String(v).toUpperCase();
+  const dims = `${dim(t.rows)}*${dim(t.cols)}`;
   return `${dims} = ${size(s, t.rows)}*${size(s, t.cols)} = ${count}`;
 }
 
@@ -139,14 +143,24 @@ export function bindArrays(
   shape: Shape | undefined,
   given: Given,
   features?: number,
+  subcenters = 1,
 ): { shape: Shape; arrays: (ArrayBufferView | null)[] } {
   const measured = shape === undefined;
   const s = shape ?? measure(given.x, given.w, given.labels, features);
-  const logits = op.tensors.find((t) => t.rows === "n" && t.cols === "c");
-  if (logits !== undefined && s.n * s.c > MAX_ELEMENTS) {
+  if (measured && subcenters > 1) {
+    if (s.c % subcenters !== 0) {
+      throw new RangeError(
+        `w: expected C·K rows (whole classes of subcenters K = ${subcenters}), got ${s.c} rows`,
+      );
+    }
+    s.classes = s.c / subcenters;
+  }
+  const logits = op.tensors.find((t) => t.rows === "n" && (t.cols === "c" || t.cols === "classes"));
+  const classes = logits === undefined ? 0 : size(s, logits.cols);
+  if (logits !== undefined && s.n * classes > MAX_ELEMENTS) {
     throw new RangeError(
       `N*C (${logits.name}): expected at most ${MAX_ELEMENTS} elements (this op holds ` +
-        `${logits.name} [N, C] = ${s.n}*${s.c}; the fused loss does not), got ${s.n * s.c}`,
+        `${logits.name} [N, C] = ${s.n}*${classes}; the fused loss does not), got ${s.n * classes}`,
     );
   }
   const float = floatArrayName(s.dtype);

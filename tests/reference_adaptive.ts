@@ -33,10 +33,15 @@ export interface Frozen {
   best?: number[];
 }
 
-/** What the reference gives: the loss (mean), row losses, the constants, the updated state. */
+/**
+ * What the reference gives: the loss (mean), row losses, the constants, the updated state, and
+ * the logits [n, C] and MagFace's regulariser per row (0 for the other kinds) it was made of.
+ */
 export interface ReferenceResult {
   loss: number;
   rows: number[];
+  logits: number[];
+  regulariser: number[];
   frozen: Frozen;
   batchMean?: number;
   batchStd?: number;
@@ -100,7 +105,7 @@ function adaptiveLogits(
   const n = labels.length, rows = w.length / d;
   const K = o.kind === "subcenter" ? o.subcenters! : 1;
   const C = rows / K, s = o.scale;
-  const out: ReferenceResult = { loss: 0, rows: [], frozen: {} };
+  const out: ReferenceResult = { loss: 0, rows: [], logits: [], regulariser: [], frozen: {} };
   const cos: number[][] = [], sinY: number[] = [], best: number[] = [];
   for (let i = 0; i < n; i++) {
     const row: number[] = [];
@@ -195,6 +200,7 @@ export function referenceAdaptive(
 ): ReferenceResult {
   const n = labels.length;
   const { f, g: extra, out } = adaptiveLogits(x, w, labels, d, o, frozen);
+  out.logits = f.flat(), out.regulariser = extra;
   for (let i = 0; i < n; i++) {
     let mx = -Infinity;
     for (const v of f[i]) mx = Math.max(mx, v);

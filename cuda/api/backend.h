@@ -37,8 +37,16 @@ struct lsm_loss_step {
   bool done;
   int32_t flag;
 };
-// One validated fused-loss call (lsm_loss, lsm_loss_partials, lsm_loss_gradients, lsm_loss_targets).
-enum lsm_loss_stage { LSM_LOSS_FULL = 0, LSM_LOSS_PARTIALS = 1, LSM_LOSS_GRADIENTS = 2, LSM_LOSS_TARGETS = 3 };
+// One validated fused-loss call (lsm_loss, lsm_loss_partials, lsm_loss_gradients, lsm_loss_targets),
+// or the op through the loss's machinery (lsm_forward_args: LOGITS, lsm_backward_args: BACKWARD).
+enum lsm_loss_stage {
+  LSM_LOSS_FULL = 0,
+  LSM_LOSS_PARTIALS = 1,
+  LSM_LOSS_GRADIENTS = 2,
+  LSM_LOSS_TARGETS = 3,
+  LSM_LOSS_LOGITS = 4,
+  LSM_LOSS_BACKWARD = 5
+};
 
 struct lsm_loss_problem {
   int32_t stage;  // lsm_loss_stage
@@ -54,7 +62,11 @@ struct lsm_loss_problem {
   double *row_smooth;                   // PARTIALS with label smoothing
   const double *lse;                    // GRADIENTS
   double *row_targets;                  // TARGETS
-  void *grad_x, *grad_w;                // GRADIENTS, and FULL unless both are null
+  void *grad_x, *grad_w;                // GRADIENTS, BACKWARD, and FULL unless both are null
+  void *logits;                         // LOGITS: [n, c/K]
+  double *regulariser;                  // LOGITS: [n] or null
+  const void *grad_logits;              // BACKWARD: [n, c/K]
+  const double *grad_regulariser;       // BACKWARD: [n] or null (0)
   lsm_loss_step *step;                  // FULL with args.update, else null
 };
 

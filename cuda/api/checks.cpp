@@ -200,6 +200,47 @@ int32_t check_problem(lsm_context *ctx, const lsm_problem &p, bool backward) {
   return check_gradients(ctx, p.dtype, p.n, p.d, p.c, p.grad_x, p.grad_w);
 }
 
+// lsm_forward_args and lsm_backward_args: unsharded, none of the loss's options, and their
+// tensors ([n, c/K] logits or their gradient; the regulariser's [n], optional).
+static int32_t check_op_args(lsm_context *ctx, const lsm_loss_problem &p, int64_t classes) {
+  const lsm_loss_args &a = p.args;
+  const char *op = p.stage == LSM_LOSS_LOGITS ? "lsm_forward_args" : "lsm_backward_args";
+  if (a.class_offset != 0 || a.total_classes != classes)
+    return lsm_fail(ctx, LSM_ERR_INVALID_ARGUMENT,
+                    std::string("args: expected class_offset 0 and total_classes ") + str(classes) + " (" + op +
+                        " holds every class), got " + str(a.class_offset) + ", " + str(a.total_classes));
+  const char *set = a.label_smoothing != 0.0 ? "label_smoothing"
+                    : a.class_weights != nullptr || a.weight_sum != 0.0 ? "class_weights"
+                    : a.flags != 0 || a.ignore_index != 0 ? "flags"
+                    : a.update != nullptr ? "update"
+                    : a.row_targets != nullptr ? "row_targets"
+                                               : nullptr;
+  if (set != nullptr)
+    return lsm_fail(ctx, LSM_ERR_INVALID_ARGUMENT,
+                    std::string("args.") + set + ": expected 0 / NULL for " + op +
+                        " (the loss's options; its logits are what a loss takes)");
+  if (p.n * classes > LSM_MAX_ELEMENTS)
+    return lsm_fail(ctx, LSM_ERR_INVALID_ARGUMENT,
+                    std::string(p.stage == LSM_LOSS_LOGITS ? "logits" : "grad_logits") + ": expected at most " +
+                        str(LSM_MAX_ELEMENTS) + " elements (n*c/K: the op's [n, c/K] tensor), got " +
+                        str(p.n * classes));
+  const size_t e = element_bytes(p.dtype);
+  int32_t s;
+  if (p.stage == LSM_LOSS_LOGITS) {
+    if ((s = check_tensor(ctx, p.logits, p.n * classes, e, "logits"))) return s;
+    if (p.regulariser != nullptr && (s = check_tensor(ctx, p.regulariser, p.n, sizeof(double), "regulariser")))
+      return s;
+    if ((const void *)p.regulariser == p.logits)
+      return lsm_fail(ctx, LSM_ERR_INVALID_ARGUMENT, "regulariser: expected memory apart from logits, got the same pointer");
+    return LSM_OK;
+  }
+  if ((s = check_tensor(ctx, p.grad_logits, p.n * classes, e, "grad_logits"))) return s;
+  if (p.grad_regulariser != nullptr &&
+      (s = check_tensor(ctx, p.grad_regulariser, p.n, sizeof(double), "grad_regulariser")))
+    return s;
+  return check_gradients(ctx, p.dtype, p.n, p.d, p.c, p.grad_x, p.grad_w);
+}
+
 int32_t check_loss(lsm_context *ctx, const lsm_loss_problem &p) {
   int32_t s;
   if ((s = check_inputs(ctx, p.dtype, p.n, p.d, p.c, p.margin, p.x, p.w, p.labels))) return s;
@@ -220,6 +261,7 @@ int32_t check_loss(lsm_context *ctx, const lsm_loss_problem &p) {
   if (!isfinite(a.grad_scale))
     return lsm_fail(ctx, LSM_ERR_INVALID_ARGUMENT, "args.grad_scale: expected a finite number, got " + num(a.grad_scale));
   if (a.reserved != 0) return lsm_fail(ctx, LSM_ERR_INVALID_ARGUMENT, "args.reserved: expected 0");
+  if (p.stage == LSM_LOSS_LOGITS || p.stage == LSM_LOSS_BACKWARD) return check_op_args(ctx, p, classes);
   if (a.update != nullptr && p.stage != LSM_LOSS_FULL)
     return lsm_fail(ctx, LSM_ERR_INVALID_ARGUMENT, "args.update: expected NULL (a step goes with lsm_loss only)");
   // The cross-entropy options; the weights' values are the backends' to check (they read them).

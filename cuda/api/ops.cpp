@@ -146,6 +146,25 @@ int32_t lsm_loss_targets(lsm_context *ctx, int32_t dtype, int64_t n, int64_t d, 
   return run_loss(ctx, margin, args, p);
 }
 
+int32_t lsm_forward_args(lsm_context *ctx, int32_t dtype, int64_t n, int64_t d, int64_t c, const lsm_margin *margin,
+                         const lsm_loss_args *args, const void *x, const void *w, const int32_t *labels, void *logits,
+                         double *regulariser) {
+  lsm_loss_problem p = {};
+  p.stage = LSM_LOSS_LOGITS, p.dtype = dtype, p.n = n, p.d = d, p.c = c;
+  p.x = x, p.w = w, p.labels = labels, p.logits = logits, p.regulariser = regulariser;
+  return run_loss(ctx, margin, args, p);
+}
+
+int32_t lsm_backward_args(lsm_context *ctx, int32_t dtype, int64_t n, int64_t d, int64_t c, const lsm_margin *margin,
+                          const lsm_loss_args *args, const void *x, const void *w, const int32_t *labels,
+                          const void *grad_logits, const double *grad_regulariser, void *grad_x, void *grad_w) {
+  lsm_loss_problem p = {};
+  p.stage = LSM_LOSS_BACKWARD, p.dtype = dtype, p.n = n, p.d = d, p.c = c;
+  p.x = x, p.w = w, p.labels = labels, p.grad_logits = grad_logits, p.grad_regulariser = grad_regulariser;
+  p.grad_x = grad_x, p.grad_w = grad_w;
+  return run_loss(ctx, margin, args, p);
+}
+
 int32_t lsm_sgd_update(lsm_context *ctx, int32_t dtype, int64_t count, const lsm_sgd *sgd, void *w, const void *grad,
                        void *velocity, int32_t *nonfinite) {
   return guarded(ctx, [&]() -> int32_t {

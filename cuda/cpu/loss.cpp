@@ -34,7 +34,7 @@ void loss_run<T>::magnitude_gradient() {
   for (int64_t i = 0; i < n; ++i) {
     if (local[i] < 0 || !mag[i].inside || lsm_degenerate(stats[i])) continue;
     const double da = g_target[i] * mg.scale * lsm_magface_dphi_dm(stats[i], mag[i].m) * mag[i].dm +
-                      p.args.grad_scale * factors[i].wy * mg.lambda_g * lsm_magface_dg(mg, mag[i].a);
+                      regulariser_weight(i) * mg.lambda_g * lsm_magface_dg(mg, mag[i].a);
     const lsm_stats &st = stats[i];
     const double f = da * st.px * st.ux;  // x^_k = x_k px ux
     for (int64_t k = 0; k < d; ++k) gx[i * d + k] = (T)((double)gx[i * d + k] + f * (double)x[i * d + k]);
@@ -177,6 +177,7 @@ int32_t loss_run<T>::run(lsm_context *ctx) {
   target.assign((size_t)n, 0.0);
   g_target.assign((size_t)n, 0.0);
   if ((s = prepass()) != LSM_OK || p.stage == LSM_LOSS_TARGETS) return s;
+  if (p.stage == LSM_LOSS_LOGITS || p.stage == LSM_LOSS_BACKWARD) return op(ctx);
   // Blocks of equal size within the limit (whole classes: multiples of K rows): the last one,
   // whose exponentials the gradients reuse, is then as large as any. The element-wise kinds keep
   // their derivatives beside (aux), sub-center ArcFace its class logits (cls).

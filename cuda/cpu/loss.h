@@ -24,8 +24,8 @@
 // element on the block path (one block or several; L-Softmax then takes it), a rank-one term of
 // its own on the direct path; and A folds beside the max.
 // Not installed, not ABI: the state of one run, shared by cpu/loss.cpp (the entry point, the
-// checks, the run and the corrections), cpu/loss_blocks.cpp (the class-block path) and
-// cpu/loss_direct.cpp (the direct path of the normalised kinds).
+// checks, the run and the corrections), cpu/loss_blocks.cpp (the class-block path),
+// cpu/loss_direct.cpp (the direct path of the normalised kinds) and cpu/loss_op.cpp (the op).
 #ifndef LSOFTMAX_CPU_LOSS_H
 #define LSOFTMAX_CPU_LOSS_H
 
@@ -155,6 +155,9 @@ struct loss_run {
   void fold_classes(int64_t c0, int64_t cb, double seen, double *maxes, double *sums);
   void gradient_classes(int64_t c0, int64_t cb, const double *lse, const double *sums);
 
+  // The op through this machinery: lsm_forward_args, lsm_backward_args (cpu/loss_op.cpp).
+  int32_t op(lsm_context *ctx);
+
   // The checks, the run and the corrections (cpu/loss.cpp).
   int32_t prepass();
   void correction_coefs();
@@ -184,6 +187,13 @@ struct loss_run {
   void smoothing_terms(int64_t i, int64_t c0, T *row, double k, int64_t cb) {
     const double u = factors[i].u;
     for (int64_t j = 0; j < cb; ++j) row[j] = (T)(k * (double)row[j] - u * weight(c0 + j));
+  }
+
+  // The weight of row i's MagFace regulariser in L: the loss's grad_scale w_y, or the op's given
+  // dL/d(regulariser_i).
+  double regulariser_weight(int64_t i) const {
+    if (p.stage == LSM_LOSS_BACKWARD) return p.grad_regulariser == nullptr ? 0.0 : p.grad_regulariser[i];
+    return p.args.grad_scale * factors[i].wy;
   }
 
   double row_loss(int64_t i, double m, double s) const {

@@ -162,6 +162,33 @@ __global__ void subcenter_scatter(T *z, const T *gc, int n, int cb, int c0, int 
   }
 }
 
+// lsm_forward_args: the logits lz (n x cols: the products, transformed, or sub-center ArcFace's
+// class logits) into out, each target's from target[].
+template <typename T>
+__global__ void op_logits(const T *lz, T *out, int n, int cols, const int32_t *local, const double *target) {
+  const int64_t total = (int64_t)n * cols;
+  const int64_t step = (int64_t)gridDim.x * blockDim.x;
+  for (int64_t e = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; e < total; e += step) {
+    const int i = (int)(e / cols), j = (int)(e % cols);
+    out[e] = local[i] == j ? (T)target[i] : lz[e];
+  }
+}
+
+// lsm_backward_args: each target's dL/df_iy from G (n x cols) into g_target, and unless sub-center
+// ArcFace (whose scatter reads G itself) dL/d(products) into z: G times the transform's derivative
+// zd (1 at the target; null: none).
+template <typename T>
+__global__ void op_gradient(const T *g, T *z, const T *zd, int n, int cols, bool scatter, const int32_t *local,
+                            double *g_target) {
+  const int64_t total = (int64_t)n * cols;
+  const int64_t step = (int64_t)gridDim.x * blockDim.x;
+  for (int64_t e = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; e < total; e += step) {
+    const int i = (int)(e / cols), j = (int)(e % cols);
+    if (local[i] == j) g_target[i] = (double)g[e];
+    if (!scatter) z[e] = zd == nullptr ? g[e] : g[e] * zd[e];
+  }
+}
+
 }  // namespace lsm_kernels
 
 #endif  // LSOFTMAX_ADAPTIVE_KERNELS_CUH

@@ -27,6 +27,10 @@
 //
 // Blocks of whole rows (all n rows, cb classes) keep the products as large as the op's own; the
 // chunked reduction keeps every SM busy whatever n is.
+//
+// The op of every kind (lsm_forward_args, lsm_backward_args; cpu/loss_op.cpp) runs the same
+// pre-pass and one block of all classes: its logits out (op_logits), or the given dL/dlogits to
+// dL/d(products) (op_gradient, subcenter_scatter) for the products and corrections above.
 #include <cuda_runtime.h>
 
 #include <stdio.h>
@@ -80,11 +84,15 @@ int32_t loss(lsm_context *ctx, const lsm_loss_problem &p) {
   // Blocks of equal size: the last one, kept for the gradients, is as large as any. The
   // element-wise kinds keep their derivatives (zd) beside the block, sub-center ArcFace its class
   // logits (zc); its blocks are of whole classes, K rows each, sized as the CPU backend's.
+  // The op (lsm_forward_args, lsm_backward_args) holds every class in one block, as its n x c/K
+  // output or input does.
   const bool elementwise = lsm_elementwise(p.margin.kind);
+  const bool op = p.stage == LSM_LOSS_LOGITS || p.stage == LSM_LOSS_BACKWARD;
   const int subs = (int)lsm_subcenters(p.margin), classes = c / subs;
   const size_t per_class = (size_t)n * sizeof(T) * (elementwise || subs > 1 ? 2 : 1);
-  const int limit =
-      (int)std::max<int64_t>(1, std::min<int64_t>(classes, (int64_t)(ctx->workspace_limit / per_class / subs)));
+  const int limit = op ? classes
+                       : (int)std::max<int64_t>(
+                             1, std::min<int64_t>(classes, (int64_t)(ctx->workspace_limit / per_class / subs)));
   const int block = ceil_div(classes, ceil_div(classes, limit)) * subs;  // rows of W
   const int columns = block / subs;  // the logits of a block per row: its classes
   const int chunk = std::max(kChunkColumns, ceil_div(columns, 65535));
@@ -198,6 +206,67 @@ int32_t loss(lsm_context *ctx, const lsm_loss_problem &p) {
                  cb, subs);
   };
 
+  // What every call ends with: the launches' status, the state to the host, the checks read back.
+  auto finish = [&]() -> int32_t {
+    int32_t f;
+    if ((f = launched(ctx)) != LSM_OK) return f;
+    if (p.args.state_out != nullptr && (kind == LSM_MARGIN_ADAFACE || curricular)) {  // host memory
+      LSM_CUDA_TRY(ctx, cudaMemcpyAsync(p.args.state_out, state, 2 * sizeof(double), cudaMemcpyDeviceToHost, s));
+      LSM_CUDA_TRY(ctx, cudaStreamSynchronize(s));
+      ctx->traffic_from += 2 * sizeof(double);
+    }
+    // Read after the work, as the labels are: a bad weight only ever changes values, never an index.
+    if (ce.weights != nullptr && (f = check_bad_weight(ctx, ce.weights, total, bad_weight)) != LSM_OK) return f;
+    return check_bad_label(ctx, p.labels, p.n, p.args.total_classes, bad);
+  };
+  // The op (cpu/loss_op.cpp): the block's logits out, or dL/d(products) from the given dL/dlogits
+  // through the loss's products and corrections.
+  gemm_args<T> a = {};
+  auto products = [&](int c0, int cb, bool first) {
+    a = {};  // grad_x (+)= G_b W_b
+    a.M = n, a.N = d, a.K = cb;
+    a.A = z, a.lda = cb, a.vec_a = vectorizable<T>(z, cb);
+    a.B = in.w + (int64_t)c0 * d, a.ldb = d, a.vec_b = vectorizable<T>(a.B, d);
+    a.C = gx, a.vec_c = vectorizable<T>(gx, d), a.accumulate = !first;
+    launch_gemm<T, kNN>(ctx, a);
+    a = {};  // grad_w[c0 : c0 + cb] = G_b^T x
+    a.M = cb, a.N = d, a.K = n;
+    a.A = z, a.lda = cb, a.vec_a = vectorizable<T>(z, cb);
+    a.B = in.x, a.ldb = d, a.vec_b = vectorizable<T>(in.x, d);
+    a.C = gw + (int64_t)c0 * d, a.vec_c = vectorizable<T>(a.C, d);
+    launch_gemm<T, kTN>(ctx, a);
+  };
+  auto corrections = [&](const double *reg_weight) {
+    project_gradients<T>(ctx, p.margin, x, w, n, d, c, gx, gw);
+    if (!lsm_plain_margin(p.margin)) {
+      LSM_LAUNCH(loss_target_x<T>, sample_blocks, kSampleBlock, s, x, w, local, trow, g_target, n, d, p.margin, gx,
+                 coef, q, kind == LSM_MARGIN_MAGFACE ? mag : nullptr, factors, p.args.grad_scale, reg_weight);
+      launch_target_w<T>(ctx, x, w, coef, n, d, c, gw);
+    }
+  };
+  const unsigned int op_blocks = blocks_for((int64_t)n * classes, kSampleBlock);
+  if (p.stage == LSM_LOSS_LOGITS) {
+    make_logits(0, c);
+    LSM_LAUNCH(op_logits<T>, op_blocks, kSampleBlock, s, lz, static_cast<T *>(p.logits), n, classes, local, target);
+    if (p.regulariser != nullptr) {
+      LSM_CUDA_TRY(ctx, cudaMemsetAsync(p.regulariser, 0, (size_t)n * sizeof(double), s));
+      if (kind == LSM_MARGIN_MAGFACE)
+        LSM_LAUNCH(magface_rows, row_blocks, kSampleBlock, s, local, mag, factors, ce, p.margin, n, p.regulariser,
+                   nullptr);
+    }
+    return finish();
+  }
+  if (p.stage == LSM_LOSS_BACKWARD) {
+    const T *g = static_cast<const T *>(p.grad_logits);
+    if (elementwise || subs > 1) make_logits(0, c);
+    LSM_LAUNCH(op_gradient<T>, op_blocks, kSampleBlock, s, g, z, zd, n, classes, subs > 1, local, g_target);
+    if (subs > 1)
+      LSM_LAUNCH(subcenter_scatter<T>, op_blocks, kSampleBlock, s, z, g, n, c, 0, subs, local, trow);
+    products(0, c, true);
+    corrections(p.grad_regulariser);
+    return finish();
+  }
+
   const double *row_lse = p.lse;
   if (p.stage != LSM_LOSS_GRADIENTS) {
     for (int c0 = 0; c0 < c; c0 += block) {
@@ -230,35 +299,11 @@ int32_t loss(lsm_context *ctx, const lsm_loss_problem &p) {
       if (elementwise)
         LSM_LAUNCH(adaptive_scale<T>, blocks_for((int64_t)n * cb, kSampleBlock), kSampleBlock, s, z, zd,
                    (int64_t)n * cb);
-      gemm_args<T> a = {};  // grad_x (+)= G_b W_b
-      a.M = n, a.N = d, a.K = cb;
-      a.A = z, a.lda = cb, a.vec_a = vectorizable<T>(z, cb);
-      a.B = in.w + (int64_t)c0 * d, a.ldb = d, a.vec_b = vectorizable<T>(a.B, d);
-      a.C = gx, a.vec_c = vectorizable<T>(gx, d), a.accumulate = c0 != last;
-      launch_gemm<T, kNN>(ctx, a);
-      a = {};  // grad_w[c0 : c0 + cb] = G_b^T x
-      a.M = cb, a.N = d, a.K = n;
-      a.A = z, a.lda = cb, a.vec_a = vectorizable<T>(z, cb);
-      a.B = in.x, a.ldb = d, a.vec_b = vectorizable<T>(in.x, d);
-      a.C = gw + (int64_t)c0 * d, a.vec_c = vectorizable<T>(a.C, d);
-      launch_gemm<T, kTN>(ctx, a);
+      products(c0, cb, c0 == last);
     }
-    project_gradients<T>(ctx, p.margin, x, w, n, d, c, gx, gw);
-    if (!lsm_plain_margin(p.margin)) {
-      LSM_LAUNCH(loss_target_x<T>, sample_blocks, kSampleBlock, s, x, w, local, trow, g_target, n, d, p.margin, gx,
-                 coef, q, kind == LSM_MARGIN_MAGFACE ? mag : nullptr, factors, p.args.grad_scale);
-      launch_target_w<T>(ctx, x, w, coef, n, d, c, gw);
-    }
+    corrections(nullptr);
   }
-  if ((st = launched(ctx)) != LSM_OK) return st;
-  if (p.args.state_out != nullptr && (kind == LSM_MARGIN_ADAFACE || curricular)) {  // host memory
-    LSM_CUDA_TRY(ctx, cudaMemcpyAsync(p.args.state_out, state, 2 * sizeof(double), cudaMemcpyDeviceToHost, s));
-    LSM_CUDA_TRY(ctx, cudaStreamSynchronize(s));
-    ctx->traffic_from += 2 * sizeof(double);
-  }
-  // Read after the work, as the labels are: a bad weight only ever changes values, never an index.
-  if (ce.weights != nullptr && (st = check_bad_weight(ctx, ce.weights, total, bad_weight)) != LSM_OK) return st;
-  return check_bad_label(ctx, p.labels, p.n, p.args.total_classes, bad);
+  return finish();
 }
 
 }  // namespace

@@ -239,12 +239,13 @@ __global__ void loss_gradient(T *z, int n, int cb, int c0, const int32_t *local,
 // The margin's corrections of grad_x after the products (one warp per sample, as
 // backward_target_x), with dL/df_iy from g_target and the label within the shard; the records go
 // to coef for backward_target_w. trow (sub-center ArcFace, else null): the target's row of W,
-// where the label's class holds K rows.
+// where the label's class holds K rows. MagFace's regulariser weighs grad_scale w_y in the loss,
+// reg_weight[i] (dL/d(regulariser_i), given) in lsm_backward_args.
 template <typename T>
 __global__ void loss_target_x(const T *x, const T *w, const int32_t *local, const int32_t *trow,
                               const double *g_target, int n, int d, lsm_margin margin, T *grad_x,
                               lsm_correction *coef, const double *rowq, const double *mag,
-                              const lsm_ce_row *factors, double grad_scale) {
+                              const lsm_ce_row *factors, double grad_scale, const double *reg_weight) {
   const int lane = threadIdx.x % kWarp;
   const int warps = (int)(gridDim.x * blockDim.x / kWarp);
   for (int i = (int)((blockIdx.x * blockDim.x + threadIdx.x) / kWarp); i < n; i = next_index(i, warps, n)) {
@@ -264,7 +265,8 @@ __global__ void loss_target_x(const T *x, const T *w, const int32_t *local, cons
     // MagFace's magnitude (mag: a_i, dm_i, inside, n each), as cpu/loss.cpp's corrections.
     if (mag == nullptr || y < 0 || mag[2 * n + i] == 0.0 || lsm_degenerate(st)) continue;
     const double da = g_target[i] * margin.scale * lsm_magface_dphi_dm(st, q) * mag[n + i] +
-                      grad_scale * factors[i].wy * margin.lambda_g * lsm_magface_dg(margin, mag[i]);
+                      (reg_weight == nullptr ? grad_scale * factors[i].wy : reg_weight[i]) * margin.lambda_g *
+                          lsm_magface_dg(margin, mag[i]);
     const double f = da * st.px * st.ux;
     T *gxi = grad_x + (int64_t)i * d;
     for (int k = lane; k < d; k += kWarp) gxi[k] = (T)((double)gxi[k] + f * (double)xi[k]);

@@ -7,7 +7,7 @@
 // (loose tolerance), and bitwise-repeatable backward results; then the numerics at the ends of
 // the range (exact power-of-two homogeneity in float64 on both backends, float32 subnormal
 // inputs on CUDA against the CPU), the fused loss (one call and the shard calls, in class
-// blocks and row chunks; NaN and infinite rows), and resident training (the SGD update, the sum, top-k). Built against the CPU execution layer with -fsanitize=address,undefined, so an
+// blocks and row chunks; NaN and infinite rows; the adaptive kinds' op), and resident training (the SGD update, the sum, top-k). Built against the CPU execution layer with -fsanitize=address,undefined, so an
 // out-of-bounds access or undefined behaviour in a kernel stops it; built with nvcc it is the
 // compute-sanitizer target of scripts/gpu-check.sh. Device buffers have exactly the tensors'
 // sizes, so any overrun is past an allocation. Exit status 0 when everything matches.
@@ -277,6 +277,65 @@ void adaptive_case(lsm_context *cpu, lsm_context *gpu, const shape &s, int32_t k
       printf("FAIL %s: %s backend: a tied sub-center above the lowest took a gradient\n", name.c_str(),
              b == 0 ? "CPU" : "CUDA");
   }
+  if (!ok) ++g_failures;
+}
+
+// The adaptive kinds' op (lsm_forward_args, lsm_backward_args): logits [n, c], MagFace's
+// regulariser, the state, and the gradients of random dL/dlogits and dL/dregulariser, in buffers
+// of the tensors' exact sizes, the CUDA backend's against the CPU's.
+template <typename T>
+void adaptive_op_case(lsm_context *cpu, lsm_context *gpu, const shape &s, int32_t kind) {
+  const int32_t dtype = sizeof(T) == 4 ? LSM_FLOAT32 : LSM_FLOAT64;
+  lsm_margin mg = {};
+  mg.kind = kind, mg.scale = 16.0, mg.m2 = 0.5;
+  if (kind == LSM_MARGIN_SUBCENTER) mg.m = 3;
+  if (kind == LSM_MARGIN_ADAFACE) mg.m2 = 0.4, mg.h = 0.333, mg.t_alpha = 0.3, mg.batch_mean = 1, mg.batch_std = 1;
+  if (kind == LSM_MARGIN_CURRICULARFACE) mg.t_alpha = 0.3, mg.t = 0.1;
+  if (kind == LSM_MARGIN_MAGFACE) mg.m2 = 0.45, mg.upper_margin = 0.8, mg.lower_norm = 0.5, mg.upper_norm = 2, mg.lambda_g = 3;
+  const int64_t rows = s.c * (kind == LSM_MARGIN_SUBCENTER ? 3 : 1);
+  const size_t n = (size_t)s.n, nd = (size_t)(s.n * s.d), rd = (size_t)(rows * s.d), nc = (size_t)(s.n * s.c);
+  const size_t e = sizeof(T), rb = n * 8;
+  const std::string name = std::string("adaptive op kind ") + std::to_string(kind) + (sizeof(T) == 4 ? " f32" : " f64") +
+                           " n=" + std::to_string(s.n) + " d=" + std::to_string(s.d) + " c=" + std::to_string(s.c);
+  ++g_cases;
+  std::vector<T> x(nd), w(rd), g(nc);
+  std::vector<double> gr(n);
+  std::vector<int32_t> labels(n);
+  for (auto &v : x) v = (T)(2.0 * uniform());
+  for (auto &v : w) v = (T)uniform();
+  for (auto &v : g) v = (T)uniform();
+  for (auto &v : gr) v = uniform();
+  for (size_t i = 0; i < n; ++i) labels[i] = (int32_t)((uniform() + 1.0) * 0.5 * (double)s.c) % (int32_t)s.c;
+  if (s.d > 1) std::fill(x.begin(), x.begin() + s.d, T(0));  // a zero row
+  std::vector<T> logits[2], gx[2], gw[2];
+  std::vector<double> reg[2], state[2];
+  const double tol = sizeof(T) == 4 ? 2e-4 : 1e-10;
+  bool ok = true;
+  for (int b = 0; b < 2 && ok; ++b) {
+    lsm_context *ctx = b == 0 ? cpu : gpu;
+    logits[b].assign(nc, T(0)), gx[b].assign(nd, T(0)), gw[b].assign(rd, T(0));
+    reg[b].assign(n, 0.0), state[b].assign(2, 0.0);
+    void *dx = upload(ctx, x.data(), nd * e), *dw = upload(ctx, w.data(), rd * e), *dl = upload(ctx, labels.data(), n * 4);
+    void *dg = upload(ctx, g.data(), nc * e), *dgr = upload(ctx, gr.data(), rb), *dlogits = upload(ctx, nullptr, nc * e);
+    void *dreg = upload(ctx, nullptr, rb), *dgx = upload(ctx, nullptr, nd * e), *dgw = upload(ctx, nullptr, rd * e);
+    const int32_t *yl = static_cast<const int32_t *>(dl);
+    lsm_loss_args a = {};
+    a.total_classes = s.c, a.grad_scale = 1.0, a.state_out = state[b].data();
+    ok = dx && dw && dl && dg && dgr && dlogits && dreg && dgx && dgw &&
+         lsm_forward_args(ctx, dtype, s.n, s.d, rows, &mg, &a, dx, dw, yl, dlogits, static_cast<double *>(dreg)) ==
+             LSM_OK &&
+         lsm_backward_args(ctx, dtype, s.n, s.d, rows, &mg, &a, dx, dw, yl, dg, static_cast<const double *>(dgr), dgx,
+                           dgw) == LSM_OK &&
+         lsm_memcpy_from_context(ctx, logits[b].data(), dlogits, nc * e) == LSM_OK &&
+         lsm_memcpy_from_context(ctx, reg[b].data(), dreg, rb) == LSM_OK &&
+         lsm_memcpy_from_context(ctx, gx[b].data(), dgx, nd * e) == LSM_OK &&
+         lsm_memcpy_from_context(ctx, gw[b].data(), dgw, rd * e) == LSM_OK;
+    if (!ok) printf("FAIL %s: %s backend: %s\n", name.c_str(), b == 0 ? "CPU" : "CUDA", lsm_last_error());
+    for (void *q : {dx, dw, dl, dg, dgr, dlogits, dreg, dgx, dgw}) lsm_free(ctx, q);
+  }
+  ok = ok && close(logits[1], logits[0], tol, name + " logits") && close(reg[1], reg[0], tol, name + " regulariser") &&
+       close(state[1], state[0], tol, name + " state") && close(gx[1], gx[0], tol, name + " grad_x") &&
+       close(gw[1], gw[0], tol, name + " grad_w");
   if (!ok) ++g_failures;
 }
 
@@ -571,6 +630,10 @@ int main(int argc, char **argv) {
     for (int64_t block : {s.c, (int64_t)2}) {
       adaptive_case<float>(cpu, gpu, s, LSM_MARGIN_SUBCENTER, block, true);
       adaptive_case<double>(cpu, gpu, s, LSM_MARGIN_SUBCENTER, block, true);
+    }
+    for (int32_t kind : {LSM_MARGIN_SUBCENTER, LSM_MARGIN_ADAFACE, LSM_MARGIN_CURRICULARFACE, LSM_MARGIN_MAGFACE}) {
+      adaptive_op_case<float>(cpu, gpu, s, kind);
+      adaptive_op_case<double>(cpu, gpu, s, kind);
     }
   }
   bad_label(gpu);
