@@ -56,6 +56,18 @@ inline double sum_squares(const float *v, int64_t count) { return lsm_rows().sum
 inline void accumulate_columns(double *acc, const float *e, float *row, const float *b, double k, int64_t count) {
   lsm_rows().accumulate_columns(acc, e, row, b, k, count);
 }
+inline void adaptive_row(float *v, float *deriv, int64_t count, int32_t kind, double s, double threshold, double t) {
+  lsm_rows().adaptive_row(v, deriv, count, kind, s, threshold, t);
+}
+inline void adaptive_row(double *v, double *deriv, int64_t count, int32_t kind, double s, double threshold,
+                         double t) {
+  const double inv = 1.0 / s;
+  for (int64_t j = 0; j < count; ++j) {
+    const double c = v[j] * inv;
+    v[j] = s * (kind == LSM_MARGIN_ADAFACE ? lsm_adaface_nontarget(c, &deriv[j])
+                                           : lsm_curricular_nontarget(c, threshold, t, &deriv[j]));
+  }
+}
 inline double row_max(const double *row, int64_t count) {
   double m = -INFINITY;
   for (int64_t j = 0; j < count; ++j) m = row[j] > m ? row[j] : m;

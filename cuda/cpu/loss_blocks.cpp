@@ -41,19 +41,10 @@ void loss_run<T>::logits(int64_t c0, int64_t cb) {
 template <typename T>
 void loss_run<T>::transform(int64_t c0, int64_t cb) {
   const lsm_margin &mg = p.margin;
-  const double s = mg.scale, inv = 1.0 / mg.scale;
-  const bool ada = mg.kind == LSM_MARGIN_ADAFACE;
   parallel_for(n, 4 * cb, [&](int64_t i0, int64_t i1) {
     for (int64_t i = i0; i < i1; ++i) {
       T *row = buf + i * cb, *a = aux + i * cb;
-      const double th = ada ? 0.0 : thresh[i];
-      for (int64_t j = 0; j < cb; ++j) {
-        double deriv;
-        const double cj = (double)row[j] * inv;
-        const double f = ada ? lsm_adaface_nontarget(cj, &deriv) : lsm_curricular_nontarget(cj, th, t_now, &deriv);
-        row[j] = (T)(s * f);
-        a[j] = (T)deriv;
-      }
+      adaptive_row(row, a, cb, mg.kind, mg.scale, mg.kind == LSM_MARGIN_ADAFACE ? 0.0 : thresh[i], t_now);
       const int64_t y = local[i] - c0;
       if (y >= 0 && y < cb) a[y] = T(1);
     }

@@ -47,7 +47,7 @@ void loss_run<T>::fold_direct(double *maxes, double *sums, std::vector<double> *
   std::vector<T> bt(colscale.begin(), colscale.end());  // b_j in T: the n x c loops stay in T
   std::vector<std::vector<double>> acc(kChunks);
   const bool elementwise = lsm_elementwise(p.margin.kind);
-  const double s = p.margin.scale, inv = 1.0 / p.margin.scale;
+  const double s = p.margin.scale;
   parallel_for(kChunks, n * c / kChunks, [&](int64_t k0, int64_t k1) {
     std::vector<T> tmp((size_t)c), deriv(elementwise ? (size_t)c : 0);
     for (int64_t k = k0; k < k1; ++k) {
@@ -63,13 +63,8 @@ void loss_run<T>::fold_direct(double *maxes, double *sums, std::vector<double> *
         double sum;
         if (elementwise) {  // the kind's logits f into tmp, d f / d(product) beside; then E times it
           const double th = p.margin.kind == LSM_MARGIN_ADAFACE ? 0.0 : thresh[i];
-          for (int64_t j = 0; j < c; ++j) {
-            double dv;
-            const double cj = (double)row[j] * inv;
-            const double f = p.margin.kind == LSM_MARGIN_ADAFACE ? lsm_adaface_nontarget(cj, &dv)
-                                                                 : lsm_curricular_nontarget(cj, th, t_now, &dv);
-            tmp[j] = (T)(s * f), deriv[j] = (T)dv;
-          }
+          std::copy(row, row + c, tmp.data());
+          adaptive_row(tmp.data(), deriv.data(), c, p.margin.kind, s, th, t_now);
           if (y >= 0) tmp[y] = row[y], deriv[y] = T(1);
           bm = row_max(tmp.data(), c);
           sum = exp_sum(tmp.data(), tmp.data(), c, bm);

@@ -11,7 +11,7 @@ extern const lsm_row_kernels kernels;
 
 const lsm_row_kernels &lsm_rows() {
   static const lsm_row_kernels base = {lsm_rows_base::row_max, lsm_rows_base::exp_sum, lsm_rows_base::sum_squares,
-                                       lsm_rows_base::accumulate_columns};
+                                       lsm_rows_base::accumulate_columns, lsm_rows_base::adaptive_row};
 #if defined(LSM_ROWS_AVX2)
   static const bool avx2 = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
   if (avx2) return lsm_rows_avx2::kernels;

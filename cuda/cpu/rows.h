@@ -1,5 +1,6 @@
 // cpu/rows.h: the fused loss's row kernels over float logits: the row max, exp(f - shift) with
-// the row's sum, the sums of squares of W's rows and the direct path's column sums (cpu/loss.cpp).
+// the row's sum, the sums of squares of W's rows, the direct path's column sums and the
+// element-wise kinds' transform (cpu/loss.cpp).
 // These touch all n x c logits or all of W, so they are written for the vectorizer (a
 // branch-free exp, sums in lanes) and built twice: cpu/rows.cpp for the baseline instruction set
 // and, on x86-64, cpu/rows_avx2.cpp for AVX2 + FMA; lsm_rows() picks one at run time. Both are
@@ -19,6 +20,10 @@ struct lsm_row_kernels {
   // For j < count: acc[j] += k (e[j] row[j]) (the product in float, then double), and
   // row[j] = e[j] b[j]; the direct path's row pass (cpu/loss.cpp, fold_direct).
   void (*accumulate_columns)(double *acc, const float *e, float *row, const float *b, double k, int64_t count);
+  // The element-wise kinds' row (math/margin_adaptive.cuh), in place: the products v[j] = s c_j
+  // to the logits s AdaFace's clamp of c_j, or s CurricularFace's c_j (t + c_j) where c_j >
+  // threshold, and d f / d v into deriv; each in double, rounded once to float.
+  void (*adaptive_row)(float *v, float *deriv, int64_t count, int32_t kind, double s, double threshold, double t);
 };
 
 // The kernels for this processor.
@@ -28,6 +33,8 @@ const lsm_row_kernels &lsm_rows();
 #ifdef LSM_ROWS_NAMESPACE
 #include <math.h>
 #include <string.h>
+
+#include "math/margin.cuh"
 
 namespace LSM_ROWS_NAMESPACE {
 
@@ -103,6 +110,25 @@ inline void accumulate_columns(double *__restrict acc, const float *__restrict e
   for (int64_t j = 0; j < count; ++j) {
     acc[j] += k * (double)(e[j] * row[j]);
     row[j] = e[j] * b[j];
+  }
+}
+
+// One loop per kind, free of calls and branches once the math is inlined: the vectorizer's.
+inline void adaptive_row(float *__restrict v, float *__restrict deriv, int64_t count, int32_t kind, double s,
+                         double threshold, double t) {
+  const double inv = 1.0 / s;
+  if (kind == LSM_MARGIN_ADAFACE) {
+    for (int64_t j = 0; j < count; ++j) {
+      double dv;
+      const double f = lsm_adaface_nontarget((double)v[j] * inv, &dv);
+      v[j] = (float)(s * f), deriv[j] = (float)dv;
+    }
+    return;
+  }
+  for (int64_t j = 0; j < count; ++j) {
+    double dv;
+    const double f = lsm_curricular_nontarget((double)v[j] * inv, threshold, t, &dv);
+    v[j] = (float)(s * f), deriv[j] = (float)dv;
   }
 }
 

@@ -3,5 +3,5 @@
 #include "cpu/rows.h"
 
 namespace lsm_rows_avx2 {
-extern const lsm_row_kernels kernels = {row_max, exp_sum, sum_squares, accumulate_columns};
+extern const lsm_row_kernels kernels = {row_max, exp_sum, sum_squares, accumulate_columns, adaptive_row};
 }
