@@ -3,7 +3,7 @@
 // that the library loads and works where MPI is not installed. Open MPI's handles
 // (MPI_COMM_WORLD, MPI_DOUBLE, MPI_SUM, ...) are addresses of its global objects, reached by
 // dlsym; no mpi.h is needed to build. Host memory only; every call is a collective that every
-// rank must make in the same order.
+// rank must make in the same order. api/mpi.h's non-blocking calls serve api/nccl.cpp.
 #include <dlfcn.h>
 #include <limits.h>
 #include <stdlib.h>
@@ -12,6 +12,7 @@
 #include <vector>
 
 #include "api/backend.h"
+#include "api/mpi.h"
 
 namespace {
 
@@ -22,6 +23,12 @@ using CommInt = int (*)(Handle, int *);
 using Allreduce = int (*)(const void *, void *, int, Handle, Handle, Handle);
 using Allgatherv = int (*)(const void *, int, Handle, void *, const int *, const int *, Handle, Handle);
 using ReduceScatter = int (*)(const void *, void *, const int *, Handle, Handle, Handle);
+using Isend = int (*)(const void *, int, Handle, int, int, Handle, Handle *);
+using Irecv = int (*)(void *, int, Handle, int, int, Handle, Handle *);
+using Iallreduce = int (*)(const void *, void *, int, Handle, Handle, Handle, Handle *);
+using Test = int (*)(Handle *, int *, void *);
+using Wait = int (*)(Handle *, void *);
+using Cancel = int (*)(Handle *);
 using Abort = int (*)(Handle, int);
 using Finalize = int (*)();
 
@@ -33,9 +40,15 @@ struct Mpi {
   Allreduce allreduce = nullptr;
   Allgatherv allgatherv = nullptr;
   ReduceScatter reduce_scatter = nullptr;
+  Isend isend = nullptr;
+  Irecv irecv = nullptr;
+  Iallreduce iallreduce = nullptr;
+  Test test = nullptr;
+  Wait wait = nullptr;
+  Cancel cancel = nullptr;
   Abort abort_job = nullptr;
   Finalize finalize = nullptr;
-  Handle world = nullptr, type_double = nullptr, type_byte = nullptr, op_sum = nullptr, op_max = nullptr;
+  Handle world = nullptr, type_double = nullptr, type_byte = nullptr, type_int = nullptr, op_sum = nullptr, op_max = nullptr;
   bool ready = false;
   int32_t my_rank = 0, world_size = 1;
 } mpi;
@@ -67,10 +80,14 @@ int32_t load() {
                   find(&mpi.finalized, "MPI_Finalized") && find(&mpi.rank, "MPI_Comm_rank") &&
                   find(&mpi.size, "MPI_Comm_size") && find(&mpi.allreduce, "MPI_Allreduce") &&
                   find(&mpi.allgatherv, "MPI_Allgatherv") && find(&mpi.reduce_scatter, "MPI_Reduce_scatter") &&
+                  find(&mpi.isend, "MPI_Isend") && find(&mpi.irecv, "MPI_Irecv") &&
+                  find(&mpi.iallreduce, "MPI_Iallreduce") && find(&mpi.test, "MPI_Test") &&
+                  find(&mpi.wait, "MPI_Wait") && find(&mpi.cancel, "MPI_Cancel") &&
                   find(&mpi.abort_job, "MPI_Abort") && find(&mpi.finalize, "MPI_Finalize") &&
                   (mpi.world = dlsym(lib, "ompi_mpi_comm_world")) != nullptr &&
                   (mpi.type_double = dlsym(lib, "ompi_mpi_double")) != nullptr &&
                   (mpi.type_byte = dlsym(lib, "ompi_mpi_byte")) != nullptr &&
+                  (mpi.type_int = dlsym(lib, "ompi_mpi_int")) != nullptr &&
                   (mpi.op_sum = dlsym(lib, "ompi_mpi_op_sum")) != nullptr &&
                   (mpi.op_max = dlsym(lib, "ompi_mpi_op_max")) != nullptr;
   if (!ok) {
@@ -109,6 +126,44 @@ int32_t counts_of(const int64_t *counts, std::vector<int> *c, std::vector<int> *
 }
 
 }  // namespace
+
+// Open MPI's MPI_STATUS_IGNORE is a null pointer and MPI_IN_PLACE is (void *)1.
+namespace lsm_mpi {
+
+int32_t isend(const int32_t *values, int count, int to, int tag, Request *request) {
+  int32_t s = ready();
+  if (s != LSM_OK) return s;
+  return check(mpi.isend(values, count, mpi.type_int, to, tag, mpi.world, request), "MPI_Isend");
+}
+
+int32_t irecv(int32_t *values, int count, int from, int tag, Request *request) {
+  int32_t s = ready();
+  if (s != LSM_OK) return s;
+  return check(mpi.irecv(values, count, mpi.type_int, from, tag, mpi.world, request), "MPI_Irecv");
+}
+
+int32_t iallreduce_max(int32_t *values, int count, Request *request) {
+  int32_t s = ready();
+  if (s != LSM_OK) return s;
+  return check(mpi.iallreduce(reinterpret_cast<void *>(1), values, count, mpi.type_int, mpi.op_max, mpi.world, request),
+               "MPI_Iallreduce");
+}
+
+int32_t test(Request *request, bool *done) {
+  int flag = 0;
+  const int32_t s = check(mpi.test(request, &flag, nullptr), "MPI_Test");
+  *done = s == LSM_OK && flag != 0;
+  return s;
+}
+
+int32_t wait(Request *request) { return check(mpi.wait(request, nullptr), "MPI_Wait"); }
+
+int32_t cancel(Request *request) {
+  const int32_t s = check(mpi.cancel(request), "MPI_Cancel");
+  return s != LSM_OK ? s : wait(request);
+}
+
+}  // namespace lsm_mpi
 
 extern "C" {
 

@@ -10,7 +10,9 @@
 // With DISTRIBUTED=nccl the same checks go through NCCL (on the emulated CUDA backend, its
 // stand-in: LSOFTMAX_NCCL=build/emu/libnccl_stand_in.so); NO_NCCL=1 checks instead that without
 // NCCL (LSOFTMAX_NCCL naming a missing file) the head is an Error saying what to install, and
-// where one rank alone lacks it, the others fail too (no hang) saying which rank.
+// where one rank alone lacks it, the others fail too (no hang) saying which rank. With NCCL and
+// K > 1, first one rank's ncclCommInitRank fails (the stand-in's LSM_NCCL_STAND_IN_FAIL_INIT_RANK;
+// the other ranks' init waits for it): every rank throws the same Error, and the next head works.
 //
 //   LSOFTMAX_LIB=... BACKEND=cpu|cuda:0 [DISTRIBUTED=nccl] CHECKPOINT=/tmp/dir mpirun -np K deno run ... ranks_check.ts
 
@@ -98,7 +100,35 @@ if (Deno.env.get("NO_NCCL") === "1") {
   console.log(`rank ${Deno.env.get("OMPI_COMM_WORLD_RANK")}: without NCCL: ok`);
   Deno.exit(0);
 }
-using probe = head(1);
+// One rank's NCCL init fails (rank 1's, then rank 0's, the rendezvous' root): every rank throws
+// the same Error within a minute. The alarm (libc's, through FFI) ends a rank that hangs instead,
+// since a hang inside the synchronous constructor would stop any timer of Deno's.
+const world = Number(Deno.env.get("OMPI_COMM_WORLD_SIZE") ?? "1");
+if (distributed === "nccl" && world > 1) {
+  const libc = Deno.dlopen("libc.so.6", { alarm: { parameters: ["u32"], result: "u32" } });
+  for (const failing of [1, 0]) {
+    Deno.env.set("LSM_NCCL_STAND_IN_FAIL_INIT_RANK", String(failing));
+    libc.symbols.alarm(60);
+    const start = performance.now();
+    try {
+      assert.throws(
+        () => head(1),
+        (e: Error) =>
+          e.constructor === Error &&
+          e.message ===
+            `NCCL: distributed: "nccl": rank ${failing} of ${world}: ncclCommInitRankConfig failed: ` +
+              "unhandled cuda error (the stand-in: LSM_NCCL_STAND_IN_FAIL_INIT_RANK named this rank); " +
+              "every rank aborted its communicator",
+      );
+    } finally {
+      libc.symbols.alarm(0);
+      Deno.env.delete("LSM_NCCL_STAND_IN_FAIL_INIT_RANK");
+    }
+    assert.ok(performance.now() - start < 30_000, "a failed NCCL init took 30 s or more");
+  }
+  libc.close();
+}
+using probe = head(1); // after the failed inits: NCCL's init works
 const K = probe.worldSize, R = probe.rank;
 assert.equal(probe.worldSize, Number(Deno.env.get("OMPI_COMM_WORLD_SIZE")));
 assert.equal(probe.rank, Number(Deno.env.get("OMPI_COMM_WORLD_RANK")));
