@@ -87,6 +87,12 @@ int32_t loss_run<T>::prepass() {
       for (int64_t i = 0; i < n; ++i) mag[i] = lsm_magface_of(mg, len[i]), rowq[i] = mag[i].m;
     }
   }
+  if (subs > 1) {  // equal sub-centers tie exactly (math/margin_adaptive.cuh)
+    alias.resize((size_t)c);
+    parallel_for(c, 2 * subs, [&](int64_t r0, int64_t r1) {
+      for (int64_t r = r0; r < r1; ++r) alias[r] = (uint16_t)lsm_subcenter_alias(w, r, d, subs);
+    });
+  }
   parallel_for(n, 3 * d * subs, [&](int64_t i0, int64_t i1) {
     for (int64_t i = i0; i < i1; ++i) {
       const int64_t y = labels[i] - p.args.class_offset;

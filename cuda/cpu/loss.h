@@ -122,6 +122,7 @@ struct loss_run {
   T *aux = nullptr;              // n x block: d f / d(products) of the element-wise kinds
   T *cls = nullptr;              // n x block/K: sub-center ArcFace's class logits, then exponentials
   uint16_t *win = nullptr;       // n x block/K: each class's winning sub-center (K <= 65536)
+  std::vector<uint16_t> alias;   // each row's sub-center, or that of the lowest equal row of its class
 
   loss_run(lsm_context *ctx, const lsm_loss_problem &q)
       : p(q), x(static_cast<const T *>(q.x)), w(static_cast<const T *>(q.w)), colscale(direct_scales(ctx, q)),

@@ -53,7 +53,8 @@ void loss_run<T>::transform(int64_t c0, int64_t cb) {
 
 // Sub-center ArcFace: row i's class logits into cls (the largest of each class's K products, NaN
 // kept), the target's replaced by its margin logit, and each class's winning sub-center into win
-// (the lowest on a tie), which its gradient goes to (math/margin_adaptive.cuh).
+// (the lowest on a tie, and the lowest of equal sub-centers), which its gradient goes to
+// (math/margin_adaptive.cuh).
 template <typename T>
 void loss_run<T>::class_logits(int64_t i, int64_t c0, int64_t cb) {
   const T *row = buf + i * cb;
@@ -62,7 +63,7 @@ void loss_run<T>::class_logits(int64_t i, int64_t c0, int64_t cb) {
   uint16_t *wr = win + i * cbk;
   for (int64_t j = 0; j < cbk; ++j) {
     cr[j] = lsm_subcenter_max(row + j * subs, subs);
-    wr[j] = (uint16_t)lsm_subcenter_best(row + j * subs, subs);
+    wr[j] = alias[c0 + j * subs + lsm_subcenter_best(row + j * subs, subs)];
   }
   const int64_t y = local[i] - c0 / subs;
   if (y >= 0 && y < cbk) cr[y] = (T)target[i];

@@ -58,7 +58,7 @@ int32_t loss_run<T>::op(lsm_context *ctx) {
       } else if (subs > 1) {  // each class's gradient onto its winner, read before it is written
         for (int64_t j = 0; j < classes; ++j) {
           T *r = row + j * subs;
-          const int64_t best = j == local[i] ? trow[i] - j * subs : lsm_subcenter_best(r, subs);
+          const int64_t best = j == local[i] ? trow[i] - j * subs : alias[j * subs + lsm_subcenter_best(r, subs)];
           for (int64_t q = 0; q < subs; ++q) r[q] = q == best ? gi[j] : T(0);
         }
       }

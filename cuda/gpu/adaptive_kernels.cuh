@@ -140,14 +140,23 @@ __global__ void subcenter_classes(const T *z, T *zc, int n, int cb, int subs) {
   }
 }
 
+// Sub-center ArcFace: each row's alias (lsm_subcenter_alias: the sub-center of the lowest equal row
+// of its class), a thread per row.
+template <typename T>
+__global__ void subcenter_aliases(const T *w, int rows, int d, int subs, int32_t *alias) {
+  const int step = (int)(gridDim.x * blockDim.x);
+  for (int r = (int)(blockIdx.x * blockDim.x + threadIdx.x); r < rows; r = next_index(r, step, rows))
+    alias[r] = lsm_subcenter_alias(w, (int64_t)r, (int64_t)d, (int64_t)subs);
+}
+
 // Sub-center ArcFace: the block's class gradients gc (n x cb/K) onto its rows, in place of the
 // products z: each class's to its winning sub-center, 0 to the other K - 1. The target's winner is
 // the pre-pass's (trow[i], a row of W; the block starts at row c0, a multiple of K), another
-// class's the largest of its products in z (lsm_subcenter_best), read before the thread overwrites
-// them. A thread per (row, class).
+// class's the largest of its products in z (lsm_subcenter_best; equal sub-centers: the lowest, by
+// alias), read before the thread overwrites them. A thread per (row, class).
 template <typename T>
 __global__ void subcenter_scatter(T *z, const T *gc, int n, int cb, int c0, int subs, const int32_t *local,
-                                  const int32_t *trow) {
+                                  const int32_t *trow, const int32_t *alias) {
   const int cbk = cb / subs;
   const int64_t total = (int64_t)n * cbk;
   const int64_t step = (int64_t)gridDim.x * blockDim.x;
@@ -156,7 +165,8 @@ __global__ void subcenter_scatter(T *z, const T *gc, int n, int cb, int c0, int 
     T *r = z + (int64_t)i * cb + (int64_t)j * subs;
     const bool target = local[i] >= 0 && local[i] - c0 / subs == j;
     const int64_t best =
-        target ? (int64_t)trow[i] - ((int64_t)c0 + (int64_t)j * subs) : lsm_subcenter_best(r, (int64_t)subs);
+        target ? (int64_t)trow[i] - ((int64_t)c0 + (int64_t)j * subs)
+               : (int64_t)alias[(int64_t)c0 + (int64_t)j * subs + lsm_subcenter_best(r, (int64_t)subs)];
     const T g = gc[e];
     for (int q = 0; q < subs; ++q) r[q] = q == best ? g : T(0);
   }

@@ -103,7 +103,7 @@ int32_t loss(lsm_context *ctx, const lsm_loss_problem &p) {
   char *inputs;
   double *target, *g_target, *maxes, *sums, *lse, *factor, *part_m, *part_s, *smooth, *seen, *part_a, *part_w;
   T *shift, *z, *zd, *zc;
-  int32_t *trow;
+  int32_t *trow, *alias;
   double *rowq, *mag, *cos_y, *thresh, *state;
   lsm_correction *coef;
   lsm_ce_row *factors;
@@ -135,8 +135,8 @@ int32_t loss(lsm_context *ctx, const lsm_loss_problem &p) {
       thresh = r.take<double>(n), state = r.take<double>(2);
     }
     if (elementwise) zd = r.take<T>((int64_t)n * block);
-    zc = nullptr, trow = nullptr;
-    if (subs > 1) zc = r.take<T>((int64_t)n * columns), trow = r.take<int32_t>(n);
+    zc = nullptr, trow = nullptr, alias = nullptr;
+    if (subs > 1) zc = r.take<T>((int64_t)n * columns), trow = r.take<int32_t>(n), alias = r.take<int32_t>(c);
     return r.used;
   };
   void *mem = nullptr;
@@ -183,6 +183,7 @@ int32_t loss(lsm_context *ctx, const lsm_loss_problem &p) {
     return check_bad_label(ctx, p.labels, p.n, p.args.total_classes, bad);
   }
   if (curricular) LSM_LAUNCH(adaptive_state, 1, 1, s, p.margin, ce, p.labels, n, nullptr, row_cos, state);
+  if (subs > 1) LSM_LAUNCH(subcenter_aliases<T>, blocks_for(c, kSampleBlock), kSampleBlock, s, w, c, d, subs, alias);
   const device_inputs<T> in = normalise_inputs<T>(ctx, p.margin, x, w, n, d, c, inputs);
 
   // The logits the softmax sees: the products z, or sub-center ArcFace's class logits zc (a
@@ -261,7 +262,7 @@ int32_t loss(lsm_context *ctx, const lsm_loss_problem &p) {
     if (elementwise || subs > 1) make_logits(0, c);
     LSM_LAUNCH(op_gradient<T>, op_blocks, kSampleBlock, s, g, z, zd, n, classes, subs > 1, local, g_target);
     if (subs > 1)
-      LSM_LAUNCH(subcenter_scatter<T>, op_blocks, kSampleBlock, s, z, g, n, c, 0, subs, local, trow);
+      LSM_LAUNCH(subcenter_scatter<T>, op_blocks, kSampleBlock, s, z, g, n, c, 0, subs, local, trow, alias);
     products(0, c, true);
     corrections(p.grad_regulariser);
     return finish();
@@ -295,7 +296,7 @@ int32_t loss(lsm_context *ctx, const lsm_loss_problem &p) {
                  local, target, row_lse, shift, factor, factors, ce, weights, g_target);
       if (subs > 1)
         LSM_LAUNCH(subcenter_scatter<T>, blocks_for((int64_t)n * cbk, kSampleBlock), kSampleBlock, s, z, zc, n, cb, c0,
-                   subs, local, trow);
+                   subs, local, trow, alias);
       if (elementwise)
         LSM_LAUNCH(adaptive_scale<T>, blocks_for((int64_t)n * cb, kSampleBlock), kSampleBlock, s, z, zd,
                    (int64_t)n * cb);

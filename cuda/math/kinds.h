@@ -10,9 +10,11 @@
 
 #include "lsoftmax.h"
 
+// A translation unit built for another instruction set (cpu/rows_avx2.cpp) defines LSM_HD as
+// `static inline` first: its copies of these functions stay its own, never the linker's pick.
 #if defined(__CUDACC__)
 #define LSM_HD __host__ __device__ __forceinline__
-#else
+#elif !defined(LSM_HD)
 #define LSM_HD inline
 #endif
 

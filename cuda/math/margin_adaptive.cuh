@@ -108,4 +108,19 @@ LSM_HD int64_t lsm_subcenter_best(const T *v, int64_t k) {
   return best;
 }
 
+// Sub-center ArcFace: equal sub-centers tie exactly (the lowest wins), though their products need
+// not (a BLAS rounds the product of equal rows differently at different columns of its blocks):
+// the sub-center k of the lowest row of row r's class equal to it element for element, r's own k
+// where none is. w: the rows (K per class, r counted from a class's first), d elements each.
+template <typename T>
+LSM_HD int32_t lsm_subcenter_alias(const T *w, int64_t r, int64_t d, int64_t k) {
+  const int64_t first = r - r % k;
+  for (int64_t q = first; q < r; ++q) {
+    int64_t e = 0;
+    while (e < d && w[q * d + e] == w[r * d + e]) ++e;
+    if (e == d) return (int32_t)(q - first);
+  }
+  return (int32_t)(r - first);
+}
+
 #endif  // LSOFTMAX_MARGIN_ADAPTIVE_CUH
