@@ -160,7 +160,7 @@ Deno.test("adaptive subcenter: equal sub-centers tie exactly, whatever the BLAS'
   // blocks' edges): the lowest of the equal sub-centers must still take every gradient.
   const n = 65, d = 9, C = 70, K = 3;
   for (const backend of ["cpu", ...(cudaAvailable ? ["cuda"] : [])]) {
-    for (const seed of [1, 2, 3]) {
+    for (const seed of backend === "cpu" ? [1, 2, 3] : [1]) { // the emulated GPU is slow
       const rng = new Rng(100 + seed);
       const x = randomArray(rng, n * d), w = randomArray(rng, C * K * d);
       for (let j = 0; j < C; j++) w.copyWithin((j * K + 2) * d, (j * K + 1) * d, (j * K + 2) * d);
