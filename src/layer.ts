@@ -9,7 +9,7 @@ import { readOptions } from "./checks.ts";
 import { type Margin, type MarginKind, type MarginOptions, marginOptions } from "./kinds.ts";
 import { type AdaptiveState, adaptiveState, runLoss } from "./loss.ts";
 import { bindArrays, type Shape } from "./tensors.ts";
-import type { CrossEntropyOptions, Reduction } from "./resolve.ts";
+import { checkGradRegulariser, type CrossEntropyOptions, type Reduction } from "./resolve.ts";
 import { type LayerSettings, resolveLayer, resolveLayerCall } from "./resolve_layer.ts";
 import { lambdaOf, type LambdaSchedule } from "./schedule.ts";
 
@@ -234,12 +234,7 @@ export class LargeMarginSoftmax {
     if (!this.#last) throw new Error("LargeMarginSoftmax: backward needs a forward first");
     const o = readOptions("options", options, ["gradRegulariser", "outX", "outW"]);
     const { op, x, w, labels, shape, call } = this.#last;
-    if (o.gradRegulariser !== undefined && this.kind !== "magface") {
-      throw new TypeError(
-        `gradRegulariser: expected none but with kind "magface" (the only kind with a ` +
-          `regulariser), got kind "${this.kind}"`,
-      );
-    }
+    checkGradRegulariser(o.gradRegulariser, this.kind);
     const given = {
       x,
       w,

@@ -176,6 +176,15 @@ export function opArgs(margin: Margin, call: Call, state: boolean): Float64Array
   return out;
 }
 
+/** backward's `gradRegulariser`: none but for MagFace, the only kind with a regulariser. */
+export function checkGradRegulariser(v: unknown, kind: MarginKind): void {
+  if (v === undefined || kind === "magface") return;
+  throw new TypeError(
+    `gradRegulariser: expected none but with kind "magface" (the only kind with a ` +
+      `regulariser), got kind "${kind}"`,
+  );
+}
+
 /** forward() and backward(): their options and arrays (gradLogits for backward). */
 export function resolveOp(
   name: "forward" | "backward",
@@ -187,12 +196,7 @@ export function resolveOp(
   const precision = checkPrecision(o.precision);
   const features = checkFeatures(o.features);
   const op = opOf(name, margin);
-  if (o.gradRegulariser !== undefined && margin.kind !== "magface") {
-    throw new TypeError(
-      `gradRegulariser: expected none but with kind "magface" (the only kind with a ` +
-        `regulariser), got kind "${margin.kind}"`,
-    );
-  }
+  checkGradRegulariser(o.gradRegulariser, margin.kind);
   const given = name === "forward"
     ? {
       x: arrays.x,

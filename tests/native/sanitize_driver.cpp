@@ -189,6 +189,17 @@ void loss_case(lsm_context *cpu, lsm_context *gpu, const shape &s, int margin, i
   if (!ok) ++g_failures;
 }
 
+// An adaptive kind's margin as the cases below take it (sub-center ArcFace: K = 3).
+lsm_margin adaptive_margin(int32_t kind) {
+  lsm_margin mg = {};
+  mg.kind = kind, mg.scale = 16.0, mg.m2 = 0.5;
+  if (kind == LSM_MARGIN_SUBCENTER) mg.m = 3;
+  if (kind == LSM_MARGIN_ADAFACE) mg.m2 = 0.4, mg.h = 0.333, mg.t_alpha = 0.3, mg.batch_mean = 1, mg.batch_std = 1;
+  if (kind == LSM_MARGIN_CURRICULARFACE) mg.t_alpha = 0.3, mg.t = 0.1;
+  if (kind == LSM_MARGIN_MAGFACE) mg.m2 = 0.45, mg.upper_margin = 0.8, mg.lower_norm = 0.5, mg.upper_norm = 2, mg.lambda_g = 3;
+  return mg;
+}
+
 // The adaptive kinds: the one call with its state, and the shard calls (CurricularFace's row
 // targets first) in class blocks of `block` classes, on the CPU backend and on the CUDA backend in
 // buffers of the tensors' exact sizes; each backend's shard calls give its one call's results
@@ -199,12 +210,7 @@ template <typename T>
 void adaptive_case(lsm_context *cpu, lsm_context *gpu, const shape &s, int32_t kind, int64_t block,
                    bool ties = false) {
   const int32_t dtype = sizeof(T) == 4 ? LSM_FLOAT32 : LSM_FLOAT64;
-  lsm_margin mg = {};
-  mg.kind = kind, mg.scale = 16.0, mg.m2 = 0.5;
-  if (kind == LSM_MARGIN_SUBCENTER) mg.m = 3;
-  if (kind == LSM_MARGIN_ADAFACE) mg.m2 = 0.4, mg.h = 0.333, mg.t_alpha = 0.3, mg.batch_mean = 1, mg.batch_std = 1;
-  if (kind == LSM_MARGIN_CURRICULARFACE) mg.t_alpha = 0.3, mg.t = 0.1;
-  if (kind == LSM_MARGIN_MAGFACE) mg.m2 = 0.45, mg.upper_margin = 0.8, mg.lower_norm = 0.5, mg.upper_norm = 2, mg.lambda_g = 3;
+  const lsm_margin mg = adaptive_margin(kind);
   const int64_t rows = s.c * (kind == LSM_MARGIN_SUBCENTER ? 3 : 1);
   const size_t n = (size_t)s.n, nd = (size_t)(s.n * s.d), rd = (size_t)(rows * s.d), e = sizeof(T);
   const std::string name = std::string("adaptive kind ") + std::to_string(kind) + (sizeof(T) == 4 ? " f32" : " f64") +
@@ -286,12 +292,7 @@ void adaptive_case(lsm_context *cpu, lsm_context *gpu, const shape &s, int32_t k
 template <typename T>
 void adaptive_op_case(lsm_context *cpu, lsm_context *gpu, const shape &s, int32_t kind) {
   const int32_t dtype = sizeof(T) == 4 ? LSM_FLOAT32 : LSM_FLOAT64;
-  lsm_margin mg = {};
-  mg.kind = kind, mg.scale = 16.0, mg.m2 = 0.5;
-  if (kind == LSM_MARGIN_SUBCENTER) mg.m = 3;
-  if (kind == LSM_MARGIN_ADAFACE) mg.m2 = 0.4, mg.h = 0.333, mg.t_alpha = 0.3, mg.batch_mean = 1, mg.batch_std = 1;
-  if (kind == LSM_MARGIN_CURRICULARFACE) mg.t_alpha = 0.3, mg.t = 0.1;
-  if (kind == LSM_MARGIN_MAGFACE) mg.m2 = 0.45, mg.upper_margin = 0.8, mg.lower_norm = 0.5, mg.upper_norm = 2, mg.lambda_g = 3;
+  const lsm_margin mg = adaptive_margin(kind);
   const int64_t rows = s.c * (kind == LSM_MARGIN_SUBCENTER ? 3 : 1);
   const size_t n = (size_t)s.n, nd = (size_t)(s.n * s.d), rd = (size_t)(rows * s.d), nc = (size_t)(s.n * s.c);
   const size_t e = sizeof(T), rb = n * 8;
