@@ -109,6 +109,32 @@ function openError(found: string, e: unknown, where: string): Error {
   return new Error(`liblsoftmax: cannot open ${found}: ${reason}. ${where} ${BUILD_HINT}`);
 }
 
+// OpenBLAS's idle workers spin for about 2^28 cycles (a tenth of a second) after each product
+// before they sleep, and our own threads, which run the passes between products, then share the
+// cores with them: the fused loss and the head step took 5-10% longer (bench/table.ts). The
+// library's OpenBLAS reads the variable once, while it loads, so it is set for the dlopen alone
+// (where the user has not set it and may: no prompt), and the environment is left as it was.
+const BLAS_TIMEOUT_ENV = "OPENBLAS_THREAD_TIMEOUT";
+const BLAS_TIMEOUT = "16"; // 2^16 cycles (about 20 us): back-to-back products keep their workers
+
+function quietBlasThreads<T>(open: () => T): T {
+  let set = false;
+  try {
+    const may = Deno.permissions.querySync({ name: "env", variable: BLAS_TIMEOUT_ENV });
+    if (may.state === "granted" && Deno.env.get(BLAS_TIMEOUT_ENV) === undefined) {
+      Deno.env.set(BLAS_TIMEOUT_ENV, BLAS_TIMEOUT);
+      set = true;
+    }
+  } catch {
+    // Not to be had: OpenBLAS keeps its own timeout, and only speed differs.
+  }
+  try {
+    return open();
+  } finally {
+    if (set) Deno.env.delete(BLAS_TIMEOUT_ENV);
+  }
+}
+
 /**
  * Opens the library once per process; later calls return the same one. Throws when it cannot
  * be found or opened, or when its ABI version differs from these bindings'.
@@ -130,7 +156,7 @@ export function loadLibrary(path?: string): Library {
   }
   let lib: Deno.DynamicLibrary<typeof symbols>;
   try {
-    lib = Deno.dlopen(found, symbols);
+    lib = quietBlasThreads(() => Deno.dlopen(found, symbols));
   } catch (e) {
     throw openError(found, e, where);
   }
