@@ -197,6 +197,8 @@ lsm_norm row_norm(const T *v, int64_t d, double f) {
 template <typename T>
 struct product_inputs {
   const T *x, *w;
+  // The rows' normalisations where a copy was made (else empty), for project_gradients.
+  std::vector<lsm_norm> x_norms, w_norms;
 
   // copy_w false: W as it is (the fused loss's direct path, which scales columns instead).
   product_inputs(lsm_context *ctx, const T *x0, const T *w0, int64_t n, int64_t c, int64_t d, const lsm_margin &mg,
@@ -206,15 +208,16 @@ struct product_inputs {
     if (!nx && !nw) return;
     const size_t xs = nx ? (size_t)(n * d) : 0, ws = nw ? (size_t)(c * d) : 0;
     T *buf = static_cast<T *>(input_scratch(ctx, (xs + ws) * sizeof(T)));
-    if (nx) x = normalised(x0, n, d, mg.scale, buf);
-    if (nw) w = normalised(w0, c, d, 1.0, buf + xs);
+    if (nx) x = normalised(x0, n, d, mg.scale, buf, &x_norms);
+    if (nw) w = normalised(w0, c, d, 1.0, buf + xs, &w_norms);
   }
 
-  static const T *normalised(const T *v, int64_t rows, int64_t d, double f, T *out) {
+  static const T *normalised(const T *v, int64_t rows, int64_t d, double f, T *out, std::vector<lsm_norm> *norms) {
+    norms->resize((size_t)rows);
     parallel_for(rows, d / kRowPassWork, [&](int64_t r0, int64_t r1) {
       for (int64_t r = r0; r < r1; ++r) {
         const T *vr = v + r * d;
-        const lsm_norm nr = row_norm(vr, d, f);
+        const lsm_norm nr = (*norms)[r] = row_norm(vr, d, f);
         for (int64_t k = 0; k < d; ++k) out[r * d + k] = (T)lsm_unit(nr, vr[k], f);
       }
     });
@@ -223,14 +226,16 @@ struct product_inputs {
 };
 
 // Gradients g with respect to f v^ (rows of a normalised input) to gradients with respect to v,
-// in place: g = f (g - v^ (v^ . g)) / |v| (margin.cuh, lsm_project); 0 for a zero row.
+// in place: g = f (g - v^ (v^ . g)) / |v| (margin.cuh, lsm_project); 0 for a zero row. norms:
+// the rows' own, where the normalised copy kept them (one pass over v fewer), else null.
 template <typename T>
-void project_rows(const T *v, int64_t rows, int64_t d, double f, T *g) {
+void project_rows(const T *v, int64_t rows, int64_t d, double f, T *g, const std::vector<lsm_norm> *norms = nullptr) {
+  const bool kept = norms != nullptr && (int64_t)norms->size() == rows;
   parallel_for(rows, d / kRowPassWork, [&](int64_t r0, int64_t r1) {
     for (int64_t r = r0; r < r1; ++r) {
       const T *vr = v + r * d;
       T *gr = g + r * d;
-      const lsm_norm nr = row_norm(vr, d, f);
+      const lsm_norm nr = kept ? (*norms)[r] : row_norm(vr, d, f);
       const double dot = lane_dot(vr, gr, d, nr.p, nr.inv);  // v^ . g
       for (int64_t k = 0; k < d; ++k) gr[k] = (T)lsm_project(nr, gr[k], vr[k], dot, f);
     }
@@ -239,10 +244,10 @@ void project_rows(const T *v, int64_t rows, int64_t d, double f, T *g) {
 
 // The plain products' gradients, taken with respect to the normalised inputs, back to x and W.
 template <typename T>
-void project_gradients(const T *x, const T *w, int64_t n, int64_t c, int64_t d, const lsm_margin &mg, T *gx,
-                       T *gw) {
-  if (lsm_normalises_x(mg.kind)) project_rows(x, n, d, mg.scale, gx);
-  if (lsm_normalises_w(mg.kind)) project_rows(w, c, d, 1.0, gw);
+void project_gradients(const product_inputs<T> &in, const T *x, const T *w, int64_t n, int64_t c, int64_t d,
+                       const lsm_margin &mg, T *gx, T *gw) {
+  if (lsm_normalises_x(mg.kind)) project_rows(x, n, d, mg.scale, gx, &in.x_norms);
+  if (lsm_normalises_w(mg.kind)) project_rows(w, c, d, 1.0, gw, &in.w_norms);
 }
 
 // Adds the margin's corrections (one lsm_correction per sample, label -1 where none applies) to

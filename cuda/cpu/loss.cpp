@@ -12,9 +12,9 @@ namespace lsm_cpu_fused {
 template <typename T>
 void loss_run<T>::corrections() {
   if (colscale.empty()) {
-    project_gradients(x, w, n, c, d, p.margin, gx, gw);
+    project_gradients(in, x, w, n, c, d, p.margin, gx, gw);
   } else if (lsm_normalises_x(p.margin.kind)) {
-    project_rows(x, n, d, p.margin.scale, gx);  // W's projection is in products_direct
+    project_rows(x, n, d, p.margin.scale, gx, &in.x_norms);  // W's projection is in products_direct
   }
   if (!lsm_plain_margin(p.margin)) {
     correction_coefs();

@@ -47,7 +47,7 @@ int32_t backward(lsm_context *ctx, const lsm_problem &p) {
   const product_inputs<T> in(ctx, x, w, n, c, d, p.margin);
   gemm(CblasNoTrans, CblasNoTrans, (int)n, (int)d, (int)c, g, (int)c, in.w, (int)d, gx, (int)d);
   gemm(CblasTrans, CblasNoTrans, (int)c, (int)d, (int)n, g, (int)c, in.x, (int)d, gw, (int)d);
-  project_gradients(x, w, n, c, d, p.margin, gx, gw);
+  project_gradients(in, x, w, n, c, d, p.margin, gx, gw);
   if (lsm_plain_margin(p.margin)) return LSM_OK;
   // Per sample, the correction coefficients (label -1 for a zero vector: the plain gradients
   // stand); then the corrections, each element formed in double and added with one rounding to T
