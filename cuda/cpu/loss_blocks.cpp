@@ -62,8 +62,9 @@ void loss_run<T>::class_logits(int64_t i, int64_t c0, int64_t cb) {
   T *cr = cls + i * cbk;
   uint16_t *wr = win + i * cbk;
   for (int64_t j = 0; j < cbk; ++j) {
-    cr[j] = lsm_subcenter_max(row + j * subs, subs);
-    wr[j] = alias[c0 + j * subs + lsm_subcenter_best(row + j * subs, subs)];
+    int64_t best = 0;
+    cr[j] = lsm_subcenter_pick(row + j * subs, subs, &best);
+    wr[j] = alias[c0 + j * subs + best];
   }
   const int64_t y = local[i] - c0 / subs;
   if (y >= 0 && y < cbk) cr[y] = (T)target[i];

@@ -108,6 +108,19 @@ LSM_HD int64_t lsm_subcenter_best(const T *v, int64_t k) {
   return best;
 }
 
+// Both of the above in one pass over the K products: the class logit, and the winner in *best.
+template <typename T>
+LSM_HD T lsm_subcenter_pick(const T *v, int64_t k, int64_t *best) {
+  int64_t b = 0;
+  T nan = v[0];
+  for (int64_t q = 1; q < k; ++q) {
+    b = v[q] > v[b] ? q : b;
+    nan = v[q] != v[q] ? v[q] : nan;
+  }
+  *best = b;
+  return nan != nan ? nan : v[b];
+}
+
 // Sub-center ArcFace: equal sub-centers tie exactly (the lowest wins), though their products need
 // not (a BLAS rounds the product of equal rows differently at different columns of its blocks):
 // the sub-center k of the lowest row of row r's class equal to it element for element, r's own k
