@@ -55,7 +55,7 @@ HEADERS  := $(wildcard cuda/*.h cuda/*/*.h cuda/*/*.cuh)
 LIB      := $(BUILD)/liblsoftmax.so
 # The library's sources (under cuda/, objects under $(BUILD)/obj/): host C++ by g++, and the CUDA
 # backend by nvcc (or by g++ on the emulator: mk/emu.mk).
-HOST_SRC := api/checks api/checks_optim api/context api/glibc_compat api/layout api/mpi api/nccl api/ops cpu/backend cpu/fused_update cpu/loss cpu/loss_blocks cpu/loss_direct cpu/loss_op cpu/op cpu/gather cpu/optim cpu/rows
+HOST_SRC := api/checks api/checks_optim api/context api/glibc_compat api/layout api/mpi api/nccl api/nccl_init api/ops cpu/backend cpu/fused_update cpu/loss cpu/loss_blocks cpu/loss_direct cpu/loss_op cpu/op cpu/gather cpu/optim cpu/rows
 HOST_OBJ := $(patsubst %,$(BUILD)/obj/%.o,$(HOST_SRC))
 # The fused loss's row kernels again for AVX2 + FMA on x86-64, picked at run time (cpu/rows.h).
 ifeq ($(shell uname -m),x86_64)

@@ -3,7 +3,7 @@
 // that the library loads and works where MPI is not installed. Open MPI's handles
 // (MPI_COMM_WORLD, MPI_DOUBLE, MPI_SUM, ...) are addresses of its global objects, reached by
 // dlsym; no mpi.h is needed to build. Host memory only; every call is a collective that every
-// rank must make in the same order. api/mpi.h's non-blocking calls serve api/nccl.cpp.
+// rank must make in the same order. api/mpi.h's non-blocking calls serve api/nccl_init.cpp.
 #include <dlfcn.h>
 #include <limits.h>
 #include <stdlib.h>

@@ -1,6 +1,6 @@
-// mpi.h: the non-blocking MPI calls api/nccl.cpp's rendezvous needs on top of the C ABI's
-// collectives (api/mpi.cpp, Open MPI loaded at run time): point-to-point sends and receives of
-// ints, an in-place max all-reduce of ints, and their requests' test, wait and cancel. All on
+// mpi.h: the non-blocking MPI calls api/nccl_init.cpp's rendezvous needs on top of the C
+// ABI's collectives (api/mpi.cpp, Open MPI loaded at run time): point-to-point sends and receives
+// of ints, an in-place max all-reduce of ints, and their requests' test, wait and cancel. All on
 // MPI_COMM_WORLD, after lsm_mpi_init. Not installed, not ABI.
 #ifndef LSOFTMAX_API_MPI_H
 #define LSOFTMAX_API_MPI_H

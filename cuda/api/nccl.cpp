@@ -2,81 +2,38 @@
 // an MPI job through NCCL on device buffers. libnccl.so.2 is opened at run time (LSOFTMAX_NCCL
 // names another file), so the library loads and works without it. The rendezvous goes through
 // MPI (api/mpi.cpp): rank 0's ncclGetUniqueId is given to every rank, then ncclCommInitRank on the
-// rank's device. The communicator owns a CUDA context of that device; each collective copies its
-// host input into that context's memory, runs on its stream, and copies the result back. NCCL's
-// all-gather and reduce-scatter take one count for every rank, so ranks' parts are padded to the
-// largest. Every call is a collective that every rank makes in the same order.
-//
-// Where NCCL has ncclCommInitRankConfig (2.14 and later) the communicator is made non-blocking, so
-// that a rank whose own init fails, or never completes, cannot leave the others inside NCCL: each
-// rank polls its init, tells the others of a failure over MPI, and every rank then agrees on the
-// outcome (init_nonblocking).
+// rank's device, non-blocking where NCCL allows it (api/nccl_init.cpp). The communicator owns a
+// CUDA context of that device; each collective copies its host input into that context's memory,
+// runs on its stream, and copies the result back. NCCL's all-gather and reduce-scatter take one
+// count for every rank, so ranks' parts are padded to the largest. Every call is a collective
+// that every rank makes in the same order.
 #include <dlfcn.h>
-#include <limits.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
 
-#include <chrono>
 #include <string>
 #include <vector>
 
-#include "api/backend.h"
-#include "api/mpi.h"
+#include "api/nccl.h"
 
 // The CUDA backend's (gpu/nccl.cu); absent where the library has no CUDA backend.
 extern void *lsm_cuda_stream_of(lsm_context *ctx) __attribute__((weak));
 
+namespace lsm_nccl {
+
+Nccl nccl;
+
+void pause_1ms() {
+  const timespec t = {0, 1000000};
+  nanosleep(&t, nullptr);
+}
+
+}  // namespace lsm_nccl
+
+using namespace lsm_nccl;
+
 namespace {
-
-struct UniqueId {
-  char internal[128];
-};
-using Comm = void *;
-using GetVersion = int (*)(int *);
-using GetUniqueId = int (*)(UniqueId *);
-// NCCL's ncclConfig_t as of 2.18: NCCL reads `size` bytes of it and ignores the fields newer than
-// `version`, so this layout is valid for every NCCL that has ncclCommInitRankConfig.
-struct Config {
-  size_t size = sizeof(Config);
-  unsigned int magic = 0xcafebeef;
-  unsigned int version = 21400;  // NCCL_VERSION(2, 14, 0)
-  int blocking = INT_MIN;  // INT_MIN and nullptr: NCCL_CONFIG_UNDEF_INT and _PTR, NCCL's defaults
-  int cga_cluster_size = INT_MIN;
-  int min_ctas = INT_MIN;
-  int max_ctas = INT_MIN;
-  const char *net_name = nullptr;
-  int split_share = INT_MIN;
-};
-using CommInitRank = int (*)(Comm *, int, UniqueId, int);
-using CommInitRankConfig = int (*)(Comm *, int, UniqueId, int, Config *);
-using CommGetAsyncError = int (*)(Comm, int *);
-using CommDestroy = int (*)(Comm);
-using ErrorString = const char *(*)(int);
-using AllGather = int (*)(const void *, void *, size_t, int, Comm, void *);
-using AllReduce = int (*)(const void *, void *, size_t, int, int, Comm, void *);
-using ReduceScatter = int (*)(const void *, void *, size_t, int, int, Comm, void *);
-
-enum { kUint8 = 1, kFloat64 = 8, kSum = 0, kMax = 2, kInProgress = 7 };
-
-struct Nccl {
-  void *lib = nullptr;
-  GetVersion version = nullptr;
-  GetUniqueId unique_id = nullptr;
-  CommInitRank init_rank = nullptr;
-  CommInitRankConfig init_config = nullptr;  // these three: NCCL 2.14 and later, else null
-  CommGetAsyncError async_error = nullptr;
-  CommDestroy abort_comm = nullptr;
-  CommDestroy destroy = nullptr;
-  ErrorString error_string = nullptr;
-  AllGather all_gather = nullptr;
-  AllReduce all_reduce = nullptr;
-  ReduceScatter reduce_scatter = nullptr;
-  Comm comm = nullptr;
-  lsm_context *ctx = nullptr;
-  void *stream = nullptr;
-  int32_t rank = 0, size = 1, device = -1;
-} nccl;
 
 const char *kInstall =
     "distributed: \"nccl\" needs NCCL's libnccl.so.2 (the CUDA redistributable libnccl2, or pip install "
@@ -138,11 +95,6 @@ struct Scratch {
   int32_t get(size_t bytes) { return on_ctx(lsm_malloc(nccl.ctx, bytes == 0 ? 1 : bytes, &p)); }
 };
 
-void pause_1ms() {
-  const timespec t = {0, 1000000};
-  nanosleep(&t, nullptr);
-}
-
 // A call's result on a non-blocking communicator: ncclInProgress until it has been enqueued.
 int settle(Comm comm, int code) {
   while (code == kInProgress && nccl.async_error != nullptr) {
@@ -160,108 +112,6 @@ int32_t collective(F run, const char *what) {
   int32_t s = on_ctx(lsm_synchronize(nccl.ctx));  // also makes the context's device current
   if (s != LSM_OK || (s = check(settle(nccl.comm, run()), what)) != LSM_OK) return s;
   return on_ctx(lsm_synchronize(nccl.ctx));
-}
-
-// How long a rank waits for its ncclCommInitRankConfig: NCCL's own bootstrap gives up well before.
-constexpr int kInitDeadlineS = 300;
-// MPI tag of the notice a rank whose init failed sends every other rank.
-constexpr int kNoticeTag = 0x4c53;
-// A rank's outcome of its init, all-reduced by max in a slot per rank: 0 done; the others failed.
-constexpr int32_t kAborted = 1;         // aborted because another rank failed (no notice sent)
-constexpr int32_t kNcclError = 16;      // + NCCL's code: its init failed (notice sent)
-constexpr int32_t kTimedOut = 1 << 20;  // + the seconds waited: its deadline passed (notice sent)
-
-bool notified(int32_t outcome) { return outcome >= kNcclError; }
-
-// ncclCommInitRankConfig with blocking = 0, polled to its end on every rank. While its own init is
-// in progress a rank also tests for another rank's notice of failure, and then aborts its own;
-// a rank whose init failed, or ran past the deadline, aborts it and notifies every other rank.
-// Then each rank's outcome goes to every rank (MPI_Iallreduce, once each rank's init is over),
-// so every rank returns the same result: the communicator, or the same Error naming the rank.
-int32_t init_nonblocking(Comm *out, int32_t k, const UniqueId &id, int32_t r) {
-  int32_t notice = 0;
-  lsm_mpi::Request notice_req = nullptr;
-  int32_t s = lsm_mpi::irecv(&notice, 1, lsm_mpi::kAnySource, kNoticeTag, &notice_req);
-  if (s != LSM_OK) return s;
-  bool noticed = false;
-  Config config;
-  config.blocking = 0;
-  Comm comm = nullptr;
-  int code = nccl.init_config(&comm, k, id, r, &config);
-  const auto start = std::chrono::steady_clock::now();
-  int32_t outcome = 0;
-  for (;;) {
-    if (code == kInProgress && comm != nullptr) {
-      int state = 0;
-      const int got = nccl.async_error(comm, &state);
-      code = got != 0 ? got : state;
-    }
-    if (code != kInProgress) {
-      outcome = code == 0 ? 0 : kNcclError + (code > 0 && code < 256 ? code : 3);
-      break;
-    }
-    if ((s = lsm_mpi::test(&notice_req, &noticed)) != LSM_OK) break;
-    if (noticed) {
-      outcome = kAborted;
-      break;
-    }
-    const auto waited = std::chrono::duration_cast<std::chrono::seconds>(std::chrono::steady_clock::now() - start);
-    if (waited.count() >= kInitDeadlineS) {
-      outcome = kTimedOut + (int32_t)waited.count();
-      break;
-    }
-    pause_1ms();
-  }
-  if (s != LSM_OK) {  // MPI's own failure (Open MPI's default handler ends the job before)
-    if (comm != nullptr) nccl.abort_comm(comm);
-    return s;
-  }
-  if (outcome != 0 && comm != nullptr) nccl.abort_comm(comm), comm = nullptr;
-  std::vector<lsm_mpi::Request> sent;
-  for (int32_t q = 0; notified(outcome) && q < k && s == LSM_OK; ++q)
-    if (q != r) {
-      sent.push_back(nullptr);
-      s = lsm_mpi::isend(&outcome, 1, q, kNoticeTag, &sent.back());
-      if (s != LSM_OK) sent.pop_back();
-    }
-  std::vector<int32_t> outcomes((size_t)k, 0);
-  outcomes[(size_t)r] = outcome;
-  lsm_mpi::Request all = nullptr;
-  if (s == LSM_OK) s = lsm_mpi::iallreduce_max(outcomes.data(), k, &all);
-  if (s == LSM_OK) s = lsm_mpi::wait(&all);
-  // The notices this rank has yet to receive: one from every other rank that sent them (each sent
-  // before its all-reduce), so that none is left for a later init to take for its own.
-  int32_t expected = 0;
-  for (int32_t q = 0; q < k; ++q) expected += q != r && notified(outcomes[(size_t)q]);
-  if (s == LSM_OK && !noticed) {
-    if (expected > 0) s = lsm_mpi::wait(&notice_req);
-    else s = lsm_mpi::cancel(&notice_req);
-    noticed = expected > 0;
-  }
-  for (int32_t n = noticed ? 1 : 0; s == LSM_OK && n < expected; ++n) {
-    lsm_mpi::Request more = nullptr;
-    if ((s = lsm_mpi::irecv(&notice, 1, lsm_mpi::kAnySource, kNoticeTag, &more)) == LSM_OK) s = lsm_mpi::wait(&more);
-  }
-  for (lsm_mpi::Request &q : sent)
-    if (s == LSM_OK) s = lsm_mpi::wait(&q);
-  int32_t failed = -1;
-  for (int32_t q = 0; q < k && s == LSM_OK; ++q) {
-    const int32_t o = outcomes[(size_t)q];
-    if (notified(o) && (failed < 0 || (o < kTimedOut && outcomes[(size_t)failed] >= kTimedOut))) failed = q;
-  }
-  if (s == LSM_OK && failed < 0) {
-    *out = comm;
-    return LSM_OK;
-  }
-  if (comm != nullptr) nccl.abort_comm(comm);
-  if (s != LSM_OK) return s;
-  const int32_t o = outcomes[(size_t)failed];
-  const std::string who = "distributed: \"nccl\": rank " + std::to_string(failed) + " of " + std::to_string(k) + ": ";
-  return lsm_fail(nullptr, LSM_ERR_INTERNAL,
-                  o >= kTimedOut ? who + "ncclCommInitRankConfig did not complete in " +
-                                       std::to_string(o - kTimedOut) + " s; every rank aborted its communicator"
-                                 : who + "ncclCommInitRankConfig failed: " + nccl.error_string(o - kNcclError) +
-                                       "; every rank aborted its communicator");
 }
 
 int64_t largest(const int64_t *counts) {
