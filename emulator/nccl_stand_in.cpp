@@ -13,7 +13,8 @@
 // library's collectives); so a rank whose peer never joins stays in ncclCommInitRank, or, made
 // non-blocking (ncclCommInitRankConfig with blocking = 0), in ncclInProgress until ncclCommAbort.
 // LSM_NCCL_STAND_IN_FAIL_INIT_RANK=R makes rank R's init fail without joining (the others' init
-// then never completes), for the tests of the library's handling of it.
+// then never completes), LSM_NCCL_STAND_IN_HANG_INIT_RANK=R rank R's never complete nor fail
+// (nor anyone's, then), for the tests of the library's handling of them.
 #include <dlfcn.h>
 #include <limits.h>
 #include <stdint.h>
@@ -70,6 +71,7 @@ struct comm {
   bool answered = false;      // rank 0: the answers are sent
   timespec fail_at = {0, 0};  // LSM_NCCL_STAND_IN_FAIL_INIT_RANK: when its init reports failure
   bool failing = false;
+  bool hanging = false;  // LSM_NCCL_STAND_IN_HANG_INIT_RANK: in progress until ncclCommAbort
 };
 
 struct Mpi {
@@ -166,7 +168,7 @@ int post_send(comm *c, int to, int tag) {
 
 // One step of the init's rendezvous; c->state stays kInProgress until it is over.
 void progress(comm *c) {
-  if (c->state != kInProgress) return;
+  if (c->state != kInProgress || c->hanging) return;
   if (c->failing) {
     if (later(now(), c->fail_at)) c->state = kUnhandledCudaError;
     return;
@@ -198,8 +200,8 @@ void settle(comm *c) {
     if (h != nullptr) mpi.wait(&h, nullptr), h = nullptr;
 }
 
-int fail_rank() {
-  const char *named = getenv("LSM_NCCL_STAND_IN_FAIL_INIT_RANK");
+int named_rank(const char *variable) {
+  const char *named = getenv(variable);
   if (named == nullptr || *named == 0) return -1;
   char *end = nullptr;
   const long r = strtol(named, &end, 10);
@@ -219,7 +221,9 @@ int init(comm **out, int size, const UniqueId &id, int rank, bool blocking) {
   memcpy(c->key.bytes, id.internal, kKey);
   const int slots = rank == 0 ? size : 1;
   c->got.resize((size_t)slots), c->recvs.assign((size_t)slots, nullptr), c->joined.assign((size_t)slots, false);
-  if (fail_rank() == rank) {
+  if (named_rank("LSM_NCCL_STAND_IN_HANG_INIT_RANK") == rank) {
+    c->hanging = true;  // never joins, as a rank stuck in NCCL's bootstrap
+  } else if (named_rank("LSM_NCCL_STAND_IN_FAIL_INIT_RANK") == rank) {
     // Fails a little later, as NCCL's bootstrap would, while the other ranks wait for it.
     c->failing = true;
     c->fail_at = now();
@@ -236,7 +240,7 @@ int init(comm **out, int size, const UniqueId &id, int rank, bool blocking) {
     if (error != kSuccess) c->state = error;
   }
   *out = c;
-  if (!blocking) return c->failing || c->state != kSuccess ? kInProgress : kSuccess;
+  if (!blocking) return c->failing || c->hanging || c->state != kSuccess ? kInProgress : kSuccess;
   const timespec pause = {0, 1000000};
   for (progress(c); c->state == kInProgress; progress(c)) nanosleep(&pause, nullptr);
   if (c->state == kSuccess) return kSuccess;

@@ -154,7 +154,9 @@ int32_t lsm_nccl_init(int32_t device, int32_t *rank, int32_t *size) {
   // to every rank, so that a failure anywhere fails every rank instead of leaving the others in
   // ncclCommInitRank.
   lsm_context *ctx = nullptr;
-  int32_t local = load();
+  int32_t deadline_s = 0;
+  int32_t local = init_deadline(&deadline_s);
+  if (local == LSM_OK) local = load();
   if (local == LSM_OK) local = lsm_context_create(LSM_BACKEND_CUDA, device, &ctx);
   if (local == LSM_OK && (local = lsm_synchronize(ctx)) != LSM_OK)  // the device current on this thread
     lsm_fail(nullptr, local, lsm_context_last_error(ctx));
@@ -175,13 +177,14 @@ int32_t lsm_nccl_init(int32_t device, int32_t *rank, int32_t *size) {
     if (all[(size_t)q].status != LSM_OK)
       s = lsm_fail(nullptr, LSM_ERR_UNAVAILABLE,
                    "distributed: \"nccl\": rank " + std::to_string(q) + " of " + std::to_string(k) +
-                       " could not open NCCL or its CUDA device");
+                       " could not open NCCL or its CUDA device, or refused LSOFTMAX_NCCL_INIT_TIMEOUT (its own "
+                       "Error says which)");
   if (s == LSM_OK) s = check(all[0].code, "ncclGetUniqueId on rank 0");
   Comm comm = nullptr;
   // Without ncclCommInitRankConfig (NCCL before 2.14) the init blocks: a rank whose init fails
   // there leaves the others in ncclCommInitRank until NCCL's bootstrap gives up.
   if (s == LSM_OK)
-    s = nccl.init_config != nullptr ? init_nonblocking(&comm, k, all[0].id, r)
+    s = nccl.init_config != nullptr ? init_nonblocking(&comm, k, all[0].id, r, deadline_s)
                                     : check(nccl.init_rank(&comm, k, all[0].id, r), "ncclCommInitRank");
   if (s != LSM_OK) {
     if (ctx != nullptr) lsm_context_destroy(ctx);

@@ -65,9 +65,14 @@ extern Nccl nccl;  // nccl.cpp's: this process's NCCL and communicator
 
 void pause_1ms();  // the polls' interval
 
-// ncclCommInitRankConfig's communicator of rank r of k, made non-blocking; every rank returns the
-// same status (nccl_init.cpp). Needs nccl.init_config, and MPI initialised.
-int32_t init_nonblocking(Comm *out, int32_t k, const UniqueId &id, int32_t r);
+// The seconds a rank's non-blocking init may take: LSOFTMAX_NCCL_INIT_TIMEOUT, else 300; an
+// unreadable value is an error naming it (nccl_init.cpp).
+int32_t init_deadline(int32_t *seconds);
+
+// ncclCommInitRankConfig's communicator of rank r of k, made non-blocking, given up after
+// deadline_s; every rank returns the same status (nccl_init.cpp). Needs nccl.init_config, and MPI
+// initialised.
+int32_t init_nonblocking(Comm *out, int32_t k, const UniqueId &id, int32_t r, int32_t deadline_s);
 
 }  // namespace lsm_nccl
 

@@ -2,6 +2,9 @@
 // later), made non-blocking, so that a rank whose own init fails, or never completes, cannot
 // leave the others inside NCCL: each rank polls its init, tells the others of a failure over MPI
 // (api/mpi.h), and every rank then agrees on the outcome (init_nonblocking).
+#include <errno.h>
+#include <stdlib.h>
+
 #include <chrono>
 #include <string>
 #include <vector>
@@ -13,8 +16,10 @@ namespace lsm_nccl {
 
 namespace {
 
-// How long a rank waits for its ncclCommInitRankConfig: NCCL's own bootstrap gives up well before.
+// How long a rank waits for its ncclCommInitRankConfig unless LSOFTMAX_NCCL_INIT_TIMEOUT says:
+// NCCL's own bootstrap gives up well before; a cluster whose ranks start slowly may want more.
 constexpr int kInitDeadlineS = 300;
+constexpr long kMostDeadlineS = 86400;
 // MPI tag of the notice a rank whose init failed sends every other rank.
 constexpr int kNoticeTag = 0x4c53;
 // A rank's outcome of its init, all-reduced by max in a slot per rank: 0 done; the others failed.
@@ -26,12 +31,27 @@ bool notified(int32_t outcome) { return outcome >= kNcclError; }
 
 }  // namespace
 
+int32_t init_deadline(int32_t *seconds) {
+  *seconds = kInitDeadlineS;
+  const char *given = getenv("LSOFTMAX_NCCL_INIT_TIMEOUT");
+  if (given == nullptr || *given == 0) return LSM_OK;
+  char *end = nullptr;
+  errno = 0;
+  const long v = strtol(given, &end, 10);
+  if (errno != 0 || *end != 0 || v < 1 || v > kMostDeadlineS)
+    return lsm_fail(nullptr, LSM_ERR_INVALID_ARGUMENT,
+                    "LSOFTMAX_NCCL_INIT_TIMEOUT: expected whole seconds in [1, " + std::to_string(kMostDeadlineS) +
+                        "], got \"" + std::string(given).substr(0, 64) + "\"");
+  *seconds = (int32_t)v;
+  return LSM_OK;
+}
+
 // ncclCommInitRankConfig with blocking = 0, polled to its end on every rank. While its own init is
 // in progress a rank also tests for another rank's notice of failure, and then aborts its own;
 // a rank whose init failed, or ran past the deadline, aborts it and notifies every other rank.
 // Then each rank's outcome goes to every rank (MPI_Iallreduce, once each rank's init is over),
 // so every rank returns the same result: the communicator, or the same Error naming the rank.
-int32_t init_nonblocking(Comm *out, int32_t k, const UniqueId &id, int32_t r) {
+int32_t init_nonblocking(Comm *out, int32_t k, const UniqueId &id, int32_t r, int32_t deadline_s) {
   int32_t notice = 0;
   lsm_mpi::Request notice_req = nullptr;
   int32_t s = lsm_mpi::irecv(&notice, 1, lsm_mpi::kAnySource, kNoticeTag, &notice_req);
@@ -59,7 +79,7 @@ int32_t init_nonblocking(Comm *out, int32_t k, const UniqueId &id, int32_t r) {
       break;
     }
     const auto waited = std::chrono::duration_cast<std::chrono::seconds>(std::chrono::steady_clock::now() - start);
-    if (waited.count() >= kInitDeadlineS) {
+    if (waited.count() >= deadline_s) {
       outcome = kTimedOut + (int32_t)waited.count();
       break;
     }

@@ -12,7 +12,9 @@
 // NCCL (LSOFTMAX_NCCL naming a missing file) the head is an Error saying what to install, and
 // where one rank alone lacks it, the others fail too (no hang) saying which rank. With NCCL and
 // K > 1, first one rank's ncclCommInitRank fails (the stand-in's LSM_NCCL_STAND_IN_FAIL_INIT_RANK;
-// the other ranks' init waits for it): every rank throws the same Error, and the next head works.
+// the other ranks' init waits for it): every rank throws the same Error, and the next head works;
+// then one rank's init never completes (LSM_NCCL_STAND_IN_HANG_INIT_RANK): every rank gives up at
+// the deadline (LSOFTMAX_NCCL_INIT_TIMEOUT) with the same Error.
 //
 //   LSOFTMAX_LIB=... BACKEND=cpu|cuda:0 [DISTRIBUTED=nccl] CHECKPOINT=/tmp/dir mpirun -np K deno run ... ranks_check.ts
 
@@ -125,6 +127,43 @@ if (distributed === "nccl" && world > 1) {
       Deno.env.delete("LSM_NCCL_STAND_IN_FAIL_INIT_RANK");
     }
     assert.ok(performance.now() - start < 30_000, "a failed NCCL init took 30 s or more");
+  }
+  // The last rank's init never completes (nor, then, anyone's): every rank gives up at the
+  // deadline LSOFTMAX_NCCL_INIT_TIMEOUT sets, with the same Error. Which rank it names is the
+  // first to pass its deadline: from inside a stuck rendezvous no rank can tell whose peer is gone.
+  Deno.env.set("LSM_NCCL_STAND_IN_HANG_INIT_RANK", String(world - 1));
+  Deno.env.set("LSOFTMAX_NCCL_INIT_TIMEOUT", "2");
+  libc.symbols.alarm(60);
+  const start = performance.now();
+  try {
+    assert.throws(() => head(1), (e: Error) => {
+      assert.match(
+        e.message,
+        new RegExp(
+          `^NCCL: distributed: "nccl": rank \\d+ of ${world}: ncclCommInitRankConfig did not ` +
+            "complete in [2-9] s; every rank aborted its communicator$",
+        ),
+      );
+      return true;
+    });
+  } finally {
+    libc.symbols.alarm(0);
+    Deno.env.delete("LSM_NCCL_STAND_IN_HANG_INIT_RANK");
+  }
+  const waited = performance.now() - start;
+  assert.ok(
+    waited >= 2000 && waited < 30_000,
+    `a stuck NCCL init gave up after ${waited} ms, expected 2 s`,
+  );
+  // A deadline that is not whole seconds is refused by name on every rank, before any init.
+  Deno.env.set("LSOFTMAX_NCCL_INIT_TIMEOUT", "soon");
+  try {
+    assert.throws(
+      () => head(1),
+      /LSOFTMAX_NCCL_INIT_TIMEOUT: expected whole seconds in \[1, 86400\], got "soon"/,
+    );
+  } finally {
+    Deno.env.delete("LSOFTMAX_NCCL_INIT_TIMEOUT");
   }
   libc.close();
 }
