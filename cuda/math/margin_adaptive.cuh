@@ -92,23 +92,9 @@ LSM_HD double lsm_curricular_nontarget(double c, double threshold, double t, dou
   return c;
 }
 
-// Sub-center ArcFace's class logit from its K sub-centers' products v[0], ..., v[K-1]: the largest,
-// a NaN kept (it must poison the row, not be skipped).
-template <typename T>
-LSM_HD T lsm_subcenter_max(const T *v, int64_t k) {
-  T m = v[0];
-  for (int64_t q = 1; q < k; ++q) m = (v[q] > m || v[q] != v[q]) ? v[q] : m;
-  return m;
-}
-// The sub-center a non-target class's gradient goes to: the largest product, the lowest on a tie.
-template <typename T>
-LSM_HD int64_t lsm_subcenter_best(const T *v, int64_t k) {
-  int64_t best = 0;
-  for (int64_t q = 1; q < k; ++q) best = v[q] > v[best] ? q : best;
-  return best;
-}
-
-// Both of the above in one pass over the K products: the class logit, and the winner in *best.
+// Sub-center ArcFace's K sub-centers' products v[0], ..., v[K-1], in one pass: the class logit
+// (returned), the largest, a NaN kept (it must poison the row, not be skipped); and the sub-center
+// a non-target class's gradient goes to (*best), the largest product, the lowest on a tie.
 template <typename T>
 LSM_HD T lsm_subcenter_pick(const T *v, int64_t k, int64_t *best) {
   int64_t b = 0;
@@ -119,6 +105,19 @@ LSM_HD T lsm_subcenter_pick(const T *v, int64_t k, int64_t *best) {
   }
   *best = b;
   return nan != nan ? nan : v[b];
+}
+// The class logit alone.
+template <typename T>
+LSM_HD T lsm_subcenter_max(const T *v, int64_t k) {
+  int64_t best = 0;
+  return lsm_subcenter_pick(v, k, &best);
+}
+// The winning sub-center alone.
+template <typename T>
+LSM_HD int64_t lsm_subcenter_best(const T *v, int64_t k) {
+  int64_t best = 0;
+  lsm_subcenter_pick(v, k, &best);
+  return best;
 }
 
 // Sub-center ArcFace: equal sub-centers tie exactly (the lowest wins), though their products need
