@@ -254,6 +254,10 @@ if (backend.startsWith("cuda") || env("LSOFTMAX_BENCH_MILLION") === "1") {
   Deno.bench({ name: "forward N=1 D=8 C=4", group: "overhead", baseline: true }, () => {
     forward(x, w, labels, { margin: MARGIN, lambda: LAMBDA, backend });
   });
+  const into = { margin: MARGIN, lambda: LAMBDA, backend, out: new Float32Array(4) };
+  Deno.bench({ name: "forward N=1 D=8 C=4 into out", group: "overhead" }, () => {
+    forward(x, w, labels, into);
+  });
   Deno.bench({ name: "backward N=1 D=8 C=4", group: "overhead" }, () => {
     backward(x, w, labels, g, { margin: MARGIN, lambda: LAMBDA, backend });
   });

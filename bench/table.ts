@@ -252,3 +252,35 @@ if (!kindsOnly) {
   });
   heads.forEach((head) => head.close());
 }
+
+// The per-call cost at a tiny shape: the FFI call, the option and array checks and the native
+// checks, with a new logits array and into one given as `out`; beside it, what Deno takes to make
+// the Float32Array that a new result needs.
+if (!kindsOnly) {
+  const [n, d, c] = [1, 8, 4];
+  const { x, w, g, labels } = problem(n, d, c);
+  const options = { margin: 4, lambda: 0.5, backend };
+  const into = { ...options, out: new Float32Array(n * c) };
+  const grads = { ...options, outX: new Float32Array(n * d), outW: new Float32Array(c * d) };
+  const calls = 20000;
+  const perCall = (fn: () => void) => () =>
+    time(() => {
+      for (let i = 0; i < calls; i++) fn();
+    }) * 1e3 / calls;
+  const cases: [string, () => number][] = [
+    ["forward, a new logits array", perCall(() => forward(x, w, labels, options))],
+    ["forward, into `out`", perCall(() => forward(x, w, labels, into))],
+    ["backward, into `outX` and `outW`", perCall(() => backward(x, w, labels, g, grads))],
+    ["`new Float32Array(4)` alone", perCall(() => new Float32Array(n * c))],
+  ];
+  cases.forEach(([, f]) => f());
+  const us: number[][] = cases.map(() => []);
+  for (let r = 0; r < reps; r++) cases.forEach(([, f], k) => us[k].push(f()));
+  console.log(
+    `\nA call at N=${n} D=${d} C=${c} (L-Softmax m=4, float32; each the median of ${reps} means ` +
+      `of ${calls} calls):\n`,
+  );
+  console.log("| call | time |");
+  console.log("| --- | --- |");
+  cases.forEach(([label], k) => console.log(`| ${label} | ${median(us[k]).toFixed(2)} µs |`));
+}

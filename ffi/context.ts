@@ -106,44 +106,60 @@ function argumentsOf(
   tensors: readonly Tensor[],
   own: boolean,
 ): unknown[] {
-  const out: unknown[] = [ctx];
+  const out: unknown[] = new Array(op.args.length + 1);
+  out[0] = ctx;
   let t = 0;
+  let i = 1;
+  // Each property read by name: a keyed read would be megamorphic, a small call's larger cost.
   for (const a of op.args) {
     if (typeof a !== "string") {
       // An optional tensor past the end of the list is left out (null).
-      out.push(t < tensors.length || !a.optional ? tensors[t] : null);
+      out[i++] = t < tensors.length || !a.optional ? tensors[t] : null;
       t++;
       continue;
     }
     switch (a) {
       case "dtype":
-        out.push(call.dtype === "float32" ? DType.FLOAT32 : DType.FLOAT64);
+        out[i++] = call.dtype === "float32" ? DType.FLOAT32 : DType.FLOAT64;
         break;
       case "n":
+        out[i++] = BigInt(call.n);
+        break;
       case "d":
+        out[i++] = BigInt(call.d);
+        break;
       case "c":
+        out[i++] = BigInt(call.c);
+        break;
       case "k":
+        out[i++] = BigInt(call.k!);
+        break;
       case "count":
-        out.push(BigInt(call[a]!));
+        out[i++] = BigInt(call.count!);
         break;
       case "bytes":
-        out.push(BigInt(bytesOf(tensors[op.counted] as ArrayBufferView)));
+        out[i++] = BigInt(bytesOf(tensors[op.counted] as ArrayBufferView));
         break;
       case "margin":
-        out.push(encodeMargin(call.margin!, own ? new Uint8Array(LSM_MARGIN.bytes) : undefined));
+        out[i++] = encodeMargin(call.margin!, own ? new Uint8Array(LSM_MARGIN.bytes) : undefined);
         break;
       case "args":
-        out.push(encodeLossArgs(call.args!, own ? new Uint8Array(LSM_LOSS_ARGS.bytes) : undefined));
+        out[i++] = encodeLossArgs(
+          call.args!,
+          own ? new Uint8Array(LSM_LOSS_ARGS.bytes) : undefined,
+        );
         break;
       case "sgd":
-        out.push(encodeSgd(call.sgd!, own ? new Uint8Array(LSM_SGD.bytes) : undefined));
+        out[i++] = encodeSgd(call.sgd!, own ? new Uint8Array(LSM_SGD.bytes) : undefined);
         break;
       case "alpha":
+        out[i++] = call.alpha!;
+        break;
       case "beta":
-        out.push(call[a]!);
+        out[i++] = call.beta!;
         break;
       case "adam":
-        out.push(encodeAdam(call.adam!, own ? new Uint8Array(LSM_ADAM.bytes) : undefined));
+        out[i++] = encodeAdam(call.adam!, own ? new Uint8Array(LSM_ADAM.bytes) : undefined);
         break;
     }
   }
@@ -235,7 +251,10 @@ export class NativeContext {
    * checked by the caller against `call`.
    */
   run(op: OpSpec, call: Call, given: readonly (ArrayBufferView | null)[]): void {
-    const arrays = op.tensors.map((_, i) => given[i] ?? null); // optional ones left out: null
+    // Optional ones left out at the end: null.
+    const arrays = given.length === op.tensors.length
+      ? given
+      : op.tensors.map((_, i) => given[i] ?? null);
     if (this.backend === "cpu" && op.host) {
       const ctx = this.#live();
       this.setPrecision(call.precision);

@@ -176,9 +176,6 @@ export type AdamStruct = StructValues<KeyOf<"lsm_adam">>;
 /** The values of lsm_loss_update: addresses; those left out are 0 (none). */
 export type LossUpdateStruct = Partial<StructValues<KeyOf<"lsm_loss_update">>>;
 
-// Structs are written in the host's byte order, as the library reads them.
-const LITTLE_ENDIAN = new Uint8Array(new Uint16Array([1]).buffer)[0] === 1;
-
 /**
  * An encoder of a struct: its values into `into` (a value left out is written 0) (a buffer of the struct's size, by default one
  * the encoder keeps and reuses). A synchronous call may use the kept buffer, since the native
@@ -189,36 +186,52 @@ export function encoder<K extends string>(
   struct: Struct<K>,
 ): (values: StructValues<K>, into?: Uint8Array) => Uint8Array {
   const kept = new Uint8Array(struct.bytes);
-  const keptView = new DataView(kept.buffer);
-  const written = struct.fields.filter((f) => f.key !== undefined);
+  const keptViews = views(kept);
+  const write = writer(struct);
   return (values, into = kept) => {
     if (into.byteLength !== struct.bytes) {
       throw new RangeError(
         `${struct.name}: expected a buffer of ${struct.bytes} bytes, got ${into.byteLength}`,
       );
     }
-    const view = into === kept
-      ? keptView
-      : new DataView(into.buffer, into.byteOffset, struct.bytes);
-    for (const f of written) {
-      const v = (values as Record<string, number | undefined>)[f.key!] ?? 0;
-      switch (f.type) {
-        case "int32":
-          view.setInt32(f.offset, v, LITTLE_ENDIAN);
-          break;
-        case "uint32":
-          view.setUint32(f.offset, v, LITTLE_ENDIAN);
-          break;
-        case "int64":
-          view.setBigInt64(f.offset, BigInt(v), LITTLE_ENDIAN);
-          break;
-        case "float64":
-          view.setFloat64(f.offset, v, LITTLE_ENDIAN);
-          break;
-      }
-    }
+    write(values, into === kept ? keptViews : views(into));
     return into;
   };
+}
+
+// A struct's bytes as each field type's elements, in the host's byte order (the library's).
+interface Views {
+  int32: Int32Array;
+  uint32: Uint32Array;
+  int64: BigInt64Array;
+  float64: Float64Array;
+}
+
+function views(b: Uint8Array): Views {
+  if (b.byteOffset % 8 !== 0) {
+    throw new RangeError(`struct buffer: expected an 8-byte aligned offset, got ${b.byteOffset}`);
+  }
+  const { buffer, byteOffset, byteLength } = b;
+  return {
+    int32: new Int32Array(buffer, byteOffset, byteLength / 4),
+    uint32: new Uint32Array(buffer, byteOffset, byteLength / 4),
+    int64: new BigInt64Array(buffer, byteOffset, byteLength / 8),
+    float64: new Float64Array(buffer, byteOffset, byteLength / 8),
+  };
+}
+
+// The writer of a struct's fields, generated from its table: one named read of `values` per field
+// (a keyed read per field would be megamorphic, the larger part of a small call's cost).
+function writer<K extends string>(
+  struct: Struct<K>,
+): (values: StructValues<K>, into: Views) => void {
+  const lines = struct.fields.filter((f) => f.key !== undefined).map((f) => {
+    if (!/^[A-Za-z]\w*$/.test(f.key!)) throw new Error(`${struct.name}: bad key ${f.key}`);
+    const index = f.offset / FIELD_BYTES[f.type];
+    const value = `(v.${f.key} ?? 0)`;
+    return `o.${f.type}[${index}] = ${f.type === "int64" ? `BigInt(${value})` : value};`;
+  });
+  return new Function("v", "o", lines.join("\n")) as (v: StructValues<K>, o: Views) => void;
 }
 
 /** lsm_margin's encoder. */

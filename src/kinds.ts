@@ -299,10 +299,15 @@ export const MARGIN_KEYS: readonly string[] = [
 const PARSED = Object.fromEntries(NAMES.map((k) => {
   const own = Object.keys(KINDS[k].options);
   const foreign = MARGIN_KEYS.filter((key) => key !== "kind" && !own.includes(key));
-  return [k, { code: KINDS[k].code, own, foreign, options: Object.entries(KINDS[k].options) }];
+  return [k, {
+    code: KINDS[k].code,
+    own,
+    foreign: new Set(foreign) as ReadonlySet<string>,
+    options: Object.entries(KINDS[k].options),
+  }];
 })) as Record<
   MarginKind,
-  { code: number; own: string[]; foreign: string[]; options: [string, KindOption][] }
+  { code: number; own: string[]; foreign: ReadonlySet<string>; options: [string, KindOption][] }
 >;
 
 // lsm_margin with every field 0, from its table: what a kind does not fill.
@@ -337,8 +342,9 @@ export function hasLambda(kind: MarginKind): boolean {
 export function checkMargin(o: Partial<Record<string, unknown>>, without: string[] = []): Margin {
   const kind = checkKind(o.kind);
   const { code, own, foreign, options } = PARSED[kind];
-  for (const key of foreign) {
-    if (o[key] !== undefined && !without.includes(key)) {
+  // The keys given, not every foreign one: a keyed read per key is a small call's larger cost.
+  for (const key of Object.keys(o)) {
+    if (foreign.has(key) && o[key] !== undefined && !without.includes(key)) {
       throw new TypeError(
         `${key}: not an option of kind "${kind}" (its options: ${own.join(", ")})`,
       );

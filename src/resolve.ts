@@ -8,7 +8,8 @@
 import type { Call, NativeContext, Precision } from "../ffi/context.ts";
 import { OPS, type OpSpec } from "../ffi/ops.ts";
 import { resolveBackend, sharedContext } from "./backends.ts";
-import { checkInteger, describe, readOptions } from "./checks.ts";
+import { checkInteger, describe, type OwnOptions, ownOptions, readOptions } from "./checks.ts";
+import { typedArrayName } from "../ffi/arrays.ts";
 import {
   checkMargin,
   hasLambda,
@@ -191,12 +192,7 @@ export function resolveOp(
   arrays: Given,
   options: unknown,
 ): OpCall {
-  const o = readOptions("options", options, KEYS[name]);
-  const margin = checkMargin(o);
-  const precision = checkPrecision(o.precision);
-  const features = checkFeatures(o.features);
-  const op = opOf(name, margin);
-  checkGradRegulariser(o.gradRegulariser, margin.kind);
+  const { o, margin, precision, features, op } = opOptions(name, options);
   const given = name === "forward"
     ? {
       x: arrays.x,
@@ -212,15 +208,58 @@ export function resolveOp(
       outW: output(o.outW),
     };
   const { call, arrays: bound } = bindCall(op, margin, precision, given, features);
-  checkPrecisionOn(precision, o.backend);
   const state = opArgs(margin, call, name === "forward");
-  return {
-    ctx: sharedContext(o.backend),
-    op,
-    call,
-    arrays: bound,
-    ...(state === undefined ? {} : { state }),
-  };
+  const resolved: OpCall = { ctx: sharedContext(o.backend), op, call, arrays: bound };
+  if (state !== undefined) resolved.state = state;
+  return resolved;
+}
+
+/** An op's options, checked. */
+interface OpOptions {
+  name: "forward" | "backward";
+  o: Partial<Record<string, unknown>>;
+  margin: Margin;
+  precision: Precision;
+  features: number | undefined;
+  op: OpSpec;
+  /** The options object's own keys and their values when it was checked. */
+  keys: string[];
+  values: unknown[];
+}
+
+// The checked options of the op calls by their object, for a caller that passes one object call
+// after call: the checks are most of a small call's time. A plain object whose own keys hold the
+// same values (numbers, strings, booleans, and typed arrays, which bindArrays checks each call)
+// resolves as it did; any other object is checked each call.
+const CHECKED = new WeakMap<object, OpOptions>();
+
+function opOptions(name: "forward" | "backward", options: unknown): OpOptions {
+  const own = ownOptions(options);
+  const hit = own === undefined ? undefined : CHECKED.get(options as object);
+  if (hit !== undefined && hit.name === name && same(own!, hit)) return hit;
+  const o = readOptions("options", options, KEYS[name], own);
+  const margin = checkMargin(o);
+  const precision = checkPrecision(o.precision);
+  const features = checkFeatures(o.features);
+  const op = opOf(name, margin);
+  checkGradRegulariser(o.gradRegulariser, margin.kind);
+  checkPrecisionOn(precision, o.backend);
+  const checked = { name, o, margin, precision, features, op, keys: [], values: [], ...own };
+  if (own !== undefined && own.values.every(comparable)) CHECKED.set(options as object, checked);
+  return checked;
+}
+
+// A value the same whenever it is identical: not an object, or a typed array.
+const comparable = (v: unknown) =>
+  v === null || typeof v !== "object" || typedArrayName(v) !== undefined;
+
+function same(own: OwnOptions, hit: OpOptions): boolean {
+  const { keys, values } = own;
+  if (keys.length !== hit.keys.length) return false;
+  for (let i = 0; i < keys.length; i++) {
+    if (keys[i] !== hit.keys[i] || !Object.is(values[i], hit.values[i])) return false;
+  }
+  return true;
 }
 
 /** A fused loss call: one context, or one per class shard. */

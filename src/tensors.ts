@@ -100,12 +100,13 @@ function measure(x: unknown, w: unknown, labels: unknown, features: number | und
   }
   const c = wLength / d;
   // N·C is checked by bindArrays where the op holds an [N, C] tensor: the fused loss holds none.
-  for (const [name, value] of [["N*D (x)", n * d], ["C*D (w)", c * d]]) {
-    if ((value as number) > MAX_ELEMENTS) {
-      throw new RangeError(`${name}: expected at most ${MAX_ELEMENTS} elements, got ${value}`);
-    }
+  if (n * d > MAX_ELEMENTS) {
+    throw new RangeError(`N*D (x): expected at most ${MAX_ELEMENTS} elements, got ${n * d}`);
   }
-  return { dtype, n, d, c };
+  if (c * d > MAX_ELEMENTS) {
+    throw new RangeError(`C*D (w): expected at most ${MAX_ELEMENTS} elements, got ${c * d}`);
+  }
+  return { dtype, n, d, c, classes: c };
 }
 
 /** The `features` option: the feature count D, when given. */
@@ -113,8 +114,20 @@ export function checkFeatures(v: unknown): number | undefined {
   return v === undefined ? undefined : checkInteger("features", v, 1, MAX_ELEMENTS);
 }
 
-const size = (s: Shape, dim: Dim) =>
-  typeof dim === "number" ? dim : dim === "classes" ? s.classes ?? s.c : s[dim as "n" | "d" | "c"];
+// Each size read by name: a keyed read would be megamorphic (a small call's cost).
+function size(s: Shape, dim: Dim): number {
+  switch (dim) {
+    case "n":
+      return s.n;
+    case "d":
+      return s.d;
+    case "c":
+      return s.c;
+    case "classes":
+      return s.classes ?? s.c;
+  }
+  return dim as number;
+}
 
 function describeCount(s: Shape, t: TensorSpec, count: number): string {
   if (t.cols === 1) return `N = ${count}`;
@@ -129,6 +142,33 @@ function byteEnd(a: ArrayBufferView): number {
 
 function overlap(a: ArrayBufferView, b: ArrayBufferView): boolean {
   return byteOffsetOfView(a) < byteEnd(b) && byteOffsetOfView(b) < byteEnd(a);
+}
+
+// The op's [N, C] tensor (logits or their gradient), if it holds one.
+const LOGITS = new WeakMap<OpSpec, TensorSpec | null>();
+function logitsOf(op: OpSpec): TensorSpec | undefined {
+  let t = LOGITS.get(op);
+  if (t === undefined) {
+    t = op.tensors.find((t) => t.rows === "n" && (t.cols === "c" || t.cols === "classes")) ?? null;
+    LOGITS.set(op, t);
+  }
+  return t ?? undefined;
+}
+
+// The reader of an op's tensors from a Given, generated from their names: one named read each (a
+// keyed read would be megamorphic, a good part of a small call's cost).
+const READERS = new WeakMap<OpSpec, (given: Given) => unknown[]>();
+function readerOf(op: OpSpec): (given: Given) => unknown[] {
+  let read = READERS.get(op);
+  if (read === undefined) {
+    const names = op.tensors.map((t) => {
+      if (!/^[A-Za-z]\w*$/.test(t.name)) throw new Error(`${t.name}: not an identifier`);
+      return `g.${t.name}`;
+    });
+    read = new Function("g", `return [${names.join(", ")}];`) as (given: Given) => unknown[];
+    READERS.set(op, read);
+  }
+  return read;
 }
 
 /**
@@ -155,7 +195,7 @@ export function bindArrays(
     }
     s.classes = s.c / subcenters;
   }
-  const logits = op.tensors.find((t) => t.rows === "n" && (t.cols === "c" || t.cols === "classes"));
+  const logits = logitsOf(op);
   const classes = logits === undefined ? 0 : size(s, logits.cols);
   if (logits !== undefined && s.n * classes > MAX_ELEMENTS) {
     throw new RangeError(
@@ -167,8 +207,10 @@ export function bindArrays(
   const arrays: (ArrayBufferView | null)[] = [];
   // Each array's buffer, null where it cannot overlap another (left out, or new here).
   const buffers: (ArrayBufferLike | null)[] = [];
-  for (const t of op.tensors) {
-    const a = given[t.name];
+  const values = readerOf(op)(given);
+  for (let i = 0; i < op.tensors.length; i++) {
+    const t = op.tensors[i];
+    const a = values[i];
     const count = size(s, t.rows) * size(s, t.cols);
     if (t.output && a === undefined) {
       arrays.push(newFloatArray(t.type === "float64" ? "float64" : s.dtype, count));

@@ -243,6 +243,43 @@ Deno.test("library: a path that does not open names it once, with the build hint
   assert.ok(out.includes("make"), out);
 });
 
+Deno.test("options: one object passed call after call is checked again whenever it changes", () => {
+  const p = randomProblem(new Rng(78), 3, 4, 5);
+  const want = (margin: number, lambda: number) =>
+    referenceForward(p.x, p.w, p.labels, { margin, lambda });
+  const o: Record<string, unknown> = { margin: 3, lambda: 1, backend: "cpu" };
+  assertClose(forward(p.x, p.w, p.labels, o).logits, want(3, 1), 1e-10, "logits 1");
+  assertClose(forward(p.x, p.w, p.labels, o).logits, want(3, 1), 1e-10, "logits 2");
+  o.margin = 2; // a value changed
+  assertClose(forward(p.x, p.w, p.labels, o).logits, want(2, 1), 1e-10, "logits 3");
+  o.margin = 17; // out of range now
+  throwsNaming(() => forward(p.x, p.w, p.labels, o), RangeError, "margin", "17");
+  o.margin = 2;
+  o.lamda = 0; // a key added: still named
+  throwsNaming(() => forward(p.x, p.w, p.labels, o), TypeError, '"lamda"', '"lambda"');
+  delete o.lamda;
+  delete o.lambda; // a key removed: λ is required
+  throwsNaming(() => forward(p.x, p.w, p.labels, o), TypeError, "lambda", "undefined");
+  o.lambda = 0; // and given again, last now
+  assertClose(forward(p.x, p.w, p.labels, o).logits, want(2, 0), 1e-10, "logits 4");
+  o.lambda = 1;
+  o.out = new Float64Array(15); // an output given, then resized, then of the wrong type
+  const logits = forward(p.x, p.w, p.labels, o).logits;
+  assert.equal(logits, o.out);
+  assertClose(logits, want(2, 1), 1e-10, "logits 5");
+  o.out = new Float64Array(14);
+  throwsNaming(() => forward(p.x, p.w, p.labels, o), RangeError, "out", "15", "14");
+  o.out = new Float32Array(15);
+  throwsNaming(() => forward(p.x, p.w, p.labels, o), TypeError, "out", "Float64Array");
+  delete o.out;
+  // The same object for backward, and then with a kind that has no λ.
+  const g = new Float64Array(15).fill(0.25);
+  const { gradX } = backward(p.x, p.w, p.labels, g, o);
+  assert.equal(gradX.length, 12);
+  o.kind = "cosface";
+  throwsNaming(() => forward(p.x, p.w, p.labels, o), TypeError, "lambda", "cosface");
+});
+
 Deno.test("options: each is read once, own keys of a plain object, inherited ones of a class", () => {
   const p = randomProblem(new Rng(77), 3, 4, 5);
   const want = forward(p.x, p.w, p.labels, { margin: 3, lambda: 1, backend: "cpu" }).logits;

@@ -83,25 +83,26 @@ size_t element_bytes(int32_t dtype) { return dtype == LSM_FLOAT32 ? sizeof(float
 // One field of the margin against the kind's range for it (math/kinds.h).
 static int32_t check_field(lsm_context *ctx, const lsm_kind_traits &k, const lsm_range &r, const char *name,
                            double v) {
-  const std::string field = std::string("margin.") + name;
+  // The messages are built only on a failure: the check runs on every call.
+  const auto field = [name] { return std::string("margin.") + name; };
   if (r.integer) {
     if (v >= r.lo && v <= r.hi) return LSM_OK;
     return lsm_fail(ctx, LSM_ERR_INVALID_ARGUMENT,
-                    field + ": expected an integer in [" + str((int64_t)r.lo) + ", " + str((int64_t)r.hi) +
+                    field() + ": expected an integer in [" + str((int64_t)r.lo) + ", " + str((int64_t)r.hi) +
                         "], got " + str((int64_t)v));
   }
   const bool any = isinf(r.lo);
   if (!((r.lo_open ? v > r.lo : v >= r.lo) && isfinite(v)))
     return lsm_fail(ctx, LSM_ERR_INVALID_ARGUMENT,
-                    field + ": expected a finite number" +
+                    field() + ": expected a finite number" +
                         (any ? std::string() : std::string(r.lo_open ? " > " : " >= ") + num(r.lo)) + ", got " +
                         num(v));
   if (r.hi_text != nullptr && r.hi_closed && !(v <= r.hi))
     return lsm_fail(ctx, LSM_ERR_INVALID_ARGUMENT,
-                    field + ": expected a number in [" + num(r.lo) + ", " + r.hi_text + "], got " + num(v));
+                    field() + ": expected a number in [" + num(r.lo) + ", " + r.hi_text + "], got " + num(v));
   if (r.hi_text != nullptr && !r.hi_closed && !(v < r.hi))
     return lsm_fail(ctx, LSM_ERR_INVALID_ARGUMENT,
-                    field + ": expected " + k.name + "'s margin below " + r.hi_text + ", got " + num(v));
+                    field() + ": expected " + k.name + "'s margin below " + r.hi_text + ", got " + num(v));
   return LSM_OK;
 }
 
@@ -122,7 +123,6 @@ int32_t check_margin(lsm_context *ctx, const lsm_margin &m) {
   const double values[LSM_FIELD_COUNT] = {(double)m.m, m.lambda,  m.scale, m.m1,         m.m2,
                                           m.m3,        m.h,       m.t_alpha, m.batch_mean, m.batch_std,
                                           m.t,         m.lower_norm, m.upper_norm, m.lambda_g, m.upper_margin};
-  std::string unused;  // the fields the kind does not read, for the message
   bool zero = true;
   for (int f = 0; f < LSM_FIELD_COUNT; ++f) {
     const lsm_range &r = k->fields.r[f];
@@ -131,7 +131,6 @@ int32_t check_margin(lsm_context *ctx, const lsm_margin &m) {
       if (s != LSM_OK) return s;
     } else {
       zero = zero && values[f] == 0.0;
-      unused += std::string(names[f]) + ", ";
     }
   }
   zero = zero && (m.flags & ~k->flags) == 0 && m.reserved_flags == 0;
@@ -141,6 +140,9 @@ int32_t check_margin(lsm_context *ctx, const lsm_margin &m) {
                     "margin.upper_norm: expected a number > lower_norm (" + num(m.lower_norm) + "), got " +
                         num(m.upper_norm));
   if (zero) return LSM_OK;
+  std::string unused;  // the fields the kind does not read
+  for (int f = 0; f < LSM_FIELD_COUNT; ++f)
+    if (!k->fields.r[f].used) unused += std::string(names[f]) + ", ";
   return lsm_fail(ctx, LSM_ERR_INVALID_ARGUMENT,
                   std::string("margin: expected 0 in the fields ") + k->name + " does not use (" + unused +
                       (k->flags == 0 ? "flags" : "other flags") + ", reserved_flags, reserved)");
