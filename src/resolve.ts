@@ -216,7 +216,6 @@ export function resolveOp(
 
 /** An op's options, checked. */
 interface OpOptions {
-  name: "forward" | "backward";
   o: Partial<Record<string, unknown>>;
   margin: Margin;
   precision: Precision;
@@ -231,12 +230,16 @@ interface OpOptions {
 // after call: the checks are most of a small call's time. A plain object whose own keys hold the
 // same values (numbers, strings, booleans, and typed arrays, which bindArrays checks each call)
 // resolves as it did; any other object is checked each call.
-const CHECKED = new WeakMap<object, OpOptions>();
+// One map per op: one object may serve a forward and its backward in turn.
+const CHECKED = {
+  forward: new WeakMap<object, OpOptions>(),
+  backward: new WeakMap<object, OpOptions>(),
+};
 
 function opOptions(name: "forward" | "backward", options: unknown): OpOptions {
   const own = ownOptions(options);
-  const hit = own === undefined ? undefined : CHECKED.get(options as object);
-  if (hit !== undefined && hit.name === name && same(own!, hit)) return hit;
+  const hit = own === undefined ? undefined : CHECKED[name].get(options as object);
+  if (hit !== undefined && same(own!, hit)) return hit;
   const o = readOptions("options", options, KEYS[name], own);
   const margin = checkMargin(o);
   const precision = checkPrecision(o.precision);
@@ -244,8 +247,10 @@ function opOptions(name: "forward" | "backward", options: unknown): OpOptions {
   const op = opOf(name, margin);
   checkGradRegulariser(o.gradRegulariser, margin.kind);
   checkPrecisionOn(precision, o.backend);
-  const checked = { name, o, margin, precision, features, op, keys: [], values: [], ...own };
-  if (own !== undefined && own.values.every(comparable)) CHECKED.set(options as object, checked);
+  const checked = { o, margin, precision, features, op, keys: [], values: [], ...own };
+  if (own !== undefined && own.values.every(comparable)) {
+    CHECKED[name].set(options as object, checked);
+  }
   return checked;
 }
 

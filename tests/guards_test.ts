@@ -275,7 +275,14 @@ Deno.test("options: one object passed call after call is checked again whenever 
   // The same object for backward, and then with a kind that has no λ.
   const g = new Float64Array(15).fill(0.25);
   const { gradX } = backward(p.x, p.w, p.labels, g, o);
-  assert.equal(gradX.length, 12);
+  assert.deepEqual(gradX, backward(p.x, p.w, p.labels, g, { ...o }).gradX);
+  o.margin = 3; // changed between a forward and a backward: each sees it
+  assertClose(forward(p.x, p.w, p.labels, o).logits, want(3, 1), 1e-10, "logits after");
+  assert.deepEqual(
+    backward(p.x, p.w, p.labels, g, o).gradX,
+    backward(p.x, p.w, p.labels, g, { ...o }).gradX,
+  );
+  assert.notDeepEqual(backward(p.x, p.w, p.labels, g, o).gradX, gradX);
   o.kind = "cosface";
   throwsNaming(() => forward(p.x, p.w, p.labels, o), TypeError, "lambda", "cosface");
 });
