@@ -177,10 +177,11 @@ export type AdamStruct = StructValues<KeyOf<"lsm_adam">>;
 export type LossUpdateStruct = Partial<StructValues<KeyOf<"lsm_loss_update">>>;
 
 /**
- * An encoder of a struct: its values into `into` (a value left out is written 0) (a buffer of the struct's size, by default one
- * the encoder keeps and reuses). A synchronous call may use the kept buffer, since the native
- * side copies the struct before it returns; a call still running when the next is encoded (off
- * the JavaScript thread) needs a buffer of its own.
+ * An encoder of a struct: its values into `into` (a value left out is written 0) (a buffer of the
+ * struct's size at an 8-byte aligned offset, by default one the encoder keeps and reuses). A
+ * synchronous call may use the kept buffer, since the native side copies the struct before it
+ * returns; a call still running when the next is encoded (off the JavaScript thread) needs a
+ * buffer of its own.
  */
 export function encoder<K extends string>(
   struct: Struct<K>,
@@ -200,12 +201,12 @@ export function encoder<K extends string>(
 }
 
 // A struct's bytes as each field type's elements, in the host's byte order (the library's).
-interface Views {
+type Views = {
   int32: Int32Array;
   uint32: Uint32Array;
   int64: BigInt64Array;
   float64: Float64Array;
-}
+} & Record<FieldType, unknown>;
 
 function views(b: Uint8Array): Views {
   if (b.byteOffset % 8 !== 0) {
@@ -228,6 +229,7 @@ function writer<K extends string>(
   const lines = struct.fields.filter((f) => f.key !== undefined).map((f) => {
     if (!/^[A-Za-z]\w*$/.test(f.key!)) throw new Error(`${struct.name}: bad key ${f.key}`);
     const index = f.offset / FIELD_BYTES[f.type];
+    if (!Number.isInteger(index)) throw new Error(`${struct.name}.${f.c}: a misaligned offset`);
     const value = `(v.${f.key} ?? 0)`;
     return `o.${f.type}[${index}] = ${f.type === "int64" ? `BigInt(${value})` : value};`;
   });

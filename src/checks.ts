@@ -45,44 +45,38 @@ function closest(key: string, known: readonly string[]): string | undefined {
   return bestDistance <= Math.max(1, Math.floor(key.length / 3)) ? best : undefined;
 }
 
-/** A plain object's own keys and their values, each read once. */
+/** A plain object's own keys and their values, read once. */
 export interface OwnOptions {
   keys: string[];
   values: unknown[];
 }
 
-/**
- * The own keys and values of a plain object of options (its prototype Object.prototype or null),
- * read once; undefined for any other object, which may inherit its options (getters of a class).
- */
-export function ownOptions(options: unknown): OwnOptions | undefined {
-  if (typeof options !== "object" || options === null) return undefined;
+/** Whether options are a plain object (its prototype Object.prototype or null): its own keys are all. */
+export function isPlain(options: unknown): boolean {
+  if (typeof options !== "object" || options === null) return false;
   const proto = Object.getPrototypeOf(options);
-  if (proto !== Object.prototype && proto !== null) return undefined;
-  const keys = Object.keys(options);
-  const values = new Array(keys.length);
-  for (let i = 0; i < keys.length; i++) values[i] = (options as Record<string, unknown>)[keys[i]];
-  return { keys, values };
+  return proto === Object.prototype || proto === null;
 }
 
 /**
  * The options object of a call, each known key read once, up front (so a getter runs before any
  * size is measured, never between a check and the native call). A key the call does not know is
  * a TypeError naming it, and the known key it most likely meant: a misspelt `outx` must not
- * leave the caller's buffer silently unfilled. `own`: a plain object's keys and values as
- * ownOptions read them (they are not read again).
+ * leave the caller's buffer silently unfilled. `own`: a plain object's own keys and their values,
+ * already read (they are not read again).
  */
 export function readOptions<K extends string>(
   what: string,
   options: unknown,
   known: readonly K[],
-  own: OwnOptions | undefined = ownOptions(options),
+  own?: OwnOptions,
 ): Partial<Record<K, unknown>> {
   if (typeof options !== "object" || options === null) {
     throw new TypeError(`${what}: expected an object of options, got ${describe(options)}`);
   }
   const o = options as Record<string, unknown>;
   const set = knownSet(known);
+  const plain = isPlain(o);
   const keys = own?.keys ?? Object.keys(o);
   for (const key of keys) {
     if (set.has(key)) continue;
@@ -98,7 +92,7 @@ export function readOptions<K extends string>(
   if (own !== undefined) {
     for (let i = 0; i < keys.length; i++) read[keys[i] as K] = own.values[i];
   } else {
-    for (const key of known) read[key] = o[key];
+    for (const key of plain ? keys : known) read[key as K] = o[key];
   }
   return read;
 }

@@ -8,7 +8,7 @@
 import type { Call, NativeContext, Precision } from "../ffi/context.ts";
 import { OPS, type OpSpec } from "../ffi/ops.ts";
 import { resolveBackend, sharedContext } from "./backends.ts";
-import { checkInteger, describe, type OwnOptions, ownOptions, readOptions } from "./checks.ts";
+import { checkInteger, describe, isPlain, type OwnOptions, readOptions } from "./checks.ts";
 import { typedArrayName } from "../ffi/arrays.ts";
 import {
   checkMargin,
@@ -208,6 +208,7 @@ export function resolveOp(
       outW: output(o.outW),
     };
   const { call, arrays: bound } = bindCall(op, margin, precision, given, features);
+  checkPrecisionOn(precision, o.backend);
   const state = opArgs(margin, call, name === "forward");
   const resolved: OpCall = { ctx: sharedContext(o.backend), op, call, arrays: bound };
   if (state !== undefined) resolved.state = state;
@@ -237,35 +238,37 @@ const CHECKED = {
 };
 
 function opOptions(name: "forward" | "backward", options: unknown): OpOptions {
-  const own = ownOptions(options);
-  const hit = own === undefined ? undefined : CHECKED[name].get(options as object);
-  if (hit !== undefined && same(own!, hit)) return hit;
+  const plain = isPlain(options);
+  const keys = plain ? Object.keys(options as object) : [];
+  const hit = plain ? CHECKED[name].get(options as object) : undefined;
+  let own: OwnOptions | undefined;
+  if (hit !== undefined && sameKeys(keys, hit.keys)) {
+    // Keys the call knows (they were checked): their values may be read before the checks.
+    own = { keys, values: keys.map((k) => (options as Record<string, unknown>)[k]) };
+    if (own.values.every((v, i) => Object.is(v, hit.values[i]))) return hit;
+  }
+  if (hit !== undefined) CHECKED[name].delete(options as object);
   const o = readOptions("options", options, KEYS[name], own);
   const margin = checkMargin(o);
   const precision = checkPrecision(o.precision);
   const features = checkFeatures(o.features);
   const op = opOf(name, margin);
   checkGradRegulariser(o.gradRegulariser, margin.kind);
-  checkPrecisionOn(precision, o.backend);
-  const checked = { o, margin, precision, features, op, keys: [], values: [], ...own };
-  if (own !== undefined && own.values.every(comparable)) {
-    CHECKED[name].set(options as object, checked);
-  }
+  const values = keys.map((k) => o[k]);
+  const checked = { o, margin, precision, features, op, keys, values };
+  if (plain && values.every(comparable)) CHECKED[name].set(options as object, checked);
   return checked;
+}
+
+function sameKeys(a: string[], b: string[]): boolean {
+  if (a.length !== b.length) return false;
+  for (let i = 0; i < a.length; i++) if (a[i] !== b[i]) return false;
+  return true;
 }
 
 // A value the same whenever it is identical: not an object, or a typed array.
 const comparable = (v: unknown) =>
   v === null || typeof v !== "object" || typedArrayName(v) !== undefined;
-
-function same(own: OwnOptions, hit: OpOptions): boolean {
-  const { keys, values } = own;
-  if (keys.length !== hit.keys.length) return false;
-  for (let i = 0; i < keys.length; i++) {
-    if (keys[i] !== hit.keys[i] || !Object.is(values[i], hit.values[i])) return false;
-  }
-  return true;
-}
 
 /** A fused loss call: one context, or one per class shard. */
 export interface LossCall {
