@@ -76,7 +76,6 @@ export function readOptions<K extends string>(
   }
   const o = options as Record<string, unknown>;
   const set = knownSet(known);
-  const plain = isPlain(o);
   const keys = own?.keys ?? Object.keys(o);
   for (const key of keys) {
     if (set.has(key)) continue;
@@ -92,7 +91,7 @@ export function readOptions<K extends string>(
   if (own !== undefined) {
     for (let i = 0; i < keys.length; i++) read[keys[i] as K] = own.values[i];
   } else {
-    for (const key of plain ? keys : known) read[key as K] = o[key];
+    for (const key of isPlain(o) ? keys : known) read[key as K] = o[key];
   }
   return read;
 }

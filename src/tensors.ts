@@ -106,7 +106,7 @@ function measure(x: unknown, w: unknown, labels: unknown, features: number | und
   if (c * d > MAX_ELEMENTS) {
     throw new RangeError(`C*D (w): expected at most ${MAX_ELEMENTS} elements, got ${c * d}`);
   }
-  return { dtype, n, d, c, classes: c };
+  return { dtype, n, d, c };
 }
 
 /** The `features` option: the feature count D, when given. */
@@ -142,17 +142,6 @@ function byteEnd(a: ArrayBufferView): number {
 
 function overlap(a: ArrayBufferView, b: ArrayBufferView): boolean {
   return byteOffsetOfView(a) < byteEnd(b) && byteOffsetOfView(b) < byteEnd(a);
-}
-
-// The op's [N, C] tensor (logits or their gradient), if it holds one.
-const LOGITS = new WeakMap<OpSpec, TensorSpec | null>();
-function logitsOf(op: OpSpec): TensorSpec | undefined {
-  let t = LOGITS.get(op);
-  if (t === undefined) {
-    t = op.tensors.find((t) => t.rows === "n" && (t.cols === "c" || t.cols === "classes")) ?? null;
-    LOGITS.set(op, t);
-  }
-  return t ?? undefined;
 }
 
 // The reader of an op's tensors from a Given, generated from their names: one named read each (a
@@ -195,7 +184,7 @@ export function bindArrays(
     }
     s.classes = s.c / subcenters;
   }
-  const logits = logitsOf(op);
+  const logits = op.tensors.find((t) => t.rows === "n" && (t.cols === "c" || t.cols === "classes"));
   const classes = logits === undefined ? 0 : size(s, logits.cols);
   if (logits !== undefined && s.n * classes > MAX_ELEMENTS) {
     throw new RangeError(
