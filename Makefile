@@ -80,6 +80,8 @@ $(BUILD)/obj/%.o: cuda/%.cpp $(HEADERS) | setup-host
 $(BUILD)/obj/cpu/rows.o $(BUILD)/obj/cpu/rows_avx2.o: CXXFLAGS += -fno-trapping-math -fno-math-errno
 # The optimizer's loops too: Adam's sqrt sets no errno then, and amsgrad's max is a select.
 $(BUILD)/obj/cpu/optim.o: CXXFLAGS += -fno-trapping-math -fno-math-errno
+# And the fused step's a-priori bound: its largest magnitude is a select too.
+$(BUILD)/obj/cpu/fused_update.o: CXXFLAGS += -fno-trapping-math -fno-math-errno
 
 $(BUILD)/obj/%.o: cuda/%.cu $(HEADERS) | setup
 	@mkdir -p $(@D)

@@ -145,6 +145,51 @@ for (const { name, backend, ignore } of SETUPS) {
     });
   }
 
+  // An ignored row adds no loss and no gradient factor, but its features still enter dL/dW's
+  // product: 0 · NaN is NaN there, so the step is skipped, and "throw" names the row.
+  Deno.test({
+    name: `${name}: nonfinite: a NaN or Inf in an ignored row makes dL/dW non-finite: skipped`,
+    ignore,
+    fn() {
+      const optimizers = [{ lr: 0.1, momentum: 0.9 }, { type: "adamw" as const, lr: 0.1 }];
+      for (const optimizer of optimizers) {
+        for (const margin of [1, 4]) {
+          for (const value of [NaN, Infinity]) {
+            const what = `${optimizer.type ?? "sgd"}, margin ${margin}, ${value}`;
+            const make = (nonFinite: "skip" | "throw") =>
+              new MarginHead({
+                classes: C,
+                features: D,
+                margin,
+                lambda: 0,
+                backend,
+                seed: 3,
+                ignoreIndex: -100,
+                optimizer,
+                nonFinite,
+              });
+            const { x, labels } = batch(4);
+            labels[1] = -100;
+            x[D + 2] = value;
+            using head = make("skip");
+            const before = bytes(head.weights());
+            const r = head.step(x, labels);
+            assert.ok(Number.isFinite(r.loss), `${what}: the loss leaves the row out`);
+            assert.equal(r.skipped, true, what);
+            assert.deepEqual(bytes(head.weights()), before, `${what}: W unchanged`);
+            using strict = make("throw");
+            assert.throws(
+              () => strict.step(x, labels),
+              /^RangeError: x: row 1: expected finite/,
+              what,
+            );
+            assert.ok(strict.weights().every(Number.isFinite), what);
+          }
+        }
+      }
+    },
+  });
+
   Deno.test({
     name: `${name}: nonfinite: a skipped step advances λ's schedule; stepAsync skips the same`,
     ignore,

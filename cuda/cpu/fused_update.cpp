@@ -40,14 +40,18 @@ bool all_finite(const T *v, int64_t count) {
   return ok;
 }
 
+// The largest |v_j|, or +inf where any v_j is not finite (a NaN too: a comparison would pass it
+// over). In T: the widening to double is exact, so the maximum is the same.
 template <typename T>
 double max_abs(const T *v, int64_t count) {
-  double m = 0.0;
-  for (int64_t j = 0; j < count; ++j) {
-    const double a = fabs((double)v[j]);
+  T m = T(0);
+  bool finite = true;
+  for (int64_t j = 0; j < count; ++j) {  // no early exit: it vectorises
+    const T a = std::fabs(v[j]);
+    finite &= lsm_finite(a);
     m = a > m ? a : m;
   }
-  return m;
+  return finite ? (double)m : INFINITY;
 }
 
 }  // namespace
@@ -67,7 +71,7 @@ static double dw_bound(loss_run<T> &r) {
   for (int64_t i = 0; i < r.n; ++i) {
     if (!isfinite(r.p.row_loss[i])) return INFINITY;
     const double xmax = max_abs(r.in.x + i * r.d, r.d);
-    if (!isfinite(xmax)) return INFINITY;  // 0 * NaN: even a row without gradient would spread it
+    if (!isfinite(xmax)) return INFINITY;  // 0 * NaN: even a row without gradient (ignored) spreads it
     products += fabs(r.factors[i].a) * xmax;
   }
   if (!lsm_plain_margin(r.p.margin)) {
@@ -97,7 +101,7 @@ bool loss_run<T>::step_begin() {
   deferred.assign((size_t)c, 0);
   for (int64_t i = 0; i < n; ++i)
     if (local[i] >= 0) deferred[(size_t)local[i]] = 1;
-  dw_block.resize((size_t)(dw_block_classes() * d));
+  dw_block.reset(new T[(size_t)(dw_block_classes() * d)]);
   if (p.step->adam) adam_k = lsm_adam_coefs_of(p.step->adam_o);
   stepping = true;
   return true;

@@ -31,6 +31,8 @@
 
 #include <math.h>
 
+#include <memory>
+
 #include "cpu/common.h"
 #include "cpu/rows.h"
 #include "math/ce.cuh"
@@ -110,7 +112,8 @@ struct loss_run {
   // The fused step (cpu/fused_update.cpp): args.update applied class block by class block.
   bool stepping = false;
   std::vector<char> deferred;    // classes a correction reads or writes: updated last
-  std::vector<T> dw_block;       // one block of dL/dW rows, in cache
+  std::unique_ptr<T[]> dw_block; // one block of dL/dW rows, in cache (left uninitialised: each
+                                 // product writes all of it)
   lsm_adam_coefs adam_k{};
   // The adaptive kinds (docs/math.md).
   int64_t subs = 1;              // sub-centers K: buf's columns are rows of W, K per class

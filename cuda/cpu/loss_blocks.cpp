@@ -220,7 +220,7 @@ void loss_run<T>::products_from_exps(const double *sums, const double *lse) {
   const int64_t sub = dw_block_classes();
   for (int64_t c0 = 0; c0 < c; c0 += sub) {
     const int64_t cb = std::min(sub, c - c0);
-    T *out = fused ? dw_block.data() : gw + c0 * d;
+    T *out = fused ? dw_block.get() : gw + c0 * d;
     gemm(CblasTrans, CblasNoTrans, (int)cb, (int)d, (int)n, buf + c0, (int)c, kx.data(), (int)d, out, (int)d);
     if (fused) step_block(c0, cb, out);
   }
