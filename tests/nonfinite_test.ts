@@ -45,7 +45,11 @@ const SETUPS: { name: string; backend: HeadOptions["backend"]; ignore: boolean }
   { name: "shards cpu+cuda", backend: ["cpu", "cuda"], ignore: !cudaAvailable },
 ];
 
-function newHead(backend: HeadOptions["backend"], nonFinite?: "skip" | "throw" | "apply") {
+function newHead(
+  backend: HeadOptions["backend"],
+  nonFinite?: "skip" | "throw" | "apply",
+  more: Partial<HeadOptions> = {},
+) {
   return new MarginHead({
     classes: C,
     features: D,
@@ -55,6 +59,7 @@ function newHead(backend: HeadOptions["backend"], nonFinite?: "skip" | "throw" |
     seed: 7,
     optimizer: { lr: 0.1, momentum: 0.9, weightDecay: 0.01 },
     ...(nonFinite === undefined ? {} : { nonFinite }),
+    ...more,
   });
 }
 
@@ -157,17 +162,7 @@ for (const { name, backend, ignore } of SETUPS) {
           for (const value of [NaN, Infinity]) {
             const what = `${optimizer.type ?? "sgd"}, margin ${margin}, ${value}`;
             const make = (nonFinite: "skip" | "throw") =>
-              new MarginHead({
-                classes: C,
-                features: D,
-                margin,
-                lambda: 0,
-                backend,
-                seed: 3,
-                ignoreIndex: -100,
-                optimizer,
-                nonFinite,
-              });
+              newHead(backend, nonFinite, { margin, ignoreIndex: -100, optimizer });
             const { x, labels } = batch(4);
             labels[1] = -100;
             x[D + 2] = value;
