@@ -6,8 +6,12 @@
 
 #include <cblas.h>
 
+#include <string.h>
+
 #include <algorithm>
+#include <cmath>
 #include <cstdlib>
+#include <limits>
 #include <new>
 #include <string>
 #include <thread>
@@ -77,6 +81,33 @@ void parallel_for(int64_t total, int64_t work_per_item, F fn) {
   }
   fn(int64_t(0), std::min(total, chunk));
   for (auto &th : pool) th.join();
+}
+
+// Clones of a loop for AVX2 where the CPU has it (picked at load time), beside the baseline one.
+#if defined(__x86_64__) && !defined(__SANITIZE_ADDRESS__)
+#define LSM_CLONES __attribute__((target_clones("avx2", "default")))
+#else
+#define LSM_CLONES
+#endif
+
+// The largest |v_j| of v [count] as a double (exact), or +inf where any v_j is not finite (a NaN
+// too). Taken on the bits: without the sign, the order of the patterns as integers is the order
+// of the magnitudes, the infinities and NaNs above every number. An integer maximum vectorises;
+// a comparison of floats, which may trap on a NaN, does not.
+template <typename T>
+LSM_CLONES double max_abs(const T *v, int64_t count) {
+  using U = typename std::conditional<sizeof(T) == 4, int32_t, int64_t>::type;
+  constexpr U kMagnitude = std::numeric_limits<U>::max();  // every bit but the sign
+  U m = 0;
+  for (int64_t j = 0; j < count; ++j) {
+    U b;
+    memcpy(&b, v + j, sizeof b);
+    b &= kMagnitude;
+    m = b > m ? b : m;
+  }
+  T a;
+  memcpy(&a, &m, sizeof a);
+  return std::isfinite(a) ? (double)a : INFINITY;
 }
 
 // Labels are read as row indices: each must lie in [0, c) before any row is touched. They are

@@ -33,27 +33,6 @@ namespace {
 // noise; 4 MB among the best: five blocks at D=512 C=10,000).
 constexpr int64_t kStepBlockBytes = 4 << 20;
 
-template <typename T>
-bool all_finite(const T *v, int64_t count) {
-  bool ok = true;
-  for (int64_t j = 0; j < count; ++j) ok &= lsm_finite(v[j]);  // no early exit: it vectorises
-  return ok;
-}
-
-// The largest |v_j|, or +inf where any v_j is not finite (a NaN too: a comparison would pass it
-// over). In T: the widening to double is exact, so the maximum is the same.
-template <typename T>
-double max_abs(const T *v, int64_t count) {
-  T m = T(0);
-  bool finite = true;
-  for (int64_t j = 0; j < count; ++j) {  // no early exit: it vectorises
-    const T a = std::fabs(v[j]);
-    finite &= lsm_finite(a);
-    m = a > m ? a : m;
-  }
-  return finite ? (double)m : INFINITY;
-}
-
 }  // namespace
 
 template <typename T>
@@ -97,7 +76,7 @@ bool loss_run<T>::step_begin() {
     add_corrections_x(x, w, n, d, coef, gx);
     x_corrected = true;
   }
-  if (skip && !all_finite(gx, n * d)) return false;  // the step is skipped: api/ops.cpp says so
+  if (skip && !(max_abs(gx, n * d) < INFINITY)) return false;  // the step is skipped: api/ops.cpp says so
   deferred.assign((size_t)c, 0);
   for (int64_t i = 0; i < n; ++i)
     if (local[i] >= 0) deferred[(size_t)local[i]] = 1;

@@ -12,9 +12,10 @@ namespace {
 
 using namespace lsm_cpu;
 
-// The loop with the optimizer's flags as constants: no branch inside, so it vectorises.
+// The loop with the optimizer's flags as constants: no branch inside, so it vectorises; cloned
+// for AVX2 as Adam's loop below is.
 template <typename T, bool kMomentum, bool kNesterov, bool kFirst>
-void sgd_loop(int64_t b, int64_t e, const lsm_sgd &o, T *__restrict w, const T *__restrict g, T *__restrict v) {
+LSM_CLONES void sgd_loop(int64_t b, int64_t e, const lsm_sgd &o, T *__restrict w, const T *__restrict g, T *__restrict v) {
   T unused = T(0);
   for (int64_t j = b; j < e; ++j)
     lsm_sgd_element(o, kMomentum, kNesterov, kFirst, w + j, g[j], kMomentum ? v + j : &unused);
@@ -26,9 +27,7 @@ template <typename T>
 bool has_nonfinite(int64_t count, const T *g) {
   std::atomic<bool> bad{false};
   parallel_for(count, 4, [&](int64_t b, int64_t e) {
-    bool found = false;
-    for (int64_t j = b; j < e; ++j) found |= !lsm_finite(g[j]);  // no early exit: it vectorises
-    if (found) bad.store(true, std::memory_order_relaxed);
+    if (!(max_abs(g + b, e - b) < INFINITY)) bad.store(true, std::memory_order_relaxed);
   });
   return bad.load();
 }
@@ -55,11 +54,6 @@ void sgd(int64_t count, const lsm_sgd &o, T *w, const T *g, T *v, int32_t *nonfi
 // Adam's loop with the mode and amsgrad as constants (no branch inside), cloned for AVX2 where
 // the CPU has it (4 doubles a vector for the divisions and the square root; no FMA contraction
 // in ISO C++, so the results are those of the baseline clone).
-#if defined(__x86_64__) && !defined(__SANITIZE_ADDRESS__)
-#define LSM_CLONES __attribute__((target_clones("avx2", "default")))
-#else
-#define LSM_CLONES
-#endif
 template <typename T, int kMode, bool kAmsgrad>
 LSM_CLONES void adam_loop(int64_t b, int64_t e, const lsm_adam_coefs &k, T *__restrict w, const T *__restrict g,
                T *__restrict m, T *__restrict v, T *__restrict vmax) {
